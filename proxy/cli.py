@@ -1,0 +1,146 @@
+"""The `grayscale` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from proxy import __version__, logs
+from proxy.config.loader import ConfigError, load_config
+from proxy.demo.run import DEMO_CONFIG, run_demo
+from proxy.loop import loop_factory
+from proxy.server import serve_until_signalled
+from proxy.simulate import render
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log format on stderr"
+    )
+    common.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="grayscale",
+        description="Gradual-release gateway for machine-learning model endpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"grayscale {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the proxy", description="Run the proxy for a config."
+    )
+    serve.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate config files",
+        description="Validate config files; print every error and exit 1 if any is invalid.",
+    )
+    check.add_argument("files", nargs="+", metavar="FILE")
+
+    simulate = commands.add_parser(
+        "simulate",
+        parents=[common],
+        help="print each route's share day by day",
+        description="Print each route's and segment's candidate share day by day, and check it "
+        "against the buckets of synthetic user ids.",
+    )
+    simulate.add_argument("--config", "-c", required=True, metavar="FILE")
+    simulate.add_argument("--days", type=int, default=14, help="days to show (default 14)")
+    simulate.add_argument("--users", type=int, default=10_000, help="synthetic users (10000)")
+    simulate.add_argument(
+        "--from",
+        dest="start",
+        metavar="TIME",
+        help="start of ramps without a start (ISO 8601, default now)",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run the proxy in front of two bundled demo model servers",
+        description="Start two toy model servers (stable and candidate), the proxy in front of "
+        "them, and synthetic users; print the live split. Ctrl-C stops it.",
+    )
+    demo.add_argument("--config", "-c", metavar="FILE", help="config (default: the bundled demo)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `grayscale` console script."""
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    if args.command == "check":
+        return _check(args.files)
+    if args.command == "simulate":
+        return _simulate(args.config, args.days, args.users, args.start)
+    if args.command == "serve":
+        return _serve(args.config)
+    return _demo(args.config, args.duration, args.rate)
+
+
+def _check(files: Sequence[str]) -> int:
+    status = 0
+    for path in files:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        print(f"{path}: ok ({len(config.routes)} route{'s' if len(config.routes) != 1 else ''})")
+    return status
+
+
+def _simulate(path: str, days: int, users: int, start_text: str | None) -> int:
+    if days < 0 or users < 1:
+        print("--days must be >= 0 and --users >= 1", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+        start = datetime.fromisoformat(start_text).timestamp() if start_text else time.time()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError:
+        print(f"--from: not an ISO 8601 time: {start_text}", file=sys.stderr)
+        return 2
+    print(render(config, start, days, users))
+    return 0
+
+
+def _serve(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve_until_signalled(config))
+    return 0
+
+
+def _demo(path: str | None, duration: float | None, rate: float) -> int:
+    try:
+        config = load_config(path or DEMO_CONFIG)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(run_demo(config, duration=duration, rate=rate))
+    return 0

@@ -1,0 +1,460 @@
+"""YAML → validated `Config`, reporting every problem with file, line and dotted field path.
+
+The YAML is composed into a node tree first so each value keeps its line; then the tree is walked
+once, collecting all problems before raising, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from proxy.config.model import (
+    AttributeCondition,
+    ClientIpCondition,
+    Cohort,
+    Condition,
+    Config,
+    IPNetwork,
+    KeySource,
+    Listen,
+    Missing,
+    PathPrefixCondition,
+    Ramp,
+    Route,
+    Segment,
+    ServerConfig,
+    Source,
+    Upstream,
+    UserIdCondition,
+    Variant,
+)
+
+T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.path or '(document)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file is invalid; `issues` lists every problem found."""
+
+    def __init__(self, issues: Collection[ConfigIssue]):
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the YAML file at `path`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(str(path), 0, "", f"cannot read file: {exc}")]) from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate YAML `text`; `source` names it in error messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([ConfigIssue(source, line, "", f"invalid YAML: {exc.problem}")]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(source, 0, "", f"invalid YAML: {exc}")]) from exc
+    if root is None:
+        raise ConfigError([ConfigIssue(source, 1, "", "the file is empty")])
+    parser = _Parser(source)
+    config = parser.config(root)
+    if parser.issues:
+        raise ConfigError(sorted(parser.issues, key=lambda issue: issue.line))
+    return config
+
+
+def _sub(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class _Parser:
+    """Walks the node tree; every method returns a usable value and records problems."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.issues: list[ConfigIssue] = []
+        self._constructor = SafeConstructor()
+
+    def fail(self, node: Node, path: str, message: str) -> None:
+        self.issues.append(ConfigIssue(self.source, node.start_mark.line + 1, path, message))
+
+    # --- structure -------------------------------------------------------------------------
+
+    def mapping(
+        self, node: Node, path: str, fields: Collection[str], required: Collection[str] = ()
+    ) -> dict[str, Node]:
+        """The fields of a mapping node; unknown, duplicate and missing fields are reported."""
+        if not isinstance(node, MappingNode):
+            self.fail(node, path, "expected a mapping")
+            return {}
+        found: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str):
+                self.fail(key_node, path, "field names must be strings")
+            elif key in found:
+                self.fail(key_node, _sub(path, key), "duplicate field")
+            elif key not in fields:
+                self.fail(
+                    key_node,
+                    _sub(path, key),
+                    f"unknown field (expected one of: {', '.join(fields)})",
+                )
+            else:
+                found[key] = value_node
+        for name in required:
+            if name not in found:
+                self.fail(node, _sub(path, name), "missing required field")
+        return found
+
+    def sequence(self, node: Node, path: str) -> Iterator[tuple[Node, str]]:
+        """The items of a sequence node with their paths."""
+        if not isinstance(node, SequenceNode):
+            self.fail(node, path, "expected a list")
+            return
+        for index, item in enumerate(node.value):
+            yield item, f"{path}[{index}]"
+
+    def scalar(self, node: Node, path: str) -> object:
+        if not isinstance(node, ScalarNode):
+            self.fail(node, path, "expected a single value")
+            return None
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ConstructorError, ValueError) as exc:
+            self.fail(node, path, f"invalid value: {exc}")
+            return None
+
+    def field(
+        self,
+        fields: dict[str, Node],
+        name: str,
+        path: str,
+        read: Callable[[Node, str, T], T],
+        default: T,
+    ) -> T:
+        """Read field `name` with `read`, or `default` when it is absent."""
+        node = fields.get(name)
+        return default if node is None else read(node, _sub(path, name), default)
+
+    # --- scalar kinds ----------------------------------------------------------------------
+
+    def string(self, node: Node, path: str, default: str) -> str:
+        value = self.scalar(node, path)
+        if isinstance(value, bool):
+            self.fail(node, path, "expected a string (quote yes/no/on/off/true/false)")
+        elif isinstance(value, int | float):
+            return str(value)
+        elif isinstance(value, str) and value:
+            return value
+        elif isinstance(node, ScalarNode):
+            self.fail(node, path, "expected a non-empty string")
+        return default
+
+    def name(self, node: Node, path: str, default: str) -> str:
+        value = self.string(node, path, default)
+        if value and not _NAME.match(value):
+            self.fail(node, path, "names use letters, digits, '_', '.' and '-' (at most 64)")
+        return value
+
+    def number(self, node: Node, path: str, default: float) -> float:
+        value = self.scalar(node, path)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            self.fail(node, path, "expected a finite number")
+            return default
+        return float(value)
+
+    def fraction(self, node: Node, path: str, default: float) -> float:
+        value = self.number(node, path, default)
+        if not 0.0 <= value <= 1.0:
+            self.fail(node, path, f"expected a share between 0 and 1, got {value:g}")
+            return default
+        return value
+
+    def duration(self, node: Node, path: str, default: float) -> float:
+        value = self.scalar(node, path)
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]] if match else 0.0
+        if seconds <= 0:
+            self.fail(node, path, "expected a positive duration like 500ms, 30s, 5m, 1h or 1d")
+            return default
+        return seconds
+
+    def timestamp(self, node: Node, path: str, default: float | None) -> float | None:
+        value = self.scalar(node, path)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            self.fail(node, path, "expected an ISO 8601 time like 2026-12-01T00:00:00Z")
+            return default
+        if value.tzinfo is None:
+            self.fail(node, path, "the time needs a timezone, e.g. a trailing Z for UTC")
+            return default
+        return value.timestamp()
+
+    def listen(self, node: Node, path: str, default: Listen) -> Listen:
+        value = self.string(node, path, "")
+        host, _, port = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not port.isdigit() or int(port) > 65535:
+            self.fail(node, path, "expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+            return default
+        return Listen(host, int(port))
+
+    def url(self, node: Node, path: str, default: str) -> str:
+        value = self.string(node, path, "")
+        try:
+            parts = urlsplit(value)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port
+        except ValueError:
+            valid = False
+        if not valid or parts.query or parts.fragment:
+            self.fail(node, path, "expected an http(s) URL like http://127.0.0.1:9001")
+            return default
+        return value.rstrip("/")
+
+    def choice(self, node: Node, path: str, default: E, kind: type[E]) -> E:
+        value = self.scalar(node, path)
+        for option in kind:
+            if value == option.value:
+                return option
+        self.fail(node, path, f"expected one of: {', '.join(kind)}")
+        return default
+
+    def key_source(self, node: Node, path: str, default: KeySource) -> KeySource:
+        value = self.string(node, path, "")
+        source, _, name = value.partition(":")
+        valid_name = bool(name) and (source != Source.HEADER or bool(_HEADER_NAME.match(name)))
+        if source in {s.value for s in Source} and valid_name:
+            return KeySource(Source(source), name)
+        self.fail(node, path, "expected header:NAME, cookie:NAME or query:NAME")
+        return default
+
+    def strings(self, node: Node, path: str) -> list[str]:
+        """A list of strings; a single value is taken as a list of one."""
+        if isinstance(node, ScalarNode):
+            return [self.string(node, path, "")]
+        return [self.string(item, item_path, "") for item, item_path in self.sequence(node, path)]
+
+    # --- sections --------------------------------------------------------------------------
+
+    def config(self, root: Node) -> Config:
+        fields = self.mapping(root, "", ("server", "routes"), required=("routes",))
+        server = self.field(fields, "server", "", self.server, ServerConfig())
+        routes: list[Route] = []
+        node = fields.get("routes")
+        if node is not None:
+            for item, path in self.sequence(node, "routes"):
+                routes.append(self.route(item, path))
+            if isinstance(node, SequenceNode) and not node.value:
+                self.fail(node, "routes", "at least one route is needed")
+            self.unique(node, "routes", [(r.name, "name") for r in routes])
+            self.unique(node, "routes", [(r.path_prefix, "match.path_prefix") for r in routes])
+        return Config(routes=tuple(routes), server=server, source=self.source)
+
+    def unique(self, node: Node, path: str, values: list[tuple[str, str]]) -> None:
+        seen: set[str] = set()
+        for index, (value, field_path) in enumerate(values):
+            if value and value in seen and isinstance(node, SequenceNode):
+                self.fail(
+                    node.value[index], f"{path}[{index}].{field_path}", f"{value!r} is used twice"
+                )
+            seen.add(value)
+
+    def server(self, node: Node, path: str, default: ServerConfig) -> ServerConfig:
+        fields = self.mapping(node, path, ("listen", "admin_listen"))
+        return ServerConfig(
+            listen=self.field(fields, "listen", path, self.listen, default.listen),
+            admin_listen=self.field(
+                fields, "admin_listen", path, self.listen, default.admin_listen
+            ),
+        )
+
+    def route(self, node: Node, path: str) -> Route:
+        fields = self.mapping(
+            node,
+            path,
+            ("name", "match", "stable", "candidate", "cohort", "ramp", "segments"),
+            required=("name", "match", "stable", "candidate", "cohort"),
+        )
+        name = self.field(fields, "name", path, self.name, "")
+        prefix = ""
+        if "match" in fields:
+            match_path = _sub(path, "match")
+            match = self.mapping(fields["match"], match_path, ("path_prefix",), ("path_prefix",))
+            prefix = self.field(match, "path_prefix", match_path, self.string, "/")
+            if not prefix.startswith("/"):
+                self.fail(
+                    match["path_prefix"], _sub(match_path, "path_prefix"), "must start with /"
+                )
+        placeholder = Upstream("http://invalid")
+        ramp = self.field(fields, "ramp", path, self.ramp, Ramp())
+        segments: list[Segment] = []
+        if "segments" in fields:
+            segments_path = _sub(path, "segments")
+            for item, item_path in self.sequence(fields["segments"], segments_path):
+                segments.append(self.segment(item, item_path, ramp))
+            self.unique(fields["segments"], segments_path, [(s.name, "name") for s in segments])
+        return Route(
+            name=name,
+            path_prefix=prefix,
+            stable=self.field(fields, "stable", path, self.upstream, placeholder),
+            candidate=self.field(fields, "candidate", path, self.upstream, placeholder),
+            cohort=self.field(fields, "cohort", path, self.cohort, Cohort((), name)),
+            ramp=ramp,
+            segments=tuple(segments),
+        )
+
+    def upstream(self, node: Node, path: str, default: Upstream) -> Upstream:
+        fields = self.mapping(node, path, ("url", "connect_timeout", "timeout"), ("url",))
+        return Upstream(
+            url=self.field(fields, "url", path, self.url, default.url),
+            connect_timeout=self.field(
+                fields, "connect_timeout", path, self.duration, default.connect_timeout
+            ),
+            timeout=self.field(fields, "timeout", path, self.duration, default.timeout),
+        )
+
+    def cohort(self, node: Node, path: str, default: Cohort) -> Cohort:
+        fields = self.mapping(node, path, ("keys", "salt", "missing"), ("keys",))
+        keys: list[KeySource] = []
+        if "keys" in fields:
+            keys_path = _sub(path, "keys")
+            for item, item_path in self.sequence(fields["keys"], keys_path):
+                keys.append(self.key_source(item, item_path, KeySource(Source.HEADER, "-")))
+            if isinstance(fields["keys"], SequenceNode) and not keys:
+                self.fail(fields["keys"], keys_path, "at least one key source is needed")
+        return Cohort(
+            keys=tuple(keys),
+            salt=self.field(fields, "salt", path, self.string, default.salt),
+            missing=self.field(
+                fields,
+                "missing",
+                path,
+                lambda n, p, d: self.choice(n, p, d, Missing),
+                Missing.STABLE,
+            ),
+        )
+
+    def ramp(self, node: Node, path: str, default: Ramp) -> Ramp:
+        fields = self.mapping(node, path, ("start", "base", "slope", "per", "max"))
+        ramp = Ramp(
+            start=self.field(fields, "start", path, self.timestamp, default.start),
+            base=self.field(fields, "base", path, self.fraction, 0.0),
+            slope=self.field(fields, "slope", path, self.number, 0.0),
+            per=self.field(fields, "per", path, self.duration, default.per),
+            max=self.field(fields, "max", path, self.fraction, 1.0),
+        )
+        if ramp.base > ramp.max:
+            self.fail(node, _sub(path, "base"), f"base {ramp.base:g} is above max {ramp.max:g}")
+        return ramp
+
+    def segment(self, node: Node, path: str, route_ramp: Ramp) -> Segment:
+        fields = self.mapping(
+            node, path, ("name", "when", "unless", "variant", "ramp"), required=("name", "when")
+        )
+        variant = None
+        if "variant" in fields:
+            variant = self.choice(fields["variant"], _sub(path, "variant"), Variant.STABLE, Variant)
+        # A segment ramp starts with its route's rollout unless it names its own start.
+        inherited = Ramp(start=route_ramp.start, per=route_ramp.per)
+        ramp = self.field(fields, "ramp", path, self.ramp, inherited) if "ramp" in fields else None
+        if (variant is None) == (ramp is None):
+            self.fail(node, path, "a segment needs exactly one of 'variant' or 'ramp'")
+        when = self.conditions(fields["when"], _sub(path, "when")) if "when" in fields else ()
+        if isinstance(fields.get("when"), MappingNode) and not fields["when"].value:
+            self.fail(fields["when"], _sub(path, "when"), "at least one condition is needed")
+        unless = (
+            self.conditions(fields["unless"], _sub(path, "unless")) if "unless" in fields else ()
+        )
+        return Segment(
+            name=self.field(fields, "name", path, self.name, ""),
+            when=when,
+            unless=unless,
+            variant=variant,
+            ramp=ramp,
+        )
+
+    def conditions(self, node: Node, path: str) -> tuple[Condition, ...]:
+        if not isinstance(node, MappingNode):
+            self.fail(node, path, "expected a mapping of conditions")
+            return ()
+        conditions: list[Condition] = []
+        for key_node, value_node in node.value:
+            selector = str(key_node.value)
+            item_path = f'{path}["{selector}"]' if ":" in selector else _sub(path, selector)
+            condition = self.condition(selector, key_node, value_node, item_path)
+            if condition is not None:
+                conditions.append(condition)
+        return tuple(conditions)
+
+    def condition(self, selector: str, key_node: Node, node: Node, path: str) -> Condition | None:
+        values = self.strings(node, path)
+        if selector == "path_prefix":
+            if not all(v.startswith("/") for v in values):
+                self.fail(node, path, "path prefixes must start with /")
+            return PathPrefixCondition(tuple(values))
+        if selector == "user_id":
+            return UserIdCondition(frozenset(values))
+        if selector == "client_ip":
+            networks: list[IPNetwork] = []
+            for value in values:
+                try:
+                    networks.append(ipaddress.ip_network(value, strict=False))
+                except ValueError:
+                    self.fail(node, path, f"{value!r} is not an IP address or CIDR block")
+            return ClientIpCondition(tuple(networks))
+        if ":" in selector:
+            key = self.key_source(key_node, path, KeySource(Source.HEADER, "-"))
+            return AttributeCondition(key, frozenset(values))
+        self.fail(
+            key_node,
+            path,
+            "unknown condition (expected header:NAME, cookie:NAME, query:NAME, path_prefix, "
+            "client_ip or user_id)",
+        )
+        return None

@@ -1,0 +1,168 @@
+"""Immutable, validated configuration objects.
+
+The YAML loader (`proxy.config.loader`) is the only producer of these objects; everything else
+reads them. All durations are seconds, all times are POSIX timestamps (UTC), all shares are
+fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Variant(StrEnum):
+    """The two upstreams a route splits traffic between."""
+
+    STABLE = "stable"
+    CANDIDATE = "candidate"
+
+
+class Missing(StrEnum):
+    """What happens to a request that carries no cohort key."""
+
+    STABLE = "stable"
+    RANDOM = "random"
+
+
+class Source(StrEnum):
+    """Where a request attribute is read from."""
+
+    HEADER = "header"
+    COOKIE = "cookie"
+    QUERY = "query"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """A host and port to bind."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Listener addresses of the proxy and of its admin API."""
+
+    listen: Listen = Listen("127.0.0.1", 8080)
+    admin_listen: Listen = Listen("127.0.0.1", 9901)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One inference server: base URL and timeouts (seconds)."""
+
+    url: str
+    connect_timeout: float = 5.0
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """One place a request attribute can come from, e.g. `header:X-User-Id`."""
+
+    source: Source
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.source.value}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """How a request's sticky cohort key is found and hashed."""
+
+    keys: tuple[KeySource, ...]
+    salt: str
+    missing: Missing = Missing.STABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """The linear ramp `share(t) = clamp(base + slope * (t - start) / per, 0, max)`.
+
+    `start` is None when the rollout starts the moment the route is first loaded.
+    """
+
+    start: float | None = None
+    base: float = 0.0
+    slope: float = 0.0
+    per: float = 86400.0
+    max: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeCondition:
+    """Matches when a header, cookie or query parameter equals one of `values`."""
+
+    key: KeySource
+    values: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PathPrefixCondition:
+    """Matches when the request path starts with one of `prefixes`."""
+
+    prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIpCondition:
+    """Matches when the client address lies in one of `networks`."""
+
+    networks: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdCondition:
+    """Matches when the request's cohort key is one of `ids` (allow and deny lists)."""
+
+    ids: frozenset[str]
+
+
+Condition = AttributeCondition | PathPrefixCondition | ClientIpCondition | UserIdCondition
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A named group of requests with its own share (`ramp`) or a pinned `variant`.
+
+    It matches when every `when` condition matches and no `unless` condition does.
+    Exactly one of `variant` and `ramp` is set.
+    """
+
+    name: str
+    when: tuple[Condition, ...]
+    unless: tuple[Condition, ...] = ()
+    variant: Variant | None = None
+    ramp: Ramp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Requests under `path_prefix`, split between `stable` and `candidate`."""
+
+    name: str
+    path_prefix: str
+    stable: Upstream
+    candidate: Upstream
+    cohort: Cohort
+    ramp: Ramp = Ramp()
+    segments: tuple[Segment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, valid configuration file."""
+
+    routes: tuple[Route, ...]
+    server: ServerConfig = ServerConfig()
+    source: str = field(default="<memory>", compare=False)

@@ -1,0 +1,172 @@
+"""`grayscale demo`: toy model servers, the proxy in front of them, and synthetic users."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config.model import Config
+from proxy.demo.models import CANDIDATE_MODEL, STABLE_MODEL, ModelSpec, build_model_app
+from proxy.forwarding import VARIANT_HEADER
+from proxy.routing import current_share
+from proxy.server import Server
+
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+USERS = 2000
+REPORT_EVERY = 2.0
+_TEXTS = ("I love it, great and fast", "not good at all", "awful, slow and broken", "nice enough")
+
+
+@dataclass
+class Tally:
+    """Requests and latencies per (route, variant) since the last report."""
+
+    count: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    latency: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: int = 0
+    total: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, route: str, variant: str, seconds: float) -> None:
+        self.count[route, variant] += 1
+        self.total[route, variant] += 1
+        self.latency[route, variant].append(seconds)
+
+    def reset(self) -> None:
+        self.count.clear()
+        self.latency.clear()
+
+
+def _user_headers(user: int) -> dict[str, str]:
+    headers = {"X-User-Id": f"user-{user:04d}"}
+    if user % 20 == 0:
+        headers["X-User-Group"] = "staff"
+    elif user % 5 == 1:
+        headers["X-Region"] = "eu-west-1"
+    return headers
+
+
+async def _one_request(
+    session: aiohttp.ClientSession, base: str, tally: Tally, rng: random.Random
+) -> None:
+    user = rng.randrange(USERS)
+    streaming = rng.random() < 0.2
+    if streaming:
+        path, route = "/v1/chat/completions", "chat"
+        body: dict[str, object] = {
+            "messages": [{"role": "user", "content": rng.choice(_TEXTS)}],
+            "stream": True,
+        }
+    else:
+        path, route = "/v1/models/sentiment:predict", "sentiment"
+        body = {"instances": [{"text": rng.choice(_TEXTS)}]}
+    started = time.perf_counter()
+    try:
+        async with session.post(base + path, json=body, headers=_user_headers(user)) as resp:
+            await resp.content.readany()  # time to first byte: first token for streams
+            elapsed = time.perf_counter() - started
+            await resp.read()
+            if resp.status >= 500:
+                tally.errors += 1
+                return
+            tally.add(route, resp.headers.get(VARIANT_HEADER, "?"), elapsed)
+    except aiohttp.ClientError:
+        tally.errors += 1
+
+
+def _report(config: Config, tally: Tally, started_at: float, elapsed: float) -> str:
+    lines = [f"t={elapsed:5.1f}s" + (f"  upstream errors: {tally.errors}" if tally.errors else "")]
+    for route in config.routes:
+        share = current_share(route.ramp, started_at, time.time())
+        parts = []
+        for variant in ("stable", "candidate"):
+            n = tally.count[route.name, variant]
+            samples = tally.latency[route.name, variant]
+            p50 = f"{statistics.median(samples) * 1000:5.1f} ms" if samples else "    -   "
+            parts.append(f"{variant} {n:4d} (p50 {p50})")
+        done = sum(tally.count[route.name, v] for v in ("stable", "candidate"))
+        seen = tally.count[route.name, "candidate"] / done if done else 0.0
+        lines.append(
+            f"  {route.name:<10} ramp share {share:6.1%}  saw {seen:6.1%} candidate   "
+            + "   ".join(parts)
+        )
+    return "\n".join(lines)
+
+
+async def _start_models(config: Config) -> list[web.AppRunner]:
+    """One toy model server per upstream URL: v1 behind stable URLs, v2 behind candidate URLs."""
+    specs: dict[tuple[str, int], ModelSpec] = {}
+    for route in config.routes:
+        for upstream, spec in ((route.stable, STABLE_MODEL), (route.candidate, CANDIDATE_MODEL)):
+            parts = urlsplit(upstream.url)
+            specs[parts.hostname or "127.0.0.1", parts.port or 80] = spec
+    runners = []
+    for (host, port), spec in specs.items():
+        runner = web.AppRunner(build_model_app(spec), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        runners.append(runner)
+        print(f"model {spec.version} listening on http://{host}:{port}")
+    return runners
+
+
+async def _show_answers(session: aiohttp.ClientSession, base: str) -> None:
+    body = {"instances": [{"text": "not good at all"}]}
+    for user, note in (("user-0000", "staff, pinned to the candidate"), ("user-0002", "")):
+        headers = _user_headers(int(user.split("-")[1]))
+        async with session.post(
+            base + "/v1/models/sentiment:predict", json=body, headers=headers
+        ) as resp:
+            answer = await resp.text()
+        variant = resp.headers.get(VARIANT_HEADER)
+        print(f"{user} ({note or 'by bucket'}) -> {variant}: {answer}")
+
+
+async def run_demo(config: Config, duration: float | None = None, rate: float = 50.0) -> None:
+    """Run the demo until Ctrl-C, SIGTERM or `duration` seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    models = await _start_models(config)
+    started_at = time.time()
+    server = Server(config, now=started_at)
+    await server.start()
+    tally = Tally()
+    rng = random.Random(7)
+    tasks: set[asyncio.Task[None]] = set()
+    print(f"proxy on {server.proxy_url}; Ctrl-C stops the demo\n")
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _show_answers(session, server.proxy_url)
+            print()
+            next_report = time.monotonic() + REPORT_EVERY
+            deadline = None if duration is None else time.monotonic() + duration
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                task = asyncio.create_task(_one_request(session, server.proxy_url, tally, rng))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0 / rate)
+                if time.monotonic() >= next_report:
+                    print(_report(config, tally, started_at, time.time() - started_at), flush=True)
+                    tally.reset()
+                    next_report += REPORT_EVERY
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await server.stop()
+        for runner in models:
+            await runner.cleanup()
+    totals = ", ".join(f"{r}/{v}: {n}" for (r, v), n in sorted(tally.total.items()))
+    print(f"\ndemo stopped; requests served: {totals}", file=sys.stdout)

@@ -1,0 +1,25 @@
+"""The pure decision core: buckets, ramps, segments and the routing table.
+
+No I/O and no clock reads: time is always an argument. Imports only the standard library, mmh3
+and the config types.
+"""
+
+from proxy.routing.bucket import BUCKETS, bucket, threshold
+from proxy.routing.decide import Decision, Reason, current_share, decide
+from proxy.routing.facts import RequestFacts
+from proxy.routing.ramp import ramp_share
+from proxy.routing.table import ActiveRoute, RoutingTable
+
+__all__ = [
+    "BUCKETS",
+    "ActiveRoute",
+    "Decision",
+    "Reason",
+    "RequestFacts",
+    "RoutingTable",
+    "bucket",
+    "current_share",
+    "decide",
+    "ramp_share",
+    "threshold",
+]

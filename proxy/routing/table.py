@@ -1,0 +1,44 @@
+"""The routing table: which route serves a path, and since when each rollout runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from proxy.config.model import Route
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRoute:
+    """A route and the moment its rollout started (used by ramps without an explicit start)."""
+
+    route: Route
+    started_at: float
+
+
+class RoutingTable:
+    """Routes matched by path prefix; the longest matching prefix wins."""
+
+    __slots__ = ("_by_name", "_ordered")
+
+    def __init__(self, routes: Sequence[Route], started_at: Mapping[str, float], now: float):
+        """Build the table; routes missing from `started_at` start at `now`."""
+        active = [ActiveRoute(r, started_at.get(r.name, now)) for r in routes]
+        self._ordered = tuple(sorted(active, key=lambda a: len(a.route.path_prefix), reverse=True))
+        self._by_name = {a.route.name: a for a in active}
+
+    def match(self, path: str) -> ActiveRoute | None:
+        """The route with the longest prefix of `path`, or None."""
+        for active in self._ordered:
+            if path.startswith(active.route.path_prefix):
+                return active
+        return None
+
+    def get(self, name: str) -> ActiveRoute | None:
+        """The route called `name`, or None."""
+        return self._by_name.get(name)
+
+    @property
+    def routes(self) -> tuple[ActiveRoute, ...]:
+        """All routes, in the order they were configured."""
+        return tuple(self._by_name.values())

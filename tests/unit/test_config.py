@@ -1,0 +1,247 @@
+"""The YAML loader: typed results, and every error with file, line and field path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from proxy.config.loader import ConfigError, load_config, parse_config
+from proxy.config.model import (
+    AttributeCondition,
+    ClientIpCondition,
+    KeySource,
+    Listen,
+    Missing,
+    PathPrefixCondition,
+    Source,
+    UserIdCondition,
+    Variant,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ISSUE_EXAMPLE = """\
+server:   {listen: "127.0.0.1:8080", admin_listen: "127.0.0.1:9901"}
+routes:
+  - name: sentiment
+    match: {path_prefix: /v1/models/sentiment}
+    stable:    {url: "http://127.0.0.1:9001"}
+    candidate: {url: "http://127.0.0.1:9002"}
+    cohort:    {keys: ["header:X-User-Id", "cookie:uid"], salt: "sentiment-v2", missing: stable}
+    ramp:      {start: "2026-12-01T00:00:00Z", base: 0.001, slope: 0.05, per: 1d, max: 1.0}
+    segments:
+      - {name: staff, when: {"header:X-User-Group": [staff]}, variant: candidate}
+      - {name: eu, when: {"header:X-Region": [eu-west-1]}, ramp: {base: 0, slope: 0.02, per: 1d}}
+"""
+MINIMAL_ROUTE = """\
+  - name: r
+    match: {path_prefix: /r}
+    stable: {url: "http://127.0.0.1:1"}
+    candidate: {url: "http://127.0.0.1:2"}
+    cohort: {keys: ["header:X-User-Id"]}
+"""
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), "test.yaml")
+    return [str(issue) for issue in info.value.issues]
+
+
+def test_issue_example_loads_into_typed_objects():
+    config = parse_config(ISSUE_EXAMPLE, "x.yaml")
+    assert config.server.listen == Listen("127.0.0.1", 8080)
+    (route,) = config.routes
+    assert route.cohort.keys == (
+        KeySource(Source.HEADER, "X-User-Id"),
+        KeySource(Source.COOKIE, "uid"),
+    )
+    assert route.cohort.missing is Missing.STABLE
+    assert route.ramp.start == 1_796_083_200.0
+    assert (route.ramp.base, route.ramp.slope, route.ramp.per, route.ramp.max) == (
+        0.001,
+        0.05,
+        86400.0,
+        1.0,
+    )
+    staff, eu = route.segments
+    assert staff.variant is Variant.CANDIDATE and staff.ramp is None
+    assert staff.when == (
+        AttributeCondition(KeySource(Source.HEADER, "X-User-Group"), frozenset({"staff"})),
+    )
+    assert eu.variant is None and eu.ramp is not None
+    assert eu.ramp.start == route.ramp.start  # a segment ramp inherits the route's start
+    assert eu.ramp.slope == 0.02
+
+
+def test_config_objects_are_immutable():
+    route = parse_config(ISSUE_EXAMPLE).routes[0]
+    with pytest.raises(AttributeError):
+        route.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_file_loads(path):
+    assert load_config(path).routes
+
+
+def test_reference_example_covers_every_condition_kind():
+    config = load_config(ROOT / "config" / "example.yaml")
+    kinds = {type(c) for r in config.routes for s in r.segments for c in s.when + s.unless}
+    assert kinds == {AttributeCondition, UserIdCondition, PathPrefixCondition, ClientIpCondition}
+
+
+def test_defaults():
+    config = parse_config("routes:\n" + MINIMAL_ROUTE)
+    route = config.routes[0]
+    assert config.server.listen == Listen("127.0.0.1", 8080)
+    assert config.server.admin_listen == Listen("127.0.0.1", 9901)
+    assert route.cohort.salt == "r"
+    assert route.ramp.start is None and route.ramp.base == 0.0 and route.ramp.max == 1.0
+    assert (route.stable.connect_timeout, route.stable.timeout) == (5.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), ("1d", 86400), ("1.5h", 5400)],
+)
+def test_durations(value, seconds):
+    text = "routes:\n" + MINIMAL_ROUTE.replace(
+        '"http://127.0.0.1:1"', f'"http://h:1", timeout: {value}'
+    )
+    assert parse_config(text).routes[0].stable.timeout == seconds
+
+
+def test_ipv6_listen_and_url_trailing_slash():
+    text = 'server: {listen: "[::1]:0"}\nroutes:\n' + MINIMAL_ROUTE.replace(
+        "http://127.0.0.1:2", "http://[::1]:2/"
+    )
+    config = parse_config(text)
+    assert config.server.listen == Listen("::1", 0)
+    assert config.routes[0].candidate.url == "http://[::1]:2"
+
+
+def test_all_errors_reported_at_once_with_line_and_path():
+    found = errors("""\
+        server: {listen: "127.0.0.1", admin_lisen: "127.0.0.1:9901"}
+        routes:
+          - name: sentiment
+            match: {path_prefix: v1/models}
+            stable:    {url: "ftp://127.0.0.1:9001"}
+            candidate: {url: "http://127.0.0.1:9002", timeout: 5}
+            cohort:    {keys: ["head:X-User-Id"], missing: nobody}
+            ramp:      {start: "2026-12-01", base: 1.5, slope: x, per: 1w}
+            segments:
+              - {name: staff, when: {"header:X-User-Group": [yes]}, variant: canary}
+              - {name: eu, when: {region: [eu]}, ramp: {base: 0}, variant: stable}
+              - {name: eu, when: {client_ip: [10.0.0.0/33]}}
+          - name: sentiment
+            match: {path_prefix: /v1/models}
+    """)
+    assert found == [
+        "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen)",
+        "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+        "test.yaml:4: routes[0].match.path_prefix: must start with /",
+        "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
+        "test.yaml:6: routes[0].candidate.timeout: expected a positive duration like 500ms, 30s, "
+        "5m, 1h or 1d",
+        "test.yaml:7: routes[0].cohort.keys[0]: expected header:NAME, cookie:NAME or query:NAME",
+        "test.yaml:7: routes[0].cohort.missing: expected one of: stable, random",
+        "test.yaml:8: routes[0].ramp.start: the time needs a timezone, e.g. a trailing Z for UTC",
+        "test.yaml:8: routes[0].ramp.base: expected a share between 0 and 1, got 1.5",
+        "test.yaml:8: routes[0].ramp.slope: expected a finite number",
+        "test.yaml:8: routes[0].ramp.per: expected a positive duration like 500ms, 30s, 5m, 1h "
+        "or 1d",
+        "test.yaml:10: routes[0].segments[0].variant: expected one of: stable, candidate",
+        'test.yaml:10: routes[0].segments[0].when["header:X-User-Group"][0]: expected a string '
+        "(quote yes/no/on/off/true/false)",
+        "test.yaml:11: routes[0].segments[1]: a segment needs exactly one of 'variant' or 'ramp'",
+        "test.yaml:11: routes[0].segments[1].when.region: unknown condition (expected "
+        "header:NAME, cookie:NAME, query:NAME, path_prefix, client_ip or user_id)",
+        "test.yaml:12: routes[0].segments[2]: a segment needs exactly one of 'variant' or 'ramp'",
+        "test.yaml:12: routes[0].segments[2].when.client_ip: '10.0.0.0/33' is not an IP address "
+        "or CIDR block",
+        "test.yaml:12: routes[0].segments[2].name: 'eu' is used twice",
+        "test.yaml:13: routes[1].stable: missing required field",
+        "test.yaml:13: routes[1].candidate: missing required field",
+        "test.yaml:13: routes[1].cohort: missing required field",
+        "test.yaml:13: routes[1].name: 'sentiment' is used twice",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "test.yaml:1: (document): the file is empty"),
+        ("routes: [", "test.yaml:1: (document): invalid YAML: expected the node content"),
+        ("a: 1\n  b: 2\n", "test.yaml:2: (document): invalid YAML: mapping values"),
+        ("- a\n- b\n", "test.yaml:1: (document): expected a mapping"),
+        ("routes: []\n", "test.yaml:1: routes: at least one route is needed"),
+        ("server: {}\n", "test.yaml:1: routes: missing required field"),
+        ("routes: {a: 1}\n", "test.yaml:1: routes: expected a list"),
+        (
+            "routes:\n" + MINIMAL_ROUTE + "    ramp: {base: 0.6, max: 0.5}\n",
+            "test.yaml:7: routes[0].ramp.base: base 0.6 is above max 0.5",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE + "    ramp: {base: .nan}\n",
+            "test.yaml:7: routes[0].ramp.base: expected a finite number",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE.replace("name: r", "name: 'bad name'"),
+            "test.yaml:2: routes[0].name: names use letters",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE.replace('["header:X-User-Id"]', "[]"),
+            "test.yaml:6: routes[0].cohort.keys: at least one key source is needed",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE.replace('"header:X-User-Id"', '"header:X User"'),
+            "test.yaml:6: routes[0].cohort.keys[0]: expected header:NAME",
+        ),
+        (
+            "routes:\n"
+            + MINIMAL_ROUTE
+            + "    segments:\n      - {name: s, when: {}, variant: stable}\n",
+            "test.yaml:8: routes[0].segments[0].when: at least one condition is needed",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE + "    segments:\n      - {name: s, variant: stable}\n",
+            "test.yaml:8: routes[0].segments[0].when: missing required field",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE + MINIMAL_ROUTE.replace("name: r", "name: r2"),
+            "test.yaml:7: routes[1].match.path_prefix: '/r' is used twice",
+        ),
+        (
+            "routes:\n" + MINIMAL_ROUTE + "    ramp: {base: 0.1, base: 0.2}\n",
+            "test.yaml:7: routes[0].ramp.base: duplicate field",
+        ),
+        (
+            "routes:\n"
+            + MINIMAL_ROUTE.replace("stable: {url", "stable: {timeout: 1s, url").replace(
+                "http://127.0.0.1:1", "http://127.0.0.1:1?x=1"
+            ),
+            "test.yaml:4: routes[0].stable.url: expected an http(s) URL",
+        ),
+    ],
+)
+def test_single_errors(text, expected):
+    (found,) = errors(text)
+    assert found.startswith(expected), found
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_booleans_need_quotes_but_numbers_become_strings():
+    text = (
+        "routes:\n"
+        + MINIMAL_ROUTE
+        + ('    segments:\n      - {name: s, when: {"query:v": [2, "yes"]}, variant: stable}\n')
+    )
+    (segment,) = parse_config(text).routes[0].segments
+    assert segment.when[0].values == frozenset({"2", "yes"})

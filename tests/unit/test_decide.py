@@ -1,0 +1,217 @@
+"""Cohort keys, segment rules and the decision, table-driven."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+
+from proxy.config.model import (
+    AttributeCondition,
+    ClientIpCondition,
+    Cohort,
+    KeySource,
+    Missing,
+    PathPrefixCondition,
+    Ramp,
+    Route,
+    Segment,
+    Source,
+    Upstream,
+    UserIdCondition,
+    Variant,
+)
+from proxy.routing import Reason, bucket, decide
+from proxy.routing.cohort import cohort_key
+from proxy.routing.segments import condition_matches, match_segment
+from tests.unit.facts import Facts, user
+
+NOW = 1_796_083_200.0
+HEADER_UID = KeySource(Source.HEADER, "X-User-Id")
+COOKIE_UID = KeySource(Source.COOKIE, "uid")
+QUERY_USER = KeySource(Source.QUERY, "user")
+
+
+def make_route(
+    share: float = 0.5, segments: tuple[Segment, ...] = (), missing: Missing = Missing.STABLE
+) -> Route:
+    return Route(
+        name="r",
+        path_prefix="/",
+        stable=Upstream("http://127.0.0.1:1"),
+        candidate=Upstream("http://127.0.0.1:2"),
+        cohort=Cohort((HEADER_UID, COOKIE_UID, QUERY_USER), "salt-1", missing),
+        ramp=Ramp(base=share),
+        segments=segments,
+    )
+
+
+# --- cohort key -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (Facts(headers={"x-user-id": "h"}, cookies={"uid": "c"}, params={"user": "q"}), "h"),
+        (Facts(cookies={"uid": "c"}, params={"user": "q"}), "c"),
+        (Facts(params={"user": "q"}), "q"),
+        (Facts(headers={"X-User-Id": ""}, cookies={"uid": "c"}), "c"),  # empty is missing
+        (Facts(headers={"X-User-Id": ""}), None),
+        (Facts(), None),
+    ],
+)
+def test_cohort_key_takes_first_non_empty_source(facts, expected):
+    assert cohort_key(facts, (HEADER_UID, COOKIE_UID, QUERY_USER)) == expected
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+REGION = AttributeCondition(KeySource(Source.HEADER, "X-Region"), frozenset({"eu-west-1", "eu-2"}))
+NETS = ClientIpCondition(
+    (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
+)
+
+
+@pytest.mark.parametrize(
+    ("condition", "facts", "key", "expected"),
+    [
+        (REGION, Facts(headers={"X-Region": "eu-west-1"}), None, True),
+        (REGION, Facts(headers={"x-region": "eu-2"}), None, True),
+        (REGION, Facts(headers={"X-Region": "EU-WEST-1"}), None, False),  # values are exact
+        (REGION, Facts(), None, False),
+        (
+            AttributeCondition(KeySource(Source.COOKIE, "plan"), frozenset({"pro"})),
+            Facts(cookies={"plan": "pro"}),
+            None,
+            True,
+        ),
+        (
+            AttributeCondition(KeySource(Source.QUERY, "device"), frozenset({"ios"})),
+            Facts(params={"device": "android"}),
+            None,
+            False,
+        ),
+        (PathPrefixCondition(("/v1/a", "/v2")), Facts(path="/v2/x"), None, True),
+        (PathPrefixCondition(("/v1/a",)), Facts(path="/v1/b"), None, False),
+        (NETS, Facts(client_ip="10.1.2.3"), None, True),
+        (NETS, Facts(client_ip="2001:db8::7"), None, True),
+        (NETS, Facts(client_ip="192.168.0.1"), None, False),
+        (NETS, Facts(client_ip=None), None, False),
+        (NETS, Facts(client_ip="not-an-ip"), None, False),
+        (UserIdCondition(frozenset({"alice"})), Facts(), "alice", True),
+        (UserIdCondition(frozenset({"alice"})), Facts(), "bob", False),
+        (UserIdCondition(frozenset({"alice"})), Facts(), None, False),
+    ],
+)
+def test_condition_matches(condition, facts, key, expected):
+    assert condition_matches(condition, facts, key) is expected
+
+
+def test_segment_needs_all_when_and_no_unless():
+    seg = Segment(
+        "eu-not-staff",
+        when=(REGION,),
+        unless=(UserIdCondition(frozenset({"ops"})),),
+        ramp=Ramp(base=0.2),
+    )
+    eu = {"X-Region": "eu-west-1"}
+    assert match_segment([seg], Facts(headers=eu), "u1") is seg
+    assert match_segment([seg], Facts(headers=eu), "ops") is None
+    assert match_segment([seg], Facts(), "u1") is None
+
+
+def test_first_matching_segment_wins():
+    first = Segment("a", when=(REGION,), variant=Variant.STABLE)
+    second = Segment("b", when=(REGION,), variant=Variant.CANDIDATE)
+    assert match_segment([first, second], Facts(headers={"X-Region": "eu-2"}), None) is first
+
+
+# --- decide -----------------------------------------------------------------------------------
+
+STAFF = Segment(
+    "staff",
+    when=(AttributeCondition(KeySource(Source.HEADER, "X-Group"), frozenset({"staff"})),),
+    variant=Variant.CANDIDATE,
+)
+DENY = Segment("deny", when=(UserIdCondition(frozenset({"vip-1"})),), variant=Variant.STABLE)
+EU = Segment("eu", when=(REGION,), ramp=Ramp(base=0.0))
+
+
+def test_bucket_decides_against_the_share():
+    route = make_route(share=0.5)
+    for uid in (f"user-{i}" for i in range(200)):
+        d = decide(route, NOW, user(uid), NOW)
+        expected = Variant.CANDIDATE if bucket("salt-1", uid) < 5000 else Variant.STABLE
+        assert (d.variant, d.reason, d.bucket, d.segment) == (
+            expected,
+            Reason.BUCKET,
+            bucket("salt-1", uid),
+            None,
+        )
+        assert d.share == 0.5
+
+
+def test_pinned_segment_wins_over_bucket_and_share():
+    route = make_route(share=0.0, segments=(STAFF,))
+    d = decide(route, NOW, user("anyone", **{"X-Group": "staff"}), NOW)
+    assert (d.variant, d.reason, d.segment, d.bucket) == (
+        Variant.CANDIDATE,
+        Reason.PINNED,
+        "staff",
+        None,
+    )
+
+
+def test_deny_list_pins_stable_even_at_full_share():
+    route = make_route(share=1.0, segments=(DENY,))
+    assert decide(route, NOW, user("vip-1"), NOW).variant is Variant.STABLE
+    assert decide(route, NOW, user("vip-2"), NOW).variant is Variant.CANDIDATE
+
+
+def test_segment_ramp_replaces_route_share():
+    route = make_route(share=1.0, segments=(EU,))
+    d = decide(route, NOW, user("u", **{"X-Region": "eu-west-1"}), NOW)
+    assert (d.variant, d.segment, d.share) == (Variant.STABLE, "eu", 0.0)
+    assert decide(route, NOW, user("u"), NOW).variant is Variant.CANDIDATE
+
+
+def test_segment_order_decides_overlaps():
+    route = make_route(segments=(DENY, STAFF))
+    d = decide(route, NOW, user("vip-1", **{"X-Group": "staff"}), NOW)
+    assert (d.variant, d.segment) == (Variant.STABLE, "deny")
+
+
+@pytest.mark.parametrize(
+    ("share", "missing", "expected", "reason"),
+    [
+        (0.5, Missing.STABLE, Variant.STABLE, Reason.NO_KEY),
+        (0.0, Missing.RANDOM, Variant.STABLE, Reason.NO_KEY),
+        (1.0, Missing.STABLE, Variant.CANDIDATE, Reason.NO_KEY),  # everyone means everyone
+        (1.0, Missing.RANDOM, Variant.CANDIDATE, Reason.NO_KEY),
+    ],
+)
+def test_requests_without_key(share, missing, expected, reason):
+    d = decide(make_route(share=share, missing=missing), NOW, Facts(), NOW)
+    assert (d.variant, d.reason, d.bucket) == (expected, reason, None)
+
+
+def test_missing_random_splits_keyless_requests_by_share():
+    route = make_route(share=0.3, missing=Missing.RANDOM)
+    rng = random.Random(1)
+    decisions = [decide(route, NOW, Facts(), NOW, rng.random) for _ in range(20000)]
+    assert all(d.reason is Reason.RANDOM for d in decisions)
+    share = sum(d.variant is Variant.CANDIDATE for d in decisions) / len(decisions)
+    assert share == pytest.approx(0.3, abs=0.015)
+
+
+def test_same_user_same_variant_every_time():
+    route = make_route(share=0.37)
+    for uid in ("a", "b", "c", "d"):
+        assert len({decide(route, NOW, user(uid), NOW).variant for _ in range(50)}) == 1
+
+
+def test_rollout_start_applies_to_ramps_without_start():
+    route = make_route(share=1.0)
+    assert decide(route, NOW, user("u"), NOW - 1).variant is Variant.STABLE  # not started yet
+    assert decide(route, NOW, user("u"), NOW).variant is Variant.CANDIDATE
