@@ -168,7 +168,7 @@ async def forward(
             return response
         failure = classify(exc)
         log.warning(
-            "upstream %s failed: %s",
+            "upstream error (%s): %s",
             failure.reason,
             failure.detail,
             extra={"route": target.route, "variant": target.variant},

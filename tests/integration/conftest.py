@@ -1,0 +1,199 @@
+"""Real upstream servers and a real proxy on 127.0.0.1 for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.config.loader import parse_config
+from proxy.server import Server
+
+
+@dataclass
+class UpstreamProbe:
+    """What a test upstream saw, and the switches a test flips."""
+
+    name: str
+    requests: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+PROBE = web.AppKey("probe", UpstreamProbe)
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Describe the request: method, raw path, headers, body length and digest."""
+    probe = request.app[PROBE]
+    probe.requests += 1
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response(
+        {
+            "upstream": probe.name,
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": {k: v for k, v in request.headers.items()},
+            "chunked": request.headers.get("Transfer-Encoding") == "chunked",
+            "body_length": size,
+            "body_sha256": digest.hexdigest(),
+        },
+        headers={"Keep-Alive": "timeout=5", "Set-Cookie": "a=1"},
+    )
+
+
+async def chunks(request: web.Request) -> web.StreamResponse:
+    """`count` chunks, each written and drained separately."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for i in range(int(request.match_info["count"])):
+        await response.write(f"chunk-{i:04d};".encode())
+        await asyncio.sleep(0)
+    await response.write_eof()
+    return response
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    """One event, then the rest only after the test sets `release`."""
+    probe = request.app[PROBE]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: first\n\n")
+    await asyncio.wait_for(probe.release.wait(), timeout=10)
+    for i in range(3):
+        await response.write(f"data: event-{i}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def slow(request: web.Request) -> web.Response:
+    """Answer after `seconds`."""
+    await asyncio.sleep(float(request.match_info["seconds"]))
+    return web.json_response({"upstream": request.app[PROBE].name})
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """Stream until the reader goes away; then record the disconnect."""
+    probe = request.app[PROBE]
+    response = web.StreamResponse()
+    await response.prepare(request)
+    try:
+        while True:
+            await response.write(b"x" * 1024)
+            await asyncio.sleep(0.02)
+    except (ConnectionError, asyncio.CancelledError):
+        probe.disconnected.set()
+        raise
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    """Answer with the status code in the path."""
+    return web.json_response({"status": "as asked"}, status=int(request.match_info["code"]))
+
+
+def build_upstream(name: str) -> web.Application:
+    """A test model server called `name`."""
+    app = web.Application(handler_args={"max_field_size": 16384})
+    app[PROBE] = UpstreamProbe(name)
+    app.router.add_route("*", "/chunks/{count}", chunks)
+    app.router.add_get("/sse", sse)
+    app.router.add_get("/slow/{seconds}", slow)
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def route_yaml(
+    stable: str,
+    candidate: str,
+    *,
+    name: str = "models",
+    prefix: str = "/",
+    share: float = 0.5,
+    extra: str = "",
+    timeout: str = "10s",
+) -> str:
+    """One route in YAML between two upstream URLs."""
+    return (
+        f"  - name: {name}\n"
+        f"    match: {{path_prefix: {json.dumps(prefix)}}}\n"
+        f'    stable: {{url: "{stable}", timeout: {timeout}, connect_timeout: 1s}}\n'
+        f'    candidate: {{url: "{candidate}", timeout: {timeout}, connect_timeout: 1s}}\n'
+        f'    cohort: {{keys: ["header:X-User-Id", "cookie:uid"], salt: "{name}-salt"}}\n'
+        f"    ramp: {{base: {share}}}\n" + extra
+    )
+
+
+ProxyFactory = Callable[[str], Awaitable[Server]]
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[tuple[TestServer, TestServer]]:
+    """A running stable and candidate upstream."""
+    stable = TestServer(build_upstream("stable"), host="127.0.0.1")
+    candidate = TestServer(build_upstream("candidate"), host="127.0.0.1")
+    await stable.start_server()
+    await candidate.start_server()
+    yield stable, candidate
+    await stable.close()
+    await candidate.close()
+
+
+def url_of(server: TestServer) -> str:
+    """The base URL of a test server."""
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[ProxyFactory]:
+    """Start proxies from YAML `routes:` bodies; all are stopped after the test."""
+    servers: list[Server] = []
+
+    async def start(routes: str) -> Server:
+        text = 'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\nroutes:\n' + routes
+        server = Server(parse_config(text, "test.yaml"))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def proxy(
+    upstreams: tuple[TestServer, TestServer], start_proxy: ProxyFactory
+) -> Server:
+    """A proxy at share 0.5 in front of `upstreams`, for every path."""
+    stable, candidate = upstreams
+    return await start_proxy(route_yaml(url_of(stable), url_of(candidate)))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client without automatic decompression or redirects."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session

@@ -1,0 +1,134 @@
+"""The `grayscale` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.integration.conftest import free_port, route_yaml, url_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def grayscale(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_help_for_every_command():
+    for command in ("serve", "check", "simulate", "demo"):
+        result = grayscale(command, "--help")
+        assert result.returncode == 0
+        assert f"usage: grayscale {command}" in result.stdout
+
+
+def test_check_accepts_examples():
+    result = grayscale("check", "config/example.yaml", "config/demo.yaml")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "config/example.yaml: ok (2 routes)",
+        "config/demo.yaml: ok (2 routes)",
+    ]
+
+
+def test_check_reports_every_error_and_exits_1(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - name: x\n    match: {path_prefix: nope}\n    ramp: {base: 2}\n")
+    result = grayscale("check", str(bad))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert f"{bad}:3: routes[0].match.path_prefix: must start with /" in lines
+    assert f"{bad}:4: routes[0].ramp.base: expected a share between 0 and 1, got 2" in lines
+    assert f"{bad}:2: routes[0].stable: missing required field" in lines
+
+
+def test_simulate_prints_shares_day_by_day():
+    result = grayscale("simulate", "--config", "config/example.yaml", "--days", "3")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "route sentiment" in out and "start 2026-12-01T00:00:00Z" in out
+    sentiment = out.split("route sentiment")[1].split("route chat")[0]
+    rows = [line.split() for line in sentiment.splitlines() if re.match(r"\s+\d+\s+2026-", line)]
+    assert [r[1] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
+    # day 2: base 0.001 + 2 * 0.05 = 10.10% by default; eu 2 * 0.02 = 4.00%; staff pinned.
+    assert rows[2][2:4] == ["10.10%", "/"]
+    assert "pinned candidate" in sentiment and "pinned stable" in sentiment
+    assert " 4.00% /" in sentiment.splitlines()[4]
+    gap = float(re.search(r"measured share: ([\d.]+)%", sentiment)[1])
+    assert gap < 1.5  # 10,000 fixed ids: binomial noise is about 0.5 points at 50%
+
+
+def test_serve_forwards_and_stops_on_sigterm(tmp_path):
+    async def scenario():
+        from aiohttp.test_utils import TestServer
+
+        from tests.integration.conftest import build_upstream
+
+        stable = TestServer(build_upstream("stable"), host="127.0.0.1")
+        candidate = TestServer(build_upstream("candidate"), host="127.0.0.1")
+        await stable.start_server()
+        await candidate.start_server()
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\nroutes:\n'
+            + route_yaml(url_of(stable), url_of(candidate), share=1.0)
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "--config", str(config),
+            "--log-format", "json", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
+            urls = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
+            assert len(urls) == 2, line
+            async with aiohttp.ClientSession() as session:
+                async with session.get(urls[0] + "/x", headers={"X-User-Id": "u"}) as resp:
+                    assert (await resp.json())["upstream"] == "candidate"
+                async with session.get(urls[1] + "/readyz") as resp:
+                    assert resp.status == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), timeout=20)
+            rest = await process.stderr.read()
+            await stable.close()
+            await candidate.close()
+        assert code == 0
+        assert b'"message": "stopped"' in rest
+
+    asyncio.run(scenario())
+
+
+def test_serve_refuses_invalid_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: []\n")
+    result = grayscale("serve", "--config", str(bad))
+    assert result.returncode == 1
+    assert "routes: at least one route is needed" in result.stderr
+
+
+def test_demo_runs_and_stops(tmp_path):
+    demo = (ROOT / "config" / "demo.yaml").read_text()
+    ports = {p: str(free_port()) for p in ("8080", "9901", "9001", "9002")}
+    for old, new in ports.items():
+        demo = demo.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    config = tmp_path / "demo.yaml"
+    config.write_text(demo)
+    result = grayscale("demo", "--config", str(config), "--duration", "3", "--rate", "40")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "-> candidate: " in out and '"model": "sentiment-v2"' in out  # pinned staff user
+    assert re.search(r"sentiment\s+ramp share", out)
+    served = re.search(r"requests served: (.*)", out)[1]
+    assert "sentiment/stable" in served and "chat/" in served

@@ -1,0 +1,186 @@
+"""Forwarding through a real proxy: bodies, streams, headers and upstream failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import PROBE, free_port, route_yaml, url_of
+
+
+def probe_of(server):
+    return server.app[PROBE]
+
+
+async def test_method_path_and_query_preserved(proxy, client):
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        path = "/v1/models/a%2Fb/x:predict?q=1&q=2&s=%20sp&empty="
+        async with client.request(method, proxy.proxy_url + path) as resp:
+            body = await resp.json()
+        assert resp.status == 200
+        assert body["method"] == method
+        assert body["raw_path"] == path
+
+
+async def test_two_megabyte_body_arrives_intact_and_streamed(proxy, client):
+    payload = os.urandom(2 * 1024 * 1024)
+    async with client.post(proxy.proxy_url + "/upload", data=payload) as resp:
+        body = await resp.json()
+    assert body["body_length"] == len(payload)
+    assert body["body_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert body["headers"]["Content-Length"] == str(len(payload))
+    assert not body["chunked"]
+
+
+async def test_chunked_upload_stays_chunked(proxy, client):
+    parts = [os.urandom(10_000) for _ in range(20)]
+
+    async def gen():
+        for part in parts:
+            yield part
+            await asyncio.sleep(0)
+
+    async with client.post(proxy.proxy_url + "/upload", data=gen()) as resp:
+        body = await resp.json()
+    assert body["chunked"]
+    assert body["body_sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+async def test_streamed_response_of_200_chunks_arrives_intact(proxy, client):
+    async with client.get(proxy.proxy_url + "/chunks/200", headers={"X-User-Id": "u1"}) as resp:
+        data = await resp.read()
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert resp.headers["X-Grayscale-Route"] == "models"
+        assert resp.headers["X-Grayscale-Variant"] in ("stable", "candidate")
+    assert data == b"".join(f"chunk-{i:04d};".encode() for i in range(200))
+
+
+async def test_sse_first_event_arrives_before_upstream_finishes(upstreams, proxy, client):
+    for user in ("alice", "bob", "carol", "dave"):  # both variants get exercised
+        async with client.get(proxy.proxy_url + "/sse", headers={"X-User-Id": user}) as resp:
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            assert resp.headers["X-Accel-Buffering"] == "no"
+            # The upstream holds the rest of the stream until we have seen the first event.
+            first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+            assert first == b"data: first\n\n"
+            for upstream in upstreams:
+                probe_of(upstream).release.set()
+            rest = await resp.read()
+        assert rest.endswith(b"data: [DONE]\n\n")
+        assert rest.count(b"data: event-") == 3
+        for upstream in upstreams:
+            probe_of(upstream).release.clear()
+
+
+async def test_hop_by_hop_and_internal_headers_do_not_reach_upstream(proxy, client):
+    headers = {
+        "Connection": "keep-alive, X-Private-Hop",
+        "X-Private-Hop": "secret",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "TE": "trailers",
+        "X-Grayscale-Variant": "candidate",
+        "X-Custom": "kept",
+        "X-Forwarded-For": "203.0.113.9",
+        "Host": "models.example.com",
+    }
+    async with client.get(proxy.proxy_url + "/h", headers=headers) as resp:
+        seen = (await resp.json())["headers"]
+        assert "Keep-Alive" not in resp.headers  # hop-by-hop from the upstream dropped too
+        assert resp.headers["Set-Cookie"] == "a=1"
+    lowered = {k.lower(): v for k, v in seen.items()}
+    for name in ("x-private-hop", "proxy-authorization", "te", "x-grayscale-variant"):
+        assert name not in lowered
+    assert lowered["x-custom"] == "kept"
+    assert lowered["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert lowered["x-forwarded-proto"] == "http"
+    assert lowered["x-forwarded-host"] == "models.example.com"
+    assert lowered["host"].startswith("127.0.0.1:")
+
+
+async def test_gzip_answer_passes_through_untouched(upstreams, start_proxy, client):
+    stable, candidate = upstreams
+    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate)))
+    async with client.get(
+        proxy.proxy_url + "/x", headers={"Accept-Encoding": "gzip", "X-User-Id": "u"}
+    ) as resp:
+        body = await resp.json()
+    assert body["headers"]["Accept-Encoding"] == "gzip"
+    assert "User-Agent" in body["headers"]  # the client's own, not one the proxy invents
+
+
+async def test_upstream_status_codes_pass_through(proxy, client):
+    for code in (201, 204, 400, 404, 429, 500, 503):
+        async with client.get(proxy.proxy_url + f"/status/{code}") as resp:
+            assert resp.status == code
+
+
+async def test_unmatched_path_is_404_json(upstreams, start_proxy, client):
+    stable, candidate = upstreams
+    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate), prefix="/v1/models"))
+    async with client.get(proxy.proxy_url + "/v2/other?user=x") as resp:
+        assert resp.status == 404
+        assert resp.content_type == "application/json"
+        assert await resp.json() == {
+            "error": "no_route",
+            "message": "no route matches this path",
+            "path": "/v2/other",
+        }
+
+
+@pytest.mark.parametrize("variant", ["stable", "candidate"])
+async def test_unreachable_upstream_is_502_json(upstreams, start_proxy, client, variant):
+    stable, candidate = upstreams
+    dead = f"http://127.0.0.1:{free_port()}"
+    urls = (dead, url_of(candidate)) if variant == "stable" else (url_of(stable), dead)
+    share = 0.0 if variant == "stable" else 1.0
+    proxy = await start_proxy(route_yaml(*urls, share=share))
+    async with client.get(proxy.proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
+        assert resp.status == 502
+        body = await resp.json()
+    assert body["error"] == "upstream_unreachable"
+    assert (body["route"], body["variant"]) == ("models", variant)
+    assert resp.headers["X-Grayscale-Variant"] == variant
+
+
+async def test_slow_upstream_is_504_json(upstreams, start_proxy, client):
+    stable, candidate = upstreams
+    proxy = await start_proxy(
+        route_yaml(url_of(stable), url_of(candidate), share=0.0, timeout="300ms")
+    )
+    async with client.get(proxy.proxy_url + "/slow/3") as resp:
+        assert resp.status == 504
+        body = await resp.json()
+    assert body == {
+        "error": "upstream_timeout",
+        "message": "the upstream did not answer in time",
+        "route": "models",
+        "variant": "stable",
+    }
+    async with client.get(proxy.proxy_url + "/slow/0") as resp:  # and it still serves
+        assert resp.status == 200
+
+
+async def test_client_disconnect_cancels_upstream_request(upstreams, proxy, client):
+    async with client.get(proxy.proxy_url + "/endless") as resp:
+        await resp.content.readexactly(1024)
+        variant = resp.headers["X-Grayscale-Variant"]
+        resp.close()
+    upstream = upstreams[0] if variant == "stable" else upstreams[1]
+    await asyncio.wait_for(probe_of(upstream).disconnected.wait(), timeout=5)
+
+
+async def test_timeout_mid_stream_cuts_the_client_connection(upstreams, start_proxy, client):
+    stable, candidate = upstreams
+    proxy = await start_proxy(
+        route_yaml(url_of(stable), url_of(candidate), share=0.0, timeout="500ms")
+    )
+    async with client.get(proxy.proxy_url + "/endless") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    async with client.get(proxy.proxy_url + "/x") as resp:
+        assert resp.status == 200
