@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import socket
@@ -29,6 +30,7 @@ class UpstreamProbe:
 
 
 PROBE = web.AppKey("probe", UpstreamProbe)
+GZIP_BODY = gzip.compress(b"compressed answer " * 100)
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -100,6 +102,24 @@ async def endless(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def gzipped(request: web.Request) -> web.Response:
+    """A gzip-encoded answer."""
+    return web.Response(body=GZIP_BODY, headers={"Content-Encoding": "gzip"})
+
+
+async def reset(request: web.Request) -> web.StreamResponse:
+    """Drop the connection, before answering or (`?after=N`) after N bytes of the body."""
+    after = int(request.query.get("after", "-1"))
+    response = web.StreamResponse()
+    if after >= 0:
+        await response.prepare(request)
+        await response.write(b"y" * after)
+        await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
 async def status(request: web.Request) -> web.Response:
     """Answer with the status code in the path."""
     return web.json_response({"status": "as asked"}, status=int(request.match_info["code"]))
@@ -114,6 +134,8 @@ def build_upstream(name: str) -> web.Application:
     app.router.add_get("/slow/{seconds}", slow)
     app.router.add_get("/endless", endless)
     app.router.add_get("/status/{code}", status)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/reset", reset)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -184,9 +206,7 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
 
 
 @pytest.fixture
-async def proxy(
-    upstreams: tuple[TestServer, TestServer], start_proxy: ProxyFactory
-) -> Server:
+async def proxy(upstreams: tuple[TestServer, TestServer], start_proxy: ProxyFactory) -> Server:
     """A proxy at share 0.5 in front of `upstreams`, for every path."""
     stable, candidate = upstreams
     return await start_proxy(route_yaml(url_of(stable), url_of(candidate)))

@@ -66,48 +66,47 @@ def test_simulate_prints_shares_day_by_day():
     assert rows[2][2:4] == ["10.10%", "/"]
     assert "pinned candidate" in sentiment and "pinned stable" in sentiment
     assert " 4.00% /" in sentiment.splitlines()[4]
-    gap = float(re.search(r"measured share: ([\d.]+)%", sentiment)[1])
+    gap_match = re.search(r"measured share: ([\d.]+)%", sentiment)
+    assert gap_match is not None
+    gap = float(gap_match[1])
     assert gap < 1.5  # 10,000 fixed ids: binomial noise is about 0.5 points at 50%
 
 
-def test_serve_forwards_and_stops_on_sigterm(tmp_path):
-    async def scenario():
-        from aiohttp.test_utils import TestServer
-
-        from tests.integration.conftest import build_upstream
-
-        stable = TestServer(build_upstream("stable"), host="127.0.0.1")
-        candidate = TestServer(build_upstream("candidate"), host="127.0.0.1")
-        await stable.start_server()
-        await candidate.start_server()
-        config = tmp_path / "c.yaml"
-        config.write_text(
-            'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\nroutes:\n'
-            + route_yaml(url_of(stable), url_of(candidate), share=1.0)
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "--config", str(config),
-            "--log-format", "json", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
-            urls = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
-            assert len(urls) == 2, line
-            async with aiohttp.ClientSession() as session:
-                async with session.get(urls[0] + "/x", headers={"X-User-Id": "u"}) as resp:
-                    assert (await resp.json())["upstream"] == "candidate"
-                async with session.get(urls[1] + "/readyz") as resp:
-                    assert resp.status == 200
-        finally:
-            process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(process.wait(), timeout=20)
-            rest = await process.stderr.read()
-            await stable.close()
-            await candidate.close()
-        assert code == 0
-        assert b'"message": "stopped"' in rest
-
-    asyncio.run(scenario())
+async def test_serve_forwards_and_stops_on_sigterm(tmp_path, upstreams):
+    stable, candidate = upstreams
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\nroutes:\n'
+        + route_yaml(url_of(stable), url_of(candidate), share=1.0)
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(config),
+        "--log-format",
+        "json",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
+        urls = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
+        assert len(urls) == 2, line
+        async with aiohttp.ClientSession() as session:
+            async with session.get(urls[0] + "/x", headers={"X-User-Id": "u"}) as resp:
+                assert (await resp.json())["upstream"] == "candidate"
+            async with session.get(urls[1] + "/readyz") as resp:
+                assert resp.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), timeout=20)
+    rest = await process.stderr.read()
+    assert code == 0
+    assert b'"message": "stopped"' in rest
 
 
 def test_serve_refuses_invalid_config(tmp_path):
@@ -130,5 +129,7 @@ def test_demo_runs_and_stops(tmp_path):
     out = result.stdout
     assert "-> candidate: " in out and '"model": "sentiment-v2"' in out  # pinned staff user
     assert re.search(r"sentiment\s+ramp share", out)
-    served = re.search(r"requests served: (.*)", out)[1]
+    served_match = re.search(r"requests served: (.*)", out)
+    assert served_match is not None
+    served = served_match[1]
     assert "sentiment/stable" in served and "chat/" in served

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
-from tests.integration.conftest import PROBE, free_port, route_yaml, url_of
+from tests.integration.conftest import (
+    GZIP_BODY,
+    PROBE,
+    UpstreamProbe,
+    free_port,
+    route_yaml,
+    url_of,
+)
 
 
-def probe_of(server):
+def probe_of(server: TestServer) -> UpstreamProbe:
     return server.app[PROBE]
 
 
@@ -39,7 +48,7 @@ async def test_two_megabyte_body_arrives_intact_and_streamed(proxy, client):
 async def test_chunked_upload_stays_chunked(proxy, client):
     parts = [os.urandom(10_000) for _ in range(20)]
 
-    async def gen():
+    async def gen() -> AsyncIterator[bytes]:
         for part in parts:
             yield part
             await asyncio.sleep(0)
@@ -101,15 +110,30 @@ async def test_hop_by_hop_and_internal_headers_do_not_reach_upstream(proxy, clie
     assert lowered["host"].startswith("127.0.0.1:")
 
 
-async def test_gzip_answer_passes_through_untouched(upstreams, start_proxy, client):
-    stable, candidate = upstreams
-    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate)))
+async def test_client_headers_pass_and_none_are_invented(proxy, client):
     async with client.get(
-        proxy.proxy_url + "/x", headers={"Accept-Encoding": "gzip", "X-User-Id": "u"}
+        proxy.proxy_url + "/x",
+        headers={"Accept-Encoding": "br", "User-Agent": "tests/1"},
+        skip_auto_headers=("Accept",),
     ) as resp:
-        body = await resp.json()
-    assert body["headers"]["Accept-Encoding"] == "gzip"
-    assert "User-Agent" in body["headers"]  # the client's own, not one the proxy invents
+        seen = (await resp.json())["headers"]
+    assert (seen["Accept-Encoding"], seen["User-Agent"]) == ("br", "tests/1")
+    assert "Accept" not in seen
+
+
+async def test_gzip_answer_passes_through_untouched(proxy, client):
+    async with client.get(proxy.proxy_url + "/gzip") as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert await resp.read() == GZIP_BODY
+
+
+async def test_path_in_upstream_url_is_prepended(upstreams, start_proxy, client):
+    stable, candidate = upstreams
+    proxy = await start_proxy(
+        route_yaml(url_of(stable) + "/base/", url_of(candidate) + "/base", share=0.5)
+    )
+    async with client.get(proxy.proxy_url + "/v1/x?a=1") as resp:
+        assert (await resp.json())["raw_path"] == "/base/v1/x?a=1"
 
 
 async def test_upstream_status_codes_pass_through(proxy, client):
@@ -146,6 +170,14 @@ async def test_unreachable_upstream_is_502_json(upstreams, start_proxy, client, 
     assert resp.headers["X-Grayscale-Variant"] == variant
 
 
+async def test_upstream_dropping_the_connection_is_502_json(proxy, client):
+    async with client.get(proxy.proxy_url + "/reset", headers={"X-User-Id": "u"}) as resp:
+        assert resp.status == 502
+        body = await resp.json()
+    assert body["error"] == "upstream_reset"
+    assert body["variant"] == resp.headers["X-Grayscale-Variant"]
+
+
 async def test_slow_upstream_is_504_json(upstreams, start_proxy, client):
     stable, candidate = upstreams
     proxy = await start_proxy(
@@ -173,12 +205,13 @@ async def test_client_disconnect_cancels_upstream_request(upstreams, proxy, clie
     await asyncio.wait_for(probe_of(upstream).disconnected.wait(), timeout=5)
 
 
-async def test_timeout_mid_stream_cuts_the_client_connection(upstreams, start_proxy, client):
+@pytest.mark.parametrize("path", ["/endless", "/reset?after=5000"])
+async def test_failure_mid_stream_cuts_the_client_connection(upstreams, start_proxy, client, path):
     stable, candidate = upstreams
     proxy = await start_proxy(
         route_yaml(url_of(stable), url_of(candidate), share=0.0, timeout="500ms")
     )
-    async with client.get(proxy.proxy_url + "/endless") as resp:
+    async with client.get(proxy.proxy_url + path) as resp:
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()

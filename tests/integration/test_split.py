@@ -13,16 +13,20 @@ USERS = 10_000
 
 
 async def variants_of(
-    client: aiohttp.ClientSession, base: str, users: list[str], headers: dict[str, str] | None = None
+    client: aiohttp.ClientSession,
+    base: str,
+    users: list[str],
+    headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The variant each user gets, asking with up to 64 requests in flight."""
     limit = asyncio.Semaphore(64)
     found: dict[str, str] = {}
 
     async def ask(uid: str) -> None:
-        async with limit, client.get(
-            f"{base}/v1/predict", headers={"X-User-Id": uid, **(headers or {})}
-        ) as resp:
+        async with (
+            limit,
+            client.get(f"{base}/v1/predict", headers={"X-User-Id": uid, **(headers or {})}) as resp,
+        ):
             body = await resp.json()
             assert resp.status == 200
             assert body["upstream"] == resp.headers["X-Grayscale-Variant"]
@@ -86,8 +90,9 @@ async def test_segment_pin_wins_over_share(upstreams, start_proxy, client):
         "      - {name: blocked, when: {user_id: [user-1, user-2]}, variant: stable}\n"
         '      - {name: eu, when: {"header:X-Region": [eu-west-1]}, ramp: {base: 1.0}}\n'
     )
-    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate), share=0.0,
-                                         extra=segments))
+    proxy = await start_proxy(
+        route_yaml(url_of(stable), url_of(candidate), share=0.0, extra=segments)
+    )
     users = [f"user-{i}" for i in range(200)]
     staff = await variants_of(client, proxy.proxy_url, users, {"X-User-Group": "staff"})
     assert set(staff.values()) == {"candidate"}
