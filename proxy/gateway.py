@@ -6,23 +6,26 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from proxy.config.model import Variant
+from proxy.config.model import IPNetwork, Variant
 from proxy.forwarding import Target, error_response, forward
 from proxy.routing import RoutingTable, decide
+from proxy.routing.client_ip import client_ip
 
 ROUTING = web.AppKey("routing", RoutingTable)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+TRUSTED_PROXIES = web.AppKey[tuple[IPNetwork, ...]]("trusted_proxies")
 
 
 class HttpFacts:
     """Adapts an aiohttp request to the decision core's `RequestFacts`."""
 
-    __slots__ = ("_request",)
+    __slots__ = ("_request", "_trusted")
 
-    def __init__(self, request: web.BaseRequest):
+    def __init__(self, request: web.BaseRequest, trusted: tuple[IPNetwork, ...]):
         self._request = request
+        self._trusted = trusted
 
     @property
     def path(self) -> str:
@@ -30,7 +33,8 @@ class HttpFacts:
 
     @property
     def client_ip(self) -> str | None:
-        return self._request.remote
+        forwarded = self._request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+        return client_ip(self._request.remote, forwarded, self._trusted)
 
     def header(self, name: str) -> str | None:
         return self._request.headers.get(name)
@@ -48,7 +52,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if active is None:
         return error_response(404, "no_route", "no route matches this path", path=request.path)
     route = active.route
-    decision = decide(route, active.started_at, HttpFacts(request), time.time())
+    facts = HttpFacts(request, request.app[TRUSTED_PROXIES])
+    decision = decide(route, active.started_at, facts, time.time())
     upstream = route.candidate if decision.variant is Variant.CANDIDATE else route.stable
     target = Target(route.name, decision.variant.value, upstream)
     return await forward(request, request.app[SESSION], target)
@@ -67,11 +72,12 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def build_gateway(table: RoutingTable) -> web.Application:
-    """The proxy application serving `table`."""
+def build_gateway(table: RoutingTable, trusted_proxies: tuple[IPNetwork, ...]) -> web.Application:
+    """The proxy application serving `table`, believing `X-Forwarded-For` from `trusted_proxies`."""
     # Bodies are streamed, never read whole, so the server's body size limit does not apply.
     app = web.Application(handler_args={"max_field_size": 16384})
     app[ROUTING] = table
+    app[TRUSTED_PROXIES] = trusted_proxies
     app.cleanup_ctx.append(_client_session)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -30,7 +30,11 @@ class Server:
         self.ready = asyncio.Event()
         table = RoutingTable(config.routes, {}, time.time() if now is None else now)
         self._runners = [
-            web.AppRunner(build_gateway(table), handler_cancellation=True, access_log=None),
+            web.AppRunner(
+                build_gateway(table, config.server.trusted_proxies),
+                handler_cancellation=True,
+                access_log=None,
+            ),
             web.AppRunner(build_admin(self.ready), access_log=None),
         ]
         self.proxy_url = ""

@@ -306,13 +306,27 @@ class _Parser:
             seen.add(value)
 
     def server(self, node: Node, path: str, default: ServerConfig) -> ServerConfig:
-        fields = self.mapping(node, path, ("listen", "admin_listen"))
+        fields = self.mapping(node, path, ("listen", "admin_listen", "trusted_proxies"))
+        trusted: tuple[IPNetwork, ...] = ()
+        if "trusted_proxies" in fields:
+            trusted = self.networks(fields["trusted_proxies"], _sub(path, "trusted_proxies"))
         return ServerConfig(
             listen=self.field(fields, "listen", path, self.listen, default.listen),
             admin_listen=self.field(
                 fields, "admin_listen", path, self.listen, default.admin_listen
             ),
+            trusted_proxies=trusted,
         )
+
+    def networks(self, node: Node, path: str) -> tuple[IPNetwork, ...]:
+        """A list of IP addresses or CIDR blocks."""
+        networks: list[IPNetwork] = []
+        for value in self.strings(node, path):
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                self.fail(node, path, f"{value!r} is not an IP address or CIDR block")
+        return tuple(networks)
 
     def route(self, node: Node, path: str) -> Route:
         fields = self.mapping(
@@ -433,6 +447,8 @@ class _Parser:
         return tuple(conditions)
 
     def condition(self, selector: str, key_node: Node, node: Node, path: str) -> Condition | None:
+        if selector == "client_ip":
+            return ClientIpCondition(self.networks(node, path))
         values = self.strings(node, path)
         if selector == "path_prefix":
             if not all(v.startswith("/") for v in values):
@@ -440,14 +456,6 @@ class _Parser:
             return PathPrefixCondition(tuple(values))
         if selector == "user_id":
             return UserIdCondition(frozenset(values))
-        if selector == "client_ip":
-            networks: list[IPNetwork] = []
-            for value in values:
-                try:
-                    networks.append(ipaddress.ip_network(value, strict=False))
-                except ValueError:
-                    self.fail(node, path, f"{value!r} is not an IP address or CIDR block")
-            return ClientIpCondition(tuple(networks))
         if ":" in selector:
             key = self.key_source(key_node, path, KeySource(Source.HEADER, "-"))
             return AttributeCondition(key, frozenset(values))

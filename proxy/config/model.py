@@ -50,10 +50,11 @@ class Listen:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Listener addresses of the proxy and of its admin API."""
+    """Listener addresses, and the proxies whose `X-Forwarded-For` is believed."""
 
     listen: Listen = Listen("127.0.0.1", 8080)
     admin_listen: Listen = Listen("127.0.0.1", 9901)
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,7 +168,7 @@ def route_yaml(
     )
 
 
-ProxyFactory = Callable[[str], Awaitable[Server]]
+ProxyFactory = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
@@ -193,8 +193,11 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
     """Start proxies from YAML `routes:` bodies; all are stopped after the test."""
     servers: list[Server] = []
 
-    async def start(routes: str) -> Server:
-        text = 'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\nroutes:\n' + routes
+    async def start(routes: str, server_fields: str = "") -> Server:
+        text = (
+            f'server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"{server_fields}}}\n'
+            f"routes:\n{routes}"
+        )
         server = Server(parse_config(text, "test.yaml"))
         await server.start()
         servers.append(server)

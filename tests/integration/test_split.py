@@ -100,3 +100,23 @@ async def test_segment_pin_wins_over_share(upstreams, start_proxy, client):
     assert {u for u, v in eu.items() if v == "stable"} == {"user-1", "user-2"}
     rest = await variants_of(client, proxy.proxy_url, users)
     assert set(rest.values()) == {"stable"}
+
+
+async def test_client_ip_segment_believes_only_trusted_proxies(upstreams, start_proxy, client):
+    stable, candidate = upstreams
+    office = (
+        "    segments:\n"
+        '      - {name: office, when: {client_ip: ["198.51.100.0/24"]}, variant: candidate}\n'
+    )
+    routes = route_yaml(url_of(stable), url_of(candidate), share=0.0, extra=office)
+    behind_lb = await start_proxy(routes, ', trusted_proxies: ["127.0.0.0/8"]')
+    exposed = await start_proxy(routes)
+    spoofed = {"X-Forwarded-For": "198.51.100.7"}
+    for proxy, headers, expected in (
+        (behind_lb, spoofed, "candidate"),
+        (behind_lb, {}, "stable"),
+        (behind_lb, {"X-Forwarded-For": "203.0.113.1"}, "stable"),
+        (exposed, spoofed, "stable"),  # an untrusted peer cannot claim an address
+    ):
+        async with client.get(proxy.proxy_url + "/x", headers=headers) as resp:
+            assert resp.headers["X-Grayscale-Variant"] == expected, (proxy, headers)

@@ -113,6 +113,14 @@ def test_durations(value, seconds):
     assert parse_config(text).routes[0].stable.timeout == seconds
 
 
+def test_trusted_proxies():
+    text = 'server: {trusted_proxies: ["10.0.0.0/8", "fd00::1"]}\nroutes:\n' + MINIMAL_ROUTE
+    networks = parse_config(text).server.trusted_proxies
+    assert [str(n) for n in networks] == ["10.0.0.0/8", "fd00::1/128"]
+    (found,) = errors('server: {trusted_proxies: ["10.0.0.300"]}\nroutes:\n' + MINIMAL_ROUTE)
+    assert found.startswith("test.yaml:1: server.trusted_proxies: '10.0.0.300' is not an IP")
+
+
 def test_ipv6_listen_and_url_trailing_slash():
     text = 'server: {listen: "[::1]:0"}\nroutes:\n' + MINIMAL_ROUTE.replace(
         "http://127.0.0.1:2", "http://[::1]:2/"
@@ -140,7 +148,8 @@ def test_all_errors_reported_at_once_with_line_and_path():
             match: {path_prefix: /v1/models}
     """)
     assert found == [
-        "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen)",
+        "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen, "
+        "trusted_proxies)",
         "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
         "test.yaml:4: routes[0].match.path_prefix: must start with /",
         "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
