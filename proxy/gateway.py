@@ -53,7 +53,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(404, "no_route", "no route matches this path", path=request.path)
     route = active.route
     facts = HttpFacts(request, request.app[TRUSTED_PROXIES])
-    decision = decide(route, active.started_at, facts, time.time())
+    decision = decide(active, facts, time.time())
     upstream = route.candidate if decision.variant is Variant.CANDIDATE else route.stable
     target = Target(route.name, decision.variant.value, upstream)
     return await forward(request, request.app[SESSION], target)

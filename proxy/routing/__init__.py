@@ -8,16 +8,19 @@ from proxy.routing.bucket import BUCKETS, bucket, threshold
 from proxy.routing.decide import Decision, Reason, current_share, decide
 from proxy.routing.facts import RequestFacts
 from proxy.routing.ramp import ramp_share
+from proxy.routing.segments import CompiledSegment, compile_condition
 from proxy.routing.table import ActiveRoute, RoutingTable
 
 __all__ = [
     "BUCKETS",
     "ActiveRoute",
+    "CompiledSegment",
     "Decision",
     "Reason",
     "RequestFacts",
     "RoutingTable",
     "bucket",
+    "compile_condition",
     "current_share",
     "decide",
     "ramp_share",

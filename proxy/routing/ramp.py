@@ -20,4 +20,6 @@ def ramp_share(ramp: Ramp, start: float, now: float) -> float:
     if now < start:
         return 0.0
     share = ramp.base + ramp.slope * (now - start) / ramp.per
-    return min(max(share, 0.0), ramp.max)
+    if share > ramp.max:
+        return ramp.max
+    return share if share > 0.0 else 0.0

@@ -1,4 +1,4 @@
-"""The routing table: which route serves a path, and since when each rollout runs."""
+"""The routing table: which route serves a path, compiled once per config."""
 
 from __future__ import annotations
 
@@ -6,14 +6,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config.model import Route
+from proxy.routing.segments import CompiledSegment
 
 
 @dataclass(frozen=True, slots=True)
 class ActiveRoute:
-    """A route and the moment its rollout started (used by ramps without an explicit start)."""
+    """A route ready for decisions: its segments compiled, its rollout's start known.
+
+    `started_at` is used by ramps without an explicit `start`.
+    """
 
     route: Route
     started_at: float
+    segments: tuple[CompiledSegment, ...]
+
+    @classmethod
+    def of(cls, route: Route, started_at: float) -> ActiveRoute:
+        """Compile `route`, whose rollout began at `started_at`."""
+        return cls(route, started_at, tuple(CompiledSegment.of(s) for s in route.segments))
 
 
 class RoutingTable:
@@ -23,7 +33,7 @@ class RoutingTable:
 
     def __init__(self, routes: Sequence[Route], started_at: Mapping[str, float], now: float):
         """Build the table; routes missing from `started_at` start at `now`."""
-        active = [ActiveRoute(r, started_at.get(r.name, now)) for r in routes]
+        active = [ActiveRoute.of(r, started_at.get(r.name, now)) for r in routes]
         self._ordered = tuple(sorted(active, key=lambda a: len(a.route.path_prefix), reverse=True))
         self._by_name = {a.route.name: a for a in active}
 

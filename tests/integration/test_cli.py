@@ -117,13 +117,18 @@ def test_serve_refuses_invalid_config(tmp_path):
     assert "routes: at least one route is needed" in result.stderr
 
 
-def test_demo_runs_and_stops(tmp_path):
+def demo_config(tmp_path: Path) -> Path:
+    """The bundled demo config on free ports."""
     demo = (ROOT / "config" / "demo.yaml").read_text()
-    ports = {p: str(free_port()) for p in ("8080", "9901", "9001", "9002")}
-    for old, new in ports.items():
-        demo = demo.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    for old in ("8080", "9901", "9001", "9002"):
+        demo = demo.replace(f"127.0.0.1:{old}", f"127.0.0.1:{free_port()}")
     config = tmp_path / "demo.yaml"
     config.write_text(demo)
+    return config
+
+
+def test_demo_runs_for_a_duration(tmp_path):
+    config = demo_config(tmp_path)
     result = grayscale("demo", "--config", str(config), "--duration", "3", "--rate", "40")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -133,3 +138,30 @@ def test_demo_runs_and_stops(tmp_path):
     assert served_match is not None
     served = served_match[1]
     assert "sentiment/stable" in served and "chat/" in served
+
+
+async def test_demo_stops_cleanly_on_ctrl_c(tmp_path):
+    config = demo_config(tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "demo",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        while b"ramp share" not in await asyncio.wait_for(process.stdout.readline(), 20):
+            pass
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), timeout=20)
+    out = (await process.stdout.read()).decode()
+    err = (await process.stderr.read()).decode()
+    assert code == 0, err
+    assert "demo stopped; requests served:" in out
+    assert "Traceback" not in err

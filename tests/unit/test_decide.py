@@ -22,9 +22,9 @@ from proxy.config.model import (
     UserIdCondition,
     Variant,
 )
-from proxy.routing import Reason, bucket, decide
+from proxy.routing import ActiveRoute, CompiledSegment, Reason, bucket, compile_condition, decide
 from proxy.routing.cohort import cohort_key
-from proxy.routing.segments import condition_matches, match_segment
+from proxy.routing.segments import match_segment
 from tests.unit.facts import Facts, user
 
 NOW = 1_796_083_200.0
@@ -105,7 +105,7 @@ NETS = ClientIpCondition(
     ],
 )
 def test_condition_matches(condition, facts, key, expected):
-    assert condition_matches(condition, facts, key) is expected
+    assert compile_condition(condition)(facts, key) is expected
 
 
 def test_segment_needs_all_when_and_no_unless():
@@ -116,15 +116,18 @@ def test_segment_needs_all_when_and_no_unless():
         ramp=Ramp(base=0.2),
     )
     eu = {"X-Region": "eu-west-1"}
-    assert match_segment([seg], Facts(headers=eu), "u1") is seg
-    assert match_segment([seg], Facts(headers=eu), "ops") is None
-    assert match_segment([seg], Facts(), "u1") is None
+    compiled = [CompiledSegment.of(seg)]
+    assert match_segment(compiled, Facts(headers=eu), "u1") is compiled[0]
+    assert match_segment(compiled, Facts(headers=eu), "ops") is None
+    assert match_segment(compiled, Facts(), "u1") is None
 
 
 def test_first_matching_segment_wins():
     first = Segment("a", when=(REGION,), variant=Variant.STABLE)
     second = Segment("b", when=(REGION,), variant=Variant.CANDIDATE)
-    assert match_segment([first, second], Facts(headers={"X-Region": "eu-2"}), None) is first
+    compiled = [CompiledSegment.of(first), CompiledSegment.of(second)]
+    found = match_segment(compiled, Facts(headers={"X-Region": "eu-2"}), None)
+    assert found is compiled[0]
 
 
 # --- decide -----------------------------------------------------------------------------------
@@ -141,7 +144,7 @@ EU = Segment("eu", when=(REGION,), ramp=Ramp(base=0.0))
 def test_bucket_decides_against_the_share():
     route = make_route(share=0.5)
     for uid in (f"user-{i}" for i in range(200)):
-        d = decide(route, NOW, user(uid), NOW)
+        d = decide(ActiveRoute.of(route, NOW), user(uid), NOW)
         expected = Variant.CANDIDATE if bucket("salt-1", uid) < 5000 else Variant.STABLE
         assert (d.variant, d.reason, d.bucket, d.segment) == (
             expected,
@@ -154,7 +157,7 @@ def test_bucket_decides_against_the_share():
 
 def test_pinned_segment_wins_over_bucket_and_share():
     route = make_route(share=0.0, segments=(STAFF,))
-    d = decide(route, NOW, user("anyone", **{"X-Group": "staff"}), NOW)
+    d = decide(ActiveRoute.of(route, NOW), user("anyone", **{"X-Group": "staff"}), NOW)
     assert (d.variant, d.reason, d.segment, d.bucket) == (
         Variant.CANDIDATE,
         Reason.PINNED,
@@ -165,20 +168,20 @@ def test_pinned_segment_wins_over_bucket_and_share():
 
 def test_deny_list_pins_stable_even_at_full_share():
     route = make_route(share=1.0, segments=(DENY,))
-    assert decide(route, NOW, user("vip-1"), NOW).variant is Variant.STABLE
-    assert decide(route, NOW, user("vip-2"), NOW).variant is Variant.CANDIDATE
+    assert decide(ActiveRoute.of(route, NOW), user("vip-1"), NOW).variant is Variant.STABLE
+    assert decide(ActiveRoute.of(route, NOW), user("vip-2"), NOW).variant is Variant.CANDIDATE
 
 
 def test_segment_ramp_replaces_route_share():
     route = make_route(share=1.0, segments=(EU,))
-    d = decide(route, NOW, user("u", **{"X-Region": "eu-west-1"}), NOW)
+    d = decide(ActiveRoute.of(route, NOW), user("u", **{"X-Region": "eu-west-1"}), NOW)
     assert (d.variant, d.segment, d.share) == (Variant.STABLE, "eu", 0.0)
-    assert decide(route, NOW, user("u"), NOW).variant is Variant.CANDIDATE
+    assert decide(ActiveRoute.of(route, NOW), user("u"), NOW).variant is Variant.CANDIDATE
 
 
 def test_segment_order_decides_overlaps():
     route = make_route(segments=(DENY, STAFF))
-    d = decide(route, NOW, user("vip-1", **{"X-Group": "staff"}), NOW)
+    d = decide(ActiveRoute.of(route, NOW), user("vip-1", **{"X-Group": "staff"}), NOW)
     assert (d.variant, d.segment) == (Variant.STABLE, "deny")
 
 
@@ -192,14 +195,14 @@ def test_segment_order_decides_overlaps():
     ],
 )
 def test_requests_without_key(share, missing, expected, reason):
-    d = decide(make_route(share=share, missing=missing), NOW, Facts(), NOW)
+    d = decide(ActiveRoute.of(make_route(share=share, missing=missing), NOW), Facts(), NOW)
     assert (d.variant, d.reason, d.bucket) == (expected, reason, None)
 
 
 def test_missing_random_splits_keyless_requests_by_share():
     route = make_route(share=0.3, missing=Missing.RANDOM)
     rng = random.Random(1)
-    decisions = [decide(route, NOW, Facts(), NOW, rng.random) for _ in range(20000)]
+    decisions = [decide(ActiveRoute.of(route, NOW), Facts(), NOW, rng.random) for _ in range(20000)]
     assert all(d.reason is Reason.RANDOM for d in decisions)
     share = sum(d.variant is Variant.CANDIDATE for d in decisions) / len(decisions)
     assert share == pytest.approx(0.3, abs=0.015)
@@ -208,10 +211,15 @@ def test_missing_random_splits_keyless_requests_by_share():
 def test_same_user_same_variant_every_time():
     route = make_route(share=0.37)
     for uid in ("a", "b", "c", "d"):
-        assert len({decide(route, NOW, user(uid), NOW).variant for _ in range(50)}) == 1
+        assert (
+            len({decide(ActiveRoute.of(route, NOW), user(uid), NOW).variant for _ in range(50)})
+            == 1
+        )
 
 
 def test_rollout_start_applies_to_ramps_without_start():
     route = make_route(share=1.0)
-    assert decide(route, NOW, user("u"), NOW - 1).variant is Variant.STABLE  # not started yet
-    assert decide(route, NOW, user("u"), NOW).variant is Variant.CANDIDATE
+    assert (
+        decide(ActiveRoute.of(route, NOW), user("u"), NOW - 1).variant is Variant.STABLE
+    )  # not started yet
+    assert decide(ActiveRoute.of(route, NOW), user("u"), NOW).variant is Variant.CANDIDATE
