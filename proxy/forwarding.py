@@ -39,6 +39,7 @@ _HOP_BY_HOP = frozenset(
     )
 )
 _HOST = istr("Host")
+_EXPECT = istr("Expect")
 _XFF = istr("X-Forwarded-For")
 _XF_PROTO = istr("X-Forwarded-Proto")
 _XF_HOST = istr("X-Forwarded-Host")
@@ -74,14 +75,15 @@ def _dropped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
 def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     """The request headers to send upstream.
 
-    Hop-by-hop headers, `Host` (the client sets it from the upstream URL) and any client-sent
-    `X-Grayscale-*` header are dropped; `X-Forwarded-For` gets the peer appended,
-    `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a proxy in front already set them.
+    Hop-by-hop headers, `Host` (the client sets it from the upstream URL), `Expect` (the proxy
+    answers `100-continue` itself) and any client-sent `X-Grayscale-*` header are dropped.
+    `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host` are set
+    unless a proxy in front already set them.
     """
     drop = _dropped(request.headers)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if name in drop or name == _HOST or name.lower().startswith(_INTERNAL_PREFIX):
+        if name in drop or name in (_HOST, _EXPECT) or name.lower().startswith(_INTERNAL_PREFIX):
             continue
         headers.add(name, value)
     peer = request.remote or ""
@@ -93,18 +95,19 @@ def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     return headers
 
 
-def _response_headers(upstream: aiohttp.ClientResponse, target: Target) -> CIMultiDict[str]:
-    drop = _dropped(upstream.headers)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
+def _copy_response_headers(
+    answer: aiohttp.ClientResponse, headers: CIMultiDict[str], target: Target
+) -> None:
+    """Copy the upstream's answer headers into `headers`, less hop-by-hop ones, plus ours."""
+    drop = _dropped(answer.headers)
+    for name, value in answer.headers.items():
         if name not in drop:
             headers.add(name, value)
     headers[VARIANT_HEADER] = target.variant
     headers[ROUTE_HEADER] = target.route
-    if upstream.content_type == "text/event-stream":
+    if answer.content_type == "text/event-stream":
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
         headers["X-Accel-Buffering"] = "no"
-    return headers
 
 
 @lru_cache(maxsize=256)
@@ -156,7 +159,7 @@ async def forward(
             allow_redirects=False,
         ) as answer:
             response = web.StreamResponse(status=answer.status, reason=answer.reason)
-            response.headers.extend(_response_headers(answer, target))
+            _copy_response_headers(answer, response.headers, target)
             await response.prepare(request)
             async for chunk in answer.content.iter_any():
                 await response.write(chunk)

@@ -217,3 +217,18 @@ async def test_failure_mid_stream_cuts_the_client_connection(upstreams, start_pr
             await resp.read()
     async with client.get(proxy.proxy_url + "/x") as resp:
         assert resp.status == 200
+
+
+async def test_expect_continue_is_answered_by_the_proxy(proxy, client):
+    payload = os.urandom(300_000)
+    async with client.post(proxy.proxy_url + "/upload", data=payload, expect100=True) as resp:
+        body = await resp.json()
+    assert body["body_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert "Expect" not in body["headers"]
+
+
+async def test_head_request_gets_headers_only(proxy, client):
+    async with client.head(proxy.proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
+        assert resp.status == 200
+        assert int(resp.headers["Content-Length"]) > 0
+        assert await resp.read() == b""
