@@ -26,7 +26,7 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.routing import ActiveRoute, bucket, decide
+from proxy.routing import ActiveRoute, Control, bucket, decide
 
 
 class Facts:
@@ -86,8 +86,9 @@ def scenarios(n: int) -> dict[str, Callable[[], None]]:
     users = [Facts(f"user-{i}") for i in range(n)]
     anonymous = [Facts(None) for _ in range(n)]
     now = 1_796_083_200.0
-    plain = ActiveRoute.of(route(()), now)
-    segmented = ActiveRoute.of(route(SEGMENTS), now)
+    plain = ActiveRoute.of(route(()))
+    segmented = ActiveRoute.of(route(SEGMENTS))
+    control = Control(now, now)
 
     def floor() -> None:
         for f in users:
@@ -95,15 +96,15 @@ def scenarios(n: int) -> dict[str, Callable[[], None]]:
 
     def no_segments() -> None:
         for f in users:
-            decide(plain, f, now)
+            decide(plain, f, control)
 
     def three_segments() -> None:
         for f in users:
-            decide(segmented, f, now)
+            decide(segmented, f, control)
 
     def no_key() -> None:
         for f in anonymous:
-            decide(plain, f, now)
+            decide(plain, f, control)
 
     return {
         "bucket hash alone (floor)": floor,

@@ -1,30 +1,266 @@
-"""The admin application: health and readiness."""
+"""The admin API: health, readiness, status, metrics, and token-protected rollout actions."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
-READY = web.AppKey("ready", asyncio.Event)
+from proxy.config.model import Config, Ramp, Route
+from proxy.forwarding import error_response
+from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
+from proxy.rollout.controller import RolloutController
+from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
+from proxy.routing import current_share
 
-
-async def healthz(request: web.Request) -> web.Response:
-    """The process is alive and its event loop answers."""
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """The config is loaded and the proxy listener accepts connections."""
-    if request.app[READY].is_set():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready"}, status=503)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_admin(ready: asyncio.Event) -> web.Application:
-    """The admin application; `ready` is set once the proxy listens."""
-    app = web.Application()
-    app[READY] = ready
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
+def token_id(token: str) -> str:
+    """How a token appears in audit lines: a short hash, never the token."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+class Admin:
+    """The admin application's handlers and what they read."""
+
+    def __init__(
+        self,
+        config: Config,
+        controller: RolloutController,
+        recorder: Recorder,
+        ready: asyncio.Event,
+        token: str | None,
+    ):
+        self.config = config
+        self.controller = controller
+        self.recorder = recorder
+        self.ready = ready
+        self._token = token.encode() if token else None
+        self._actor = token_id(token) if token else ""
+        recorder.registry.register(CallbackCollector(self._rollout_metrics))
+
+    # --- access ------------------------------------------------------------------------------
+
+    def _check_token(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the admin token; else the 401/403 answer."""
+        if self._token is None:
+            return error_response(
+                403,
+                "admin_token_not_configured",
+                f"set ${self.config.admin.token_env} to enable this endpoint",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            answer = error_response(401, "unauthorized", "send Authorization: Bearer <token>")
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="grayscale-admin"'
+            return answer
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            return error_response(403, "forbidden", "the admin token is wrong")
+        return None
+
+    def _protected(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            return self._check_token(request) or await handler(request)
+
+        return guarded
+
+    def _read(self, handler: Handler) -> Handler:
+        return self._protected(handler) if self.config.admin.protect_reads else handler
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """The process is alive and its event loop answers."""
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """The config is loaded and the proxy listener accepts connections."""
+        if self.ready.is_set():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition of every metric."""
+        body = generate_latest(self.recorder.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Every route: state, share now, ramp, segments, last transition, request counts."""
+        now = time.time()
+        routes = [self.route_status(route, now) for route in self.controller.routes()]
+        return web.json_response({"config": self.config.digest, "routes": routes})
+
+    def route_status(self, route: Route, now: float) -> dict[str, Any]:
+        """The `/status` entry of one route."""
+        name = route.name
+        rollout = self.controller.rollout(name)
+        control = self.controller.control(name, now)
+        forced = forced_variant(rollout)
+        segments: list[dict[str, Any]] = []
+        for segment in route.segments:
+            entry: dict[str, Any] = {"name": segment.name}
+            if segment.variant is not None:
+                entry["variant"] = segment.variant.value
+            if forced is not None:
+                entry["share"] = 1.0 if forced.value == "candidate" else 0.0
+            elif segment.ramp is not None:
+                entry["share"] = current_share(segment.ramp, control.started_at, control.clock)
+            segments.append(entry)
+        counts = self.recorder.counts(name)
+        return {
+            "name": name,
+            "path_prefix": route.path_prefix,
+            "state": self.controller.state(name, now).value,
+            "share": self.controller.share(name, now),
+            "share_override": rollout.share_override,
+            "stable": route.stable.url,
+            "candidate": route.candidate.url,
+            "rollout": {
+                "started_at": rollout.started_at,
+                "held_seconds": rollout.held
+                + (now - rollout.frozen_at if rollout.frozen_at else 0),
+                "salt": route.cohort.salt,
+            },
+            "ramp": _ramp(route.ramp),
+            "segments": segments,
+            "last_transition": _transition(rollout.last),
+            "requests": counts,
+            "error_rate": {variant: _error_rate(by_class) for variant, by_class in counts.items()},
+        }
+
+    def _rollout_metrics(self) -> Iterable[GaugeMetricFamily]:
+        now = time.time()
+        share = GaugeMetricFamily(
+            "grayscale_candidate_share",
+            "The candidate's share now (0..1), after pauses, overrides and rollbacks.",
+            labels=("route",),
+        )
+        state = GaugeMetricFamily(
+            "grayscale_rollout_state", "The rollout's state (one-hot).", labels=("route", "state")
+        )
+        for route in self.controller.routes():
+            share.add_metric((route.name,), self.controller.share(route.name, now))
+            current = self.controller.state(route.name, now)
+            for option in State:
+                state.add_metric((route.name, option.value), 1.0 if option is current else 0.0)
+        info = GaugeMetricFamily(
+            "grayscale_config_info", "The loaded config's hash.", labels=("hash",)
+        )
+        info.add_metric((self.config.digest,), 1.0)
+        return (share, state, info)
+
+    # --- actions -----------------------------------------------------------------------------
+
+    def _action(self, action: Action) -> Handler:
+        async def act(request: web.Request) -> web.StreamResponse:
+            name = request.match_info["name"]
+            if name not in self.controller:
+                return error_response(404, "unknown_route", f"no route named {name!r}")
+            body, problem = await _json_body(request)
+            if problem is not None:
+                return problem
+            reason = body.get("reason")
+            if reason is not None and not isinstance(reason, str):
+                return error_response(400, "bad_request", "'reason' must be a string")
+            share: float | None = None
+            if action is Action.SET_SHARE:
+                given = body.get("share")
+                if (
+                    isinstance(given, bool)
+                    or not isinstance(given, int | float)
+                    or not 0.0 <= given <= 1.0
+                ):
+                    return error_response(400, "bad_request", "'share' must be a number in [0, 1]")
+                share = float(given)
+            try:
+                outcome = await self.controller.act(
+                    name,
+                    action,
+                    time.time(),
+                    actor=self._actor,
+                    reason=reason,
+                    share=share,
+                )
+            except IllegalTransition as exc:
+                return error_response(
+                    409, "illegal_transition", str(exc), route=name, state=exc.state.value
+                )
+            result = {
+                "route": name,
+                **(_transition(outcome.transition) or {}),
+                "share": self.controller.share(name, time.time()),
+                "persisted": outcome.persisted,
+            }
+            if not outcome.persisted:
+                result["error"] = "state_not_persisted"
+                result["message"] = f"applied in this process only: {outcome.error}"
+            return web.json_response(result, status=200 if outcome.persisted else 500)
+
+        return self._protected(act)
+
+    def build_app(self) -> web.Application:
+        """The admin aiohttp application."""
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self._read(self.metrics))
+        app.router.add_get("/status", self._read(self.status))
+        for path, action in (
+            ("pause", Action.PAUSE),
+            ("resume", Action.RESUME),
+            ("promote", Action.PROMOTE),
+            ("rollback", Action.ROLLBACK),
+            ("share", Action.SET_SHARE),
+        ):
+            app.router.add_post(f"/routes/{{name}}/{path}", self._action(action))
+        return app
+
+
+async def _json_body(request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+    """The request's JSON object (empty when there is no body), or a 400 answer."""
+    if not request.can_read_body:
+        return {}, None
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}, error_response(400, "bad_request", "the body must be a JSON object")
+    if not isinstance(body, dict):
+        return {}, error_response(400, "bad_request", "the body must be a JSON object")
+    return body, None
+
+
+def _ramp(ramp: Ramp) -> dict[str, Any]:
+    return {
+        "start": ramp.start,
+        "base": ramp.base,
+        "slope": ramp.slope,
+        "per_seconds": ramp.per,
+        "max": ramp.max,
+    }
+
+
+def _transition(transition: Transition | None) -> dict[str, Any] | None:
+    if transition is None:
+        return None
+    return {
+        "action": transition.action.value,
+        "at": transition.at,
+        "actor": transition.actor,
+        "before": transition.before.value,
+        "after": transition.after.value,
+        "reason": transition.reason,
+        "share": transition.share,
+    }
+
+
+def _error_rate(by_class: dict[str, int]) -> float | None:
+    total = sum(by_class[c] for c in CODE_CLASSES)
+    return (by_class["5xx"] + by_class["error"]) / total if total else None

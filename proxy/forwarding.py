@@ -7,6 +7,7 @@ headers are dropped in both directions, and client errors map to a 502/504 with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -52,6 +53,16 @@ class Target:
     route: str
     variant: str
     upstream: Upstream
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What happened to one forwarded request; `forward` fills it in as it goes."""
+
+    status: int = 0  # the status sent to the client; 0 until the answer started
+    error: str | None = None  # why the upstream failed: connect, timeout, reset or protocol
+    ttfb: float | None = None  # seconds from sending upstream to the answer body's first byte
+    bytes_out: int = 0  # answer body bytes written to the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +150,12 @@ def error_response(status: int, error: str, message: str, **fields: str) -> web.
 
 
 async def forward(
-    request: web.BaseRequest, session: aiohttp.ClientSession, target: Target
+    request: web.BaseRequest,
+    session: aiohttp.ClientSession,
+    target: Target,
+    exchange: Exchange,
 ) -> web.StreamResponse:
-    """Send `request` to `target` and stream the answer back.
+    """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
 
     Before the answer's headers are sent, an upstream failure becomes a 502/504 JSON answer. After,
     the client connection is closed without completing the body, so the client sees the failure.
@@ -149,6 +163,8 @@ async def forward(
     upstream = target.upstream
     url = URL(upstream.url + request.raw_path, encoded=True)
     response: web.StreamResponse | None = None
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
     try:
         async with session.request(
             request.method,
@@ -161,8 +177,14 @@ async def forward(
             response = web.StreamResponse(status=answer.status, reason=answer.reason)
             _copy_response_headers(answer, response.headers, target)
             await response.prepare(request)
+            exchange.status = answer.status
             async for chunk in answer.content.iter_any():
+                if exchange.ttfb is None:
+                    exchange.ttfb = loop.time() - sent
                 await response.write(chunk)
+                exchange.bytes_out += len(chunk)
+            if exchange.ttfb is None:
+                exchange.ttfb = loop.time() - sent
             await response.write_eof()
             return response
     except (TimeoutError, aiohttp.ClientError) as exc:
@@ -170,6 +192,7 @@ async def forward(
             # The client went away mid-answer; leaving the block closed the upstream request.
             return response
         failure = classify(exc)
+        exchange.error = failure.reason
         log.warning(
             "upstream error (%s): %s",
             failure.reason,
@@ -177,6 +200,7 @@ async def forward(
             extra={"route": target.route, "variant": target.variant},
         )
         if response is None:
+            exchange.status = failure.status
             answer_error = error_response(
                 failure.status,
                 failure.error,

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import hdrs, web
 
+from proxy.access_log import AccessLog, Entry
 from proxy.config.model import IPNetwork, Variant
-from proxy.forwarding import Target, error_response, forward
+from proxy.forwarding import Exchange, Target, error_response, forward
+from proxy.metrics import Recorder
+from proxy.rollout.controller import RolloutController
 from proxy.routing import RoutingTable, decide
 from proxy.routing.client_ip import client_ip
 
-ROUTING = web.AppKey("routing", RoutingTable)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-TRUSTED_PROXIES = web.AppKey[tuple[IPNetwork, ...]]("trusted_proxies")
+_STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer started
 
 
 class HttpFacts:
@@ -46,38 +48,92 @@ class HttpFacts:
         return self._request.query.get(name)
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    """Route one request to its route's stable or candidate upstream."""
-    active = request.app[ROUTING].match(request.path)
-    if active is None:
-        return error_response(404, "no_route", "no route matches this path", path=request.path)
-    route = active.route
-    facts = HttpFacts(request, request.app[TRUSTED_PROXIES])
-    decision = decide(active, facts, time.time())
-    upstream = route.candidate if decision.variant is Variant.CANDIDATE else route.stable
-    target = Target(route.name, decision.variant.value, upstream)
-    return await forward(request, request.app[SESSION], target)
+class Gateway:
+    """The data plane: match a route, decide the variant, forward, record.
 
+    Built once per config; `build_app` serves it.
+    """
 
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    """One pooled keep-alive client for every upstream, closed on shutdown."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
-    ) as session:
-        app[SESSION] = session
-        yield
+    def __init__(
+        self,
+        table: RoutingTable,
+        controller: RolloutController,
+        recorder: Recorder,
+        access_log: AccessLog | None,
+        trusted_proxies: tuple[IPNetwork, ...] = (),
+    ):
+        self.table = table
+        self.controller = controller
+        self.recorder = recorder
+        self.access_log = access_log
+        self.trusted_proxies = trusted_proxies
+        self.session: aiohttp.ClientSession | None = None
+        self._targets = {
+            a.route.name: {
+                _STABLE: Target(a.route.name, "stable", a.route.stable),
+                _CANDIDATE: Target(a.route.name, "candidate", a.route.candidate),
+            }
+            for a in table.routes
+        }
+        self._metrics = {a.route.name: recorder.route(a.route.name) for a in table.routes}
 
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Route one request to its route's stable or candidate upstream."""
+        started = time.monotonic()
+        active = self.table.match(request.path)
+        if active is None:
+            self.recorder.unmatched.inc()
+            return error_response(404, "no_route", "no route matches this path", path=request.path)
+        name = active.route.name
+        now = time.time()
+        facts = HttpFacts(request, self.trusted_proxies)
+        decision = decide(active, facts, self.controller.control(name, now))
+        target = self._targets[name][decision.variant]
+        metrics = self._metrics[name][target.variant]
+        exchange = Exchange()
+        metrics.in_flight.inc()
+        try:
+            assert self.session is not None, "the gateway is not running"
+            return await forward(request, self.session, target, exchange)
+        finally:
+            metrics.in_flight.dec()
+            if exchange.status == 0:
+                exchange.status = CLIENT_CLOSED
+            duration = time.monotonic() - started
+            metrics.observe(exchange, duration)
+            if self.access_log is not None:
+                self.access_log.record(
+                    Entry(
+                        now,
+                        name,
+                        request.method,
+                        decision,
+                        exchange.status,
+                        exchange.error,
+                        duration,
+                        exchange.ttfb,
+                        request.content.total_bytes,
+                        exchange.bytes_out,
+                    )
+                )
 
-def build_gateway(table: RoutingTable, trusted_proxies: tuple[IPNetwork, ...]) -> web.Application:
-    """The proxy application serving `table`, believing `X-Forwarded-For` from `trusted_proxies`."""
-    # Bodies are streamed, never read whole, so the server's body size limit does not apply.
-    app = web.Application(handler_args={"max_field_size": 16384})
-    app[ROUTING] = table
-    app[TRUSTED_PROXIES] = trusted_proxies
-    app.cleanup_ctx.append(_client_session)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+    async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
+        """One pooled keep-alive client for every upstream, closed on shutdown."""
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+        async with aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
+        ) as session:
+            self.session = session
+            yield
+            self.session = None
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application serving this gateway."""
+        # Bodies are streamed, never read whole, so the server's body size limit does not apply.
+        app = web.Application(handler_args={"max_field_size": 16384})
+        app.cleanup_ctx.append(self._client_session)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app

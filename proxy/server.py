@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
 from aiohttp import web
 
-from proxy.admin import build_admin
-from proxy.config.model import Config, Listen
-from proxy.gateway import build_gateway
+from proxy.access_log import AccessLog, secret_from_env
+from proxy.admin import Admin
+from proxy.config.model import Config, StateBackend
+from proxy.gateway import Gateway
+from proxy.metrics import Recorder
+from proxy.rollout.controller import RolloutController
+from proxy.rollout.store import FileStore, MemoryStore, StateStore
 from proxy.routing import RoutingTable
 
 log = logging.getLogger("grayscale.server")
@@ -22,32 +27,54 @@ def _url(address: object) -> str:
     return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 
 
+def state_store(config: Config) -> StateStore:
+    """The state store the config asks for."""
+    if config.state.backend is StateBackend.MEMORY:
+        return MemoryStore()
+    return FileStore(config.state.path)
+
+
 class Server:
     """The proxy listener and the admin listener of one process."""
 
-    def __init__(self, config: Config, now: float | None = None):
+    def __init__(self, config: Config, store: StateStore | None = None):
         self.config = config
         self.ready = asyncio.Event()
-        table = RoutingTable(config.routes, {}, time.time() if now is None else now)
+        self.recorder = Recorder()
+        self.controller = RolloutController(store if store is not None else state_store(config))
+        self.access_log = (
+            AccessLog(config.access_log, secret_from_env(config.access_log.hash_secret_env))
+            if config.access_log is not None
+            else None
+        )
+        token = os.environ.get(config.admin.token_env) or None
+        if token is None:
+            log.warning(
+                "$%s is not set: the admin API refuses every change", config.admin.token_env
+            )
+        self.gateway = Gateway(
+            RoutingTable(config.routes),
+            self.controller,
+            self.recorder,
+            self.access_log,
+            config.server.trusted_proxies,
+        )
+        admin = Admin(config, self.controller, self.recorder, self.ready, token)
         self._runners = [
-            web.AppRunner(
-                build_gateway(table, config.server.trusted_proxies),
-                handler_cancellation=True,
-                access_log=None,
-            ),
-            web.AppRunner(build_admin(self.ready), access_log=None),
+            web.AppRunner(self.gateway.build_app(), handler_cancellation=True, access_log=None),
+            web.AppRunner(admin.build_app(), access_log=None),
         ]
         self.proxy_url = ""
         self.admin_url = ""
 
-    async def start(self) -> None:
-        """Bind both listeners; then the proxy is ready."""
-        listens: tuple[Listen, Listen] = (
-            self.config.server.listen,
-            self.config.server.admin_listen,
-        )
+    async def start(self, now: float | None = None) -> None:
+        """Load rollout state, bind both listeners; then the proxy is ready."""
+        await self.controller.start(self.config.routes, time.time() if now is None else now)
+        if self.access_log is not None:
+            self.access_log.start()
+        server = self.config.server
         urls: list[str] = []
-        for runner, listen in zip(self._runners, listens, strict=True):
+        for runner, listen in zip(self._runners, (server.listen, server.admin_listen), strict=True):
             await runner.setup()
             await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
             urls.append(_url(runner.addresses[0]))
@@ -56,11 +83,12 @@ class Server:
         log.info("proxy listening on %s, admin on %s", self.proxy_url, self.admin_url)
         for route in self.config.routes:
             log.info(
-                "route %s: %s -> stable %s, candidate %s",
+                "route %s: %s -> stable %s, candidate %s (%s)",
                 route.name,
                 route.path_prefix,
                 route.stable.url,
                 route.candidate.url,
+                self.controller.state(route.name, time.time()).value,
             )
 
     async def stop(self) -> None:
@@ -68,6 +96,8 @@ class Server:
         self.ready.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
+        if self.access_log is not None:
+            self.access_log.close()
         log.info("stopped")
 
 

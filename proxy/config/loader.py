@@ -7,6 +7,7 @@ once, collecting all problems before raising, so a user fixes a file in one pass
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import math
 import re
@@ -23,6 +24,8 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config.model import (
+    AccessLogConfig,
+    AdminConfig,
     AttributeCondition,
     ClientIpCondition,
     Cohort,
@@ -38,6 +41,8 @@ from proxy.config.model import (
     Segment,
     ServerConfig,
     Source,
+    StateBackend,
+    StateConfig,
     Upstream,
     UserIdCondition,
     Variant,
@@ -95,7 +100,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if root is None:
         raise ConfigError([ConfigIssue(source, 1, "", "the file is empty")])
     parser = _Parser(source)
-    config = parser.config(root)
+    config = parser.config(root, hashlib.sha256(text.encode()).hexdigest()[:12])
     if parser.issues:
         raise ConfigError(sorted(parser.issues, key=lambda issue: issue.line))
     return config
@@ -195,6 +200,13 @@ class _Parser:
             self.fail(node, path, "names use letters, digits, '_', '.' and '-' (at most 64)")
         return value
 
+    def boolean(self, node: Node, path: str, default: bool) -> bool:
+        value = self.scalar(node, path)
+        if isinstance(value, bool):
+            return value
+        self.fail(node, path, "expected true or false")
+        return default
+
     def number(self, node: Node, path: str, default: float) -> float:
         value = self.scalar(node, path)
         if (
@@ -282,8 +294,10 @@ class _Parser:
 
     # --- sections --------------------------------------------------------------------------
 
-    def config(self, root: Node) -> Config:
-        fields = self.mapping(root, "", ("server", "routes"), required=("routes",))
+    def config(self, root: Node, digest: str) -> Config:
+        fields = self.mapping(
+            root, "", ("server", "admin", "state", "access_log", "routes"), required=("routes",)
+        )
         server = self.field(fields, "server", "", self.server, ServerConfig())
         routes: list[Route] = []
         node = fields.get("routes")
@@ -294,7 +308,44 @@ class _Parser:
                 self.fail(node, "routes", "at least one route is needed")
             self.unique(node, "routes", [(r.name, "name") for r in routes])
             self.unique(node, "routes", [(r.path_prefix, "match.path_prefix") for r in routes])
-        return Config(routes=tuple(routes), server=server, source=self.source)
+        return Config(
+            routes=tuple(routes),
+            server=server,
+            state=self.field(fields, "state", "", self.state, StateConfig()),
+            admin=self.field(fields, "admin", "", self.admin, AdminConfig()),
+            access_log=self.field(fields, "access_log", "", self.access_log, None),
+            source=self.source,
+            digest=digest,
+        )
+
+    def state(self, node: Node, path: str, default: StateConfig) -> StateConfig:
+        fields = self.mapping(node, path, ("backend", "path"))
+        backend = default.backend
+        if "backend" in fields:
+            backend = self.choice(fields["backend"], _sub(path, "backend"), backend, StateBackend)
+        return StateConfig(backend, self.field(fields, "path", path, self.string, default.path))
+
+    def admin(self, node: Node, path: str, default: AdminConfig) -> AdminConfig:
+        fields = self.mapping(node, path, ("token_env", "protect_reads"))
+        return AdminConfig(
+            token_env=self.field(fields, "token_env", path, self.string, default.token_env),
+            protect_reads=self.field(
+                fields, "protect_reads", path, self.boolean, default.protect_reads
+            ),
+        )
+
+    def access_log(
+        self, node: Node, path: str, default: AccessLogConfig | None
+    ) -> AccessLogConfig | None:
+        fields = self.mapping(node, path, ("path", "sample", "hash_secret_env"), ("path",))
+        base = AccessLogConfig()
+        return AccessLogConfig(
+            path=self.field(fields, "path", path, self.string, base.path),
+            sample=self.field(fields, "sample", path, self.fraction, base.sample),
+            hash_secret_env=self.field(
+                fields, "hash_secret_env", path, self.string, base.hash_secret_env
+            ),
+        )
 
     def unique(self, node: Node, path: str, values: list[tuple[str, str]]) -> None:
         seen: set[str] = set()

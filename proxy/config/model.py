@@ -160,10 +160,49 @@ class Route:
     segments: tuple[Segment, ...] = ()
 
 
+class StateBackend(StrEnum):
+    """Where rollout state is kept."""
+
+    FILE = "file"
+    MEMORY = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The rollout state store. `memory` forgets everything on restart."""
+
+    backend: StateBackend = StateBackend.FILE
+    path: str = "grayscale-state.json"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """Admin API access: the bearer token's environment variable; whether reads need it too."""
+
+    token_env: str = "GRAYSCALE_ADMIN_TOKEN"
+    protect_reads: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One JSON line per request (or per sampled request) to `path`: "stdout" or a file.
+
+    User keys are written as keyed hashes, the key read from the `hash_secret_env` variable.
+    """
+
+    path: str = "stdout"
+    sample: float = 1.0
+    hash_secret_env: str = "GRAYSCALE_LOG_SECRET"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    """A whole, valid configuration file."""
+    """A whole, valid configuration file; `digest` identifies its text."""
 
     routes: tuple[Route, ...]
     server: ServerConfig = ServerConfig()
+    state: StateConfig = StateConfig()
+    admin: AdminConfig = AdminConfig()
+    access_log: AccessLogConfig | None = None
     source: str = field(default="<memory>", compare=False)
+    digest: str = field(default="", compare=False)

@@ -20,7 +20,6 @@ from aiohttp import web
 from proxy.config.model import Config
 from proxy.demo.models import CANDIDATE_MODEL, STABLE_MODEL, ModelSpec, build_model_app
 from proxy.forwarding import VARIANT_HEADER
-from proxy.routing import current_share
 from proxy.server import Server
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -85,10 +84,10 @@ async def _one_request(
         tally.errors += 1
 
 
-def _report(config: Config, tally: Tally, started_at: float, elapsed: float) -> str:
+def _report(server: Server, tally: Tally, elapsed: float) -> str:
     lines = [f"t={elapsed:5.1f}s" + (f"  upstream errors: {tally.errors}" if tally.errors else "")]
-    for route in config.routes:
-        share = current_share(route.ramp, started_at, time.time())
+    for route in server.config.routes:
+        share = server.controller.share(route.name, time.time())
         parts = []
         for variant in ("stable", "candidate"):
             n = tally.count[route.name, variant]
@@ -141,8 +140,8 @@ async def run_demo(config: Config, duration: float | None = None, rate: float = 
         loop.add_signal_handler(sig, stop.set)
     models = await _start_models(config)
     started_at = time.time()
-    server = Server(config, now=started_at)
-    await server.start()
+    server = Server(config)
+    await server.start(now=started_at)
     tally = Tally()
     rng = random.Random(7)
     tasks: set[asyncio.Task[None]] = set()
@@ -160,7 +159,7 @@ async def run_demo(config: Config, duration: float | None = None, rate: float = 
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0 / rate)
                 if time.monotonic() >= next_report:
-                    print(_report(config, tally, started_at, time.time() - started_at), flush=True)
+                    print(_report(server, tally, time.time() - started_at), flush=True)
                     tally.reset()
                     next_report += REPORT_EVERY
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -23,9 +23,25 @@ class Reason(StrEnum):
     PINNED = "pinned"  # a segment pins the variant
     NO_KEY = "no_key"  # no cohort key: stable (or everyone's variant at share 0 or 1)
     RANDOM = "random"  # no cohort key and `missing: random`
+    ROLLOUT = "rollout"  # the rollout's state decides alone (promoted or rolled back)
 
 
 _BUCKET, _PINNED, _NO_KEY, _RANDOM = Reason.BUCKET, Reason.PINNED, Reason.NO_KEY, Reason.RANDOM
+_ROLLOUT = Reason.ROLLOUT
+
+
+class Control(NamedTuple):
+    """The rollout's say in a decision.
+
+    `started_at` is when the rollout began (the start of ramps without one); `clock` is the ramps'
+    time now (wall time less the time the ramp stood still); `forced` sends everyone to one
+    variant; `share` replaces the route's own ramp (a manual override).
+    """
+
+    started_at: float
+    clock: float
+    forced: Variant | None = None
+    share: float | None = None
 
 
 # Enum member lookups cost a few hundred nanoseconds on Python 3.11; decide() runs per request.
@@ -34,39 +50,51 @@ _MISSING_STABLE = Missing.STABLE
 
 
 class Decision(NamedTuple):
-    """Where one request goes. `bucket` is None when no key was hashed."""
+    """Where one request goes. `bucket` is None when no key was hashed.
+
+    `key` is the cohort key: never log it raw.
+    """
 
     variant: Variant
     reason: Reason
     share: float
     segment: str | None = None
     bucket: int | None = None
+    key: str | None = None
 
 
 def decide(
     active: ActiveRoute,
     facts: RequestFacts,
-    now: float,
+    control: Control,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Decide the variant for a request on `active` at time `now` (POSIX seconds).
+    """Decide the variant for a request on `active` under the rollout's `control`.
 
-    Segments are tried in order; a pinned segment decides alone, a segment with its own ramp
-    replaces the route's share. `rand` draws for keyless requests under `missing: random`.
+    A forced variant decides alone. Otherwise segments are tried in order: a pinned segment decides
+    alone, a segment with its own ramp replaces the route's share. `rand` draws for keyless
+    requests under `missing: random`.
     """
     route = active.route
     key = cohort_key(facts, route.cohort.keys)
-    ramp = route.ramp
+    if control.forced is not None:
+        forced = 1.0 if control.forced is _CANDIDATE else 0.0
+        return Decision(control.forced, _ROLLOUT, forced, None, None, key)
     name = None
-    if active.segments:
-        segment = match_segment(active.segments, facts, key)
-        if segment is not None:
-            if segment.variant is not None:
-                pinned = 1.0 if segment.variant is _CANDIDATE else 0.0
-                return Decision(segment.variant, _PINNED, pinned, segment.name)
-            assert segment.ramp is not None
-            ramp, name = segment.ramp, segment.name
-    share = current_share(ramp, active.started_at, now)
+    segment = match_segment(active.segments, facts, key) if active.segments else None
+    if segment is None:
+        share = (
+            control.share
+            if control.share is not None
+            else current_share(route.ramp, control.started_at, control.clock)
+        )
+    elif segment.ramp is None:
+        assert segment.variant is not None
+        pinned = 1.0 if segment.variant is _CANDIDATE else 0.0
+        return Decision(segment.variant, _PINNED, pinned, segment.name, None, key)
+    else:
+        name = segment.name
+        share = current_share(segment.ramp, control.started_at, control.clock)
     limit = threshold(share)
     if key is None:
         if limit >= BUCKETS:
@@ -77,7 +105,7 @@ def decide(
         variant = _CANDIDATE if drawn < limit else _STABLE
         return Decision(variant, _RANDOM, share, name, drawn)
     b = bucket(route.cohort.salt, key)
-    return Decision(_CANDIDATE if b < limit else _STABLE, _BUCKET, share, name, b)
+    return Decision(_CANDIDATE if b < limit else _STABLE, _BUCKET, share, name, b, key)
 
 
 def current_share(ramp: Ramp, started_at: float, now: float) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.config.model import Route
@@ -11,19 +11,15 @@ from proxy.routing.segments import CompiledSegment
 
 @dataclass(frozen=True, slots=True)
 class ActiveRoute:
-    """A route ready for decisions: its segments compiled, its rollout's start known.
-
-    `started_at` is used by ramps without an explicit `start`.
-    """
+    """A route ready for decisions: its segments compiled."""
 
     route: Route
-    started_at: float
     segments: tuple[CompiledSegment, ...]
 
     @classmethod
-    def of(cls, route: Route, started_at: float) -> ActiveRoute:
-        """Compile `route`, whose rollout began at `started_at`."""
-        return cls(route, started_at, tuple(CompiledSegment.of(s) for s in route.segments))
+    def of(cls, route: Route) -> ActiveRoute:
+        """Compile `route`."""
+        return cls(route, tuple(CompiledSegment.of(s) for s in route.segments))
 
 
 class RoutingTable:
@@ -31,9 +27,9 @@ class RoutingTable:
 
     __slots__ = ("_by_name", "_ordered")
 
-    def __init__(self, routes: Sequence[Route], started_at: Mapping[str, float], now: float):
-        """Build the table; routes missing from `started_at` start at `now`."""
-        active = [ActiveRoute.of(r, started_at.get(r.name, now)) for r in routes]
+    def __init__(self, routes: Sequence[Route]):
+        """Compile `routes` into a table."""
+        active = [ActiveRoute.of(r) for r in routes]
         self._ordered = tuple(sorted(active, key=lambda a: len(a.route.path_prefix), reverse=True))
         self._by_name = {a.route.name: a for a in active}
 

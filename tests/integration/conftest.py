@@ -196,6 +196,7 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
     async def start(routes: str, server_fields: str = "") -> Server:
         text = (
             f'server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"{server_fields}}}\n'
+            "state: {backend: memory}\n"
             f"routes:\n{routes}"
         )
         server = Server(parse_config(text, "test.yaml"))

@@ -76,8 +76,9 @@ async def test_serve_forwards_and_stops_on_sigterm(tmp_path, upstreams):
     stable, candidate = upstreams
     config = tmp_path / "c.yaml"
     config.write_text(
-        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\nroutes:\n'
-        + route_yaml(url_of(stable), url_of(candidate), share=1.0)
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+        f"state: {{path: {tmp_path / 'state.json'}}}\n"
+        "routes:\n" + route_yaml(url_of(stable), url_of(candidate), share=1.0)
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -93,7 +94,9 @@ async def test_serve_forwards_and_stops_on_sigterm(tmp_path, upstreams):
     )
     assert process.stderr is not None
     try:
-        line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
+        line = b""
+        while b"proxy listening" not in line:
+            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
         urls = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
         assert len(urls) == 2, line
         async with aiohttp.ClientSession() as session:

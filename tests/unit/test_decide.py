@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -22,7 +23,15 @@ from proxy.config.model import (
     UserIdCondition,
     Variant,
 )
-from proxy.routing import ActiveRoute, CompiledSegment, Reason, bucket, compile_condition, decide
+from proxy.routing import (
+    ActiveRoute,
+    CompiledSegment,
+    Control,
+    Reason,
+    bucket,
+    compile_condition,
+    decide,
+)
 from proxy.routing.cohort import cohort_key
 from proxy.routing.segments import match_segment
 from tests.unit.facts import Facts, user
@@ -144,7 +153,7 @@ EU = Segment("eu", when=(REGION,), ramp=Ramp(base=0.0))
 def test_bucket_decides_against_the_share():
     route = make_route(share=0.5)
     for uid in (f"user-{i}" for i in range(200)):
-        d = decide(ActiveRoute.of(route, NOW), user(uid), NOW)
+        d = decide(ActiveRoute.of(route), user(uid), Control(NOW, NOW))
         expected = Variant.CANDIDATE if bucket("salt-1", uid) < 5000 else Variant.STABLE
         assert (d.variant, d.reason, d.bucket, d.segment) == (
             expected,
@@ -157,7 +166,7 @@ def test_bucket_decides_against_the_share():
 
 def test_pinned_segment_wins_over_bucket_and_share():
     route = make_route(share=0.0, segments=(STAFF,))
-    d = decide(ActiveRoute.of(route, NOW), user("anyone", **{"X-Group": "staff"}), NOW)
+    d = decide(ActiveRoute.of(route), user("anyone", **{"X-Group": "staff"}), Control(NOW, NOW))
     assert (d.variant, d.reason, d.segment, d.bucket) == (
         Variant.CANDIDATE,
         Reason.PINNED,
@@ -168,20 +177,22 @@ def test_pinned_segment_wins_over_bucket_and_share():
 
 def test_deny_list_pins_stable_even_at_full_share():
     route = make_route(share=1.0, segments=(DENY,))
-    assert decide(ActiveRoute.of(route, NOW), user("vip-1"), NOW).variant is Variant.STABLE
-    assert decide(ActiveRoute.of(route, NOW), user("vip-2"), NOW).variant is Variant.CANDIDATE
+    assert decide(ActiveRoute.of(route), user("vip-1"), Control(NOW, NOW)).variant is Variant.STABLE
+    assert (
+        decide(ActiveRoute.of(route), user("vip-2"), Control(NOW, NOW)).variant is Variant.CANDIDATE
+    )
 
 
 def test_segment_ramp_replaces_route_share():
     route = make_route(share=1.0, segments=(EU,))
-    d = decide(ActiveRoute.of(route, NOW), user("u", **{"X-Region": "eu-west-1"}), NOW)
+    d = decide(ActiveRoute.of(route), user("u", **{"X-Region": "eu-west-1"}), Control(NOW, NOW))
     assert (d.variant, d.segment, d.share) == (Variant.STABLE, "eu", 0.0)
-    assert decide(ActiveRoute.of(route, NOW), user("u"), NOW).variant is Variant.CANDIDATE
+    assert decide(ActiveRoute.of(route), user("u"), Control(NOW, NOW)).variant is Variant.CANDIDATE
 
 
 def test_segment_order_decides_overlaps():
     route = make_route(segments=(DENY, STAFF))
-    d = decide(ActiveRoute.of(route, NOW), user("vip-1", **{"X-Group": "staff"}), NOW)
+    d = decide(ActiveRoute.of(route), user("vip-1", **{"X-Group": "staff"}), Control(NOW, NOW))
     assert (d.variant, d.segment) == (Variant.STABLE, "deny")
 
 
@@ -195,14 +206,16 @@ def test_segment_order_decides_overlaps():
     ],
 )
 def test_requests_without_key(share, missing, expected, reason):
-    d = decide(ActiveRoute.of(make_route(share=share, missing=missing), NOW), Facts(), NOW)
+    d = decide(ActiveRoute.of(make_route(share=share, missing=missing)), Facts(), Control(NOW, NOW))
     assert (d.variant, d.reason, d.bucket) == (expected, reason, None)
 
 
 def test_missing_random_splits_keyless_requests_by_share():
     route = make_route(share=0.3, missing=Missing.RANDOM)
     rng = random.Random(1)
-    decisions = [decide(ActiveRoute.of(route, NOW), Facts(), NOW, rng.random) for _ in range(20000)]
+    decisions = [
+        decide(ActiveRoute.of(route), Facts(), Control(NOW, NOW), rng.random) for _ in range(20000)
+    ]
     assert all(d.reason is Reason.RANDOM for d in decisions)
     share = sum(d.variant is Variant.CANDIDATE for d in decisions) / len(decisions)
     assert share == pytest.approx(0.3, abs=0.015)
@@ -212,7 +225,12 @@ def test_same_user_same_variant_every_time():
     route = make_route(share=0.37)
     for uid in ("a", "b", "c", "d"):
         assert (
-            len({decide(ActiveRoute.of(route, NOW), user(uid), NOW).variant for _ in range(50)})
+            len(
+                {
+                    decide(ActiveRoute.of(route), user(uid), Control(NOW, NOW)).variant
+                    for _ in range(50)
+                }
+            )
             == 1
         )
 
@@ -220,6 +238,35 @@ def test_same_user_same_variant_every_time():
 def test_rollout_start_applies_to_ramps_without_start():
     route = make_route(share=1.0)
     assert (
-        decide(ActiveRoute.of(route, NOW), user("u"), NOW - 1).variant is Variant.STABLE
+        decide(ActiveRoute.of(route), user("u"), Control(NOW, NOW - 1)).variant is Variant.STABLE
     )  # not started yet
-    assert decide(ActiveRoute.of(route, NOW), user("u"), NOW).variant is Variant.CANDIDATE
+    assert decide(ActiveRoute.of(route), user("u"), Control(NOW, NOW)).variant is Variant.CANDIDATE
+
+
+@pytest.mark.parametrize("forced", [Variant.STABLE, Variant.CANDIDATE])
+def test_forced_variant_beats_segments_and_keys(forced):
+    route = ActiveRoute.of(make_route(share=0.5, segments=(STAFF, DENY)))
+    for facts in (user("vip-1"), user("x", **{"X-Group": "staff"}), Facts(), user("u-7")):
+        d = decide(route, facts, Control(NOW, NOW, forced=forced))
+        assert (d.variant, d.reason, d.segment) == (forced, Reason.ROLLOUT, None)
+
+
+def test_share_override_replaces_route_ramp_but_not_segments():
+    route = ActiveRoute.of(make_route(share=0.0, segments=(STAFF, EU)))
+    control = Control(NOW, NOW, share=1.0)
+    assert decide(route, user("u"), control).variant is Variant.CANDIDATE
+    eu = decide(route, user("u", **{"X-Region": "eu-west-1"}), control)
+    assert (eu.variant, eu.segment) == (Variant.STABLE, "eu")  # the segment's own ramp (0%)
+    assert decide(route, user("u", **{"X-Group": "staff"}), control).reason is Reason.PINNED
+
+
+def test_ramp_clock_drives_the_share():
+    route = ActiveRoute.of(replace(make_route(), ramp=Ramp(base=0.0, slope=1.0, per=100.0)))
+    assert decide(route, user("u"), Control(NOW, NOW + 50)).share == pytest.approx(0.5)
+    assert decide(route, user("u"), Control(NOW - 100, NOW + 50)).share == 1.0
+
+
+def test_decision_keeps_the_key_for_hashing_only_when_there_is_one():
+    route = ActiveRoute.of(make_route())
+    assert decide(route, user("alice"), Control(NOW, NOW)).key == "alice"
+    assert decide(route, Facts(), Control(NOW, NOW)).key is None

@@ -23,26 +23,25 @@ ROUTES = [
 
 def test_longest_prefix_wins_whatever_the_order():
     for routes in (ROUTES, ROUTES[::-1]):
-        table = RoutingTable(routes, {}, now=0.0)
+        table = RoutingTable(routes)
         assert table.match("/v1/models/sentiment:predict").route.name == "sentiment"
         assert table.match("/v1/models/other").route.name == "models"
         assert table.match("/v1/chat/completions").route.name == "chat"
 
 
 def test_no_match_returns_none():
-    table = RoutingTable(ROUTES, {}, now=0.0)
+    table = RoutingTable(ROUTES)
     assert table.match("/v2/anything") is None
     assert table.match("/") is None
 
 
 def test_prefix_is_a_plain_string_prefix():
-    table = RoutingTable(ROUTES, {}, now=0.0)
+    table = RoutingTable(ROUTES)
     assert table.match("/v1/models/sentiment-v3/x").route.name == "sentiment"
 
 
-def test_rollout_start_kept_for_known_routes_and_now_for_new():
-    table = RoutingTable(ROUTES, {"chat": 5.0}, now=100.0)
-    assert table.get("chat").started_at == 5.0
-    assert table.get("models").started_at == 100.0
+def test_routes_by_name_in_config_order():
+    table = RoutingTable(ROUTES)
+    assert table.get("chat").route is ROUTES[2]
     assert table.get("nope") is None
     assert [a.route.name for a in table.routes] == ["models", "sentiment", "chat"]

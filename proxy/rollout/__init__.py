@@ -1,0 +1,1 @@
+"""Rollout state: the state machine, its stores and the controller that applies changes."""

@@ -1,0 +1,202 @@
+"""The rollout state machine: pure, time is an argument.
+
+A rollout is stored as a `Rollout` record; what an operator sees (`State`) is derived from the
+record, the route's ramp and the time. Pausing, promoting and rolling back stop the ramp's clock;
+resuming restarts it where it stopped, so a paused ramp continues from the share it had, later by
+exactly the time it stood still.
+
+Transitions (anything else is illegal and answered with the current state):
+
+=========  =======  =======  ========  ======  ========  ===========
+action     pending  ramping  complete  paused  promoted  rolled_back
+=========  =======  =======  ========  ======  ========  ===========
+pause      paused   paused   paused    -       -         -
+resume     -        -        -         (ramp)  -         (ramp)
+promote    promoted promoted promoted  promoted -        -
+rollback   rolled_b rolled_b rolled_b  rolled_b rolled_b -
+set_share  paused   paused   paused    paused  -         -
+=========  =======  =======  ========  ======  ========  ===========
+
+"(ramp)" is pending, ramping or complete, whichever the ramp's clock says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from proxy.config.model import Route, Variant
+from proxy.routing import current_share
+
+HISTORY = 20  # transitions kept per rollout
+
+
+class Status(StrEnum):
+    """What is stored: whether the ramp runs, and whether a person or the analysis stopped it."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+class State(StrEnum):
+    """What an operator sees."""
+
+    PENDING = "pending"
+    RAMPING = "ramping"
+    COMPLETE = "complete"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+class Action(StrEnum):
+    """What an operator (or the analysis) can do to a rollout."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    SET_SHARE = "set_share"
+
+
+_RUNNING = {State.PENDING, State.RAMPING, State.COMPLETE}
+ALLOWED: dict[Action, frozenset[State]] = {
+    Action.PAUSE: frozenset(_RUNNING),
+    Action.RESUME: frozenset({State.PAUSED, State.ROLLED_BACK}),
+    Action.PROMOTE: frozenset(_RUNNING | {State.PAUSED}),
+    Action.ROLLBACK: frozenset(_RUNNING | {State.PAUSED, State.PROMOTED}),
+    Action.SET_SHARE: frozenset(_RUNNING | {State.PAUSED}),
+}
+_STATUS_AFTER = {
+    Action.PAUSE: Status.PAUSED,
+    Action.RESUME: Status.ACTIVE,
+    Action.PROMOTE: Status.PROMOTED,
+    Action.ROLLBACK: Status.ROLLED_BACK,
+    Action.SET_SHARE: Status.PAUSED,
+}
+
+
+class IllegalTransition(Exception):
+    """`action` cannot be applied in `state`."""
+
+    def __init__(self, action: Action, state: State):
+        self.action, self.state = action, state
+        super().__init__(f"cannot {action.value.replace('_', ' ')} a rollout that is {state.value}")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of a rollout, for the audit trail and `/status`."""
+
+    action: Action
+    at: float
+    actor: str
+    before: State
+    after: State
+    reason: str | None = None
+    share: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """The stored state of one route's rollout of one candidate.
+
+    `identity` names the candidate (URL and salt): a different one is a new rollout. The ramp's
+    clock reads `(frozen_at or now) - held`: `held` is the time it stood still before, `frozen_at`
+    is when it stopped, if it is stopped now.
+    """
+
+    identity: str
+    started_at: float
+    status: Status = Status.ACTIVE
+    held: float = 0.0
+    frozen_at: float | None = None
+    share_override: float | None = None
+    history: tuple[Transition, ...] = field(default=())
+
+    def clock(self, now: float) -> float:
+        """The ramp's time at wall time `now`."""
+        return (self.frozen_at if self.frozen_at is not None else now) - self.held
+
+    @property
+    def last(self) -> Transition | None:
+        """The latest transition, if any."""
+        return self.history[-1] if self.history else None
+
+
+def identity_of(route: Route) -> str:
+    """What identifies a rollout: the candidate's URL and the salt its users are bucketed with."""
+    return f"{route.candidate.url}#{route.cohort.salt}"
+
+
+def route_share(rollout: Rollout, route: Route, now: float) -> float:
+    """The candidate's share for requests outside segments at `now`."""
+    if rollout.status is Status.PROMOTED:
+        return 1.0
+    if rollout.status is Status.ROLLED_BACK:
+        return 0.0
+    if rollout.share_override is not None:
+        return rollout.share_override
+    return current_share(route.ramp, rollout.started_at, rollout.clock(now))
+
+
+def state_of(rollout: Rollout, route: Route, now: float) -> State:
+    """What an operator sees at `now`."""
+    if rollout.status is not Status.ACTIVE:
+        return State(rollout.status.value)
+    clock = rollout.clock(now)
+    start = route.ramp.start if route.ramp.start is not None else rollout.started_at
+    if clock < start:
+        return State.PENDING
+    if current_share(route.ramp, rollout.started_at, clock) >= route.ramp.max:
+        return State.COMPLETE
+    return State.RAMPING
+
+
+def forced_variant(rollout: Rollout) -> Variant | None:
+    """The variant every request gets, when the rollout's state decides alone."""
+    if rollout.status is Status.PROMOTED:
+        return Variant.CANDIDATE
+    if rollout.status is Status.ROLLED_BACK:
+        return Variant.STABLE
+    return None
+
+
+def apply(
+    rollout: Rollout,
+    route: Route,
+    action: Action,
+    now: float,
+    *,
+    actor: str,
+    reason: str | None = None,
+    share: float | None = None,
+) -> Rollout:
+    """`rollout` after `action` at `now`; raises `IllegalTransition` when not allowed.
+
+    `share` is required for `set_share`, which pauses the ramp at that share.
+    """
+    before = state_of(rollout, route, now)
+    if before not in ALLOWED[action]:
+        raise IllegalTransition(action, before)
+    status = _STATUS_AFTER[action]
+    if status is Status.ACTIVE:
+        assert rollout.frozen_at is not None
+        held, frozen_at = rollout.held + (now - rollout.frozen_at), None
+    else:
+        held, frozen_at = rollout.held, rollout.frozen_at if rollout.frozen_at is not None else now
+    if action is Action.SET_SHARE and (share is None or not 0.0 <= share <= 1.0):
+        raise ValueError("set_share needs a share between 0 and 1")
+    after = replace(
+        rollout,
+        status=status,
+        held=held,
+        frozen_at=frozen_at,
+        share_override=share if action is Action.SET_SHARE else None,
+    )
+    transition = Transition(
+        action, now, actor, before, state_of(after, route, now), reason, after.share_override
+    )
+    return replace(after, history=(*rollout.history, transition)[-HISTORY:])
