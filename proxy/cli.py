@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime
 
 from proxy import __version__, logs
+from proxy.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
 from proxy.config.loader import ConfigError, load_config
 from proxy.demo.run import DEMO_CONFIG, run_demo
 from proxy.loop import loop_factory
@@ -68,6 +71,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="start of ramps without a start (ISO 8601, default now)",
     )
 
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument(
+        "--admin",
+        default=os.environ.get("GRAYSCALE_ADMIN_URL", DEFAULT_ADMIN_URL),
+        metavar="URL",
+        help="admin API (default $GRAYSCALE_ADMIN_URL or %(default)s)",
+    )
+    admin.add_argument(
+        "--token-env",
+        default="GRAYSCALE_ADMIN_TOKEN",
+        metavar="NAME",
+        help="environment variable holding the admin token (default %(default)s)",
+    )
+    commands.add_parser(
+        "status",
+        parents=[common, admin],
+        help="show every route's state, share and error rates",
+        description="Show every route's rollout state, candidate share, and requests and error "
+        "rates per variant, from a running proxy's admin API.",
+    )
+    for action, text in (
+        ("pause", "freeze a route's ramp at its current share"),
+        ("resume", "continue a paused or rolled-back ramp where it stopped"),
+        ("promote", "send all of a route's traffic to the candidate"),
+        ("rollback", "send all of a route's traffic to stable"),
+    ):
+        command = commands.add_parser(
+            action, parents=[common, admin], help=text, description=text.capitalize() + "."
+        )
+        command.add_argument("route")
+        command.add_argument("--reason", help="recorded with the change")
+    share = commands.add_parser(
+        "set-share",
+        parents=[common, admin],
+        help="pause a route's ramp at a given share",
+        description="Pause a route's ramp at a given candidate share (0..1) until resumed.",
+    )
+    share.add_argument("route")
+    share.add_argument("share", type=float)
+    share.add_argument("--reason", help="recorded with the change")
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -91,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate(args.config, args.days, args.users, args.start)
     if args.command == "serve":
         return _serve(args.config)
+    if args.command == "status":
+        return _status(args.admin, args.token_env)
+    if args.command in ("pause", "resume", "promote", "rollback", "set-share"):
+        return _act(args)
     return _demo(args.config, args.duration, args.rate)
 
 
@@ -121,6 +169,37 @@ def _simulate(path: str, days: int, users: int, start_text: str | None) -> int:
         print(f"--from: not an ISO 8601 time: {start_text}", file=sys.stderr)
         return 2
     print(render(config, start, days, users))
+    return 0
+
+
+def _status(base: str, token_env: str) -> int:
+    try:
+        status = call(base, "GET", "/status", os.environ.get(token_env))
+    except AdminError as exc:
+        print(f"grayscale: {exc}", file=sys.stderr)
+        return 1
+    print(status_table(status))
+    return 0
+
+
+def _act(args: argparse.Namespace) -> int:
+    token = os.environ.get(args.token_env)
+    if not token:
+        print(f"grayscale: set ${args.token_env} to the admin token", file=sys.stderr)
+        return 2
+    action = "share" if args.command == "set-share" else args.command
+    body: dict[str, object] = {}
+    if args.reason:
+        body["reason"] = args.reason
+    if args.command == "set-share":
+        body["share"] = args.share
+    path = f"/routes/{urllib.parse.quote(args.route, safe='')}/{action}"
+    try:
+        result = call(args.admin, "POST", path, token, body)
+    except AdminError as exc:
+        print(f"grayscale: {args.command} {args.route}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.route}: {result['before']} -> {result['after']}, share {result['share']:.2%}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -168,3 +169,57 @@ async def test_demo_stops_cleanly_on_ctrl_c(tmp_path):
     assert code == 0, err
     assert "demo stopped; requests served:" in out
     assert "Traceback" not in err
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_status_and_actions_against_a_running_proxy(upstreams, start_proxy, monkeypatch):
+    monkeypatch.setenv("GRAYSCALE_ADMIN_TOKEN", "tok-123")
+    stable, candidate = upstreams
+    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate), share=0.2))
+    env = {**os.environ, "GRAYSCALE_ADMIN_URL": proxy.admin_url}
+    async with aiohttp.ClientSession() as session:
+        for i in range(30):
+            async with session.get(proxy.proxy_url + "/x", headers={"X-User-Id": f"u{i}"}):
+                pass
+
+    code, out, _ = await run_cli("status", env=env)
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:5] == ["ROUTE", "STATE", "SHARE", "STABLE", "ERR"]
+    cells = row.split()
+    assert cells[:3] == ["models", "ramping", "20.00%"]
+    assert int(cells[3]) + int(cells[5]) == 30
+
+    code, out, _ = await run_cli("rollback", "models", "--reason", "latency", env=env)
+    assert (code, out.strip()) == (0, "models: ramping -> rolled_back, share 0.00%")
+    code, out, err = await run_cli("rollback", "models", env=env)
+    assert code == 1 and "409: cannot rollback a rollout that is rolled_back" in err
+    code, out, _ = await run_cli("resume", "models", env=env)
+    assert (code, out.strip()) == (0, "models: rolled_back -> ramping, share 20.00%")
+    code, out, _ = await run_cli("set-share", "models", "0.05", env=env)
+    assert (code, out.strip()) == (0, "models: ramping -> paused, share 5.00%")
+    code, out, _ = await run_cli("status", env=env)
+    assert "set_share by token:" in out and "paused" in out
+
+    no_token = {k: v for k, v in env.items() if k != "GRAYSCALE_ADMIN_TOKEN"}
+    code, _, err = await run_cli("pause", "models", env=no_token)
+    assert code == 2 and "set $GRAYSCALE_ADMIN_TOKEN" in err
+    code, _, err = await run_cli("pause", "models", env={**env, "GRAYSCALE_ADMIN_TOKEN": "bad"})
+    assert code == 1 and "403" in err
+    code, _, err = await run_cli("status", "--admin", f"http://127.0.0.1:{free_port()}", env=env)
+    assert code == 1 and "cannot reach the admin API" in err

@@ -1,0 +1,268 @@
+"""The rollout state machine, its file store and the controller."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+
+from proxy.config.model import Cohort, KeySource, Ramp, Route, Source, Upstream, Variant
+from proxy.rollout.controller import RolloutController
+from proxy.rollout.machine import (
+    ALLOWED,
+    Action,
+    IllegalTransition,
+    Rollout,
+    State,
+    Status,
+    apply,
+    forced_variant,
+    identity_of,
+    route_share,
+    state_of,
+)
+from proxy.rollout.store import FileStore, MemoryStore, StateError, decode, encode
+
+T0 = 1_796_083_200.0
+HOUR = 3600.0
+ROUTE = Route(
+    name="r",
+    path_prefix="/",
+    stable=Upstream("http://127.0.0.1:1"),
+    candidate=Upstream("http://127.0.0.1:2"),
+    cohort=Cohort((KeySource(Source.HEADER, "X-User-Id"),), "salt"),
+    ramp=Ramp(base=0.1, slope=0.1, per=HOUR, max=0.5),  # 10 % at start, 50 % after 4 h
+)
+
+
+def fresh() -> Rollout:
+    return Rollout(identity_of(ROUTE), started_at=T0)
+
+
+def in_state(state: State) -> tuple[Rollout, float]:
+    """A rollout in `state`, and a time at which it is in it."""
+    rollout = fresh()
+    if state is State.PENDING:
+        return rollout, T0 - 1
+    if state is State.RAMPING:
+        return rollout, T0 + HOUR
+    if state is State.COMPLETE:
+        return rollout, T0 + 10 * HOUR
+    action = {
+        State.PAUSED: Action.PAUSE,
+        State.PROMOTED: Action.PROMOTE,
+        State.ROLLED_BACK: Action.ROLLBACK,
+    }[state]
+    return apply(rollout, ROUTE, action, T0 + HOUR, actor="t"), T0 + 2 * HOUR
+
+
+EXPECTED_AFTER = {
+    Action.PAUSE: State.PAUSED,
+    Action.PROMOTE: State.PROMOTED,
+    Action.ROLLBACK: State.ROLLED_BACK,
+    Action.SET_SHARE: State.PAUSED,
+}
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("action", list(Action))
+def test_transition_table(state, action):
+    rollout, now = in_state(state)
+    assert state_of(rollout, ROUTE, now) is state
+    legal = {
+        Action.PAUSE: {State.PENDING, State.RAMPING, State.COMPLETE},
+        Action.RESUME: {State.PAUSED, State.ROLLED_BACK},
+        Action.PROMOTE: {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED},
+        Action.ROLLBACK: set(State) - {State.ROLLED_BACK},
+        Action.SET_SHARE: {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED},
+    }[action]
+    assert ALLOWED[action] == legal
+    share = 0.3 if action is Action.SET_SHARE else None
+    if state not in legal:
+        with pytest.raises(IllegalTransition) as info:
+            apply(rollout, ROUTE, action, now, actor="t", share=share)
+        assert info.value.state is state
+        return
+    after = apply(rollout, ROUTE, action, now, actor="alice", reason="why", share=share)
+    expected = EXPECTED_AFTER.get(action, State.RAMPING)  # resume at T0+2h: ramping again
+    assert state_of(after, ROUTE, now) is expected
+    last = after.history[-1]
+    assert (last.action, last.before, last.after, last.actor, last.reason) == (
+        action,
+        state,
+        expected,
+        "alice",
+        "why",
+    )
+
+
+def test_pause_freezes_share_and_resume_continues_where_it_stopped():
+    rollout = fresh()
+    at_1h = route_share(rollout, ROUTE, T0 + HOUR)
+    assert at_1h == pytest.approx(0.2)
+    paused = apply(rollout, ROUTE, Action.PAUSE, T0 + HOUR, actor="t")
+    assert route_share(paused, ROUTE, T0 + 3 * HOUR) == pytest.approx(0.2)  # frozen
+    resumed = apply(paused, ROUTE, Action.RESUME, T0 + 3 * HOUR, actor="t")
+    assert resumed.held == pytest.approx(2 * HOUR)
+    assert route_share(resumed, ROUTE, T0 + 3 * HOUR) == pytest.approx(0.2)  # no jump
+    assert route_share(resumed, ROUTE, T0 + 4 * HOUR) == pytest.approx(0.3)  # ramp goes on
+    assert state_of(resumed, ROUTE, T0 + 6 * HOUR) is State.COMPLETE  # two hours later than planned
+    assert state_of(resumed, ROUTE, T0 + 5.5 * HOUR) is State.RAMPING
+
+
+def test_shares_and_forced_variants_per_state():
+    now = T0 + HOUR
+    promoted = apply(fresh(), ROUTE, Action.PROMOTE, now, actor="t")
+    rolled_back = apply(fresh(), ROUTE, Action.ROLLBACK, now, actor="t", reason="errors")
+    overridden = apply(fresh(), ROUTE, Action.SET_SHARE, now, actor="t", share=0.42)
+    assert (route_share(promoted, ROUTE, now), forced_variant(promoted)) == (1.0, Variant.CANDIDATE)
+    assert (route_share(rolled_back, ROUTE, now), forced_variant(rolled_back)) == (
+        0.0,
+        Variant.STABLE,
+    )
+    assert (route_share(overridden, ROUTE, now), forced_variant(overridden)) == (0.42, None)
+    resumed = apply(overridden, ROUTE, Action.RESUME, now + HOUR, actor="t")
+    assert resumed.share_override is None
+    assert route_share(resumed, ROUTE, now + HOUR) == pytest.approx(0.2)
+
+
+def test_set_share_needs_a_share_in_range():
+    for bad in (None, -0.1, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            apply(fresh(), ROUTE, Action.SET_SHARE, T0, actor="t", share=bad)
+
+
+def test_explicit_ramp_start_decides_pending():
+    route = replace(ROUTE, ramp=replace(ROUTE.ramp, start=T0 + 5 * HOUR))
+    assert state_of(fresh(), route, T0 + HOUR) is State.PENDING
+    assert route_share(fresh(), route, T0 + HOUR) == 0.0
+    assert state_of(fresh(), route, T0 + 5 * HOUR) is State.RAMPING
+
+
+def test_history_is_bounded():
+    rollout = fresh()
+    for i in range(30):
+        rollout = apply(rollout, ROUTE, Action.PAUSE, T0 + i, actor="t")
+        rollout = apply(rollout, ROUTE, Action.RESUME, T0 + i + 0.5, actor="t")
+    assert len(rollout.history) == 20
+
+
+def test_identity_is_candidate_url_and_salt():
+    assert identity_of(ROUTE) == "http://127.0.0.1:2#salt"
+    assert identity_of(replace(ROUTE, ramp=Ramp(base=0.9))) == identity_of(ROUTE)
+
+
+# --- store ------------------------------------------------------------------------------------
+
+
+def sample() -> dict[str, Rollout]:
+    paused = apply(fresh(), ROUTE, Action.SET_SHARE, T0 + HOUR, actor="a", reason="r", share=0.3)
+    return {"r": paused, "other": replace(fresh(), identity="x#y", status=Status.ROLLED_BACK)}
+
+
+def test_encode_decode_round_trip():
+    rollouts = sample()
+    assert decode(json.loads(json.dumps(encode(rollouts)))) == rollouts
+
+
+async def test_file_store_round_trip_and_leaves_no_temp_files(tmp_path):
+    store = FileStore(tmp_path / "sub" / "state.json")
+    assert await store.load() == {}
+    await store.save(sample())
+    await store.save(sample())
+    assert await FileStore(tmp_path / "sub" / "state.json").load() == sample()
+    assert os.listdir(tmp_path / "sub") == ["state.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "corrupt"),
+        ('{"version": 99, "rollouts": {}}', "unknown format version 99"),
+        ('{"version": 1, "rollouts": {"r": {"identity": "x"}}}', "corrupt"),
+        (
+            '{"version": 1, "rollouts": {"r": '
+            + json.dumps({**encode(sample())["rollouts"]["r"], "status": "exploded"})
+            + "}}",
+            "corrupt",
+        ),
+    ],
+)
+async def test_corrupt_state_file_is_a_clear_error(tmp_path, text, message):
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    with pytest.raises(StateError, match=message) as info:
+        await FileStore(path).load()
+    assert str(path) in str(info.value)
+
+
+async def test_unwritable_state_file_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateError, match="cannot write"):
+        await FileStore(blocker / "state.json").save(sample())
+
+
+# --- controller -------------------------------------------------------------------------------
+
+
+async def test_controller_keeps_rollouts_of_same_candidate_and_restarts_new_ones():
+    store = MemoryStore()
+    first = RolloutController(store)
+    await first.start([ROUTE], T0)
+    await first.act("r", Action.ROLLBACK, T0 + 10, actor="t", reason="bad")
+
+    again = RolloutController(store)
+    moved_ramp = replace(ROUTE, ramp=Ramp(base=0.3))
+    await again.start([moved_ramp], T0 + 100)
+    assert again.state("r", T0 + 100) is State.ROLLED_BACK  # a ramp change keeps the rollout
+
+    new_candidate = replace(ROUTE, candidate=Upstream("http://127.0.0.1:3"))
+    third = RolloutController(store)
+    await third.start([new_candidate], T0 + 200)
+    assert third.state("r", T0 + 200) is State.RAMPING
+    assert third.rollout("r").started_at == T0 + 200
+
+
+async def test_controller_keeps_rollouts_of_routes_that_left_the_config():
+    store = MemoryStore()
+    first = RolloutController(store)
+    await first.start([ROUTE], T0)
+    await first.act("r", Action.PAUSE, T0 + 10, actor="t")
+    gone = RolloutController(store)
+    await gone.start([], T0 + 20)
+    back = RolloutController(store)
+    await back.start([ROUTE], T0 + 30)
+    assert back.state("r", T0 + 30) is State.PAUSED
+
+
+class FlakyStore(MemoryStore):
+    failing = False
+
+    async def save(self, rollouts):
+        if self.failing:
+            raise StateError("disk on fire")
+        await super().save(rollouts)
+
+
+async def test_controller_applies_change_even_when_store_fails():
+    store = FlakyStore()
+    controller = RolloutController(store)
+    await controller.start([ROUTE], T0)
+    store.failing = True
+    outcome = await controller.act("r", Action.ROLLBACK, T0 + 1, actor="t")
+    assert (outcome.persisted, outcome.error) == (False, "disk on fire")
+    assert controller.state("r", T0 + 2) is State.ROLLED_BACK
+    assert controller.control("r", T0 + 2).forced is Variant.STABLE
+
+
+async def test_controller_rejects_unknown_routes_and_illegal_actions():
+    controller = RolloutController(MemoryStore())
+    await controller.start([ROUTE], T0)
+    assert "r" in controller and "zzz" not in controller
+    with pytest.raises(KeyError):
+        await controller.act("zzz", Action.PAUSE, T0, actor="t")
+    with pytest.raises(IllegalTransition):
+        await controller.act("r", Action.RESUME, T0, actor="t")
