@@ -16,6 +16,7 @@ from proxy.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
 from proxy.config.loader import ConfigError, load_config
 from proxy.demo.run import DEMO_CONFIG, run_demo
 from proxy.loop import loop_factory
+from proxy.rollout.store import StateError
 from proxy.server import serve_until_signalled
 from proxy.simulate import render
 
@@ -209,8 +210,12 @@ def _serve(path: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve_until_signalled(config))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve_until_signalled(config))
+    except (StateError, OSError) as exc:
+        print(f"grayscale: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -220,6 +225,10 @@ def _demo(path: str | None, duration: float | None, rate: float) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(run_demo(config, duration=duration, rate=rate))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run_demo(config, duration=duration, rate=rate))
+    except OSError as exc:
+        print(f"grayscale: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,28 @@ async def test_serve_forwards_and_stops_on_sigterm(tmp_path, upstreams):
     rest = await process.stderr.read()
     assert code == 0
     assert b'"message": "stopped"' in rest
+
+
+def test_serve_refuses_a_corrupt_state_file_and_a_busy_port(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text("{oops")
+    config = tmp_path / "c.yaml"
+    routes = route_yaml("http://127.0.0.1:1", "http://127.0.0.1:2")
+    config.write_text(f"state: {{path: {state}}}\nroutes:\n{routes}")
+    result = grayscale("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert f"grayscale: {state}: rollout state is corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config.write_text(
+            f'server: {{listen: "127.0.0.1:{port}"}}\nstate: {{backend: memory}}\nroutes:\n{routes}'
+        )
+        result = grayscale("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_refuses_invalid_config(tmp_path):
