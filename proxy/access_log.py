@@ -70,14 +70,16 @@ class AccessLog:
         self,
         config: AccessLogConfig,
         secret: bytes,
+        on_drop: Callable[[], None],
         rand: Callable[[], float] = random.random,
+        limit: int = QUEUE_LIMIT,
     ):
         self.config = config
         self._secret = secret
+        self._on_drop = on_drop
         self._rand = rand
-        self._queue: queue.Queue[Entry | None] = queue.Queue(QUEUE_LIMIT)
+        self._queue: queue.Queue[Entry | None] = queue.Queue(limit)
         self._thread: threading.Thread | None = None
-        self.dropped = 0
 
     def start(self) -> None:
         """Open the destination and start the writer."""
@@ -97,7 +99,7 @@ class AccessLog:
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
-            self.dropped += 1
+            self._on_drop()
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""

@@ -93,6 +93,11 @@ class Recorder:
         self.unmatched = Counter(
             "grayscale_unmatched_requests", "Requests that matched no route (404).", registry=r
         )
+        self.access_log_dropped = Counter(
+            "grayscale_access_log_dropped_lines",
+            "Access log lines dropped because the writer fell behind.",
+            registry=r,
+        )
         Gauge("grayscale_build_info", "Grayscale's version.", ("version",), registry=r).labels(
             __version__
         ).set(1)

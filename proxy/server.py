@@ -42,11 +42,13 @@ class Server:
         self.ready = asyncio.Event()
         self.recorder = Recorder()
         self.controller = RolloutController(store if store is not None else state_store(config))
-        self.access_log = (
-            AccessLog(config.access_log, secret_from_env(config.access_log.hash_secret_env))
-            if config.access_log is not None
-            else None
-        )
+        self.access_log = None
+        if config.access_log is not None:
+            self.access_log = AccessLog(
+                config.access_log,
+                secret_from_env(config.access_log.hash_secret_env),
+                on_drop=self.recorder.access_log_dropped.inc,
+            )
         token = os.environ.get(config.admin.token_env) or None
         if token is None:
             log.warning(
