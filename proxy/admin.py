@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
 from proxy.forwarding import error_response
 from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
@@ -33,15 +34,18 @@ class Admin:
 
     def __init__(
         self,
+        *,
         config: Config,
         controller: RolloutController,
         recorder: Recorder,
+        analyzer: Analyzer,
         ready: asyncio.Event,
         token: str | None,
     ):
         self.config = config
         self.controller = controller
         self.recorder = recorder
+        self.analyzer = analyzer
         self.ready = ready
         self._token = token.encode() if token else None
         self._actor = token_id(token) if token else ""
@@ -151,11 +155,18 @@ class Admin:
             current = self.controller.state(route.name, now)
             for option in State:
                 state.add_metric((route.name, option.value), 1.0 if option is current else 0.0)
+        holding = GaugeMetricFamily(
+            "grayscale_analysis_holding",
+            "1 while the analysis holds the ramp (too little data, or failing).",
+            labels=("route",),
+        )
+        for name in self.analyzer.routes:
+            holding.add_metric((name,), 1.0 if self.controller.holding(name) else 0.0)
         info = GaugeMetricFamily(
             "grayscale_config_info", "The loaded config's hash.", labels=("hash",)
         )
         info.add_metric((self.config.digest,), 1.0)
-        return (share, state, info)
+        return (share, state, holding, info)
 
     # --- actions -----------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from proxy.access_log import AccessLog, Entry
-from proxy.config.model import IPNetwork, Variant
+from proxy.analysis.window import LocalObservations, Window
+from proxy.config.model import IPNetwork, LatencyMeasure, Variant
 from proxy.forwarding import Exchange, Target, error_response, forward
 from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
@@ -56,10 +57,12 @@ class Gateway:
 
     def __init__(
         self,
+        *,
         table: RoutingTable,
         controller: RolloutController,
         recorder: Recorder,
         access_log: AccessLog | None,
+        observations: LocalObservations,
         trusted_proxies: tuple[IPNetwork, ...] = (),
     ):
         self.table = table
@@ -76,6 +79,11 @@ class Gateway:
             for a in table.routes
         }
         self._metrics = {a.route.name: recorder.route(a.route.name) for a in table.routes}
+        self._windows = {
+            a.route.name: (observations.windows[a.route.name], a.route.analysis.latency)
+            for a in table.routes
+            if a.route.analysis is not None
+        }
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Route one request to its route's stable or candidate upstream."""
@@ -101,6 +109,9 @@ class Gateway:
                 exchange.status = CLIENT_CLOSED
             duration = time.monotonic() - started
             metrics.observe(exchange, duration)
+            analysed = self._windows.get(name)
+            if analysed is not None:
+                self._observe(analysed, target.variant, exchange, duration)
             if self.access_log is not None:
                 self.access_log.record(
                     Entry(
@@ -116,6 +127,21 @@ class Gateway:
                         exchange.bytes_out,
                     )
                 )
+
+    @staticmethod
+    def _observe(
+        analysed: tuple[dict[str, Window], LatencyMeasure],
+        variant: str,
+        exchange: Exchange,
+        duration: float,
+    ) -> None:
+        """Feed one finished request to its route's analysis window."""
+        windows, measure = analysed
+        error = exchange.error is not None or 500 <= exchange.status <= 599
+        latency = duration if measure is LatencyMeasure.DURATION else exchange.ttfb
+        if exchange.status == CLIENT_CLOSED:
+            latency = None  # cut short by the client: says nothing about the upstream's speed
+        windows[variant].add(time.time(), error, latency)
 
     async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
         """One pooled keep-alive client for every upstream, closed on shutdown."""

@@ -14,7 +14,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.analysis.verdict import LATENCY_KEY, Verdict
+from proxy.config.model import Route
 from proxy.forwarding import Exchange
+from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
@@ -98,6 +101,36 @@ class Recorder:
             "Access log lines dropped because the writer fell behind.",
             registry=r,
         )
+        self.verdicts = Counter(
+            "grayscale_analysis_verdicts",
+            "Analysis results per check (error_rate, latency, overall): pass, fail, inconclusive.",
+            ("route", "check", "result"),
+            registry=r,
+        )
+        self.analysis_error_rate = Gauge(
+            "grayscale_analysis_error_rate",
+            "Error rate in the last analysis window.",
+            ("route", "variant"),
+            registry=r,
+        )
+        self.analysis_latency = Gauge(
+            "grayscale_analysis_latency_quantile_seconds",
+            "The compared latency quantile in the last analysis window.",
+            ("route", "variant"),
+            registry=r,
+        )
+        self.analysis_requests = Gauge(
+            "grayscale_analysis_window_requests",
+            "Requests in the last analysis window.",
+            ("route", "variant"),
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "grayscale_rollbacks",
+            "Rollbacks, by trigger: analysis (automatic) or operator.",
+            ("route", "trigger"),
+            registry=r,
+        )
         Gauge("grayscale_build_info", "Grayscale's version.", ("version",), registry=r).labels(
             __version__
         ).set(1)
@@ -121,6 +154,23 @@ class Recorder:
             }
             self._routes[name] = bound
         return bound
+
+    def observe_verdict(self, route: str, verdict: Verdict) -> None:
+        """Count an analysis verdict and export what it observed."""
+        self.verdicts.labels(route, "overall", verdict.result.value).inc()
+        for check in verdict.checks:
+            self.verdicts.labels(route, check.name, check.result.value).inc()
+            for variant, seen in (("stable", check.stable), ("candidate", check.candidate)):
+                self.analysis_requests.labels(route, variant).set(seen["requests"])
+                if seen["error_rate"] is not None:
+                    self.analysis_error_rate.labels(route, variant).set(seen["error_rate"])
+                if LATENCY_KEY in seen:
+                    self.analysis_latency.labels(route, variant).set(seen[LATENCY_KEY])
+
+    def count_rollback(self, route: Route, transition: Transition, _: object) -> None:
+        """Count a rollback (a controller rollback listener)."""
+        trigger = "analysis" if transition.actor == "analysis" else "operator"
+        self.rollbacks.labels(route.name, trigger).inc()
 
     def counts(self, route: str) -> dict[str, dict[str, int]]:
         """Requests per variant and code class so far, for `/status`."""

@@ -12,6 +12,9 @@ from aiohttp import web
 
 from proxy.access_log import AccessLog, secret_from_env
 from proxy.admin import Admin
+from proxy.analysis.loop import Analyzer
+from proxy.analysis.webhook import RollbackNotifier
+from proxy.analysis.window import LocalObservations
 from proxy.config.model import Config, StateBackend
 from proxy.gateway import Gateway
 from proxy.metrics import Recorder
@@ -54,14 +57,28 @@ class Server:
             log.warning(
                 "$%s is not set: the admin API refuses every change", config.admin.token_env
             )
-        self.gateway = Gateway(
-            RoutingTable(config.routes),
-            self.controller,
-            self.recorder,
-            self.access_log,
-            config.server.trusted_proxies,
+        observations = LocalObservations(
+            {r.name: r.analysis.window for r in config.routes if r.analysis is not None}
         )
-        admin = Admin(config, self.controller, self.recorder, self.ready, token)
+        self.analyzer = Analyzer(config.routes, self.controller, observations, self.recorder)
+        self.notifier = RollbackNotifier()
+        self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]
+        self.gateway = Gateway(
+            table=RoutingTable(config.routes),
+            controller=self.controller,
+            recorder=self.recorder,
+            access_log=self.access_log,
+            observations=observations,
+            trusted_proxies=config.server.trusted_proxies,
+        )
+        admin = Admin(
+            config=config,
+            controller=self.controller,
+            recorder=self.recorder,
+            analyzer=self.analyzer,
+            ready=self.ready,
+            token=token,
+        )
         self._runners = [
             web.AppRunner(self.gateway.build_app(), handler_cancellation=True, access_log=None),
             web.AppRunner(admin.build_app(), access_log=None),
@@ -81,6 +98,8 @@ class Server:
             await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
             urls.append(_url(runner.addresses[0]))
         self.proxy_url, self.admin_url = urls
+        await self.notifier.start()
+        self.analyzer.start()
         self.ready.set()
         log.info("proxy listening on %s, admin on %s", self.proxy_url, self.admin_url)
         for route in self.config.routes:
@@ -96,8 +115,10 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, close upstream connections."""
         self.ready.clear()
+        await self.analyzer.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
+        await self.notifier.close()
         if self.access_log is not None:
             self.access_log.close()
         log.info("stopped")

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -26,17 +27,21 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from proxy.config.model import (
     AccessLogConfig,
     AdminConfig,
+    AnalysisSpec,
     AttributeCondition,
     ClientIpCondition,
     Cohort,
     Condition,
     Config,
+    Inconclusive,
     IPNetwork,
     KeySource,
+    LatencyMeasure,
     Listen,
     Missing,
     PathPrefixCondition,
     Ramp,
+    RollbackHook,
     Route,
     Segment,
     ServerConfig,
@@ -206,6 +211,13 @@ class _Parser:
             return value
         self.fail(node, path, "expected true or false")
         return default
+
+    def count(self, node: Node, path: str, default: int) -> int:
+        value = self.scalar(node, path)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(node, path, "expected a whole number of at least 1")
+            return default
+        return value
 
     def number(self, node: Node, path: str, default: float) -> float:
         value = self.scalar(node, path)
@@ -383,7 +395,17 @@ class _Parser:
         fields = self.mapping(
             node,
             path,
-            ("name", "match", "stable", "candidate", "cohort", "ramp", "segments"),
+            (
+                "name",
+                "match",
+                "stable",
+                "candidate",
+                "cohort",
+                "ramp",
+                "segments",
+                "analysis",
+                "on_rollback",
+            ),
             required=("name", "match", "stable", "candidate", "cohort"),
         )
         name = self.field(fields, "name", path, self.name, "")
@@ -412,6 +434,59 @@ class _Parser:
             cohort=self.field(fields, "cohort", path, self.cohort, Cohort((), name)),
             ramp=ramp,
             segments=tuple(segments),
+            analysis=self.field(fields, "analysis", path, self.analysis, None),
+            on_rollback=self.field(fields, "on_rollback", path, self.rollback_hook, None),
+        )
+
+    def analysis(self, node: Node, path: str, default: AnalysisSpec | None) -> AnalysisSpec:
+        base = AnalysisSpec()
+        fields = self.mapping(node, path, [f.name for f in dataclass_fields(AnalysisSpec)])
+
+        def read(name: str, kind: Callable[[Node, str, T], T], fallback: T) -> T:
+            return self.field(fields, name, path, kind, fallback)
+
+        spec = AnalysisSpec(
+            interval=read("interval", self.duration, base.interval),
+            window=read("window", self.duration, base.window),
+            min_requests=read("min_requests", self.count, base.min_requests),
+            max_error_rate_increase=read(
+                "max_error_rate_increase", self.fraction, base.max_error_rate_increase
+            ),
+            max_latency_ratio=read("max_latency_ratio", self.number, base.max_latency_ratio),
+            latency_quantile=read("latency_quantile", self.fraction, base.latency_quantile),
+            latency=read(
+                "latency", lambda n, p, d: self.choice(n, p, d, LatencyMeasure), base.latency
+            ),
+            confidence=read("confidence", self.fraction, base.confidence),
+            failures_before_rollback=read(
+                "failures_before_rollback", self.count, base.failures_before_rollback
+            ),
+            on_inconclusive=read(
+                "on_inconclusive",
+                lambda n, p, d: self.choice(n, p, d, Inconclusive),
+                base.on_inconclusive,
+            ),
+        )
+        checks = (
+            (spec.window >= spec.interval, "window", "must be at least the interval"),
+            (spec.max_latency_ratio >= 1.0, "max_latency_ratio", "must be at least 1"),
+            (0.5 <= spec.confidence < 1.0, "confidence", "must be in [0.5, 1)"),
+            (0.0 < spec.latency_quantile < 1.0, "latency_quantile", "must be in (0, 1)"),
+        )
+        for ok, name, message in checks:
+            if not ok:
+                self.fail(fields.get(name, node), _sub(path, name), message)
+        return spec
+
+    def rollback_hook(
+        self, node: Node, path: str, default: RollbackHook | None
+    ) -> RollbackHook | None:
+        fields = self.mapping(node, path, ("webhook", "timeout", "attempts"), ("webhook",))
+        base = RollbackHook("")
+        return RollbackHook(
+            webhook=self.field(fields, "webhook", path, self.url, ""),
+            timeout=self.field(fields, "timeout", path, self.duration, base.timeout),
+            attempts=self.field(fields, "attempts", path, self.count, base.attempts),
         )
 
     def upstream(self, node: Node, path: str, default: Upstream) -> Upstream:

@@ -147,6 +147,45 @@ class Segment:
     ramp: Ramp | None = None
 
 
+class LatencyMeasure(StrEnum):
+    """Which latency the analysis compares."""
+
+    DURATION = "duration"  # request arrival to last byte sent
+    TTFB = "ttfb"  # upstream time to first byte: time to first token for streams
+
+
+class Inconclusive(StrEnum):
+    """What the ramp does while the data is too thin for a verdict."""
+
+    HOLD = "hold"
+    CONTINUE = "continue"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisSpec:
+    """How a route's candidate is judged against stable, and when it is rolled back."""
+
+    interval: float = 10.0
+    window: float = 60.0
+    min_requests: int = 200
+    max_error_rate_increase: float = 0.01
+    max_latency_ratio: float = 1.5
+    latency_quantile: float = 0.95
+    latency: LatencyMeasure = LatencyMeasure.DURATION
+    confidence: float = 0.95
+    failures_before_rollback: int = 3
+    on_inconclusive: Inconclusive = Inconclusive.HOLD
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackHook:
+    """A URL that is POSTed a JSON account of every rollback."""
+
+    webhook: str
+    timeout: float = 5.0
+    attempts: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Requests under `path_prefix`, split between `stable` and `candidate`."""
@@ -158,6 +197,8 @@ class Route:
     cohort: Cohort
     ramp: Ramp = Ramp()
     segments: tuple[Segment, ...] = ()
+    analysis: AnalysisSpec | None = None
+    on_rollback: RollbackHook | None = None
 
 
 class StateBackend(StrEnum):

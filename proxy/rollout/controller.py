@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.config.model import Route
 from proxy.rollout.machine import (
@@ -15,7 +16,10 @@ from proxy.rollout.machine import (
     Transition,
     apply,
     forced_variant,
+    hold,
+    holding,
     identity_of,
+    release,
     route_share,
     state_of,
 )
@@ -24,6 +28,9 @@ from proxy.routing import Control
 
 log = logging.getLogger("grayscale.rollout")
 audit = logging.getLogger("grayscale.audit")
+
+
+RollbackListener = Callable[[Route, Transition, dict[str, Any] | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,7 @@ class RolloutController:
         self._rollouts: dict[str, Rollout] = {}
         self._routes: dict[str, Route] = {}
         self._lock = asyncio.Lock()
+        self.rollback_listeners: list[RollbackListener] = []
 
     async def start(self, routes: Sequence[Route], now: float) -> None:
         """Load the stored state and line it up with `routes`.
@@ -104,8 +112,12 @@ class RolloutController:
         actor: str,
         reason: str | None = None,
         share: float | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Outcome:
-        """Apply `action` to route `name`; raises `IllegalTransition` or KeyError."""
+        """Apply `action` to route `name`; raises `IllegalTransition` or KeyError.
+
+        Rollback listeners are called with the transition and `details` (e.g. the verdict).
+        """
         async with self._lock:
             changed = apply(
                 self._rollouts[name],
@@ -129,9 +141,35 @@ class RolloutController:
                 f" ({reason})" if reason else "",
                 extra={"route": name},
             )
-            try:
-                await self._store.save(self._rollouts)
-            except StateError as exc:
-                log.error("%s; the change holds in this process only", exc, extra={"route": name})
-                return Outcome(transition, persisted=False, error=str(exc))
-        return Outcome(transition, persisted=True)
+            if action is Action.ROLLBACK:
+                for listener in self.rollback_listeners:
+                    listener(self._routes[name], transition, details)
+            error = await self._save()
+        return Outcome(transition, persisted=error is None, error=error)
+
+    async def set_hold(self, name: str, held: bool, now: float) -> bool:
+        """Hold or release route `name`'s ramp clock; True when that changed anything."""
+        async with self._lock:
+            rollout = self._rollouts[name]
+            changed = hold(rollout, now) if held else release(rollout, now)
+            if changed is rollout:
+                return False
+            self._rollouts[name] = changed
+            log.info(
+                "%s the ramp of %s", "holding" if held else "releasing", name, extra={"route": name}
+            )
+            await self._save()
+        return True
+
+    def holding(self, name: str) -> bool:
+        """Whether route `name`'s ramp is held by the analysis."""
+        return holding(self._rollouts[name])
+
+    async def _save(self) -> str | None:
+        """Write every rollout; the error message when the store failed."""
+        try:
+            await self._store.save(self._rollouts)
+        except StateError as exc:
+            log.error("%s; the change holds in this process only", exc)
+            return str(exc)
+        return None

@@ -18,6 +18,9 @@ set_share  paused   paused   paused    paused  -         -
 =========  =======  =======  ========  ======  ========  ===========
 
 "(ramp)" is pending, ramping or complete, whichever the ramp's clock says.
+
+Besides these transitions, the analysis may `hold` a running ramp (stop its clock while data is
+too thin for a verdict) and `release` it; the state stays what the clock says.
 """
 
 from __future__ import annotations
@@ -200,3 +203,22 @@ def apply(
         action, now, actor, before, state_of(after, route, now), reason, after.share_override
     )
     return replace(after, history=(*rollout.history, transition)[-HISTORY:])
+
+
+def hold(rollout: Rollout, now: float) -> Rollout:
+    """Stop the ramp's clock of a running rollout (the analysis has too little data)."""
+    if rollout.status is not Status.ACTIVE or rollout.frozen_at is not None:
+        return rollout
+    return replace(rollout, frozen_at=now)
+
+
+def release(rollout: Rollout, now: float) -> Rollout:
+    """Restart the ramp's clock of a running rollout held by `hold`."""
+    if rollout.status is not Status.ACTIVE or rollout.frozen_at is None:
+        return rollout
+    return replace(rollout, held=rollout.held + (now - rollout.frozen_at), frozen_at=None)
+
+
+def holding(rollout: Rollout) -> bool:
+    """Whether a running rollout's ramp is held."""
+    return rollout.status is Status.ACTIVE and rollout.frozen_at is not None

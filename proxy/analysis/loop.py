@@ -1,0 +1,159 @@
+"""The analysis loop: a verdict per route every interval, and what follows from it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.analysis.verdict import Result, Verdict, assess
+from proxy.analysis.window import ObservationSource
+from proxy.config.model import AnalysisSpec, Inconclusive, Route
+from proxy.metrics import Recorder
+from proxy.rollout.controller import RolloutController
+from proxy.rollout.machine import Action, IllegalTransition, State
+
+log = logging.getLogger("grayscale.analysis")
+_JUDGED = {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED}
+
+
+@dataclass
+class RouteAnalysis:
+    """What the loop remembers of one route between rounds."""
+
+    spec: AnalysisSpec
+    last: Verdict | None = None
+    failures: int = 0
+
+    def status(self, holding: bool) -> dict[str, Any]:
+        """The `/status` view."""
+        return {
+            "interval_seconds": self.spec.interval,
+            "window_seconds": self.spec.window,
+            "min_requests": self.spec.min_requests,
+            "failures_before_rollback": self.spec.failures_before_rollback,
+            "consecutive_failures": self.failures,
+            "holding": holding,
+            "last_verdict": None if self.last is None else self.last.to_json(),
+        }
+
+
+def _reason(verdict: Verdict) -> str:
+    parts = []
+    for check in verdict.failing:
+        observed = "?" if check.observed is None else f"{check.observed:.4g}"
+        bound = "?" if check.bound is None else f"{check.bound:.4g}"
+        parts.append(f"{check.name} {observed} (bound {bound} > {check.threshold:g})")
+    return "analysis: " + "; ".join(parts)
+
+
+class Analyzer:
+    """Judges each analysed route every `interval` and rolls a failing candidate back.
+
+    After `failures_before_rollback` consecutive failed verdicts the route is rolled back. While a
+    verdict is not a pass (too little data, or failures not yet enough to roll back), the ramp is
+    held under `on_inconclusive: hold`, so the share does not grow on thin or bad data; a pass
+    releases it. A ramp with no candidate traffic to observe (share 0) is never held.
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        controller: RolloutController,
+        source: ObservationSource,
+        recorder: Recorder,
+    ):
+        self.controller = controller
+        self.source = source
+        self.recorder = recorder
+        self.routes = {
+            route.name: RouteAnalysis(route.analysis)
+            for route in routes
+            if route.analysis is not None
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start one loop per analysed route."""
+        for name, analysis in self.routes.items():
+            self._tasks.append(asyncio.create_task(self._run(name, analysis.spec.interval)))
+
+    async def stop(self) -> None:
+        """Stop every loop."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _run(self, name: str, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_round - loop.time()))
+            next_round += interval
+            try:
+                await self.round(name, time.time())
+            except Exception:
+                log.exception("analysis round failed", extra={"route": name})
+
+    async def round(self, name: str, now: float) -> Verdict | None:
+        """One analysis round of route `name` at `now`; None when the state is not judged."""
+        analysis = self.routes[name]
+        spec = analysis.spec
+        if self.controller.state(name, now) not in _JUDGED:
+            analysis.failures = 0
+            return None
+        stable, candidate = self.source.samples(name, now)
+        verdict = assess(stable, candidate, spec, now)
+        analysis.last = verdict
+        analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
+        self.recorder.observe_verdict(name, verdict)
+        log.log(
+            logging.WARNING if verdict.result is Result.FAIL else logging.INFO,
+            "verdict %s (%s)%s",
+            verdict.result.value,
+            ", ".join(f"{c.name} {c.result.value}" for c in verdict.checks),
+            f": {analysis.failures}/{spec.failures_before_rollback} failures"
+            if analysis.failures
+            else "",
+            extra={"route": name},
+        )
+        if analysis.failures >= spec.failures_before_rollback:
+            await self._roll_back(name, verdict, now)
+            analysis.failures = 0
+            return verdict
+        hold = verdict.result is Result.FAIL or (
+            verdict.result is Result.INCONCLUSIVE and spec.on_inconclusive is Inconclusive.HOLD
+        )
+        # With no candidate traffic there is nothing to wait for: holding would stall for ever.
+        hold = hold and self.controller.share(name, now) > 0.0
+        await self.controller.set_hold(name, hold, now)
+        return verdict
+
+    async def _roll_back(self, name: str, verdict: Verdict, now: float) -> None:
+        reason = _reason(verdict)
+        try:
+            await self.controller.act(
+                name,
+                Action.ROLLBACK,
+                now,
+                actor="analysis",
+                reason=reason,
+                details=verdict.to_json(),
+            )
+        except IllegalTransition:
+            return  # rolled back by someone else meanwhile
+        log.error("rolled back automatically: %s", reason, extra={"route": name})
+
+    def status(self, route: Route) -> dict[str, Any] | None:
+        """The `/status` view of `route`'s analysis, or None when it has none."""
+        analysis = self.routes.get(route.name)
+        if analysis is None:
+            return None
+        return analysis.status(self.controller.holding(route.name))

@@ -1,0 +1,204 @@
+"""The verdict on a candidate: pure, observations in, verdict out.
+
+Two checks compare the candidate with stable over the same window:
+
+- **error rate** (5xx answers and upstream failures over requests). The candidate fails when the
+  lower confidence bound of ``p_candidate - p_stable`` exceeds `max_error_rate_increase`. The
+  bound is Newcombe's hybrid score interval (two Wilson intervals), which stays well-behaved
+  with zero or few errors, where the plain z-test does not.
+- **latency** (a quantile, p95 by default, of successful requests). The candidate fails when a
+  distribution-free lower bound of its quantile, divided by an upper bound of stable's, exceeds
+  `max_latency_ratio`: the bounds are order statistics whose ranks come from the binomial
+  distribution of ranks below a quantile, so no latency distribution is assumed.
+
+Each bound is one-sided at `confidence`. Either check is inconclusive, never failed, while a
+variant has fewer than `min_requests` in the window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from statistics import NormalDist
+from typing import Any
+
+from proxy.analysis.histogram import quantile, quantile_bounds
+from proxy.config.model import AnalysisSpec
+
+LATENCY_KEY = "latency_quantile_seconds"
+
+
+class Result(StrEnum):
+    """The outcome of a check or of a whole verdict."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One variant's observations in the window: requests, errors, latency histogram counts."""
+
+    requests: int
+    errors: int
+    latency: tuple[int, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes and rate, for reports."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.errors / self.requests if self.requests else None,
+            "latency_samples": sum(self.latency),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check's outcome with what it saw.
+
+    `observed` is the point estimate (error-rate difference or latency ratio), `bound` the
+    confidence bound compared with `threshold`.
+    """
+
+    name: str
+    result: Result
+    threshold: float
+    observed: float | None
+    bound: float | None
+    stable: dict[str, Any]
+    candidate: dict[str, Any]
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "check": self.name,
+            "result": self.result.value,
+            "threshold": self.threshold,
+            "observed": self.observed,
+            "bound": self.bound,
+            "stable": self.stable,
+            "candidate": self.candidate,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """All checks of one analysis round; `result` is fail if any failed, else inconclusive if
+    any was, else pass."""
+
+    at: float
+    result: Result
+    checks: tuple[Check, ...]
+
+    @property
+    def failing(self) -> tuple[Check, ...]:
+        """The checks that failed."""
+        return tuple(c for c in self.checks if c.result is Result.FAIL)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "at": self.at,
+            "result": self.result.value,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion."""
+    p = successes / n
+    scale = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z / scale * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_lower_bound(e1: int, n1: int, e2: int, n2: int, z: float) -> float:
+    """Newcombe's lower bound of ``e1/n1 - e2/n2``."""
+    p1, p2 = e1 / n1, e2 / n2
+    low1, _ = wilson(e1, n1, z)
+    _, high2 = wilson(e2, n2, z)
+    return (p1 - p2) - math.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2)
+
+
+def _too_few(name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Sample) -> Check:
+    return Check(
+        name,
+        Result.INCONCLUSIVE,
+        threshold,
+        None,
+        None,
+        s.summary(),
+        c.summary(),
+        f"fewer than {spec.min_requests} requests per variant in the window",
+    )
+
+
+def error_rate_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float) -> Check:
+    """Is the candidate's error rate higher than stable's by more than the allowed increase?"""
+    threshold = spec.max_error_rate_increase
+    if min(stable.requests, candidate.requests) < spec.min_requests:
+        return _too_few("error_rate", spec, threshold, stable, candidate)
+    observed = candidate.errors / candidate.requests - stable.errors / stable.requests
+    bound = difference_lower_bound(
+        candidate.errors, candidate.requests, stable.errors, stable.requests, z
+    )
+    failed = bound > threshold
+    return Check(
+        "error_rate",
+        Result.FAIL if failed else Result.PASS,
+        threshold,
+        observed,
+        bound,
+        stable.summary(),
+        candidate.summary(),
+        "candidate error rate is higher than allowed"
+        if failed
+        else "no significant error rate increase",
+    )
+
+
+def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float) -> Check:
+    """Is the candidate's latency quantile more than `max_latency_ratio` times stable's?"""
+    threshold = spec.max_latency_ratio
+    q = spec.latency_quantile
+    if min(sum(stable.latency), sum(candidate.latency)) < spec.min_requests:
+        return _too_few("latency", spec, threshold, stable, candidate)
+    stable_q, candidate_q = quantile(stable.latency, q), quantile(candidate.latency, q)
+    candidate_low, _ = quantile_bounds(candidate.latency, q, z)
+    _, stable_high = quantile_bounds(stable.latency, q, z)
+    bound = candidate_low / stable_high
+    failed = bound > threshold
+    label = f"p{q * 100:g}"
+    return Check(
+        "latency",
+        Result.FAIL if failed else Result.PASS,
+        threshold,
+        candidate_q / stable_q,
+        bound,
+        {**stable.summary(), LATENCY_KEY: stable_q},
+        {**candidate.summary(), LATENCY_KEY: candidate_q},
+        f"candidate {label} is slower than allowed" if failed else f"{label} within the ratio",
+    )
+
+
+def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> Verdict:
+    """The verdict of one analysis round."""
+    z = NormalDist().inv_cdf(spec.confidence)
+    checks = (
+        error_rate_check(stable, candidate, spec, z),
+        latency_check(stable, candidate, spec, z),
+    )
+    results = {c.result for c in checks}
+    if Result.FAIL in results:
+        result = Result.FAIL
+    elif Result.INCONCLUSIVE in results:
+        result = Result.INCONCLUSIVE
+    else:
+        result = Result.PASS
+    return Verdict(at, result, checks)

@@ -1,0 +1,84 @@
+"""Rollback notifications: a JSON POST to each route's `on_rollback.webhook`, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+from proxy.config.model import Route
+from proxy.rollout.machine import Transition
+
+log = logging.getLogger("grayscale.webhook")
+RETRY_DELAY = 0.5  # seconds before the second attempt; doubled before each next one
+
+
+class RollbackNotifier:
+    """Sends rollback accounts to webhooks from background tasks, with retries and timeouts."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the HTTP client."""
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        """Give pending notifications a moment, then close the client."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    def __call__(
+        self, route: Route, transition: Transition, verdict: dict[str, Any] | None
+    ) -> None:
+        """Queue the notification of a rollback of `route` (a controller rollback listener)."""
+        hook = route.on_rollback
+        if hook is None or self._session is None:
+            return
+        payload = {
+            "event": "rollback",
+            "route": route.name,
+            "stable": route.stable.url,
+            "candidate": route.candidate.url,
+            "at": transition.at,
+            "actor": transition.actor,
+            "before": transition.before.value,
+            "reason": transition.reason,
+            "verdict": verdict,
+        }
+        task = asyncio.get_running_loop().create_task(self._send(route, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, route: Route, payload: dict[str, Any]) -> None:
+        hook = route.on_rollback
+        assert hook is not None and self._session is not None
+        delay = RETRY_DELAY
+        for attempt in range(1, hook.attempts + 1):
+            try:
+                async with self._session.post(
+                    hook.webhook, json=payload, timeout=aiohttp.ClientTimeout(total=hook.timeout)
+                ) as answer:
+                    if answer.status < 300:
+                        log.info("rollback of %s notified", route.name, extra={"route": route.name})
+                        return
+                    problem = f"status {answer.status}"
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                problem = type(exc).__name__
+            log.warning(
+                "rollback webhook attempt %d/%d failed: %s",
+                attempt,
+                hook.attempts,
+                problem,
+                extra={"route": route.name, "url": hook.webhook},
+            )
+            if attempt < hook.attempts:
+                await asyncio.sleep(delay)
+                delay *= 2

@@ -1,0 +1,86 @@
+"""Sliding windows of what the proxy itself forwarded: the in-process observation source.
+
+Memory is bounded whatever the traffic: a window is a ring of time slots, each holding request
+and error counts and a fixed-size latency histogram.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proxy.analysis.histogram import SIZE, bucket_of
+from proxy.analysis.verdict import Sample
+
+SLOTS = 12
+
+
+class Window:
+    """One variant's observations over the last `span` seconds, in `SLOTS` time slots.
+
+    The newest slot is still filling, so a sample covers between `span` less one slot and `span`.
+    """
+
+    __slots__ = ("_errors", "_ids", "_latency", "_requests", "_slot")
+
+    def __init__(self, span: float):
+        self._slot = span / SLOTS
+        self._ids = [-1] * SLOTS
+        self._requests = [0] * SLOTS
+        self._errors = [0] * SLOTS
+        self._latency = [[0] * SIZE for _ in range(SLOTS)]
+
+    def _index(self, now: float) -> int:
+        slot = int(now // self._slot)
+        index = slot % SLOTS
+        if self._ids[index] != slot:
+            self._ids[index] = slot
+            self._requests[index] = self._errors[index] = 0
+            self._latency[index] = [0] * SIZE
+        return index
+
+    def add(self, now: float, error: bool, latency: float | None) -> None:
+        """Count one request; `latency` of a successful one goes into the histogram."""
+        index = self._index(now)
+        self._requests[index] += 1
+        if error:
+            self._errors[index] += 1
+        elif latency is not None:
+            self._latency[index][bucket_of(latency)] += 1
+
+    def sample(self, now: float) -> Sample:
+        """Everything observed in the window ending at `now`."""
+        newest = int(now // self._slot)
+        live = [i for i in range(SLOTS) if newest - SLOTS < self._ids[i] <= newest]
+        latency = [0] * SIZE
+        for i in live:
+            for bucket, count in enumerate(self._latency[i]):
+                if count:
+                    latency[bucket] += count
+        return Sample(
+            sum(self._requests[i] for i in live),
+            sum(self._errors[i] for i in live),
+            tuple(latency),
+        )
+
+
+class ObservationSource(Protocol):
+    """Where the analysis reads a route's stable and candidate samples from."""
+
+    def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+        """(stable, candidate) over the route's analysis window ending at `now`."""
+        ...
+
+
+class LocalObservations:
+    """Observations of the requests this process forwards, per analysed route."""
+
+    def __init__(self, spans: dict[str, float]):
+        """`spans`: the analysis window (seconds) of each analysed route."""
+        self.windows = {
+            route: {"stable": Window(span), "candidate": Window(span)}
+            for route, span in spans.items()
+        }
+
+    def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+        windows = self.windows[route]
+        return windows["stable"].sample(now), windows["candidate"].sample(now)
