@@ -138,6 +138,7 @@ class Admin:
             "last_transition": _transition(rollout.last),
             "requests": counts,
             "error_rate": {variant: _error_rate(by_class) for variant, by_class in counts.items()},
+            "analysis": self.analyzer.status(route),
         }
 
     def _rollout_metrics(self) -> Iterable[GaugeMetricFamily]:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ class UpstreamProbe:
 
     name: str
     requests: int = 0
+    error_rate: float = 0.0  # share of echo requests answered 500
+    delay: float = 0.0  # seconds before the echo answers
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
     release: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -37,6 +41,10 @@ async def echo(request: web.Request) -> web.Response:
     """Describe the request: method, raw path, headers, body length and digest."""
     probe = request.app[PROBE]
     probe.requests += 1
+    if probe.delay:
+        await asyncio.sleep(probe.delay)
+    if probe.error_rate and probe.rng.random() < probe.error_rate:
+        return web.json_response({"error": "injected"}, status=500)
     digest = hashlib.sha256()
     size = 0
     async for chunk in request.content.iter_any():

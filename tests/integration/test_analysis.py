@@ -1,0 +1,208 @@
+"""Automatic analysis end to end: real upstreams, real load, real rollbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.config.loader import parse_config
+from proxy.rollout.machine import State
+from proxy.server import Server
+from tests.integration.conftest import PROBE, route_yaml, url_of
+
+INTERVAL = 0.5
+FAILURES = 3
+
+
+def analysed_config(
+    stable: str,
+    candidate: str,
+    *,
+    state: str = "{backend: memory}",
+    min_requests: int = 60,
+    ramp: str = "{base: 0.5}",
+    extra: str = "",
+) -> str:
+    route = route_yaml(stable, candidate).replace("    ramp: {base: 0.5}\n", f"    ramp: {ramp}\n")
+    return (
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+        f"state: {state}\nroutes:\n{route}"
+        f"    analysis: {{interval: {int(INTERVAL * 1000)}ms, window: 2s, "
+        f"min_requests: {min_requests}, failures_before_rollback: {FAILURES}}}\n" + extra
+    )
+
+
+async def drive(
+    client: aiohttp.ClientSession,
+    server: Server,
+    seconds: float,
+    *,
+    concurrency: int = 16,
+    pause: float = 0.0,
+    until: Callable[[], bool] = lambda: False,
+) -> list[str]:
+    """Send requests from random users for `seconds` (or until `until()`); their variants."""
+    deadline = time.monotonic() + seconds
+    rng = random.Random(4)
+    variants: list[str] = []
+
+    async def worker() -> None:
+        while time.monotonic() < deadline and not until():
+            uid = f"user-{rng.randrange(100_000)}"
+            async with client.get(server.proxy_url + "/v1/p", headers={"X-User-Id": uid}) as r:
+                await r.read()
+                variants.append(r.headers["X-Grayscale-Variant"])
+            if pause:
+                await asyncio.sleep(pause)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return variants
+
+
+async def test_candidate_with_ten_percent_errors_is_rolled_back_fast_and_for_good(
+    upstreams, client, tmp_path
+):
+    stable, candidate = upstreams
+    candidate.app[PROBE].error_rate = 0.10
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=500 if len(received) == 1 else 204)  # the first one fails
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    text = analysed_config(
+        url_of(stable),
+        url_of(candidate),
+        state=f"{{path: {tmp_path / 'state.json'}}}",
+        extra=f'    on_rollback: {{webhook: "{url_of(receiver)}/hook", timeout: 2s}}\n',
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    try:
+        started = time.monotonic()
+
+        def rolled_back() -> bool:
+            return server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        await drive(client, server, 10, until=rolled_back)
+        elapsed = time.monotonic() - started
+        assert rolled_back()
+        # Failed verdicts from the first round on: FAILURES rounds, plus one for scheduling.
+        print(f"\nrolled back {elapsed:.2f} s after the bad traffic began")
+        assert elapsed <= FAILURES * INTERVAL + INTERVAL + 0.5, elapsed
+        await asyncio.sleep(0.2)  # requests decided before the rollback finish
+        seen_by_candidate = candidate.app[PROBE].requests
+        after = await drive(client, server, 1.0)
+        assert set(after) == {"stable"}
+        assert candidate.app[PROBE].requests == seen_by_candidate
+        last = server.controller.rollout("models").last
+        assert last.actor == "analysis" and last.reason.startswith("analysis: error_rate")
+        for _ in range(50):  # the webhook's retry comes after 0.5 s
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(received) == 2 and received[0] == received[1]
+        payload = received[1]
+        assert (payload["event"], payload["route"], payload["actor"]) == (
+            "rollback",
+            "models",
+            "analysis",
+        )
+        error_check = payload["verdict"]["checks"][0]
+        assert error_check["check"] == "error_rate" and error_check["result"] == "fail"
+        assert error_check["candidate"]["requests"] >= 60
+    finally:
+        await server.stop()
+        await receiver.close()
+
+    restarted = Server(parse_config(text))
+    await restarted.start()
+    try:
+        assert restarted.controller.state("models", time.time()) is State.ROLLED_BACK
+        assert set(await drive(client, restarted, 0.5)) == {"stable"}
+    finally:
+        await restarted.stop()
+
+
+async def test_candidate_three_times_slower_is_rolled_back(upstreams, client):
+    stable, candidate = upstreams
+    stable.app[PROBE].delay = 0.01
+    candidate.app[PROBE].delay = 0.03
+    server = Server(parse_config(analysed_config(url_of(stable), url_of(candidate))))
+    await server.start()
+    try:
+
+        def rolled_back() -> bool:
+            return server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        await drive(client, server, 10, concurrency=24, until=rolled_back)
+        assert rolled_back()
+        assert server.controller.rollout("models").last.reason.startswith("analysis: latency")
+    finally:
+        await server.stop()
+
+
+async def test_candidate_equal_to_stable_is_not_rolled_back(upstreams, client):
+    stable, candidate = upstreams
+    for upstream in upstreams:
+        upstream.app[PROBE].error_rate = 0.01
+        upstream.app[PROBE].delay = 0.005
+    server = Server(parse_config(analysed_config(url_of(stable), url_of(candidate))))
+    await server.start()
+    try:
+        await drive(client, server, 4.0)
+        assert server.controller.state("models", time.time()) is State.RAMPING
+        analysis = server.analyzer.routes["models"]
+        assert analysis.last is not None and analysis.last.result.value == "pass"
+        async with client.get(server.admin_url + "/metrics") as resp:
+            families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+        overall_pass = [
+            s
+            for s in families["grayscale_analysis_verdicts"].samples
+            if s.labels == {"route": "models", "check": "overall", "result": "pass"}
+        ]
+        assert overall_pass and overall_pass[0].value >= 4
+        assert families["grayscale_rollbacks"].samples == []
+    finally:
+        await server.stop()
+
+
+async def test_thin_traffic_holds_the_ramp_and_never_rolls_back(upstreams, client):
+    stable, candidate = upstreams
+    candidate.app[PROBE].error_rate = 0.5  # bad, but there is too little traffic to tell
+    text = analysed_config(
+        url_of(stable),
+        url_of(candidate),
+        min_requests=500,
+        ramp="{base: 0.2, slope: 0.2, per: 1s, max: 1.0}",
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    try:
+        await drive(client, server, 2.5, concurrency=2, pause=0.05)
+        now = time.time()
+        assert server.controller.state("models", now) is State.RAMPING
+        assert server.controller.holding("models")
+        share = server.controller.share("models", now)
+        assert share < 0.4  # unheld, the ramp would be past 0.6 by now
+        await asyncio.sleep(1.0)
+        assert server.controller.share("models", time.time()) == share
+        async with client.get(server.admin_url + "/status") as resp:
+            analysis = (await resp.json())["routes"][0]["analysis"]
+        assert analysis["holding"] is True
+        assert analysis["last_verdict"]["result"] == "inconclusive"
+        assert analysis["consecutive_failures"] == 0
+    finally:
+        await server.stop()

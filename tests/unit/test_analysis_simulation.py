@@ -1,0 +1,93 @@
+"""Seeded long runs of the pure analysis core: false rollbacks of a good candidate, and how fast
+a bad one is caught.
+
+    GRAYSCALE_SIM_RUNS=2000 .venv/bin/python -m pytest tests/unit/test_analysis_simulation.py -s
+
+runs more seeds and prints the measured rates (the README quotes such a run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+
+from proxy.analysis.verdict import Result, assess
+from proxy.analysis.window import Window
+from proxy.config.model import AnalysisSpec
+
+SPEC = AnalysisSpec()  # the defaults: 10 s interval, 60 s window, 200 requests, 95 %, 3 failures
+RUNS = int(os.environ.get("GRAYSCALE_SIM_RUNS", "40"))
+VERDICTS = 60  # ten minutes of verdicts per run
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Simulated traffic of one variant: requests per second, error rate, latency."""
+
+    rate: float
+    error_rate: float = 0.01
+    median: float = 0.05
+    slowdown: float = 1.0
+
+
+def simulate(seed: int, stable: Variant, candidate: Variant) -> tuple[int | None, list[Result]]:
+    """The verdict index of the first rollback (or None), and every verdict's result."""
+    rng = random.Random(seed)
+    windows = (Window(SPEC.window), Window(SPEC.window))
+    results: list[Result] = []
+    failures = 0
+    for index in range(VERDICTS):
+        start = index * SPEC.interval
+        for window, variant in zip(windows, (stable, candidate), strict=True):
+            n = int(variant.rate * SPEC.interval)
+            for i in range(n):
+                error = rng.random() < variant.error_rate
+                latency = variant.slowdown * rng.lognormvariate(math.log(variant.median), 0.5)
+                window.add(start + SPEC.interval * i / n, error, latency)
+        now = start + SPEC.interval - 1e-6
+        verdict = assess(windows[0].sample(now), windows[1].sample(now), SPEC, now)
+        results.append(verdict.result)
+        failures = failures + 1 if verdict.result is Result.FAIL else 0
+        if failures >= SPEC.failures_before_rollback:
+            return index, results
+    return None, results
+
+
+def test_a_candidate_equal_to_stable_is_not_rolled_back():
+    stable, candidate = Variant(rate=30), Variant(rate=10)  # a 25 % share of 40 requests/s
+    rollbacks = 0
+    verdicts: list[Result] = []
+    for seed in range(RUNS):
+        rolled_back, results = simulate(seed, stable, candidate)
+        rollbacks += rolled_back is not None
+        verdicts += results
+    failed = verdicts.count(Result.FAIL) / len(verdicts)
+    print(
+        f"\nequal candidate: {rollbacks}/{RUNS} runs rolled back over {VERDICTS} verdicts each; "
+        f"{failed:.3%} of {len(verdicts)} verdicts failed"
+    )
+    assert rollbacks == 0
+    assert failed < 0.01
+
+
+def test_a_candidate_with_ten_percent_errors_is_rolled_back_at_once():
+    stable, candidate = Variant(rate=30), Variant(rate=10, error_rate=0.11)
+    caught = [simulate(seed, stable, candidate)[0] for seed in range(RUNS)]
+    # 200 candidate requests are in the window from the 2nd verdict: fails at 2, 3, 4 at worst.
+    assert all(index is not None and index <= 3 + 1 for index in caught), caught
+
+
+def test_a_candidate_three_times_slower_is_rolled_back_at_once():
+    stable, candidate = Variant(rate=30), Variant(rate=10, slowdown=3.0)
+    caught = [simulate(seed, stable, candidate)[0] for seed in range(RUNS)]
+    assert all(index is not None and index <= 3 + 1 for index in caught), caught
+
+
+def test_thin_traffic_is_inconclusive_never_failed():
+    stable, candidate = Variant(rate=30), Variant(rate=2, error_rate=0.5)  # bad, but too thin
+    for seed in range(min(RUNS, 10)):
+        rolled_back, results = simulate(seed, stable, candidate)
+        assert rolled_back is None
+        assert set(results) == {Result.INCONCLUSIVE}

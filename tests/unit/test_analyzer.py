@@ -1,0 +1,153 @@
+"""The analysis loop's decisions, driven round by round with made-up samples."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from proxy.analysis.histogram import SIZE, bucket_of
+from proxy.analysis.loop import Analyzer
+from proxy.analysis.verdict import Result, Sample
+from proxy.config.model import (
+    AnalysisSpec,
+    Cohort,
+    Inconclusive,
+    KeySource,
+    Ramp,
+    Route,
+    Source,
+    Upstream,
+)
+from proxy.metrics import Recorder
+from proxy.rollout.controller import RolloutController
+from proxy.rollout.machine import State
+from proxy.rollout.store import MemoryStore
+
+T0 = 1_796_083_200.0
+SPEC = AnalysisSpec(interval=10.0, window=60.0, min_requests=200, failures_before_rollback=3)
+ROUTE = Route(
+    name="r",
+    path_prefix="/",
+    stable=Upstream("http://127.0.0.1:1"),
+    candidate=Upstream("http://127.0.0.1:2"),
+    cohort=Cohort((KeySource(Source.HEADER, "X-User-Id"),), "s"),
+    ramp=Ramp(base=0.1, slope=0.1, per=100.0),
+    analysis=SPEC,
+)
+
+
+def good(n: int = 300) -> Sample:
+    counts = [0] * SIZE
+    counts[bucket_of(0.02)] = n
+    return Sample(n, 0, tuple(counts))
+
+
+def bad(n: int = 300) -> Sample:
+    counts = [0] * SIZE
+    counts[bucket_of(0.02)] = n - n // 5
+    return Sample(n, n // 5, tuple(counts))
+
+
+class FakeSource:
+    """Hands out the (stable, candidate) pairs a test sets."""
+
+    def __init__(self) -> None:
+        self.pair = (good(), good())
+
+    def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+        return self.pair
+
+
+async def make(
+    route: Route = ROUTE,
+) -> tuple[Analyzer, RolloutController, FakeSource, Recorder, list[Any]]:
+    controller = RolloutController(MemoryStore())
+    await controller.start([route], T0)
+    recorder = Recorder()
+    notified: list[Any] = []
+    controller.rollback_listeners += [
+        recorder.count_rollback,
+        lambda r, t, d: notified.append((r.name, t, d)),
+    ]
+    source = FakeSource()
+    return Analyzer([route], controller, source, recorder), controller, source, recorder, notified
+
+
+async def test_consecutive_failures_roll_back_with_the_verdict():
+    analyzer, controller, source, recorder, notified = await make()
+    source.pair = (good(), bad())
+    for i in range(2):
+        verdict = await analyzer.round("r", T0 + 10 * (i + 1))
+        assert verdict.result is Result.FAIL
+        assert controller.state("r", T0 + 10 * (i + 1)) is not State.ROLLED_BACK
+    await analyzer.round("r", T0 + 30)
+    assert controller.state("r", T0 + 30) is State.ROLLED_BACK
+    transition = controller.rollout("r").last
+    assert transition.actor == "analysis"
+    assert transition.reason.startswith("analysis: error_rate 0.2 (bound")
+    ((name, _, details),) = notified
+    assert name == "r" and details["result"] == "fail"
+    assert recorder.rollbacks.labels("r", "analysis")._value.get() == 1
+    assert await analyzer.round("r", T0 + 40) is None  # rolled back: nothing left to judge
+
+
+async def test_failures_must_be_consecutive():
+    analyzer, controller, source, _, notified = await make()
+    for i, pair in enumerate(
+        [(good(), bad()), (good(), bad()), (good(), good()), (good(), bad()), (good(), bad())]
+    ):
+        source.pair = pair
+        await analyzer.round("r", T0 + 10 * (i + 1))
+    assert controller.state("r", T0 + 60) is State.RAMPING
+    assert analyzer.routes["r"].failures == 2 and not notified
+
+
+async def test_thin_data_holds_the_ramp_and_a_pass_releases_it():
+    analyzer, controller, source, _, _ = await make()
+    assert controller.share("r", T0 + 100) == pytest.approx(0.2)
+    source.pair = (good(), good(50))
+    await analyzer.round("r", T0 + 100)
+    assert controller.holding("r")
+    assert controller.share("r", T0 + 400) == pytest.approx(0.2)  # frozen while held
+    source.pair = (good(), good())
+    await analyzer.round("r", T0 + 400)
+    assert not controller.holding("r")
+    assert controller.share("r", T0 + 500) == pytest.approx(0.3)  # 300 s later than planned
+
+
+async def test_a_failing_verdict_holds_too():
+    analyzer, controller, source, _, _ = await make()
+    source.pair = (good(), bad())
+    await analyzer.round("r", T0 + 100)
+    assert controller.holding("r")
+
+
+async def test_continue_keeps_ramping_on_thin_data():
+    route = replace(ROUTE, analysis=replace(SPEC, on_inconclusive=Inconclusive.CONTINUE))
+    analyzer, controller, source, _, _ = await make(route)
+    source.pair = (good(), good(50))
+    await analyzer.round("r", T0 + 100)
+    assert not controller.holding("r")
+
+
+async def test_no_hold_when_the_candidate_gets_no_traffic():
+    route = replace(ROUTE, ramp=Ramp(base=0.0))
+    analyzer, controller, source, _, _ = await make(route)
+    source.pair = (good(), good(0))
+    verdict = await analyzer.round("r", T0 + 100)
+    assert verdict.result is Result.INCONCLUSIVE
+    assert not controller.holding("r")
+
+
+async def test_status_shows_the_last_verdict():
+    analyzer, _, source, _, _ = await make()
+    assert (analyzer.status(ROUTE) or {})["last_verdict"] is None
+    source.pair = (good(), bad())
+    await analyzer.round("r", T0 + 10)
+    status = analyzer.status(ROUTE)
+    assert status is not None
+    assert status["consecutive_failures"] == 1 and status["holding"] is True
+    assert status["last_verdict"]["result"] == "fail"
+    assert analyzer.status(replace(ROUTE, name="other")) is None
