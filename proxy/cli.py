@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", "-c", metavar="FILE", help="config (default: the bundled demo)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
+    demo.add_argument(
+        "--degrade-after",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="the candidate model goes bad after S seconds (default 30)",
+    )
+    demo.add_argument(
+        "--healthy", action="store_true", help="keep the candidate model healthy throughout"
+    )
     return parser
 
 
@@ -140,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args.admin, args.token_env)
     if args.command in ("pause", "resume", "promote", "rollback", "set-share"):
         return _act(args)
-    return _demo(args.config, args.duration, args.rate)
+    return _demo(
+        args.config, args.duration, args.rate, None if args.healthy else args.degrade_after
+    )
 
 
 def _check(files: Sequence[str]) -> int:
@@ -219,7 +231,9 @@ def _serve(path: str) -> int:
     return 0
 
 
-def _demo(path: str | None, duration: float | None, rate: float) -> int:
+def _demo(
+    path: str | None, duration: float | None, rate: float, degrade_after: float | None
+) -> int:
     try:
         config = load_config(path or DEMO_CONFIG)
     except ConfigError as exc:
@@ -227,7 +241,7 @@ def _demo(path: str | None, duration: float | None, rate: float) -> int:
         return 1
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(run_demo(config, duration=duration, rate=rate))
+            runner.run(run_demo(config, duration, rate, degrade_after))
     except OSError as exc:
         print(f"grayscale: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,8 @@ import asyncio
 import json
 import random
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -34,9 +35,37 @@ class ModelSpec:
 
 STABLE_MODEL = ModelSpec("v1", latency=0.015, token_delay=0.03, negation_aware=False, greeting="Hi")
 CANDIDATE_MODEL = ModelSpec(
-    "v2", latency=0.030, token_delay=0.02, negation_aware=True, greeting="Hello there"
+    "v2", latency=0.018, token_delay=0.02, negation_aware=True, greeting="Hello there"
 )
 MODEL = web.AppKey("model", ModelSpec)
+
+
+@dataclass
+class Degradation:
+    """Makes a model go bad `after` seconds: some answers fail, all get slower."""
+
+    after: float | None
+    error_rate: float = 0.15
+    slowdown: float = 3.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def active(self) -> bool:
+        """Whether the model has gone bad by now."""
+        return self.after is not None and time.monotonic() - self.started >= self.after
+
+    def failed(self) -> web.Response | None:
+        """An error answer for a share of requests while degraded, else None."""
+        if self.active and random.random() < self.error_rate:
+            return web.json_response({"error": "model overloaded"}, status=503)
+        return None
+
+    def latency(self, seconds: float) -> float:
+        """`seconds`, slowed down while degraded."""
+        return seconds * self.slowdown if self.active else seconds
+
+
+DEGRADATION = web.AppKey("degradation", Degradation)
 
 
 def classify(text: str, spec: ModelSpec) -> dict[str, object]:
@@ -63,13 +92,16 @@ async def _pause(seconds: float) -> None:
 
 async def predict(request: web.Request) -> web.Response:
     """KServe-style ``{"instances": [{"text": ...}]}`` → ``{"predictions": [...]}``."""
-    spec = request.app[MODEL]
+    spec, degradation = request.app[MODEL], request.app[DEGRADATION]
     try:
         body = await request.json()
         texts = [str(item["text"]) for item in body["instances"]]
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'expected {"instances": [{"text": "..."}]}'}, status=400)
-    await _pause(spec.latency)
+    await _pause(degradation.latency(spec.latency))
+    failure = degradation.failed()
+    if failure is not None:
+        return failure
     predictions = [classify(text, spec) for text in texts]
     return web.json_response({"model": f"sentiment-{spec.version}", "predictions": predictions})
 
@@ -81,7 +113,7 @@ def _reply(spec: ModelSpec, prompt: str) -> list[str]:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """OpenAI-style chat completions; streams tokens as server-sent events when asked."""
-    spec = request.app[MODEL]
+    spec, degradation = request.app[MODEL], request.app[DEGRADATION]
     try:
         body = await request.json()
         prompt = " ".join(str(m["content"]) for m in body["messages"])
@@ -89,7 +121,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": 'expected {"messages": [...]}'}, status=400)
     model = f"chat-{spec.version}"
     tokens = _reply(spec, prompt)
-    await _pause(spec.latency)
+    await _pause(degradation.latency(spec.latency))
+    failure = degradation.failed()
+    if failure is not None:
+        return failure
     if not body.get("stream"):
         message = {"role": "assistant", "content": "".join(tokens).strip()}
         return web.json_response({"model": model, "choices": [{"index": 0, "message": message}]})
@@ -109,10 +144,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": request.app[MODEL].version})
 
 
-def build_model_app(spec: ModelSpec) -> web.Application:
-    """A toy model server for `spec`."""
+def build_model_app(spec: ModelSpec, degrade_after: float | None = None) -> web.Application:
+    """A toy model server for `spec`, going bad `degrade_after` seconds after it starts."""
     app = web.Application()
     app[MODEL] = spec
+    app[DEGRADATION] = Degradation(degrade_after)
     app.router.add_post("/v1/models/sentiment:predict", predict)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/healthz", healthz)

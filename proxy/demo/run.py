@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from proxy.config.model import Config
+from proxy.config.model import Config, Route
 from proxy.demo.models import CANDIDATE_MODEL, STABLE_MODEL, ModelSpec, build_model_app
 from proxy.forwarding import VARIANT_HEADER
+from proxy.rollout.machine import Transition
 from proxy.server import Server
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -85,26 +86,35 @@ async def _one_request(
 
 
 def _report(server: Server, tally: Tally, elapsed: float) -> str:
-    lines = [f"t={elapsed:5.1f}s" + (f"  upstream errors: {tally.errors}" if tally.errors else "")]
+    errors = f"  errors so far: {tally.errors}" if tally.errors else ""
+    lines = [f"t={elapsed:5.1f}s{errors}"]
+    now = time.time()
     for route in server.config.routes:
-        share = server.controller.share(route.name, time.time())
+        share = server.controller.share(route.name, now)
+        state = server.controller.state(route.name, now).value
         parts = []
         for variant in ("stable", "candidate"):
             n = tally.count[route.name, variant]
             samples = tally.latency[route.name, variant]
             p50 = f"{statistics.median(samples) * 1000:5.1f} ms" if samples else "    -   "
             parts.append(f"{variant} {n:4d} (p50 {p50})")
-        done = sum(tally.count[route.name, v] for v in ("stable", "candidate"))
-        seen = tally.count[route.name, "candidate"] / done if done else 0.0
-        lines.append(
-            f"  {route.name:<10} ramp share {share:6.1%}  saw {seen:6.1%} candidate   "
-            + "   ".join(parts)
-        )
+        lines.append(f"  {route.name:<10} {state:<11} share {share:6.1%}   " + "   ".join(parts))
+        analysis = server.analyzer.routes.get(route.name)
+        if analysis is not None and analysis.last is not None and state != "rolled_back":
+            checks = ", ".join(f"{c.name} {c.result.value}" for c in analysis.last.checks)
+            held = "  (ramp held)" if server.controller.holding(route.name) else ""
+            lines.append(
+                f"  {'':<10} verdict {analysis.last.result.value}: {checks}; failures "
+                f"{analysis.failures}/{analysis.spec.failures_before_rollback}{held}"
+            )
     return "\n".join(lines)
 
 
-async def _start_models(config: Config) -> list[web.AppRunner]:
-    """One toy model server per upstream URL: v1 behind stable URLs, v2 behind candidate URLs."""
+async def _start_models(config: Config, degrade_after: float | None) -> list[web.AppRunner]:
+    """One toy model server per upstream URL: v1 behind stable URLs, v2 behind candidate URLs.
+
+    The candidates go bad `degrade_after` seconds in (never when None).
+    """
     specs: dict[tuple[str, int], ModelSpec] = {}
     for route in config.routes:
         for upstream, spec in ((route.stable, STABLE_MODEL), (route.candidate, CANDIDATE_MODEL)):
@@ -112,7 +122,8 @@ async def _start_models(config: Config) -> list[web.AppRunner]:
             specs[parts.hostname or "127.0.0.1", parts.port or 80] = spec
     runners = []
     for (host, port), spec in specs.items():
-        runner = web.AppRunner(build_model_app(spec), access_log=None)
+        after = degrade_after if spec is CANDIDATE_MODEL else None
+        runner = web.AppRunner(build_model_app(spec, after), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         runners.append(runner)
@@ -132,20 +143,40 @@ async def _show_answers(session: aiohttp.ClientSession, base: str) -> None:
         print(f"{user} ({note or 'by bucket'}) -> {variant}: {answer}")
 
 
-async def run_demo(config: Config, duration: float | None = None, rate: float = 50.0) -> None:
-    """Run the demo until Ctrl-C, SIGTERM or `duration` seconds."""
+def _announce_rollback(route: Route, transition: Transition, verdict: object) -> None:
+    print(
+        f"\n*** {route.name} ROLLED BACK by {transition.actor}: {transition.reason} ***\n",
+        flush=True,
+    )
+
+
+async def run_demo(
+    config: Config,
+    duration: float | None = None,
+    rate: float = 50.0,
+    degrade_after: float | None = 30.0,
+) -> None:
+    """Run the demo until Ctrl-C, SIGTERM or `duration` seconds.
+
+    The candidate model degrades after `degrade_after` seconds (never when None), and the
+    analysis rolls it back.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    models = await _start_models(config)
+    models = await _start_models(config, degrade_after)
     started_at = time.time()
     server = Server(config)
+    server.controller.rollback_listeners.append(_announce_rollback)
     await server.start(now=started_at)
     tally = Tally()
     rng = random.Random(7)
     tasks: set[asyncio.Task[None]] = set()
-    print(f"proxy on {server.proxy_url}; Ctrl-C stops the demo\n")
+    print(f"proxy on {server.proxy_url}, admin API on {server.admin_url}; Ctrl-C stops the demo")
+    if degrade_after is not None:
+        print(f"the candidate model goes bad after {degrade_after:g} s: watch the analysis")
+    print()
     try:
         async with aiohttp.ClientSession() as session:
             await _show_answers(session, server.proxy_url)

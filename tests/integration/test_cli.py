@@ -154,13 +154,22 @@ def demo_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_demo_runs_for_a_duration(tmp_path):
+def test_demo_shows_the_split_and_the_automatic_rollback(tmp_path):
     config = demo_config(tmp_path)
-    result = grayscale("demo", "--config", str(config), "--duration", "3", "--rate", "40")
+    faster = config.read_text().replace("interval: 2s, window: 10s", "interval: 500ms, window: 3s")
+    config.write_text(re.sub(r"min_requests: \d+", "min_requests: 12", faster))
+    result = grayscale(
+        "demo", "--config", str(config), "--duration", "8", "--rate", "150", "--degrade-after", "4"
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "-> candidate: " in out and '"model": "sentiment-v2"' in out  # pinned staff user
-    assert re.search(r"sentiment\s+ramp share", out)
+    assert re.search(r"sentiment\s+ramping\s+share", out)
+    assert "verdict pass" in out
+    assert re.search(
+        r"\*\*\* sentiment ROLLED BACK by analysis: analysis: (error_rate|latency)", out
+    )
+    assert re.search(r"sentiment\s+rolled_back\s+share\s+0.0%", out)
     served_match = re.search(r"requests served: (.*)", out)
     assert served_match is not None
     served = served_match[1]
@@ -181,9 +190,14 @@ async def test_demo_stops_cleanly_on_ctrl_c(tmp_path):
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    try:
-        while b"ramp share" not in await asyncio.wait_for(process.stdout.readline(), 20):
+
+    async def first_report() -> None:
+        assert process.stdout is not None
+        while not re.search(rb"sentiment\s+\w+\s+share", await process.stdout.readline()):
             pass
+
+    try:
+        await asyncio.wait_for(first_report(), timeout=20)
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), timeout=20)
