@@ -75,14 +75,15 @@ def test_a_candidate_equal_to_stable_is_not_rolled_back():
 def test_a_candidate_with_ten_percent_errors_is_rolled_back_at_once():
     stable, candidate = Variant(rate=30), Variant(rate=10, error_rate=0.11)
     caught = [simulate(seed, stable, candidate)[0] for seed in range(RUNS)]
-    # 200 candidate requests are in the window from the 2nd verdict: fails at 2, 3, 4 at worst.
-    assert all(index is not None and index <= 3 + 1 for index in caught), caught
+    # 200 candidate requests fill the window by the 2nd or 3rd verdict, then three fails: the
+    # rollback comes at the 4th or 5th verdict (index 3 or 4).
+    assert all(index is not None and index <= 4 for index in caught), caught
 
 
 def test_a_candidate_three_times_slower_is_rolled_back_at_once():
     stable, candidate = Variant(rate=30), Variant(rate=10, slowdown=3.0)
     caught = [simulate(seed, stable, candidate)[0] for seed in range(RUNS)]
-    assert all(index is not None and index <= 3 + 1 for index in caught), caught
+    assert all(index is not None and index <= 4 for index in caught), caught
 
 
 def test_thin_traffic_is_inconclusive_never_failed():
