@@ -17,6 +17,7 @@ from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
 from proxy.forwarding import error_response
 from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
+from proxy.reload import ReloadResult
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
 from proxy.routing import current_share
@@ -41,15 +42,22 @@ class Admin:
         analyzer: Analyzer,
         ready: asyncio.Event,
         token: str | None,
+        reload: Callable[[str], Awaitable[ReloadResult]],
     ):
-        self.config = config
         self.controller = controller
         self.recorder = recorder
         self.analyzer = analyzer
         self.ready = ready
+        self._reload = reload
+        self.last_reload: ReloadResult | None = None
+        self.use(config, token)
+        recorder.registry.register(CallbackCollector(self._rollout_metrics))
+
+    def use(self, config: Config, token: str | None) -> None:
+        """Serve `config`, with `token` as the admin token (None: changes are refused)."""
+        self.config = config
         self._token = token.encode() if token else None
         self._actor = token_id(token) if token else ""
-        recorder.registry.register(CallbackCollector(self._rollout_metrics))
 
     # --- access ------------------------------------------------------------------------------
 
@@ -100,7 +108,19 @@ class Admin:
         """Every route: state, share now, ramp, segments, last transition, request counts."""
         now = time.time()
         routes = [self.route_status(route, now) for route in self.controller.routes()]
-        return web.json_response({"config": self.config.digest, "routes": routes})
+        config = {
+            "hash": self.config.digest,
+            "source": self.config.source,
+            "last_reload": None if self.last_reload is None else self.last_reload.to_json(),
+        }
+        return web.json_response({"config": config, "routes": routes})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        """Reload the config file now: 200 with the outcome, 422 with the errors if invalid."""
+        result = await self._reload("api")
+        return web.json_response(
+            result.to_json(), status=422 if result.result == "invalid" else 200
+        )
 
     def route_status(self, route: Route, now: float) -> dict[str, Any]:
         """The `/status` entry of one route."""
@@ -233,6 +253,7 @@ class Admin:
             ("share", Action.SET_SHARE),
         ):
             app.router.add_post(f"/routes/{{name}}/{path}", self._action(action))
+        app.router.add_post("/reload", self._protected(self.reload))
         return app
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import hdrs, web
 
 from proxy.access_log import AccessLog, Entry
 from proxy.analysis.window import LocalObservations, Window
-from proxy.config.model import IPNetwork, LatencyMeasure, Variant
+from proxy.config.model import Config, IPNetwork, LatencyMeasure, Variant
 from proxy.forwarding import Exchange, Target, error_response, forward
-from proxy.metrics import Recorder
+from proxy.metrics import Recorder, VariantMetrics
 from proxy.rollout.controller import RolloutController
 from proxy.routing import RoutingTable, decide
 from proxy.routing.client_ip import client_ip
@@ -49,55 +50,76 @@ class HttpFacts:
         return self._request.query.get(name)
 
 
+@dataclass(frozen=True, slots=True)
+class RouteWiring:
+    """Everything a request on one route touches, bound once per config."""
+
+    targets: dict[Variant, Target]
+    metrics: dict[str, VariantMetrics]
+    windows: dict[str, Window] | None  # None when the route is not analysed
+    latency: LatencyMeasure
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One config, compiled for the data plane. A request uses the snapshot it started with."""
+
+    config: Config
+    table: RoutingTable
+    routes: dict[str, RouteWiring]
+
+    @classmethod
+    def build(cls, config: Config, recorder: Recorder, observations: LocalObservations) -> Snapshot:
+        """Compile `config`; metric children and analysis windows come from their owners."""
+        routes = {}
+        for route in config.routes:
+            analysis = route.analysis
+            routes[route.name] = RouteWiring(
+                targets={
+                    _STABLE: Target(route.name, "stable", route.stable),
+                    _CANDIDATE: Target(route.name, "candidate", route.candidate),
+                },
+                metrics=recorder.route(route.name),
+                windows=observations.windows.get(route.name) if analysis else None,
+                latency=analysis.latency if analysis else LatencyMeasure.DURATION,
+            )
+        return cls(config, RoutingTable(config.routes), routes)
+
+
 class Gateway:
     """The data plane: match a route, decide the variant, forward, record.
 
-    Built once per config; `build_app` serves it.
+    `snapshot` can be replaced at any time (a config reload); `build_app` serves the gateway.
     """
 
     def __init__(
         self,
-        *,
-        table: RoutingTable,
+        snapshot: Snapshot,
         controller: RolloutController,
         recorder: Recorder,
         access_log: AccessLog | None,
-        observations: LocalObservations,
-        trusted_proxies: tuple[IPNetwork, ...] = (),
     ):
-        self.table = table
+        self.snapshot = snapshot
         self.controller = controller
         self.recorder = recorder
         self.access_log = access_log
-        self.trusted_proxies = trusted_proxies
         self.session: aiohttp.ClientSession | None = None
-        self._targets = {
-            a.route.name: {
-                _STABLE: Target(a.route.name, "stable", a.route.stable),
-                _CANDIDATE: Target(a.route.name, "candidate", a.route.candidate),
-            }
-            for a in table.routes
-        }
-        self._metrics = {a.route.name: recorder.route(a.route.name) for a in table.routes}
-        self._windows = {
-            a.route.name: (observations.windows[a.route.name], a.route.analysis.latency)
-            for a in table.routes
-            if a.route.analysis is not None
-        }
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Route one request to its route's stable or candidate upstream."""
         started = time.monotonic()
-        active = self.table.match(request.path)
+        snapshot = self.snapshot
+        active = snapshot.table.match(request.path)
         if active is None:
             self.recorder.unmatched.inc()
             return error_response(404, "no_route", "no route matches this path", path=request.path)
         name = active.route.name
+        wiring = snapshot.routes[name]
         now = time.time()
-        facts = HttpFacts(request, self.trusted_proxies)
+        facts = HttpFacts(request, snapshot.config.server.trusted_proxies)
         decision = decide(active, facts, self.controller.control(name, now))
-        target = self._targets[name][decision.variant]
-        metrics = self._metrics[name][target.variant]
+        target = wiring.targets[decision.variant]
+        metrics = wiring.metrics[target.variant]
         exchange = Exchange()
         metrics.in_flight.inc()
         try:
@@ -109,9 +131,8 @@ class Gateway:
                 exchange.status = CLIENT_CLOSED
             duration = time.monotonic() - started
             metrics.observe(exchange, duration)
-            analysed = self._windows.get(name)
-            if analysed is not None:
-                self._observe(analysed, target.variant, exchange, duration)
+            if wiring.windows is not None:
+                self._observe(wiring, target.variant, exchange, duration)
             if self.access_log is not None:
                 self.access_log.record(
                     Entry(
@@ -129,19 +150,14 @@ class Gateway:
                 )
 
     @staticmethod
-    def _observe(
-        analysed: tuple[dict[str, Window], LatencyMeasure],
-        variant: str,
-        exchange: Exchange,
-        duration: float,
-    ) -> None:
+    def _observe(wiring: RouteWiring, variant: str, exchange: Exchange, duration: float) -> None:
         """Feed one finished request to its route's analysis window."""
-        windows, measure = analysed
+        assert wiring.windows is not None
         error = exchange.error is not None or 500 <= exchange.status <= 599
-        latency = duration if measure is LatencyMeasure.DURATION else exchange.ttfb
+        latency = duration if wiring.latency is LatencyMeasure.DURATION else exchange.ttfb
         if exchange.status == CLIENT_CLOSED:
             latency = None  # cut short by the client: says nothing about the upstream's speed
-        windows[variant].add(time.time(), error, latency)
+        wiring.windows[variant].add(time.time(), error, latency)
 
     async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
         """One pooled keep-alive client for every upstream, closed on shutdown."""

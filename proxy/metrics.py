@@ -125,6 +125,14 @@ class Recorder:
             ("route", "variant"),
             registry=r,
         )
+        self.config_reloads = Counter(
+            "grayscale_config_reloads",
+            "Config reloads: success (applied or unchanged) or failure (invalid, not applied).",
+            ("result",),
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
         self.rollbacks = Counter(
             "grayscale_rollbacks",
             "Rollbacks, by trigger: analysis (automatic) or operator.",

@@ -1,4 +1,4 @@
-"""Running the proxy and admin listeners for a config."""
+"""Running the proxy and admin listeners for a config, and reloading it."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from proxy.admin import Admin
 from proxy.analysis.loop import Analyzer
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
+from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import Config, StateBackend
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, Snapshot
 from proxy.metrics import Recorder
+from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
-from proxy.routing import RoutingTable
 
 log = logging.getLogger("grayscale.server")
 
@@ -37,11 +38,26 @@ def state_store(config: Config) -> StateStore:
     return FileStore(config.state.path)
 
 
-class Server:
-    """The proxy listener and the admin listener of one process."""
+def _spans(config: Config) -> dict[str, float]:
+    return {r.name: r.analysis.window for r in config.routes if r.analysis is not None}
 
-    def __init__(self, config: Config, store: StateStore | None = None):
+
+def _admin_token(config: Config) -> str | None:
+    token = os.environ.get(config.admin.token_env) or None
+    if token is None:
+        log.warning("$%s is not set: the admin API refuses every change", config.admin.token_env)
+    return token
+
+
+class Server:
+    """The proxy and admin listeners of one process, and the config they serve.
+
+    With `watch`, the config file is polled and reloaded when it changes.
+    """
+
+    def __init__(self, config: Config, store: StateStore | None = None, watch: bool = False):
         self.config = config
+        self.started_with = config
         self.ready = asyncio.Event()
         self.recorder = Recorder()
         self.controller = RolloutController(store if store is not None else state_store(config))
@@ -52,36 +68,31 @@ class Server:
                 secret_from_env(config.access_log.hash_secret_env),
                 on_drop=self.recorder.access_log_dropped.inc,
             )
-        token = os.environ.get(config.admin.token_env) or None
-        if token is None:
-            log.warning(
-                "$%s is not set: the admin API refuses every change", config.admin.token_env
-            )
-        observations = LocalObservations(
-            {r.name: r.analysis.window for r in config.routes if r.analysis is not None}
-        )
-        self.analyzer = Analyzer(config.routes, self.controller, observations, self.recorder)
+        self.observations = LocalObservations(_spans(config))
+        self.analyzer = Analyzer(config.routes, self.controller, self.observations, self.recorder)
         self.notifier = RollbackNotifier()
         self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]
         self.gateway = Gateway(
-            table=RoutingTable(config.routes),
-            controller=self.controller,
-            recorder=self.recorder,
-            access_log=self.access_log,
-            observations=observations,
-            trusted_proxies=config.server.trusted_proxies,
+            Snapshot.build(config, self.recorder, self.observations),
+            self.controller,
+            self.recorder,
+            self.access_log,
         )
-        admin = Admin(
+        self.admin = Admin(
             config=config,
             controller=self.controller,
             recorder=self.recorder,
             analyzer=self.analyzer,
             ready=self.ready,
-            token=token,
+            token=_admin_token(config),
+            reload=self.reload,
         )
+        self.last_reload: ReloadResult | None = None
+        self._reload_lock = asyncio.Lock()
+        self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
         self._runners = [
             web.AppRunner(self.gateway.build_app(), handler_cancellation=True, access_log=None),
-            web.AppRunner(admin.build_app(), access_log=None),
+            web.AppRunner(self.admin.build_app(), access_log=None),
         ]
         self.proxy_url = ""
         self.admin_url = ""
@@ -100,8 +111,14 @@ class Server:
         self.proxy_url, self.admin_url = urls
         await self.notifier.start()
         self.analyzer.start()
+        if self._watcher is not None:
+            self._watcher.start()
         self.ready.set()
         log.info("proxy listening on %s, admin on %s", self.proxy_url, self.admin_url)
+        self._log_routes()
+
+    def _log_routes(self) -> None:
+        now = time.time()
         for route in self.config.routes:
             log.info(
                 "route %s: %s -> stable %s, candidate %s (%s)",
@@ -109,12 +126,14 @@ class Server:
                 route.path_prefix,
                 route.stable.url,
                 route.candidate.url,
-                self.controller.state(route.name, time.time()).value,
+                self.controller.state(route.name, now).value,
             )
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, close upstream connections."""
         self.ready.clear()
+        if self._watcher is not None:
+            await self._watcher.stop()
         await self.analyzer.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -123,14 +142,68 @@ class Server:
             self.access_log.close()
         log.info("stopped")
 
+    async def reload_from_file(self) -> ReloadResult:
+        """A reload because the watched file changed."""
+        return await self.reload("file")
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Read the config file again and apply it if it is valid and changed.
+
+        An invalid file changes nothing: the running config stays in force.
+        """
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config.source)
+            except ConfigError as exc:
+                errors = tuple(str(issue) for issue in exc.issues)
+                for error in errors:
+                    log.error("reload refused, the running config stays: %s", error)
+                result = ReloadResult(time.time(), trigger, "invalid", self.config.digest, errors)
+                self.recorder.config_reloads.labels("failure").inc()
+            else:
+                outcome = "unchanged" if config.digest == self.config.digest else "applied"
+                restart = restart_required(self.started_with, config)
+                for name in restart:
+                    log.warning("%s changed: it takes effect only after a restart", name)
+                if outcome == "applied":
+                    await self.apply(config)
+                    log.info("config %s applied (%s)", config.digest, trigger)
+                result = ReloadResult(time.time(), trigger, outcome, config.digest, (), restart)
+                self.recorder.config_reloads.labels("success").inc()
+            self.last_reload = result
+            self.admin.last_reload = result
+            return result
+
+    async def apply(self, config: Config) -> None:
+        """Switch to `config`: rollouts first, then the data plane, then the analysis.
+
+        Requests in flight finish on the snapshot they started with; rollouts keep their state
+        unless their candidate changed.
+        """
+        await self.controller.reconcile(config.routes, time.time())
+        self.observations.update(_spans(config))
+        self.gateway.snapshot = Snapshot.build(config, self.recorder, self.observations)
+        self.analyzer.update(config.routes)
+        self.admin.use(config, _admin_token(config))
+        self.config = config
+        self._log_routes()
+
 
 async def serve_until_signalled(config: Config) -> None:
-    """Run `config` until SIGINT or SIGTERM."""
+    """Run `config` until SIGINT or SIGTERM; reload it on SIGHUP or when its file changes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(config)
+    server = Server(config, watch=True)
+    reloads: set[asyncio.Task[ReloadResult]] = set()
+
+    def reload_on_signal() -> None:
+        task = loop.create_task(server.reload("signal"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
     await server.start()
     try:
         await stop.wait()

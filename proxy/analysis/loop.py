@@ -70,26 +70,45 @@ class Analyzer:
         self.controller = controller
         self.source = source
         self.recorder = recorder
-        self.routes = {
-            route.name: RouteAnalysis(route.analysis)
-            for route in routes
-            if route.analysis is not None
-        }
-        self._tasks: list[asyncio.Task[None]] = []
+        self.routes: dict[str, RouteAnalysis] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
+        self.update(routes)
+
+    def update(self, routes: Sequence[Route]) -> None:
+        """Follow a (new) config: routes whose analysis is unchanged keep their history."""
+        previous = self.routes
+        self.routes = {}
+        for route in routes:
+            if route.analysis is None:
+                continue
+            kept = previous.get(route.name)
+            same = kept is not None and kept.spec == route.analysis
+            self.routes[route.name] = kept if same and kept else RouteAnalysis(route.analysis)
+        for name, task in list(self._tasks.items()):
+            if self.routes.get(name) is not previous.get(name):
+                task.cancel()
+                del self._tasks[name]
+        if self._running:
+            self.start()
 
     def start(self) -> None:
-        """Start one loop per analysed route."""
+        """Start a loop for every analysed route that has none."""
+        self._running = True
         for name, analysis in self.routes.items():
-            self._tasks.append(asyncio.create_task(self._run(name, analysis.spec.interval)))
+            if name not in self._tasks:
+                self._tasks[name] = asyncio.create_task(self._run(name, analysis.spec.interval))
 
     async def stop(self) -> None:
         """Stop every loop."""
-        for task in self._tasks:
+        self._running = False
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
 
     async def _run(self, name: str, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -105,6 +124,8 @@ class Analyzer:
     async def round(self, name: str, now: float) -> Verdict | None:
         """One analysis round of route `name` at `now`; None when the state is not judged."""
         analysis = self.routes[name]
+        if name not in self.controller:
+            return None
         spec = analysis.spec
         if self.controller.state(name, now) not in _JUDGED:
             analysis.failures = 0

@@ -20,9 +20,10 @@ class Window:
     The newest slot is still filling, so a sample covers between `span` less one slot and `span`.
     """
 
-    __slots__ = ("_errors", "_ids", "_latency", "_requests", "_slot")
+    __slots__ = ("_errors", "_ids", "_latency", "_requests", "_slot", "span")
 
     def __init__(self, span: float):
+        self.span = span
         self._slot = span / SLOTS
         self._ids = [-1] * SLOTS
         self._requests = [0] * SLOTS
@@ -76,8 +77,17 @@ class LocalObservations:
 
     def __init__(self, spans: dict[str, float]):
         """`spans`: the analysis window (seconds) of each analysed route."""
+        self.windows: dict[str, dict[str, Window]] = {}
+        self.update(spans)
+
+    def update(self, spans: dict[str, float]) -> None:
+        """Follow a new config: windows of unchanged span keep what they observed."""
         self.windows = {
-            route: {"stable": Window(span), "candidate": Window(span)}
+            route: (
+                self.windows[route]
+                if route in self.windows and self.windows[route]["stable"].span == span
+                else {"stable": Window(span), "candidate": Window(span)}
+            )
             for route, span in spans.items()
         }
 

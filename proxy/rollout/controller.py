@@ -57,25 +57,37 @@ class RolloutController:
         self.rollback_listeners: list[RollbackListener] = []
 
     async def start(self, routes: Sequence[Route], now: float) -> None:
-        """Load the stored state and line it up with `routes`.
+        """Load the stored state and line it up with `routes` (see `reconcile`).
+
+        Raises `StateError` when the store cannot be read or written.
+        """
+        loaded = await self._store.load()
+        async with self._lock:
+            self._rollouts = loaded
+        error = await self.reconcile(routes, now)
+        if error is not None:
+            raise StateError(error)
+
+    async def reconcile(self, routes: Sequence[Route], now: float) -> str | None:
+        """Follow a (new) config; the store's error message when saving failed.
 
         A route whose candidate (URL and salt) is unchanged keeps its rollout; a new route or a
         new candidate starts a fresh rollout at `now`. Rollouts of routes absent from `routes`
         are kept, so a route that comes back resumes where it was.
         """
-        rollouts = await self._store.load()
-        for route in routes:
-            stored = rollouts.get(route.name)
-            identity = identity_of(route)
-            if stored is not None and stored.identity == identity:
-                continue
-            if stored is not None:
-                log.info("new candidate on route %s: a new rollout starts", route.name)
-            rollouts[route.name] = Rollout(identity, started_at=now)
         async with self._lock:
+            rollouts = dict(self._rollouts)
+            for route in routes:
+                stored = rollouts.get(route.name)
+                identity = identity_of(route)
+                if stored is not None and stored.identity == identity:
+                    continue
+                if stored is not None:
+                    log.info("new candidate on route %s: a new rollout starts", route.name)
+                rollouts[route.name] = Rollout(identity, started_at=now)
             self._rollouts = rollouts
             self._routes = {route.name: route for route in routes}
-            await self._store.save(rollouts)
+            return await self._save()
 
     def __contains__(self, name: object) -> bool:
         return name in self._routes
