@@ -229,3 +229,12 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client without automatic decompression or redirects."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> bool:
+    """Whether `predicate()` becomes true within `within` seconds (checked every 50 ms)."""
+    for _ in range(int(within / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()

@@ -187,3 +187,12 @@ def test_local_observations_per_route_and_variant():
     observations.windows["r"]["candidate"].add(5.0, True, None)
     stable, candidate = observations.samples("r", 5.0)
     assert (stable.requests, candidate.requests, candidate.errors) == (0, 1, 1)
+
+
+def test_observations_keep_windows_of_unchanged_span_across_updates():
+    observations = LocalObservations({"a": 30.0, "b": 30.0})
+    a, b = observations.windows["a"], observations.windows["b"]
+    observations.update({"a": 30.0, "b": 60.0, "c": 10.0})
+    assert observations.windows["a"] is a
+    assert observations.windows["b"] is not b
+    assert set(observations.windows) == {"a", "b", "c"}

@@ -151,3 +151,17 @@ async def test_status_shows_the_last_verdict():
     assert status["consecutive_failures"] == 1 and status["holding"] is True
     assert status["last_verdict"]["result"] == "fail"
     assert analyzer.status(replace(ROUTE, name="other")) is None
+
+
+async def test_update_keeps_history_of_unchanged_analyses_only():
+    other = replace(ROUTE, name="o")
+    analyzer, _, source, _, _ = await make()
+    source.pair = (good(), bad())
+    await analyzer.round("r", T0 + 10)
+    kept = analyzer.routes["r"]
+    analyzer.update([ROUTE, other, replace(ROUTE, name="plain", analysis=None)])
+    assert analyzer.routes["r"] is kept and kept.failures == 1
+    assert set(analyzer.routes) == {"r", "o"}
+    analyzer.update([replace(ROUTE, analysis=replace(SPEC, min_requests=50))])
+    assert analyzer.routes["r"] is not kept and analyzer.routes["r"].failures == 0
+    assert set(analyzer.routes) == {"r"}

@@ -8,7 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from proxy.config.loader import parse_config
 from proxy.config.model import Cohort, KeySource, Ramp, Route, Source, Upstream, Variant
+from proxy.reload import restart_required
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import (
     ALLOWED,
@@ -266,3 +268,17 @@ async def test_controller_rejects_unknown_routes_and_illegal_actions():
         await controller.act("zzz", Action.PAUSE, T0, actor="t")
     with pytest.raises(IllegalTransition):
         await controller.act("r", Action.RESUME, T0, actor="t")
+
+
+def test_restart_required_names_what_a_reload_cannot_change():
+    route = (
+        "routes:\n  - {name: r, match: {path_prefix: /}, stable: {url: 'http://a:1'}, "
+        "candidate: {url: 'http://b:1'}, cohort: {keys: ['header:U']}}\n"
+    )
+    base = parse_config(route)
+    assert restart_required(base, parse_config(route.replace("http://b:1", "http://c:1"))) == ()
+    moved = parse_config(
+        'server: {listen: "0.0.0.0:1"}\nstate: {backend: memory}\n'
+        "access_log: {path: stdout}\n" + route
+    )
+    assert restart_required(base, moved) == ("server.listen", "state", "access_log")
