@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,6 +25,7 @@ log = logging.getLogger("grayscale.forwarding")
 
 VARIANT_HEADER = istr("X-Grayscale-Variant")
 ROUTE_HEADER = istr("X-Grayscale-Route")
+FALLBACK_HEADER = istr("X-Grayscale-Fallback")
 _INTERNAL_PREFIX = "x-grayscale-"
 _HOP_BY_HOP = frozenset(
     istr(h)
@@ -46,23 +48,62 @@ _XF_PROTO = istr("X-Forwarded-Proto")
 _XF_HOST = istr("X-Forwarded-Host")
 
 
+class Overloaded(Exception):
+    """No connection slot to the upstream came free in time."""
+
+
+class Limiter:
+    """At most `max_active` exchanges with one upstream; at most `max_pending` more may wait."""
+
+    __slots__ = ("_semaphore", "_waiting", "max_active", "max_pending")
+
+    def __init__(self, max_active: int, max_pending: int):
+        self.max_active, self.max_pending = max_active, max_pending
+        self._semaphore = asyncio.Semaphore(max_active)
+        self._waiting = 0
+
+    async def acquire(self, wait: float) -> None:
+        """Take a slot, waiting at most `wait` seconds in line; raises `Overloaded`."""
+        if not self._semaphore.locked():
+            await self._semaphore.acquire()
+            return
+        if self._waiting >= self.max_pending:
+            raise Overloaded
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(wait):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            raise Overloaded from None
+        finally:
+            self._waiting -= 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self._semaphore.release()
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a request goes and how it is labelled."""
+    """Where a request goes, how it is labelled, and the upstream's connection limiter."""
 
     route: str
     variant: str
     upstream: Upstream
+    limiter: Limiter
 
 
 @dataclass(slots=True)
 class Exchange:
     """What happened to one forwarded request; `forward` fills it in as it goes."""
 
+    variant: str = ""  # the variant that answered (stable after a fallback)
     status: int = 0  # the status sent to the client; 0 until the answer started
-    error: str | None = None  # why the upstream failed: connect, timeout, reset or protocol
+    error: str | None = None  # why the answering upstream failed: connect, timeout, reset, ...
     ttfb: float | None = None  # seconds from sending upstream to the answer body's first byte
     bytes_out: int = 0  # answer body bytes written to the client
+    fallback: str | None = None  # why the request went to stable instead: connect, 5xx, ejected
+    first_error: str | None = None  # the failed first attempt's reason, after a fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +163,16 @@ def _copy_response_headers(
 
 
 @lru_cache(maxsize=256)
-def _timeout(connect: float, total: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total, connect=connect)
+def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=upstream.timeout, connect=upstream.connect_timeout, sock_read=upstream.idle_timeout
+    )
 
 
 def classify(exc: BaseException) -> UpstreamFailure:
     """Map an upstream client error to a reason, a status and a message."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure("connect", 504, "upstream_connect_timeout", "cannot connect in time")
     if isinstance(exc, TimeoutError):
         return UpstreamFailure(
             "timeout", 504, "upstream_timeout", "the upstream did not answer in time"
@@ -143,55 +188,86 @@ def classify(exc: BaseException) -> UpstreamFailure:
     )
 
 
+OVERLOADED = UpstreamFailure(
+    "overloaded", 503, "upstream_overloaded", "too many requests are waiting for the upstream"
+)
+BODY_TOO_LARGE = UpstreamFailure(
+    "body", 413, "request_body_too_large", "the request body is larger than server.max_body_bytes"
+)
+_RETRYABLE = frozenset({"connect", "overloaded"})  # the request never reached the upstream
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def error_response(status: int, error: str, message: str, **fields: str) -> web.Response:
     """A JSON error answer: ``{"error": ..., "message": ..., **fields}``."""
     body = json.dumps({"error": error, "message": message, **fields})
     return web.Response(status=status, text=body, content_type="application/json")
 
 
-async def forward(
-    request: web.BaseRequest,
-    session: aiohttp.ClientSession,
-    target: Target,
-    exchange: Exchange,
-) -> web.StreamResponse:
-    """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
+class _Unavailable(Exception):
+    """An upstream could not be asked or did not answer; no byte reached the client."""
 
-    Before the answer's headers are sent, an upstream failure becomes a 502/504 JSON answer. After,
-    the client connection is closed without completing the body, so the client sees the failure.
-    """
+    def __init__(self, failure: UpstreamFailure):
+        self.failure = failure
+
+
+class _BodyLimit:
+    """A request body streamed through, failing once it passes `limit` bytes."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int):
+        self.content, self.limit, self.exceeded = content, limit, False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.content.iter_any():
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise ValueError("request body too large")
+            yield chunk
+
+
+async def _open(
+    session: aiohttp.ClientSession,
+    request: web.BaseRequest,
+    target: Target,
+    body: object,
+    limit: _BodyLimit | None,
+) -> tuple[aiohttp.ClientResponse, float]:
+    """Take a connection slot and send the request; the answer (headers read) and when it was
+    sent. On failure the slot is given back and `_Unavailable` raised."""
     upstream = target.upstream
-    url = URL(upstream.url + request.raw_path, encoded=True)
-    response: web.StreamResponse | None = None
-    loop = asyncio.get_running_loop()
-    sent = loop.time()
     try:
-        async with session.request(
-            request.method,
-            url,
-            headers=upstream_headers(request),
-            data=request.content if request.body_exists else None,
-            timeout=_timeout(upstream.connect_timeout, upstream.timeout),
-            allow_redirects=False,
-        ) as answer:
-            response = web.StreamResponse(status=answer.status, reason=answer.reason)
-            _copy_response_headers(answer, response.headers, target)
-            await response.prepare(request)
-            exchange.status = answer.status
-            async for chunk in answer.content.iter_any():
-                if exchange.ttfb is None:
-                    exchange.ttfb = loop.time() - sent
-                await response.write(chunk)
-                exchange.bytes_out += len(chunk)
-            if exchange.ttfb is None:
-                exchange.ttfb = loop.time() - sent
-            await response.write_eof()
-            return response
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectionResetError) and response is not None:
-            # The client went away mid-answer; leaving the block closed the upstream request.
-            return response
-        failure = classify(exc)
+        await target.limiter.acquire(upstream.connect_timeout)
+    except Overloaded:
+        raise _Unavailable(OVERLOADED) from None
+    sent = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(upstream.first_byte_timeout):
+            answer = await session.request(
+                request.method,
+                URL(upstream.url + request.raw_path, encoded=True),
+                headers=upstream_headers(request),
+                data=body,
+                timeout=_timeout(upstream),
+                allow_redirects=False,
+            )
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        target.limiter.release()
+        if limit is not None and limit.exceeded:
+            raise _Unavailable(BODY_TOO_LARGE) from exc
+        raise _Unavailable(classify(exc)) from exc
+    except BaseException:
+        target.limiter.release()
+        raise
+    return answer, sent
+
+
+def _failed(target: Target, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
+    """The JSON answer to a request whose upstream could not answer."""
+    exchange.variant = target.variant
+    exchange.status = failure.status
+    if failure.reason != "body":
         exchange.error = failure.reason
         log.warning(
             "upstream error (%s): %s",
@@ -199,18 +275,113 @@ async def forward(
             failure.detail,
             extra={"route": target.route, "variant": target.variant},
         )
-        if response is None:
-            exchange.status = failure.status
-            answer_error = error_response(
-                failure.status,
-                failure.error,
-                failure.detail,
-                route=target.route,
-                variant=target.variant,
-            )
-            answer_error.headers[VARIANT_HEADER] = target.variant
-            answer_error.headers[ROUTE_HEADER] = target.route
-            return answer_error
+    answer = error_response(
+        failure.status, failure.error, failure.detail, route=target.route, variant=target.variant
+    )
+    answer.headers[VARIANT_HEADER] = target.variant
+    answer.headers[ROUTE_HEADER] = target.route
+    return answer
+
+
+async def forward(
+    request: web.BaseRequest,
+    session: aiohttp.ClientSession,
+    target: Target,
+    exchange: Exchange,
+    *,
+    max_body: int,
+    fallback: Target | None = None,
+    fallback_on_5xx: bool = False,
+) -> web.StreamResponse:
+    """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
+
+    When `target` cannot be reached (or has no free connection slot) the request goes to
+    `fallback`, if given: it never reached the first upstream, so nothing is sent twice. With
+    `fallback_on_5xx`, a 5xx answer to a bodiless GET, HEAD or OPTIONS is retried there too.
+    Before the answer's headers are sent, a failure becomes a 4xx/5xx JSON answer; after, the
+    client connection is closed without completing the body, so the client sees the failure.
+    """
+    limit: _BodyLimit | None = None
+    body: object = None
+    if request.body_exists:
+        length = request.content_length
+        if length is not None and length > max_body:
+            return _failed(target, exchange, BODY_TOO_LARGE)
+        if length is None:
+            limit = _BodyLimit(request.content, max_body)
+            body = limit.chunks()
+        else:
+            body = request.content
+    try:
+        answer, sent = await _open(session, request, target, body, limit)
+    except _Unavailable as first:
+        if fallback is None or first.failure.reason not in _RETRYABLE:
+            return _failed(target, exchange, first.failure)
+        exchange.first_error = exchange.fallback = first.failure.reason
+        target = fallback
+        try:
+            answer, sent = await _open(session, request, target, body, limit)
+        except _Unavailable as second:
+            return _failed(target, exchange, second.failure)
+    if (
+        fallback is not None
+        and fallback_on_5xx
+        and target is not fallback
+        and answer.status >= 500
+        and request.method in _REPLAYABLE_METHODS
+        and not request.body_exists
+    ):
+        answer.release()
+        target.limiter.release()
+        exchange.first_error, exchange.fallback = "5xx", "5xx"
+        target = fallback
+        try:
+            answer, sent = await _open(session, request, target, None, None)
+        except _Unavailable as second:
+            return _failed(target, exchange, second.failure)
+    exchange.variant = target.variant
+    try:
+        return await _stream(request, answer, target, exchange, sent)
+    finally:
+        answer.close() if not answer.content.is_eof() else answer.release()
+        target.limiter.release()
+
+
+async def _stream(
+    request: web.BaseRequest,
+    answer: aiohttp.ClientResponse,
+    target: Target,
+    exchange: Exchange,
+    sent: float,
+) -> web.StreamResponse:
+    """Stream `answer` to the client chunk by chunk."""
+    loop = asyncio.get_running_loop()
+    response = web.StreamResponse(status=answer.status, reason=answer.reason)
+    _copy_response_headers(answer, response.headers, target)
+    if exchange.fallback is not None:
+        response.headers[FALLBACK_HEADER] = exchange.fallback
+    try:
+        await response.prepare(request)
+        exchange.status = answer.status
+        async for chunk in answer.content.iter_any():
+            if exchange.ttfb is None:
+                exchange.ttfb = loop.time() - sent
+            await response.write(chunk)
+            exchange.bytes_out += len(chunk)
+        if exchange.ttfb is None:
+            exchange.ttfb = loop.time() - sent
+        await response.write_eof()
+    except aiohttp.ClientConnectionResetError:
+        pass  # the client went away mid-answer: closing the answer ends the upstream request
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        failure = classify(exc)
+        exchange.error = failure.reason
+        log.warning(
+            "upstream error mid-answer (%s): %s",
+            failure.reason,
+            failure.detail,
+            extra={"route": target.route, "variant": target.variant},
+        )
         if request.transport is not None:
             request.transport.close()
-        return response
+    return response

@@ -11,11 +11,21 @@ from aiohttp import hdrs, web
 
 from proxy.access_log import AccessLog, Entry
 from proxy.analysis.window import LocalObservations, Window
-from proxy.config.model import Config, IPNetwork, LatencyMeasure, Variant
-from proxy.forwarding import Exchange, Target, error_response, forward
-from proxy.metrics import Recorder, VariantMetrics
+from proxy.config.model import (
+    Config,
+    Ejection,
+    Fallback,
+    IPNetwork,
+    LatencyMeasure,
+    Route,
+    Upstream,
+    Variant,
+)
+from proxy.ejection import Breaker
+from proxy.forwarding import BODY_TOO_LARGE, Exchange, Limiter, Target, error_response, forward
+from proxy.metrics import ERROR_REASONS, Recorder, VariantMetrics
 from proxy.rollout.controller import RolloutController
-from proxy.routing import RoutingTable, decide
+from proxy.routing import Decision, RoutingTable, decide
 from proxy.routing.client_ip import client_ip
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
@@ -54,10 +64,11 @@ class HttpFacts:
 class RouteWiring:
     """Everything a request on one route touches, bound once per config."""
 
+    route: Route
     targets: dict[Variant, Target]
     metrics: dict[str, VariantMetrics]
     windows: dict[str, Window] | None  # None when the route is not analysed
-    latency: LatencyMeasure
+    breaker: Breaker | None  # None when ejection is off
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,42 +79,72 @@ class Snapshot:
     table: RoutingTable
     routes: dict[str, RouteWiring]
 
-    @classmethod
-    def build(cls, config: Config, recorder: Recorder, observations: LocalObservations) -> Snapshot:
-        """Compile `config`; metric children and analysis windows come from their owners."""
-        routes = {}
-        for route in config.routes:
-            analysis = route.analysis
-            routes[route.name] = RouteWiring(
-                targets={
-                    _STABLE: Target(route.name, "stable", route.stable),
-                    _CANDIDATE: Target(route.name, "candidate", route.candidate),
-                },
-                metrics=recorder.route(route.name),
-                windows=observations.windows.get(route.name) if analysis else None,
-                latency=analysis.latency if analysis else LatencyMeasure.DURATION,
-            )
-        return cls(config, RoutingTable(config.routes), routes)
-
 
 class Gateway:
     """The data plane: match a route, decide the variant, forward, record.
 
-    `snapshot` can be replaced at any time (a config reload); `build_app` serves the gateway.
+    `use` compiles a config into a new snapshot and swaps it in (a reload); requests in flight
+    keep the one they started with. Connection limiters and ejection breakers outlive reloads.
     """
 
     def __init__(
         self,
-        snapshot: Snapshot,
+        config: Config,
         controller: RolloutController,
         recorder: Recorder,
         access_log: AccessLog | None,
+        observations: LocalObservations,
     ):
-        self.snapshot = snapshot
         self.controller = controller
         self.recorder = recorder
         self.access_log = access_log
+        self.observations = observations
         self.session: aiohttp.ClientSession | None = None
+        self._limiters: dict[tuple[str, int, int], Limiter] = {}
+        self._breakers: dict[tuple[str, str, Ejection], Breaker] = {}
+        self.snapshot = self._compile(config)
+
+    def use(self, config: Config) -> None:
+        """Serve `config` from now on."""
+        self.snapshot = self._compile(config)
+
+    def breaker(self, route: str) -> Breaker | None:
+        """The ejection breaker of `route` in the current snapshot."""
+        wiring = self.snapshot.routes.get(route)
+        return None if wiring is None else wiring.breaker
+
+    def _limiter(self, upstream: Upstream) -> Limiter:
+        key = (upstream.url, upstream.max_connections, upstream.max_pending)
+        if key not in self._limiters:
+            self._limiters[key] = Limiter(upstream.max_connections, upstream.max_pending)
+        return self._limiters[key]
+
+    def _breaker(self, route: Route) -> Breaker | None:
+        if route.ejection is None:
+            return None
+        key = (route.name, route.candidate.url, route.ejection)
+        if key not in self._breakers:
+            self._breakers[key] = Breaker(route.name, route.ejection)
+        return self._breakers[key]
+
+    def _compile(self, config: Config) -> Snapshot:
+        routes = {}
+        for route in config.routes:
+            routes[route.name] = RouteWiring(
+                route=route,
+                targets={
+                    _STABLE: Target(
+                        route.name, "stable", route.stable, self._limiter(route.stable)
+                    ),
+                    _CANDIDATE: Target(
+                        route.name, "candidate", route.candidate, self._limiter(route.candidate)
+                    ),
+                },
+                metrics=self.recorder.route(route.name),
+                windows=self.observations.windows.get(route.name) if route.analysis else None,
+                breaker=self._breaker(route),
+            )
+        return Snapshot(config, RoutingTable(config.routes), routes)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Route one request to its route's stable or candidate upstream."""
@@ -115,49 +156,93 @@ class Gateway:
             return error_response(404, "no_route", "no route matches this path", path=request.path)
         name = active.route.name
         wiring = snapshot.routes[name]
+        route = wiring.route
         now = time.time()
         facts = HttpFacts(request, snapshot.config.server.trusted_proxies)
         decision = decide(active, facts, self.controller.control(name, now))
-        target = wiring.targets[decision.variant]
-        metrics = wiring.metrics[target.variant]
         exchange = Exchange()
-        metrics.in_flight.inc()
+        stable = wiring.targets[_STABLE]
+        target, fallback = stable, None
+        if decision.variant is _CANDIDATE:
+            if wiring.breaker is not None and wiring.breaker.ejected(now):
+                exchange.fallback = "ejected"
+            else:
+                target = wiring.targets[_CANDIDATE]
+                fallback = None if route.fallback is Fallback.NEVER else stable
+        in_flight = wiring.metrics[target.variant].in_flight
+        in_flight.inc()
         try:
             assert self.session is not None, "the gateway is not running"
-            return await forward(request, self.session, target, exchange)
+            return await forward(
+                request,
+                self.session,
+                target,
+                exchange,
+                max_body=snapshot.config.server.max_body_bytes,
+                fallback=fallback,
+                fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
+            )
         finally:
-            metrics.in_flight.dec()
-            if exchange.status == 0:
-                exchange.status = CLIENT_CLOSED
+            in_flight.dec()
             duration = time.monotonic() - started
-            metrics.observe(exchange, duration)
-            if wiring.windows is not None:
-                self._observe(wiring, target.variant, exchange, duration)
-            if self.access_log is not None:
-                self.access_log.record(
-                    Entry(
-                        now,
-                        name,
-                        request.method,
-                        decision,
-                        exchange.status,
-                        exchange.error,
-                        duration,
-                        exchange.ttfb,
-                        request.content.total_bytes,
-                        exchange.bytes_out,
-                    )
+            self._record(request, wiring, decision, exchange, now=now, duration=duration)
+
+    def _record(
+        self,
+        request: web.BaseRequest,
+        wiring: RouteWiring,
+        decision: Decision,
+        exchange: Exchange,
+        *,
+        now: float,
+        duration: float,
+    ) -> None:
+        """Count a finished request in metrics, analysis windows, the breaker and the log."""
+        if exchange.status == 0:
+            exchange.status = CLIENT_CLOSED
+        variant = exchange.variant or decision.variant.value
+        name = wiring.route.name
+        wiring.metrics[variant].observe(exchange, duration)
+        if exchange.fallback is not None:
+            self.recorder.fallbacks.labels(name, exchange.fallback).inc()
+        if exchange.first_error is not None:
+            # The candidate failed before stable answered: that failure is the candidate's.
+            failed = Exchange("candidate", 502, exchange.first_error)
+            if exchange.first_error in ERROR_REASONS:
+                wiring.metrics["candidate"].errors[exchange.first_error].inc()
+            self._observe(wiring, failed, duration)
+        if wiring.breaker is not None and (variant == "candidate" or exchange.first_error):
+            healthy = variant == "candidate" and exchange.error is None and exchange.status < 500
+            wiring.breaker.record(healthy, now)
+        self._observe(wiring, exchange, duration)
+        if self.access_log is not None:
+            self.access_log.record(
+                Entry(
+                    now,
+                    name,
+                    request.method,
+                    decision,
+                    exchange.status,
+                    exchange.error,
+                    duration,
+                    exchange.ttfb,
+                    request.content.total_bytes,
+                    exchange.bytes_out,
                 )
+            )
 
     @staticmethod
-    def _observe(wiring: RouteWiring, variant: str, exchange: Exchange, duration: float) -> None:
-        """Feed one finished request to its route's analysis window."""
-        assert wiring.windows is not None
+    def _observe(wiring: RouteWiring, exchange: Exchange, duration: float) -> None:
+        """Feed one finished exchange to its route's analysis window."""
+        if wiring.windows is None or exchange.status == BODY_TOO_LARGE.status:
+            return
+        analysis = wiring.route.analysis
+        assert analysis is not None
         error = exchange.error is not None or 500 <= exchange.status <= 599
-        latency = duration if wiring.latency is LatencyMeasure.DURATION else exchange.ttfb
+        latency = duration if analysis.latency is LatencyMeasure.DURATION else exchange.ttfb
         if exchange.status == CLIENT_CLOSED:
             latency = None  # cut short by the client: says nothing about the upstream's speed
-        wiring.windows[variant].add(time.time(), error, latency)
+        wiring.windows[exchange.variant].add(time.time(), error, latency)
 
     async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
         """One pooled keep-alive client for every upstream, closed on shutdown."""

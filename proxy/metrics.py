@@ -21,7 +21,7 @@ from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
-ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
+ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "overloaded")
 # Model latency spans a few milliseconds (a tabular scorer) to a minute (a long LLM answer).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -83,7 +83,8 @@ class Recorder:
         )
         self.upstream_errors = Counter(
             "grayscale_upstream_errors",
-            "Upstream exchanges that failed, by reason: connect, timeout, reset, protocol.",
+            "Upstream exchanges that failed, by reason: connect, timeout, reset, protocol, "
+            "overloaded (no free connection slot).",
             ("route", "variant", "reason"),
             registry=r,
         )
@@ -123,6 +124,13 @@ class Recorder:
             "grayscale_analysis_window_requests",
             "Requests in the last analysis window.",
             ("route", "variant"),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "grayscale_fallbacks",
+            "Requests for the candidate served by stable: connect (unreachable), overloaded "
+            "(no free connection), 5xx (replayed), ejected (outlier ejection).",
+            ("route", "reason"),
             registry=r,
         )
         self.config_reloads = Counter(

@@ -17,7 +17,7 @@ from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import Config, StateBackend
-from proxy.gateway import Gateway, Snapshot
+from proxy.gateway import Gateway
 from proxy.metrics import Recorder
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.rollout.controller import RolloutController
@@ -73,10 +73,7 @@ class Server:
         self.notifier = RollbackNotifier()
         self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]
         self.gateway = Gateway(
-            Snapshot.build(config, self.recorder, self.observations),
-            self.controller,
-            self.recorder,
-            self.access_log,
+            config, self.controller, self.recorder, self.access_log, self.observations
         )
         self.admin = Admin(
             config=config,
@@ -182,7 +179,7 @@ class Server:
         """
         await self.controller.reconcile(config.routes, time.time())
         self.observations.update(_spans(config))
-        self.gateway.snapshot = Snapshot.build(config, self.recorder, self.observations)
+        self.gateway.use(config)
         self.analyzer.update(config.routes)
         self.admin.use(config, _admin_token(config))
         self.config = config

@@ -33,6 +33,8 @@ from proxy.config.model import (
     Cohort,
     Condition,
     Config,
+    Ejection,
+    Fallback,
     Inconclusive,
     IPNetwork,
     KeySource,
@@ -56,6 +58,7 @@ from proxy.config.model import (
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
 
+DEFAULT_EJECTION: Ejection | None = Ejection()
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -219,6 +222,18 @@ class _Parser:
             return default
         return value
 
+    def count_or_zero(self, node: Node, path: str, default: int) -> int:
+        value = self.scalar(node, path)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(node, path, "expected a whole number of at least 0")
+            return default
+        return value
+
+    def duration_or_zero(self, node: Node, path: str, default: float) -> float:
+        if self.scalar(node, path) in (0, "0", "0s"):
+            return 0.0
+        return self.duration(node, path, default)
+
     def number(self, node: Node, path: str, default: float) -> float:
         value = self.scalar(node, path)
         if (
@@ -369,7 +384,18 @@ class _Parser:
             seen.add(value)
 
     def server(self, node: Node, path: str, default: ServerConfig) -> ServerConfig:
-        fields = self.mapping(node, path, ("listen", "admin_listen", "trusted_proxies"))
+        fields = self.mapping(
+            node,
+            path,
+            (
+                "listen",
+                "admin_listen",
+                "trusted_proxies",
+                "max_body_bytes",
+                "shutdown_delay",
+                "drain_timeout",
+            ),
+        )
         trusted: tuple[IPNetwork, ...] = ()
         if "trusted_proxies" in fields:
             trusted = self.networks(fields["trusted_proxies"], _sub(path, "trusted_proxies"))
@@ -405,6 +431,8 @@ class _Parser:
                 "segments",
                 "analysis",
                 "on_rollback",
+                "fallback",
+                "ejection",
             ),
             required=("name", "match", "stable", "candidate", "cohort"),
         )
@@ -436,6 +464,14 @@ class _Parser:
             segments=tuple(segments),
             analysis=self.field(fields, "analysis", path, self.analysis, None),
             on_rollback=self.field(fields, "on_rollback", path, self.rollback_hook, None),
+            fallback=self.field(
+                fields,
+                "fallback",
+                path,
+                lambda n, p, d: self.choice(n, p, d, Fallback),
+                Fallback.ON_CONNECT_ERROR,
+            ),
+            ejection=self.field(fields, "ejection", path, self.ejection, DEFAULT_EJECTION),
         )
 
     def analysis(self, node: Node, path: str, default: AnalysisSpec | None) -> AnalysisSpec:
@@ -490,13 +526,37 @@ class _Parser:
         )
 
     def upstream(self, node: Node, path: str, default: Upstream) -> Upstream:
-        fields = self.mapping(node, path, ("url", "connect_timeout", "timeout"), ("url",))
+        base = Upstream(default.url)
+        fields = self.mapping(node, path, [f.name for f in dataclass_fields(Upstream)], ("url",))
         return Upstream(
             url=self.field(fields, "url", path, self.url, default.url),
             connect_timeout=self.field(
-                fields, "connect_timeout", path, self.duration, default.connect_timeout
+                fields, "connect_timeout", path, self.duration, base.connect_timeout
             ),
-            timeout=self.field(fields, "timeout", path, self.duration, default.timeout),
+            first_byte_timeout=self.field(
+                fields, "first_byte_timeout", path, self.duration, base.first_byte_timeout
+            ),
+            idle_timeout=self.field(fields, "idle_timeout", path, self.duration, base.idle_timeout),
+            timeout=self.field(fields, "timeout", path, self.duration, base.timeout),
+            max_connections=self.field(
+                fields, "max_connections", path, self.count, base.max_connections
+            ),
+            max_pending=self.field(
+                fields, "max_pending", path, self.count_or_zero, base.max_pending
+            ),
+        )
+
+    def ejection(self, node: Node, path: str, default: Ejection | None) -> Ejection | None:
+        if isinstance(node, ScalarNode) and self.scalar(node, path) is False:
+            return None
+        base = Ejection()
+        fields = self.mapping(node, path, [f.name for f in dataclass_fields(Ejection)])
+        return Ejection(
+            consecutive_errors=self.field(
+                fields, "consecutive_errors", path, self.count, base.consecutive_errors
+            ),
+            base_time=self.field(fields, "base_time", path, self.duration, base.base_time),
+            max_time=self.field(fields, "max_time", path, self.duration, base.max_time),
         )
 
     def cohort(self, node: Node, path: str, default: Cohort) -> Cohort:

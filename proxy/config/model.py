@@ -50,20 +50,37 @@ class Listen:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Listener addresses, and the proxies whose `X-Forwarded-For` is believed."""
+    """Listeners, trusted proxies, request limits and shutdown timing.
+
+    On SIGTERM the proxy reports not-ready, keeps accepting for `shutdown_delay` (so load
+    balancers notice), stops accepting, and lets requests in flight finish for `drain_timeout`.
+    """
 
     listen: Listen = Listen("127.0.0.1", 8080)
     admin_listen: Listen = Listen("127.0.0.1", 9901)
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_delay: float = 0.0
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """One inference server: base URL and timeouts (seconds)."""
+    """One inference server: base URL, timeouts (seconds) and connection limits.
+
+    `first_byte_timeout` bounds the wait for the answer's headers, `idle_timeout` the silence
+    between two chunks of a streamed answer, `timeout` the whole exchange. At most
+    `max_connections` requests are in flight to it; `max_pending` more may wait for a slot, and
+    beyond that requests are refused with 503.
+    """
 
     url: str
     connect_timeout: float = 5.0
-    timeout: float = 60.0
+    first_byte_timeout: float = 60.0
+    idle_timeout: float = 60.0
+    timeout: float = 300.0
+    max_connections: int = 512
+    max_pending: int = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +203,25 @@ class RollbackHook:
     attempts: int = 3
 
 
+class Fallback(StrEnum):
+    """When a request meant for the candidate is retried on stable."""
+
+    NEVER = "never"
+    ON_CONNECT_ERROR = "on_connect_error"
+    ON_CONNECT_ERROR_OR_5XX = "on_connect_error_or_5xx"
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """Outlier ejection of the candidate: after `consecutive_errors` connect errors or 5xx in a
+    row, its traffic goes to stable for `base_time` times the number of ejections so far (at
+    most `max_time`)."""
+
+    consecutive_errors: int = 5
+    base_time: float = 30.0
+    max_time: float = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Requests under `path_prefix`, split between `stable` and `candidate`."""
@@ -199,6 +235,8 @@ class Route:
     segments: tuple[Segment, ...] = ()
     analysis: AnalysisSpec | None = None
     on_rollback: RollbackHook | None = None
+    fallback: Fallback = Fallback.ON_CONNECT_ERROR
+    ejection: Ejection | None = Ejection()
 
 
 class StateBackend(StrEnum):

@@ -53,7 +53,8 @@ async def send(
 
 async def test_metrics_count_requests_per_variant(upstreams, start_proxy, client):
     stable, candidate = upstreams
-    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate), share=0.4))
+    routes = route_yaml(url_of(stable), url_of(candidate), share=0.4, extra="    ejection: false\n")
+    proxy = await start_proxy(routes)
     users = [f"user-{i}" for i in range(300)]
     await send(client, proxy, users)
     await send(client, proxy, users[:20], path="/status/503")
@@ -111,15 +112,31 @@ async def test_unmatched_requests_are_counted(upstreams, start_proxy, client):
 
 
 async def test_upstream_errors_are_counted_by_reason(upstreams, start_proxy, client):
-    stable, _ = upstreams
+    _, candidate = upstreams
     dead = f"http://127.0.0.1:{free_port()}"
-    proxy = await start_proxy(route_yaml(url_of(stable), dead, share=1.0, timeout="300ms"))
+    proxy = await start_proxy(route_yaml(dead, url_of(candidate), share=0.0, timeout="300ms"))
     await send(client, proxy, ["a", "b", "c"])
     m = await get_metrics(client, proxy)
-    labels = (("code_class", "error"), ("route", "models"), ("variant", "candidate"))
+    labels = (("code_class", "error"), ("route", "models"), ("variant", "stable"))
     assert m[("grayscale_requests_total", labels)] == 3
-    reason = (("reason", "connect"), ("route", "models"), ("variant", "candidate"))
+    reason = (("reason", "connect"), ("route", "models"), ("variant", "stable"))
     assert m[("grayscale_upstream_errors_total", reason)] == 3
+
+
+async def test_fallbacks_count_the_candidate_failure_and_the_stable_answer(
+    upstreams, start_proxy, client
+):
+    stable, _ = upstreams
+    dead = f"http://127.0.0.1:{free_port()}"
+    routes = route_yaml(url_of(stable), dead, share=1.0, extra="    ejection: false\n")
+    proxy = await start_proxy(routes)
+    await send(client, proxy, ["a", "b", "c"])
+    m = await get_metrics(client, proxy)
+    served = (("code_class", "2xx"), ("route", "models"), ("variant", "stable"))
+    assert m[("grayscale_requests_total", served)] == 3
+    failed = (("reason", "connect"), ("route", "models"), ("variant", "candidate"))
+    assert m[("grayscale_upstream_errors_total", failed)] == 3
+    assert m[("grayscale_fallbacks_total", (("reason", "connect"), ("route", "models")))] == 3
 
 
 async def test_metric_labels_never_carry_users_or_paths(proxy, client):

@@ -36,7 +36,8 @@ def analysed_config(
         'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
         f"state: {state}\nroutes:\n{route}"
         f"    analysis: {{interval: {int(INTERVAL * 1000)}ms, window: 2s, "
-        f"min_requests: {min_requests}, failures_before_rollback: {FAILURES}}}\n" + extra
+        f"min_requests: {min_requests}, failures_before_rollback: {FAILURES}}}\n"
+        "    ejection: false\n" + extra
     )
 
 

@@ -161,7 +161,7 @@ async def test_unreachable_upstream_is_502_json(upstreams, start_proxy, client, 
     dead = f"http://127.0.0.1:{free_port()}"
     urls = (dead, url_of(candidate)) if variant == "stable" else (url_of(stable), dead)
     share = 0.0 if variant == "stable" else 1.0
-    proxy = await start_proxy(route_yaml(*urls, share=share))
+    proxy = await start_proxy(route_yaml(*urls, share=share, extra="    fallback: never\n"))
     async with client.get(proxy.proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
         assert resp.status == 502
         body = await resp.json()

@@ -99,7 +99,8 @@ def test_defaults():
     assert config.server.admin_listen == Listen("127.0.0.1", 9901)
     assert route.cohort.salt == "r"
     assert route.ramp.start is None and route.ramp.base == 0.0 and route.ramp.max == 1.0
-    assert (route.stable.connect_timeout, route.stable.timeout) == (5.0, 60.0)
+    assert (route.stable.connect_timeout, route.stable.timeout) == (5.0, 300.0)
+    assert (route.stable.first_byte_timeout, route.stable.idle_timeout) == (60.0, 60.0)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +150,7 @@ def test_all_errors_reported_at_once_with_line_and_path():
     """)
     assert found == [
         "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen, "
-        "trusted_proxies)",
+        "trusted_proxies, max_body_bytes, shutdown_delay, drain_timeout)",
         "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
         "test.yaml:4: routes[0].match.path_prefix: must start with /",
         "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
