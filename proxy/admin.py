@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
+from proxy.ejection import Breaker
 from proxy.forwarding import error_response
 from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
 from proxy.reload import ReloadResult
@@ -43,12 +44,14 @@ class Admin:
         ready: asyncio.Event,
         token: str | None,
         reload: Callable[[str], Awaitable[ReloadResult]],
+        breaker: Callable[[str], Breaker | None],
     ):
         self.controller = controller
         self.recorder = recorder
         self.analyzer = analyzer
         self.ready = ready
         self._reload = reload
+        self._breaker = breaker
         self.last_reload: ReloadResult | None = None
         self.use(config, token)
         recorder.registry.register(CallbackCollector(self._rollout_metrics))
@@ -113,7 +116,13 @@ class Admin:
             "source": self.config.source,
             "last_reload": None if self.last_reload is None else self.last_reload.to_json(),
         }
-        return web.json_response({"config": config, "routes": routes})
+        state = {
+            "backend": self.config.state.backend.value,
+            "healthy": self.controller.store_error is None,
+            "error": self.controller.store_error,
+            "unreadable_at_start": self.controller.load_error,
+        }
+        return web.json_response({"config": config, "state": state, "routes": routes})
 
     async def reload(self, request: web.Request) -> web.Response:
         """Reload the config file now: 200 with the outcome, 422 with the errors if invalid."""
@@ -139,6 +148,7 @@ class Admin:
                 entry["share"] = current_share(segment.ramp, control.started_at, control.clock)
             segments.append(entry)
         counts = self.recorder.counts(name)
+        breaker = self._breaker(name)
         return {
             "name": name,
             "path_prefix": route.path_prefix,
@@ -159,6 +169,7 @@ class Admin:
             "requests": counts,
             "error_rate": {variant: _error_rate(by_class) for variant, by_class in counts.items()},
             "analysis": self.analyzer.status(route),
+            "ejection": None if breaker is None else breaker.status(now),
         }
 
     def _rollout_metrics(self) -> Iterable[GaugeMetricFamily]:
@@ -183,11 +194,25 @@ class Admin:
         )
         for name in self.analyzer.routes:
             holding.add_metric((name,), 1.0 if self.controller.holding(name) else 0.0)
+        ejected = GaugeMetricFamily(
+            "grayscale_candidate_ejected",
+            "1 while the candidate is ejected after consecutive errors (its traffic on stable).",
+            labels=("route",),
+        )
+        for route in self.controller.routes():
+            breaker = self._breaker(route.name)
+            if breaker is not None:
+                ejected.add_metric((route.name,), 1.0 if breaker.ejected(now) else 0.0)
+        healthy = GaugeMetricFamily(
+            "grayscale_state_store_healthy",
+            "1 when the rollout state store's last write worked.",
+        )
+        healthy.add_metric((), 0.0 if self.controller.store_error else 1.0)
         info = GaugeMetricFamily(
             "grayscale_config_info", "The loaded config's hash.", labels=("hash",)
         )
         info.add_metric((self.config.digest,), 1.0)
-        return (share, state, holding, info)
+        return (share, state, holding, ejected, healthy, info)
 
     # --- actions -----------------------------------------------------------------------------
 

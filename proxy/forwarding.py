@@ -339,6 +339,11 @@ async def forward(
             answer, sent = await _open(session, request, target, None, None)
         except _Unavailable as second:
             return _failed(target, exchange, second.failure)
+    if limit is not None and limit.exceeded:
+        # The body passed the limit on its way: the upstream saw a cut-off request.
+        answer.close()
+        target.limiter.release()
+        return _failed(target, exchange, BODY_TOO_LARGE)
     exchange.variant = target.variant
     try:
         return await _stream(request, answer, target, exchange, sent)

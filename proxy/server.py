@@ -83,13 +83,19 @@ class Server:
             ready=self.ready,
             token=_admin_token(config),
             reload=self.reload,
+            breaker=self.gateway.breaker,
         )
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
         self._runners = [
-            web.AppRunner(self.gateway.build_app(), handler_cancellation=True, access_log=None),
-            web.AppRunner(self.admin.build_app(), access_log=None),
+            web.AppRunner(
+                self.gateway.build_app(),
+                handler_cancellation=True,
+                access_log=None,
+                shutdown_timeout=config.server.drain_timeout,
+            ),
+            web.AppRunner(self.admin.build_app(), access_log=None, shutdown_timeout=5.0),
         ]
         self.proxy_url = ""
         self.admin_url = ""
@@ -127,12 +133,20 @@ class Server:
             )
 
     async def stop(self) -> None:
-        """Stop accepting, finish in-flight requests, close upstream connections."""
+        """Shut down gracefully: not ready at once, then (after `shutdown_delay`) stop accepting,
+        let requests in flight finish for up to `drain_timeout`, and close everything."""
         self.ready.clear()
+        delay = self.config.server.shutdown_delay
+        if delay:
+            log.info("not ready; still accepting for %.1f s so load balancers notice", delay)
+            await asyncio.sleep(delay)
         if self._watcher is not None:
             await self._watcher.stop()
         await self.analyzer.stop()
-        for runner in reversed(self._runners):
+        log.info(
+            "draining requests in flight (at most %.0f s)", self.started_with.server.drain_timeout
+        )
+        for runner in self._runners:  # the proxy first: the admin API answers while it drains
             await runner.cleanup()
         await self.notifier.close()
         if self.access_log is not None:

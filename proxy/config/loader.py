@@ -405,6 +405,15 @@ class _Parser:
                 fields, "admin_listen", path, self.listen, default.admin_listen
             ),
             trusted_proxies=trusted,
+            max_body_bytes=self.field(
+                fields, "max_body_bytes", path, self.count, default.max_body_bytes
+            ),
+            shutdown_delay=self.field(
+                fields, "shutdown_delay", path, self.duration_or_zero, default.shutdown_delay
+            ),
+            drain_timeout=self.field(
+                fields, "drain_timeout", path, self.duration, default.drain_timeout
+            ),
         )
 
     def networks(self, node: Node, path: str) -> tuple[IPNetwork, ...]:

@@ -13,6 +13,7 @@ from proxy.rollout.machine import (
     Action,
     Rollout,
     State,
+    Status,
     Transition,
     apply,
     forced_variant,
@@ -55,18 +56,43 @@ class RolloutController:
         self._routes: dict[str, Route] = {}
         self._lock = asyncio.Lock()
         self.rollback_listeners: list[RollbackListener] = []
+        self.store_error: str | None = None  # the last save's error, None when it worked
+        self.load_error: str | None = None  # why the state could not be read at start
 
     async def start(self, routes: Sequence[Route], now: float) -> None:
         """Load the stored state and line it up with `routes` (see `reconcile`).
 
-        Raises `StateError` when the store cannot be read or written.
+        Unreadable state is set aside and every route starts rolled back (the candidate off):
+        with no record of what an operator or the analysis decided, that is the safe choice.
         """
-        loaded = await self._store.load()
+        try:
+            loaded = await self._store.load()
+        except StateError as exc:
+            aside = await self._store.set_aside()
+            self.load_error = str(exc) + (f" (set aside as {aside})" if aside else "")
+            log.error("%s; every route starts rolled back until resumed", self.load_error)
+            loaded = {
+                route.name: Rollout(
+                    identity_of(route),
+                    started_at=now,
+                    status=Status.ROLLED_BACK,
+                    frozen_at=now,
+                    history=(
+                        Transition(
+                            Action.ROLLBACK,
+                            now,
+                            "system",
+                            State.RAMPING,
+                            State.ROLLED_BACK,
+                            "rollout state unreadable at start",
+                        ),
+                    ),
+                )
+                for route in routes
+            }
         async with self._lock:
             self._rollouts = loaded
-        error = await self.reconcile(routes, now)
-        if error is not None:
-            raise StateError(error)
+        await self.reconcile(routes, now)
 
     async def reconcile(self, routes: Sequence[Route], now: float) -> str | None:
         """Follow a (new) config; the store's error message when saving failed.
@@ -183,5 +209,7 @@ class RolloutController:
             await self._store.save(self._rollouts)
         except StateError as exc:
             log.error("%s; the change holds in this process only", exc)
-            return str(exc)
+            self.store_error = str(exc)
+            return self.store_error
+        self.store_error = None
         return None

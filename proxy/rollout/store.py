@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,10 @@ class StateStore(Protocol):
         """Replace the stored rollouts."""
         ...
 
+    async def set_aside(self) -> str | None:
+        """Keep unreadable state for a person to look at; where it went, if anywhere."""
+        ...
+
 
 class MemoryStore:
     """Keeps state in this process only: a restart forgets it."""
@@ -42,6 +47,9 @@ class MemoryStore:
 
     async def save(self, rollouts: Mapping[str, Rollout]) -> None:
         self._rollouts = dict(rollouts)
+
+    async def set_aside(self) -> str | None:
+        return None
 
 
 class FileStore:
@@ -56,6 +64,15 @@ class FileStore:
     async def save(self, rollouts: Mapping[str, Rollout]) -> None:
         text = json.dumps(encode(rollouts), indent=2, sort_keys=True)
         await asyncio.to_thread(self._write, text)
+
+    async def set_aside(self) -> str | None:
+        """Rename the unreadable file to `<name>.unreadable-<time>`, so saving cannot erase it."""
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            return None
+        return str(aside)
 
     def _read(self) -> dict[str, Rollout]:
         try:

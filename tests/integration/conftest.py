@@ -133,6 +133,30 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({"status": "as asked"}, status=int(request.match_info["code"]))
 
 
+async def bulk(request: web.Request) -> web.StreamResponse:
+    """`megabytes` MiB as fast as the reader takes them."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    chunk = b"z" * (1 << 20)
+    for _ in range(int(request.match_info["megabytes"])):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def ticks(request: web.Request) -> web.StreamResponse:
+    """Server-sent events every `every` seconds for `seconds` seconds."""
+    seconds, every = float(request.match_info["seconds"]), float(request.query.get("every", "0.1"))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i in range(round(seconds / every)):
+        await response.write(f"data: tick-{i}\n\n".encode())
+        await asyncio.sleep(every)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 def build_upstream(name: str) -> web.Application:
     """A test model server called `name`."""
     app = web.Application(handler_args={"max_field_size": 16384})
@@ -143,6 +167,8 @@ def build_upstream(name: str) -> web.Application:
     app.router.add_get("/endless", endless)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/bulk/{megabytes}", bulk)
+    app.router.add_get("/ticks/{seconds}", ticks)
     app.router.add_get("/reset", reset)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
