@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp.test_utils import TestServer
@@ -25,7 +26,10 @@ def server_text(routes: str, state: str = "{backend: memory}", server: str = "")
     )
 
 
-async def users_on(client: aiohttp.ClientSession, base: str, users: list[str]) -> list[tuple]:
+Outcome = tuple[str, int, str | None, str | None]
+
+
+async def users_on(client: aiohttp.ClientSession, base: str, users: list[str]) -> list[Outcome]:
     """(user, status, variant, fallback header) of one request per user."""
     found = []
     for uid in users:
@@ -135,7 +139,7 @@ async def test_connection_limits_refuse_with_503_beyond_the_queue(upstreams, sta
     async def one() -> int:
         async with client.get(proxy.proxy_url + "/x") as resp:
             await resp.read()
-            return resp.status
+            return int(resp.status)
 
     statuses = await asyncio.gather(*(one() for _ in range(6)))
     assert sorted(statuses) == [200, 200, 200, 503, 503, 503]
@@ -172,7 +176,7 @@ async def test_oversized_bodies_are_refused_before_the_upstream(upstreams, start
         assert (await resp.json())["error"] == "request_body_too_large"
     assert stable.app[PROBE].requests == candidate.app[PROBE].requests == 0
 
-    async def chunked():
+    async def chunked() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b"y" * 500
 
