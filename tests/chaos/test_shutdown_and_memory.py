@@ -45,7 +45,8 @@ async def serve(
 
 
 async def test_sigterm_lets_100_streams_in_flight_finish(upstreams, tmp_path):
-    process, proxy_url, admin_url = await serve(tmp_path, *upstreams, ", drain_timeout: 20s")
+    stable, candidate = upstreams
+    process, proxy_url, admin_url = await serve(tmp_path, stable, candidate, ", drain_timeout: 20s")
     started = asyncio.Event()
     first_events = 0
     connector = aiohttp.TCPConnector(limit=0)
@@ -85,7 +86,8 @@ def rss_kib(pid: int) -> int:
 
 
 async def test_memory_stays_bounded_while_a_client_reads_100_mb_slowly(upstreams, tmp_path):
-    process, proxy_url, _ = await serve(tmp_path, *upstreams)
+    stable, candidate = upstreams
+    process, proxy_url, _ = await serve(tmp_path, stable, candidate)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.get(proxy_url + "/x") as resp:  # warm up
