@@ -1,0 +1,455 @@
+"""Grayscale against direct, nginx and a minimal aiohttp proxy, side by side in one run.
+
+    .venv/bin/python loadtests/bench_proxy.py [--duration 5] [--rounds 3] [--quick]
+
+Needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`) for the throughput table; the
+streaming and memory figures need neither. Each configuration runs in turn, round after round, so
+machine noise hits all of them alike; the table shows medians over rounds and ratios. Results go
+to `loadtests/results/<time>.json` as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSWER = json.dumps(
+    {"model": "bench", "predictions": [{"label": "positive", "score": 0.98}], "padding": "x" * 120}
+)  # 215 bytes, like a small model's JSON answer
+WRK_SCRIPT = """
+math.randomseed(os.time())
+wrk.method = "POST"
+wrk.body = string.rep("a", 300)
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  wrk.headers["X-User-Id"] = "user-" .. math.random(1, 1000000)
+  return wrk.format(nil, "/v1/models/bench:predict")
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    try:
+        wait_for_port(port)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def nginx_conf(folder: Path, upstream_ports: tuple[int, int], proxy_port: int) -> Path:
+    conf = folder / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream stable {{ server 127.0.0.1:{upstream_ports[0]}; keepalive 64; }}
+  upstream candidate {{ server 127.0.0.1:{upstream_ports[1]}; keepalive 64; }}
+  split_clients "${{http_x_user_id}}" $variant {{ 10% candidate; * stable; }}
+  server {{
+    listen 127.0.0.1:{upstream_ports[0]};
+    location / {{ return 200 '{ANSWER}'; }}
+  }}
+  server {{
+    listen 127.0.0.1:{upstream_ports[1]};
+    location / {{ return 200 '{ANSWER}'; }}
+  }}
+  server {{
+    listen 127.0.0.1:{proxy_port};
+    location / {{
+      proxy_pass http://$variant;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+def grayscale_conf(folder: Path, upstreams: tuple[int, int], port: int, features: bool) -> Path:
+    name = "grayscale-on.yaml" if features else "grayscale-off.yaml"
+    extra = ""
+    if features:
+        extra = "    analysis: {interval: 5s, window: 30s, min_requests: 50}\n"
+    conf = folder / name
+    conf.write_text(
+        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
+        "state: {backend: memory}\n"
+        + (f"access_log: {{path: {folder / 'access.log'}, sample: 0.1}}\n" if features else "")
+        + "routes:\n"
+        "  - name: bench\n"
+        "    match: {path_prefix: /}\n"
+        f'    stable: {{url: "http://127.0.0.1:{upstreams[0]}"}}\n'
+        f'    candidate: {{url: "http://127.0.0.1:{upstreams[1]}"}}\n'
+        '    cohort: {keys: ["header:X-User-Id"], salt: "s"}\n'
+        "    ramp: {base: 0.1}\n" + extra
+    )
+    return conf
+
+
+@dataclass
+class Run:
+    """One wrk run against one configuration."""
+
+    name: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_percent: float | None
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(
+    port: int, name: str, *, seconds: float, connections: int, script: Path, pid: int | None
+) -> Run:
+    before = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    elapsed = time.monotonic() - started
+    cpu = (cpu_seconds(pid) - before) / elapsed * 100 if pid else None
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out)[1])  # type: ignore[index]
+    errors = 0
+    for match in re.finditer(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out):
+        if match[1]:
+            errors += int(match[1])
+        elif match[2]:
+            errors += sum(int(n) for n in re.findall(r"\d+", match[2]))
+    return Run(name, rps, p50, p99, errors, cpu)
+
+
+async def sse_delays(proxy_url: str | None, upstream_url: str, events: int) -> dict[str, float]:
+    """Median delay (ms) of SSE events from the upstream's write to the client's read."""
+    async with aiohttp.ClientSession() as session:
+        base = proxy_url or upstream_url
+        delays: list[float] = []
+        reads = 0
+        async with session.get(f"{base}/sse/{events}", headers={"X-User-Id": "u"}) as resp:
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                now = time.time_ns()
+                reads += 1
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    if event.startswith(b"data: ") and event[6:].isdigit():
+                        delays.append((now - int(event[6:])) / 1e6)
+        return {"median_ms": statistics.median(delays), "events": len(delays), "reads": reads}
+
+
+async def sse_upstream(port: int) -> web.AppRunner:
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(int(request.match_info["n"])):
+            await response.write(f"data: {time.time_ns()}\n\n".encode())
+            await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/sse/{n}", sse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def streaming(folder: Path) -> dict[str, object]:
+    """Added delay per SSE event through Grayscale, and whether events were coalesced."""
+    upstream = free_port()
+    port = free_port()
+    conf = folder / "grayscale-sse.yaml"
+    conf.write_text(
+        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
+        "state: {backend: memory}\nroutes:\n  - name: sse\n    match: {path_prefix: /}\n"
+        f'    stable: {{url: "http://127.0.0.1:{upstream}"}}\n'
+        f'    candidate: {{url: "http://127.0.0.1:{upstream}"}}\n'
+        '    cohort: {keys: ["header:X-User-Id"]}\n'
+    )
+
+    async def measure() -> dict[str, object]:
+        runner = await sse_upstream(upstream)
+        try:
+            direct = await sse_delays(None, f"http://127.0.0.1:{upstream}", 200)
+            with process(
+                [sys.executable, "-m", "proxy", "serve", "--config", str(conf)], port, cwd=ROOT
+            ):
+                through = await sse_delays(f"http://127.0.0.1:{port}", "", 200)
+        finally:
+            await runner.cleanup()
+        return {
+            "direct_median_ms": direct["median_ms"],
+            "grayscale_median_ms": through["median_ms"],
+            "added_median_ms": through["median_ms"] - direct["median_ms"],
+            "events": through["events"],
+            "client_reads": through["reads"],
+        }
+
+    return asyncio.run(measure())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--memory-requests",
+        type=int,
+        default=200_000,
+        help="requests for the memory-flatness check (0 skips it)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, no memory check")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.memory_requests = 2.0, 1, 0
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"{' and '.join(missing)} not found: apt-get install wrk nginx-light")
+
+    folder = Path(tempfile.mkdtemp(prefix="grayscale-bench-"))
+    script = folder / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    upstream, upstream_b, nginx_proxy, minimal, on, off = (free_port() for _ in range(6))
+    upstreams = (upstream, upstream_b)
+    python = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    results: dict[str, list[Run]] = {}
+    low_load: dict[str, Run] = {}
+    memory: dict[str, float] = {}
+    conf = nginx_conf(folder, upstreams, nginx_proxy)
+    with (
+        process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy),
+        process(
+            [
+                python,
+                str(ROOT / "loadtests" / "minimal_proxy.py"),
+                str(minimal),
+                f"http://127.0.0.1:{upstream}",
+                f"http://127.0.0.1:{upstream_b}",
+            ],
+            minimal,
+            env=env,
+        ) as minimal_proc,
+        process(
+            [
+                python,
+                "-m",
+                "proxy",
+                "serve",
+                "--config",
+                str(grayscale_conf(folder, upstreams, on, True)),
+            ],
+            on,
+            cwd=ROOT,
+        ) as on_proc,
+        process(
+            [
+                python,
+                "-m",
+                "proxy",
+                "serve",
+                "--config",
+                str(grayscale_conf(folder, upstreams, off, False)),
+            ],
+            off,
+            cwd=ROOT,
+        ) as off_proc,
+    ):
+        targets = {
+            "direct (nginx return 200)": (upstream, None),
+            "nginx split_clients proxy": (nginx_proxy, None),
+            "minimal aiohttp proxy": (minimal, minimal_proc.pid),
+            "grayscale, features off": (off, off_proc.pid),
+            "grayscale, all features": (on, on_proc.pid),
+        }
+        for name, (port, pid) in targets.items():  # warm up
+            wrk(port, name, seconds=1, connections=args.connections, script=script, pid=pid)
+        for round_no in range(args.rounds):
+            for name, (port, pid) in targets.items():
+                run = wrk(
+                    port,
+                    name,
+                    seconds=args.duration,
+                    connections=args.connections,
+                    script=script,
+                    pid=pid,
+                )
+                results.setdefault(name, []).append(run)
+                print(
+                    f"round {round_no + 1} {name:<28} {run.requests_per_second:>9.0f} req/s",
+                    file=sys.stderr,
+                )
+        for name, (port, pid) in targets.items():
+            low_load[name] = wrk(
+                port, name, seconds=args.duration, connections=1, script=script, pid=pid
+            )
+        if args.memory_requests:
+            rate = statistics.median(
+                r.requests_per_second for r in results["grayscale, all features"]
+            )
+            seconds = max(5.0, args.memory_requests / rate)
+            memory["before_mib"] = rss_mib(on_proc.pid)
+            wrk(
+                on,
+                "memory",
+                seconds=seconds / 2,
+                connections=args.connections,
+                script=script,
+                pid=on_proc.pid,
+            )
+            memory["half_mib"] = rss_mib(on_proc.pid)
+            wrk(
+                on,
+                "memory",
+                seconds=seconds / 2,
+                connections=args.connections,
+                script=script,
+                pid=on_proc.pid,
+            )
+            memory["after_mib"] = rss_mib(on_proc.pid)
+            memory["requests"] = seconds * rate
+    stream = streaming(folder)
+
+    def med(name: str, field: str) -> float:
+        return statistics.median(getattr(r, field) for r in results[name])
+
+    direct_rps = med("direct (nginx return 200)", "requests_per_second")
+    nginx_rps = med("nginx split_clients proxy", "requests_per_second")
+    minimal_rps = med("minimal aiohttp proxy", "requests_per_second")
+    lines = [
+        f"{'configuration':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}"
+        f"{'x direct':>10}{'x nginx':>9}{'x minimal':>11}{'errors':>8}",
+    ]
+    for name, runs in results.items():
+        rps = med(name, "requests_per_second")
+        cpus = [r.cpu_percent for r in runs if r.cpu_percent is not None]
+        cpu = f"{statistics.median(cpus):>7.0f}" if cpus else f"{'-':>7}"
+        lines.append(
+            f"{name:<28}{rps:>9.0f}{med(name, 'p50_ms'):>9.2f}{med(name, 'p99_ms'):>9.2f}{cpu}"
+            f"{rps / direct_rps:>10.3f}{rps / nginx_rps:>9.3f}{rps / minimal_rps:>11.2f}"
+            f"{sum(r.errors for r in runs):>8}"
+        )
+    base = low_load["direct (nginx return 200)"]
+    lines += ["", "one connection (added latency over direct):"]
+    for name, run in low_load.items():
+        lines.append(
+            f"  {name:<28} p50 {run.p50_ms:6.3f} ms (+{run.p50_ms - base.p50_ms:.3f})  "
+            f"p99 {run.p99_ms:6.3f} ms (+{run.p99_ms - base.p99_ms:.3f})"
+        )
+    on_rps = med("grayscale, all features", "requests_per_second")
+    off_rps = med("grayscale, features off", "requests_per_second")
+    lines += [
+        "",
+        f"features cost: {1 - on_rps / off_rps:.1%} of throughput (metrics always on; "
+        "analysis windows and a 10 % sampled access log on top)",
+        f"streaming: {stream['events']} SSE events, median added delay "
+        f"{stream['added_median_ms']:.3f} ms, {stream['client_reads']} client reads "
+        f"({'not coalesced' if stream['client_reads'] >= stream['events'] else 'coalesced'})",
+    ]
+    if memory:
+        growth = (memory["after_mib"] - memory["half_mib"]) / memory["half_mib"]
+        lines.append(
+            f"memory: RSS {memory['before_mib']:.0f} -> {memory['half_mib']:.0f} -> "
+            f"{memory['after_mib']:.0f} MiB over {memory['requests']:,.0f} requests "
+            f"(second half {growth:+.1%})"
+        )
+    print("\n".join(lines))
+    out = ROOT / "loadtests" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / time.strftime("%Y%m%d-%H%M%S.json")
+    path.write_text(
+        json.dumps(
+            {
+                "runs": {k: [asdict(r) for r in v] for k, v in results.items()},
+                "low_load": {k: asdict(v) for k, v in low_load.items()},
+                "streaming": stream,
+                "memory": memory,
+                "args": vars(args),
+            },
+            indent=2,
+        )
+    )
+    print(f"\nresults: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
