@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
@@ -194,6 +194,7 @@ OVERLOADED = UpstreamFailure(
 BODY_TOO_LARGE = UpstreamFailure(
     "body", 413, "request_body_too_large", "the request body is larger than server.max_body_bytes"
 )
+SMALL_BODY = 64 * 1024  # bodies up to this size are read whole rather than streamed
 _RETRYABLE = frozenset({"connect", "overloaded"})  # the request never reached the upstream
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -310,6 +311,8 @@ async def forward(
         if length is None:
             limit = _BodyLimit(request.content, max_body)
             body = limit.chunks()
+        elif length <= SMALL_BODY:
+            body = await request.read()  # one write upstream: cheaper than streaming a few KiB
         else:
             body = request.content
     try:
@@ -352,6 +355,25 @@ async def forward(
         target.limiter.release()
 
 
+async def _whole(
+    answer: aiohttp.ClientResponse, target: Target, exchange: Exchange, sent: float
+) -> web.StreamResponse:
+    """Read a small answer whole and send it at once; a failure is still a clean 502/504."""
+    try:
+        body = await answer.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return _failed(target, exchange, classify(exc))
+    exchange.ttfb = asyncio.get_running_loop().time() - sent
+    response = web.Response(status=answer.status, reason=answer.reason, body=body)
+    _copy_response_headers(answer, response.headers, target)
+    del response.headers[hdrs.CONTENT_LENGTH]  # set again from the body
+    if exchange.fallback is not None:
+        response.headers[FALLBACK_HEADER] = exchange.fallback
+    exchange.status = answer.status
+    exchange.bytes_out = len(body)
+    return response
+
+
 async def _stream(
     request: web.BaseRequest,
     answer: aiohttp.ClientResponse,
@@ -359,8 +381,11 @@ async def _stream(
     exchange: Exchange,
     sent: float,
 ) -> web.StreamResponse:
-    """Stream `answer` to the client chunk by chunk."""
+    """Stream `answer` to the client chunk by chunk (a small answer of known size in one go)."""
     loop = asyncio.get_running_loop()
+    length = answer.content_length
+    if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+        return await _whole(answer, target, exchange, sent)
     response = web.StreamResponse(status=answer.status, reason=answer.reason)
     _copy_response_headers(answer, response.headers, target)
     if exchange.fallback is not None:
