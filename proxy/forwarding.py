@@ -12,14 +12,13 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
-from yarl import URL
 
 from proxy.config.model import Upstream
+from proxy.transport import Answer, Body, Origin, UpstreamClient, UpstreamError
 
 log = logging.getLogger("grayscale.forwarding")
 
@@ -41,9 +40,9 @@ _HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-_HOST = istr("Host")
-_EXPECT = istr("Expect")
+_NOT_FORWARDED = frozenset(istr(h) for h in ("Host", "Expect", "Content-Length"))
 _XFF = istr("X-Forwarded-For")
+_CONTENT_TYPE = istr("Content-Type")
 _XF_PROTO = istr("X-Forwarded-Proto")
 _XF_HOST = istr("X-Forwarded-Host")
 
@@ -91,6 +90,7 @@ class Target:
     variant: str
     upstream: Upstream
     limiter: Limiter
+    origin: Origin
 
 
 @dataclass(slots=True)
@@ -124,68 +124,75 @@ def _dropped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return _HOP_BY_HOP.union(istr(token) for token in named if token)
 
 
-def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The request headers to send upstream.
 
-    Hop-by-hop headers, `Host` (the client sets it from the upstream URL), `Expect` (the proxy
-    answers `100-continue` itself) and any client-sent `X-Grayscale-*` header are dropped.
-    `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host` are set
-    unless a proxy in front already set them.
+    Hop-by-hop headers, `Host` (set from the upstream URL), `Content-Length` (the transport frames
+    the body), `Expect` (the proxy answers `100-continue` itself) and any client-sent
+    `X-Grayscale-*` header are dropped. `X-Forwarded-For` gets the peer appended;
+    `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a proxy in front already set them.
     """
     drop = _dropped(request.headers)
-    headers: CIMultiDict[str] = CIMultiDict()
+    headers: list[tuple[str, str]] = []
+    forwarded_for = proto = host = None
     for name, value in request.headers.items():
-        if name in drop or name in (_HOST, _EXPECT) or name.lower().startswith(_INTERNAL_PREFIX):
+        if name in drop or name in _NOT_FORWARDED or name.lower().startswith(_INTERNAL_PREFIX):
             continue
-        headers.add(name, value)
+        if name == _XFF:
+            forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
+            continue
+        if name == _XF_PROTO:
+            proto = value
+        elif name == _XF_HOST:
+            host = value
+        headers.append((name, value))
     peer = request.remote or ""
-    previous = headers.get(_XFF)
-    headers[_XFF] = f"{previous}, {peer}" if previous else peer
-    headers.setdefault(_XF_PROTO, request.scheme)
-    if request.host:
-        headers.setdefault(_XF_HOST, request.host)
+    headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+    if proto is None:
+        headers.append(("X-Forwarded-Proto", request.scheme))
+    if host is None and request.host:
+        headers.append(("X-Forwarded-Host", request.host))
     return headers
 
 
-def _copy_response_headers(
-    answer: aiohttp.ClientResponse, headers: CIMultiDict[str], target: Target
-) -> None:
+def _copy_response_headers(answer: Answer, headers: CIMultiDict[str], target: Target) -> None:
     """Copy the upstream's answer headers into `headers`, less hop-by-hop ones, plus ours."""
-    drop = _dropped(answer.headers)
-    for name, value in answer.headers.items():
-        if name not in drop:
-            headers.add(name, value)
+    named = [
+        token.strip()
+        for name, value in answer.headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    ]
+    drop = _HOP_BY_HOP.union(istr(token) for token in named if token)
+    event_stream = False
+    for name, value in answer.headers:
+        key = istr(name)
+        if key not in drop:
+            headers.add(key, value)
+            event_stream = event_stream or (
+                key == _CONTENT_TYPE and value.startswith("text/event-stream")
+            )
     headers[VARIANT_HEADER] = target.variant
     headers[ROUTE_HEADER] = target.route
-    if answer.content_type == "text/event-stream":
+    if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
         headers["X-Accel-Buffering"] = "no"
 
 
-@lru_cache(maxsize=256)
-def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(
-        total=upstream.timeout, connect=upstream.connect_timeout, sock_read=upstream.idle_timeout
-    )
+_FAILURES = {
+    "connect": (502, "upstream_unreachable"),
+    "connect_timeout": (504, "upstream_connect_timeout"),
+    "timeout": (504, "upstream_timeout"),
+    "reset": (502, "upstream_reset"),
+    "protocol": (502, "upstream_protocol_error"),
+}
 
 
-def classify(exc: BaseException) -> UpstreamFailure:
-    """Map an upstream client error to a reason, a status and a message."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamFailure("connect", 504, "upstream_connect_timeout", "cannot connect in time")
-    if isinstance(exc, TimeoutError):
-        return UpstreamFailure(
-            "timeout", 504, "upstream_timeout", "the upstream did not answer in time"
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamFailure(
-            "connect", 502, "upstream_unreachable", f"cannot connect: {exc.strerror}"
-        )
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return UpstreamFailure("reset", 502, "upstream_reset", "the upstream closed the connection")
-    return UpstreamFailure(
-        "protocol", 502, "upstream_protocol_error", f"bad upstream answer: {exc}"
-    )
+def classify(error: UpstreamError) -> UpstreamFailure:
+    """Map a transport error to a reason (connect timeouts count as connect), status and text."""
+    status, code = _FAILURES[error.reason]
+    reason = "connect" if error.reason == "connect_timeout" else error.reason
+    return UpstreamFailure(reason, status, code, error.detail)
 
 
 OVERLOADED = UpstreamFailure(
@@ -229,13 +236,13 @@ class _BodyLimit:
 
 
 async def _open(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     request: web.BaseRequest,
     target: Target,
-    body: object,
+    body: Body,
     limit: _BodyLimit | None,
-) -> tuple[aiohttp.ClientResponse, float]:
-    """Take a connection slot and send the request; the answer (headers read) and when it was
+) -> tuple[Answer, float]:
+    """Take a connection slot and send the request; the answer (its head read) and when it was
     sent. On failure the slot is given back and `_Unavailable` raised."""
     upstream = target.upstream
     try:
@@ -244,19 +251,29 @@ async def _open(
         raise _Unavailable(OVERLOADED) from None
     sent = asyncio.get_running_loop().time()
     try:
-        async with asyncio.timeout(upstream.first_byte_timeout):
-            answer = await session.request(
+        async with asyncio.timeout(min(upstream.first_byte_timeout, upstream.timeout)):
+            answer = await client.request(
+                target.origin,
                 request.method,
-                URL(upstream.url + request.raw_path, encoded=True),
+                target=request.raw_path,
                 headers=upstream_headers(request),
-                data=body,
-                timeout=_timeout(upstream),
-                allow_redirects=False,
+                body=body,
+                content_length=request.content_length,
+                connect_timeout=upstream.connect_timeout,
             )
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+    except TimeoutError:
+        target.limiter.release()
+        raise _Unavailable(
+            UpstreamFailure(
+                "timeout", 504, "upstream_timeout", "the upstream did not answer in time"
+            )
+        ) from None
+    except (UpstreamError, ValueError) as exc:
         target.limiter.release()
         if limit is not None and limit.exceeded:
             raise _Unavailable(BODY_TOO_LARGE) from exc
+        if isinstance(exc, ValueError):
+            raise
         raise _Unavailable(classify(exc)) from exc
     except BaseException:
         target.limiter.release()
@@ -286,7 +303,7 @@ def _failed(target: Target, exchange: Exchange, failure: UpstreamFailure) -> web
 
 async def forward(
     request: web.BaseRequest,
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     target: Target,
     exchange: Exchange,
     *,
@@ -303,7 +320,7 @@ async def forward(
     client connection is closed without completing the body, so the client sees the failure.
     """
     limit: _BodyLimit | None = None
-    body: object = None
+    body: Body = None
     if request.body_exists:
         length = request.content_length
         if length is not None and length > max_body:
@@ -314,16 +331,16 @@ async def forward(
         elif length <= SMALL_BODY:
             body = await request.read()  # one write upstream: cheaper than streaming a few KiB
         else:
-            body = request.content
+            body = request.content.iter_any()
     try:
-        answer, sent = await _open(session, request, target, body, limit)
+        answer, sent = await _open(client, request, target, body, limit)
     except _Unavailable as first:
         if fallback is None or first.failure.reason not in _RETRYABLE:
             return _failed(target, exchange, first.failure)
         exchange.first_error = exchange.fallback = first.failure.reason
         target = fallback
         try:
-            answer, sent = await _open(session, request, target, body, limit)
+            answer, sent = await _open(client, request, target, body, limit)
         except _Unavailable as second:
             return _failed(target, exchange, second.failure)
     if (
@@ -339,29 +356,30 @@ async def forward(
         exchange.first_error, exchange.fallback = "5xx", "5xx"
         target = fallback
         try:
-            answer, sent = await _open(session, request, target, None, None)
+            answer, sent = await _open(client, request, target, None, None)
         except _Unavailable as second:
             return _failed(target, exchange, second.failure)
     if limit is not None and limit.exceeded:
         # The body passed the limit on its way: the upstream saw a cut-off request.
-        answer.close()
+        answer.release()
         target.limiter.release()
         return _failed(target, exchange, BODY_TOO_LARGE)
     exchange.variant = target.variant
     try:
         return await _stream(request, answer, target, exchange, sent)
     finally:
-        answer.close() if not answer.content.is_eof() else answer.release()
+        answer.release()
         target.limiter.release()
 
 
 async def _whole(
-    answer: aiohttp.ClientResponse, target: Target, exchange: Exchange, sent: float
+    answer: Answer, target: Target, exchange: Exchange, sent: float
 ) -> web.StreamResponse:
     """Read a small answer whole and send it at once; a failure is still a clean 502/504."""
+    upstream = target.upstream
     try:
-        body = await answer.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+        body = await answer.read(upstream.idle_timeout, sent + upstream.timeout)
+    except UpstreamError as exc:
         return _failed(target, exchange, classify(exc))
     exchange.ttfb = asyncio.get_running_loop().time() - sent
     response = web.Response(status=answer.status, reason=answer.reason, body=body)
@@ -376,7 +394,7 @@ async def _whole(
 
 async def _stream(
     request: web.BaseRequest,
-    answer: aiohttp.ClientResponse,
+    answer: Answer,
     target: Target,
     exchange: Exchange,
     sent: float,
@@ -393,7 +411,8 @@ async def _stream(
     try:
         await response.prepare(request)
         exchange.status = answer.status
-        async for chunk in answer.content.iter_any():
+        upstream = target.upstream
+        async for chunk in answer.chunks(upstream.idle_timeout, sent + upstream.timeout):
             if exchange.ttfb is None:
                 exchange.ttfb = loop.time() - sent
             await response.write(chunk)
@@ -401,9 +420,9 @@ async def _stream(
         if exchange.ttfb is None:
             exchange.ttfb = loop.time() - sent
         await response.write_eof()
-    except aiohttp.ClientConnectionResetError:
+    except ConnectionResetError:
         pass  # the client went away mid-answer: closing the answer ends the upstream request
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except UpstreamError as exc:
         failure = classify(exc)
         exchange.error = failure.reason
         log.warning(

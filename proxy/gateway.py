@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import hdrs, web
 
 from proxy.access_log import AccessLog, Entry
@@ -27,6 +26,7 @@ from proxy.metrics import ERROR_REASONS, Recorder, VariantMetrics
 from proxy.rollout.controller import RolloutController
 from proxy.routing import Decision, RoutingTable, decide
 from proxy.routing.client_ip import client_ip
+from proxy.transport import Origin, UpstreamClient
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer started
@@ -99,7 +99,7 @@ class Gateway:
         self.recorder = recorder
         self.access_log = access_log
         self.observations = observations
-        self.session: aiohttp.ClientSession | None = None
+        self.client: UpstreamClient | None = None
         self._limiters: dict[tuple[str, int, int], Limiter] = {}
         self._breakers: dict[tuple[str, str, Ejection], Breaker] = {}
         self.snapshot = self._compile(config)
@@ -134,10 +134,18 @@ class Gateway:
                 route=route,
                 targets={
                     _STABLE: Target(
-                        route.name, "stable", route.stable, self._limiter(route.stable)
+                        route.name,
+                        "stable",
+                        route.stable,
+                        self._limiter(route.stable),
+                        Origin(route.stable.url),
                     ),
                     _CANDIDATE: Target(
-                        route.name, "candidate", route.candidate, self._limiter(route.candidate)
+                        route.name,
+                        "candidate",
+                        route.candidate,
+                        self._limiter(route.candidate),
+                        Origin(route.candidate.url),
                     ),
                 },
                 metrics=self.recorder.route(route.name),
@@ -172,10 +180,10 @@ class Gateway:
         in_flight = wiring.metrics[target.variant].in_flight
         in_flight.inc()
         try:
-            assert self.session is not None, "the gateway is not running"
+            assert self.client is not None, "the gateway is not running"
             return await forward(
                 request,
-                self.session,
+                self.client,
                 target,
                 exchange,
                 max_body=snapshot.config.server.max_body_bytes,
@@ -244,23 +252,17 @@ class Gateway:
             latency = None  # cut short by the client: says nothing about the upstream's speed
         wiring.windows[exchange.variant].add(time.time(), error, latency)
 
-    async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
-        """One pooled keep-alive client for every upstream, closed on shutdown."""
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
-        ) as session:
-            self.session = session
-            yield
-            self.session = None
+    async def _upstream_client(self, app: web.Application) -> AsyncIterator[None]:
+        """One pool of keep-alive connections per upstream, closed on shutdown."""
+        self.client = UpstreamClient()
+        yield
+        self.client.close()
+        self.client = None
 
     def build_app(self) -> web.Application:
         """The aiohttp application serving this gateway."""
         # Bodies are streamed, never read whole, so the server's body size limit does not apply.
         app = web.Application(handler_args={"max_field_size": 16384})
-        app.cleanup_ctx.append(self._client_session)
+        app.cleanup_ctx.append(self._upstream_client)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app

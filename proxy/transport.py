@@ -1,0 +1,364 @@
+"""A lean HTTP/1.1 client for upstreams: pooled keep-alive connections on asyncio protocols,
+answers parsed by llhttp (through httptools).
+
+It does what a proxy needs and nothing else: no redirects, cookies, decompression or header
+normalisation; bodies pass through as bytes, both ways, with flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread answer
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+class UpstreamError(Exception):
+    """An exchange failed: `reason` is connect, timeout, reset or protocol."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one exchange at a time."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._loop = asyncio.get_running_loop()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.keep_alive = False
+        self.complete = False
+        self.received = False  # any byte of an answer
+        self._head: asyncio.Future[None] = self._loop.create_future()
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: UpstreamError | None = None
+        self._header_name = b""
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("protocol", "the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("protocol", f"bad upstream answer: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
+        if not self.complete:
+            self._fail(UpstreamError("reset", "the upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append(
+            (name.decode("latin-1"), value.decode("utf-8", errors="surrogateescape"))
+        )
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self.headers = []  # an interim answer (100 Continue, 103 Early Hints): skip it
+            return
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # the end of an interim answer
+        self.complete = True
+        self._wake()
+
+    # --- exchange -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._error is None:
+            self._error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: a failure before the head is raised by `head`
+        self._wake()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.closed:
+            raise UpstreamError("reset", "the upstream closed the connection")
+        self.transport.write(data)
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    async def head(self) -> None:
+        await self._head
+
+    async def chunk(self) -> bytes:
+        """The next piece of the answer's body; b"" at its end."""
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._buffered -= len(data)
+                if self._buffered <= READ_HIGH_WATER // 2 and self.transport is not None:
+                    self.transport.resume_reading()
+                return data
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def finish(self, reusable: bool) -> None:
+        """End the exchange: back to the pool when it may carry another, else closed."""
+        if reusable and self.complete and self.keep_alive and not self.closed:
+            self._reset_exchange()
+            self._parser = httptools.HttpResponseParser(self)
+            self.pool.put(self)
+        elif self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class Answer:
+    """An upstream's answer: status, headers, and a body read with `chunks` or `read`."""
+
+    def __init__(self, connection: _Connection, method: str):
+        self._connection = connection
+        self.status = connection.status
+        self.reason = connection.reason
+        self.headers = connection.headers
+        self._head_only = method == "HEAD" or self.status in (204, 304)
+        self.content_length: int | None = None
+        for name, value in self.headers:
+            if name.lower() == "content-length" and value.isdigit():
+                self.content_length = int(value)
+
+    async def chunks(self, idle_timeout: float, deadline: float) -> AsyncIterator[bytes]:
+        """The body as it arrives. `idle_timeout` bounds the silence between two pieces, and
+        `deadline` (event loop time) the whole answer."""
+        if self._head_only:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = min(idle_timeout, deadline - loop.time())
+            try:
+                async with asyncio.timeout(wait):
+                    data = await self._connection.chunk()
+            except TimeoutError:
+                raise UpstreamError("timeout", "the upstream did not answer in time") from None
+            if not data:
+                return
+            yield data
+
+    async def read(self, idle_timeout: float, deadline: float) -> bytes:
+        """The whole body."""
+        return b"".join([chunk async for chunk in self.chunks(idle_timeout, deadline)])
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole answer was received."""
+        return self._head_only or self._connection.complete
+
+    def release(self) -> None:
+        """Done with the answer: a fully read answer's connection is reused."""
+        # A HEAD answer's connection is not reused: the parser would wait for a body.
+        self._connection.finish(reusable=self.complete and not self._head_only)
+
+
+class Pool:
+    """Idle keep-alive connections to one upstream origin."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None):
+        self.host, self.port, self.tls = host, port, tls
+        self._idle: list[_Connection] = []
+
+    def put(self, connection: _Connection) -> None:
+        connection.reused = True
+        self._idle.append(connection)
+
+    async def connection(self, connect_timeout: float) -> _Connection:
+        """An idle connection, or a new one."""
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls else None,
+                )
+        except TimeoutError:
+            raise UpstreamError("connect_timeout", "cannot connect in time") from None
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect: {exc.strerror or exc}") from None
+        return protocol
+
+    def close(self) -> None:
+        for connection in self._idle:
+            if connection.transport is not None:
+                connection.transport.close()
+        self._idle.clear()
+
+
+class Origin:
+    """A parsed upstream base URL: where to connect, the Host header, and a path prefix."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if default else f"{host}:{self.port}"
+        self.prefix = parts.path.rstrip("/")
+
+
+class UpstreamClient:
+    """Sends requests to upstreams over pooled keep-alive connections."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, int, bool], Pool] = {}
+        self._tls = ssl.create_default_context()
+
+    def _pool(self, origin: Origin) -> Pool:
+        key = (origin.host, origin.port, origin.tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(
+                origin.host, origin.port, self._tls if origin.tls else None
+            )
+        return pool
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        *,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        content_length: int | None,
+        connect_timeout: float,
+    ) -> Answer:
+        """Send a request and wait for the answer's head.
+
+        `target` is the path and query, sent as given; `headers` must not frame the body: this
+        sets Content-Length (or chunked encoding for a body of unknown length). A request whose
+        reused connection turns out to be closed is sent once more on a new connection when its
+        body can be sent again (none, or bytes).
+        """
+        framing: list[tuple[str, str]] = [("Host", origin.host_header)]
+        if isinstance(body, bytes):
+            framing.append(("Content-Length", str(len(body))))
+        elif body is not None:
+            if content_length is None:
+                framing.append(("Transfer-Encoding", "chunked"))
+            else:
+                framing.append(("Content-Length", str(content_length)))
+        elif method not in BODYLESS_METHODS:
+            framing.append(("Content-Length", "0"))
+        lines = [f"{method} {origin.prefix}{target} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in framing + headers]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", errors="surrogateescape")
+        pool = self._pool(origin)
+        for attempt in range(2):
+            connection = await pool.connection(connect_timeout)
+            try:
+                await self._send(connection, head, body, content_length)
+                await connection.head()
+            except UpstreamError as exc:
+                connection.finish(reusable=False)
+                stale = connection.reused and not connection.received and exc.reason == "reset"
+                if attempt == 0 and stale and not isinstance(body, AsyncIterable):
+                    continue  # the upstream had closed this idle connection: try a fresh one
+                raise
+            except BaseException:
+                connection.finish(reusable=False)
+                raise
+            return Answer(connection, method)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _send(
+        connection: _Connection, head: bytes, body: Body, content_length: int | None
+    ) -> None:
+        if body is None or isinstance(body, bytes):
+            await connection.write(head + body if body else head)
+            return
+        await connection.write(head)
+        chunked = content_length is None
+        async for chunk in body:
+            if not chunk:
+                continue
+            await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await connection.write(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
