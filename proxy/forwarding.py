@@ -251,23 +251,16 @@ async def _open(
         raise _Unavailable(OVERLOADED) from None
     sent = asyncio.get_running_loop().time()
     try:
-        async with asyncio.timeout(min(upstream.first_byte_timeout, upstream.timeout)):
-            answer = await client.request(
-                target.origin,
-                request.method,
-                target=request.raw_path,
-                headers=upstream_headers(request),
-                body=body,
-                content_length=request.content_length,
-                connect_timeout=upstream.connect_timeout,
-            )
-    except TimeoutError:
-        target.limiter.release()
-        raise _Unavailable(
-            UpstreamFailure(
-                "timeout", 504, "upstream_timeout", "the upstream did not answer in time"
-            )
-        ) from None
+        answer = await client.request(
+            target.origin,
+            request.method,
+            target=request.raw_path,
+            headers=upstream_headers(request),
+            body=body,
+            content_length=request.content_length,
+            connect_timeout=upstream.connect_timeout,
+            first_byte_timeout=min(upstream.first_byte_timeout, upstream.timeout),
+        )
     except (UpstreamError, ValueError) as exc:
         target.limiter.release()
         if limit is not None and limit.exceeded:

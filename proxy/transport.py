@@ -146,24 +146,32 @@ class _Connection(asyncio.Protocol):
     async def head(self) -> None:
         await self._head
 
-    async def chunk(self) -> bytes:
-        """The next piece of the answer's body; b"" at its end."""
-        while True:
-            if self._chunks:
-                data = self._chunks.popleft()
-                self._buffered -= len(data)
-                if self._buffered <= READ_HIGH_WATER // 2 and self.transport is not None:
-                    self.transport.resume_reading()
-                return data
-            if self.complete:
-                return b""
-            if self._error is not None:
-                raise self._error
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+    def expire_head(self) -> None:
+        """The answer's head did not come in time."""
+        if not self._head.done():
+            self._fail(UpstreamError("timeout", "the upstream did not answer in time"))
+
+    def next_chunk(self) -> bytes | None:
+        """The next piece of the body if one is here: b"" at its end, None to wait for more."""
+        if self._chunks:
+            data = self._chunks.popleft()
+            self._buffered -= len(data)
+            if self._buffered <= READ_HIGH_WATER // 2 and self.transport is not None:
+                self.transport.resume_reading()
+            return data
+        if self.complete:
+            return b""
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def more(self) -> None:
+        """Wait until the body has more, ends, or fails."""
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def finish(self, reusable: bool) -> None:
         """End the exchange: back to the pool when it may carry another, else closed."""
@@ -195,14 +203,18 @@ class Answer:
         `deadline` (event loop time) the whole answer."""
         if self._head_only:
             return
+        connection = self._connection
         loop = asyncio.get_running_loop()
         while True:
-            wait = min(idle_timeout, deadline - loop.time())
-            try:
-                async with asyncio.timeout(wait):
-                    data = await self._connection.chunk()
-            except TimeoutError:
-                raise UpstreamError("timeout", "the upstream did not answer in time") from None
+            data = connection.next_chunk()
+            if data is None:  # nothing here yet: wait, but not for ever
+                wait = min(idle_timeout, deadline - loop.time())
+                try:
+                    async with asyncio.timeout(wait):
+                        await connection.more()
+                except TimeoutError:
+                    raise UpstreamError("timeout", "the upstream did not answer in time") from None
+                continue
             if not data:
                 return
             yield data
@@ -302,9 +314,11 @@ class UpstreamClient:
         body: Body,
         content_length: int | None,
         connect_timeout: float,
+        first_byte_timeout: float,
     ) -> Answer:
         """Send a request and wait for the answer's head.
 
+        `first_byte_timeout` bounds sending the request and waiting for the answer's head.
         `target` is the path and query, sent as given; `headers` must not frame the body: this
         sets Content-Length (or chunked encoding for a body of unknown length). A request whose
         reused connection turns out to be closed is sent once more on a new connection when its
@@ -324,8 +338,10 @@ class UpstreamClient:
         lines += [f"{name}: {value}" for name, value in framing + headers]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", errors="surrogateescape")
         pool = self._pool(origin)
+        loop = asyncio.get_running_loop()
         for attempt in range(2):
             connection = await pool.connection(connect_timeout)
+            timer = loop.call_later(first_byte_timeout, connection.expire_head)
             try:
                 await self._send(connection, head, body, content_length)
                 await connection.head()
@@ -338,6 +354,8 @@ class UpstreamClient:
             except BaseException:
                 connection.finish(reusable=False)
                 raise
+            finally:
+                timer.cancel()
             return Answer(connection, method)
         raise AssertionError("unreachable")
 
