@@ -96,10 +96,12 @@ class AccessLog:
         )
         self._thread.start()
 
+    def sampled(self) -> bool:
+        """Whether the next request is to be logged (draw once per request, before `record`)."""
+        return self.config.sample >= 1.0 or self._rand() < self.config.sample
+
     def record(self, entry: Entry) -> None:
-        """Queue `entry` if it is sampled; never blocks."""
-        if self.config.sample < 1.0 and self._rand() >= self.config.sample:
-            return
+        """Queue `entry`; never blocks."""
         if len(self._queue) >= self._limit:
             self._on_drop()
         else:

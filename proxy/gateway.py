@@ -223,7 +223,7 @@ class Gateway:
             healthy = variant == "candidate" and exchange.error is None and exchange.status < 500
             wiring.breaker.record(healthy, now)
         self._observe(wiring, exchange, duration)
-        if self.access_log is not None:
+        if self.access_log is not None and self.access_log.sampled():
             self.access_log.record(
                 Entry(
                     now,
