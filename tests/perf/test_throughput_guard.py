@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from tests.integration.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-GUARD = 0.5
+GUARD = 0.7
 ANSWER = b'{"model": "bench", "predictions": [{"label": "positive", "score": 0.98}]}'
 
 
