@@ -274,18 +274,23 @@ async def _open(
     return answer, sent
 
 
+def _note_failure(target: Target, exchange: Exchange, failure: UpstreamFailure, when: str) -> None:
+    exchange.error = failure.reason
+    log.warning(
+        "upstream error %s (%s): %s",
+        when,
+        failure.reason,
+        failure.detail,
+        extra={"route": target.route, "variant": target.variant},
+    )
+
+
 def _failed(target: Target, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
     """The JSON answer to a request whose upstream could not answer."""
     exchange.variant = target.variant
     exchange.status = failure.status
     if failure.reason != "body":
-        exchange.error = failure.reason
-        log.warning(
-            "upstream error (%s): %s",
-            failure.reason,
-            failure.detail,
-            extra={"route": target.route, "variant": target.variant},
-        )
+        _note_failure(target, exchange, failure, "before the answer")
     answer = error_response(
         failure.status, failure.error, failure.detail, route=target.route, variant=target.variant
     )
@@ -416,14 +421,7 @@ async def _stream(
     except ConnectionResetError:
         pass  # the client went away mid-answer: closing the answer ends the upstream request
     except UpstreamError as exc:
-        failure = classify(exc)
-        exchange.error = failure.reason
-        log.warning(
-            "upstream error mid-answer (%s): %s",
-            failure.reason,
-            failure.detail,
-            extra={"route": target.route, "variant": target.variant},
-        )
+        _note_failure(target, exchange, classify(exc), "mid-answer")
         if request.transport is not None:
             request.transport.close()
     return response

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.integration.conftest import route_yaml, url_of
+from tests.integration.conftest import route_yaml, serve_subprocess, url_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,22 +24,8 @@ async def serve(
         "state: {backend: memory}\nroutes:\n"
         + route_yaml(url_of(stable), url_of(candidate), share=0.5, timeout="60s")
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--config",
-        str(config),
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    line = b""
-    while b"proxy listening" not in line:
-        line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
-    proxy_url, admin_url = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
-    return process, proxy_url, admin_url
+    served = await serve_subprocess(config)
+    return served.process, served.proxy_url, served.admin_url
 
 
 async def test_sigterm_lets_100_streams_in_flight_finish(upstreams, tmp_path):

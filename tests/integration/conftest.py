@@ -7,9 +7,12 @@ import gzip
 import hashlib
 import json
 import random
+import re
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -18,6 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config.loader import parse_config
 from proxy.server import Server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -264,3 +269,38 @@ async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> bool
             return True
         await asyncio.sleep(0.05)
     return predicate()
+
+
+@dataclass
+class Served:
+    """A `grayscale serve` process and where it listens."""
+
+    process: asyncio.subprocess.Process
+    proxy_url: str
+    admin_url: str
+
+    async def next_line(self) -> bytes:
+        """The process's next line on stderr."""
+        assert self.process.stderr is not None
+        return await asyncio.wait_for(self.process.stderr.readline(), timeout=20)
+
+
+async def serve_subprocess(config: str | Path, *options: str) -> Served:
+    """Start `grayscale serve --config CONFIG OPTIONS` and wait until it listens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(config),
+        *options,
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(process, "", "")
+    line = b""
+    while b"proxy listening" not in line:
+        line = await served.next_line()
+    served.proxy_url, served.admin_url = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
+    return served

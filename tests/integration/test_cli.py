@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.conftest import free_port, route_yaml, url_of
+from tests.integration.conftest import free_port, route_yaml, serve_subprocess, url_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,34 +82,18 @@ async def test_serve_forwards_and_stops_on_sigterm(tmp_path, upstreams):
         f"state: {{path: {tmp_path / 'state.json'}}}\n"
         "routes:\n" + route_yaml(url_of(stable), url_of(candidate), share=1.0)
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--config",
-        str(config),
-        "--log-format",
-        "json",
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
+    served = await serve_subprocess(config, "--log-format", "json")
     try:
-        line = b""
-        while b"proxy listening" not in line:
-            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
-        urls = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())
-        assert len(urls) == 2, line
         async with aiohttp.ClientSession() as session:
-            async with session.get(urls[0] + "/x", headers={"X-User-Id": "u"}) as resp:
+            async with session.get(served.proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
                 assert (await resp.json())["upstream"] == "candidate"
-            async with session.get(urls[1] + "/readyz") as resp:
+            async with session.get(served.admin_url + "/readyz") as resp:
                 assert resp.status == 200
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), timeout=20)
-    rest = await process.stderr.read()
+        served.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(served.process.wait(), timeout=20)
+    assert served.process.stderr is not None
+    rest = await served.process.stderr.read()
     assert code == 0
     assert b'"message": "stopped"' in rest
 

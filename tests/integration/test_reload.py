@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config.loader import load_config, parse_config
 from proxy.rollout.machine import Action, State
 from proxy.server import Server
-from tests.integration.conftest import eventually, free_port, route_yaml, url_of
+from tests.integration.conftest import (
+    eventually,
+    free_port,
+    route_yaml,
+    serve_subprocess,
+    url_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "reload-token"
@@ -264,29 +268,16 @@ async def test_sighup_reloads_a_running_proxy(upstreams, client, tmp_path):
     path = tmp_path / "grayscale.yaml"
     text = config_text(url_of(stable), url_of(candidate), name="m", share=0.0)
     path.write_text(text)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--config",
-        str(path),
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
+    served = await serve_subprocess(path)
     try:
-        line = b""
-        while b"proxy listening" not in line:
-            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
-        proxy_url = re.findall(r"http://127\.0\.0\.1:\d+", line.decode())[0]
         path.write_text(text.replace("ramp: {base: 0.0}", "ramp: {base: 1.0}"))
-        process.send_signal(signal.SIGHUP)
+        served.process.send_signal(signal.SIGHUP)
+        line = b""
         while b"applied" not in line:
-            line = await asyncio.wait_for(process.stderr.readline(), timeout=10)
+            line = await served.next_line()
         assert b"(signal)" in line or b"(file)" in line
-        async with client.get(proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
+        async with client.get(served.proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
             assert resp.headers["X-Grayscale-Variant"] == "candidate"
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), timeout=20) == 0
