@@ -232,6 +232,55 @@ async def sse_upstream(port: int) -> web.AppRunner:
     return runner
 
 
+def slow_clients(folder: Path, clients: int) -> dict[str, float]:
+    """Grayscale's RSS while `clients` concurrent clients read 5 s event streams slowly."""
+    upstream = free_port()
+    port = free_port()
+    conf = folder / "grayscale-slow.yaml"
+    conf.write_text(
+        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
+        "state: {backend: memory}\nroutes:\n  - name: slow\n    match: {path_prefix: /}\n"
+        f'    stable: {{url: "http://127.0.0.1:{upstream}", max_connections: {clients * 2}}}\n'
+        f'    candidate: {{url: "http://127.0.0.1:{upstream}", max_connections: {clients * 2}}}\n'
+        '    cohort: {keys: ["header:X-User-Id"]}\n'
+    )
+
+    async def measure() -> dict[str, float]:
+        runner = await sse_upstream(upstream)
+        try:
+            with process(
+                [sys.executable, "-m", "proxy", "serve", "--config", str(conf)], port, cwd=ROOT
+            ) as proc:
+                baseline = peak = rss_mib(proc.pid)
+                connector = aiohttp.TCPConnector(limit=0)
+                async with aiohttp.ClientSession(connector=connector) as session:
+
+                    async def reader(i: int) -> int:
+                        url = f"http://127.0.0.1:{port}/sse/250"  # 250 events, 20 ms apart
+                        async with session.get(url, headers={"X-User-Id": f"u{i}"}) as resp:
+                            total = 0
+                            while chunk := await resp.content.read(16):
+                                total += len(chunk)
+                                await asyncio.sleep(0.02)  # 0.8 KB/s: slower than the stream
+                            return total
+
+                    tasks = [asyncio.create_task(reader(i)) for i in range(clients)]
+                    while not all(task.done() for task in tasks):
+                        await asyncio.sleep(0.2)
+                        peak = max(peak, rss_mib(proc.pid))
+                    completed = sum(1 for t in tasks if not t.exception() and t.result() > 0)
+        finally:
+            await runner.cleanup()
+        return {
+            "clients": clients,
+            "completed": completed,
+            "baseline_mib": baseline,
+            "peak_mib": peak,
+        }
+
+    return asyncio.run(measure())
+
+
 def streaming(folder: Path) -> dict[str, object]:
     """Added delay per SSE event through Grayscale, and whether events were coalesced."""
     upstream = free_port()
@@ -277,10 +326,16 @@ def main() -> None:
         default=200_000,
         help="requests for the memory-flatness check (0 skips it)",
     )
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, no memory check")
+    parser.add_argument(
+        "--slow-clients",
+        type=int,
+        default=1000,
+        help="concurrent slow readers for the memory check (0 skips it)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, no memory checks")
     args = parser.parse_args()
     if args.quick:
-        args.duration, args.rounds, args.memory_requests = 2.0, 1, 0
+        args.duration, args.rounds, args.memory_requests, args.slow_clients = 2.0, 1, 0, 0
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if missing:
         sys.exit(f"{' and '.join(missing)} not found: apt-get install wrk nginx-light")
@@ -388,6 +443,7 @@ def main() -> None:
             memory["after_mib"] = rss_mib(on_proc.pid)
             memory["requests"] = seconds * rate
     stream = streaming(folder)
+    slow = slow_clients(folder, args.slow_clients) if args.slow_clients else {}
 
     def med(name: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in results[name])
@@ -431,6 +487,11 @@ def main() -> None:
             f"memory: RSS {memory['before_mib']:.0f} -> {memory['half_mib']:.0f} -> "
             f"{memory['after_mib']:.0f} MiB over {memory['requests']:,.0f} requests "
             f"(second half {growth:+.1%})"
+        )
+    if slow:
+        lines.append(
+            f"slow clients: {slow['completed']:.0f}/{slow['clients']:.0f} slow event-stream readers"
+            f" completed; RSS {slow['baseline_mib']:.0f} MiB, peak {slow['peak_mib']:.0f} MiB"
         )
     print("\n".join(lines))
     out = ROOT / "loadtests" / "results"
