@@ -57,7 +57,6 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
-        self._header_name = b""
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -77,8 +76,17 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._writable.set()
+        if not self.complete and self._delimited_by_close():
+            self.complete = True  # an answer without length or chunks ends when the line closes
+            self._wake()
         if not self.complete:
             self._fail(UpstreamError("reset", "the upstream closed the connection"))
+
+    def _delimited_by_close(self) -> bool:
+        if not self._head.done() or self._head.exception() is not None or self._error:
+            return False
+        names = {name.lower() for name, _ in self.headers}
+        return "content-length" not in names and "transfer-encoding" not in names
 
     def pause_writing(self) -> None:
         self._writable.clear()

@@ -232,3 +232,28 @@ async def test_head_request_gets_headers_only(proxy, client):
         assert resp.status == 200
         assert int(resp.headers["Content-Length"]) > 0
         assert await resp.read() == b""
+
+
+async def test_answer_delimited_by_closing_the_connection(start_proxy, client):
+    async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n")
+        for part in (b"no length, ", b"no chunks: ", b"the end is the close"):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.close()
+
+    server = await asyncio.start_server(old_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy(
+        route_yaml(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}", share=0.0)
+    )
+    try:
+        for _ in range(2):  # the connection is not reused: the second one is new
+            async with client.get(proxy.proxy_url + "/old") as resp:
+                assert resp.status == 200
+                assert await resp.read() == b"no length, no chunks: the end is the close"
+    finally:
+        server.close()
+        await server.wait_closed()
