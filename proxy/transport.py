@@ -283,11 +283,13 @@ class Pool:
 
 
 class Origin:
-    """A parsed upstream base URL: where to connect, the Host header, and a path prefix."""
+    """A parsed upstream base URL: where to connect, the Host header, a path prefix, and for
+    https the authorities that may vouch for its certificate (`ca_file`, else the system's)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, ca_file: str | None = None):
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
+        self.ca_file = ca_file
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.tls else 80)
         default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
@@ -300,16 +302,14 @@ class UpstreamClient:
     """Sends requests to upstreams over pooled keep-alive connections."""
 
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, int, bool], Pool] = {}
-        self._tls = ssl.create_default_context()
+        self._pools: dict[tuple[str, int, bool, str | None], Pool] = {}
 
     def _pool(self, origin: Origin) -> Pool:
-        key = (origin.host, origin.port, origin.tls)
+        key = (origin.host, origin.port, origin.tls, origin.ca_file)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(
-                origin.host, origin.port, self._tls if origin.tls else None
-            )
+            tls = ssl.create_default_context(cafile=origin.ca_file) if origin.tls else None
+            pool = self._pools[key] = Pool(origin.host, origin.port, tls)
         return pool
 
     async def request(

@@ -553,7 +553,15 @@ class _Parser:
             max_pending=self.field(
                 fields, "max_pending", path, self.count_or_zero, base.max_pending
             ),
+            ca_file=self.field(fields, "ca_file", path, self.readable_file, None),
         )
+
+    def readable_file(self, node: Node, path: str, default: str | None) -> str | None:
+        value = self.string(node, path, "")
+        if value and not Path(value).is_file():
+            self.fail(node, path, f"no such file: {value}")
+            return default
+        return value or default
 
     def ejection(self, node: Node, path: str, default: Ejection | None) -> Ejection | None:
         if isinstance(node, ScalarNode) and self.scalar(node, path) is False:

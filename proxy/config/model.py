@@ -71,7 +71,8 @@ class Upstream:
     `first_byte_timeout` bounds the wait for the answer's headers, `idle_timeout` the silence
     between two chunks of a streamed answer, `timeout` the whole exchange. At most
     `max_connections` requests are in flight to it; `max_pending` more may wait for a slot, and
-    beyond that requests are refused with 503.
+    beyond that requests are refused with 503. An https upstream's certificate is checked
+    against the system's authorities, or those in `ca_file`.
     """
 
     url: str
@@ -81,6 +82,7 @@ class Upstream:
     timeout: float = 300.0
     max_connections: int = 512
     max_pending: int = 512
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

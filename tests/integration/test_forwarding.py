@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.integration.conftest import (
     GZIP_BODY,
     PROBE,
     UpstreamProbe,
+    build_upstream,
     free_port,
     route_yaml,
     url_of,
@@ -257,3 +262,59 @@ async def test_answer_delimited_by_closing_the_connection(start_proxy, client):
     finally:
         server.close()
         await server.wait_closed()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_upstreams_are_verified(upstreams, start_proxy, client, tmp_path):
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    runner = web.AppRunner(build_upstream("tls"), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        url = f"https://127.0.0.1:{port}"
+        trusted = route_yaml(url, url, share=0.0).replace(
+            "connect_timeout: 1s}", f"connect_timeout: 1s, ca_file: {cert}}}"
+        )
+        proxy = await start_proxy(trusted)
+        for _ in range(3):  # the second and third reuse the pooled TLS connection
+            async with client.post(proxy.proxy_url + "/v1/x", data=b"over tls") as resp:
+                body = await resp.json()
+            assert "upstream" in body, body
+            assert (resp.status, body["upstream"], body["body_length"]) == (200, "tls", 8)
+        untrusted = await start_proxy(route_yaml(url, url, share=0.0))
+        async with client.get(untrusted.proxy_url + "/v1/x") as resp:
+            assert resp.status == 502
+            assert "certificate" in (await resp.json())["message"]
+    finally:
+        await runner.cleanup()
