@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -255,3 +256,51 @@ def test_booleans_need_quotes_but_numbers_become_strings():
     )
     (segment,) = parse_config(text).routes[0].segments
     assert segment.when[0].values == frozenset({"2", "yes"})
+
+
+def test_every_field_of_every_section_is_read(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    text = f"""
+server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
+          max_body_bytes: 5, shutdown_delay: 3s, drain_timeout: 4s}}
+admin: {{token_env: TOK, protect_reads: true}}
+state: {{backend: memory, path: x.json}}
+access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
+routes:
+  - name: r
+    match: {{path_prefix: /r}}
+    stable: {{url: "https://a:1", connect_timeout: 1s, first_byte_timeout: 2s, idle_timeout: 3s,
+              timeout: 4s, max_connections: 5, max_pending: 6, ca_file: {ca}}}
+    candidate: {{url: "http://b:1"}}
+    cohort: {{keys: ["header:U"], salt: s, missing: random}}
+    ramp: {{start: "2026-01-01T00:00:00Z", base: 0.1, slope: 0.2, per: 1h, max: 0.9}}
+    analysis: {{interval: 1s, window: 2s, min_requests: 3, max_error_rate_increase: 0.02,
+                max_latency_ratio: 2, latency_quantile: 0.9, latency: ttfb, confidence: 0.9,
+                failures_before_rollback: 4, on_inconclusive: continue}}
+    on_rollback: {{webhook: "http://h:1/x", timeout: 2s, attempts: 5}}
+    fallback: never
+    ejection: {{consecutive_errors: 7, base_time: 1s, max_time: 2s}}
+"""
+    config = parse_config(text)
+    defaults = parse_config(
+        "routes:\n" + MINIMAL_ROUTE + "    analysis: {}\n"
+        "    on_rollback: {webhook: 'http://h:1'}\naccess_log: {path: stdout}\n"
+    )
+    # Every field differs from its default, so a field the loader forgot would show here.
+    for read, default in (
+        (config.server, defaults.server),
+        (config.admin, defaults.admin),
+        (config.state, defaults.state),
+        (config.access_log, defaults.access_log),
+        (config.routes[0].stable, defaults.routes[0].stable),
+        (config.routes[0].cohort, defaults.routes[0].cohort),
+        (config.routes[0].ramp, defaults.routes[0].ramp),
+        (config.routes[0].analysis, defaults.routes[0].analysis),
+        (config.routes[0].on_rollback, defaults.routes[0].on_rollback),
+        (config.routes[0].ejection, defaults.routes[0].ejection),
+    ):
+        assert read is not None and default is not None
+        for field in dataclasses.fields(read):
+            assert getattr(read, field.name) != getattr(default, field.name), field.name
+    assert config.routes[0].fallback.value == "never"
