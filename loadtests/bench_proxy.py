@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,6 +87,13 @@ def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def serve(config: Path, port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`grayscale serve --config CONFIG`, listening on `port`."""
+    return process(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)], port, cwd=ROOT
+    )
 
 
 def nginx_conf(folder: Path, upstream_ports: tuple[int, int], proxy_port: int) -> Path:
@@ -248,9 +255,7 @@ def slow_clients(folder: Path, clients: int) -> dict[str, float]:
     async def measure() -> dict[str, float]:
         runner = await sse_upstream(upstream)
         try:
-            with process(
-                [sys.executable, "-m", "proxy", "serve", "--config", str(conf)], port, cwd=ROOT
-            ) as proc:
+            with serve(conf, port) as proc:
                 baseline = peak = rss_mib(proc.pid)
                 connector = aiohttp.TCPConnector(limit=0)
                 async with aiohttp.ClientSession(connector=connector) as session:
@@ -298,9 +303,7 @@ def streaming(folder: Path) -> dict[str, object]:
         runner = await sse_upstream(upstream)
         try:
             direct = await sse_delays(None, f"http://127.0.0.1:{upstream}", 200)
-            with process(
-                [sys.executable, "-m", "proxy", "serve", "--config", str(conf)], port, cwd=ROOT
-            ):
+            with serve(conf, port):
                 through = await sse_delays(f"http://127.0.0.1:{port}", "", 200)
         finally:
             await runner.cleanup()
@@ -364,30 +367,8 @@ def main() -> None:
             minimal,
             env=env,
         ) as minimal_proc,
-        process(
-            [
-                python,
-                "-m",
-                "proxy",
-                "serve",
-                "--config",
-                str(grayscale_conf(folder, upstreams, on, True)),
-            ],
-            on,
-            cwd=ROOT,
-        ) as on_proc,
-        process(
-            [
-                python,
-                "-m",
-                "proxy",
-                "serve",
-                "--config",
-                str(grayscale_conf(folder, upstreams, off, False)),
-            ],
-            off,
-            cwd=ROOT,
-        ) as off_proc,
+        serve(grayscale_conf(folder, upstreams, on, True), on) as on_proc,
+        serve(grayscale_conf(folder, upstreams, off, False), off) as off_proc,
     ):
         targets = {
             "direct (nginx return 200)": (upstream, None),

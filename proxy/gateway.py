@@ -127,26 +127,23 @@ class Gateway:
             self._breakers[key] = Breaker(route.name, route.ejection)
         return self._breakers[key]
 
+    def _target(self, route: str, variant: Variant, upstream: Upstream) -> Target:
+        return Target(
+            route,
+            variant.value,
+            upstream,
+            self._limiter(upstream),
+            Origin(upstream.url, upstream.ca_file),
+        )
+
     def _compile(self, config: Config) -> Snapshot:
         routes = {}
         for route in config.routes:
             routes[route.name] = RouteWiring(
                 route=route,
                 targets={
-                    _STABLE: Target(
-                        route.name,
-                        "stable",
-                        route.stable,
-                        self._limiter(route.stable),
-                        Origin(route.stable.url, route.stable.ca_file),
-                    ),
-                    _CANDIDATE: Target(
-                        route.name,
-                        "candidate",
-                        route.candidate,
-                        self._limiter(route.candidate),
-                        Origin(route.candidate.url, route.candidate.ca_file),
-                    ),
+                    _STABLE: self._target(route.name, _STABLE, route.stable),
+                    _CANDIDATE: self._target(route.name, _CANDIDATE, route.candidate),
                 },
                 metrics=self.recorder.route(route.name),
                 windows=self.observations.windows.get(route.name) if route.analysis else None,

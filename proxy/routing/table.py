@@ -25,13 +25,12 @@ class ActiveRoute:
 class RoutingTable:
     """Routes matched by path prefix; the longest matching prefix wins."""
 
-    __slots__ = ("_by_name", "_ordered")
+    __slots__ = ("_ordered",)
 
     def __init__(self, routes: Sequence[Route]):
         """Compile `routes` into a table."""
         active = [ActiveRoute.of(r) for r in routes]
         self._ordered = tuple(sorted(active, key=lambda a: len(a.route.path_prefix), reverse=True))
-        self._by_name = {a.route.name: a for a in active}
 
     def match(self, path: str) -> ActiveRoute | None:
         """The route with the longest prefix of `path`, or None."""
@@ -39,12 +38,3 @@ class RoutingTable:
             if path.startswith(active.route.path_prefix):
                 return active
         return None
-
-    def get(self, name: str) -> ActiveRoute | None:
-        """The route called `name`, or None."""
-        return self._by_name.get(name)
-
-    @property
-    def routes(self) -> tuple[ActiveRoute, ...]:
-        """All routes, in the order they were configured."""
-        return tuple(self._by_name.values())

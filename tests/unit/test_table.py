@@ -38,10 +38,3 @@ def test_no_match_returns_none():
 def test_prefix_is_a_plain_string_prefix():
     table = RoutingTable(ROUTES)
     assert table.match("/v1/models/sentiment-v3/x").route.name == "sentiment"
-
-
-def test_routes_by_name_in_config_order():
-    table = RoutingTable(ROUTES)
-    assert table.get("chat").route is ROUTES[2]
-    assert table.get("nope") is None
-    assert [a.route.name for a in table.routes] == ["models", "sentiment", "chat"]
