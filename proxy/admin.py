@@ -16,7 +16,6 @@ from prometheus_client.core import GaugeMetricFamily
 from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
 from proxy.ejection import Breaker
-from proxy.forwarding import error_response
 from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
 from proxy.reload import ReloadResult
 from proxy.rollout.controller import RolloutController
@@ -29,6 +28,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def token_id(token: str) -> str:
     """How a token appears in audit lines: a short hash, never the token."""
     return "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def error_response(status: int, error: str, message: str, **fields: str) -> web.Response:
+    """A JSON error answer: ``{"error": ..., "message": ..., **fields}``."""
+    return web.json_response({"error": error, "message": message, **fields}, status=status)
 
 
 class Admin:

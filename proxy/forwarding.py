@@ -8,43 +8,35 @@ headers are dropped in both directions, and client errors map to a 502/504 with 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
-from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy, istr
-
 from proxy.config.model import Upstream
+from proxy.listener import ClientGone, Headers, Request
 from proxy.transport import Answer, Body, Origin, UpstreamClient, UpstreamError
 
 log = logging.getLogger("grayscale.forwarding")
 
-VARIANT_HEADER = istr("X-Grayscale-Variant")
-ROUTE_HEADER = istr("X-Grayscale-Route")
-FALLBACK_HEADER = istr("X-Grayscale-Fallback")
+VARIANT_HEADER = "X-Grayscale-Variant"
+ROUTE_HEADER = "X-Grayscale-Route"
+FALLBACK_HEADER = "X-Grayscale-Fallback"
 _INTERNAL_PREFIX = "x-grayscale-"
 _HOP_BY_HOP = frozenset(
-    istr(h)
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
-_NOT_FORWARDED = frozenset(istr(h) for h in ("Host", "Expect", "Content-Length"))
-_XFF = istr("X-Forwarded-For")
-_CONTENT_TYPE = istr("Content-Type")
-_XF_PROTO = istr("X-Forwarded-Proto")
-_XF_HOST = istr("X-Forwarded-Host")
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "expect", "content-length"}
 
 
 class Overloaded(Exception):
@@ -116,15 +108,12 @@ class UpstreamFailure:
     detail: str
 
 
-def _dropped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Hop-by-hop headers, including those the `Connection` header names."""
-    named = [
-        token.strip() for value in headers.getall("Connection", ()) for token in value.split(",")
-    ]
-    return _HOP_BY_HOP.union(istr(token) for token in named if token)
+def _named_by_connection(values: list[str]) -> set[str]:
+    """The headers a `Connection` header names: hop-by-hop too."""
+    return {token.strip().lower() for value in values for token in value.split(",")} - {""}
 
 
-def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
+def upstream_headers(request: Request) -> Headers:
     """The request headers to send upstream.
 
     Hop-by-hop headers, `Host` (set from the upstream URL), `Content-Length` (the transport frames
@@ -132,51 +121,52 @@ def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     `X-Grayscale-*` header are dropped. `X-Forwarded-For` gets the peer appended;
     `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a proxy in front already set them.
     """
-    drop = _dropped(request.headers)
-    headers: list[tuple[str, str]] = []
+    named = _named_by_connection(request.header_values("connection"))
+    headers: Headers = []
     forwarded_for = proto = host = None
-    for name, value in request.headers.items():
-        if name in drop or name in _NOT_FORWARDED or name.lower().startswith(_INTERNAL_PREFIX):
+    for name, value in request.headers:
+        key = name.lower()
+        if key in _NOT_FORWARDED or key in named or key.startswith(_INTERNAL_PREFIX):
             continue
-        if name == _XFF:
+        if key == "x-forwarded-for":
             forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
             continue
-        if name == _XF_PROTO:
+        if key == "x-forwarded-proto":
             proto = value
-        elif name == _XF_HOST:
+        elif key == "x-forwarded-host":
             host = value
         headers.append((name, value))
     peer = request.remote or ""
     headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
     if proto is None:
-        headers.append(("X-Forwarded-Proto", request.scheme))
+        headers.append(("X-Forwarded-Proto", "http"))
     if host is None and request.host:
         headers.append(("X-Forwarded-Host", request.host))
     return headers
 
 
-def _copy_response_headers(answer: Answer, headers: CIMultiDict[str], target: Target) -> None:
-    """Copy the upstream's answer headers into `headers`, less hop-by-hop ones, plus ours."""
-    named = [
-        token.strip()
-        for name, value in answer.headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    ]
-    drop = _HOP_BY_HOP.union(istr(token) for token in named if token)
+def answer_headers(answer: Answer, target: Target, fallback: str | None) -> Headers:
+    """The upstream's answer headers for the client: less hop-by-hop ones and Content-Length
+    (the listener frames the body), plus ours."""
+    named = _named_by_connection(
+        [value for name, value in answer.headers if name.lower() == "connection"]
+    )
+    headers: Headers = []
     event_stream = False
     for name, value in answer.headers:
-        key = istr(name)
-        if key not in drop:
-            headers.add(key, value)
-            event_stream = event_stream or (
-                key == _CONTENT_TYPE and value.startswith("text/event-stream")
-            )
-    headers[VARIANT_HEADER] = target.variant
-    headers[ROUTE_HEADER] = target.route
+        key = name.lower()
+        if key in _HOP_BY_HOP or key in named or key == "content-length":
+            continue
+        headers.append((name, value))
+        if key == "content-type" and value.startswith("text/event-stream"):
+            event_stream = True
+    headers += [(VARIANT_HEADER, target.variant), (ROUTE_HEADER, target.route)]
+    if fallback is not None:
+        headers.append((FALLBACK_HEADER, fallback))
     if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
-        headers["X-Accel-Buffering"] = "no"
+        headers.append(("X-Accel-Buffering", "no"))
+    return headers
 
 
 _FAILURES = {
@@ -206,12 +196,6 @@ _RETRYABLE = frozenset({"connect", "overloaded"})  # the request never reached t
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def error_response(status: int, error: str, message: str, **fields: str) -> web.Response:
-    """A JSON error answer: ``{"error": ..., "message": ..., **fields}``."""
-    body = json.dumps({"error": error, "message": message, **fields})
-    return web.Response(status=status, text=body, content_type="application/json")
-
-
 class _Unavailable(Exception):
     """An upstream could not be asked or did not answer; no byte reached the client."""
 
@@ -222,12 +206,12 @@ class _Unavailable(Exception):
 class _BodyLimit:
     """A request body streamed through, failing once it passes `limit` bytes."""
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int):
-        self.content, self.limit, self.exceeded = content, limit, False
+    def __init__(self, request: Request, limit: int):
+        self.request, self.limit, self.exceeded = request, limit, False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self.content.iter_any():
+        async for chunk in self.request.chunks():
             seen += len(chunk)
             if seen > self.limit:
                 self.exceeded = True
@@ -237,7 +221,7 @@ class _BodyLimit:
 
 async def _open(
     client: UpstreamClient,
-    request: web.BaseRequest,
+    request: Request,
     target: Target,
     body: Body,
     limit: _BodyLimit | None,
@@ -249,12 +233,12 @@ async def _open(
         await target.limiter.acquire(upstream.connect_timeout)
     except Overloaded:
         raise _Unavailable(OVERLOADED) from None
-    sent = asyncio.get_running_loop().time()
+    sent = time.monotonic()
     try:
         answer = await client.request(
             target.origin,
             request.method,
-            target=request.raw_path,
+            target=request.target,
             headers=upstream_headers(request),
             body=body,
             content_length=request.content_length,
@@ -285,22 +269,26 @@ def _note_failure(target: Target, exchange: Exchange, failure: UpstreamFailure, 
     )
 
 
-def _failed(target: Target, exchange: Exchange, failure: UpstreamFailure) -> web.Response:
-    """The JSON answer to a request whose upstream could not answer."""
+def _failed(request: Request, target: Target, exchange: Exchange, failure: UpstreamFailure) -> None:
+    """Answer with JSON: the upstream could not answer."""
     exchange.variant = target.variant
     exchange.status = failure.status
     if failure.reason != "body":
         _note_failure(target, exchange, failure, "before the answer")
-    answer = error_response(
-        failure.status, failure.error, failure.detail, route=target.route, variant=target.variant
+    request.reply_json(
+        failure.status,
+        {
+            "error": failure.error,
+            "message": failure.detail,
+            "route": target.route,
+            "variant": target.variant,
+        },
+        [(VARIANT_HEADER, target.variant), (ROUTE_HEADER, target.route)],
     )
-    answer.headers[VARIANT_HEADER] = target.variant
-    answer.headers[ROUTE_HEADER] = target.route
-    return answer
 
 
 async def forward(
-    request: web.BaseRequest,
+    request: Request,
     client: UpstreamClient,
     target: Target,
     exchange: Exchange,
@@ -308,7 +296,7 @@ async def forward(
     max_body: int,
     fallback: Target | None = None,
     fallback_on_5xx: bool = False,
-) -> web.StreamResponse:
+) -> None:
     """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
 
     When `target` cannot be reached (or has no free connection slot) the request goes to
@@ -319,35 +307,35 @@ async def forward(
     """
     limit: _BodyLimit | None = None
     body: Body = None
-    if request.body_exists:
+    if request.has_body:
         length = request.content_length
         if length is not None and length > max_body:
-            return _failed(target, exchange, BODY_TOO_LARGE)
+            return _failed(request, target, exchange, BODY_TOO_LARGE)
         if length is None:
-            limit = _BodyLimit(request.content, max_body)
+            limit = _BodyLimit(request, max_body)
             body = limit.chunks()
         elif length <= SMALL_BODY:
             body = await request.read()  # one write upstream: cheaper than streaming a few KiB
         else:
-            body = request.content.iter_any()
+            body = request.chunks()
     try:
         answer, sent = await _open(client, request, target, body, limit)
     except _Unavailable as first:
         if fallback is None or first.failure.reason not in _RETRYABLE:
-            return _failed(target, exchange, first.failure)
+            return _failed(request, target, exchange, first.failure)
         exchange.first_error = exchange.fallback = first.failure.reason
         target = fallback
         try:
             answer, sent = await _open(client, request, target, body, limit)
         except _Unavailable as second:
-            return _failed(target, exchange, second.failure)
+            return _failed(request, target, exchange, second.failure)
     if (
         fallback is not None
         and fallback_on_5xx
         and target is not fallback
         and answer.status >= 500
         and request.method in _REPLAYABLE_METHODS
-        and not request.body_exists
+        and not request.has_body
     ):
         answer.release()
         target.limiter.release()
@@ -356,72 +344,58 @@ async def forward(
         try:
             answer, sent = await _open(client, request, target, None, None)
         except _Unavailable as second:
-            return _failed(target, exchange, second.failure)
+            return _failed(request, target, exchange, second.failure)
     if limit is not None and limit.exceeded:
         # The body passed the limit on its way: the upstream saw a cut-off request.
         answer.release()
         target.limiter.release()
-        return _failed(target, exchange, BODY_TOO_LARGE)
+        return _failed(request, target, exchange, BODY_TOO_LARGE)
     exchange.variant = target.variant
     try:
-        return await _stream(request, answer, target, exchange, sent)
+        await _stream(request, answer, target, exchange, sent)
     finally:
         answer.release()
         target.limiter.release()
 
 
 async def _whole(
-    answer: Answer, target: Target, exchange: Exchange, sent: float
-) -> web.StreamResponse:
+    request: Request, answer: Answer, target: Target, exchange: Exchange, sent: float
+) -> None:
     """Read a small answer whole and send it at once; a failure is still a clean 502/504."""
     upstream = target.upstream
     try:
         body = await answer.read(upstream.idle_timeout, sent + upstream.timeout)
     except UpstreamError as exc:
-        return _failed(target, exchange, classify(exc))
-    exchange.ttfb = asyncio.get_running_loop().time() - sent
-    response = web.Response(status=answer.status, reason=answer.reason, body=body)
-    _copy_response_headers(answer, response.headers, target)
-    del response.headers[hdrs.CONTENT_LENGTH]  # set again from the body
-    if exchange.fallback is not None:
-        response.headers[FALLBACK_HEADER] = exchange.fallback
+        return _failed(request, target, exchange, classify(exc))
+    exchange.ttfb = time.monotonic() - sent
+    headers = answer_headers(answer, target, exchange.fallback)
+    request.reply(answer.status, headers, body, answer.reason)
     exchange.status = answer.status
     exchange.bytes_out = len(body)
-    return response
 
 
 async def _stream(
-    request: web.BaseRequest,
-    answer: Answer,
-    target: Target,
-    exchange: Exchange,
-    sent: float,
-) -> web.StreamResponse:
+    request: Request, answer: Answer, target: Target, exchange: Exchange, sent: float
+) -> None:
     """Stream `answer` to the client chunk by chunk (a small answer of known size in one go)."""
-    loop = asyncio.get_running_loop()
     length = answer.content_length
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":
-        return await _whole(answer, target, exchange, sent)
-    response = web.StreamResponse(status=answer.status, reason=answer.reason)
-    _copy_response_headers(answer, response.headers, target)
-    if exchange.fallback is not None:
-        response.headers[FALLBACK_HEADER] = exchange.fallback
+        return await _whole(request, answer, target, exchange, sent)
+    headers = answer_headers(answer, target, exchange.fallback)
     try:
-        await response.prepare(request)
+        request.start(answer.status, headers, length, answer.reason)
         exchange.status = answer.status
         upstream = target.upstream
         async for chunk in answer.chunks(upstream.idle_timeout, sent + upstream.timeout):
             if exchange.ttfb is None:
-                exchange.ttfb = loop.time() - sent
-            await response.write(chunk)
+                exchange.ttfb = time.monotonic() - sent
+            await request.write(chunk)
             exchange.bytes_out += len(chunk)
         if exchange.ttfb is None:
-            exchange.ttfb = loop.time() - sent
-        await response.write_eof()
-    except ConnectionResetError:
+            exchange.ttfb = time.monotonic() - sent
+        request.end()
+    except ClientGone:
         pass  # the client went away mid-answer: closing the answer ends the upstream request
     except UpstreamError as exc:
         _note_failure(target, exchange, classify(exc), "mid-answer")
-        if request.transport is not None:
-            request.transport.close()
-    return response
+        request.abort()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-from aiohttp import hdrs, web
 
 from proxy.access_log import AccessLog, Entry
 from proxy.analysis.window import LocalObservations, Window
@@ -21,7 +18,8 @@ from proxy.config.model import (
     Variant,
 )
 from proxy.ejection import Breaker
-from proxy.forwarding import BODY_TOO_LARGE, Exchange, Limiter, Target, error_response, forward
+from proxy.forwarding import BODY_TOO_LARGE, Exchange, Limiter, Target, forward
+from proxy.listener import BadRequest, Request
 from proxy.metrics import ERROR_REASONS, Recorder, VariantMetrics
 from proxy.rollout.controller import RolloutController
 from proxy.routing import Decision, RoutingTable, decide
@@ -33,11 +31,11 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer s
 
 
 class HttpFacts:
-    """Adapts an aiohttp request to the decision core's `RequestFacts`."""
+    """Adapts a listener request to the decision core's `RequestFacts`."""
 
     __slots__ = ("_request", "_trusted")
 
-    def __init__(self, request: web.BaseRequest, trusted: tuple[IPNetwork, ...]):
+    def __init__(self, request: Request, trusted: tuple[IPNetwork, ...]):
         self._request = request
         self._trusted = trusted
 
@@ -47,17 +45,17 @@ class HttpFacts:
 
     @property
     def client_ip(self) -> str | None:
-        forwarded = self._request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+        forwarded = self._request.header_values("x-forwarded-for")
         return client_ip(self._request.remote, forwarded, self._trusted)
 
     def header(self, name: str) -> str | None:
-        return self._request.headers.get(name)
+        return self._request.header(name)
 
     def cookie(self, name: str) -> str | None:
-        return self._request.cookies.get(name)
+        return self._request.cookie(name)
 
     def query(self, name: str) -> str | None:
-        return self._request.query.get(name)
+        return self._request.query(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +97,7 @@ class Gateway:
         self.recorder = recorder
         self.access_log = access_log
         self.observations = observations
-        self.client: UpstreamClient | None = None
+        self.client = UpstreamClient()
         self._limiters: dict[tuple[str, int, int], Limiter] = {}
         self._breakers: dict[tuple[str, str, Ejection], Breaker] = {}
         self.snapshot = self._compile(config)
@@ -151,14 +149,15 @@ class Gateway:
             )
         return Snapshot(config, RoutingTable(config.routes), routes)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Route one request to its route's stable or candidate upstream."""
+    async def handle(self, request: Request) -> None:
+        """Route one request to its route's stable or candidate upstream, and answer it."""
         started = time.monotonic()
         snapshot = self.snapshot
         active = snapshot.table.match(request.path)
         if active is None:
             self.recorder.unmatched.inc()
-            return error_response(404, "no_route", "no route matches this path", path=request.path)
+            document = {"error": "no_route", "message": "no route matches this path"}
+            return request.reply_json(404, {**document, "path": request.path})
         name = active.route.name
         wiring = snapshot.routes[name]
         route = wiring.route
@@ -177,8 +176,7 @@ class Gateway:
         in_flight = wiring.metrics[target.variant].in_flight
         in_flight.inc()
         try:
-            assert self.client is not None, "the gateway is not running"
-            return await forward(
+            await forward(
                 request,
                 self.client,
                 target,
@@ -187,6 +185,9 @@ class Gateway:
                 fallback=fallback,
                 fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
             )
+        except BadRequest as exc:  # the client's body turned out malformed; the listener answers
+            exchange.status = exc.status
+            raise
         finally:
             in_flight.dec()
             duration = time.monotonic() - started
@@ -194,7 +195,7 @@ class Gateway:
 
     def _record(
         self,
-        request: web.BaseRequest,
+        request: Request,
         wiring: RouteWiring,
         decision: Decision,
         exchange: Exchange,
@@ -231,7 +232,7 @@ class Gateway:
                     exchange.error,
                     duration,
                     exchange.ttfb,
-                    request.content.total_bytes,
+                    request.body_bytes,
                     exchange.bytes_out,
                 )
             )
@@ -248,18 +249,3 @@ class Gateway:
         if exchange.status == CLIENT_CLOSED:
             latency = None  # cut short by the client: says nothing about the upstream's speed
         wiring.windows[exchange.variant].add(time.time(), error, latency)
-
-    async def _upstream_client(self, app: web.Application) -> AsyncIterator[None]:
-        """One pool of keep-alive connections per upstream, closed on shutdown."""
-        self.client = UpstreamClient()
-        yield
-        self.client.close()
-        self.client = None
-
-    def build_app(self) -> web.Application:
-        """The aiohttp application serving this gateway."""
-        # Bodies are streamed, never read whole, so the server's body size limit does not apply.
-        app = web.Application(handler_args={"max_field_size": 16384})
-        app.cleanup_ctx.append(self._upstream_client)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app

@@ -18,6 +18,7 @@ from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import Config, StateBackend
 from proxy.gateway import Gateway
+from proxy.listener import Listener
 from proxy.metrics import Recorder
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.rollout.controller import RolloutController
@@ -88,15 +89,10 @@ class Server:
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
-        self._runners = [
-            web.AppRunner(
-                self.gateway.build_app(),
-                handler_cancellation=True,
-                access_log=None,
-                shutdown_timeout=config.server.drain_timeout,
-            ),
-            web.AppRunner(self.admin.build_app(), access_log=None, shutdown_timeout=5.0),
-        ]
+        self.listener = Listener(self.gateway.handle)
+        self._admin_runner = web.AppRunner(
+            self.admin.build_app(), access_log=None, shutdown_timeout=5.0
+        )
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -106,12 +102,13 @@ class Server:
         if self.access_log is not None:
             self.access_log.start()
         server = self.config.server
-        urls: list[str] = []
-        for runner, listen in zip(self._runners, (server.listen, server.admin_listen), strict=True):
-            await runner.setup()
-            await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
-            urls.append(_url(runner.addresses[0]))
-        self.proxy_url, self.admin_url = urls
+        await self.listener.start(server.listen.host, server.listen.port)
+        self.proxy_url = _url(self.listener.address)
+        runner = self._admin_runner
+        await runner.setup()
+        listen = server.admin_listen
+        await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
+        self.admin_url = _url(runner.addresses[0])
         await self.notifier.start()
         self.analyzer.start()
         if self._watcher is not None:
@@ -143,11 +140,11 @@ class Server:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.analyzer.stop()
-        log.info(
-            "draining requests in flight (at most %.0f s)", self.started_with.server.drain_timeout
-        )
-        for runner in self._runners:  # the proxy first: the admin API answers while it drains
-            await runner.cleanup()
+        drain = self.started_with.server.drain_timeout
+        log.info("draining requests in flight (at most %.0f s)", drain)
+        await self.listener.stop(drain)  # the admin API answers while the proxy drains
+        await self._admin_runner.cleanup()
+        self.gateway.client.close()
         await self.notifier.close()
         if self.access_log is not None:
             self.access_log.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import cast
@@ -208,15 +209,14 @@ class Answer:
 
     async def chunks(self, idle_timeout: float, deadline: float) -> AsyncIterator[bytes]:
         """The body as it arrives. `idle_timeout` bounds the silence between two pieces, and
-        `deadline` (event loop time) the whole answer."""
+        `deadline` (`time.monotonic()`) the whole answer."""
         if self._head_only:
             return
         connection = self._connection
-        loop = asyncio.get_running_loop()
         while True:
             data = connection.next_chunk()
             if data is None:  # nothing here yet: wait, but not for ever
-                wait = min(idle_timeout, deadline - loop.time())
+                wait = min(idle_timeout, deadline - time.monotonic())
                 try:
                     async with asyncio.timeout(wait):
                         await connection.more()

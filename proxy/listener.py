@@ -1,0 +1,629 @@
+"""A lean HTTP/1.1 server for the data plane: requests parsed by llhttp (through httptools) on
+asyncio protocols, answers written straight to the socket.
+
+It does what a proxy's listener needs: keep-alive and pipelining (answered in order), request
+bodies streamed with flow control, `100-continue` sent when the body is first read, answers of
+known length, chunked or (for HTTP/1.0) delimited by closing, limits on the request head, an
+idle timeout, handler cancellation when the client goes away, and a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import posixpath
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from typing import cast
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+log = logging.getLogger("grayscale.listener")
+
+MAX_TARGET = 16 * 1024  # request line target: longer is 414
+MAX_FIELD = 16 * 1024  # one header line: longer is 431
+MAX_HEAD = 64 * 1024  # the whole request head: larger is 431
+READ_HIGH_WATER = 256 * 1024  # pause reading from the client above this much unread body
+KEEPALIVE_TIMEOUT = 75.0  # an idle connection (or a request head never finished) is closed
+LINGER = 2.0  # after an answer sent before its request body was read, how long to drain it
+
+Handler = Callable[["Request"], Awaitable[None]]
+Headers = list[tuple[str, str]]
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_ENCODED_SLASH = re.compile("%2[fF]")
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class BadRequest(Exception):
+    """A request the listener refuses before any handler sees it."""
+
+    def __init__(self, status: int, error: str, message: str):
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed the connection."""
+
+
+def routing_path(target: str) -> str:
+    """The path a request is routed by: percent-decoded (except encoded slashes), dot segments
+    resolved, without the query. The target is forwarded as received."""
+    path = target.partition("?")[0]
+    if not path.startswith("/"):
+        # absolute-form (http://host/path) or `*`
+        try:
+            parsed = httptools.parse_url(target.encode("utf-8", "surrogateescape"))
+        except httptools.HttpParserInvalidURLError:
+            return ""  # CONNECT's authority-form: no path to route by
+        path = (parsed.path or b"").decode("utf-8", "surrogateescape")
+    if "%" in path:
+        path = "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
+    if "/." in path:
+        trailing = path.endswith(("/", "/.", "/.."))
+        path = posixpath.normpath(path).replace("//", "/")
+        path = path + "/" if trailing and path != "/" else path
+    return path
+
+
+class _Clock:
+    """The Date header's value, formatted at most once a second."""
+
+    second = -1
+    value = ""
+
+    @classmethod
+    def date(cls) -> str:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second, cls.value = now, formatdate(now, usegmt=True)
+        return cls.value
+
+
+class Request:
+    """One request on a connection: its head, its body (read once, as it arrives), and the
+    methods that answer it (`reply` whole, or `start`, `write`... `end`)."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_connection",
+        "_continue",
+        "_cookies",
+        "_error",
+        "_framing",
+        "_index",
+        "_query",
+        "_waiter",
+        "body_bytes",
+        "body_complete",
+        "content_length",
+        "done",
+        "has_body",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "remote",
+        "started",
+        "status",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        connection: _Connection,
+        method: str,
+        target: str,
+        *,
+        version: str,
+        headers: Headers,
+        keep_alive: bool,
+    ):
+        self._connection = connection
+        self.method = method
+        self.target = target  # path and query, as received
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.remote = connection.remote
+        self.path = routing_path(target)
+        self._index: dict[str, str] = {}
+        length = None
+        chunked = expect = False
+        for name, value in headers:
+            key = name.lower()
+            if key not in self._index:
+                self._index[key] = value
+            if key == "content-length":
+                length = int(value)  # llhttp accepts digits only
+            elif key == "transfer-encoding":
+                chunked = chunked or "chunked" in value.lower()
+            elif key == "expect":
+                expect = value.lower() == "100-continue"
+        self.content_length = None if chunked else length
+        self.has_body = chunked or bool(length)
+        self._continue = expect and self.has_body and version == "1.1"
+        self._query: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+        self.body_complete = not self.has_body
+        self.body_bytes = 0
+        self.started = False  # the answer's head was sent
+        self.done = False  # the whole answer was sent
+        self.status = 0
+        self._framing = ""  # how the answer's body is sent: "length", "chunked" or "close"
+
+    # --- what the request says ----------------------------------------------------------------
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        return self._index.get(name.lower())
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name` (case-insensitive), in order."""
+        key = name.lower()
+        return [value for header, value in self.headers if header.lower() == key]
+
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter `name`, or None."""
+        if self._query is None:
+            self._query = {}
+            for key, value in parse_qsl(self.target.partition("?")[2], keep_blank_values=True):
+                self._query.setdefault(key, value)
+        return self._query.get(name)
+
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie `name`, or None."""
+        if self._cookies is None:
+            self._cookies = {}
+            for header in self.header_values("cookie"):
+                jar: SimpleCookie = SimpleCookie()
+                try:
+                    jar.load(header)
+                except CookieError:
+                    continue
+                for key, morsel in jar.items():
+                    self._cookies.setdefault(key, morsel.value)
+        return self._cookies.get(name)
+
+    @property
+    def host(self) -> str | None:
+        """The Host header."""
+        return self._index.get("host")
+
+    # --- the body -----------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self._connection.discarding:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > READ_HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def _finish_body(self, error: Exception | None = None) -> None:
+        if error is None:
+            self.body_complete = True
+        elif not self.body_complete and self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives (once: the pieces are not kept)."""
+        if self._continue:
+            self._continue = False
+            self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._buffered -= len(data)
+                if self._buffered <= READ_HIGH_WATER // 2:
+                    self._connection.resume_reading()
+                yield data
+            elif self.body_complete:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    def _head(self, status: int, reason: str, headers: Headers, framing: str, keep: bool) -> bytes:
+        keep = keep and self._connection.keeps_alive(self)
+        self.started, self.status = True, status
+        lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, '')}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append(framing)
+        if not keep:
+            lines.append("Connection: close\r\n")
+            self.keep_alive = False
+        elif self.version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+    def reply(self, status: int, headers: Headers, body: bytes, reason: str = "") -> None:
+        """Send a whole answer; `headers` must not frame the body (Content-Length is set here)."""
+        if status in _NO_BODY_STATUS:
+            self._connection.write(self._head(status, reason, headers, "", True))
+        else:
+            head = self._head(status, reason, headers, f"Content-Length: {len(body)}\r\n", True)
+            self._connection.write(head + body if self.method != "HEAD" else head)
+        self.done = True
+
+    def reply_json(self, status: int, document: object, headers: Headers | None = None) -> None:
+        """Send a JSON answer made here (with a Date header)."""
+        ours = [("Content-Type", "application/json; charset=utf-8"), ("Date", _Clock.date())]
+        self.reply(status, (headers or []) + ours, json.dumps(document).encode())
+
+    def start(self, status: int, headers: Headers, length: int | None, reason: str = "") -> None:
+        """Send the head of an answer whose body follows through `write`: `length` bytes, or
+        of unknown length (chunked, or up to the close for an HTTP/1.0 client)."""
+        keep = True
+        if self.method == "HEAD" or status in _NO_BODY_STATUS:
+            framing = "" if length is None else f"Content-Length: {length}\r\n"
+            self._framing = "none"
+        elif length is not None:
+            framing, self._framing = f"Content-Length: {length}\r\n", "length"
+        elif self.version == "1.1":
+            framing, self._framing = "Transfer-Encoding: chunked\r\n", "chunked"
+        else:
+            framing, self._framing, keep = "", "close", False
+        self._connection.write(self._head(status, reason, headers, framing, keep))
+
+    async def write(self, data: bytes) -> None:
+        """Send a piece of the answer's body; waits while the client reads slower."""
+        if not data or self._framing == "none":
+            return
+        if self._framing == "chunked":
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        await self._connection.send(data)
+
+    def end(self) -> None:
+        """The answer's body is complete."""
+        if self._framing == "chunked":
+            self._connection.write(b"0\r\n\r\n")
+        self.done = True
+
+    def abort(self) -> None:
+        """Cut the client connection: an answer that cannot be completed must look incomplete."""
+        self.keep_alive = False
+        self._connection.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them one after the other."""
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.closed = False
+        self.discarding = False  # dropping the rest of an answered request's body
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request] = deque()  # parsed, not yet answered; the first in progress
+        self._parsing: Request | None = None  # the request whose body is arriving
+        self._task: asyncio.Task[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
+        self._upgraded = False
+        self._refused: BadRequest | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_head = False
+        self._head_size = 0
+        self._target = bytearray()
+        self._headers: Headers = []
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are only alike
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else None
+        self.listener.connections.add(self)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded or self._refused is not None:
+            return
+        in_head = self._in_head  # a head begun in an earlier read: count this read against it
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded = True  # not supported: the request is answered, then the line closed
+            self.pause_reading()
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, BadRequest):
+                raise
+            self._refuse(refused)
+        except httptools.HttpParserError as exc:
+            self._refuse(BadRequest(400, "bad_request", f"malformed request: {exc}"))
+        else:
+            if in_head and self._in_head:
+                self._head_size += len(data)
+                if self._head_size > MAX_HEAD:
+                    self._refuse(BadRequest(431, "head_too_large", "the request head is too large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener.connections.discard(self)
+        self._cancel_timer()
+        if self._parsing is not None:
+            self._parsing._finish_body(ClientGone("the client closed the connection"))
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if self._task is not None:
+            self._task.cancel()  # nobody is left to answer: stop the work for this request
+
+    def pause_writing(self) -> None:
+        self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._head_size = True, 0
+        self._target.clear()
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        if len(self._target) > MAX_TARGET:
+            raise BadRequest(414, "uri_too_long", "the request target is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self._head_size += size
+        if size > MAX_FIELD or self._head_size > MAX_HEAD:
+            raise BadRequest(431, "header_too_large", "a request header is too large")
+        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_timer()
+        parser = self._parser
+        request = Request(
+            self,
+            parser.get_method().decode("latin-1"),
+            self._target.decode("utf-8", "surrogateescape"),
+            version=parser.get_http_version(),
+            headers=self._headers,
+            keep_alive=parser.should_keep_alive(),
+        )
+        self._parsing = request
+        self._queue.append(request)
+        if len(self._queue) > 1:
+            self.pause_reading()  # pipelined: one answer at a time, in order
+        elif self._task is None:
+            self._task = self._loop.create_task(self._serve())
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing._finish_body()
+            self._parsing = None
+
+    # --- answering ----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Answer the queued requests in order, then wait for the next (or close)."""
+        try:
+            while self._queue:
+                request = self._queue[0]
+                await self._answer(request)
+                self._queue.popleft()
+                if self.closed:
+                    return
+                if not request.keep_alive:
+                    self._linger_or_close(request)
+                    return
+                self.resume_reading()
+        except (asyncio.CancelledError, ClientGone):
+            return  # the client left, or the drain is over
+        finally:
+            self._task = None
+        if self._refused is not None:
+            self._send_refusal()
+        elif self.listener.closing:
+            self.close()
+        else:
+            self._arm_idle_timer()
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            await self.listener.handler(request)
+        except (asyncio.CancelledError, ClientGone):
+            raise
+        except BadRequest as exc:  # the request's body turned out malformed
+            if not request.started:
+                request.reply_json(exc.status, {"error": exc.error, "message": exc.message})
+            else:
+                request.abort()
+            return
+        except Exception:
+            log.exception("unexpected error answering %s", request.method)
+            if not request.started:
+                request.reply_json(500, {"error": "internal", "message": "internal proxy error"})
+            else:
+                request.abort()
+            return
+        if not request.started:
+            request.reply_json(500, {"error": "internal", "message": "no answer was made"})
+        elif not request.done:
+            request.abort()
+
+    def keeps_alive(self, request: Request) -> bool:
+        """Whether the connection stays open after `request`'s answer."""
+        return (
+            request.keep_alive
+            and request.body_complete
+            and not self.listener.closing
+            and not self._upgraded
+            and self._refused is None
+        )
+
+    def _linger_or_close(self, request: Request) -> None:
+        if request.body_complete or self.transport is None:
+            self.close()
+            return
+        # The answer went out before the body was read: read and drop the rest for a moment,
+        # so that closing does not reset the connection before the client has the answer.
+        self.discarding = True
+        self.resume_reading()
+        self._timer = self._loop.call_later(LINGER, self.close)
+
+    def _refuse(self, refused: BadRequest) -> None:
+        self._refused = refused
+        self.pause_reading()
+        if self._parsing is not None:
+            self._parsing._finish_body(BadRequest(400, "bad_request", refused.message))
+        if self._task is None:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        refused = self._refused
+        assert refused is not None
+        log.info("request refused (%d): %s", refused.status, refused.message)
+        body = json.dumps({"error": refused.error, "message": refused.message}).encode()
+        self.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (refused.status, _REASONS[refused.status].encode(), len(body), body)
+        )
+        self.close()
+
+    # --- transport ----------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Queue bytes for the client."""
+        if self.closed or self.transport is None:
+            raise ClientGone("the client closed the connection")
+        self.transport.write(data)
+
+    async def send(self, data: bytes) -> None:
+        """Write, then wait while the client's side is full."""
+        self.write(data)
+        if self._writable is not None:
+            await self._writable
+            if self.closed:
+                raise ClientGone("the client closed the connection")
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.closed and not self._upgraded:
+            self._paused = False
+            self.transport.resume_reading()
+
+    @property
+    def idle(self) -> bool:
+        """No request is being answered."""
+        return self._task is None
+
+    def _arm_idle_timer(self) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(self.listener.keepalive_timeout, self._expire)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        if self.idle:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (after what was written is sent)."""
+        self._cancel_timer()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def cancel(self) -> None:
+        """Stop answering: the drain is over."""
+        if self._task is not None:
+            self._task.cancel()
+        self.close()
+
+
+class Listener:
+    """Serves `handler` on a TCP address until `stop`."""
+
+    def __init__(self, handler: Handler, keepalive_timeout: float = KEEPALIVE_TIMEOUT):
+        self.handler = handler
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self.address: tuple[str, int] = ("", 0)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind and start accepting."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Stop accepting, close idle connections, let answers in progress finish for up to
+        `drain_timeout` seconds (each connection closes after its answer), then cut the rest."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        deadline = asyncio.get_running_loop().time() + drain_timeout
+        for connection in list(self.connections):
+            if connection.idle:
+                connection.close()
+        while True:
+            busy = [c._task for c in self.connections if c._task is not None]
+            remaining = deadline - asyncio.get_running_loop().time()
+            if not busy or remaining <= 0:
+                break
+            await asyncio.wait(busy, timeout=remaining)
+        for connection in list(self.connections):
+            connection.cancel()
+        await asyncio.sleep(0)  # let the cancelled answers unwind
