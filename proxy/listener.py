@@ -440,6 +440,8 @@ class _Connection(asyncio.Protocol):
         if self._parsing is not None:
             self._parsing._finish_body()
             self._parsing = None
+        if self.discarding:
+            self.close()  # the unread body is over: the answer has been sent, close now
 
     # --- answering ----------------------------------------------------------------------------
 
@@ -501,8 +503,9 @@ class _Connection(asyncio.Protocol):
         )
 
     def _linger_or_close(self, request: Request) -> None:
-        if request.body_complete or self.transport is None:
-            self.close()
+        waits_for_continue = request._continue and request.body_bytes == 0
+        if request.body_complete or waits_for_continue or self._refused is not None:
+            self.close()  # nothing more to read, or a client that sends nothing until told
             return
         # The answer went out before the body was read: read and drop the rest for a moment,
         # so that closing does not reset the connection before the client has the answer.
