@@ -19,6 +19,7 @@ import random
 import secrets
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from proxy.routing import Decision
 log = logging.getLogger("grayscale.access_log")
 QUEUE_LIMIT = 65536
 FLUSH_SECONDS = 0.2
+YIELD_EVERY = 8  # lines formatted between two hand-overs of the GIL to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,8 @@ class AccessLog:
         lines = []
         while self._queue:
             lines.append(self.line(self._queue.popleft()))
+            if len(lines) % YIELD_EVERY == 0:
+                time.sleep(0)  # hand the GIL to the event loop: a long batch must not stall it
         if lines:
             stream.write("\n".join(lines) + "\n")
             stream.flush()

@@ -110,6 +110,8 @@ class UpstreamFailure:
 
 def _named_by_connection(values: list[str]) -> set[str]:
     """The headers a `Connection` header names: hop-by-hop too."""
+    if not values:
+        return set()
     return {token.strip().lower() for value in values for token in value.split(",")} - {""}
 
 
@@ -124,8 +126,7 @@ def upstream_headers(request: Request) -> Headers:
     named = _named_by_connection(request.header_values("connection"))
     headers: Headers = []
     forwarded_for = proto = host = None
-    for name, value in request.headers:
-        key = name.lower()
+    for key, (name, value) in zip(request.keys, request.headers, strict=True):
         if key in _NOT_FORWARDED or key in named or key.startswith(_INTERNAL_PREFIX):
             continue
         if key == "x-forwarded-for":

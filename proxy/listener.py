@@ -110,6 +110,7 @@ class Request:
         "has_body",
         "headers",
         "keep_alive",
+        "keys",
         "method",
         "path",
         "remote",
@@ -137,21 +138,19 @@ class Request:
         self.keep_alive = keep_alive
         self.remote = connection.remote
         self.path = routing_path(target)
-        self._index: dict[str, str] = {}
-        length = None
-        chunked = expect = False
-        for name, value in headers:
-            key = name.lower()
-            if key not in self._index:
-                self._index[key] = value
-            if key == "content-length":
-                length = int(value)  # llhttp accepts digits only
-            elif key == "transfer-encoding":
-                chunked = chunked or "chunked" in value.lower()
-            elif key == "expect":
-                expect = value.lower() == "100-continue"
-        self.content_length = None if chunked else length
-        self.has_body = chunked or bool(length)
+        self.keys = [name.lower() for name, _ in headers]  # header names, lower case, in order
+        index: dict[str, str] = {}
+        for key, (_, value) in zip(self.keys, headers, strict=True):
+            if key not in index:
+                index[key] = value
+        self._index = index
+        chunked = "transfer-encoding" in index and any(
+            "chunked" in value.lower() for value in self.header_values("transfer-encoding")
+        )
+        length = index.get("content-length")  # llhttp accepts digits only, and one length
+        self.content_length = None if chunked or length is None else int(length)
+        self.has_body = chunked or bool(self.content_length)
+        expect = index.get("expect", "").lower() == "100-continue"
         self._continue = expect and self.has_body and version == "1.1"
         self._query: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
@@ -175,7 +174,9 @@ class Request:
     def header_values(self, name: str) -> list[str]:
         """Every value of header `name` (case-insensitive), in order."""
         key = name.lower()
-        return [value for header, value in self.headers if header.lower() == key]
+        if key not in self._index:
+            return []
+        return [value for k, (_, value) in zip(self.keys, self.headers, strict=True) if k == key]
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter `name`, or None."""
@@ -253,6 +254,12 @@ class Request:
 
     async def read(self) -> bytes:
         """The whole body."""
+        if self.body_complete and not self._continue:  # all here already: no need to wait
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            self._connection.resume_reading()
+            return data
         return b"".join([chunk async for chunk in self.chunks()])
 
     # --- the answer ---------------------------------------------------------------------------
@@ -339,6 +346,7 @@ class _Connection(asyncio.Protocol):
         self._upgraded = False
         self._refused: BadRequest | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         self._in_head = False
         self._head_size = 0
         self._target = bytearray()
@@ -351,7 +359,8 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else None
         self.listener.connections.add(self)
-        self._arm_idle_timer()
+        self._idle_since = self._loop.time()
+        self._timer = self._loop.call_later(self.listener.keepalive_timeout, self._expire)
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded or self._refused is not None:
@@ -415,7 +424,6 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_timer()
         parser = self._parser
         request = Request(
             self,
@@ -467,7 +475,7 @@ class _Connection(asyncio.Protocol):
         elif self.listener.closing:
             self.close()
         else:
-            self._arm_idle_timer()
+            self._idle_since = self._loop.time()
 
     async def _answer(self, request: Request) -> None:
         try:
@@ -511,7 +519,7 @@ class _Connection(asyncio.Protocol):
         # so that closing does not reset the connection before the client has the answer.
         self.discarding = True
         self.resume_reading()
-        self._timer = self._loop.call_later(LINGER, self.close)
+        self._loop.call_later(LINGER, self.close)
 
     def _refuse(self, refused: BadRequest) -> None:
         self._refused = refused
@@ -564,18 +572,19 @@ class _Connection(asyncio.Protocol):
         """No request is being answered."""
         return self._task is None
 
-    def _arm_idle_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(self.listener.keepalive_timeout, self._expire)
-
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _expire(self) -> None:
-        if self.idle:
+        """Close the connection if it has been idle (or sending one head) for too long."""
+        timeout = self.listener.keepalive_timeout
+        left = timeout if not self.idle else self._idle_since + timeout - self._loop.time()
+        if left <= 0:
             self.close()
+        elif not self.closed:
+            self._timer = self._loop.call_later(left, self._expire)
 
     def close(self) -> None:
         """Close the connection (after what was written is sent)."""

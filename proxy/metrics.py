@@ -26,11 +26,14 @@ ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "overloaded")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+_CLASS_OF_HUNDREDS = ("2xx", "2xx", "2xx", "3xx", "4xx", "5xx")
+
+
 def code_class(exchange: Exchange) -> str:
     """`error` when the upstream failed, else the class of the status sent to the client."""
     if exchange.error is not None:
         return "error"
-    return f"{min(max(exchange.status // 100, 2), 5)}xx"
+    return _CLASS_OF_HUNDREDS[min(exchange.status // 100, 5)]
 
 
 @dataclass(frozen=True, slots=True)

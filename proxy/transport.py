@@ -174,6 +174,15 @@ class _Connection(asyncio.Protocol):
             raise self._error
         return None
 
+    def take_all(self) -> bytes:
+        """Every piece of the body received so far, joined."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self.transport is not None:
+            self.transport.resume_reading()
+        return data
+
     async def more(self) -> None:
         """Wait until the body has more, ends, or fails."""
         self._waiter = self._loop.create_future()
@@ -229,6 +238,10 @@ class Answer:
 
     async def read(self, idle_timeout: float, deadline: float) -> bytes:
         """The whole body."""
+        if self._head_only:
+            return b""
+        if self._connection.complete:  # all here already: no need to wait
+            return self._connection.take_all()
         return b"".join([chunk async for chunk in self.chunks(idle_timeout, deadline)])
 
     @property
