@@ -173,8 +173,8 @@ class Gateway:
             else:
                 target = wiring.targets[_CANDIDATE]
                 fallback = None if route.fallback is Fallback.NEVER else stable
-        in_flight = wiring.metrics[target.variant].in_flight
-        in_flight.inc()
+        counted = wiring.metrics[target.variant]
+        counted.in_flight += 1
         try:
             await forward(
                 request,
@@ -189,7 +189,7 @@ class Gateway:
             exchange.status = exc.status
             raise
         finally:
-            in_flight.dec()
+            counted.in_flight -= 1
             duration = time.monotonic() - started
             self._record(request, wiring, decision, exchange, now=now, duration=duration)
 
@@ -215,7 +215,7 @@ class Gateway:
             # The candidate failed before stable answered: that failure is the candidate's.
             failed = Exchange("candidate", 502, exchange.first_error)
             if exchange.first_error in ERROR_REASONS:
-                wiring.metrics["candidate"].errors[exchange.first_error].inc()
+                wiring.metrics["candidate"].errors[exchange.first_error] += 1
             self._observe(wiring, failed, duration)
         if wiring.breaker is not None and (variant == "candidate" or exchange.first_error):
             healthy = variant == "candidate" and exchange.error is None and exchange.status < 500

@@ -1,16 +1,25 @@
-"""Prometheus metrics: a recorder on an injected registry, label children bound once per route.
+"""Prometheus metrics: a recorder on an injected registry.
 
-Labels are bounded by the config: route names, the two variants, five code classes and four
+Per-request figures (requests, upstream errors, durations, requests in flight) are plain counts
+kept per route and variant and updated on the event loop without locks; a collector turns them
+into metric families when scraped. The rarer events use prometheus-client's own metrics.
+
+Labels are bounded by the config: route names, the two variants, five code classes and five
 error reasons. Never a user id, a segment value or a raw path.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from proxy import __version__
@@ -24,6 +33,7 @@ CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "overloaded")
 # Model latency spans a few milliseconds (a tabular scorer) to a minute (a long LLM answer).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BOUNDS = (*(repr(bound) for bound in LATENCY_BUCKETS), "+Inf")  # as prometheus-client writes `le`
 
 
 _CLASS_OF_HUNDREDS = ("2xx", "2xx", "2xx", "3xx", "4xx", "5xx")
@@ -36,24 +46,96 @@ def code_class(exchange: Exchange) -> str:
     return _CLASS_OF_HUNDREDS[min(exchange.status // 100, 5)]
 
 
-@dataclass(frozen=True, slots=True)
-class VariantMetrics:
-    """The label children of one route and variant, bound once."""
+class Buckets:
+    """A latency histogram's counts: one per bucket of `LATENCY_BUCKETS`, then +Inf."""
 
-    requests: dict[str, Counter]
-    errors: dict[str, Counter]
-    duration: Histogram
-    ttfb: Histogram
-    in_flight: Gauge
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one value (`le` buckets: a value on a bound counts in that bound's bucket)."""
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count of values <= le) pairs, as exposed."""
+        running, pairs = 0, []
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+            running += count
+            pairs.append((bound, float(running)))
+        return pairs
+
+
+class VariantMetrics:
+    """What one route's variant served: counts updated on the event loop, read when scraped."""
+
+    __slots__ = ("duration", "errors", "in_flight", "requests", "ttfb")
+
+    def __init__(self) -> None:
+        self.requests = dict.fromkeys(CODE_CLASSES, 0)
+        self.errors = dict.fromkeys(ERROR_REASONS, 0)
+        self.duration = Buckets()
+        self.ttfb = Buckets()
+        self.in_flight = 0
 
     def observe(self, exchange: Exchange, duration: float) -> None:
         """Count one finished request."""
-        self.requests[code_class(exchange)].inc()
+        self.requests[code_class(exchange)] += 1
         if exchange.error is not None:
-            self.errors[exchange.error].inc()
+            self.errors[exchange.error] += 1
         self.duration.observe(duration)
         if exchange.ttfb is not None:
             self.ttfb.observe(exchange.ttfb)
+
+
+class _PerRequestCollector(Collector):
+    """The per-request metric families, built from the routes' counts when scraped."""
+
+    def __init__(self, routes: dict[str, dict[str, VariantMetrics]]):
+        self._routes = routes
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "grayscale_requests",
+            "Requests forwarded, by route, variant and status class (error: no complete "
+            "upstream answer).",
+            labels=("route", "variant", "code_class"),
+        )
+        errors = CounterMetricFamily(
+            "grayscale_upstream_errors",
+            "Upstream exchanges that failed, by reason: connect, timeout, reset, protocol, "
+            "overloaded (no free connection slot).",
+            labels=("route", "variant", "reason"),
+        )
+        duration = HistogramMetricFamily(
+            "grayscale_request_duration_seconds",
+            "Time from request arrival to the last byte sent to the client.",
+            labels=("route", "variant"),
+        )
+        ttfb = HistogramMetricFamily(
+            "grayscale_upstream_time_to_first_byte_seconds",
+            "Time from sending the request upstream to the first byte of the answer's body "
+            "(time to first token for streaming models).",
+            labels=("route", "variant"),
+        )
+        in_flight = GaugeMetricFamily(
+            "grayscale_in_flight_requests",
+            "Requests being forwarded now.",
+            labels=("route", "variant"),
+        )
+        for route, variants in list(self._routes.items()):
+            for variant, seen in variants.items():
+                for code, count in seen.requests.items():
+                    requests.add_metric((route, variant, code), count)
+                for reason, count in seen.errors.items():
+                    errors.add_metric((route, variant, reason), count)
+                for family, buckets in ((duration, seen.duration), (ttfb, seen.ttfb)):
+                    family.add_metric((route, variant), buckets.cumulative(), buckets.sum)
+                in_flight.add_metric((route, variant), seen.in_flight)
+        return [requests, errors, duration, ttfb, in_flight]
 
 
 class Recorder:
@@ -62,41 +144,8 @@ class Recorder:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "grayscale_requests",
-            "Requests forwarded, by route, variant and status class (error: no complete "
-            "upstream answer).",
-            ("route", "variant", "code_class"),
-            registry=r,
-        )
-        self.duration = Histogram(
-            "grayscale_request_duration_seconds",
-            "Time from request arrival to the last byte sent to the client.",
-            ("route", "variant"),
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttfb = Histogram(
-            "grayscale_upstream_time_to_first_byte_seconds",
-            "Time from sending the request upstream to the first byte of the answer's body "
-            "(time to first token for streaming models).",
-            ("route", "variant"),
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_errors = Counter(
-            "grayscale_upstream_errors",
-            "Upstream exchanges that failed, by reason: connect, timeout, reset, protocol, "
-            "overloaded (no free connection slot).",
-            ("route", "variant", "reason"),
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "grayscale_in_flight_requests",
-            "Requests being forwarded now.",
-            ("route", "variant"),
-            registry=r,
-        )
+        self._routes: dict[str, dict[str, VariantMetrics]] = {}
+        r.register(_PerRequestCollector(self._routes))
         self.unmatched = Counter(
             "grayscale_unmatched_requests", "Requests that matched no route (404).", registry=r
         )
@@ -153,25 +202,12 @@ class Recorder:
         Gauge("grayscale_build_info", "Grayscale's version.", ("version",), registry=r).labels(
             __version__
         ).set(1)
-        self._routes: dict[str, dict[str, VariantMetrics]] = {}
 
     def route(self, name: str) -> dict[str, VariantMetrics]:
-        """The bound children of route `name`, per variant (created on first use)."""
+        """The counts of route `name`, per variant (created on first use, kept after)."""
         bound = self._routes.get(name)
         if bound is None:
-            bound = {
-                variant: VariantMetrics(
-                    requests={c: self.requests.labels(name, variant, c) for c in CODE_CLASSES},
-                    errors={
-                        e: self.upstream_errors.labels(name, variant, e) for e in ERROR_REASONS
-                    },
-                    duration=self.duration.labels(name, variant),
-                    ttfb=self.ttfb.labels(name, variant),
-                    in_flight=self.in_flight.labels(name, variant),
-                )
-                for variant in VARIANTS
-            }
-            self._routes[name] = bound
+            bound = self._routes[name] = {variant: VariantMetrics() for variant in VARIANTS}
         return bound
 
     def observe_verdict(self, route: str, verdict: Verdict) -> None:
@@ -193,13 +229,13 @@ class Recorder:
 
     def counts(self, route: str) -> dict[str, dict[str, int]]:
         """Requests per variant and code class so far, for `/status`."""
-        found = {variant: dict.fromkeys(CODE_CLASSES, 0) for variant in VARIANTS}
-        for metric in self.requests.collect():
-            for sample in metric.samples:
-                labels = sample.labels
-                if sample.name.endswith("_total") and labels["route"] == route:
-                    found[labels["variant"]][labels["code_class"]] = int(sample.value)
-        return found
+        seen = self._routes.get(route, {})
+        return {
+            variant: dict(seen[variant].requests)
+            if variant in seen
+            else dict.fromkeys(CODE_CLASSES, 0)
+            for variant in VARIANTS
+        }
 
 
 class CallbackCollector(Collector):

@@ -1,0 +1,71 @@
+"""The per-request counts and how they are exposed to Prometheus."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.forwarding import Exchange
+from proxy.metrics import LATENCY_BUCKETS, Recorder
+
+
+def samples(recorder: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(recorder.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive_of_their_bound():
+    recorder = Recorder()
+    stable = recorder.route("r")["stable"]
+    for seconds in (0.001, 0.005, 0.0051, 0.3, 61.0):
+        stable.observe(Exchange("stable", 200, ttfb=0.002), seconds)
+    m = samples(recorder)
+
+    def bucket(le: str) -> float:
+        key = (("le", le), ("route", "r"), ("variant", "stable"))
+        return m[("grayscale_request_duration_seconds_bucket", key)]
+
+    assert bucket("0.005") == 2  # 0.001 and exactly 0.005
+    assert bucket("0.01") == 3
+    assert bucket("0.25") == 3
+    assert bucket("0.5") == 4
+    assert bucket("60.0") == 4
+    assert bucket("+Inf") == 5
+    labels = (("route", "r"), ("variant", "stable"))
+    assert m[("grayscale_request_duration_seconds_count", labels)] == 5
+    assert abs(m[("grayscale_request_duration_seconds_sum", labels)] - 61.3111) < 1e-9
+    assert m[("grayscale_upstream_time_to_first_byte_seconds_count", labels)] == 5
+    assert (
+        len(LATENCY_BUCKETS) + 1
+        == sum(1 for name, _ in m if name == "grayscale_request_duration_seconds_bucket") // 2
+    )  # both variants are exposed from the start
+
+
+def test_requests_errors_and_in_flight_per_route_and_variant():
+    recorder = Recorder()
+    candidate = recorder.route("r")["candidate"]
+    candidate.observe(Exchange("candidate", 503), 0.01)
+    candidate.observe(Exchange("candidate", 502, error="connect"), 0.01)
+    candidate.observe(Exchange("candidate", 404), 0.01)
+    candidate.in_flight += 2
+    m = samples(recorder)
+    labels = (("route", "r"), ("variant", "candidate"))
+
+    def count(code: str) -> float:
+        return m[("grayscale_requests_total", (("code_class", code), *labels))]
+
+    assert (count("2xx"), count("4xx"), count("5xx"), count("error")) == (0, 1, 1, 1)
+    assert m[("grayscale_upstream_errors_total", (("reason", "connect"), *labels))] == 1
+    assert m[("grayscale_in_flight_requests", labels)] == 2
+    assert recorder.counts("r")["candidate"] == {
+        "2xx": 0,
+        "3xx": 0,
+        "4xx": 1,
+        "5xx": 1,
+        "error": 1,
+    }
+    assert recorder.counts("unknown")["stable"]["2xx"] == 0
