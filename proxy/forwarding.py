@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -46,32 +47,48 @@ class Overloaded(Exception):
 class Limiter:
     """At most `max_active` exchanges with one upstream; at most `max_pending` more may wait."""
 
-    __slots__ = ("_semaphore", "_waiting", "max_active", "max_pending")
+    __slots__ = ("_waiters", "active", "max_active", "max_pending")
 
     def __init__(self, max_active: int, max_pending: int):
         self.max_active, self.max_pending = max_active, max_pending
-        self._semaphore = asyncio.Semaphore(max_active)
-        self._waiting = 0
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now."""
+        if self.active < self.max_active and not self._waiters:
+            self.active += 1
+            return True
+        return False
 
     async def acquire(self, wait: float) -> None:
         """Take a slot, waiting at most `wait` seconds in line; raises `Overloaded`."""
-        if not self._semaphore.locked():
-            await self._semaphore.acquire()
+        if self.try_acquire():
             return
-        if self._waiting >= self.max_pending:
+        if len(self._waiters) >= self.max_pending:
             raise Overloaded
-        self._waiting += 1
+        slot = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
         try:
             async with asyncio.timeout(wait):
-                await self._semaphore.acquire()
-        except TimeoutError:
-            raise Overloaded from None
-        finally:
-            self._waiting -= 1
+                await slot
+        except BaseException as exc:  # timed out, or the request was cancelled
+            if slot.done() and not slot.cancelled():
+                self.release()  # handed a slot just as the wait ended: pass it on
+            elif slot in self._waiters:
+                self._waiters.remove(slot)
+            if isinstance(exc, TimeoutError):
+                raise Overloaded from None
+            raise
 
     def release(self) -> None:
-        """Give a slot back."""
-        self._semaphore.release()
+        """Give a slot back: to the first waiter still in line, else free it."""
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)  # the slot passes on: `active` stays
+                return
+        self.active -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,10 +247,11 @@ async def _open(
     """Take a connection slot and send the request; the answer (its head read) and when it was
     sent. On failure the slot is given back and `_Unavailable` raised."""
     upstream = target.upstream
-    try:
-        await target.limiter.acquire(upstream.connect_timeout)
-    except Overloaded:
-        raise _Unavailable(OVERLOADED) from None
+    if not target.limiter.try_acquire():
+        try:
+            await target.limiter.acquire(upstream.connect_timeout)
+        except Overloaded:
+            raise _Unavailable(OVERLOADED) from None
     sent = time.monotonic()
     try:
         answer = await client.request(

@@ -340,7 +340,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()  # parsed, not yet answered; the first in progress
         self._parsing: Request | None = None  # the request whose body is arriving
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # answers this connection's requests
+        self._next: asyncio.Future[None] | None = None  # set while waiting for a request
         self._writable: asyncio.Future[None] | None = None
         self._paused = False
         self._upgraded = False
@@ -437,6 +438,8 @@ class _Connection(asyncio.Protocol):
         self._queue.append(request)
         if len(self._queue) > 1:
             self.pause_reading()  # pipelined: one answer at a time, in order
+        elif self._next is not None:
+            self._next.set_result(None)
         elif self._task is None:
             self._task = self._loop.create_task(self._serve())
 
@@ -454,28 +457,35 @@ class _Connection(asyncio.Protocol):
     # --- answering ----------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Answer the queued requests in order, then wait for the next (or close)."""
+        """Answer the queued requests in order; between them, wait for the next one."""
         try:
-            while self._queue:
-                request = self._queue[0]
-                await self._answer(request)
-                self._queue.popleft()
-                if self.closed:
+            while True:
+                while self._queue:
+                    request = self._queue[0]
+                    await self._answer(request)
+                    self._queue.popleft()
+                    if self.closed:
+                        return
+                    if not request.keep_alive:
+                        self._linger_or_close(request)
+                        return
+                    self.resume_reading()
+                if self._refused is not None:
+                    self._send_refusal()
                     return
-                if not request.keep_alive:
-                    self._linger_or_close(request)
+                if self.listener.closing:
+                    self.close()
                     return
-                self.resume_reading()
+                self._idle_since = self._loop.time()
+                self._next = self._loop.create_future()
+                try:
+                    await self._next
+                finally:
+                    self._next = None
         except (asyncio.CancelledError, ClientGone):
             return  # the client left, or the drain is over
         finally:
             self._task = None
-        if self._refused is not None:
-            self._send_refusal()
-        elif self.listener.closing:
-            self.close()
-        else:
-            self._idle_since = self._loop.time()
 
     async def _answer(self, request: Request) -> None:
         try:
@@ -526,7 +536,7 @@ class _Connection(asyncio.Protocol):
         self.pause_reading()
         if self._parsing is not None:
             self._parsing._finish_body(BadRequest(400, "bad_request", refused.message))
-        if self._task is None:
+        if self.idle:
             self._send_refusal()
 
     def _send_refusal(self) -> None:
@@ -570,7 +580,7 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No request is being answered."""
-        return self._task is None
+        return self._task is None or self._next is not None
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -631,7 +641,7 @@ class Listener:
             if connection.idle:
                 connection.close()
         while True:
-            busy = [c._task for c in self.connections if c._task is not None]
+            busy = [c._task for c in self.connections if c._task is not None and not c.idle]
             remaining = deadline - asyncio.get_running_loop().time()
             if not busy or remaining <= 0:
                 break
