@@ -19,7 +19,6 @@ import random
 import secrets
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from proxy.routing import Decision
 log = logging.getLogger("grayscale.access_log")
 QUEUE_LIMIT = 65536
 FLUSH_SECONDS = 0.2
-YIELD_EVERY = 8  # lines formatted between two hand-overs of the GIL to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +66,11 @@ def secret_from_env(name: str) -> bytes:
 
 
 class AccessLog:
-    """Writes sampled request entries as JSON lines from a background thread."""
+    """Sampled request entries as JSON lines, written by a background thread.
+
+    Lines are formatted when recorded, on the event loop: the writer thread then needs the GIL
+    only briefly, to join and write them, so it never makes the event loop wait for long.
+    """
 
     def __init__(
         self,
@@ -83,7 +85,7 @@ class AccessLog:
         self._on_drop = on_drop
         self._rand = rand
         self._limit = limit
-        self._queue: deque[Entry] = deque()
+        self._queue: deque[str] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,11 +105,11 @@ class AccessLog:
         return self.config.sample >= 1.0 or self._rand() < self.config.sample
 
     def record(self, entry: Entry) -> None:
-        """Queue `entry`; never blocks."""
+        """Queue `entry`'s line; never blocks."""
         if len(self._queue) >= self._limit:
             self._on_drop()
         else:
-            self._queue.append(entry)  # deque appends are atomic: no lock, no wake-up
+            self._queue.append(self.line(entry))  # deque appends are atomic: no lock, no wake-up
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -151,9 +153,7 @@ class AccessLog:
     def _drain(self, stream: IO[str]) -> None:
         lines = []
         while self._queue:
-            lines.append(self.line(self._queue.popleft()))
-            if len(lines) % YIELD_EVERY == 0:
-                time.sleep(0)  # hand the GIL to the event loop: a long batch must not stall it
+            lines.append(self._queue.popleft())
         if lines:
             stream.write("\n".join(lines) + "\n")
             stream.flush()

@@ -232,6 +232,12 @@ async def test_head_and_204_answers_carry_no_body(serve):
         (b"NOT HTTP AT ALL\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n", 400),
         (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        # request smuggling: both framings at once, or a header folded onto the next line
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400),
     ],
 )
 async def test_bad_requests_get_a_4xx_and_the_connection_closes(serve, request_bytes, status):
