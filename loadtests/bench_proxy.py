@@ -2,8 +2,10 @@
 
     .venv/bin/python loadtests/bench_proxy.py [--duration 5] [--rounds 3] [--quick]
 
-Needs `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`) for the throughput table; the
-streaming and memory figures need neither. Each configuration runs in turn, round after round, so
+Uses `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`) when installed: nginx as the
+upstreams and as the split_clients reference, wrk as the load generator. Without them the
+upstreams and the load generator are the raw-protocol ones of `loadgen.py` and the nginx row is
+left out. Each configuration runs in turn, round after round, so
 machine noise hits all of them alike; the table shows medians over rounds and ratios. Results go
 to `loadtests/results/<time>.json` as well.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,6 +33,9 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from loadgen import load
+
+from proxy.loop import loop_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER = json.dumps(
@@ -151,6 +157,14 @@ def grayscale_conf(folder: Path, upstreams: tuple[int, int], port: int, features
     return conf
 
 
+DIRECT_NGINX = "direct (nginx return 200)"
+DIRECT_PYTHON = "direct (Python upstream)"
+NGINX = "nginx split_clients proxy"
+MINIMAL = "minimal aiohttp proxy"
+OFF = "grayscale, features off"
+ON = "grayscale, all features"
+
+
 @dataclass
 class Run:
     """One wrk run against one configuration."""
@@ -207,6 +221,24 @@ def wrk(
         elif match[2]:
             errors += sum(int(n) for n in re.findall(r"\d+", match[2]))
     return Run(name, rps, p50, p99, errors, cpu)
+
+
+def python_load(port: int, name: str, *, seconds: float, connections: int, pid: int | None) -> Run:
+    """Like `wrk`, with loadgen.py's load generator (when wrk is not installed)."""
+    before = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        result = runner.run(load(port, seconds, connections=connections))
+    elapsed = time.monotonic() - started
+    cpu = (cpu_seconds(pid) - before) / elapsed * 100 if pid else None
+    return Run(
+        name,
+        result.rate,
+        result.quantile(0.5) * 1000,
+        result.quantile(0.99) * 1000,
+        result.errors,
+        cpu,
+    )
 
 
 async def sse_delays(proxy_url: str | None, upstream_url: str, events: int) -> dict[str, float]:
@@ -346,9 +378,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.memory_requests, args.slow_clients = 2.0, 1, 0, 0
-    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
-    if missing:
-        sys.exit(f"{' and '.join(missing)} not found: apt-get install wrk nginx-light")
+    have_wrk, have_nginx = shutil.which("wrk") is not None, shutil.which("nginx") is not None
+    if not (have_wrk and have_nginx):
+        print(
+            "wrk or nginx not found (apt-get install wrk nginx-light): using loadgen.py's "
+            "Python load generator and upstreams, without the nginx reference",
+            file=sys.stderr,
+        )
 
     folder = Path(tempfile.mkdtemp(prefix="grayscale-bench-"))
     script = folder / "post.lua"
@@ -360,74 +396,65 @@ def main() -> None:
     results: dict[str, list[Run]] = {}
     low_load: dict[str, Run] = {}
     memory: dict[str, float] = {}
-    conf = nginx_conf(folder, upstreams, nginx_proxy)
-    with (
-        process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy),
-        process(
-            [
-                python,
-                str(ROOT / "loadtests" / "minimal_proxy.py"),
-                str(minimal),
-                f"http://127.0.0.1:{upstream}",
-                f"http://127.0.0.1:{upstream_b}",
-            ],
-            minimal,
-            env=env,
-        ) as minimal_proc,
-        serve(grayscale_conf(folder, upstreams, on, True), on) as on_proc,
-        serve(grayscale_conf(folder, upstreams, off, False), off) as off_proc,
-    ):
-        targets = {
-            "direct (nginx return 200)": (upstream, None),
-            "nginx split_clients proxy": (nginx_proxy, None),
-            "minimal aiohttp proxy": (minimal, minimal_proc.pid),
-            "grayscale, features off": (off, off_proc.pid),
-            "grayscale, all features": (on, on_proc.pid),
+    if have_nginx:
+        conf = nginx_conf(folder, upstreams, nginx_proxy)
+        peers = [process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy)]
+        direct_name = DIRECT_NGINX
+    else:
+        loadgen = str(ROOT / "loadtests" / "loadgen.py")
+        peers = [process([python, loadgen, str(port)], port, env=env) for port in upstreams]
+        direct_name = DIRECT_PYTHON
+
+    def measure(port: int, name: str, seconds: float, connections: int, pid: int | None) -> Run:
+        if have_wrk:
+            return wrk(port, name, seconds=seconds, connections=connections, script=script, pid=pid)
+        return python_load(port, name, seconds=seconds, connections=connections, pid=pid)
+
+    with contextlib.ExitStack() as stack:
+        for peer in peers:
+            stack.enter_context(peer)
+        minimal_proc = stack.enter_context(
+            process(
+                [
+                    python,
+                    str(ROOT / "loadtests" / "minimal_proxy.py"),
+                    str(minimal),
+                    f"http://127.0.0.1:{upstream}",
+                    f"http://127.0.0.1:{upstream_b}",
+                ],
+                minimal,
+                env=env,
+            )
+        )
+        on_proc = stack.enter_context(serve(grayscale_conf(folder, upstreams, on, True), on))
+        off_proc = stack.enter_context(serve(grayscale_conf(folder, upstreams, off, False), off))
+        targets: dict[str, tuple[int, int | None]] = {direct_name: (upstream, None)}
+        if have_nginx:
+            targets[NGINX] = (nginx_proxy, None)
+        targets |= {
+            MINIMAL: (minimal, minimal_proc.pid),
+            OFF: (off, off_proc.pid),
+            ON: (on, on_proc.pid),
         }
         for name, (port, pid) in targets.items():  # warm up
-            wrk(port, name, seconds=1, connections=args.connections, script=script, pid=pid)
+            measure(port, name, 1, args.connections, pid)
         for round_no in range(args.rounds):
             for name, (port, pid) in targets.items():
-                run = wrk(
-                    port,
-                    name,
-                    seconds=args.duration,
-                    connections=args.connections,
-                    script=script,
-                    pid=pid,
-                )
+                run = measure(port, name, args.duration, args.connections, pid)
                 results.setdefault(name, []).append(run)
                 print(
                     f"round {round_no + 1} {name:<28} {run.requests_per_second:>9.0f} req/s",
                     file=sys.stderr,
                 )
         for name, (port, pid) in targets.items():
-            low_load[name] = wrk(
-                port, name, seconds=args.duration, connections=1, script=script, pid=pid
-            )
+            low_load[name] = measure(port, name, args.duration, 1, pid)
         if args.memory_requests:
-            rate = statistics.median(
-                r.requests_per_second for r in results["grayscale, all features"]
-            )
+            rate = statistics.median(r.requests_per_second for r in results[ON])
             seconds = max(5.0, args.memory_requests / rate)
             memory["before_mib"] = rss_mib(on_proc.pid)
-            wrk(
-                on,
-                "memory",
-                seconds=seconds / 2,
-                connections=args.connections,
-                script=script,
-                pid=on_proc.pid,
-            )
+            measure(on, "memory", seconds / 2, args.connections, on_proc.pid)
             memory["half_mib"] = rss_mib(on_proc.pid)
-            wrk(
-                on,
-                "memory",
-                seconds=seconds / 2,
-                connections=args.connections,
-                script=script,
-                pid=on_proc.pid,
-            )
+            measure(on, "memory", seconds / 2, args.connections, on_proc.pid)
             memory["after_mib"] = rss_mib(on_proc.pid)
             memory["requests"] = seconds * rate
     stream = streaming(folder)
@@ -436,35 +463,49 @@ def main() -> None:
     def med(name: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in results[name])
 
-    direct_rps = med("direct (nginx return 200)", "requests_per_second")
-    nginx_rps = med("nginx split_clients proxy", "requests_per_second")
-    minimal_rps = med("minimal aiohttp proxy", "requests_per_second")
+    def cpu_per_request(name: str) -> float | None:
+        """Median CPU microseconds (user + system) the proxy spent per request."""
+        costs = [
+            r.cpu_percent / 100 / r.requests_per_second * 1e6
+            for r in results[name]
+            if r.cpu_percent is not None and r.requests_per_second
+        ]
+        return statistics.median(costs) if costs else None
+
+    direct_rps = med(direct_name, "requests_per_second")
+    nginx_rps = med(NGINX, "requests_per_second") if NGINX in results else None
+    minimal_rps = med(MINIMAL, "requests_per_second")
     lines = [
-        f"{'configuration':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}"
+        f"{'configuration':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>7}{'us/req':>8}"
         f"{'x direct':>10}{'x nginx':>9}{'x minimal':>11}{'errors':>8}",
     ]
     for name, runs in results.items():
         rps = med(name, "requests_per_second")
         cpus = [r.cpu_percent for r in runs if r.cpu_percent is not None]
         cpu = f"{statistics.median(cpus):>7.0f}" if cpus else f"{'-':>7}"
+        cost = cpu_per_request(name)
+        cpu += f"{cost:>8.0f}" if cost else f"{'-':>8}"
         lines.append(
             f"{name:<28}{rps:>9.0f}{med(name, 'p50_ms'):>9.2f}{med(name, 'p99_ms'):>9.2f}{cpu}"
-            f"{rps / direct_rps:>10.3f}{rps / nginx_rps:>9.3f}{rps / minimal_rps:>11.2f}"
+            f"{rps / direct_rps:>10.3f}"
+            + (f"{rps / nginx_rps:>9.3f}" if nginx_rps else f"{'-':>9}")
+            + f"{rps / minimal_rps:>11.2f}"
             f"{sum(r.errors for r in runs):>8}"
         )
-    base = low_load["direct (nginx return 200)"]
+    base = low_load[direct_name]
     lines += ["", "one connection (added latency over direct):"]
     for name, run in low_load.items():
         lines.append(
             f"  {name:<28} p50 {run.p50_ms:6.3f} ms (+{run.p50_ms - base.p50_ms:.3f})  "
             f"p99 {run.p99_ms:6.3f} ms (+{run.p99_ms - base.p99_ms:.3f})"
         )
-    on_rps = med("grayscale, all features", "requests_per_second")
-    off_rps = med("grayscale, features off", "requests_per_second")
+    on_rps = med(ON, "requests_per_second")
+    off_rps = med(OFF, "requests_per_second")
     lines += [
         "",
-        f"features cost: {1 - on_rps / off_rps:.1%} of throughput (metrics always on; "
-        "analysis windows and a 10 % sampled access log on top)",
+        f"features cost: {1 - on_rps / off_rps:.1%} of throughput, "
+        f"{(cpu_per_request(ON) or 0) / (cpu_per_request(OFF) or 1) - 1:+.1%} CPU per request "
+        "(metrics always on; analysis windows and a 10 % sampled access log on top)",
         f"streaming: {stream['events']} SSE events, median added delay "
         f"{stream['added_median_ms']:.3f} ms, {stream['client_reads']} client reads "
         f"({'not coalesced' if stream['client_reads'] >= stream['events'] else 'coalesced'})",

@@ -1,8 +1,10 @@
 """A short throughput guard: Grayscale against the minimal aiohttp proxy, measured side by side.
 
-Loose on purpose (noise must not make CI flaky): zero errors under concurrent load, and Grayscale
-at least GUARD times the minimal proxy's throughput in the same run. The full comparison with
-nginx and wrk is `loadtests/bench_proxy.py`.
+The upstream and the load generator are raw asyncio protocols (`loadtests/loadgen.py`), light
+enough that the proxies are what limits the rate. Loose on purpose (noise must not make CI
+flaky): zero errors under 32 concurrent keep-alive clients, and Grayscale, with analysis and
+metrics on, at least GUARD times the minimal proxy's throughput in the same run. The full
+comparison with nginx and wrk is `loadtests/bench_proxy.py`.
 """
 
 from __future__ import annotations
@@ -10,23 +12,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-
+from loadtests.loadgen import load, start_upstream
 from tests.integration.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-GUARD = 0.7
-ANSWER = b'{"model": "bench", "predictions": [{"label": "positive", "score": 0.98}]}'
-
-
-async def answer(request: web.Request) -> web.Response:
-    await request.read()
-    return web.Response(body=ANSWER, content_type="application/json")
+GUARD = 1.2  # measured 2.0-3.3x on the 2-core CI machine kind; a hot path half as fast fails
 
 
 async def start(args: list[str], port: int) -> asyncio.subprocess.Process:
@@ -47,41 +39,9 @@ async def start(args: list[str], port: int) -> asyncio.subprocess.Process:
     raise AssertionError(f"{args} did not listen on {port}")
 
 
-async def load(url: str, seconds: float) -> tuple[int, int]:
-    """(answers, errors) from 32 concurrent keep-alive clients posting 300 bytes."""
-    done = errors = 0
-    deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def client(worker: int) -> None:
-            nonlocal done, errors
-            i = 0
-            while time.monotonic() < deadline:
-                i += 1
-                try:
-                    async with session.post(
-                        url + "/v1/models/bench:predict",
-                        data=b"a" * 300,
-                        headers={"X-User-Id": f"u{worker}-{i}"},
-                    ) as resp:
-                        if await resp.read() == ANSWER and resp.status == 200:
-                            done += 1
-                        else:
-                            errors += 1
-                except aiohttp.ClientError:
-                    errors += 1
-
-        await asyncio.gather(*(client(w) for w in range(32)))
-    return done, errors
-
-
 async def test_throughput_guard(tmp_path):
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    upstream = TestServer(app, host="127.0.0.1")
-    await upstream.start_server()
-    base = str(upstream.make_url("")).rstrip("/")
+    upstream, upstream_port = await start_upstream()
+    base = f"http://127.0.0.1:{upstream_port}"
     minimal_port, grayscale_port = free_port(), free_port()
     config = tmp_path / "grayscale.yaml"
     config.write_text(
@@ -102,16 +62,19 @@ async def test_throughput_guard(tmp_path):
     ]
     rates: dict[str, list[float]] = {"minimal": [], "grayscale": []}
     try:
+        for port in (minimal_port, grayscale_port):  # warm up
+            await load(port, 0.3)
         for _ in range(2):
             for name, port in (("minimal", minimal_port), ("grayscale", grayscale_port)):
-                done, errors = await load(f"http://127.0.0.1:{port}", 1.5)
-                assert errors == 0, (name, errors)
-                rates[name].append(done / 1.5)
+                result = await load(port, 1.5)
+                assert result.errors == 0, (name, result.errors)
+                assert result.answers > 0, name
+                rates[name].append(result.rate)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
             await process.wait()
-        await upstream.close()
+        upstream.close()
     ratio = max(rates["grayscale"]) / max(rates["minimal"])
     print(
         f"\nminimal {max(rates['minimal']):.0f}/s, grayscale {max(rates['grayscale']):.0f}/s, "
