@@ -50,6 +50,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
+        self.content_length: int | None = None
         self.keep_alive = False
         self.complete = False
         self.received = False  # any byte of an answer
@@ -101,6 +102,8 @@ class _Connection(asyncio.Protocol):
         self.reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 14 and name.lower() == b"content-length":
+            self.content_length = int(value)  # llhttp accepts digits only
         self.headers.append(
             (name.decode("latin-1"), value.decode("utf-8", errors="surrogateescape"))
         )
@@ -109,6 +112,7 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self.headers = []  # an interim answer (100 Continue, 103 Early Hints): skip it
+            self.content_length = None
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
@@ -144,16 +148,27 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Write `data`; False when the upstream's side is full (wait for `writable` then)."""
         assert self.transport is not None
         if self.closed:
             raise UpstreamError("reset", "the upstream closed the connection")
         self.transport.write(data)
-        if not self._writable.is_set():
+        return self._writable.is_set()
+
+    async def drained(self) -> None:
+        """Wait until the upstream's side takes more."""
+        await self._writable.wait()
+
+    async def write(self, data: bytes) -> None:
+        """Write `data`, then wait while the upstream's side is full."""
+        if not self.send(data):
             await self._writable.wait()
 
-    async def head(self) -> None:
-        await self._head
+    @property
+    def head(self) -> asyncio.Future[None]:
+        """Done when the answer's head is in (or with the failure that came instead)."""
+        return self._head
 
     def expire_head(self) -> None:
         """The answer's head did not come in time."""
@@ -210,11 +225,8 @@ class Answer:
         self.status = connection.status
         self.reason = connection.reason
         self.headers = connection.headers
+        self.content_length = connection.content_length
         self._head_only = method == "HEAD" or self.status in (204, 304)
-        self.content_length: int | None = None
-        for name, value in self.headers:
-            if name.lower() == "content-length" and value.isdigit():
-                self.content_length = int(value)
 
     async def chunks(self, idle_timeout: float, deadline: float) -> AsyncIterator[bytes]:
         """The body as it arrives. `idle_timeout` bounds the silence between two pieces, and
@@ -266,12 +278,16 @@ class Pool:
         connection.reused = True
         self._idle.append(connection)
 
-    async def connection(self, connect_timeout: float) -> _Connection:
-        """An idle connection, or a new one."""
+    def idle(self) -> _Connection | None:
+        """An idle connection, if one is open."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
                 return connection
+        return None
+
+    async def connect(self, connect_timeout: float) -> _Connection:
+        """A new connection."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
@@ -308,7 +324,9 @@ class Origin:
         default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default else f"{host}:{self.port}"
+        self.host_line = f"Host: {self.host_header}\r\n"
         self.prefix = parts.path.rstrip("/")
+        self.pool: Pool | None = None  # this origin's connections, once a client has them
 
 
 class UpstreamClient:
@@ -323,6 +341,7 @@ class UpstreamClient:
         if pool is None:
             tls = ssl.create_default_context(cafile=origin.ca_file) if origin.tls else None
             pool = self._pools[key] = Pool(origin.host, origin.port, tls)
+        origin.pool = pool  # found at once next time
         return pool
 
     async def request(
@@ -345,27 +364,32 @@ class UpstreamClient:
         reused connection turns out to be closed is sent once more on a new connection when its
         body can be sent again (none, or bytes).
         """
-        framing: list[tuple[str, str]] = [("Host", origin.host_header)]
         if isinstance(body, bytes):
-            framing.append(("Content-Length", str(len(body))))
+            framing = f"Content-Length: {len(body)}\r\n"
         elif body is not None:
-            if content_length is None:
-                framing.append(("Transfer-Encoding", "chunked"))
-            else:
-                framing.append(("Content-Length", str(content_length)))
-        elif method not in BODYLESS_METHODS:
-            framing.append(("Content-Length", "0"))
-        lines = [f"{method} {origin.prefix}{target} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in framing + headers]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", errors="surrogateescape")
-        pool = self._pool(origin)
+            framing = (
+                "Transfer-Encoding: chunked\r\n"
+                if content_length is None
+                else f"Content-Length: {content_length}\r\n"
+            )
+        else:
+            framing = "" if method in BODYLESS_METHODS else "Content-Length: 0\r\n"
+        lines = [f"{method} {origin.prefix}{target} HTTP/1.1\r\n{origin.host_line}{framing}"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8", errors="surrogateescape")
+        pool = origin.pool if origin.pool is not None else self._pool(origin)
         loop = asyncio.get_running_loop()
         for attempt in range(2):
-            connection = await pool.connection(connect_timeout)
+            connection = pool.idle() or await pool.connect(connect_timeout)
             timer = loop.call_later(first_byte_timeout, connection.expire_head)
             try:
-                await self._send(connection, head, body, content_length)
-                await connection.head()
+                if body is None or isinstance(body, bytes):
+                    if not connection.send(head + body if body else head):
+                        await connection.drained()
+                else:
+                    await self._stream(connection, head, body, content_length)
+                await connection.head
             except UpstreamError as exc:
                 connection.finish(reusable=False)
                 stale = connection.reused and not connection.received and exc.reason == "reset"
@@ -381,12 +405,9 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _send(
-        connection: _Connection, head: bytes, body: Body, content_length: int | None
+    async def _stream(
+        connection: _Connection, head: bytes, body: AsyncIterable[bytes], content_length: int | None
     ) -> None:
-        if body is None or isinstance(body, bytes):
-            await connection.write(head + body if body else head)
-            return
         await connection.write(head)
         chunked = content_length is None
         async for chunk in body:
