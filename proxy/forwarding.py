@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from proxy.config.model import Upstream
-from proxy.listener import ClientGone, Headers, Request
+from proxy.listener import ClientGone, Request, render
 from proxy.transport import Answer, Body, Origin, UpstreamClient, UpstreamError
 
 log = logging.getLogger("grayscale.forwarding")
@@ -23,21 +23,21 @@ log = logging.getLogger("grayscale.forwarding")
 VARIANT_HEADER = "X-Grayscale-Variant"
 ROUTE_HEADER = "X-Grayscale-Route"
 FALLBACK_HEADER = "X-Grayscale-Fallback"
-_INTERNAL_PREFIX = "x-grayscale-"
+_INTERNAL_PREFIX = b"x-grayscale-"
 _HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "expect", "content-length"}
+_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 
 
 class Overloaded(Exception):
@@ -101,6 +101,11 @@ class Target:
     limiter: Limiter
     origin: Origin
 
+    @property
+    def label(self) -> bytes:
+        """The header lines that say which route and variant answered."""
+        return render([(VARIANT_HEADER, self.variant), (ROUTE_HEADER, self.route)])
+
 
 @dataclass(slots=True)
 class Exchange:
@@ -125,66 +130,67 @@ class UpstreamFailure:
     detail: str
 
 
-def _named_by_connection(values: list[str]) -> set[str]:
+def _named_by_connection(values: list[bytes]) -> set[bytes]:
     """The headers a `Connection` header names: hop-by-hop too."""
     if not values:
         return set()
-    return {token.strip().lower() for value in values for token in value.split(",")} - {""}
+    return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
 
 
-def upstream_headers(request: Request) -> Headers:
-    """The request headers to send upstream.
+def upstream_headers(request: Request) -> bytes:
+    """The request header lines to send upstream.
 
     Hop-by-hop headers, `Host` (set from the upstream URL), `Content-Length` (the transport frames
     the body), `Expect` (the proxy answers `100-continue` itself) and any client-sent
     `X-Grayscale-*` header are dropped. `X-Forwarded-For` gets the peer appended;
     `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a proxy in front already set them.
     """
-    named = _named_by_connection(request.header_values("connection"))
-    headers: Headers = []
+    named = _named_by_connection(request.raw_values(b"connection"))
+    lines: list[bytes] = []
     forwarded_for = proto = host = None
-    for key, (name, value) in zip(request.keys, request.headers, strict=True):
+    for key, (name, value) in zip(request.keys, request.raw_headers, strict=True):
         if key in _NOT_FORWARDED or key in named or key.startswith(_INTERNAL_PREFIX):
             continue
-        if key == "x-forwarded-for":
-            forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
+        if key == b"x-forwarded-for":
+            forwarded_for = value if forwarded_for is None else b"%s, %s" % (forwarded_for, value)
             continue
-        if key == "x-forwarded-proto":
+        if key == b"x-forwarded-proto":
             proto = value
-        elif key == "x-forwarded-host":
+        elif key == b"x-forwarded-host":
             host = value
-        headers.append((name, value))
-    peer = request.remote or ""
-    headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+        lines.append(b"%s: %s\r\n" % (name, value))
+    peer = (request.remote or "").encode()
+    chain = b"%s, %s" % (forwarded_for, peer) if forwarded_for else peer
+    lines.append(b"X-Forwarded-For: %s\r\n" % chain)
     if proto is None:
-        headers.append(("X-Forwarded-Proto", "http"))
-    if host is None and request.host:
-        headers.append(("X-Forwarded-Host", request.host))
-    return headers
+        lines.append(b"X-Forwarded-Proto: http\r\n")
+    if host is None and request.raw_host:
+        lines.append(b"X-Forwarded-Host: %s\r\n" % request.raw_host)
+    return b"".join(lines)
 
 
-def answer_headers(answer: Answer, target: Target, fallback: str | None) -> Headers:
-    """The upstream's answer headers for the client: less hop-by-hop ones and Content-Length
-    (the listener frames the body), plus ours."""
+def answer_headers(answer: Answer, target: Target, fallback: str | None) -> bytes:
+    """The upstream's answer header lines for the client: less hop-by-hop ones and
+    Content-Length (the listener frames the body), plus ours."""
     named = _named_by_connection(
-        [value for name, value in answer.headers if name.lower() == "connection"]
+        [value for name, value in answer.headers if name.lower() == b"connection"]
     )
-    headers: Headers = []
+    lines: list[bytes] = []
     event_stream = False
     for name, value in answer.headers:
         key = name.lower()
-        if key in _HOP_BY_HOP or key in named or key == "content-length":
+        if key in _HOP_BY_HOP or key in named or key == b"content-length":
             continue
-        headers.append((name, value))
-        if key == "content-type" and value.startswith("text/event-stream"):
+        lines.append(b"%s: %s\r\n" % (name, value))
+        if key == b"content-type" and value.startswith(b"text/event-stream"):
             event_stream = True
-    headers += [(VARIANT_HEADER, target.variant), (ROUTE_HEADER, target.route)]
+    lines.append(target.label)
     if fallback is not None:
-        headers.append((FALLBACK_HEADER, fallback))
+        lines.append(b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), fallback.encode()))
     if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
-        headers.append(("X-Accel-Buffering", "no"))
-    return headers
+        lines.append(b"X-Accel-Buffering: no\r\n")
+    return b"".join(lines)
 
 
 _FAILURES = {
@@ -257,7 +263,7 @@ async def _open(
         answer = await client.request(
             target.origin,
             request.method,
-            target=request.target,
+            target=request.raw_target,
             headers=upstream_headers(request),
             body=body,
             content_length=request.content_length,

@@ -35,11 +35,22 @@ KEEPALIVE_TIMEOUT = 75.0  # an idle connection (or a request head never finished
 LINGER = 2.0  # after an answer sent before its request body was read, how long to drain it
 
 Handler = Callable[["Request"], Awaitable[None]]
-Headers = list[tuple[str, str]]
+RawHeaders = list[tuple[bytes, bytes]]  # names and values as received
 
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _ENCODED_SLASH = re.compile("%2[fF]")
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+def render(headers: list[tuple[str, str]]) -> bytes:
+    """Header lines as sent: ``Name: value`` and CRLF, each."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
 
 class BadRequest(Exception):
@@ -108,11 +119,12 @@ class Request:
         "content_length",
         "done",
         "has_body",
-        "headers",
         "keep_alive",
         "keys",
         "method",
         "path",
+        "raw_headers",
+        "raw_target",
         "remote",
         "started",
         "status",
@@ -124,33 +136,34 @@ class Request:
         self,
         connection: _Connection,
         method: str,
-        target: str,
+        target: bytes,
         *,
         version: str,
-        headers: Headers,
+        headers: RawHeaders,
         keep_alive: bool,
     ):
         self._connection = connection
         self.method = method
-        self.target = target  # path and query, as received
+        self.raw_target = target  # path and query, as received
+        self.target = _text(target)
         self.version = version
-        self.headers = headers
+        self.raw_headers = headers
         self.keep_alive = keep_alive
         self.remote = connection.remote
-        self.path = routing_path(target)
+        self.path = routing_path(self.target)
         self.keys = [name.lower() for name, _ in headers]  # header names, lower case, in order
-        index: dict[str, str] = {}
+        index: dict[bytes, bytes] = {}
         for key, (_, value) in zip(self.keys, headers, strict=True):
             if key not in index:
                 index[key] = value
         self._index = index
-        chunked = "transfer-encoding" in index and any(
-            "chunked" in value.lower() for value in self.header_values("transfer-encoding")
+        chunked = b"transfer-encoding" in index and any(
+            b"chunked" in value.lower() for value in self.raw_values(b"transfer-encoding")
         )
-        length = index.get("content-length")  # llhttp accepts digits only, and one length
+        length = index.get(b"content-length")  # llhttp accepts digits only, and one length
         self.content_length = None if chunked or length is None else int(length)
         self.has_body = chunked or bool(self.content_length)
-        expect = index.get("expect", "").lower() == "100-continue"
+        expect = index.get(b"expect", b"").lower() == b"100-continue"
         self._continue = expect and self.has_body and version == "1.1"
         self._query: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
@@ -169,14 +182,19 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
-        return self._index.get(name.lower())
+        value = self._index.get(name.lower().encode("latin-1"))
+        return None if value is None else _text(value)
 
     def header_values(self, name: str) -> list[str]:
         """Every value of header `name` (case-insensitive), in order."""
-        key = name.lower()
+        return [_text(value) for value in self.raw_values(name.lower().encode("latin-1"))]
+
+    def raw_values(self, key: bytes) -> list[bytes]:
+        """Every value of the header whose lower-case name is `key`, as received."""
         if key not in self._index:
             return []
-        return [value for k, (_, value) in zip(self.keys, self.headers, strict=True) if k == key]
+        pairs = zip(self.keys, self.raw_headers, strict=True)
+        return [value for k, (_, value) in pairs if k == key]
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter `name`, or None."""
@@ -201,9 +219,9 @@ class Request:
         return self._cookies.get(name)
 
     @property
-    def host(self) -> str | None:
-        """The Host header."""
-        return self._index.get("host")
+    def raw_host(self) -> bytes | None:
+        """The Host header, as received."""
+        return self._index.get(b"host")
 
     # --- the body -----------------------------------------------------------------------------
 
@@ -264,47 +282,53 @@ class Request:
 
     # --- the answer ---------------------------------------------------------------------------
 
-    def _head(self, status: int, reason: str, headers: Headers, framing: str, keep: bool) -> bytes:
+    def _head(
+        self, status: int, reason: bytes, headers: bytes, framing: bytes, keep: bool
+    ) -> bytes:
         keep = keep and self._connection.keeps_alive(self)
         self.started, self.status = True, status
-        lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, '')}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
-        lines.append(framing)
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"")), headers]
+        parts.append(framing)
         if not keep:
-            lines.append("Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
             self.keep_alive = False
         elif self.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
-    def reply(self, status: int, headers: Headers, body: bytes, reason: str = "") -> None:
-        """Send a whole answer; `headers` must not frame the body (Content-Length is set here)."""
+    def reply(self, status: int, headers: bytes, body: bytes, reason: bytes = b"") -> None:
+        """Send a whole answer. `headers` are rendered lines (see `render`) that do not frame the
+        body: Content-Length is set here."""
         if status in _NO_BODY_STATUS:
-            self._connection.write(self._head(status, reason, headers, "", True))
+            self._connection.write(self._head(status, reason, headers, b"", True))
         else:
-            head = self._head(status, reason, headers, f"Content-Length: {len(body)}\r\n", True)
+            framing = b"Content-Length: %d\r\n" % len(body)
+            head = self._head(status, reason, headers, framing, True)
             self._connection.write(head + body if self.method != "HEAD" else head)
         self.done = True
 
-    def reply_json(self, status: int, document: object, headers: Headers | None = None) -> None:
+    def reply_json(
+        self, status: int, document: object, headers: list[tuple[str, str]] | None = None
+    ) -> None:
         """Send a JSON answer made here (with a Date header)."""
         ours = [("Content-Type", "application/json; charset=utf-8"), ("Date", _Clock.date())]
-        self.reply(status, (headers or []) + ours, json.dumps(document).encode())
+        self.reply(status, render((headers or []) + ours), json.dumps(document).encode())
 
-    def start(self, status: int, headers: Headers, length: int | None, reason: str = "") -> None:
+    def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
         """Send the head of an answer whose body follows through `write`: `length` bytes, or
-        of unknown length (chunked, or up to the close for an HTTP/1.0 client)."""
+        of unknown length (chunked, or up to the close for an HTTP/1.0 client). `headers` are
+        rendered lines that do not frame the body."""
         keep = True
         if self.method == "HEAD" or status in _NO_BODY_STATUS:
-            framing = "" if length is None else f"Content-Length: {length}\r\n"
+            framing = b"" if length is None else b"Content-Length: %d\r\n" % length
             self._framing = "none"
         elif length is not None:
-            framing, self._framing = f"Content-Length: {length}\r\n", "length"
+            framing, self._framing = b"Content-Length: %d\r\n" % length, "length"
         elif self.version == "1.1":
-            framing, self._framing = "Transfer-Encoding: chunked\r\n", "chunked"
+            framing, self._framing = b"Transfer-Encoding: chunked\r\n", "chunked"
         else:
-            framing, self._framing, keep = "", "close", False
+            framing, self._framing, keep = b"", "close", False
         self._connection.write(self._head(status, reason, headers, framing, keep))
 
     async def write(self, data: bytes) -> None:
@@ -351,7 +375,7 @@ class _Connection(asyncio.Protocol):
         self._in_head = False
         self._head_size = 0
         self._target = bytearray()
-        self._headers: Headers = []
+        self._headers: RawHeaders = []
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -421,7 +445,7 @@ class _Connection(asyncio.Protocol):
         self._head_size += size
         if size > MAX_FIELD or self._head_size > MAX_HEAD:
             raise BadRequest(431, "header_too_large", "a request header is too large")
-        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -429,7 +453,7 @@ class _Connection(asyncio.Protocol):
         request = Request(
             self,
             parser.get_method().decode("latin-1"),
-            self._target.decode("utf-8", "surrogateescape"),
+            bytes(self._target),
             version=parser.get_http_version(),
             headers=self._headers,
             keep_alive=parser.should_keep_alive(),
@@ -547,7 +571,7 @@ class _Connection(asyncio.Protocol):
         self.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (refused.status, _REASONS[refused.status].encode(), len(body), body)
+            % (refused.status, _REASONS[refused.status], len(body), body)
         )
         self.close()
 

@@ -48,8 +48,8 @@ class _Connection(asyncio.Protocol):
 
     def _reset_exchange(self) -> None:
         self.status = 0
-        self.reason = ""
-        self.headers: list[tuple[str, str]] = []
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # as received
         self.content_length: int | None = None
         self.keep_alive = False
         self.complete = False
@@ -88,7 +88,7 @@ class _Connection(asyncio.Protocol):
         if not self._head.done() or self._head.exception() is not None or self._error:
             return False
         names = {name.lower() for name, _ in self.headers}
-        return "content-length" not in names and "transfer-encoding" not in names
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -99,14 +99,12 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self.reason = status.decode("latin-1")
+        self.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 14 and name.lower() == b"content-length":
             self.content_length = int(value)  # llhttp accepts digits only
-        self.headers.append(
-            (name.decode("latin-1"), value.decode("utf-8", errors="surrogateescape"))
-        )
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -324,8 +322,13 @@ class Origin:
         default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default else f"{host}:{self.port}"
-        self.host_line = f"Host: {self.host_header}\r\n"
+        try:
+            host_bytes = self.host_header.encode("idna")  # an IDN host as punycode
+        except UnicodeError:
+            host_bytes = self.host_header.encode("utf-8", "surrogateescape")
+        self.host_line = b"Host: %s\r\n" % host_bytes
         self.prefix = parts.path.rstrip("/")
+        self.raw_prefix = self.prefix.encode("utf-8", "surrogateescape")
         self.pool: Pool | None = None  # this origin's connections, once a client has them
 
 
@@ -349,8 +352,8 @@ class UpstreamClient:
         origin: Origin,
         method: str,
         *,
-        target: str,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        headers: bytes,
         body: Body,
         content_length: int | None,
         connect_timeout: float,
@@ -359,25 +362,30 @@ class UpstreamClient:
         """Send a request and wait for the answer's head.
 
         `first_byte_timeout` bounds sending the request and waiting for the answer's head.
-        `target` is the path and query, sent as given; `headers` must not frame the body: this
-        sets Content-Length (or chunked encoding for a body of unknown length). A request whose
-        reused connection turns out to be closed is sent once more on a new connection when its
-        body can be sent again (none, or bytes).
+        `target` is the path and query, sent as given; `headers` are header lines (``Name: value``
+        and CRLF each) that must not frame the body: this sets Content-Length (or chunked
+        encoding for a body of unknown length). A request whose reused connection turns out to be
+        closed is sent once more on a new connection when its body can be sent again (none, or
+        bytes).
         """
         if isinstance(body, bytes):
-            framing = f"Content-Length: {len(body)}\r\n"
+            framing = b"Content-Length: %d\r\n" % len(body)
         elif body is not None:
             framing = (
-                "Transfer-Encoding: chunked\r\n"
+                b"Transfer-Encoding: chunked\r\n"
                 if content_length is None
-                else f"Content-Length: {content_length}\r\n"
+                else b"Content-Length: %d\r\n" % content_length
             )
         else:
-            framing = "" if method in BODYLESS_METHODS else "Content-Length: 0\r\n"
-        lines = [f"{method} {origin.prefix}{target} HTTP/1.1\r\n{origin.host_line}{framing}"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
-        lines.append("\r\n")
-        head = "".join(lines).encode("utf-8", errors="surrogateescape")
+            framing = b"" if method in BODYLESS_METHODS else b"Content-Length: 0\r\n"
+        head = b"%s %s%s HTTP/1.1\r\n%s%s%s\r\n" % (
+            method.encode("latin-1"),
+            origin.raw_prefix,
+            target,
+            origin.host_line,
+            framing,
+            headers,
+        )
         pool = origin.pool if origin.pool is not None else self._pool(origin)
         loop = asyncio.get_running_loop()
         for attempt in range(2):

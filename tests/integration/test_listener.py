@@ -36,20 +36,20 @@ async def handler(request: Request, seen: Seen) -> None:
             "cookie": request.cookie("session"),
             "body": len(body),
         }
-        request.reply(200, [("Content-Type", "application/json")], json.dumps(document).encode())
+        request.reply(200, b"Content-Type: application/json\r\n", json.dumps(document).encode())
     elif request.path == "/stream":
-        request.start(200, [("Content-Type", "text/plain")], None)
+        request.start(200, b"Content-Type: text/plain\r\n", None)
         for part in (b"one,", b"two,", b"three"):
             await request.write(part)
         request.end()
     elif request.path == "/no-content":
-        request.reply(204, [], b"")
+        request.reply(204, b"", b"")
     elif request.path == "/refuse-body":
-        request.reply(413, [], b"too large")  # answered without reading the body
+        request.reply(413, b"", b"too large")  # answered without reading the body
     elif request.path == "/boom":
         raise RuntimeError("handler bug")
     elif request.path == "/boom-late":
-        request.start(200, [], None)
+        request.start(200, b"", None)
         await request.write(b"partial")
         raise RuntimeError("handler bug mid-answer")
     elif request.path == "/hang":
@@ -59,7 +59,7 @@ async def handler(request: Request, seen: Seen) -> None:
         except asyncio.CancelledError:
             seen.cancelled.set()
             raise
-        request.reply(200, [], b"released")
+        request.reply(200, b"", b"released")
     elif request.path == "/stall":
         seen.entered.set()
         await asyncio.sleep(3600)
