@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.config.model import Upstream
 from proxy.listener import ClientGone, Request, render
@@ -100,11 +100,11 @@ class Target:
     upstream: Upstream
     limiter: Limiter
     origin: Origin
+    label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
-    @property
-    def label(self) -> bytes:
-        """The header lines that say which route and variant answered."""
-        return render([(VARIANT_HEADER, self.variant), (ROUTE_HEADER, self.route)])
+    def __post_init__(self) -> None:
+        label = render([(VARIANT_HEADER, self.variant), (ROUTE_HEADER, self.route)])
+        object.__setattr__(self, "label", label)
 
 
 @dataclass(slots=True)
