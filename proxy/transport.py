@@ -54,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.complete = False
         self.received = False  # any byte of an answer
+        self.sent = False  # the whole request went out (not cut short by an early answer)
         self._head: asyncio.Future[None] = self._loop.create_future()
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -155,13 +156,20 @@ class _Connection(asyncio.Protocol):
         return self._writable.is_set()
 
     async def drained(self) -> None:
-        """Wait until the upstream's side takes more."""
-        await self._writable.wait()
+        """Wait until the upstream's side takes more, or the upstream has answered (it may not
+        read the rest of a body it has answered)."""
+        if self._writable.is_set() or self._head.done():
+            return
+        writable = self._loop.create_task(self._writable.wait())
+        try:
+            await asyncio.wait((writable, self._head), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writable.cancel()
 
     async def write(self, data: bytes) -> None:
         """Write `data`, then wait while the upstream's side is full."""
         if not self.send(data):
-            await self._writable.wait()
+            await self.drained()
 
     @property
     def head(self) -> asyncio.Future[None]:
@@ -204,9 +212,13 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    def answered(self) -> bool:
+        """Whether the answer's head is in (a failure before it does not count)."""
+        return self._head.done() and self._head.exception() is None
+
     def finish(self, reusable: bool) -> None:
         """End the exchange: back to the pool when it may carry another, else closed."""
-        if reusable and self.complete and self.keep_alive and not self.closed:
+        if reusable and self.complete and self.keep_alive and self.sent and not self.closed:
             self._reset_exchange()
             self._parser = httptools.HttpResponseParser(self)
             self.pool.put(self)
@@ -395,10 +407,15 @@ class UpstreamClient:
                 if body is None or isinstance(body, bytes):
                     if not connection.send(head + body if body else head):
                         await connection.drained()
+                    connection.sent = True
                 else:
                     await self._stream(connection, head, body, content_length)
                 await connection.head
             except UpstreamError as exc:
+                if connection.answered():
+                    # The upstream answered, then closed while the body was still on its way
+                    # (a 413, a 401): its answer is the one to pass on.
+                    return Answer(connection, method)
                 connection.finish(reusable=False)
                 stale = connection.reused and not connection.received and exc.reason == "reset"
                 if attempt == 0 and stale and not isinstance(body, AsyncIterable):
@@ -416,14 +433,19 @@ class UpstreamClient:
     async def _stream(
         connection: _Connection, head: bytes, body: AsyncIterable[bytes], content_length: int | None
     ) -> None:
+        """Send the head, then the body as it comes, until it ends or the upstream answers."""
         await connection.write(head)
         chunked = content_length is None
         async for chunk in body:
-            if not chunk:
-                continue
-            await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if connection.answered():
+                return  # answered before the whole body went: the rest is not sent
+            if chunk:
+                await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if connection.answered():
+            return
         if chunked:
             await connection.write(b"0\r\n\r\n")
+        connection.sent = True
 
     def close(self) -> None:
         """Close every idle connection."""

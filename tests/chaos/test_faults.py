@@ -278,3 +278,39 @@ async def test_unwritable_state_keeps_serving_and_reports(upstreams, client, tmp
             assert (await resp.json())["state"]["healthy"] is False
     finally:
         await server.stop()
+
+
+async def early_answerer(answer: bytes, *, close: bool) -> tuple[asyncio.Server, str]:
+    """An upstream that answers as soon as it has a request's head, without reading the body;
+    then it closes the connection, or leaves it open and unread for a few seconds."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        if not close:
+            await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_upstream_answering_before_the_upload_ends_is_heard(start_proxy, client):
+    body = b"x" * (32 * 1024 * 1024)  # more than socket buffers hold: the upload must stall
+    refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
+    denial = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\n"
+    for answer, text, close in (
+        (refusal + b"too large", b"too large", True),
+        (denial + b"denied", b"denied", False),
+    ):
+        server, url = await early_answerer(answer, close=close)
+        proxy = await start_proxy(route_yaml(url, url, share=0.0), ", max_body_bytes: 67108864")
+        started = time.monotonic()
+        try:
+            async with client.post(proxy.proxy_url + "/upload", data=body) as resp:
+                assert (resp.status, await resp.read()) == (int(answer[9:12]), text)
+                assert resp.headers["Connection"] == "close"  # the unread upload ends the line
+        finally:
+            server.close()
+        assert time.monotonic() - started < 4  # not held until the upstream lets go
