@@ -210,6 +210,29 @@ class Recorder:
             bound = self._routes[name] = {variant: VariantMetrics() for variant in VARIANTS}
         return bound
 
+    def keep_routes(self, names: set[str]) -> None:
+        """Stop exporting the series of routes not in `names` (they left the config): a route
+        that comes back starts its counters again, which Prometheus reads as a reset."""
+        for name in set(self._routes) - names:
+            del self._routes[name]
+        per_route: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
+            (self.fallbacks, ("route", "reason")),
+            (self.verdicts, ("route", "check", "result")),
+            (self.analysis_error_rate, ("route", "variant")),
+            (self.analysis_latency, ("route", "variant")),
+            (self.analysis_requests, ("route", "variant")),
+            (self.rollbacks, ("route", "trigger")),
+        )
+        for metric, labels in per_route:
+            gone = {
+                tuple(sample.labels[label] for label in labels)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels["route"] not in names
+            }
+            for values in gone:
+                metric.remove(*values)
+
     def observe_verdict(self, route: str, verdict: Verdict) -> None:
         """Count an analysis verdict and export what it observed."""
         self.verdicts.labels(route, "overall", verdict.result.value).inc()

@@ -191,6 +191,7 @@ class Server:
         await self.controller.reconcile(config.routes, time.time())
         self.observations.update(_spans(config))
         self.gateway.use(config)
+        self.recorder.keep_routes({route.name for route in config.routes})
         self.analyzer.update(config.routes)
         self.admin.use(config, _admin_token(config))
         self.config = config

@@ -281,3 +281,35 @@ async def test_sighup_reloads_a_running_proxy(upstreams, client, tmp_path):
     finally:
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), timeout=20) == 0
+
+
+async def test_a_route_that_leaves_the_config_leaves_the_metrics(upstreams, client, tmp_path):
+    stable, candidate = upstreams
+    path = tmp_path / "grayscale.yaml"
+    kept = route_yaml(url_of(stable), url_of(candidate), name="kept", prefix="/kept", share=0.0)
+    gone = route_yaml(url_of(stable), url_of(candidate), name="gone", prefix="/gone", share=0.0)
+    header = 'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+    header += "state: {backend: memory}\nroutes:\n"
+    path.write_text(header + kept + gone)
+    server = Server(load_config(path))
+    await server.start()
+
+    async def requests_by_route() -> dict[str, float]:
+        async with client.get(server.admin_url + "/metrics") as resp:
+            families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+        found: dict[str, float] = {}
+        for sample in families["grayscale_requests"].samples:
+            route = sample.labels["route"]
+            found[route] = found.get(route, 0) + sample.value
+        return found
+
+    try:
+        for prefix in ("/kept", "/kept", "/gone"):
+            async with client.get(server.proxy_url + prefix) as resp:
+                assert resp.status == 200
+        assert await requests_by_route() == {"kept": 2, "gone": 1}
+        path.write_text(header + kept)
+        assert (await server.reload("test")).result == "applied"
+        assert await requests_by_route() == {"kept": 2}  # the kept route's counts go on
+    finally:
+        await server.stop()

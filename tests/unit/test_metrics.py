@@ -71,3 +71,18 @@ def test_requests_errors_and_in_flight_per_route_and_variant():
         "error": 1,
     }
     assert recorder.counts("unknown")["stable"]["2xx"] == 0
+
+
+def test_routes_that_left_the_config_are_no_longer_exported():
+    recorder = Recorder()
+    for route in ("kept", "gone"):
+        recorder.route(route)["stable"].observe(Exchange("stable", 200), 0.01)
+        recorder.fallbacks.labels(route, "connect").inc()
+        recorder.rollbacks.labels(route, "operator").inc()
+        recorder.analysis_requests.labels(route, "candidate").set(5)
+    recorder.keep_routes({"kept"})
+    routes = {dict(labels).get("route") for _, labels in samples(recorder)}
+    assert "gone" not in routes and "kept" in routes
+    m = samples(recorder)
+    assert m[("grayscale_fallbacks_total", (("reason", "connect"), ("route", "kept")))] == 1
+    assert m[("grayscale_rollbacks_total", (("route", "kept"), ("trigger", "operator")))] == 1
