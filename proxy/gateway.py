@@ -185,7 +185,7 @@ class Gateway:
                 fallback=fallback,
                 fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
             )
-        except BadRequest as exc:  # the client's body turned out malformed; the listener answers
+        except BadRequest as exc:  # the client's body is malformed or stalled; the listener answers
             exchange.status = exc.status
             raise
         finally:

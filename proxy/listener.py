@@ -32,6 +32,7 @@ MAX_FIELD = 16 * 1024  # one header line: longer is 431
 MAX_HEAD = 64 * 1024  # the whole request head: larger is 431
 READ_HIGH_WATER = 256 * 1024  # pause reading from the client above this much unread body
 KEEPALIVE_TIMEOUT = 75.0  # an idle connection (or a request head never finished) is closed
+BODY_TIMEOUT = 60.0  # longest wait for the next piece of a request body (nginx's default too)
 LINGER = 2.0  # after an answer sent before its request body was read, how long to drain it
 
 Handler = Callable[["Request"], Awaitable[None]]
@@ -266,7 +267,12 @@ class Request:
             else:
                 self._waiter = loop.create_future()
                 try:
-                    await self._waiter
+                    async with asyncio.timeout(self._connection.listener.body_timeout):
+                        await self._waiter
+                except TimeoutError:
+                    raise BadRequest(
+                        408, "request_timeout", "the request body stopped arriving"
+                    ) from None
                 finally:
                     self._waiter = None
 
@@ -516,7 +522,7 @@ class _Connection(asyncio.Protocol):
             await self.listener.handler(request)
         except (asyncio.CancelledError, ClientGone):
             raise
-        except BadRequest as exc:  # the request's body turned out malformed
+        except BadRequest as exc:  # the request's body turned out malformed, or stalled
             if not request.started:
                 request.reply_json(exc.status, {"error": exc.error, "message": exc.message})
             else:
@@ -637,9 +643,15 @@ class _Connection(asyncio.Protocol):
 class Listener:
     """Serves `handler` on a TCP address until `stop`."""
 
-    def __init__(self, handler: Handler, keepalive_timeout: float = KEEPALIVE_TIMEOUT):
+    def __init__(
+        self,
+        handler: Handler,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+    ):
         self.handler = handler
         self.keepalive_timeout = keepalive_timeout
+        self.body_timeout = body_timeout
         self.connections: set[_Connection] = set()
         self.closing = False
         self.address: tuple[str, int] = ("", 0)

@@ -89,7 +89,9 @@ class Server:
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
-        self.listener = Listener(self.gateway.handle)
+        self.listener = Listener(
+            self.gateway.handle, body_timeout=config.server.client_body_timeout
+        )
         self._admin_runner = web.AppRunner(
             self.admin.build_app(), access_log=None, shutdown_timeout=5.0
         )
@@ -191,6 +193,7 @@ class Server:
         await self.controller.reconcile(config.routes, time.time())
         self.observations.update(_spans(config))
         self.gateway.use(config)
+        self.listener.body_timeout = config.server.client_body_timeout
         self.recorder.keep_routes({route.name for route in config.routes})
         self.analyzer.update(config.routes)
         self.admin.use(config, _admin_token(config))

@@ -392,6 +392,7 @@ class _Parser:
                 "admin_listen",
                 "trusted_proxies",
                 "max_body_bytes",
+                "client_body_timeout",
                 "shutdown_delay",
                 "drain_timeout",
             ),
@@ -407,6 +408,9 @@ class _Parser:
             trusted_proxies=trusted,
             max_body_bytes=self.field(
                 fields, "max_body_bytes", path, self.count, default.max_body_bytes
+            ),
+            client_body_timeout=self.field(
+                fields, "client_body_timeout", path, self.duration, default.client_body_timeout
             ),
             shutdown_delay=self.field(
                 fields, "shutdown_delay", path, self.duration_or_zero, default.shutdown_delay

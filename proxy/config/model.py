@@ -52,14 +52,16 @@ class Listen:
 class ServerConfig:
     """Listeners, trusted proxies, request limits and shutdown timing.
 
-    On SIGTERM the proxy reports not-ready, keeps accepting for `shutdown_delay` (so load
-    balancers notice), stops accepting, and lets requests in flight finish for `drain_timeout`.
+    A request body that stops arriving for `client_body_timeout` is answered 408. On SIGTERM the
+    proxy reports not-ready, keeps accepting for `shutdown_delay` (so load balancers notice),
+    stops accepting, and lets requests in flight finish for `drain_timeout`.
     """
 
     listen: Listen = Listen("127.0.0.1", 8080)
     admin_listen: Listen = Listen("127.0.0.1", 9901)
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
+    client_body_timeout: float = 60.0
     shutdown_delay: float = 0.0
     drain_timeout: float = 30.0
 

@@ -314,3 +314,17 @@ async def test_an_upstream_answering_before_the_upload_ends_is_heard(start_proxy
         finally:
             server.close()
         assert time.monotonic() - started < 4  # not held until the upstream lets go
+
+
+async def test_a_stalled_upload_is_answered_408(upstreams, start_proxy):
+    stable, candidate = upstreams
+    proxy = await start_proxy(
+        route_yaml(url_of(stable), url_of(candidate)), ", client_body_timeout: 300ms"
+    )
+    port = int(proxy.proxy_url.rsplit(":", 1)[1])
+    payload = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70_000
+    started = time.monotonic()
+    answer = await asyncio.to_thread(raw_exchange, port, payload)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert time.monotonic() - started < 4

@@ -71,13 +71,15 @@ async def handler(request: Request, seen: Seen) -> None:
 async def serve() -> AsyncIterator[Callable[..., Awaitable[tuple[Listener, Seen, int]]]]:
     listeners: list[Listener] = []
 
-    async def start(keepalive_timeout: float = 75.0) -> tuple[Listener, Seen, int]:
+    async def start(
+        keepalive_timeout: float = 75.0, body_timeout: float = 60.0
+    ) -> tuple[Listener, Seen, int]:
         seen = Seen()
 
         async def handle(request: Request) -> None:
             await handler(request, seen)
 
-        listener = Listener(handle, keepalive_timeout=keepalive_timeout)
+        listener = Listener(handle, keepalive_timeout=keepalive_timeout, body_timeout=body_timeout)
         await listener.start("127.0.0.1", 0)
         listeners.append(listener)
         return listener, seen, listener.address[1]
@@ -400,5 +402,17 @@ async def test_drain_timeout_cancels_what_is_left(serve):
     await asyncio.wait_for(seen.entered.wait(), timeout=5)
     await listener.stop(0.2)
     assert seen.cancelled.is_set()
+    assert await closed_by_peer(reader)
+    writer.close()
+
+
+async def test_a_stalled_request_body_gets_a_408_and_the_connection_closes(serve):
+    _, _, port = await serve(body_timeout=0.2)
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    answer = await read_answer(reader)
+    assert answer.status == 408
+    assert json.loads(answer.body)["error"] == "request_timeout"
+    assert answer.headers["connection"] == "close"
     assert await closed_by_peer(reader)
     writer.close()
