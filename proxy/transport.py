@@ -44,6 +44,8 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._timer: asyncio.TimerHandle | None = None  # checks the head deadline; lazily re-armed
+        self._timer_at = 0.0
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -56,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.received = False  # any byte of an answer
         self.sent = False  # the whole request went out (not cut short by an early answer)
         self._head: asyncio.Future[None] = self._loop.create_future()
+        self._head_deadline = 0.0  # loop time by which the head must be in; 0: no exchange
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -78,6 +81,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._writable.set()
         if not self.complete and self._delimited_by_close():
             self.complete = True  # an answer without length or chunks ends when the line closes
@@ -176,10 +181,27 @@ class _Connection(asyncio.Protocol):
         """Done when the answer's head is in (or with the failure that came instead)."""
         return self._head
 
-    def expire_head(self) -> None:
-        """The answer's head did not come in time."""
-        if not self._head.done():
+    def expect_head_by(self, deadline: float) -> None:
+        """Fail the exchange if the answer's head is not in by `deadline` (loop time).
+
+        One timer per connection, re-armed only when it fires early: cheaper than a timer per
+        request (a request sets a number)."""
+        self._head_deadline = deadline
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._check_head)
+
+    def _check_head(self) -> None:
+        self._timer = None
+        if self.closed or self._head_deadline == 0.0 or self._head.done():
+            return  # idle, or the head came: nothing to watch until the next exchange
+        if self._loop.time() >= self._head_deadline:
             self._fail(UpstreamError("timeout", "the upstream did not answer in time"))
+        else:
+            self._timer_at = self._head_deadline
+            self._timer = self._loop.call_at(self._head_deadline, self._check_head)
 
     def next_chunk(self) -> bytes | None:
         """The next piece of the body if one is here: b"" at its end, None to wait for more."""
@@ -402,7 +424,7 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         for attempt in range(2):
             connection = pool.idle() or await pool.connect(connect_timeout)
-            timer = loop.call_later(first_byte_timeout, connection.expire_head)
+            connection.expect_head_by(loop.time() + first_byte_timeout)
             try:
                 if body is None or isinstance(body, bytes):
                     if not connection.send(head + body if body else head):
@@ -424,8 +446,6 @@ class UpstreamClient:
             except BaseException:
                 connection.finish(reusable=False)
                 raise
-            finally:
-                timer.cancel()
             return Answer(connection, method)
         raise AssertionError("unreachable")
 
