@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,14 +23,10 @@ from bench_proxy import (
     WRK_SCRIPT,
     free_port,
     grayscale_conf,
-    nginx_conf,
-    process,
-    python_load,
+    measure,
     serve,
-    wrk,
+    upstream_peers,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -45,17 +39,10 @@ def main() -> None:
     script = folder / "post.lua"
     script.write_text(WRK_SCRIPT)
     upstreams = (free_port(), free_port())
-    have_wrk = shutil.which("wrk") is not None
+    peers, _ = upstream_peers(folder, upstreams, free_port())
     with contextlib.ExitStack() as stack:
-        if shutil.which("nginx") is not None:
-            conf = nginx_conf(folder, upstreams, free_port())
-            stack.enter_context(
-                process(["nginx", "-c", str(conf), "-g", "daemon off;"], upstreams[0])
-            )
-        else:
-            loadgen = str(ROOT / "loadtests" / "loadgen.py")
-            for port in upstreams:
-                stack.enter_context(process([sys.executable, loadgen, str(port)], port))
+        for peer in peers:
+            stack.enter_context(peer)
         ports = {OFF: free_port(), ON: free_port()}
         pids = {
             name: stack.enter_context(
@@ -67,23 +54,14 @@ def main() -> None:
         rate: dict[str, list[float]] = {OFF: [], ON: []}
         for round_no in range(args.rounds + 1):  # the first round warms up
             for name, port in ports.items():
-                if have_wrk:
-                    run = wrk(
-                        port,
-                        name,
-                        seconds=args.duration,
-                        connections=args.connections,
-                        script=script,
-                        pid=pids[name],
-                    )
-                else:
-                    run = python_load(
-                        port,
-                        name,
-                        seconds=args.duration,
-                        connections=args.connections,
-                        pid=pids[name],
-                    )
+                run = measure(
+                    port,
+                    name,
+                    seconds=args.duration,
+                    connections=args.connections,
+                    script=script,
+                    pid=pids[name],
+                )
                 if round_no and run.cpu_percent is not None:
                     cost[name].append(run.cpu_percent / 100 / run.requests_per_second * 1e6)
                     rate[name].append(run.requests_per_second)

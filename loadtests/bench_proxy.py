@@ -136,24 +136,40 @@ http {{
     return conf
 
 
-def grayscale_conf(folder: Path, upstreams: tuple[int, int], port: int, features: bool) -> Path:
-    name = "grayscale-on.yaml" if features else "grayscale-off.yaml"
-    extra = ""
-    if features:
-        extra = "    analysis: {interval: 5s, window: 30s, min_requests: 50}\n"
-    conf = folder / name
-    conf.write_text(
+def grayscale_yaml(
+    port: int,
+    upstreams: tuple[int, int],
+    *,
+    route: str = "bench",
+    sections: str = "",
+    upstream_extra: str = "",
+    route_extra: str = "",
+) -> str:
+    """A Grayscale config listening on `port` with one route to the two upstream ports."""
+    return (
         f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
-        "state: {backend: memory}\n"
-        + (f"access_log: {{path: {folder / 'access.log'}, sample: 0.1}}\n" if features else "")
-        + "routes:\n"
-        "  - name: bench\n"
-        "    match: {path_prefix: /}\n"
-        f'    stable: {{url: "http://127.0.0.1:{upstreams[0]}"}}\n'
-        f'    candidate: {{url: "http://127.0.0.1:{upstreams[1]}"}}\n'
-        '    cohort: {keys: ["header:X-User-Id"], salt: "s"}\n'
-        "    ramp: {base: 0.1}\n" + extra
+        f"state: {{backend: memory}}\n{sections}routes:\n"
+        f"  - name: {route}\n    match: {{path_prefix: /}}\n"
+        f'    stable: {{url: "http://127.0.0.1:{upstreams[0]}"{upstream_extra}}}\n'
+        f'    candidate: {{url: "http://127.0.0.1:{upstreams[1]}"{upstream_extra}}}\n'
+        '    cohort: {keys: ["header:X-User-Id"], salt: "s"}\n' + route_extra
     )
+
+
+def grayscale_conf(folder: Path, upstreams: tuple[int, int], port: int, features: bool) -> Path:
+    """The benchmark's Grayscale config: features off, or analysis and a sampled access log."""
+    conf = folder / ("grayscale-on.yaml" if features else "grayscale-off.yaml")
+    ramp = "    ramp: {base: 0.1}\n"
+    if features:
+        text = grayscale_yaml(
+            port,
+            upstreams,
+            sections=f"access_log: {{path: {folder / 'access.log'}, sample: 0.1}}\n",
+            route_extra=ramp + "    analysis: {interval: 5s, window: 30s, min_requests: 50}\n",
+        )
+    else:
+        text = grayscale_yaml(port, upstreams, route_extra=ramp)
+    conf.write_text(text)
     return conf
 
 
@@ -167,7 +183,7 @@ ON = "grayscale, all features"
 
 @dataclass
 class Run:
-    """One wrk run against one configuration."""
+    """One load run against one configuration."""
 
     name: str
     requests_per_second: float
@@ -185,11 +201,7 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(
-    port: int, name: str, *, seconds: float, connections: int, script: Path, pid: int | None
-) -> Run:
-    before = cpu_seconds(pid) if pid else 0.0
-    started = time.monotonic()
+def _wrk(port: int, name: str, seconds: float, connections: int, script: Path) -> Run:
     out = subprocess.run(
         [
             "wrk",
@@ -205,8 +217,6 @@ def wrk(
         text=True,
         check=True,
     ).stdout
-    elapsed = time.monotonic() - started
-    cpu = (cpu_seconds(pid) - before) / elapsed * 100 if pid else None
     try:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
         # the distribution's lines only: "52.50%" may end a line of the thread stats too
@@ -220,25 +230,44 @@ def wrk(
             errors += int(match[1])
         elif match[2]:
             errors += sum(int(n) for n in re.findall(r"\d+", match[2]))
-    return Run(name, rps, p50, p99, errors, cpu)
+    return Run(name, rps, p50, p99, errors, None)
 
 
-def python_load(port: int, name: str, *, seconds: float, connections: int, pid: int | None) -> Run:
-    """Like `wrk`, with loadgen.py's load generator (when wrk is not installed)."""
-    before = cpu_seconds(pid) if pid else 0.0
-    started = time.monotonic()
+def _python_load(port: int, name: str, seconds: float, connections: int) -> Run:
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(load(port, seconds, connections=connections))
-    elapsed = time.monotonic() - started
-    cpu = (cpu_seconds(pid) - before) / elapsed * 100 if pid else None
-    return Run(
-        name,
-        result.rate,
-        result.quantile(0.5) * 1000,
-        result.quantile(0.99) * 1000,
-        result.errors,
-        cpu,
-    )
+    p50, p99 = result.quantile(0.5) * 1000, result.quantile(0.99) * 1000
+    return Run(name, result.rate, p50, p99, result.errors, None)
+
+
+def measure(
+    port: int, name: str, *, seconds: float, connections: int, script: Path, pid: int | None
+) -> Run:
+    """Load `port` for `seconds`: with wrk (running `script`), or with loadgen.py's generator
+    when wrk is not installed; with `pid`, the CPU that process used meanwhile."""
+    before = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    if shutil.which("wrk") is not None:
+        run = _wrk(port, name, seconds, connections, script)
+    else:
+        run = _python_load(port, name, seconds, connections)
+    if pid:
+        run.cpu_percent = (cpu_seconds(pid) - before) / (time.monotonic() - started) * 100
+    return run
+
+
+def upstream_peers(
+    folder: Path, upstreams: tuple[int, int], nginx_proxy: int
+) -> tuple[list[AbstractContextManager[subprocess.Popen[bytes]]], str]:
+    """The upstreams (and with nginx, its split_clients proxy on `nginx_proxy`) to start, and
+    the name of the direct configuration: nginx when installed, else loadgen.py's upstream."""
+    if shutil.which("nginx") is not None:
+        conf = nginx_conf(folder, upstreams, nginx_proxy)
+        return [process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy)], DIRECT_NGINX
+    loadgen = str(ROOT / "loadtests" / "loadgen.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    peers = [process([sys.executable, loadgen, str(port)], port, env=env) for port in upstreams]
+    return peers, DIRECT_PYTHON
 
 
 async def sse_delays(proxy_url: str | None, upstream_url: str, events: int) -> dict[str, float]:
@@ -283,13 +312,8 @@ def slow_clients(folder: Path, clients: int) -> dict[str, float]:
     upstream = free_port()
     port = free_port()
     conf = folder / "grayscale-slow.yaml"
-    conf.write_text(
-        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
-        "state: {backend: memory}\nroutes:\n  - name: slow\n    match: {path_prefix: /}\n"
-        f'    stable: {{url: "http://127.0.0.1:{upstream}", max_connections: {clients * 2}}}\n'
-        f'    candidate: {{url: "http://127.0.0.1:{upstream}", max_connections: {clients * 2}}}\n'
-        '    cohort: {keys: ["header:X-User-Id"]}\n'
-    )
+    limit = f", max_connections: {clients * 2}"
+    conf.write_text(grayscale_yaml(port, (upstream, upstream), route="slow", upstream_extra=limit))
 
     async def measure() -> dict[str, float]:
         runner = await sse_upstream(upstream)
@@ -330,13 +354,7 @@ def streaming(folder: Path) -> dict[str, object]:
     upstream = free_port()
     port = free_port()
     conf = folder / "grayscale-sse.yaml"
-    conf.write_text(
-        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
-        "state: {backend: memory}\nroutes:\n  - name: sse\n    match: {path_prefix: /}\n"
-        f'    stable: {{url: "http://127.0.0.1:{upstream}"}}\n'
-        f'    candidate: {{url: "http://127.0.0.1:{upstream}"}}\n'
-        '    cohort: {keys: ["header:X-User-Id"]}\n'
-    )
+    conf.write_text(grayscale_yaml(port, (upstream, upstream), route="sse"))
 
     async def measure() -> dict[str, object]:
         runner = await sse_upstream(upstream)
@@ -396,19 +414,10 @@ def main() -> None:
     results: dict[str, list[Run]] = {}
     low_load: dict[str, Run] = {}
     memory: dict[str, float] = {}
-    if have_nginx:
-        conf = nginx_conf(folder, upstreams, nginx_proxy)
-        peers = [process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy)]
-        direct_name = DIRECT_NGINX
-    else:
-        loadgen = str(ROOT / "loadtests" / "loadgen.py")
-        peers = [process([python, loadgen, str(port)], port, env=env) for port in upstreams]
-        direct_name = DIRECT_PYTHON
+    peers, direct_name = upstream_peers(folder, upstreams, nginx_proxy)
 
-    def measure(port: int, name: str, seconds: float, connections: int, pid: int | None) -> Run:
-        if have_wrk:
-            return wrk(port, name, seconds=seconds, connections=connections, script=script, pid=pid)
-        return python_load(port, name, seconds=seconds, connections=connections, pid=pid)
+    def run_on(port: int, name: str, seconds: float, connections: int, pid: int | None) -> Run:
+        return measure(port, name, seconds=seconds, connections=connections, script=script, pid=pid)
 
     with contextlib.ExitStack() as stack:
         for peer in peers:
@@ -429,7 +438,7 @@ def main() -> None:
         on_proc = stack.enter_context(serve(grayscale_conf(folder, upstreams, on, True), on))
         off_proc = stack.enter_context(serve(grayscale_conf(folder, upstreams, off, False), off))
         targets: dict[str, tuple[int, int | None]] = {direct_name: (upstream, None)}
-        if have_nginx:
+        if direct_name == DIRECT_NGINX:
             targets[NGINX] = (nginx_proxy, None)
         targets |= {
             MINIMAL: (minimal, minimal_proc.pid),
@@ -437,24 +446,24 @@ def main() -> None:
             ON: (on, on_proc.pid),
         }
         for name, (port, pid) in targets.items():  # warm up
-            measure(port, name, 1, args.connections, pid)
+            run_on(port, name, 1, args.connections, pid)
         for round_no in range(args.rounds):
             for name, (port, pid) in targets.items():
-                run = measure(port, name, args.duration, args.connections, pid)
+                run = run_on(port, name, args.duration, args.connections, pid)
                 results.setdefault(name, []).append(run)
                 print(
                     f"round {round_no + 1} {name:<28} {run.requests_per_second:>9.0f} req/s",
                     file=sys.stderr,
                 )
         for name, (port, pid) in targets.items():
-            low_load[name] = measure(port, name, args.duration, 1, pid)
+            low_load[name] = run_on(port, name, args.duration, 1, pid)
         if args.memory_requests:
             rate = statistics.median(r.requests_per_second for r in results[ON])
             seconds = max(5.0, args.memory_requests / rate)
             memory["before_mib"] = rss_mib(on_proc.pid)
-            measure(on, "memory", seconds / 2, args.connections, on_proc.pid)
+            run_on(on, "memory", seconds / 2, args.connections, on_proc.pid)
             memory["half_mib"] = rss_mib(on_proc.pid)
-            measure(on, "memory", seconds / 2, args.connections, on_proc.pid)
+            run_on(on, "memory", seconds / 2, args.connections, on_proc.pid)
             memory["after_mib"] = rss_mib(on_proc.pid)
             memory["requests"] = seconds * rate
     stream = streaming(folder)

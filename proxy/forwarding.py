@@ -308,7 +308,7 @@ def _failed(request: Request, target: Target, exchange: Exchange, failure: Upstr
             "route": target.route,
             "variant": target.variant,
         },
-        [(VARIANT_HEADER, target.variant), (ROUTE_HEADER, target.route)],
+        target.label,
     )
 
 

@@ -55,7 +55,8 @@ def _text(value: bytes) -> str:
 
 
 class BadRequest(Exception):
-    """A request the listener refuses before any handler sees it."""
+    """A request refused with a 4xx: a malformed or oversized head (before any handler sees
+    it), or a body that turns out malformed or stops arriving (while a handler reads it)."""
 
     def __init__(self, status: int, error: str, message: str):
         super().__init__(message)
@@ -76,7 +77,7 @@ def routing_path(target: str) -> str:
             parsed = httptools.parse_url(target.encode("utf-8", "surrogateescape"))
         except httptools.HttpParserInvalidURLError:
             return ""  # CONNECT's authority-form: no path to route by
-        path = (parsed.path or b"").decode("utf-8", "surrogateescape")
+        path = _text(parsed.path or b"")
     if "%" in path:
         path = "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
     if "/." in path:
@@ -314,12 +315,12 @@ class Request:
             self._connection.write(head + body if self.method != "HEAD" else head)
         self.done = True
 
-    def reply_json(
-        self, status: int, document: object, headers: list[tuple[str, str]] | None = None
-    ) -> None:
-        """Send a JSON answer made here (with a Date header)."""
-        ours = [("Content-Type", "application/json; charset=utf-8"), ("Date", _Clock.date())]
-        self.reply(status, render((headers or []) + ours), json.dumps(document).encode())
+    def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
+        """Send a JSON answer made here (with a Date header); `headers` are more rendered lines."""
+        ours = render(
+            [("Content-Type", "application/json; charset=utf-8"), ("Date", _Clock.date())]
+        )
+        self.reply(status, headers + ours, json.dumps(document).encode())
 
     def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
         """Send the head of an answer whose body follows through `write`: `length` bytes, or

@@ -252,11 +252,9 @@ class Recorder:
 
     def counts(self, route: str) -> dict[str, dict[str, int]]:
         """Requests per variant and code class so far, for `/status`."""
-        seen = self._routes.get(route, {})
+        seen = self._routes.get(route)
         return {
-            variant: dict(seen[variant].requests)
-            if variant in seen
-            else dict.fromkeys(CODE_CLASSES, 0)
+            variant: dict(seen[variant].requests) if seen else dict.fromkeys(CODE_CLASSES, 0)
             for variant in VARIANTS
         }
 

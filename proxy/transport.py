@@ -363,7 +363,6 @@ class Origin:
         self.host_line = b"Host: %s\r\n" % host_bytes
         self.prefix = parts.path.rstrip("/")
         self.raw_prefix = self.prefix.encode("utf-8", "surrogateescape")
-        self.pool: Pool | None = None  # this origin's connections, once a client has them
 
 
 class UpstreamClient:
@@ -378,7 +377,6 @@ class UpstreamClient:
         if pool is None:
             tls = ssl.create_default_context(cafile=origin.ca_file) if origin.tls else None
             pool = self._pools[key] = Pool(origin.host, origin.port, tls)
-        origin.pool = pool  # found at once next time
         return pool
 
     async def request(
@@ -420,7 +418,7 @@ class UpstreamClient:
             framing,
             headers,
         )
-        pool = origin.pool if origin.pool is not None else self._pool(origin)
+        pool = self._pool(origin)
         loop = asyncio.get_running_loop()
         for attempt in range(2):
             connection = pool.idle() or await pool.connect(connect_timeout)
