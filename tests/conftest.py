@@ -1,12 +1,57 @@
-"""Suite-wide settings: async tests run on uvloop, the event loop `grayscale serve` uses."""
+"""Suite-wide settings: async tests run on uvloop, the event loop `grayscale serve` uses; and no
+test passes while the proxy logged at ERROR (the default exception handlers of asyncio and
+uvloop log there too, so an exception in a callback or a task nobody awaited fails the test)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import pytest
 import uvloop
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], Any]]:
     return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "logs_errors(*texts): the test provokes ERROR log lines containing one of these texts",
+    )
+
+
+class _Errors(logging.Handler):
+    """Collects every record at ERROR or above."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if anything logged at ERROR during it (its fixtures' teardown included),
+    except lines the test declares with `@pytest.mark.logs_errors("text", ...)`."""
+    errors = _Errors()
+    root = logging.getLogger()
+    root.addHandler(errors)
+    try:
+        yield
+    finally:
+        root.removeHandler(errors)
+    expected = [text for mark in request.node.iter_markers("logs_errors") for text in mark.args]
+    unexpected = [
+        record
+        for record in errors.records
+        if not any(text in record.getMessage() for text in expected)
+    ]
+    if unexpected:
+        formatter = logging.Formatter("%(name)s: %(message)s")
+        lines = "\n".join(formatter.format(record) for record in unexpected)
+        pytest.fail(f"logged at ERROR during the test:\n{lines}", pytrace=False)

@@ -170,7 +170,7 @@ class Analyzer:
             )
         except IllegalTransition:
             return  # rolled back by someone else meanwhile
-        log.error("rolled back automatically: %s", reason, extra={"route": name})
+        log.warning("rolled back automatically: %s", reason, extra={"route": name})
 
     def status(self, route: Route) -> dict[str, Any] | None:
         """The `/status` view of `route`'s analysis, or None when it has none."""

@@ -271,6 +271,7 @@ async def test_a_head_sent_piece_by_piece_is_bounded_too(serve):
     writer.close()
 
 
+@pytest.mark.logs_errors("unexpected error answering")
 async def test_handler_failure_is_a_500_and_the_connection_goes_on(serve):
     _, _, port = await serve()
     reader, writer = await connect(port)
@@ -283,6 +284,7 @@ async def test_handler_failure_is_a_500_and_the_connection_goes_on(serve):
     writer.close()
 
 
+@pytest.mark.logs_errors("unexpected error answering")
 async def test_handler_failure_mid_answer_cuts_the_connection(serve):
     _, _, port = await serve()
     reader, writer = await connect(port)

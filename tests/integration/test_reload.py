@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import load_config, parse_config
@@ -42,6 +43,7 @@ def config_text(
     )
 
 
+@pytest.mark.logs_errors("reload refused")
 async def test_fifty_reloads_under_load_drop_nothing(upstreams, client, tmp_path, monkeypatch):
     monkeypatch.setenv("GRAYSCALE_ADMIN_TOKEN", TOKEN)
     stable, candidate = upstreams
@@ -126,6 +128,7 @@ async def test_fifty_reloads_under_load_drop_nothing(upstreams, client, tmp_path
     assert {r[3] for r in responses} == {"a", "b"}
 
 
+@pytest.mark.logs_errors("reload refused")
 async def test_invalid_file_keeps_the_running_config_and_says_why(
     upstreams, client, tmp_path, monkeypatch
 ):

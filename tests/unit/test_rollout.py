@@ -249,6 +249,7 @@ class FlakyStore(MemoryStore):
         await super().save(rollouts)
 
 
+@pytest.mark.logs_errors("disk on fire")
 async def test_controller_applies_change_even_when_store_fails():
     store = FlakyStore()
     controller = RolloutController(store)
