@@ -50,8 +50,9 @@ class Entry:
 
 
 def hash_key(secret: bytes, key: str) -> str:
-    """The keyed hash written in place of a cohort key."""
-    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:16]
+    """The keyed hash written in place of a cohort key (over the bytes received, like `bucket`)."""
+    data = key.encode("utf-8", "surrogateescape")
+    return hmac.new(secret, data, hashlib.sha256).hexdigest()[:16]
 
 
 def secret_from_env(name: str) -> bytes:

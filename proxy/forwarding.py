@@ -1,8 +1,8 @@
 """Forwarding one request to an upstream and streaming the answer back, chunk by chunk.
 
 The only user of the upstream HTTP client. Request bodies are streamed to the upstream, responses
-are streamed to the client as they arrive (an SSE token stream is not coalesced), hop-by-hop
-headers are dropped in both directions, and client errors map to a 502/504 with a JSON body.
+are streamed to the client as they arrive (an SSE token stream is not coalesced), header fields
+cross as `proxy.http.headers` rules, and client errors map to a 502/504 with a JSON body.
 """
 
 from __future__ import annotations
@@ -15,29 +15,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from proxy.config.model import Upstream
-from proxy.listener import ClientGone, Request, render
-from proxy.transport import Answer, Body, Origin, UpstreamClient, UpstreamError
+from proxy.http.client import Answer, Body, Origin, UpstreamClient
+from proxy.http.errors import ClientGone, UpstreamError
+from proxy.http.headers import answer_for_client, forwarded_for_upstream
+from proxy.http.server import Request, render
 
 log = logging.getLogger("grayscale.forwarding")
 
 VARIANT_HEADER = "X-Grayscale-Variant"
 ROUTE_HEADER = "X-Grayscale-Route"
 FALLBACK_HEADER = "X-Grayscale-Fallback"
-_INTERNAL_PREFIX = b"x-grayscale-"
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 
 
 class Overloaded(Exception):
@@ -130,67 +117,16 @@ class UpstreamFailure:
     detail: str
 
 
-def _named_by_connection(values: list[bytes]) -> set[bytes]:
-    """The headers a `Connection` header names: hop-by-hop too."""
-    if not values:
-        return set()
-    return {token.strip().lower() for value in values for token in value.split(b",")} - {b""}
-
-
-def upstream_headers(request: Request) -> bytes:
-    """The request header lines to send upstream.
-
-    Hop-by-hop headers, `Host` (set from the upstream URL), `Content-Length` (the transport frames
-    the body), `Expect` (the proxy answers `100-continue` itself) and any client-sent
-    `X-Grayscale-*` header are dropped. `X-Forwarded-For` gets the peer appended;
-    `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a proxy in front already set them.
-    """
-    named = _named_by_connection(request.raw_values(b"connection"))
-    lines: list[bytes] = []
-    forwarded_for = proto = host = None
-    for key, (name, value) in zip(request.keys, request.raw_headers, strict=True):
-        if key in _NOT_FORWARDED or key in named or key.startswith(_INTERNAL_PREFIX):
-            continue
-        if key == b"x-forwarded-for":
-            forwarded_for = value if forwarded_for is None else b"%s, %s" % (forwarded_for, value)
-            continue
-        if key == b"x-forwarded-proto":
-            proto = value
-        elif key == b"x-forwarded-host":
-            host = value
-        lines.append(b"%s: %s\r\n" % (name, value))
-    peer = (request.remote or "").encode()
-    chain = b"%s, %s" % (forwarded_for, peer) if forwarded_for else peer
-    lines.append(b"X-Forwarded-For: %s\r\n" % chain)
-    if proto is None:
-        lines.append(b"X-Forwarded-Proto: http\r\n")
-    if host is None and request.raw_host:
-        lines.append(b"X-Forwarded-Host: %s\r\n" % request.raw_host)
-    return b"".join(lines)
-
-
 def answer_headers(answer: Answer, target: Target, fallback: str | None) -> bytes:
-    """The upstream's answer header lines for the client: less hop-by-hop ones and
-    Content-Length (the listener frames the body), plus ours."""
-    named = _named_by_connection(
-        [value for name, value in answer.headers if name.lower() == b"connection"]
-    )
-    lines: list[bytes] = []
-    event_stream = False
-    for name, value in answer.headers:
-        key = name.lower()
-        if key in _HOP_BY_HOP or key in named or key == b"content-length":
-            continue
-        lines.append(b"%s: %s\r\n" % (name, value))
-        if key == b"content-type" and value.startswith(b"text/event-stream"):
-            event_stream = True
-    lines.append(target.label)
+    """The upstream's answer header lines for the client, plus ours."""
+    lines, event_stream = answer_for_client(answer.headers)
+    ours = [lines, target.label]
     if fallback is not None:
-        lines.append(b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), fallback.encode()))
+        ours.append(b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), fallback.encode()))
     if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
-        lines.append(b"X-Accel-Buffering: no\r\n")
-    return b"".join(lines)
+        ours.append(b"X-Accel-Buffering: no\r\n")
+    return b"".join(ours)
 
 
 _FAILURES = {
@@ -247,6 +183,8 @@ async def _open(
     client: UpstreamClient,
     request: Request,
     target: Target,
+    *,
+    headers: bytes,
     body: Body,
     limit: _BodyLimit | None,
 ) -> tuple[Answer, float]:
@@ -264,7 +202,7 @@ async def _open(
             target.origin,
             request.method,
             target=request.raw_target,
-            headers=upstream_headers(request),
+            headers=headers,
             body=body,
             content_length=request.content_length,
             connect_timeout=upstream.connect_timeout,
@@ -319,10 +257,13 @@ async def forward(
     exchange: Exchange,
     *,
     max_body: int,
+    trusted: bool = False,
     fallback: Target | None = None,
     fallback_on_5xx: bool = False,
 ) -> None:
     """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
+
+    `trusted`: the client is one of `server.trusted_proxies`, whose forwarded headers stand.
 
     When `target` cannot be reached (or has no free connection slot) the request goes to
     `fallback`, if given: it never reached the first upstream, so nothing is sent twice. With
@@ -330,6 +271,15 @@ async def forward(
     Before the answer's headers are sent, a failure becomes a 4xx/5xx JSON answer; after, the
     client connection is closed without completing the body, so the client sees the failure.
     """
+    exchange.variant = target.variant
+    headers = forwarded_for_upstream(
+        request.keys,
+        request.raw_headers,
+        peer=(request.remote or "").encode(),
+        authority=request.authority,
+        version=request.version.encode(),
+        trusted=trusted,
+    )
     limit: _BodyLimit | None = None
     body: Body = None
     if request.has_body:
@@ -344,14 +294,17 @@ async def forward(
         else:
             body = request.chunks()
     try:
-        answer, sent = await _open(client, request, target, body, limit)
+        answer, sent = await _open(client, request, target, headers=headers, body=body, limit=limit)
     except _Unavailable as first:
         if fallback is None or first.failure.reason not in _RETRYABLE:
             return _failed(request, target, exchange, first.failure)
         exchange.first_error = exchange.fallback = first.failure.reason
         target = fallback
+        exchange.variant = target.variant
         try:
-            answer, sent = await _open(client, request, target, body, limit)
+            answer, sent = await _open(
+                client, request, target, headers=headers, body=body, limit=limit
+            )
         except _Unavailable as second:
             return _failed(request, target, exchange, second.failure)
     if (
@@ -366,8 +319,11 @@ async def forward(
         target.limiter.release()
         exchange.first_error, exchange.fallback = "5xx", "5xx"
         target = fallback
+        exchange.variant = target.variant
         try:
-            answer, sent = await _open(client, request, target, None, None)
+            answer, sent = await _open(
+                client, request, target, headers=headers, body=None, limit=None
+            )
         except _Unavailable as second:
             return _failed(request, target, exchange, second.failure)
     if limit is not None and limit.exceeded:
@@ -375,7 +331,6 @@ async def forward(
         answer.release()
         target.limiter.release()
         return _failed(request, target, exchange, BODY_TOO_LARGE)
-    exchange.variant = target.variant
     try:
         await _stream(request, answer, target, exchange, sent)
     finally:

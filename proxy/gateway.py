@@ -19,12 +19,13 @@ from proxy.config.model import (
 )
 from proxy.ejection import Breaker
 from proxy.forwarding import BODY_TOO_LARGE, Exchange, Limiter, Target, forward
-from proxy.listener import BadRequest, Request
+from proxy.http.client import Origin, UpstreamClient
+from proxy.http.errors import BadRequest
+from proxy.http.server import Request
 from proxy.metrics import ERROR_REASONS, Recorder, VariantMetrics
 from proxy.rollout.controller import RolloutController
 from proxy.routing import Decision, RoutingTable, decide
-from proxy.routing.client_ip import client_ip
-from proxy.transport import Origin, UpstreamClient
+from proxy.routing.client_ip import client_ip, is_trusted
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer started
@@ -131,7 +132,7 @@ class Gateway:
             variant.value,
             upstream,
             self._limiter(upstream),
-            Origin(upstream.url, upstream.ca_file),
+            Origin(upstream.url, upstream.ca_file, upstream.keepalive_timeout),
         )
 
     def _compile(self, config: Config) -> Snapshot:
@@ -162,7 +163,8 @@ class Gateway:
         wiring = snapshot.routes[name]
         route = wiring.route
         now = time.time()
-        facts = HttpFacts(request, snapshot.config.server.trusted_proxies)
+        trusted_proxies = snapshot.config.server.trusted_proxies
+        facts = HttpFacts(request, trusted_proxies)
         decision = decide(active, facts, self.controller.control(name, now))
         exchange = Exchange()
         stable = wiring.targets[_STABLE]
@@ -182,6 +184,9 @@ class Gateway:
                 target,
                 exchange,
                 max_body=snapshot.config.server.max_body_bytes,
+                trusted=bool(trusted_proxies)
+                and request.remote is not None
+                and is_trusted(request.remote, trusted_proxies),
                 fallback=fallback,
                 fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
             )

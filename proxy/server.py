@@ -18,7 +18,7 @@ from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import Config, StateBackend
 from proxy.gateway import Gateway
-from proxy.listener import Listener
+from proxy.http.server import Listener
 from proxy.metrics import Recorder
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.rollout.controller import RolloutController
@@ -90,7 +90,9 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
         self.listener = Listener(
-            self.gateway.handle, body_timeout=config.server.client_body_timeout
+            self.gateway.handle,
+            body_timeout=config.server.client_body_timeout,
+            send_timeout=config.server.send_timeout,
         )
         self._admin_runner = web.AppRunner(
             self.admin.build_app(), access_log=None, shutdown_timeout=5.0
@@ -194,6 +196,7 @@ class Server:
         self.observations.update(_spans(config))
         self.gateway.use(config)
         self.listener.body_timeout = config.server.client_body_timeout
+        self.listener.send_timeout = config.server.send_timeout
         self.recorder.keep_routes({route.name for route in config.routes})
         self.analyzer.update(config.routes)
         self.admin.use(config, _admin_token(config))

@@ -393,6 +393,7 @@ class _Parser:
                 "trusted_proxies",
                 "max_body_bytes",
                 "client_body_timeout",
+                "send_timeout",
                 "shutdown_delay",
                 "drain_timeout",
             ),
@@ -411,6 +412,9 @@ class _Parser:
             ),
             client_body_timeout=self.field(
                 fields, "client_body_timeout", path, self.duration, default.client_body_timeout
+            ),
+            send_timeout=self.field(
+                fields, "send_timeout", path, self.duration, default.send_timeout
             ),
             shutdown_delay=self.field(
                 fields, "shutdown_delay", path, self.duration_or_zero, default.shutdown_delay
@@ -556,6 +560,9 @@ class _Parser:
             ),
             max_pending=self.field(
                 fields, "max_pending", path, self.count_or_zero, base.max_pending
+            ),
+            keepalive_timeout=self.field(
+                fields, "keepalive_timeout", path, self.duration_or_zero, base.keepalive_timeout
             ),
             ca_file=self.field(fields, "ca_file", path, self.readable_file, None),
         )

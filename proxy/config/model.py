@@ -52,9 +52,10 @@ class Listen:
 class ServerConfig:
     """Listeners, trusted proxies, request limits and shutdown timing.
 
-    A request body that stops arriving for `client_body_timeout` is answered 408. On SIGTERM the
-    proxy reports not-ready, keeps accepting for `shutdown_delay` (so load balancers notice),
-    stops accepting, and lets requests in flight finish for `drain_timeout`.
+    A request body that stops arriving for `client_body_timeout` is answered 408; a client that
+    takes no part of an answer for `send_timeout` is cut off. On SIGTERM the proxy reports
+    not-ready, keeps accepting for `shutdown_delay` (so load balancers notice), stops accepting,
+    and lets requests in flight finish for `drain_timeout`.
     """
 
     listen: Listen = Listen("127.0.0.1", 8080)
@@ -62,6 +63,7 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
     client_body_timeout: float = 60.0
+    send_timeout: float = 60.0
     shutdown_delay: float = 0.0
     drain_timeout: float = 30.0
 
@@ -73,8 +75,9 @@ class Upstream:
     `first_byte_timeout` bounds the wait for the answer's headers, `idle_timeout` the silence
     between two chunks of a streamed answer, `timeout` the whole exchange. At most
     `max_connections` requests are in flight to it; `max_pending` more may wait for a slot, and
-    beyond that requests are refused with 503. An https upstream's certificate is checked
-    against the system's authorities, or those in `ca_file`.
+    beyond that requests are refused with 503. A connection idle for `keepalive_timeout` is not
+    reused (0: never reused). An https upstream's certificate is checked against the system's
+    authorities, or those in `ca_file`.
     """
 
     url: str
@@ -84,6 +87,7 @@ class Upstream:
     timeout: float = 300.0
     max_connections: int = 512
     max_pending: int = 512
+    keepalive_timeout: float = 4.0
     ca_file: str | None = None
 
 

@@ -7,6 +7,10 @@ The rule is fixed and language-independent, so any client, dashboard or batch jo
 The multiply-shift maps the 32-bit hash onto 0..9999 without modulo bias. A request goes to the
 candidate iff ``bucket < threshold(share)``, so raising the share only ever adds buckets: a user who
 got the candidate keeps it. A different salt gives an independent bucket.
+
+The hash is taken over bytes: the UTF-8 encoding of the text, where the bytes of a key that was
+not valid UTF-8 on the wire come back as they were received (the HTTP layer decodes such bytes
+as surrogate escapes). Any byte string is a key; none can crash the hash.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ def bucket(salt: str, key: str) -> int:
     >>> bucket("sentiment-v2", "user-42")
     6725
     """
-    return (mmh3.hash(f"{salt}:{key}", 0, signed=False) * BUCKETS) >> 32
+    data = f"{salt}:{key}".encode("utf-8", "surrogateescape")
+    return (mmh3.hash(data, 0, signed=False) * BUCKETS) >> 32
 
 
 def threshold(share: float) -> int:

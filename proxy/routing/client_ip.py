@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from proxy.config.model import IPNetwork
 
 
-def _trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+def is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    """Whether `address` lies in one of the `trusted` networks."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -31,10 +32,10 @@ def client_ip(
     >>> client_ip("203.0.113.5", ["198.51.100.7"], nets)
     '203.0.113.5'
     """
-    if peer is None or not trusted or not _trusted(peer, trusted):
+    if peer is None or not trusted or not is_trusted(peer, trusted):
         return peer
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop
     return hops[0] if hops else peer

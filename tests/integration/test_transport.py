@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from proxy.transport import Origin, UpstreamClient, UpstreamError
+from proxy.http.client import Origin, UpstreamClient
+from proxy.http.errors import UpstreamError
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

@@ -151,7 +151,8 @@ def test_all_errors_reported_at_once_with_line_and_path():
     """)
     assert found == [
         "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen, "
-        "trusted_proxies, max_body_bytes, client_body_timeout, shutdown_delay, drain_timeout)",
+        "trusted_proxies, max_body_bytes, client_body_timeout, send_timeout, shutdown_delay, "
+        "drain_timeout)",
         "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
         "test.yaml:4: routes[0].match.path_prefix: must start with /",
         "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
@@ -263,7 +264,8 @@ def test_every_field_of_every_section_is_read(tmp_path):
     ca.write_text("")
     text = f"""
 server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
-          max_body_bytes: 5, client_body_timeout: 6s, shutdown_delay: 3s, drain_timeout: 4s}}
+          max_body_bytes: 5, client_body_timeout: 6s, send_timeout: 7s, shutdown_delay: 3s,
+          drain_timeout: 4s}}
 admin: {{token_env: TOK, protect_reads: true}}
 state: {{backend: memory, path: x.json}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
@@ -271,7 +273,8 @@ routes:
   - name: r
     match: {{path_prefix: /r}}
     stable: {{url: "https://a:1", connect_timeout: 1s, first_byte_timeout: 2s, idle_timeout: 3s,
-              timeout: 4s, max_connections: 5, max_pending: 6, ca_file: {ca}}}
+              timeout: 4s, max_connections: 5, max_pending: 6, keepalive_timeout: 9s,
+              ca_file: {ca}}}
     candidate: {{url: "http://b:1"}}
     cohort: {{keys: ["header:U"], salt: s, missing: random}}
     ramp: {{start: "2026-01-01T00:00:00Z", base: 0.1, slope: 0.2, per: 1h, max: 0.9}}

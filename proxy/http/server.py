@@ -1,10 +1,30 @@
-"""A lean HTTP/1.1 server for the data plane: requests parsed by llhttp (through httptools) on
-asyncio protocols, answers written straight to the socket.
+"""The data plane's HTTP/1.1 server: requests parsed by llhttp (through httptools) on asyncio
+protocols, answers written straight to the socket.
 
 It does what a proxy's listener needs: keep-alive and pipelining (answered in order), request
 bodies streamed with flow control, `100-continue` sent when the body is first read, answers of
-known length, chunked or (for HTTP/1.0) delimited by closing, limits on the request head, an
-idle timeout, handler cancellation when the client goes away, and a graceful drain.
+known length, chunked or (for HTTP/1.0) delimited by closing, limits on the request head, idle,
+body and send timeouts, handler cancellation when the client goes away, and a graceful drain.
+
+Invariants
+- One request at a time per connection. The parser is fed no further than the end of the
+  request being answered (see `framing`); what the client sent after it waits unparsed until
+  that answer is complete, so pipelined requests are answered in order and a malformed request
+  cannot harm the ones before it.
+- A handler sees only a head that is valid HTTP/1.x: version 1.0 or 1.1 (else 505); on HTTP/1.1
+  exactly one Host, and a Host that is valid wherever it is sent (else 400); an origin-form
+  target, or an absolute-form http(s) one, rewritten to origin-form with its authority taken as
+  the host (else 400); a body framed by Content-Length or by exactly `chunked` (another coding
+  before chunked: 501; chunked not last, or any Transfer-Encoding on HTTP/1.0: 400); at most
+  MAX_HEAD bytes in all and MAX_FIELDS lines (431), a target of at most MAX_TARGET bytes (414).
+  CONNECT is refused (405). `Upgrade` is ignored (RFC 9110 §7.8): the request is served as plain
+  HTTP, its body included.
+- A refused head is answered, then the connection closed: nothing after it is parsed.
+- Request trailers are read and dropped: never taken for headers.
+- A write to a client that stops reading waits at most `send_timeout`; then the connection is
+  cut, so a reader that stalls cannot hold its upstream connection.
+- Answers are framed as RFC 9112 §6 says: 204 and 304 without body or Content-Length; HEAD with
+  the Content-Length the upstream gave; otherwise Content-Length, chunked, or (HTTP/1.0) the close.
 """
 
 from __future__ import annotations
@@ -25,14 +45,21 @@ from urllib.parse import parse_qsl, unquote
 
 import httptools
 
+from proxy.http.errors import BadRequest, ClientGone
+from proxy.http.framing import CHUNKED, DONE, HEAD, LENGTH, Cutter
+from proxy.http.headers import tokens, valid_host
+
 log = logging.getLogger("grayscale.listener")
 
 MAX_TARGET = 16 * 1024  # request line target: longer is 414
 MAX_FIELD = 16 * 1024  # one header line: longer is 431
-MAX_HEAD = 64 * 1024  # the whole request head: larger is 431
+MAX_HEAD = 64 * 1024  # the whole request head, every byte: larger is 431
+MAX_FIELDS = 100  # header lines in a head (or trailer lines): more is 431
 READ_HIGH_WATER = 256 * 1024  # pause reading from the client above this much unread body
+HOLD_HIGH_WATER = 64 * 1024  # pause reading above this much sent ahead of the answer in progress
 KEEPALIVE_TIMEOUT = 75.0  # an idle connection (or a request head never finished) is closed
 BODY_TIMEOUT = 60.0  # longest wait for the next piece of a request body (nginx's default too)
+SEND_TIMEOUT = 60.0  # longest wait for a client to take more of an answer (nginx's default too)
 LINGER = 2.0  # after an answer sent before its request body was read, how long to drain it
 
 Handler = Callable[["Request"], Awaitable[None]]
@@ -40,7 +67,12 @@ RawHeaders = list[tuple[bytes, bytes]]  # names and values as received
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _ENCODED_SLASH = re.compile("%2[fF]")
-_NO_BODY_STATUS = frozenset({204, 304})
+_BODYLESS_STATUS = frozenset({204, 304})
+# A head that carries the body of an Upgrade request to a fresh parser (see `_after_upgrade`).
+_BODY_HEADS = {
+    LENGTH: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
+    CHUNKED: b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+}
 
 
 def render(headers: list[tuple[str, str]]) -> bytes:
@@ -54,30 +86,12 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
-class BadRequest(Exception):
-    """A request refused with a 4xx: a malformed or oversized head (before any handler sees
-    it), or a body that turns out malformed or stops arriving (while a handler reads it)."""
-
-    def __init__(self, status: int, error: str, message: str):
-        super().__init__(message)
-        self.status, self.error, self.message = status, error, message
-
-
-class ClientGone(ConnectionResetError):
-    """The client closed the connection."""
-
-
 def routing_path(target: str) -> str:
     """The path a request is routed by: percent-decoded (except encoded slashes), dot segments
     resolved, without the query. The target is forwarded as received."""
     path = target.partition("?")[0]
     if not path.startswith("/"):
-        # absolute-form (http://host/path) or `*`
-        try:
-            parsed = httptools.parse_url(target.encode("utf-8", "surrogateescape"))
-        except httptools.HttpParserInvalidURLError:
-            return ""  # CONNECT's authority-form: no path to route by
-        path = _text(parsed.path or b"")
+        return ""  # `*` (OPTIONS): no path to route by
     if "%" in path:
         path = "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
     if "/." in path:
@@ -85,6 +99,33 @@ def routing_path(target: str) -> str:
         path = posixpath.normpath(path).replace("//", "/")
         path = path + "/" if trailing and path != "/" else path
     return path
+
+
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """An absolute-form target (`http://host/path?query`) as origin-form, and its authority."""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise _bad_target() from None
+    if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
+        raise _bad_target()
+    authority = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+    if b":" in url.host:
+        authority = b"[%s]" % authority if url.port is None else b"[%s]:%d" % (url.host, url.port)
+    path = url.path or b"/"
+    return (path + b"?" + url.query if url.query is not None else path), authority
+
+
+def _bad_target() -> BadRequest:
+    return BadRequest(400, "bad_request", "the request target must be a path or an http(s) URL")
+
+
+def _request_parser(connection: _Connection) -> httptools.HttpRequestParser:
+    """llhttp, strict but for the version: any HTTP/x.y parses, so that the check in
+    `on_headers_complete` answers the ones not served with 505 rather than a bare 400."""
+    parser = httptools.HttpRequestParser(connection)
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
 
 
 class _Clock:
@@ -102,8 +143,8 @@ class _Clock:
 
 
 class Request:
-    """One request on a connection: its head, its body (read once, as it arrives), and the
-    methods that answer it (`reply` whole, or `start`, `write`... `end`)."""
+    """One request on a connection: its head (checked), its body (read once, as it arrives),
+    and the methods that answer it (`reply` whole, or `start`, `write`... `end`)."""
 
     __slots__ = (
         "_buffered",
@@ -116,8 +157,10 @@ class Request:
         "_index",
         "_query",
         "_waiter",
+        "authority",
         "body_bytes",
         "body_complete",
+        "chunked",
         "content_length",
         "done",
         "has_body",
@@ -144,27 +187,42 @@ class Request:
         headers: RawHeaders,
         keep_alive: bool,
     ):
+        """Check the head (raising `BadRequest`) and take in what it says."""
         self._connection = connection
         self.method = method
-        self.raw_target = target  # path and query, as received
-        self.target = _text(target)
         self.version = version
         self.raw_headers = headers
         self.keep_alive = keep_alive
         self.remote = connection.remote
-        self.path = routing_path(self.target)
         self.keys = [name.lower() for name, _ in headers]  # header names, lower case, in order
         index: dict[bytes, bytes] = {}
         for key, (_, value) in zip(self.keys, headers, strict=True):
             if key not in index:
                 index[key] = value
+            elif key == b"host":
+                raise BadRequest(400, "bad_host", "the request has more than one Host header")
         self._index = index
-        chunked = b"transfer-encoding" in index and any(
-            b"chunked" in value.lower() for value in self.raw_values(b"transfer-encoding")
-        )
+        host = index.get(b"host")
+        if host is None:
+            if version == "1.1":
+                raise BadRequest(400, "bad_host", "an HTTP/1.1 request needs a Host header")
+        elif not valid_host(host):
+            raise BadRequest(400, "bad_host", "the Host header is not a valid host[:port]")
+        if target[:1] == b"/":
+            self.authority = host  # the host the client asked for
+        elif target == b"*" and method == "OPTIONS":
+            self.authority = host
+        else:
+            target, self.authority = _origin_form(target)
+        self.raw_target = target  # origin-form: path and query, as received
+        self.target = _text(target)
+        self.path = routing_path(self.target)
+        self.chunked = False
+        if b"transfer-encoding" in index:
+            self.chunked = self._chunked_framing()
         length = index.get(b"content-length")  # llhttp accepts digits only, and one length
-        self.content_length = None if chunked or length is None else int(length)
-        self.has_body = chunked or bool(self.content_length)
+        self.content_length = None if self.chunked or length is None else int(length)
+        self.has_body = self.chunked or bool(self.content_length)
         expect = index.get(b"expect", b"").lower() == b"100-continue"
         self._continue = expect and self.has_body and version == "1.1"
         self._query: dict[str, str] | None = None
@@ -178,7 +236,25 @@ class Request:
         self.started = False  # the answer's head was sent
         self.done = False  # the whole answer was sent
         self.status = 0
-        self._framing = ""  # how the answer's body is sent: "length", "chunked" or "close"
+        self._framing = ""  # how the answer's body is sent: "length", "chunked", "close", "none"
+
+    def _chunked_framing(self) -> bool:
+        """Whether Transfer-Encoding frames the body as chunks; raises when the framing cannot
+        be trusted (RFC 9112 §6.1, §6.3)."""
+        if self.version == "1.0":
+            raise BadRequest(400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0")
+        if b"content-length" in self._index:
+            raise BadRequest(400, "bad_request", "both Content-Length and Transfer-Encoding")
+        codings = tokens(self.raw_values(b"transfer-encoding"))
+        if codings == [b"chunked"]:
+            return True
+        if codings and codings[-1] == b"chunked":
+            raise BadRequest(
+                501, "not_implemented", "transfer codings other than chunked are not supported"
+            )
+        raise BadRequest(
+            400, "bad_request", "the body's length is unknown: Transfer-Encoding must be chunked"
+        )
 
     # --- what the request says ----------------------------------------------------------------
 
@@ -202,7 +278,11 @@ class Request:
         """The first value of query parameter `name`, or None."""
         if self._query is None:
             self._query = {}
-            for key, value in parse_qsl(self.target.partition("?")[2], keep_blank_values=True):
+            query = self.target.partition("?")[2]
+            # Percent-escapes that are not UTF-8 stay distinct (as surrogate escapes), like
+            # raw bytes in headers: two such user ids must not fall into one bucket.
+            pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+            for key, value in pairs:
                 self._query.setdefault(key, value)
         return self._query.get(name)
 
@@ -219,11 +299,6 @@ class Request:
                 for key, morsel in jar.items():
                     self._cookies.setdefault(key, morsel.value)
         return self._cookies.get(name)
-
-    @property
-    def raw_host(self) -> bytes | None:
-        """The Host header, as received."""
-        return self._index.get(b"host")
 
     # --- the body -----------------------------------------------------------------------------
 
@@ -289,10 +364,20 @@ class Request:
 
     # --- the answer ---------------------------------------------------------------------------
 
-    def _head(
-        self, status: int, reason: bytes, headers: bytes, framing: bytes, keep: bool
-    ) -> bytes:
-        keep = keep and self._connection.keeps_alive(self)
+    def _head(self, status: int, reason: bytes, headers: bytes, length: int | None) -> bytes:
+        """The answer's head, framed for `length` body bytes (None: unknown)."""
+        keep = self._connection.keeps_alive(self)
+        if status in _BODYLESS_STATUS:
+            framing, self._framing = b"", "none"
+        elif self.method == "HEAD":
+            framing = b"" if length is None else b"Content-Length: %d\r\n" % length
+            self._framing = "none"
+        elif length is not None:
+            framing, self._framing = b"Content-Length: %d\r\n" % length, "length"
+        elif self.version == "1.1":
+            framing, self._framing = b"Transfer-Encoding: chunked\r\n", "chunked"
+        else:
+            framing, self._framing, keep = b"", "close", False
         self.started, self.status = True, status
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"")), headers]
         parts.append(framing)
@@ -306,13 +391,9 @@ class Request:
 
     def reply(self, status: int, headers: bytes, body: bytes, reason: bytes = b"") -> None:
         """Send a whole answer. `headers` are rendered lines (see `render`) that do not frame the
-        body: Content-Length is set here."""
-        if status in _NO_BODY_STATUS:
-            self._connection.write(self._head(status, reason, headers, b"", True))
-        else:
-            framing = b"Content-Length: %d\r\n" % len(body)
-            head = self._head(status, reason, headers, framing, True)
-            self._connection.write(head + body if self.method != "HEAD" else head)
+        body: the framing is set here."""
+        head = self._head(status, reason, headers, len(body))
+        self._connection.write(head + body if self._framing == "length" else head)
         self.done = True
 
     def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
@@ -326,17 +407,7 @@ class Request:
         """Send the head of an answer whose body follows through `write`: `length` bytes, or
         of unknown length (chunked, or up to the close for an HTTP/1.0 client). `headers` are
         rendered lines that do not frame the body."""
-        keep = True
-        if self.method == "HEAD" or status in _NO_BODY_STATUS:
-            framing = b"" if length is None else b"Content-Length: %d\r\n" % length
-            self._framing = "none"
-        elif length is not None:
-            framing, self._framing = b"Content-Length: %d\r\n" % length, "length"
-        elif self.version == "1.1":
-            framing, self._framing = b"Transfer-Encoding: chunked\r\n", "chunked"
-        else:
-            framing, self._framing, keep = b"", "close", False
-        self._connection.write(self._head(status, reason, headers, framing, keep))
+        self._connection.write(self._head(status, reason, headers, length))
 
     async def write(self, data: bytes) -> None:
         """Send a piece of the answer's body; waits while the client reads slower."""
@@ -359,7 +430,7 @@ class Request:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests and answers them one after the other."""
+    """One client connection: parses requests one at a time and answers them in order."""
 
     def __init__(self, listener: Listener):
         self.listener = listener
@@ -368,21 +439,26 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.discarding = False  # dropping the rest of an answered request's body
         self._loop = asyncio.get_running_loop()
-        self._parser = httptools.HttpRequestParser(self)
-        self._queue: deque[Request] = deque()  # parsed, not yet answered; the first in progress
+        self._parser = _request_parser(self)
+        self._cutter = Cutter()
+        self._held = bytearray()  # what the client sent past the request being answered
+        self._request: Request | None = None  # the request being answered
         self._parsing: Request | None = None  # the request whose body is arriving
+        self._parsed: Request | None = None  # a head just parsed, handed on once it checks out
         self._task: asyncio.Task[None] | None = None  # answers this connection's requests
         self._next: asyncio.Future[None] | None = None  # set while waiting for a request
         self._writable: asyncio.Future[None] | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._paused = False
-        self._upgraded = False
-        self._refused: BadRequest | None = None
+        self._stopped = False  # nothing more is parsed: a head was refused
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._in_head = False
-        self._head_size = 0
+        self._fields = 0
         self._target = bytearray()
         self._headers: RawHeaders = []
+        self._body_after_upgrade = False  # an Upgrade request's body is still to be parsed
+        self._synthetic = False  # parsing the head that carries it to a fresh parser
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -395,31 +471,19 @@ class _Connection(asyncio.Protocol):
         self._timer = self._loop.call_later(self.listener.keepalive_timeout, self._expire)
 
     def data_received(self, data: bytes) -> None:
-        if self._upgraded or self._refused is not None:
+        if self._stopped:
             return
-        in_head = self._in_head  # a head begun in an earlier read: count this read against it
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._upgraded = True  # not supported: the request is answered, then the line closed
-            self.pause_reading()
-        except httptools.HttpParserCallbackError as exc:
-            refused = exc.__context__
-            if not isinstance(refused, BadRequest):
-                raise
-            self._refuse(refused)
-        except httptools.HttpParserError as exc:
-            self._refuse(BadRequest(400, "bad_request", f"malformed request: {exc}"))
+        if self._cutter.mode == DONE:  # sent ahead of the answer in progress: later
+            self._hold(data)
         else:
-            if in_head and self._in_head:
-                self._head_size += len(data)
-                if self._head_size > MAX_HEAD:
-                    self._refuse(BadRequest(431, "head_too_large", "the request head is too large"))
+            self._consume(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener.connections.discard(self)
         self._cancel_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
         if self._parsing is not None:
             self._parsing._finish_body(ClientGone("the client closed the connection"))
         if self._writable is not None and not self._writable.done():
@@ -429,56 +493,156 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable = self._loop.create_future()
+        self._send_timer = self._loop.call_later(self.listener.send_timeout, self._send_stalled)
 
     def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         self._writable = None
 
+    # --- parsing ------------------------------------------------------------------------------
+
+    def _consume(self, data: bytes) -> None:
+        """Parse `data`, no further than the end of the current request; hold the rest."""
+        cutter = self._cutter
+        start, size = 0, len(data)
+        while start < size:
+            if cutter.mode == DONE:
+                self._hold(data[start:])
+                return
+            end = cutter.cut(data, start)
+            if cutter.mode == HEAD and cutter.head_bytes + end - start > MAX_HEAD:
+                self._refuse(BadRequest(431, "head_too_large", "the request head is too large"))
+                return
+            cutter.take(data, start, end)
+            try:
+                self._parser.feed_data(data if end - start == size else memoryview(data)[start:end])
+            except httptools.HttpParserUpgrade:
+                self._after_upgrade()
+            except httptools.HttpParserCallbackError as exc:
+                refused = exc.__context__
+                if not isinstance(refused, BadRequest):
+                    raise
+                self._refuse(refused)
+                return
+            except httptools.HttpParserError as exc:
+                self._refuse(BadRequest(400, "bad_request", f"malformed request: {exc}"))
+                return
+            if self._parsed is not None:  # a head was parsed, and nothing was wrong with it
+                self._dispatch(self._parsed)
+            start = end
+
+    def _hold(self, data: bytes | bytearray) -> None:
+        self._held += data
+        if len(self._held) > HOLD_HIGH_WATER:
+            self.pause_reading()
+
+    def _after_upgrade(self) -> None:
+        """llhttp stops at the head of an Upgrade request and skips its body. The upgrade is
+        ignored: a fresh parser takes the body (given a head of the same framing) and then the
+        requests that follow."""
+        self._parser = _request_parser(self)
+        if self._body_after_upgrade:
+            self._body_after_upgrade = False
+            self._synthetic = True
+            mode, head = self._cutter.mode, _BODY_HEADS[self._cutter.mode]
+            self._parser.feed_data(head % self._cutter.left if mode == LENGTH else head)
+
+    def _dispatch(self, request: Request) -> None:
+        self._parsed = None
+        self._request = request
+        if self._next is not None:
+            self._next.set_result(None)
+        elif self._task is None:
+            self._task = self._loop.create_task(self._serve())
+
+    def _refuse(self, refused: BadRequest) -> None:
+        """Stop parsing: answer the refusal now, or fail the body of the request in progress."""
+        self._stopped = True
+        self.pause_reading()
+        if self._parsed is not None:  # its head's framing turned out wrong: the whole is refused
+            self._parsed = self._parsing = None
+        if self._parsing is not None:  # its body is malformed: its handler answers, or did
+            self._parsing._finish_body(refused)
+            if self.discarding:
+                self.close()
+            return
+        log.info("request refused (%d): %s", refused.status, refused.message)
+        body = json.dumps({"error": refused.error, "message": refused.message}).encode()
+        self.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (refused.status, _REASONS[refused.status], len(body), body)
+        )
+        self._lingering_close()
+
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_size = True, 0
+        if self._synthetic:
+            return
+        self._in_head, self._fields = True, 0
         self._target.clear()
         self._headers = []
 
     def on_url(self, url: bytes) -> None:
+        if self._synthetic:
+            return
         self._target += url
         if len(self._target) > MAX_TARGET:
             raise BadRequest(414, "uri_too_long", "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value)
-        self._head_size += size
-        if size > MAX_FIELD or self._head_size > MAX_HEAD:
+        if self._synthetic:
+            return
+        self._fields += 1
+        if len(name) + len(value) > MAX_FIELD:
             raise BadRequest(431, "header_too_large", "a request header is too large")
-        self._headers.append((name, value))
+        if self._fields > MAX_FIELDS:
+            raise BadRequest(431, "too_many_headers", "the request has too many header lines")
+        if self._in_head:
+            self._headers.append((name, value))
+        # else: a trailer field (after a chunked body), read and dropped
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        if self._synthetic:
+            return
+        self._in_head, self._fields = False, 0
         parser = self._parser
+        version = parser.get_http_version()
+        if version not in {"1.1", "1.0"}:
+            raise BadRequest(505, "http_version_not_supported", f"HTTP/{version} is not served")
+        method = parser.get_method().decode("latin-1")
+        if method == "CONNECT":
+            raise BadRequest(405, "method_not_allowed", "CONNECT is not served: not a proxy")
         request = Request(
             self,
-            parser.get_method().decode("latin-1"),
+            method,
             bytes(self._target),
-            version=parser.get_http_version(),
+            version=version,
             headers=self._headers,
             keep_alive=parser.should_keep_alive(),
         )
-        self._parsing = request
-        self._queue.append(request)
-        if len(self._queue) > 1:
-            self.pause_reading()  # pipelined: one answer at a time, in order
-        elif self._next is not None:
-            self._next.set_result(None)
-        elif self._task is None:
-            self._task = self._loop.create_task(self._serve())
+        if request.chunked:
+            self._cutter.body(CHUNKED)
+        elif request.content_length:
+            self._cutter.body(LENGTH, request.content_length)
+        self._body_after_upgrade = request.has_body and parser.should_upgrade()
+        self._parsing = request if request.has_body else None
+        self._parsed = request
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
             self._parsing._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._body_after_upgrade:
+            return  # llhttp skipped the body; it is parsed next (see `_after_upgrade`)
+        self._synthetic = False
+        self._cutter.done()
         if self._parsing is not None:
             self._parsing._finish_body()
             self._parsing = None
@@ -488,35 +652,42 @@ class _Connection(asyncio.Protocol):
     # --- answering ----------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Answer the queued requests in order; between them, wait for the next one."""
+        """Answer requests in order; between them, wait for the next one."""
         try:
             while True:
-                while self._queue:
-                    request = self._queue[0]
-                    await self._answer(request)
-                    self._queue.popleft()
-                    if self.closed:
+                request = self._request
+                if request is None:
+                    if self.listener.closing:
+                        self.close()
                         return
-                    if not request.keep_alive:
-                        self._linger_or_close(request)
-                        return
-                    self.resume_reading()
-                if self._refused is not None:
-                    self._send_refusal()
+                    self._idle_since = self._loop.time()
+                    self._next = self._loop.create_future()
+                    try:
+                        await self._next
+                    finally:
+                        self._next = None
+                    continue
+                await self._answer(request)
+                self._request = None
+                if self.closed:
                     return
-                if self.listener.closing:
-                    self.close()
+                if not request.keep_alive:
+                    self._linger_or_close(request)
                     return
-                self._idle_since = self._loop.time()
-                self._next = self._loop.create_future()
-                try:
-                    await self._next
-                finally:
-                    self._next = None
+                self._next_message()
         except (asyncio.CancelledError, ClientGone):
             return  # the client left, or the drain is over
         finally:
             self._task = None
+
+    def _next_message(self) -> None:
+        """Go on with what the client sent after the request just answered."""
+        self._cutter.begin()
+        held = bytes(self._held)
+        self._held.clear()
+        self.resume_reading()
+        if held:
+            self._consume(held)
 
     async def _answer(self, request: Request) -> None:
         try:
@@ -547,13 +718,12 @@ class _Connection(asyncio.Protocol):
             request.keep_alive
             and request.body_complete
             and not self.listener.closing
-            and not self._upgraded
-            and self._refused is None
+            and not self._stopped
         )
 
     def _linger_or_close(self, request: Request) -> None:
         waits_for_continue = request._continue and request.body_bytes == 0
-        if request.body_complete or waits_for_continue or self._refused is not None:
+        if request.body_complete or waits_for_continue or self._stopped:
             self.close()  # nothing more to read, or a client that sends nothing until told
             return
         # The answer went out before the body was read: read and drop the rest for a moment,
@@ -561,26 +731,6 @@ class _Connection(asyncio.Protocol):
         self.discarding = True
         self.resume_reading()
         self._loop.call_later(LINGER, self.close)
-
-    def _refuse(self, refused: BadRequest) -> None:
-        self._refused = refused
-        self.pause_reading()
-        if self._parsing is not None:
-            self._parsing._finish_body(BadRequest(400, "bad_request", refused.message))
-        if self.idle:
-            self._send_refusal()
-
-    def _send_refusal(self) -> None:
-        refused = self._refused
-        assert refused is not None
-        log.info("request refused (%d): %s", refused.status, refused.message)
-        body = json.dumps({"error": refused.error, "message": refused.message}).encode()
-        self.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (refused.status, _REASONS[refused.status], len(body), body)
-        )
-        self.close()
 
     # --- transport ----------------------------------------------------------------------------
 
@@ -591,12 +741,20 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     async def send(self, data: bytes) -> None:
-        """Write, then wait while the client's side is full."""
+        """Write, then wait while the client's side is full (at most `send_timeout`)."""
         self.write(data)
         if self._writable is not None:
             await self._writable
             if self.closed:
                 raise ClientGone("the client closed the connection")
+
+    def _send_stalled(self) -> None:
+        """The client took nothing for `send_timeout`: cut it off."""
+        self._send_timer = None
+        log.info("client took no data for %.0f s: connection cut", self.listener.send_timeout)
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
 
     def pause_reading(self) -> None:
         if not self._paused and self.transport is not None and not self.closed:
@@ -604,14 +762,14 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused and self.transport is not None and not self.closed and not self._upgraded:
+        if self._paused and self.transport is not None and not self.closed:
             self._paused = False
             self.transport.resume_reading()
 
     @property
     def idle(self) -> bool:
         """No request is being answered."""
-        return self._task is None or self._next is not None
+        return self._request is None
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -627,12 +785,28 @@ class _Connection(asyncio.Protocol):
         elif not self.closed:
             self._timer = self._loop.call_later(left, self._expire)
 
+    def _lingering_close(self) -> None:
+        """End our side once the answer is out (FIN), then read and drop what the client still
+        sends for up to LINGER seconds before closing: closing with unread bytes would reset
+        the connection, and the client could lose the answer (nginx's lingering close)."""
+        if self.transport is None or self.closed:
+            return
+        self._cancel_timer()
+        self.resume_reading()  # what arrives now is dropped: nothing is parsed any more
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._loop.call_later(LINGER, self.close)
+
     def close(self) -> None:
-        """Close the connection (after what was written is sent)."""
+        """Close the connection once what was written is sent (within `send_timeout`)."""
         self._cancel_timer()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
+            if self.transport.get_write_buffer_size() and self._send_timer is None:
+                self._send_timer = self._loop.call_later(
+                    self.listener.send_timeout, self.transport.abort
+                )
 
     def cancel(self) -> None:
         """Stop answering: the drain is over."""
@@ -649,10 +823,12 @@ class Listener:
         handler: Handler,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
     ):
         self.handler = handler
         self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self.connections: set[_Connection] = set()
         self.closing = False
         self.address: tuple[str, int] = ("", 0)

@@ -1,0 +1,214 @@
+"""A lean HTTP/1.1 client for upstreams: pooled keep-alive connections on asyncio protocols,
+answers parsed by llhttp (through httptools).
+
+It does what a proxy needs and nothing else: no redirects, cookies, decompression or header
+normalisation; bodies pass through as bytes, both ways, with flow control.
+
+Invariants
+- A request is sent again (once, on a new connection) only when its reused connection turned
+  out closed before any byte of an answer came, and either nothing of it was written or it is
+  idempotent and its body can be sent again (RFC 9110 §9.2.2). A POST that may have reached the
+  upstream is never sent twice.
+- An answer is handed on only with its head complete and checked (see `connection`); its body
+  ends cleanly or raises `UpstreamError`, never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from urllib.parse import urlsplit
+
+from proxy.http.connection import Connection
+from proxy.http.errors import UpstreamError
+from proxy.http.pool import KEEPALIVE_TIMEOUT, Pool
+
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class Answer:
+    """An upstream's answer: status, headers, and a body read with `chunks` or `read`."""
+
+    def __init__(self, connection: Connection):
+        self._connection = connection
+        self.status = connection.status
+        self.reason = connection.reason
+        self.headers = connection.headers
+        self.content_length = connection.content_length
+
+    async def chunks(self, idle_timeout: float, deadline: float) -> AsyncIterator[bytes]:
+        """The body as it arrives. `idle_timeout` bounds the silence between two pieces, and
+        `deadline` (`time.monotonic()`) the whole answer."""
+        connection = self._connection
+        while True:
+            data = connection.next_chunk()
+            if data is None:  # nothing here yet: wait, but not for ever
+                wait = min(idle_timeout, deadline - time.monotonic())
+                try:
+                    async with asyncio.timeout(wait):
+                        await connection.more()
+                except TimeoutError:
+                    raise UpstreamError("timeout", "the upstream did not answer in time") from None
+                continue
+            if not data:
+                return
+            yield data
+
+    async def read(self, idle_timeout: float, deadline: float) -> bytes:
+        """The whole body."""
+        if self._connection.complete:  # all here already: no need to wait
+            return self._connection.take_all()
+        return b"".join([chunk async for chunk in self.chunks(idle_timeout, deadline)])
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole answer was received."""
+        return self._connection.complete
+
+    def release(self) -> None:
+        """Done with the answer: a complete answer's connection may be reused."""
+        self._connection.finish(reusable=self._connection.complete)
+
+
+class Origin:
+    """A parsed upstream base URL: where to connect, the Host header, a path prefix, and for
+    https the authorities that may vouch for its certificate (`ca_file`, else the system's)."""
+
+    def __init__(
+        self, url: str, ca_file: str | None = None, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    ):
+        parts = urlsplit(url)
+        self.keepalive_timeout = keepalive_timeout
+        self.tls = parts.scheme == "https"
+        self.ca_file = ca_file
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if default else f"{host}:{self.port}"
+        try:
+            host_bytes = self.host_header.encode("idna")  # an IDN host as punycode
+        except UnicodeError:
+            host_bytes = self.host_header.encode("utf-8", "surrogateescape")
+        self.host_line = b"Host: %s\r\n" % host_bytes
+        self.prefix = parts.path.rstrip("/")
+        self.raw_prefix = self.prefix.encode("utf-8", "surrogateescape")
+
+
+class UpstreamClient:
+    """Sends requests to upstreams over pooled keep-alive connections."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, int, bool, str | None, float], Pool] = {}
+
+    def _pool(self, origin: Origin) -> Pool:
+        key = (origin.host, origin.port, origin.tls, origin.ca_file, origin.keepalive_timeout)
+        pool = self._pools.get(key)
+        if pool is None:
+            tls = ssl.create_default_context(cafile=origin.ca_file) if origin.tls else None
+            pool = self._pools[key] = Pool(origin.host, origin.port, tls, origin.keepalive_timeout)
+        return pool
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        *,
+        target: bytes,
+        headers: bytes,
+        body: Body,
+        content_length: int | None,
+        connect_timeout: float,
+        first_byte_timeout: float,
+    ) -> Answer:
+        """Send a request and wait for the answer's head.
+
+        `first_byte_timeout` bounds sending the request and waiting for the answer's head.
+        `target` is the path and query, sent as given; `headers` are header lines (``Name: value``
+        and CRLF each) that must not frame the body: this sets Content-Length (or chunked
+        encoding for a body of unknown length). See the module's rules for when a request is
+        sent again.
+        """
+        if isinstance(body, bytes):
+            framing = b"Content-Length: %d\r\n" % len(body)
+        elif body is not None:
+            framing = (
+                b"Transfer-Encoding: chunked\r\n"
+                if content_length is None
+                else b"Content-Length: %d\r\n" % content_length
+            )
+        else:
+            framing = b"" if method in BODYLESS_METHODS else b"Content-Length: 0\r\n"
+        head = b"%s %s%s HTTP/1.1\r\n%s%s%s\r\n" % (
+            method.encode("latin-1"),
+            origin.raw_prefix,
+            target,
+            origin.host_line,
+            framing,
+            headers,
+        )
+        pool = self._pool(origin)
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):
+            connection = pool.idle() or await pool.connect(connect_timeout)
+            connection.begin(method, loop.time() + first_byte_timeout)
+            try:
+                if body is None or isinstance(body, bytes):
+                    if not connection.send(head + body if body else head):
+                        await connection.drained()
+                    connection.sent = True
+                else:
+                    await self._stream(connection, head, body, content_length)
+                await connection.head
+            except UpstreamError as exc:
+                if connection.answered:
+                    # The upstream answered, then closed while the body was still on its way
+                    # (a 413, a 401): its answer is the one to pass on.
+                    return Answer(connection)
+                connection.finish(reusable=False)
+                if attempt == 0 and _may_send_again(connection, exc, method, body):
+                    continue
+                raise
+            except BaseException:
+                connection.finish(reusable=False)
+                raise
+            return Answer(connection)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _stream(
+        connection: Connection, head: bytes, body: AsyncIterable[bytes], content_length: int | None
+    ) -> None:
+        """Send the head, then the body as it comes, until it ends or the upstream answers."""
+        await connection.write(head)
+        chunked = content_length is None
+        async for chunk in body:
+            if connection.answered:
+                return  # answered before the whole body went: the rest is not sent
+            if chunk:
+                await connection.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if connection.answered:
+            return
+        if chunked:
+            await connection.write(b"0\r\n\r\n")
+        connection.sent = True
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def _may_send_again(connection: Connection, error: UpstreamError, method: str, body: Body) -> bool:
+    """Whether a failed request may be sent once more, on a new connection."""
+    if not connection.reused or connection.received or error.reason != "reset":
+        return False  # not a stale keep-alive connection: the upstream did see it, or failed
+    if not connection.wrote:
+        return True  # provably never reached the upstream
+    return method in IDEMPOTENT_METHODS and not isinstance(body, AsyncIterable)

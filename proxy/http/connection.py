@@ -1,0 +1,358 @@
+"""One keep-alive HTTP/1.1 connection to an upstream, as a small state machine (h11's idea).
+
+States:
+- BUSY: an exchange is in progress: its request is being sent, its answer read.
+- DONE: the answer ended cleanly; its consumer may still be reading what was buffered.
+- IDLE: back in the pool between exchanges.
+- CLOSED.
+
+Invariants
+- The parser is fed only while BUSY, and never past the end of the answer (see `framing`). A
+  byte that arrives while IDLE or DONE (an answer nobody asked for, the rest of an answer that
+  claimed to be over) means the upstream is out of step: the connection is closed, never parsed.
+- A connection goes back to the pool only from DONE, with the whole request sent, keep-alive
+  on both sides, and nothing received past the answer.
+- An answer is complete only when its message ended cleanly: by its length, by its last chunk,
+  as a bodiless answer (HEAD, 204, 304), or, for a body delimited by the close, by an orderly
+  close (FIN). A reset, or a close before the end, fails the exchange with `reset`.
+- The answer's head is bounded: MAX_HEAD bytes, MAX_FIELDS lines. A status outside 100-599, a
+  101 (we never ask to switch protocols), or a transfer coding we did not ask for is a protocol
+  error. Interim answers (1xx) are skipped; trailer fields are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from proxy.http import framing
+from proxy.http.errors import UpstreamError
+from proxy.http.headers import tokens
+
+if TYPE_CHECKING:
+    from proxy.http.pool import Pool
+
+log = logging.getLogger("grayscale.upstream")
+
+MAX_HEAD = 64 * 1024  # an answer's head, every byte: larger is a protocol error
+MAX_FIELDS = 100  # header lines in an answer's head (or trailer lines)
+READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread answer
+
+BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
+
+
+class Connection(asyncio.Protocol):
+    """One connection to an upstream; one exchange at a time."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.state = BUSY  # a connection is opened for an exchange
+        self.reused = False  # it has carried an exchange before this one
+        self.expires = 0.0  # IDLE: the loop time after which it is not reused
+        self._loop = asyncio.get_running_loop()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._timer: asyncio.TimerHandle | None = None  # checks the head deadline; lazily re-armed
+        self._timer_at = 0.0
+        self._cutter = framing.Cutter()
+        self.begin("GET", 0.0)
+
+    def begin(self, method: str, head_deadline: float) -> None:
+        """Start an exchange: its answer's head must be in by `head_deadline` (loop time)."""
+        self.state = BUSY
+        self.head_only = method == "HEAD"
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # the final answer's, as received
+        self.content_length: int | None = None
+        self._codings: list[bytes] | None = None  # Transfer-Encoding values
+        self.keep_alive = False
+        self.keepalive_hint: float | None = None  # the upstream's Keep-Alive: timeout=N
+        self.answered = False  # the final answer's head is in
+        self.complete = False  # the answer ended cleanly
+        self.received = False  # any byte arrived during this exchange
+        self.wrote = False  # any byte of the request was written
+        self.sent = False  # the whole request went out (not cut short by an early answer)
+        self._in_head = True
+        self._fields = 0
+        self._head: asyncio.Future[None] = self._loop.create_future()
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: UpstreamError | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._cutter.begin()
+        if head_deadline:
+            self.expect_head_by(head_deadline)
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != BUSY:
+            return self._poison("outside an exchange" if self.state == IDLE else "after the answer")
+        self.received = True
+        cutter = self._cutter
+        start, size = 0, len(data)
+        while start < size:
+            if cutter.mode == framing.DONE:
+                return self._poison("after the answer")
+            end = cutter.cut(data, start)
+            if cutter.mode == framing.HEAD and cutter.head_bytes + end - start > MAX_HEAD:
+                return self._fail(UpstreamError("protocol", "the answer's head is too large"))
+            cutter.take(data, start, end)
+            try:
+                self._parser.feed_data(data if end - start == size else memoryview(data)[start:end])
+            except httptools.HttpParserCallbackError as exc:
+                failure = exc.__context__
+                if not isinstance(failure, UpstreamError):
+                    raise
+                return self._fail(failure)
+            except httptools.HttpParserUpgrade:
+                return self._fail(UpstreamError("protocol", "the upstream switched protocols"))
+            except httptools.HttpParserError as exc:
+                return self._fail(UpstreamError("protocol", f"bad upstream answer: {exc}"))
+            start = end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._writable.set()
+        if self.state == BUSY:  # the upstream closed the connection (we did not)
+            if self.answered and self._cutter.mode == framing.UNTIL_CLOSE and exc is None:
+                self._end_of_answer()  # an orderly close ends a body delimited by the close
+            else:
+                self._fail(UpstreamError("reset", "the upstream closed the connection"))
+        self.state = CLOSED
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._fields = True, 0
+        self.headers = []
+        self.content_length = None
+        self._codings = None
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > MAX_FIELDS:
+            raise UpstreamError("protocol", "the answer has too many header lines")
+        if not self._in_head:
+            return  # a trailer field: dropped
+        if len(name) == 14 and name.lower() == b"content-length":
+            self.content_length = int(value)  # llhttp accepts digits only, and one length
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._codings = [value] if self._codings is None else [*self._codings, value]
+        elif len(name) == 10 and name.lower() == b"keep-alive":
+            self.keepalive_hint = _keepalive_timeout(value)
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._fields = False, 0
+        status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise UpstreamError("protocol", f"the upstream answered with status {status}")
+        if status < 200:
+            if status == 101:
+                raise UpstreamError("protocol", "the upstream switched protocols")
+            return  # an interim answer (100 Continue, 103 Early Hints): skipped
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        bodiless = self.head_only or status in {204, 304}
+        if not bodiless:
+            self._frame_body()
+        self.answered = True
+        if not self._head.done():
+            self._head.set_result(None)
+        if bodiless:
+            self._end_of_answer()  # (llhttp does not know that a HEAD answer has no body)
+
+    def _frame_body(self) -> None:
+        """Set how the body ends (RFC 9112 §6.3): chunks, length, or the close."""
+        if self._codings is not None:
+            codings = [coding for coding in tokens(self._codings) if coding != b"identity"]
+            if codings == [b"chunked"]:
+                return self._cutter.body(framing.CHUNKED)
+            if codings:  # we never ask for one (no TE header), and could not pass it on
+                detail = b", ".join(codings).decode("latin-1")
+                raise UpstreamError("protocol", f"the upstream used a transfer coding: {detail}")
+        elif self.content_length is not None:
+            return self._cutter.body(framing.LENGTH, self.content_length)
+        self._cutter.body(framing.UNTIL_CLOSE)
+        self.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            self._cutter.begin()  # the end of an interim answer: the final one follows
+        elif not self.complete:
+            self._end_of_answer()
+
+    # --- exchange -----------------------------------------------------------------------------
+
+    def _end_of_answer(self) -> None:
+        self.complete = True
+        self.state = DONE
+        self._cutter.done()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._error is None:
+            self._error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: a failure before the head is raised by `head`
+        self._wake()
+        self.close()
+
+    def _poison(self, when: str) -> None:
+        """The upstream sent bytes nobody asked for: it is out of step; close the connection."""
+        log.warning(
+            "upstream %s:%d sent data %s: connection closed", self.pool.host, self.pool.port, when
+        )
+        self.close()
+
+    def close(self) -> None:
+        """Close now; a request still being sent is abandoned, an answer not complete fails."""
+        if self.state == CLOSED or self.transport is None:
+            return
+        if self.state == BUSY and self._error is None:
+            self._error = UpstreamError("reset", "the connection was closed")
+            self._wake()
+        self.state = CLOSED
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    def send(self, data: bytes) -> bool:
+        """Write `data`; False when the upstream's side is full (wait for `drained` then)."""
+        if self.closed:
+            raise UpstreamError("reset", "the upstream closed the connection")
+        assert self.transport is not None
+        self.wrote = True
+        self.transport.write(data)
+        return self._writable.is_set()
+
+    async def drained(self) -> None:
+        """Wait until the upstream's side takes more, or the upstream has answered (it may not
+        read the rest of a body it has answered)."""
+        if self._writable.is_set() or self._head.done():
+            return
+        writable = self._loop.create_task(self._writable.wait())
+        try:
+            await asyncio.wait((writable, self._head), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writable.cancel()
+
+    async def write(self, data: bytes) -> None:
+        """Write `data`, then wait while the upstream's side is full."""
+        if not self.send(data):
+            await self.drained()
+
+    @property
+    def head(self) -> asyncio.Future[None]:
+        """Done when the answer's head is in (or with the failure that came instead)."""
+        return self._head
+
+    def expect_head_by(self, deadline: float) -> None:
+        """Fail the exchange if the answer's head is not in by `deadline` (loop time).
+
+        One timer per connection, re-armed only when it fires early: cheaper than a timer per
+        request (a request sets a number)."""
+        self._head_deadline = deadline
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._check_head)
+
+    def _check_head(self) -> None:
+        self._timer = None
+        if self.state != BUSY or self.answered or self._head.done():
+            return  # idle, or the head came: nothing to watch until the next exchange
+        if self._loop.time() >= self._head_deadline:
+            self._fail(UpstreamError("timeout", "the upstream did not answer in time"))
+        else:
+            self._timer_at = self._head_deadline
+            self._timer = self._loop.call_at(self._head_deadline, self._check_head)
+
+    def next_chunk(self) -> bytes | None:
+        """The next piece of the body if one is here: b"" at its end, None to wait for more."""
+        if self._chunks:
+            data = self._chunks.popleft()
+            self._buffered -= len(data)
+            if self._buffered <= READ_HIGH_WATER // 2 and self.transport is not None:
+                self.transport.resume_reading()
+            return data
+        if self.complete:
+            return b""
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def take_all(self) -> bytes:
+        """Every piece of the body received so far, joined."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self.transport is not None:
+            self.transport.resume_reading()
+        return data
+
+    async def more(self) -> None:
+        """Wait until the body has more, ends, or fails."""
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def finish(self, reusable: bool) -> None:
+        """End the exchange: back to the pool when it may carry another, else closed."""
+        if reusable and self.state == DONE and self.sent and self.keep_alive:
+            self.state = IDLE
+            self.reused = True
+            self.pool.put(self)
+        else:
+            self.close()
+
+
+def _keepalive_timeout(value: bytes) -> float | None:
+    """The `timeout` parameter of a Keep-Alive header (seconds), if it has a valid one."""
+    for parameter in value.split(b","):
+        name, _, number = parameter.partition(b"=")
+        if name.strip().lower() == b"timeout" and number.strip().isdigit():
+            return float(number.strip())
+    return None

@@ -1,0 +1,81 @@
+"""Message boundaries: a byte stream cut into pieces that never run past the end of a message.
+
+llhttp parses whatever it is given, message after message. Both sides of the proxy must instead
+stop at the end of the message they wait for: the server answers one request before it parses
+the next, and the upstream client must never parse bytes an upstream sent after its answer as
+the answer to something else. A `Cutter` tells where the next piece ends, so that the parser is
+fed one message at a time and the bytes after it stay unparsed.
+
+Invariants
+- A piece never extends past the end of the current message. A head piece ends at the blank
+  line that ends the head (llhttp takes only CRLF line ends); a body of known length ends at its
+  last byte; a chunked body ends with a blank line (the last chunk, then the end of the trailer
+  section), so cutting at every blank line means it can only end at the end of a piece.
+- Every byte of a head is counted, whatever its shape (many short lines, runs of whitespace,
+  empty lines before it, a head trickled over many reads): `head_bytes` is exact.
+- The cutter knows nothing of HTTP beyond this; the parser's callbacks set the mode.
+"""
+
+from __future__ import annotations
+
+HEAD = 0  # in (or before) a message head: up to the blank line that ends it
+LENGTH = 1  # a body of known length: no further than its last byte
+CHUNKED = 2  # a chunked body: up to the next blank line
+UNTIL_CLOSE = 3  # a body that ends when the connection closes: everything
+DONE = 4  # the message is complete: nothing
+
+BLANK_LINE = b"\r\n\r\n"
+
+
+class Cutter:
+    """Where the next piece of a byte stream ends, for the message in progress."""
+
+    __slots__ = ("_tail", "head_bytes", "left", "mode")
+
+    def __init__(self) -> None:
+        self.mode = HEAD
+        self.left = 0  # LENGTH: body bytes still to come
+        self.head_bytes = 0  # HEAD: bytes of the head so far
+        self._tail = b""  # the last bytes taken in this mode, for a blank line across pieces
+
+    def begin(self) -> None:
+        """A new message begins: cut at its head."""
+        self.mode, self.head_bytes, self._tail = HEAD, 0, b""
+
+    def body(self, mode: int, length: int = 0) -> None:
+        """The head is complete; its body is framed by `mode` (`length` bytes for LENGTH)."""
+        self.mode, self.left, self._tail = mode, length, b""
+
+    def done(self) -> None:
+        """The message is complete."""
+        self.mode = DONE
+
+    def cut(self, data: bytes, start: int) -> int:
+        """The end (exclusive) of the next piece of `data[start:]`."""
+        mode = self.mode
+        if mode == LENGTH:
+            return min(len(data), start + self.left)
+        if mode == UNTIL_CLOSE:
+            return len(data)
+        if mode == DONE:
+            return start
+        tail = self._tail
+        if tail and data[start : start + 1] in (b"\r", b"\n"):
+            for taken in (1, 2, 3):  # a blank line begun in the previous piece
+                if tail.endswith(BLANK_LINE[: 4 - taken]) and data.startswith(
+                    BLANK_LINE[4 - taken :], start
+                ):
+                    return start + taken
+        found = data.find(BLANK_LINE, start)
+        return len(data) if found < 0 else found + 4
+
+    def take(self, data: bytes, start: int, end: int) -> None:
+        """Account for `data[start:end]`, about to be parsed."""
+        size = end - start
+        mode = self.mode
+        if mode == LENGTH:
+            self.left -= size
+        elif mode in (HEAD, CHUNKED):
+            if mode == HEAD:
+                self.head_bytes += size
+            self._tail = data[end - 3 : end] if size >= 3 else (self._tail + data[start:end])[-3:]

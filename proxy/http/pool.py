@@ -1,0 +1,85 @@
+"""Idle keep-alive connections to one upstream origin.
+
+Invariants
+- Only IDLE connections are in the pool, and one that closed while idle (the upstream closed
+  it, or it sent bytes nobody asked for) is never handed out.
+- A connection idle for longer than `keepalive_timeout`, or than the upstream's own announced
+  `Keep-Alive: timeout` less a second, is closed rather than reused: reusing it would race the
+  upstream closing it, and a request lost in that race may not be sent again (RFC 9110 §9.2.2).
+- The most recently used connection is handed out first, so the others can expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+from proxy.http.connection import Connection
+from proxy.http.errors import UpstreamError
+
+KEEPALIVE_TIMEOUT = 4.0  # below the 5 s of uvicorn, Node.js and most servers' idle timeouts
+
+
+class Pool:
+    """Idle keep-alive connections to one upstream origin, and new ones on demand."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    ):
+        self.host, self.port, self.tls = host, port, tls
+        self.keepalive_timeout = keepalive_timeout
+        self._idle: deque[Connection] = deque()  # oldest first
+
+    def put(self, connection: Connection) -> None:
+        """Keep an idle connection for reuse, unless it may not be kept at all."""
+        timeout = self.keepalive_timeout
+        if connection.keepalive_hint is not None:
+            timeout = min(timeout, connection.keepalive_hint - 1.0)
+        if timeout <= 0:
+            connection.close()
+            return
+        connection.expires = asyncio.get_running_loop().time() + timeout
+        self._idle.append(connection)
+
+    def idle(self) -> Connection | None:
+        """An idle connection that is open and not expired, if there is one."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle and (idle[0].closed or idle[0].expires <= now):
+            idle.popleft().close()
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    async def connect(self, connect_timeout: float) -> Connection:
+        """A new connection, ready for an exchange."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls else None,
+                )
+        except TimeoutError:
+            raise UpstreamError("connect_timeout", "cannot connect in time") from None
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect: {exc.strerror or exc}") from None
+        return protocol
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
