@@ -109,11 +109,10 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes]:
         raise _bad_target() from None
     if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
         raise _bad_target()
-    authority = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
-    if b":" in url.host:
-        authority = b"[%s]" % authority if url.port is None else b"[%s]:%d" % (url.host, url.port)
-    path = url.path or b"/"
-    return (path + b"?" + url.query if url.query is not None else path), authority
+    start = target.index(b"//") + 2
+    end = min((i for i in (target.find(c, start) for c in b"/?#") if i >= 0), default=len(target))
+    authority, rest = target[start:end], target[end:]
+    return (rest if rest[:1] == b"/" else b"/" + rest), authority
 
 
 def _bad_target() -> BadRequest:
