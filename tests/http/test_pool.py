@@ -11,7 +11,6 @@ import pytest
 
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import UpstreamError
-from tests.http.conftest import UpstreamFactory
 from tests.http.peers import UpstreamConnection, answer, echo_requests
 
 
@@ -42,7 +41,7 @@ async def client() -> AsyncIterator[UpstreamClient]:
     client.close()
 
 
-async def test_bytes_arriving_on_an_idle_connection_close_it(raw_upstream: UpstreamFactory, client):
+async def test_bytes_arriving_on_an_idle_connection_close_it(raw_upstream, client):
     async def script(connection: UpstreamConnection, index: int) -> None:
         request = await connection.request()
         connection.send(answer(request.target.encode()))
