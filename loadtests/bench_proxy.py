@@ -1,13 +1,16 @@
 """Grayscale against direct, nginx and a minimal aiohttp proxy, side by side in one run.
 
     .venv/bin/python loadtests/bench_proxy.py [--duration 5] [--rounds 3] [--quick]
+                                              [--baseline DIR]
 
 Uses `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`) when installed: nginx as the
 upstreams and as the split_clients reference, wrk as the load generator. Without them the
 upstreams and the load generator are the raw-protocol ones of `loadgen.py` and the nginx row is
 left out. Each configuration runs in turn, round after round, so
 machine noise hits all of them alike; the table shows medians over rounds and ratios. Results go
-to `loadtests/results/<time>.json` as well.
+to `loadtests/results/<time>.json` as well. With `--baseline DIR` (another checkout of the
+project, e.g. `git worktree add /tmp/before <commit>`), that version's Grayscale runs in the same
+rounds too, so a change's cost is measured side by side.
 """
 
 from __future__ import annotations
@@ -95,10 +98,12 @@ def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess
             proc.kill()
 
 
-def serve(config: Path, port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
-    """`grayscale serve --config CONFIG`, listening on `port`."""
+def serve(
+    config: Path, port: int, root: Path = ROOT
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`grayscale serve --config CONFIG` of the checkout at `root`, listening on `port`."""
     return process(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(config)], port, cwd=ROOT
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)], port, cwd=root
     )
 
 
@@ -158,6 +163,7 @@ def grayscale_yaml(
 
 def grayscale_conf(folder: Path, upstreams: tuple[int, int], port: int, features: bool) -> Path:
     """The benchmark's Grayscale config: features off, or analysis and a sampled access log."""
+    folder.mkdir(exist_ok=True)
     conf = folder / ("grayscale-on.yaml" if features else "grayscale-off.yaml")
     ramp = "    ramp: {base: 0.1}\n"
     if features:
@@ -179,6 +185,8 @@ NGINX = "nginx split_clients proxy"
 MINIMAL = "minimal aiohttp proxy"
 OFF = "grayscale, features off"
 ON = "grayscale, all features"
+BASE_OFF = "baseline, features off"
+BASE_ON = "baseline, all features"
 
 
 @dataclass
@@ -393,6 +401,9 @@ def main() -> None:
         help="concurrent slow readers for the memory check (0 skips it)",
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, no memory checks")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose Grayscale runs alongside"
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.memory_requests, args.slow_clients = 2.0, 1, 0, 0
@@ -445,6 +456,12 @@ def main() -> None:
             OFF: (off, off_proc.pid),
             ON: (on, on_proc.pid),
         }
+        if args.baseline:
+            for name, features in ((BASE_OFF, False), (BASE_ON, True)):
+                port = free_port()
+                conf = grayscale_conf(folder / "baseline", upstreams, port, features)
+                proc = stack.enter_context(serve(conf, port, args.baseline.resolve()))
+                targets[name] = (port, proc.pid)
         for name, (port, pid) in targets.items():  # warm up
             run_on(port, name, 1, args.connections, pid)
         for round_no in range(args.rounds):
@@ -519,6 +536,13 @@ def main() -> None:
         f"{stream['added_median_ms']:.3f} ms, {stream['client_reads']} client reads "
         f"({'not coalesced' if stream['client_reads'] >= stream['events'] else 'coalesced'})",
     ]
+    for ours, theirs in ((OFF, BASE_OFF), (ON, BASE_ON)):
+        if theirs in results:
+            speed = med(ours, "requests_per_second") / med(theirs, "requests_per_second")
+            cost = (cpu_per_request(ours) or 0) / (cpu_per_request(theirs) or 1) - 1
+            lines.append(
+                f"{ours} against the baseline: {speed:.3f}x throughput, {cost:+.1%} CPU per request"
+            )
     if memory:
         growth = (memory["after_mib"] - memory["half_mib"]) / memory["half_mib"]
         lines.append(
@@ -542,7 +566,7 @@ def main() -> None:
                 "low_load": {k: asdict(v) for k, v in low_load.items()},
                 "streaming": stream,
                 "memory": memory,
-                "args": vars(args),
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             },
             indent=2,
         )

@@ -43,10 +43,47 @@ MAX_FIELDS = 100  # header lines in an answer's head (or trailer lines)
 READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread answer
 
 BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
+_FRAMING_NAME_LENGTHS = frozenset({14, 17, 10})  # Content-Length, Transfer-Encoding, Keep-Alive
 
 
 class Connection(asyncio.Protocol):
     """One connection to an upstream; one exchange at a time."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_codings",
+        "_cutter",
+        "_error",
+        "_head",
+        "_head_deadline",
+        "_in_head",
+        "_loop",
+        "_parser",
+        "_parser_at_start",
+        "_timer",
+        "_timer_at",
+        "_trailers",
+        "_waiter",
+        "_writable",
+        "answered",
+        "complete",
+        "content_length",
+        "expires",
+        "head_only",
+        "headers",
+        "keep_alive",
+        "keepalive_hint",
+        "pool",
+        "reason",
+        "received",
+        "reused",
+        "sent",
+        "state",
+        "status",
+        "transport",
+        "wrote",
+    )
 
     def __init__(self, pool: Pool):
         self.pool = pool
@@ -60,6 +97,9 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # checks the head deadline; lazily re-armed
         self._timer_at = 0.0
         self._cutter = framing.Cutter()
+        self._chunks: deque[bytes] = deque()
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser_at_start = True  # llhttp waits for a new message (else: a new parser)
         self.begin("GET", 0.0)
 
     def begin(self, method: str, head_deadline: float) -> None:
@@ -79,13 +119,15 @@ class Connection(asyncio.Protocol):
         self.wrote = False  # any byte of the request was written
         self.sent = False  # the whole request went out (not cut short by an early answer)
         self._in_head = True
-        self._fields = 0
+        self._trailers = 0
         self._head: asyncio.Future[None] = self._loop.create_future()
-        self._chunks: deque[bytes] = deque()
+        self._chunks.clear()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_at_start:  # after a HEAD answer llhttp still waits for its body
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_at_start = False
         self._cutter.begin()
         if head_deadline:
             self.expect_head_by(head_deadline)
@@ -105,12 +147,11 @@ class Connection(asyncio.Protocol):
         while start < size:
             if cutter.mode == framing.DONE:
                 return self._poison("after the answer")
-            end = cutter.cut(data, start)
-            if cutter.mode == framing.HEAD and cutter.head_bytes + end - start > MAX_HEAD:
+            end = cutter.piece(data, start)
+            if cutter.head_bytes > MAX_HEAD:
                 return self._fail(UpstreamError("protocol", "the answer's head is too large"))
-            cutter.take(data, start, end)
             try:
-                self._parser.feed_data(data if end - start == size else memoryview(data)[start:end])
+                self._parser.feed_data(framing.part(data, start, end))
             except httptools.HttpParserCallbackError as exc:
                 failure = exc.__context__
                 if not isinstance(failure, UpstreamError):
@@ -142,7 +183,7 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_head, self._fields = True, 0
+        self._in_head, self._trailers = True, 0
         self.headers = []
         self.content_length = None
         self._codings = None
@@ -151,21 +192,25 @@ class Connection(asyncio.Protocol):
         self.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > MAX_FIELDS:
-            raise UpstreamError("protocol", "the answer has too many header lines")
-        if not self._in_head:
-            return  # a trailer field: dropped
-        if len(name) == 14 and name.lower() == b"content-length":
-            self.content_length = int(value)  # llhttp accepts digits only, and one length
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            self._codings = [value] if self._codings is None else [*self._codings, value]
-        elif len(name) == 10 and name.lower() == b"keep-alive":
-            self.keepalive_hint = _keepalive_timeout(value)
+        if not self._in_head:  # a trailer field: dropped
+            self._trailers += 1
+            if self._trailers > MAX_FIELDS:
+                raise UpstreamError("protocol", "the answer has too many trailer lines")
+            return
+        if len(name) in _FRAMING_NAME_LENGTHS:
+            key = name.lower()
+            if key == b"content-length":
+                self.content_length = int(value)  # llhttp accepts digits only, and one length
+            elif key == b"transfer-encoding":
+                self._codings = [value] if self._codings is None else [*self._codings, value]
+            elif key == b"keep-alive":
+                self.keepalive_hint = _keepalive_timeout(value)
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._fields = False, 0
+        self._in_head = False
+        if len(self.headers) > MAX_FIELDS:  # (the head's size bounds them meanwhile)
+            raise UpstreamError("protocol", "the answer has too many header lines")
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:
             raise UpstreamError("protocol", f"the upstream answered with status {status}")
@@ -208,7 +253,9 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.status == 0:
             self._cutter.begin()  # the end of an interim answer: the final one follows
-        elif not self.complete:
+            return
+        self._parser_at_start = True
+        if not self.complete:
             self._end_of_answer()
 
     # --- exchange -----------------------------------------------------------------------------

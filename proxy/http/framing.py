@@ -27,6 +27,13 @@ DONE = 4  # the message is complete: nothing
 BLANK_LINE = b"\r\n\r\n"
 
 
+def part(data: bytes, start: int, end: int) -> bytes | memoryview:
+    """`data[start:end]` for the parser: itself when whole, copied when small, else a view."""
+    if end - start == len(data):
+        return data
+    return data[start:end] if end - start <= 4096 else memoryview(data)[start:end]
+
+
 class Cutter:
     """Where the next piece of a byte stream ends, for the message in progress."""
 
@@ -50,32 +57,35 @@ class Cutter:
         """The message is complete."""
         self.mode = DONE
 
-    def cut(self, data: bytes, start: int) -> int:
-        """The end (exclusive) of the next piece of `data[start:]`."""
+    def piece(self, data: bytes, start: int) -> int:
+        """The end (exclusive) of the next piece of `data[start:]`, accounted for: the caller
+        parses `data[start:end]` next (or refuses it, if `head_bytes` is now too large)."""
         mode = self.mode
         if mode == LENGTH:
-            return min(len(data), start + self.left)
+            end = min(len(data), start + self.left)
+            self.left -= end - start
+            return end
         if mode == UNTIL_CLOSE:
             return len(data)
         if mode == DONE:
             return start
-        tail = self._tail
-        if tail and data[start : start + 1] in (b"\r", b"\n"):
-            for taken in (1, 2, 3):  # a blank line begun in the previous piece
-                if tail.endswith(BLANK_LINE[: 4 - taken]) and data.startswith(
-                    BLANK_LINE[4 - taken :], start
-                ):
-                    return start + taken
-        found = data.find(BLANK_LINE, start)
-        return len(data) if found < 0 else found + 4
+        end = self._straddle(data, start) if self._tail else -1
+        if end < 0:
+            found = data.find(BLANK_LINE, start)
+            end = len(data) if found < 0 else found + 4
+        # the last bytes taken, for a blank line that begins in this piece and ends in the next
+        taken = data[start:end] if end - start < 3 else data[end - 3 : end]
+        self._tail = (self._tail + taken)[-3:] if len(taken) < 3 else taken
+        if mode == HEAD:
+            self.head_bytes += end - start
+        return end
 
-    def take(self, data: bytes, start: int, end: int) -> None:
-        """Account for `data[start:end]`, about to be parsed."""
-        size = end - start
-        mode = self.mode
-        if mode == LENGTH:
-            self.left -= size
-        elif mode in (HEAD, CHUNKED):
-            if mode == HEAD:
-                self.head_bytes += size
-            self._tail = data[end - 3 : end] if size >= 3 else (self._tail + data[start:end])[-3:]
+    def _straddle(self, data: bytes, start: int) -> int:
+        """The end of a blank line begun in the previous piece, or -1."""
+        tail = self._tail
+        for taken in (1, 2, 3):
+            if tail.endswith(BLANK_LINE[: 4 - taken]) and data.startswith(
+                BLANK_LINE[4 - taken :], start
+            ):
+                return start + taken
+        return -1

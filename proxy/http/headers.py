@@ -14,6 +14,7 @@ Invariants
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 HOP_BY_HOP = frozenset(
     {
@@ -42,7 +43,10 @@ _HOST = re.compile(
 
 def valid_host(value: bytes) -> bool:
     """Whether `value` is a valid, non-empty Host for an http(s) URI."""
-    return _HOST.fullmatch(value) is not None
+    valid = _HOSTS.get(value)
+    if valid is None:
+        valid = _remember(_HOSTS, value, _HOST.fullmatch(value) is not None)
+    return valid
 
 
 def tokens(values: list[bytes]) -> list[bytes]:
@@ -74,25 +78,28 @@ def forwarded_for_upstream(
     `X-Forwarded-Host` (kept only from a `trusted` peer), and `Via`.
     """
     named: set[bytes] = set()
-    for key, (_, value) in zip(keys, raw_headers, strict=True):
-        if key == b"connection":
-            named.update(tokens([value]))
+    if b"connection" in keys:
+        for key, (_, value) in zip(keys, raw_headers, strict=True):
+            if key == b"connection":
+                named.update(tokens([value]))
     lines: list[bytes] = []
     forwarded_for = proto = host = None
+    kinds = _REQUEST_KINDS
     for key, (name, value) in zip(keys, raw_headers, strict=True):
-        if key in _NOT_FORWARDED or key in named or key.startswith(INTERNAL_PREFIX):
-            continue
-        if key == b"x-forwarded-for":
+        kind = kinds.get(key)
+        if kind is None:
+            kind = _remember(kinds, key, _request_kind(key))
+        if kind == _PASS:
+            if not named or key not in named:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        elif kind == _FORWARDED_FOR:
             forwarded_for = value if forwarded_for is None else b"%s, %s" % (forwarded_for, value)
-            continue
-        if key in _FORWARDED_BY_PROXIES:
-            if not trusted:
-                continue
-            if key == b"x-forwarded-proto":
+        elif kind != _DROP and trusted:  # set by a proxy in front: believed from trusted ones
+            if kind == _FORWARDED_PROTO:
                 proto = value
-            elif key == b"x-forwarded-host":
+            elif kind == _FORWARDED_HOST:
                 host = value
-        lines.append(b"%s: %s\r\n" % (name, value))
+            lines.append(b"%s: %s\r\n" % (name, value))
     chain = b"%s, %s" % (forwarded_for, peer) if forwarded_for else peer
     lines.append(b"X-Forwarded-For: %s\r\n" % chain)
     if proto is None:
@@ -103,24 +110,65 @@ def forwarded_for_upstream(
     return b"".join(lines)
 
 
+_PASS, _DROP, _FORWARDED_FOR, _FORWARDED_PROTO, _FORWARDED_HOST, _FORWARDED = range(6)
+_BY_PROXIES = {
+    b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-forwarded-proto": _FORWARDED_PROTO,
+    b"x-forwarded-host": _FORWARDED_HOST,
+    b"forwarded": _FORWARDED,
+}
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"expect", b"content-length"}
-_FORWARDED_BY_PROXIES = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+_NOT_ANSWERED = HOP_BY_HOP | {b"content-length"}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # names no other field
+
+
+def _request_kind(key: bytes) -> int:
+    if key in _NOT_FORWARDED or key.startswith(INTERNAL_PREFIX):
+        return _DROP
+    return _BY_PROXIES.get(key, _PASS)
+
+
+def _answer_key(name: bytes) -> tuple[bytes, bool]:
+    key = name.lower()
+    return key, not (key in _NOT_ANSWERED or key.startswith(INTERNAL_PREFIX))
+
+
+# Header names repeat from request to request: what each means is worked out once. The caches
+# stop growing at a bound, so that a client sending endless new names cannot grow them.
+_HOSTS: dict[bytes, bool] = {}
+_REQUEST_KINDS: dict[bytes, int] = {}
+_ANSWER_KEYS: dict[bytes, tuple[bytes, bool]] = {}
+_CACHED = 4096
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> V:
+    if len(cache) < _CACHED:
+        cache[key] = value
+    return value
 
 
 def answer_for_client(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
     """An upstream's answer header lines for the client (hop-by-hop fields, `Content-Length` and
     `X-Grayscale-*` dropped), and whether the answer is an event stream."""
-    named = set(tokens([value for name, value in headers if name.lower() == b"connection"]))
-    lines: list[bytes] = []
+    kept: list[tuple[bytes, bytes]] = []  # (lower-case name, line)
+    named: list[bytes] = []
     event_stream = False
+    keys = _ANSWER_KEYS
     for name, value in headers:
-        key = name.lower()
-        if key in _NOT_ANSWERED or key in named or key.startswith(INTERNAL_PREFIX):
+        entry = keys.get(name)
+        if entry is None:
+            entry = _remember(keys, name, _answer_key(name))
+        key, passes = entry
+        if not passes:
+            if key == b"connection":
+                named.append(value)
             continue
-        lines.append(b"%s: %s\r\n" % (name, value))
+        kept.append((key, b"%s: %s\r\n" % (name, value)))
         if key == b"content-type" and value.startswith(b"text/event-stream"):
             event_stream = True
-    return b"".join(lines), event_stream
-
-
-_NOT_ANSWERED = HOP_BY_HOP | {b"content-length"}
+    if named and not (len(named) == 1 and named[0].lower() in _PLAIN_CONNECTION):
+        dropped = set(tokens(named))
+        return b"".join(line for key, line in kept if key not in dropped), event_stream
+    return b"".join(line for _, line in kept), event_stream

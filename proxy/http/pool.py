@@ -34,6 +34,7 @@ class Pool:
         self.host, self.port, self.tls = host, port, tls
         self.keepalive_timeout = keepalive_timeout
         self._idle: deque[Connection] = deque()  # oldest first
+        self._loop = asyncio.get_running_loop()
 
     def put(self, connection: Connection) -> None:
         """Keep an idle connection for reuse, unless it may not be kept at all."""
@@ -43,7 +44,7 @@ class Pool:
         if timeout <= 0:
             connection.close()
             return
-        connection.expires = asyncio.get_running_loop().time() + timeout
+        connection.expires = self._loop.time() + timeout
         self._idle.append(connection)
 
     def idle(self) -> Connection | None:
@@ -51,7 +52,7 @@ class Pool:
         idle = self._idle
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         while idle and (idle[0].closed or idle[0].expires <= now):
             idle.popleft().close()
         while idle:
@@ -62,10 +63,9 @@ class Pool:
 
     async def connect(self, connect_timeout: float) -> Connection:
         """A new connection, ready for an exchange."""
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(
+                _, protocol = await self._loop.create_connection(
                     lambda: Connection(self),
                     self.host,
                     self.port,

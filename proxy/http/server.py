@@ -45,8 +45,9 @@ from urllib.parse import parse_qsl, unquote
 
 import httptools
 
+from proxy.http import framing
 from proxy.http.errors import BadRequest, ClientGone
-from proxy.http.framing import CHUNKED, DONE, HEAD, LENGTH, Cutter
+from proxy.http.framing import CHUNKED, DONE, LENGTH, Cutter
 from proxy.http.headers import tokens, valid_host
 
 log = logging.getLogger("grayscale.listener")
@@ -193,9 +194,12 @@ class Request:
         self.raw_headers = headers
         self.keep_alive = keep_alive
         self.remote = connection.remote
-        self.keys = [name.lower() for name, _ in headers]  # header names, lower case, in order
-        index: dict[bytes, bytes] = {}
-        for key, (_, value) in zip(self.keys, headers, strict=True):
+        self.keys: list[bytes] = []  # header names, lower case, in order
+        index: dict[bytes, bytes] = {}  # the first value of each
+        keys = self.keys
+        for name, value in headers:
+            key = name.lower()
+            keys.append(key)
             if key not in index:
                 index[key] = value
             elif key == b"host":
@@ -431,6 +435,35 @@ class Request:
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests one at a time and answers them in order."""
 
+    __slots__ = (
+        "_body_after_upgrade",
+        "_cutter",
+        "_headers",
+        "_held",
+        "_idle_since",
+        "_in_head",
+        "_loop",
+        "_next",
+        "_parsed",
+        "_parser",
+        "_parsing",
+        "_paused",
+        "_request",
+        "_send_timer",
+        "_stopped",
+        "_synthetic",
+        "_target",
+        "_task",
+        "_timer",
+        "_trailers",
+        "_writable",
+        "closed",
+        "discarding",
+        "listener",
+        "remote",
+        "transport",
+    )
+
     def __init__(self, listener: Listener):
         self.listener = listener
         self.transport: asyncio.Transport | None = None
@@ -453,7 +486,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._in_head = False
-        self._fields = 0
+        self._trailers = 0
         self._target = bytearray()
         self._headers: RawHeaders = []
         self._body_after_upgrade = False  # an Upgrade request's body is still to be parsed
@@ -512,13 +545,12 @@ class _Connection(asyncio.Protocol):
             if cutter.mode == DONE:
                 self._hold(data[start:])
                 return
-            end = cutter.cut(data, start)
-            if cutter.mode == HEAD and cutter.head_bytes + end - start > MAX_HEAD:
+            end = cutter.piece(data, start)
+            if cutter.head_bytes > MAX_HEAD:
                 self._refuse(BadRequest(431, "head_too_large", "the request head is too large"))
                 return
-            cutter.take(data, start, end)
             try:
-                self._parser.feed_data(data if end - start == size else memoryview(data)[start:end])
+                self._parser.feed_data(framing.part(data, start, end))
             except httptools.HttpParserUpgrade:
                 self._after_upgrade()
             except httptools.HttpParserCallbackError as exc:
@@ -583,7 +615,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._synthetic:
             return
-        self._in_head, self._fields = True, 0
+        self._in_head, self._trailers = True, 0
         self._target.clear()
         self._headers = []
 
@@ -595,21 +627,21 @@ class _Connection(asyncio.Protocol):
             raise BadRequest(414, "uri_too_long", "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._synthetic:
-            return
-        self._fields += 1
         if len(name) + len(value) > MAX_FIELD:
             raise BadRequest(431, "header_too_large", "a request header is too large")
-        if self._fields > MAX_FIELDS:
-            raise BadRequest(431, "too_many_headers", "the request has too many header lines")
         if self._in_head:
-            self._headers.append((name, value))
-        # else: a trailer field (after a chunked body), read and dropped
+            self._headers.append((name, value))  # (their number is checked with the head)
+        elif not self._synthetic:  # a trailer field, after a chunked body: read and dropped
+            self._trailers += 1
+            if self._trailers > MAX_FIELDS:
+                raise BadRequest(431, "too_many_headers", "the request has too many trailers")
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
             return
-        self._in_head, self._fields = False, 0
+        self._in_head = False
+        if len(self._headers) > MAX_FIELDS:
+            raise BadRequest(431, "too_many_headers", "the request has too many header lines")
         parser = self._parser
         version = parser.get_http_version()
         if version not in {"1.1", "1.0"}:
@@ -682,10 +714,10 @@ class _Connection(asyncio.Protocol):
     def _next_message(self) -> None:
         """Go on with what the client sent after the request just answered."""
         self._cutter.begin()
-        held = bytes(self._held)
-        self._held.clear()
         self.resume_reading()
-        if held:
+        if self._held:
+            held = bytes(self._held)
+            self._held.clear()
             self._consume(held)
 
     async def _answer(self, request: Request) -> None:
