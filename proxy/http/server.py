@@ -47,7 +47,7 @@ import httptools
 
 from proxy.http import framing
 from proxy.http.errors import BadRequest, ClientGone
-from proxy.http.framing import CHUNKED, DONE, LENGTH, Cutter
+from proxy.http.framing import BLANK_LINE, CHUNKED, DONE, HEAD, LENGTH, Cutter
 from proxy.http.headers import tokens, valid_host
 
 log = logging.getLogger("grayscale.listener")
@@ -69,6 +69,8 @@ RawHeaders = list[tuple[bytes, bytes]]  # names and values as received
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _ENCODED_SLASH = re.compile("%2[fF]")
 _BODYLESS_STATUS = frozenset({204, 304})
+_CR_LF = (13, 10)
+_STOP = Exception("stop the parser here")  # raised in a callback, the only way to stop llhttp
 # A head that carries the body of an Upgrade request to a fresh parser (see `_after_upgrade`).
 _BODY_HEADS = {
     LENGTH: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
@@ -118,6 +120,17 @@ def _origin_form(target: bytes) -> tuple[bytes, bytes]:
 
 def _bad_target() -> BadRequest:
     return BadRequest(400, "bad_request", "the request target must be a path or an http(s) URL")
+
+
+def _refusal(exc: httptools.HttpParserError) -> BadRequest:
+    """What to answer a request the parser failed on (a `BadRequest` raised in a callback, or a
+    malformed request); an exception of ours that was not one is a bug, raised again."""
+    cause = exc.__context__
+    if isinstance(cause, BadRequest):
+        return cause
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        raise exc
+    return BadRequest(400, "bad_request", f"malformed request: {exc}")
 
 
 def _request_parser(connection: _Connection) -> httptools.HttpRequestParser:
@@ -436,7 +449,7 @@ class _Connection(asyncio.Protocol):
     """One client connection: parses requests one at a time and answers them in order."""
 
     __slots__ = (
-        "_body_after_upgrade",
+        "_body_after_head",
         "_cutter",
         "_headers",
         "_held",
@@ -451,11 +464,13 @@ class _Connection(asyncio.Protocol):
         "_request",
         "_send_timer",
         "_stopped",
+        "_stopped_at",
         "_synthetic",
         "_target",
         "_task",
         "_timer",
         "_trailers",
+        "_whole_head_end",
         "_writable",
         "closed",
         "discarding",
@@ -489,8 +504,10 @@ class _Connection(asyncio.Protocol):
         self._trailers = 0
         self._target = bytearray()
         self._headers: RawHeaders = []
-        self._body_after_upgrade = False  # an Upgrade request's body is still to be parsed
-        self._synthetic = False  # parsing the head that carries it to a fresh parser
+        self._body_after_head = False  # a body is still to be parsed by a fresh parser
+        self._synthetic = False  # parsing the head that carries it to that parser
+        self._whole_head_end = 0  # parsing a whole read whose head ends here (see _whole_read)
+        self._stopped_at = 0  # where the request parsed in that read ends
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -541,6 +558,12 @@ class _Connection(asyncio.Protocol):
         """Parse `data`, no further than the end of the current request; hold the rest."""
         cutter = self._cutter
         start, size = 0, len(data)
+        if cutter.mode == HEAD and not cutter.head_bytes and data[0] not in _CR_LF:
+            head_end = data.find(BLANK_LINE) + 4  # a head begins here: the first blank line ends it
+            if 4 <= head_end <= MAX_HEAD:
+                start = self._whole_read(data, head_end)
+                if start < 0:
+                    return
         while start < size:
             if cutter.mode == DONE:
                 self._hold(data[start:])
@@ -552,32 +575,55 @@ class _Connection(asyncio.Protocol):
             try:
                 self._parser.feed_data(framing.part(data, start, end))
             except httptools.HttpParserUpgrade:
-                self._after_upgrade()
-            except httptools.HttpParserCallbackError as exc:
-                refused = exc.__context__
-                if not isinstance(refused, BadRequest):
-                    raise
-                self._refuse(refused)
-                return
+                self._fresh_parser()
             except httptools.HttpParserError as exc:
-                self._refuse(BadRequest(400, "bad_request", f"malformed request: {exc}"))
+                self._refuse(_refusal(exc))
                 return
             if self._parsed is not None:  # a head was parsed, and nothing was wrong with it
                 self._dispatch(self._parsed)
             start = end
+
+    def _whole_read(self, data: bytes, head_end: int) -> int:
+        """Parse a read that begins with a whole head in one go (the common case, and cheaper
+        than in pieces). The parser is stopped where it would run into the next request or into
+        a chunked body (whose end is not known here). Returns where parsing in pieces goes on
+        (the size of `data` when all is parsed), or -1 when the request was refused."""
+        self._cutter.head_bytes = head_end
+        self._whole_head_end = head_end
+        try:
+            self._parser.feed_data(data)
+            if self._cutter.mode == LENGTH:
+                self._cutter.left -= len(data) - head_end  # what came of the body
+            goes_on = len(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._fresh_parser()
+            goes_on = int(exc.args[0])
+        except httptools.HttpParserError as exc:
+            if exc.__context__ is not _STOP and self._cutter.mode != DONE:
+                self._refuse(_refusal(exc))
+                return -1
+            # Stopped, or a whole request followed by bytes that are not one (they wait): llhttp
+            # stops only by failing, so a new parser goes on.
+            self._fresh_parser()
+            goes_on = self._stopped_at
+        finally:
+            self._whole_head_end = 0
+        if self._parsed is not None:
+            self._dispatch(self._parsed)
+        return goes_on
 
     def _hold(self, data: bytes | bytearray) -> None:
         self._held += data
         if len(self._held) > HOLD_HIGH_WATER:
             self.pause_reading()
 
-    def _after_upgrade(self) -> None:
-        """llhttp stops at the head of an Upgrade request and skips its body. The upgrade is
-        ignored: a fresh parser takes the body (given a head of the same framing) and then the
-        requests that follow."""
+    def _fresh_parser(self) -> None:
+        """Go on with a new parser: llhttp stops at the head of an Upgrade request (the upgrade
+        is ignored), and when it is stopped. A body still to come is given to the new parser
+        after a head of the same framing, and the requests that follow after it."""
         self._parser = _request_parser(self)
-        if self._body_after_upgrade:
-            self._body_after_upgrade = False
+        if self._body_after_head:
+            self._body_after_head = False
             self._synthetic = True
             mode, head = self._cutter.mode, _BODY_HEADS[self._cutter.mode]
             self._parser.feed_data(head % self._cutter.left if mode == LENGTH else head)
@@ -615,6 +661,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._synthetic:
             return
+        if self._whole_head_end and self._cutter.mode == DONE:
+            raise _STOP  # the next request: it waits until this one is answered
         self._in_head, self._trailers = True, 0
         self._target.clear()
         self._headers = []
@@ -661,17 +709,22 @@ class _Connection(asyncio.Protocol):
             self._cutter.body(CHUNKED)
         elif request.content_length:
             self._cutter.body(LENGTH, request.content_length)
-        self._body_after_upgrade = request.has_body and parser.should_upgrade()
         self._parsing = request if request.has_body else None
         self._parsed = request
+        self._body_after_head = request.has_body and parser.should_upgrade()
+        if self._whole_head_end:
+            self._stopped_at = self._whole_head_end + (request.content_length or 0)
+            if request.chunked and not self._body_after_head:
+                self._body_after_head = True
+                raise _STOP  # where a chunked body ends is not known: it goes in pieces
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
             self._parsing._feed(body)
 
     def on_message_complete(self) -> None:
-        if self._body_after_upgrade:
-            return  # llhttp skipped the body; it is parsed next (see `_after_upgrade`)
+        if self._body_after_head:
+            return  # llhttp skipped the body; it is parsed next (see `_fresh_parser`)
         self._synthetic = False
         self._cutter.done()
         if self._parsing is not None:
