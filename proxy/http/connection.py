@@ -43,6 +43,8 @@ MAX_FIELDS = 100  # header lines in an answer's head (or trailer lines)
 READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread answer
 
 BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
+_CR_LF = (13, 10)
+_STOP = Exception("stop the parser here")  # raised in a callback, the only way to stop llhttp
 _FRAMING_NAME_LENGTHS = frozenset({14, 17, 10})  # Content-Length, Transfer-Encoding, Keep-Alive
 
 
@@ -61,10 +63,12 @@ class Connection(asyncio.Protocol):
         "_loop",
         "_parser",
         "_parser_at_start",
+        "_stopped_at",
         "_timer",
         "_timer_at",
         "_trailers",
         "_waiter",
+        "_whole_head_end",
         "_writable",
         "answered",
         "complete",
@@ -97,6 +101,8 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # checks the head deadline; lazily re-armed
         self._timer_at = 0.0
         self._cutter = framing.Cutter()
+        self._whole_head_end = 0  # parsing a whole read whose head ends here (see _whole_read)
+        self._stopped_at = 0  # where an interim answer parsed in that read ends
         self._chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = True  # llhttp waits for a new message (else: a new parser)
@@ -144,6 +150,10 @@ class Connection(asyncio.Protocol):
         self.received = True
         cutter = self._cutter
         start, size = 0, len(data)
+        if cutter.mode == framing.HEAD and not cutter.head_bytes and data[0] not in _CR_LF:
+            head_end = data.find(framing.BLANK_LINE) + 4  # a head begins: a blank line ends it
+            if 4 <= head_end <= MAX_HEAD:
+                start = self._whole_read(data, head_end)
         while start < size:
             if cutter.mode == framing.DONE:
                 return self._poison("after the answer")
@@ -152,16 +162,41 @@ class Connection(asyncio.Protocol):
                 return self._fail(UpstreamError("protocol", "the answer's head is too large"))
             try:
                 self._parser.feed_data(framing.part(data, start, end))
-            except httptools.HttpParserCallbackError as exc:
-                failure = exc.__context__
-                if not isinstance(failure, UpstreamError):
-                    raise
-                return self._fail(failure)
-            except httptools.HttpParserUpgrade:
-                return self._fail(UpstreamError("protocol", "the upstream switched protocols"))
             except httptools.HttpParserError as exc:
-                return self._fail(UpstreamError("protocol", f"bad upstream answer: {exc}"))
+                return self._parse_failed(exc)
             start = end
+
+    def _whole_read(self, data: bytes, head_end: int) -> int:
+        """Parse a read that begins with a whole head in one go (the common case, and cheaper
+        than in pieces). The parser is stopped where a message would begin after the answer (a
+        protocol error) or after an interim answer (parsed in pieces from there). Returns where
+        parsing in pieces goes on: the size of `data` when all is parsed or it failed."""
+        self._cutter.head_bytes = head_end
+        self._whole_head_end = head_end
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if exc.__context__ is not _STOP or self.complete:
+                self._parse_failed(exc)
+                return len(data)
+            self._parser = httptools.HttpResponseParser(self)  # llhttp stops only by failing
+            return self._stopped_at  # after an interim answer: the final one in pieces
+        finally:
+            self._whole_head_end = self._stopped_at = 0
+        self._cutter.took(data, head_end)
+        return len(data)
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        if self.complete:
+            return self._poison("after the answer")
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            return self._fail(UpstreamError("protocol", "the upstream switched protocols"))
+        failure = exc.__context__
+        if isinstance(failure, UpstreamError):
+            return self._fail(failure)
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            raise exc
+        return self._fail(UpstreamError("protocol", f"bad upstream answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -183,6 +218,8 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._stopped_at or self.complete:
+            raise _STOP  # a message after the one awaited, in a whole read (see _whole_read)
         self._in_head, self._trailers = True, 0
         self.headers = []
         self.content_length = None
@@ -244,6 +281,8 @@ class Connection(asyncio.Protocol):
         self.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            raise _STOP  # a body after a HEAD answer: a protocol error
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > READ_HIGH_WATER and self.transport is not None:
@@ -253,6 +292,7 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.status == 0:
             self._cutter.begin()  # the end of an interim answer: the final one follows
+            self._stopped_at = self._whole_head_end  # (the interim ends with its head)
             return
         self._parser_at_start = True
         if not self.complete:

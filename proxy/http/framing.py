@@ -80,6 +80,13 @@ class Cutter:
             self.head_bytes += end - start
         return end
 
+    def took(self, data: bytes, head_end: int) -> None:
+        """Account for a whole read parsed in one go, whose message head ended at `head_end`."""
+        if self.mode == LENGTH:
+            self.left -= len(data) - head_end
+        elif self.mode == CHUNKED:
+            self._tail = data[-3:] if len(data) - head_end >= 3 else data[head_end:]
+
     def _straddle(self, data: bytes, start: int) -> int:
         """The end of a blank line begun in the previous piece, or -1."""
         tail = self._tail

@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import UpstreamError
@@ -193,3 +195,86 @@ async def test_a_silent_upstream_times_out_and_its_connection_is_not_reused(raw_
     assert failure.value.reason == "timeout"
     assert (await fetch(client, origin, b"/next"))[2] == b"late answer"
     assert len(upstream.connections) == 2
+
+
+async def test_interim_and_final_answers_in_one_read(raw_upstream, client):
+    async def script(connection: UpstreamConnection, index: int) -> None:
+        while True:
+            request = await connection.request(within=30)
+            connection.send(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                + answer(request.target.encode(), headers=b"X-Final: 1\r\n")
+            )
+
+    upstream = await raw_upstream(script)
+    origin = Origin(upstream.url)
+    for target in (b"/a", b"/b"):
+        status, headers, body = await fetch(client, origin, target)
+        assert (status, body, headers[-1]) == (200, target, (b"X-Final", b"1"))
+    assert len(upstream.connections) == 1
+
+
+def framed(body: bytes, framing: str, chunks: list[int], trailer: bool) -> bytes:
+    """An answer carrying `body`, framed by length, chunks (of `chunks` sizes) or the close."""
+    if framing == "length":
+        return answer(body)
+    if framing == "close":
+        return b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+    out, at = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"], 0
+    for wanted in [*chunks, len(body)]:
+        size = min(wanted, len(body) - at)
+        if size:
+            out.append(b"%x\r\n%s\r\n" % (size, body[at : at + size]))
+            at += size
+    out.append(b"0\r\nX-Checksum: 1\r\n\r\n" if trailer else b"0\r\n\r\n")
+    return b"".join(out)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    case=st.tuples(
+        st.binary(max_size=2000),
+        st.sampled_from(["length", "chunks", "close"]),
+        st.lists(st.integers(1, 700), max_size=4),
+        st.booleans(),
+        st.booleans(),
+        st.lists(st.integers(1, 3000), max_size=6, unique=True),
+    )
+)
+async def test_an_answer_split_anywhere_arrives_whole_and_alone(raw_upstream, case):
+    """Whatever the framing, and wherever the upstream's writes split its answer, the client
+    gets exactly the body, and the connection is reused exactly when the framing allows."""
+    body, framing, chunks, trailer, interim, cuts = case
+    wire = (b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b"") + framed(
+        body, framing, chunks, trailer
+    )
+
+    async def script(connection: UpstreamConnection, index: int) -> None:
+        while True:
+            try:
+                await connection.request(within=30)
+            except (ConnectionError, TimeoutError):
+                return
+            at = 0
+            for cut in [*sorted(c for c in cuts if c < len(wire)), len(wire)]:
+                connection.send(wire[at:cut])
+                await asyncio.sleep(0.001)
+                at = cut
+            if framing == "close":
+                connection.close()
+                return
+
+    upstream = await raw_upstream(script)
+    client = UpstreamClient()
+    try:
+        origin = Origin(upstream.url)
+        for target in (b"/1", b"/2"):
+            status, _, got = await fetch(client, origin, target)
+            assert (status, got) == (200, body)
+        assert len(upstream.connections) == (2 if framing == "close" else 1)
+    finally:
+        client.close()
