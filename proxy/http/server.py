@@ -122,7 +122,7 @@ def _bad_target() -> BadRequest:
     return BadRequest(400, "bad_request", "the request target must be a path or an http(s) URL")
 
 
-def _refusal(exc: httptools.HttpParserError) -> BadRequest:
+def _refusal(exc: httptools.HttpParserError, method: bytes) -> BadRequest:
     """What to answer a request the parser failed on (a `BadRequest` raised in a callback, or a
     malformed request); an exception of ours that was not one is a bug, raised again."""
     cause = exc.__context__
@@ -130,6 +130,8 @@ def _refusal(exc: httptools.HttpParserError) -> BadRequest:
         return cause
     if isinstance(exc, httptools.HttpParserCallbackError):
         raise exc
+    if method == b"PRI":  # the HTTP/2 connection preface
+        return BadRequest(505, "http_version_not_supported", "HTTP/2 is not served: use HTTP/1.1")
     return BadRequest(400, "bad_request", f"malformed request: {exc}")
 
 
@@ -577,7 +579,7 @@ class _Connection(asyncio.Protocol):
             except httptools.HttpParserUpgrade:
                 self._fresh_parser()
             except httptools.HttpParserError as exc:
-                self._refuse(_refusal(exc))
+                self._refuse(_refusal(exc, self._parser.get_method()))
                 return
             if self._parsed is not None:  # a head was parsed, and nothing was wrong with it
                 self._dispatch(self._parsed)
@@ -600,7 +602,7 @@ class _Connection(asyncio.Protocol):
             goes_on = int(exc.args[0])
         except httptools.HttpParserError as exc:
             if exc.__context__ is not _STOP and self._cutter.mode != DONE:
-                self._refuse(_refusal(exc))
+                self._refuse(_refusal(exc, self._parser.get_method()))
                 return -1
             # Stopped, or a whole request followed by bytes that are not one (they wait): llhttp
             # stops only by failing, so a new parser goes on.

@@ -426,10 +426,18 @@ async def test_a_client_leaving_before_the_answer_is_counted_quietly(gateway):
 # --- 10. Versions, bodiless statuses, status range, Via -----------------------------------------
 
 
-@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.0"])
-async def test_a_request_in_another_http_version_is_505(gateway, version):
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/0.9\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # the HTTP/2 preface
+    ],
+)
+async def test_a_request_in_another_http_version_is_505(gateway, head):
     proxy, upstream = await gateway()
-    _client, got = await one_exchange(proxy.proxy_url, b"GET / %s\r\nHost: x\r\n\r\n" % version)
+    _client, got = await one_exchange(proxy.proxy_url, head)
     assert got.status == 505
     assert upstream.received == b""
 
