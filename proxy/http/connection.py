@@ -7,9 +7,10 @@ States:
 - CLOSED.
 
 Invariants
-- The parser is fed only while BUSY, and never past the end of the answer (see `framing`). A
-  byte that arrives while IDLE or DONE (an answer nobody asked for, the rest of an answer that
-  claimed to be over) means the upstream is out of step: the connection is closed, never parsed.
+- The parser is fed only while BUSY, and never beyond the end of the answer (see `framing`). A
+  byte that arrives while IDLE or after the answer's end (an answer nobody asked for, the rest
+  of an answer that claimed to be over) means the upstream is out of step: the connection is
+  closed, and the byte never parsed as an answer.
 - A connection goes back to the pool only from DONE, with the whole request sent, keep-alive
   on both sides, and nothing received past the answer.
 - An answer is complete only when its message ended cleanly: by its length, by its last chunk,
@@ -43,8 +44,6 @@ MAX_FIELDS = 100  # header lines in an answer's head (or trailer lines)
 READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread answer
 
 BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
-_CR_LF = (13, 10)
-_STOP = Exception("stop the parser here")  # raised in a callback, the only way to stop llhttp
 _FRAMING_NAME_LENGTHS = frozenset({14, 17, 10})  # Content-Length, Transfer-Encoding, Keep-Alive
 
 
@@ -92,7 +91,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, pool: Pool):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.state = BUSY  # a connection is opened for an exchange
+        self.state = IDLE  # until `begin`: nothing may arrive before a request is sent
         self.reused = False  # it has carried an exchange before this one
         self.expires = 0.0  # IDLE: the loop time after which it is not reused
         self._loop = asyncio.get_running_loop()
@@ -106,7 +105,6 @@ class Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = True  # llhttp waits for a new message (else: a new parser)
-        self.begin("GET", 0.0)
 
     def begin(self, method: str, head_deadline: float) -> None:
         """Start an exchange: its answer's head must be in by `head_deadline` (loop time)."""
@@ -135,8 +133,7 @@ class Connection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = False
         self._cutter.begin()
-        if head_deadline:
-            self.expect_head_by(head_deadline)
+        self.expect_head_by(head_deadline)
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -150,10 +147,9 @@ class Connection(asyncio.Protocol):
         self.received = True
         cutter = self._cutter
         start, size = 0, len(data)
-        if cutter.mode == framing.HEAD and not cutter.head_bytes and data[0] not in _CR_LF:
-            head_end = data.find(framing.BLANK_LINE) + 4  # a head begins: a blank line ends it
-            if 4 <= head_end <= MAX_HEAD:
-                start = self._whole_read(data, head_end)
+        head_end = cutter.whole_head(data, MAX_HEAD)
+        if head_end:
+            start = self._whole_read(data, head_end)
         while start < size:
             if cutter.mode == framing.DONE:
                 return self._poison("after the answer")
@@ -162,7 +158,7 @@ class Connection(asyncio.Protocol):
                 return self._fail(UpstreamError("protocol", "the answer's head is too large"))
             try:
                 self._parser.feed_data(framing.part(data, start, end))
-            except httptools.HttpParserError as exc:
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
                 return self._parse_failed(exc)
             start = end
 
@@ -171,12 +167,11 @@ class Connection(asyncio.Protocol):
         than in pieces). The parser is stopped where a message would begin after the answer (a
         protocol error) or after an interim answer (parsed in pieces from there). Returns where
         parsing in pieces goes on: the size of `data` when all is parsed or it failed."""
-        self._cutter.head_bytes = head_end
         self._whole_head_end = head_end
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if exc.__context__ is not _STOP or self.complete:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not isinstance(exc.__context__, framing.Stop) or self.complete:
                 self._parse_failed(exc)
                 return len(data)
             self._parser = httptools.HttpResponseParser(self)  # llhttp stops only by failing
@@ -186,7 +181,7 @@ class Connection(asyncio.Protocol):
         self._cutter.took(data, head_end)
         return len(data)
 
-    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+    def _parse_failed(self, exc: httptools.HttpParserError | httptools.HttpParserUpgrade) -> None:
         if self.complete:
             return self._poison("after the answer")
         if isinstance(exc, httptools.HttpParserUpgrade):
@@ -219,7 +214,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._stopped_at or self.complete:
-            raise _STOP  # a message after the one awaited, in a whole read (see _whole_read)
+            raise framing.Stop  # a message after the one awaited, in a whole read (see _whole_read)
         self._in_head, self._trailers = True, 0
         self.headers = []
         self.content_length = None
@@ -282,7 +277,7 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
-            raise _STOP  # a body after a HEAD answer: a protocol error
+            raise framing.Stop  # a body after a HEAD answer: a protocol error
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > READ_HIGH_WATER and self.transport is not None:

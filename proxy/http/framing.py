@@ -13,6 +13,9 @@ Invariants
   section), so cutting at every blank line means it can only end at the end of a piece.
 - Every byte of a head is counted, whatever its shape (many short lines, runs of whitespace,
   empty lines before it, a head trickled over many reads): `head_bytes` is exact.
+- A read that begins with a whole head may be parsed in one go (the common case, and cheaper):
+  the parser is then stopped, by raising `Stop` in its callbacks, where it would begin a message
+  after the awaited one, so that the position where parsing goes on is still known.
 - The cutter knows nothing of HTTP beyond this; the parser's callbacks set the mode.
 """
 
@@ -25,6 +28,11 @@ UNTIL_CLOSE = 3  # a body that ends when the connection closes: everything
 DONE = 4  # the message is complete: nothing
 
 BLANK_LINE = b"\r\n\r\n"
+_CR_LF = (13, 10)
+
+
+class Stop(Exception):
+    """Raised in a parser callback: the only way to stop llhttp where it is."""
 
 
 def part(data: bytes, start: int, end: int) -> bytes | memoryview:
@@ -56,6 +64,18 @@ class Cutter:
     def done(self) -> None:
         """The message is complete."""
         self.mode = DONE
+
+    def whole_head(self, data: bytes, limit: int) -> int:
+        """Where the head ends when a message begins with `data` and its whole head (at most
+        `limit` bytes) is in it, accounted for; else 0. Such a read can be parsed in one go
+        (the parser stopped, with `Stop`, where a message would begin after it)."""
+        if self.mode != HEAD or self.head_bytes or data[0] in _CR_LF:
+            return 0
+        end = data.find(BLANK_LINE) + 4  # the head's first blank line is its end
+        if not 4 <= end <= limit:
+            return 0
+        self.head_bytes = end
+        return end
 
     def piece(self, data: bytes, start: int) -> int:
         """The end (exclusive) of the next piece of `data[start:]`, accounted for: the caller

@@ -47,7 +47,7 @@ import httptools
 
 from proxy.http import framing
 from proxy.http.errors import BadRequest, ClientGone
-from proxy.http.framing import BLANK_LINE, CHUNKED, DONE, HEAD, LENGTH, Cutter
+from proxy.http.framing import CHUNKED, DONE, LENGTH, Cutter
 from proxy.http.headers import tokens, valid_host
 
 log = logging.getLogger("grayscale.listener")
@@ -69,8 +69,8 @@ RawHeaders = list[tuple[bytes, bytes]]  # names and values as received
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _ENCODED_SLASH = re.compile("%2[fF]")
 _BODYLESS_STATUS = frozenset({204, 304})
-_CR_LF = (13, 10)
-_STOP = Exception("stop the parser here")  # raised in a callback, the only way to stop llhttp
+
+
 # A head that carries the body of an Upgrade request to a fresh parser (see `_after_upgrade`).
 _BODY_HEADS = {
     LENGTH: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
@@ -560,12 +560,11 @@ class _Connection(asyncio.Protocol):
         """Parse `data`, no further than the end of the current request; hold the rest."""
         cutter = self._cutter
         start, size = 0, len(data)
-        if cutter.mode == HEAD and not cutter.head_bytes and data[0] not in _CR_LF:
-            head_end = data.find(BLANK_LINE) + 4  # a head begins here: the first blank line ends it
-            if 4 <= head_end <= MAX_HEAD:
-                start = self._whole_read(data, head_end)
-                if start < 0:
-                    return
+        head_end = cutter.whole_head(data, MAX_HEAD)
+        if head_end:
+            start = self._whole_read(data, head_end)
+            if start < 0:
+                return
         while start < size:
             if cutter.mode == DONE:
                 self._hold(data[start:])
@@ -590,7 +589,6 @@ class _Connection(asyncio.Protocol):
         than in pieces). The parser is stopped where it would run into the next request or into
         a chunked body (whose end is not known here). Returns where parsing in pieces goes on
         (the size of `data` when all is parsed), or -1 when the request was refused."""
-        self._cutter.head_bytes = head_end
         self._whole_head_end = head_end
         try:
             self._parser.feed_data(data)
@@ -601,7 +599,7 @@ class _Connection(asyncio.Protocol):
             self._fresh_parser()
             goes_on = int(exc.args[0])
         except httptools.HttpParserError as exc:
-            if exc.__context__ is not _STOP and self._cutter.mode != DONE:
+            if not isinstance(exc.__context__, framing.Stop) and self._cutter.mode != DONE:
                 self._refuse(_refusal(exc, self._parser.get_method()))
                 return -1
             # Stopped, or a whole request followed by bytes that are not one (they wait): llhttp
@@ -664,7 +662,7 @@ class _Connection(asyncio.Protocol):
         if self._synthetic:
             return
         if self._whole_head_end and self._cutter.mode == DONE:
-            raise _STOP  # the next request: it waits until this one is answered
+            raise framing.Stop  # the next request: it waits until this one is answered
         self._in_head, self._trailers = True, 0
         self._target.clear()
         self._headers = []
@@ -718,7 +716,7 @@ class _Connection(asyncio.Protocol):
             self._stopped_at = self._whole_head_end + (request.content_length or 0)
             if request.chunked and not self._body_after_head:
                 self._body_after_head = True
-                raise _STOP  # where a chunked body ends is not known: it goes in pieces
+                raise framing.Stop  # where a chunked body ends is not known: it goes in pieces
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:

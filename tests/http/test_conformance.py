@@ -453,8 +453,11 @@ async def test_a_204_never_carries_content_length(gateway, length):
     assert got.status == 204 and got.values("content-length") == []
 
 
-@pytest.mark.parametrize("status_line", [b"HTTP/1.1 099 Odd", b"HTTP/1.1 600 Odd"])
-async def test_a_status_outside_100_to_599_is_a_502(gateway, status_line):
+@pytest.mark.parametrize(
+    "status_line",
+    [b"HTTP/1.1 099 Odd", b"HTTP/1.1 600 Odd", b"HTTP/1.1 101 Switching\r\nUpgrade: websocket"],
+)
+async def test_a_status_outside_100_to_599_or_a_protocol_switch_is_a_502(gateway, status_line):
     async def script(connection: UpstreamConnection, index: int) -> None:
         await connection.request()
         connection.send(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
