@@ -19,15 +19,10 @@ from typing import Any
 import h11
 
 
-@dataclass
-class Received:
-    """One request as h11 parsed it out of the bytes an upstream connection received."""
+class Fields:
+    """Header fields as (lower-case name, value) pairs, looked up by name."""
 
-    method: str
-    target: str
-    headers: list[tuple[str, str]]  # names lower case, values as sent
-    body: bytes
-    trailers: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[tuple[str, str]]
 
     def values(self, name: str) -> list[str]:
         """Every value of header `name` (lower case)."""
@@ -38,6 +33,17 @@ class Received:
         values = self.values(name)
         assert len(values) <= 1, (name, values)
         return values[0] if values else None
+
+
+@dataclass
+class Received(Fields):
+    """One request as h11 parsed it out of the bytes an upstream connection received."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]  # names lower case, values as sent
+    body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
 def parse_requests(data: bytes) -> tuple[list[Received], bytes]:
@@ -154,14 +160,19 @@ def answer(body: bytes = b"ok", status: int = 200, headers: bytes = b"") -> byte
     return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n%s" % (status, len(body), headers, body)
 
 
-async def echo_requests(connection: UpstreamConnection, index: int) -> None:
-    """Answer each request with a body naming its method and target, keep-alive."""
+async def answer_each(connection: UpstreamConnection, reply: Callable[[Received], bytes]) -> None:
+    """Send `reply(request)` for each request, until the connection closes."""
     while True:
         try:
             request = await connection.request(within=30)
         except (ConnectionError, TimeoutError):
             return
-        connection.send(answer(f"{request.method} {request.target}".encode()))
+        connection.send(reply(request))
+
+
+async def echo_requests(connection: UpstreamConnection, index: int) -> None:
+    """Answer each request with a body naming its method and target, keep-alive."""
+    await answer_each(connection, lambda r: answer(f"{r.method} {r.target}".encode()))
 
 
 class RawUpstream:
@@ -218,7 +229,7 @@ class RawUpstream:
 
 
 @dataclass
-class Answer:
+class Answer(Fields):
     """An answer as a client read it off the wire."""
 
     status: int
@@ -226,14 +237,6 @@ class Answer:
     headers: list[tuple[str, str]]  # names lower case
     body: bytes
     clean: bool  # the answer's framing ended properly (length reached, last chunk, or a close)
-
-    def values(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name]
-
-    def header(self, name: str) -> str | None:
-        values = self.values(name)
-        assert len(values) <= 1, (name, values)
-        return values[0] if values else None
 
 
 class RawClient:

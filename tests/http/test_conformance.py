@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.http.conftest import GatewayFactory
 from tests.http.peers import Answer, RawClient, UpstreamConnection, answer, echo_requests
 
 GET = b"GET %s HTTP/1.1\r\nHost: models.test\r\n\r\n"
@@ -24,6 +25,17 @@ async def one_exchange(url: str, payload: bytes, **options: bool) -> tuple[RawCl
     client = await RawClient.connect(url)
     await client.send(payload)
     return client, await client.answer(**options)
+
+
+async def refused(gateway: GatewayFactory, payload: bytes) -> int:
+    """The status `payload` is refused with: the proxy answers, closes the connection, and sends
+    the upstream nothing at all."""
+    proxy, upstream = await gateway()
+    client, got = await one_exchange(proxy.proxy_url, payload)
+    assert got.header("connection") == "close"
+    assert await client.closed()
+    assert upstream.received == b""
+    return got.status
 
 
 # --- 1. No answer reaches the wrong client ---------------------------------------------------
@@ -173,12 +185,8 @@ async def test_an_identity_transfer_coding_is_read_to_the_close(gateway):
 async def test_a_transfer_coding_other_than_chunked_is_refused_before_the_upstream(
     gateway, coding, status
 ):
-    proxy, upstream = await gateway()
     payload = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    client, got = await one_exchange(proxy.proxy_url, payload % coding)
-    assert got.status == status and got.header("connection") == "close"
-    assert await client.closed()
-    assert upstream.received == b""
+    assert await refused(gateway, payload % coding) == status
 
 
 async def test_request_trailers_are_dropped_and_the_body_forwarded(gateway):
@@ -197,12 +205,8 @@ async def test_request_trailers_are_dropped_and_the_body_forwarded(gateway):
 
 
 async def test_http_1_0_with_transfer_encoding_is_refused_and_closed(gateway):
-    proxy, upstream = await gateway()
     payload = b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    client, got = await one_exchange(proxy.proxy_url, payload)
-    assert got.status == 400
-    assert await client.closed()
-    assert upstream.received == b""
+    assert await refused(gateway, payload) == 400
 
 
 @pytest.mark.parametrize("size", [11, 200_000])
@@ -224,11 +228,7 @@ async def test_an_h2c_upgrade_is_ignored_and_the_body_forwarded(gateway, size):
 
 
 async def test_connect_is_refused(gateway):
-    proxy, upstream = await gateway()
-    client, got = await one_exchange(proxy.proxy_url, b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert got.status == 405
-    assert await client.closed()
-    assert upstream.received == b""
+    assert await refused(gateway, b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n") == 405
 
 
 # --- 5. Target and Host ------------------------------------------------------------------------
@@ -260,11 +260,7 @@ async def test_an_absolute_form_target_is_forwarded_in_origin_form(gateway):
     ],
 )
 async def test_a_missing_repeated_empty_or_malformed_host_is_400(gateway, head):
-    proxy, upstream = await gateway()
-    client, got = await one_exchange(proxy.proxy_url, head)
-    assert got.status == 400
-    assert await client.closed()
-    assert upstream.received == b""
+    assert await refused(gateway, head) == 400
 
 
 @pytest.mark.parametrize(
@@ -313,11 +309,7 @@ async def test_forwarded_headers_are_believed_only_from_trusted_proxies(gateway,
     ],
 )
 async def test_the_head_limits_count_every_byte_and_every_line(gateway, head):
-    proxy, upstream = await gateway()
-    client, got = await one_exchange(proxy.proxy_url, head)
-    assert got.status == 431
-    assert await client.closed()
-    assert upstream.received == b""
+    assert await refused(gateway, head) == 431
 
 
 @pytest.mark.parametrize(
@@ -436,10 +428,7 @@ async def test_a_client_leaving_before_the_answer_is_counted_quietly(gateway):
     ],
 )
 async def test_a_request_in_another_http_version_is_505(gateway, head):
-    proxy, upstream = await gateway()
-    _client, got = await one_exchange(proxy.proxy_url, head)
-    assert got.status == 505
-    assert upstream.received == b""
+    assert await refused(gateway, head) == 505
 
 
 @pytest.mark.parametrize("length", [b"0", b"100000"])

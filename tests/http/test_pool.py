@@ -17,7 +17,11 @@ from tests.http.peers import UpstreamConnection, answer, echo_requests
 
 
 async def fetch(
-    client: UpstreamClient, origin: Origin, target: bytes, method: str = "GET"
+    client: UpstreamClient,
+    origin: Origin,
+    target: bytes,
+    method: str = "GET",
+    first_byte_timeout: float = 2.0,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """One exchange: status, headers and body."""
     got = await client.request(
@@ -28,7 +32,7 @@ async def fetch(
         body=None,
         content_length=None,
         connect_timeout=1.0,
-        first_byte_timeout=2.0,
+        first_byte_timeout=first_byte_timeout,
     )
     try:
         return got.status, got.headers, await got.read(2.0, time.monotonic() + 2.0)
@@ -182,19 +186,35 @@ async def test_a_silent_upstream_times_out_and_its_connection_is_not_reused(raw_
     upstream = await raw_upstream(script)
     origin = Origin(upstream.url)
     with pytest.raises(UpstreamError) as failure:
-        await client.request(
-            origin,
-            "GET",
-            target=b"/silent",
-            headers=b"",
-            body=None,
-            content_length=None,
-            connect_timeout=1.0,
-            first_byte_timeout=0.2,
-        )
+        await fetch(client, origin, b"/silent", first_byte_timeout=0.2)
     assert failure.value.reason == "timeout"
     assert (await fetch(client, origin, b"/next"))[2] == b"late answer"
     assert len(upstream.connections) == 2
+
+
+@pytest.mark.parametrize(("first", "second"), [(0.3, 0.3), (5.0, 0.3)])
+async def test_a_reused_connection_times_out_by_its_own_deadline(
+    raw_upstream, client, first, second
+):
+    """One head-deadline timer serves a connection's exchanges: the second one's deadline is
+    its own, not the first's."""
+
+    async def script(connection: UpstreamConnection, index: int) -> None:
+        await connection.request()
+        connection.send(answer())
+        await connection.closed.wait()  # silent from then on
+
+    upstream = await raw_upstream(script)
+    origin = Origin(upstream.url)
+    assert (await fetch(client, origin, b"/", first_byte_timeout=first))[2] == b"ok"
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as failure:
+        await asyncio.wait_for(fetch(client, origin, b"/", first_byte_timeout=second), 8)
+    waited = time.monotonic() - started
+    assert failure.value.reason == "timeout"
+    assert 0.25 <= waited < 1.5, waited
+    assert len(upstream.connections) == 1  # the second request did reuse the connection
 
 
 async def test_interim_and_final_answers_in_one_read(raw_upstream, client):

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from proxy.server import Server
 from tests.http.conftest import GatewayFactory
-from tests.http.peers import RawClient, RawUpstream, UpstreamConnection, answer
+from tests.http.peers import (
+    RawClient,
+    RawUpstream,
+    Received,
+    UpstreamConnection,
+    answer,
+    answer_each,
+)
 
 HOP_BY_HOP = {"connection", "keep-alive", "te", "transfer-encoding", "upgrade", "trailer"}
 ADDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"}
@@ -90,20 +97,18 @@ def sessions(draw: st.DrawFn) -> tuple[list[Sent], bool, list[int]]:
     return sent, pipelined, sorted(cuts)
 
 
+def description(request: Received) -> bytes:
+    """An answer naming the request's id and its body's length and digest."""
+    rid = request.header("x-request-id") or "?"
+    digest = hashlib.sha256(request.body).hexdigest()[:16]
+    text = f"{rid} {len(request.body)} {digest}".encode()
+    if request.method == "HEAD":
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(text)
+    return answer(text)
+
+
 async def describe(connection: UpstreamConnection, index: int) -> None:
-    """Answer each request with its id and its body's length and digest."""
-    while True:
-        try:
-            request = await connection.request(within=30)
-        except (ConnectionError, TimeoutError):
-            return
-        rid = request.header("x-request-id") or "?"
-        digest = hashlib.sha256(request.body).hexdigest()[:16]
-        text = f"{rid} {len(request.body)} {digest}".encode()
-        if request.method == "HEAD":
-            connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(text))
-        else:
-            connection.send(answer(text))
+    await answer_each(connection, description)
 
 
 async def send_in_pieces(client: RawClient, data: bytes, cuts: list[int]) -> None:
