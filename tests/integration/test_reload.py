@@ -266,6 +266,28 @@ async def test_listener_changes_need_a_restart_and_say_so(upstreams, client, tmp
         await server.stop()
 
 
+async def test_listener_timeouts_apply_at_the_reload(upstreams, tmp_path):
+    stable, candidate = upstreams
+    path = tmp_path / "grayscale.yaml"
+    text = config_text(url_of(stable), url_of(candidate), name="m", share=0.0)
+    path.write_text(text)
+    server = Server(load_config(path))
+    await server.start()
+    try:
+        assert (server.listener.body_timeout, server.listener.send_timeout) == (60.0, 60.0)
+        path.write_text(
+            text.replace(
+                'admin_listen: "127.0.0.1:0"',
+                'admin_listen: "127.0.0.1:0", client_body_timeout: 7s, send_timeout: 9s',
+            )
+        )
+        result = await server.reload("test")
+        assert (result.result, result.restart_required) == ("applied", ())
+        assert (server.listener.body_timeout, server.listener.send_timeout) == (7.0, 9.0)
+    finally:
+        await server.stop()
+
+
 async def test_sighup_reloads_a_running_proxy(upstreams, client, tmp_path):
     stable, candidate = upstreams
     path = tmp_path / "grayscale.yaml"
