@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -25,6 +26,20 @@ from tests.integration.conftest import (
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "reload-token"
+
+
+@contextlib.asynccontextmanager
+async def served_from_file(upstreams, path, share):
+    """A proxy started from a config file at `path` (one route "m" at `share`), and its text."""
+    stable, candidate = upstreams
+    text = config_text(url_of(stable), url_of(candidate), name="m", share=share)
+    path.write_text(text)
+    server = Server(load_config(path))
+    await server.start()
+    try:
+        yield server, text
+    finally:
+        await server.stop()
 
 
 def config_text(
@@ -133,13 +148,8 @@ async def test_invalid_file_keeps_the_running_config_and_says_why(
     upstreams, client, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("GRAYSCALE_ADMIN_TOKEN", TOKEN)
-    stable, candidate = upstreams
     path = tmp_path / "grayscale.yaml"
-    good = config_text(url_of(stable), url_of(candidate), name="m", share=1.0)
-    path.write_text(good)
-    server = Server(load_config(path))
-    await server.start()
-    try:
+    async with served_from_file(upstreams, path, 1.0) as (server, good):
         path.write_text(good.replace("ramp: {base: 1.0}", "ramp: {base: 1.0, slop: 2}"))
         async with client.post(
             server.admin_url + "/reload", headers={"Authorization": f"Bearer {TOKEN}"}
@@ -168,8 +178,6 @@ async def test_invalid_file_keeps_the_running_config_and_says_why(
         assert reloads == {"success": 0, "failure": 1}
         async with client.post(server.admin_url + "/reload") as resp:
             assert resp.status == 401  # reloading needs the token
-    finally:
-        await server.stop()
 
 
 def load_config_digest(text: str) -> str:
@@ -239,13 +247,8 @@ async def test_rollout_state_survives_reloads_unless_the_candidate_changes(
 
 
 async def test_listener_changes_need_a_restart_and_say_so(upstreams, client, tmp_path):
-    stable, candidate = upstreams
     path = tmp_path / "grayscale.yaml"
-    text = config_text(url_of(stable), url_of(candidate), name="m", share=0.0)
-    path.write_text(text)
-    server = Server(load_config(path))
-    await server.start()
-    try:
+    async with served_from_file(upstreams, path, 0.0) as (server, text):
         new_port = free_port()
         path.write_text(
             text.replace('listen: "127.0.0.1:0",', f'listen: "127.0.0.1:{new_port}",').replace(
@@ -262,18 +265,11 @@ async def test_listener_changes_need_a_restart_and_say_so(upstreams, client, tmp
                 raise AssertionError("nothing should listen on the new port")
         except aiohttp.ClientConnectorError:
             pass
-    finally:
-        await server.stop()
 
 
 async def test_listener_timeouts_apply_at_the_reload(upstreams, tmp_path):
-    stable, candidate = upstreams
     path = tmp_path / "grayscale.yaml"
-    text = config_text(url_of(stable), url_of(candidate), name="m", share=0.0)
-    path.write_text(text)
-    server = Server(load_config(path))
-    await server.start()
-    try:
+    async with served_from_file(upstreams, path, 0.0) as (server, text):
         assert (server.listener.body_timeout, server.listener.send_timeout) == (60.0, 60.0)
         path.write_text(
             text.replace(
@@ -284,8 +280,6 @@ async def test_listener_timeouts_apply_at_the_reload(upstreams, tmp_path):
         result = await server.reload("test")
         assert (result.result, result.restart_required) == ("applied", ())
         assert (server.listener.body_timeout, server.listener.send_timeout) == (7.0, 9.0)
-    finally:
-        await server.stop()
 
 
 async def test_sighup_reloads_a_running_proxy(upstreams, client, tmp_path):
