@@ -81,7 +81,8 @@ class Admin:
             answer = error_response(401, "unauthorized", "send Authorization: Bearer <token>")
             answer.headers["WWW-Authenticate"] = 'Bearer realm="grayscale-admin"'
             return answer
-        if not hmac.compare_digest(given.strip().encode(), self._token):
+        # (bytes that are not UTF-8 come as surrogate escapes: compared as the bytes received)
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
             return error_response(403, "forbidden", "the admin token is wrong")
         return None
 

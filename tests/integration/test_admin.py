@@ -188,6 +188,20 @@ async def test_mutations_need_the_token(upstreams, start_proxy, client, admin_to
         assert resp.status == 404
 
 
+async def test_a_token_that_is_not_utf8_is_just_wrong(upstreams, start_proxy, admin_token):
+    stable, candidate = upstreams
+    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate)))
+    host, port = proxy.admin_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /routes/models/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 ")
+
+
 async def test_without_a_configured_token_mutations_are_refused(proxy, client, monkeypatch):
     async with client.post(proxy.admin_url + "/routes/models/rollback", headers=AUTH) as resp:
         assert resp.status == 403
