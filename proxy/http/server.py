@@ -39,13 +39,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from typing import cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
 
 from proxy.http import framing
+from proxy.http.cookies import parse_cookies
 from proxy.http.errors import BadRequest, ClientGone
 from proxy.http.framing import CHUNKED, DONE, LENGTH, Cutter
 from proxy.http.headers import tokens, valid_host
@@ -307,15 +307,7 @@ class Request:
     def cookie(self, name: str) -> str | None:
         """The value of cookie `name`, or None."""
         if self._cookies is None:
-            self._cookies = {}
-            for header in self.header_values("cookie"):
-                jar: SimpleCookie = SimpleCookie()
-                try:
-                    jar.load(header)
-                except CookieError:
-                    continue
-                for key, morsel in jar.items():
-                    self._cookies.setdefault(key, morsel.value)
+            self._cookies = parse_cookies(self.header_values("cookie"))
         return self._cookies.get(name)
 
     # --- the body -----------------------------------------------------------------------------

@@ -120,3 +120,17 @@ async def test_client_ip_segment_believes_only_trusted_proxies(upstreams, start_
     ):
         async with client.get(proxy.proxy_url + "/x", headers=headers) as resp:
             assert resp.headers["X-Grayscale-Variant"] == expected, (proxy, headers)
+
+
+async def test_a_user_keyed_by_cookie_stays_sticky_beside_odd_cookies(
+    upstreams, start_proxy, client
+):
+    """Real browsers send analytics and JSON cookies beside the one that keys the user."""
+    stable, candidate = upstreams
+    proxy = await start_proxy(route_yaml(url_of(stable), url_of(candidate), share=0.5))
+    users = [f"cookie-user-{i}" for i in range(40)]
+    for uid in users:
+        cookie = f'_ga=GA1.2.3.4; prefs={{"theme":"dark","tabs":[1,2]}}; uid={uid}; x'
+        async with client.get(f"{proxy.proxy_url}/v1/p", headers={"Cookie": cookie}) as resp:
+            expected = "candidate" if bucket("models-salt", uid) < threshold(0.5) else "stable"
+            assert resp.headers["X-Grayscale-Variant"] == expected, uid
