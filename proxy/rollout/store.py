@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from proxy.rollout.machine import Action, Rollout, State, Status, Transition
 
@@ -83,7 +84,7 @@ class FileStore:
             raise StateError(f"{self.path}: cannot read rollout state: {exc}") from exc
         try:
             return decode(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise StateError(f"{self.path}: rollout state is corrupt: {exc}") from exc
 
     def _write(self, text: str) -> None:
@@ -140,29 +141,103 @@ def encode(rollouts: Mapping[str, Rollout]) -> dict[str, Any]:
 
 
 def decode(document: Any) -> dict[str, Rollout]:
-    """Rollouts from a JSON document; raises ValueError, KeyError or TypeError when malformed."""
-    if document.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unknown format version {document.get('version')!r}")
-    return {
-        str(name): Rollout(
-            identity=str(r["identity"]),
-            started_at=float(r["started_at"]),
-            status=Status(r["status"]),
-            held=float(r["held"]),
-            frozen_at=None if r["frozen_at"] is None else float(r["frozen_at"]),
-            share_override=None if r["share_override"] is None else float(r["share_override"]),
+    """Rollouts from a JSON document; raises `ValueError` naming the first field that is missing
+    or of the wrong type (any JSON value may come in: a file can be truncated, edited by hand, or
+    written by another version)."""
+    read = _Reader()
+    read.mapping(document, "(document)")
+    version = document.get("version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise ValueError(f"version: unknown format version {version!r}")
+    rollouts = read.mapping(document.get("rollouts"), "rollouts")
+    return {name: read.rollout(rollout, f"rollouts.{name}") for name, rollout in rollouts.items()}
+
+
+class _Reader:
+    """Typed reads of a JSON document's fields, each failure naming the field's path."""
+
+    def mapping(self, value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected an object, got {_kind(value)}")
+        return value
+
+    def field(self, document: dict[str, Any], name: str, path: str) -> Any:
+        if name not in document:
+            raise ValueError(f"{path}.{name}: missing")
+        return document[name]
+
+    def number(self, document: dict[str, Any], name: str, path: str) -> float:
+        value = self.field(document, name, path)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{path}.{name}: expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise ValueError(f"{path}.{name}: expected a finite number, got {value}")
+        return float(value)
+
+    def optional_number(self, document: dict[str, Any], name: str, path: str) -> float | None:
+        return (
+            None if self.field(document, name, path) is None else self.number(document, name, path)
+        )
+
+    def text(self, document: dict[str, Any], name: str, path: str) -> str:
+        value = self.field(document, name, path)
+        if not isinstance(value, str):
+            raise ValueError(f"{path}.{name}: expected a string, got {_kind(value)}")
+        return value
+
+    def optional_text(self, document: dict[str, Any], name: str, path: str) -> str | None:
+        if self.field(document, name, path) is None:
+            return None
+        return self.text(document, name, path)
+
+    def choice(self, document: dict[str, Any], name: str, path: str, kind: type[E]) -> E:
+        value = self.text(document, name, path)
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"{path}.{name}: unknown value {value!r}") from None
+
+    def rollout(self, value: Any, path: str) -> Rollout:
+        r = self.mapping(value, path)
+        history = self.field(r, "history", path)
+        if not isinstance(history, list):
+            raise ValueError(f"{path}.history: expected a list, got {_kind(history)}")
+        return Rollout(
+            identity=self.text(r, "identity", path),
+            started_at=self.number(r, "started_at", path),
+            status=self.choice(r, "status", path, Status),
+            held=self.number(r, "held", path),
+            frozen_at=self.optional_number(r, "frozen_at", path),
+            share_override=self.optional_number(r, "share_override", path),
             history=tuple(
-                Transition(
-                    Action(t["action"]),
-                    float(t["at"]),
-                    str(t["actor"]),
-                    State(t["before"]),
-                    State(t["after"]),
-                    t["reason"],
-                    t["share"],
-                )
-                for t in r["history"]
+                self.transition(t, f"{path}.history[{i}]") for i, t in enumerate(history)
             ),
         )
-        for name, r in document["rollouts"].items()
-    }
+
+    def transition(self, value: Any, path: str) -> Transition:
+        t = self.mapping(value, path)
+        return Transition(
+            self.choice(t, "action", path, Action),
+            self.number(t, "at", path),
+            self.text(t, "actor", path),
+            self.choice(t, "before", path, State),
+            self.choice(t, "after", path, State),
+            self.optional_text(t, "reason", path),
+            self.optional_number(t, "share", path),
+        )
+
+
+E = TypeVar("E", Action, State, Status)
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type, as a person would say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else "a number"
