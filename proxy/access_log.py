@@ -55,14 +55,16 @@ def hash_key(secret: bytes, key: str) -> str:
     return hmac.new(secret, data, hashlib.sha256).hexdigest()[:16]
 
 
-def secret_from_env(name: str) -> bytes:
-    """The hashing secret from environment variable `name`, or a random one for this process."""
+def secret_from_env(name: str, *, quiet: bool = False) -> bytes:
+    """The hashing secret from environment variable `name`, or a random one for this process
+    (said in a warning unless `quiet`)."""
     value = os.environ.get(name, "")
     if value:
         return value.encode()
-    log.warning(
-        "$%s is not set: user hashes in the access log change when the process restarts", name
-    )
+    if not quiet:
+        log.warning(
+            "$%s is not set: user hashes in the access log change when the process restarts", name
+        )
     return secrets.token_bytes(32)
 
 

@@ -1,10 +1,24 @@
-"""The admin API: health, readiness, status, metrics, and token-protected rollout actions."""
+"""The admin API: health, readiness, status, metrics, and token-protected rollout actions.
+
+Invariants
+- Every change needs the bearer token (compared in constant time); reads need it too when
+  `admin.protect_reads` is on, as the config in force says at each request.
+- Only requests whose Host is an IP address, `localhost` or one of `admin.allowed_hosts` are
+  served (health and readiness excepted, for probes): a web page that rebinds its own name to
+  127.0.0.1 cannot read the API from an operator's browser.
+- What identifies users or tokens is shown only to token holders: rollout salts (with a bucket,
+  a salt narrows a user id down) appear in `/status` only for a request with the token, and the
+  audit actor is a keyed hash of the token, never a plain hash that could be checked offline.
+- Nothing a client sends can forge an audit line: a `reason` is capped and its control
+  characters escaped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -25,9 +39,35 @@ from proxy.routing import current_share
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def token_id(token: str) -> str:
-    """How a token appears in audit lines: a short hash, never the token."""
-    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+MAX_REASON = 500  # characters of a `reason`
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # for probes, whatever Host they send
+
+
+def token_id(token: str, key: bytes) -> str:
+    """How a token appears in audit lines: a keyed hash (`key` is a secret of the process or
+    the deployment), so that it cannot be checked against guessed tokens."""
+    return "token:" + hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines included) escaped, so that it stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def host_allowed(host: str, names: tuple[str, ...]) -> bool:
+    """Whether a request's Host (with or without a port) is an IP address, `localhost`, or one
+    of `names` (lower case)."""
+    if host.startswith("["):
+        return "]" in host  # an IPv6 address
+    name = host.rpartition(":")[0] if ":" in host else host
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def error_response(status: int, error: str, message: str, **fields: str) -> web.Response:
@@ -49,6 +89,7 @@ class Admin:
         token: str | None,
         reload: Callable[[str], Awaitable[ReloadResult]],
         breaker: Callable[[str], Breaker | None],
+        actor_key: bytes,
     ):
         self.controller = controller
         self.recorder = recorder
@@ -56,6 +97,7 @@ class Admin:
         self.ready = ready
         self._reload = reload
         self._breaker = breaker
+        self._actor_key = actor_key
         self.last_reload: ReloadResult | None = None
         self.use(config, token)
         recorder.registry.register(CallbackCollector(self._rollout_metrics))
@@ -64,9 +106,12 @@ class Admin:
         """Serve `config`, with `token` as the admin token (None: changes are refused)."""
         self.config = config
         self._token = token.encode() if token else None
-        self._actor = token_id(token) if token else ""
+        self._actor = token_id(token, self._actor_key) if token else ""
 
     # --- access ------------------------------------------------------------------------------
+
+    def _has_token(self, request: web.Request) -> bool:
+        return self._token is not None and self._check_token(request) is None
 
     def _check_token(self, request: web.Request) -> web.Response | None:
         """None when the request carries the admin token; else the 401/403 answer."""
@@ -93,7 +138,25 @@ class Admin:
         return guarded
 
     def _read(self, handler: Handler) -> Handler:
-        return self._protected(handler) if self.config.admin.protect_reads else handler
+        async def read(request: web.Request) -> web.StreamResponse:
+            if self.config.admin.protect_reads:  # (the config in force: a reload may change it)
+                return self._check_token(request) or await handler(request)
+            return await handler(request)
+
+        return read
+
+    @web.middleware
+    async def _host_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in _OPEN_PATHS or host_allowed(
+            request.host, self.config.admin.allowed_hosts
+        ):
+            return await handler(request)
+        return error_response(
+            403,
+            "host_not_allowed",
+            f"this API answers to IP addresses, localhost and admin.allowed_hosts, "
+            f"not to {printable(request.host)[:100]!r}",
+        )
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -115,7 +178,11 @@ class Admin:
     async def status(self, request: web.Request) -> web.Response:
         """Every route: state, share now, ramp, segments, last transition, request counts."""
         now = time.time()
-        routes = [self.route_status(route, now) for route in self.controller.routes()]
+        privileged = self._has_token(request)
+        routes = [
+            self.route_status(route, now, privileged=privileged)
+            for route in self.controller.routes()
+        ]
         config = {
             "hash": self.config.digest,
             "source": self.config.source,
@@ -136,8 +203,8 @@ class Admin:
             result.to_json(), status=422 if result.result == "invalid" else 200
         )
 
-    def route_status(self, route: Route, now: float) -> dict[str, Any]:
-        """The `/status` entry of one route."""
+    def route_status(self, route: Route, now: float, *, privileged: bool) -> dict[str, Any]:
+        """The `/status` entry of one route; its salt only for a token holder (`privileged`)."""
         name = route.name
         rollout = self.controller.rollout(name)
         control = self.controller.control(name, now)
@@ -166,7 +233,7 @@ class Admin:
                 "started_at": rollout.started_at,
                 "held_seconds": rollout.held
                 + (now - rollout.frozen_at if rollout.frozen_at else 0),
-                "salt": route.cohort.salt,
+                **({"salt": route.cohort.salt} if privileged else {}),
             },
             "ramp": _ramp(route.ramp),
             "segments": segments,
@@ -232,6 +299,12 @@ class Admin:
             reason = body.get("reason")
             if reason is not None and not isinstance(reason, str):
                 return error_response(400, "bad_request", "'reason' must be a string")
+            if reason is not None and len(reason) > MAX_REASON:
+                return error_response(
+                    400, "bad_request", f"'reason' must be at most {MAX_REASON} characters"
+                )
+            if reason is not None:
+                reason = printable(reason)
             share: float | None = None
             if action is Action.SET_SHARE:
                 given = body.get("share")
@@ -270,7 +343,7 @@ class Admin:
 
     def build_app(self) -> web.Application:
         """The admin aiohttp application."""
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[self._host_guard])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self._read(self.metrics))
@@ -293,7 +366,7 @@ async def _json_body(request: web.Request) -> tuple[dict[str, Any], web.Response
         return {}, None
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested deeper than Python goes)
         return {}, error_response(400, "bad_request", "the body must be a JSON object")
     if not isinstance(body, dict):
         return {}, error_response(400, "bad_request", "the body must be a JSON object")

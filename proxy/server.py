@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from proxy.analysis.loop import Analyzer
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.model import Config, StateBackend
+from proxy.config.model import AccessLogConfig, Config, StateBackend
 from proxy.gateway import Gateway
 from proxy.http.server import Listener
 from proxy.metrics import Recorder
@@ -43,11 +44,31 @@ def _spans(config: Config) -> dict[str, float]:
     return {r.name: r.analysis.window for r in config.routes if r.analysis is not None}
 
 
+MIN_TOKEN = 32  # characters an admin token should have
+
+
 def _admin_token(config: Config) -> str | None:
     token = os.environ.get(config.admin.token_env) or None
     if token is None:
         log.warning("$%s is not set: the admin API refuses every change", config.admin.token_env)
+    elif len(token) < MIN_TOKEN:
+        log.warning(
+            "$%s is shorter than %d characters: use a long random token",
+            config.admin.token_env,
+            MIN_TOKEN,
+        )
     return token
+
+
+def _exposed_admin(config: Config) -> bool:
+    """Whether the admin listener is reachable from other hosts while reads need no token."""
+    if config.admin.protect_reads:
+        return False
+    host = config.server.admin_listen.host
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 class Server:
@@ -63,11 +84,14 @@ class Server:
         self.recorder = Recorder()
         self.controller = RolloutController(store if store is not None else state_store(config))
         self.access_log = None
+        # One secret keys the access log's user hashes and the audit's token ids.
+        secret = secret_from_env(
+            (config.access_log or AccessLogConfig()).hash_secret_env,
+            quiet=config.access_log is None,
+        )
         if config.access_log is not None:
             self.access_log = AccessLog(
-                config.access_log,
-                secret_from_env(config.access_log.hash_secret_env),
-                on_drop=self.recorder.access_log_dropped.inc,
+                config.access_log, secret, on_drop=self.recorder.access_log_dropped.inc
             )
         self.observations = LocalObservations(_spans(config))
         self.analyzer = Analyzer(config.routes, self.controller, self.observations, self.recorder)
@@ -85,6 +109,7 @@ class Server:
             token=_admin_token(config),
             reload=self.reload,
             breaker=self.gateway.breaker,
+            actor_key=secret,
         )
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
@@ -119,6 +144,12 @@ class Server:
             self._watcher.start()
         self.ready.set()
         log.info("proxy listening on %s, admin on %s", self.proxy_url, self.admin_url)
+        if _exposed_admin(self.config):
+            log.warning(
+                "the admin API listens on %s and /status and /metrics need no token: keep it on "
+                "a private network, or set admin.protect_reads",
+                self.config.server.admin_listen,
+            )
         self._log_routes()
 
     def _log_routes(self) -> None:

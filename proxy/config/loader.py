@@ -353,12 +353,19 @@ class _Parser:
         return StateConfig(backend, self.field(fields, "path", path, self.string, default.path))
 
     def admin(self, node: Node, path: str, default: AdminConfig) -> AdminConfig:
-        fields = self.mapping(node, path, ("token_env", "protect_reads"))
+        fields = self.mapping(node, path, ("token_env", "protect_reads", "allowed_hosts"))
+        hosts: tuple[str, ...] = ()
+        if "allowed_hosts" in fields:
+            hosts = tuple(
+                host.lower()
+                for host in self.strings(fields["allowed_hosts"], _sub(path, "allowed_hosts"))
+            )
         return AdminConfig(
             token_env=self.field(fields, "token_env", path, self.string, default.token_env),
             protect_reads=self.field(
                 fields, "protect_reads", path, self.boolean, default.protect_reads
             ),
+            allowed_hosts=hosts,
         )
 
     def access_log(

@@ -264,10 +264,12 @@ class StateConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    """Admin API access: the bearer token's environment variable; whether reads need it too."""
+    """Admin API access: the bearer token's environment variable; whether reads need it too;
+    the host names it answers to besides IP addresses and `localhost` (DNS rebinding)."""
 
     token_env: str = "GRAYSCALE_ADMIN_TOKEN"
     protect_reads: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

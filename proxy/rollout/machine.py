@@ -86,7 +86,17 @@ class IllegalTransition(Exception):
 
     def __init__(self, action: Action, state: State):
         self.action, self.state = action, state
-        super().__init__(f"cannot {action.value.replace('_', ' ')} a rollout that is {state.value}")
+        what = _VERBS[action]
+        super().__init__(f"cannot {what} a rollout that is {state.value.replace('_', ' ')}")
+
+
+_VERBS = {
+    Action.PAUSE: "pause",
+    Action.RESUME: "resume",
+    Action.PROMOTE: "promote",
+    Action.ROLLBACK: "roll back",
+    Action.SET_SHARE: "set the share of",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,7 +222,7 @@ async def test_status_and_actions_against_a_running_proxy(upstreams, start_proxy
     code, out, _ = await run_cli("rollback", "models", "--reason", "latency", env=env)
     assert (code, out.strip()) == (0, "models: ramping -> rolled_back, share 0.00%")
     code, out, err = await run_cli("rollback", "models", env=env)
-    assert code == 1 and "409: cannot rollback a rollout that is rolled_back" in err
+    assert code == 1 and "409: cannot roll back a rollout that is rolled back" in err
     code, out, _ = await run_cli("resume", "models", env=env)
     assert (code, out.strip()) == (0, "models: rolled_back -> ramping, share 20.00%")
     code, out, _ = await run_cli("set-share", "models", "0.05", env=env)

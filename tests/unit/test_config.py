@@ -266,7 +266,7 @@ def test_every_field_of_every_section_is_read(tmp_path):
 server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
           max_body_bytes: 5, client_body_timeout: 6s, send_timeout: 7s, shutdown_delay: 3s,
           drain_timeout: 4s}}
-admin: {{token_env: TOK, protect_reads: true}}
+admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
 state: {{backend: memory, path: x.json}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
 routes:

@@ -283,3 +283,19 @@ def test_restart_required_names_what_a_reload_cannot_change():
         "access_log: {path: stdout}\n" + route
     )
     assert restart_required(base, moved) == ("server.listen", "state", "access_log")
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "message"),
+    [
+        (
+            Action.SET_SHARE,
+            State.ROLLED_BACK,
+            "cannot set the share of a rollout that is rolled back",
+        ),
+        (Action.ROLLBACK, State.ROLLED_BACK, "cannot roll back a rollout that is rolled back"),
+        (Action.RESUME, State.RAMPING, "cannot resume a rollout that is ramping"),
+    ],
+)
+def test_a_refused_action_is_explained_in_a_sentence(action, state, message):
+    assert str(IllegalTransition(action, state)) == message
