@@ -49,9 +49,10 @@ class Entry:
     bytes_out: int
 
 
-def hash_key(secret: bytes, key: str) -> str:
-    """The keyed hash written in place of a cohort key (over the bytes received, like `bucket`)."""
-    data = key.encode("utf-8", "surrogateescape")
+def hash_key(secret: bytes, route: str, key: str) -> str:
+    """The keyed hash written in place of a cohort key, per route (a user's lines in two routes
+    cannot be linked), over the bytes received like the bucket's hash."""
+    data = f"{route}\x00{key}".encode("utf-8", "surrogateescape")
     return hmac.new(secret, data, hashlib.sha256).hexdigest()[:16]
 
 
@@ -132,8 +133,7 @@ class AccessLog:
                 "variant": d.variant.value,
                 "reason": d.reason.value,
                 "segment": d.segment,
-                "bucket": d.bucket,
-                "user": None if d.key is None else hash_key(self._secret, d.key),
+                "user": None if d.key is None else hash_key(self._secret, entry.route, d.key),
                 "status": entry.status,
                 "error": entry.error,
                 "duration_ms": round(entry.duration * 1000, 3),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +15,25 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:9901"
 
 class AdminError(Exception):
     """The admin API could not be reached or refused the request."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following it would send the token to another place."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _opener(base: str) -> urllib.request.OpenerDirector:
+    """No redirects; no proxy for a loopback admin API (the environment's proxy settings would
+    otherwise carry the token through a proxy even to 127.0.0.1)."""
+    host = urllib.parse.urlsplit(base).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    proxies = urllib.request.ProxyHandler({}) if loopback else urllib.request.ProxyHandler()
+    return urllib.request.build_opener(proxies, _NoRedirects())
 
 
 def call(
@@ -27,13 +48,18 @@ def call(
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with _opener(base).open(request, timeout=10) as answer:
             result: dict[str, Any] = json.loads(answer.read())
             return result
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "elsewhere")
+            raise AdminError(
+                f"{exc.code}: redirected to {where}; not followed"
+            ) from exc
         try:
             detail = json.loads(exc.read()).get("message", exc.reason)
-        except ValueError:
+        except (ValueError, AttributeError):
             detail = exc.reason
         raise AdminError(f"{exc.code}: {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
@@ -72,8 +98,8 @@ def status_table(status: dict[str, Any]) -> str:
                 change,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + row[-1]
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )

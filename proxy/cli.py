@@ -21,24 +21,32 @@ from proxy.server import serve_until_signalled
 from proxy.simulate import render
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log format on stderr"
+def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options every command takes, before or after its name: given `defaults` on the
+    top-level parser, and on each command's without, so as not to undo one given before."""
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if defaults else argparse.SUPPRESS,
+        help="log format on stderr (default text)",
     )
-    common.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info" if defaults else argparse.SUPPRESS,
+        help="(default info)",
     )
-    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    common = _common()
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, defaults=False)
     parser = argparse.ArgumentParser(
         prog="grayscale",
         description="Gradual-release gateway for machine-learning model endpoints.",
     )
+    _add_common(parser, defaults=True)
     parser.add_argument("--version", action="version", version=f"grayscale {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

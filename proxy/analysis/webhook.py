@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -13,6 +14,12 @@ from proxy.rollout.machine import Transition
 
 log = logging.getLogger("grayscale.webhook")
 RETRY_DELAY = 0.5  # seconds before the second attempt; doubled before each next one
+
+
+def _where(url: str) -> str:
+    """A webhook URL as logged: scheme and host only (secrets often live in the path)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 class RollbackNotifier:
@@ -64,7 +71,10 @@ class RollbackNotifier:
         for attempt in range(1, hook.attempts + 1):
             try:
                 async with self._session.post(
-                    hook.webhook, json=payload, timeout=aiohttp.ClientTimeout(total=hook.timeout)
+                    hook.webhook,
+                    json=payload,
+                    timeout=aiohttp.ClientTimeout(total=hook.timeout),
+                    allow_redirects=False,  # a redirect is not followed: the payload stays put
                 ) as answer:
                     if answer.status < 300:
                         log.info("rollback of %s notified", route.name, extra={"route": route.name})
@@ -77,7 +87,7 @@ class RollbackNotifier:
                 attempt,
                 hook.attempts,
                 problem,
-                extra={"route": route.name, "url": hook.webhook},
+                extra={"route": route.name, "url": _where(hook.webhook)},
             )
             if attempt < hook.attempts:
                 await asyncio.sleep(delay)

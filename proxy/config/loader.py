@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import math
 import re
+import ssl
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
@@ -296,6 +297,24 @@ class _Parser:
             return default
         return value.rstrip("/")
 
+    def upstream_url(self, node: Node, path: str, default: str) -> str:
+        value = self.url(node, path, default)
+        if urlsplit(value).username is not None:
+            # Never used to authenticate, and it would show in /status, logs and state.
+            self.fail(node, path, "credentials in an upstream URL are not supported: remove them")
+            return default
+        return value
+
+    def ca_file(self, node: Node, path: str, default: str | None) -> str | None:
+        value = self.readable_file(node, path, default)
+        if value:
+            try:
+                ssl.create_default_context(cafile=value)
+            except (ssl.SSLError, OSError) as exc:
+                self.fail(node, path, f"not a file of PEM certificate authorities: {exc}")
+                return default
+        return value
+
     def choice(self, node: Node, path: str, default: E, kind: type[E]) -> E:
         value = self.scalar(node, path)
         for option in kind:
@@ -553,7 +572,7 @@ class _Parser:
         base = Upstream(default.url)
         fields = self.mapping(node, path, [f.name for f in dataclass_fields(Upstream)], ("url",))
         return Upstream(
-            url=self.field(fields, "url", path, self.url, default.url),
+            url=self.field(fields, "url", path, self.upstream_url, default.url),
             connect_timeout=self.field(
                 fields, "connect_timeout", path, self.duration, base.connect_timeout
             ),
@@ -571,7 +590,7 @@ class _Parser:
             keepalive_timeout=self.field(
                 fields, "keepalive_timeout", path, self.duration_or_zero, base.keepalive_timeout
             ),
-            ca_file=self.field(fields, "ca_file", path, self.readable_file, None),
+            ca_file=self.field(fields, "ca_file", path, self.ca_file, None),
         )
 
     def readable_file(self, node: Node, path: str, default: str | None) -> str | None:

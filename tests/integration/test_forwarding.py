@@ -6,9 +6,7 @@ import asyncio
 import hashlib
 import os
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,6 +20,7 @@ from tests.integration.conftest import (
     build_upstream,
     free_port,
     route_yaml,
+    self_signed,
     url_of,
 )
 
@@ -262,34 +261,6 @@ async def test_answer_delimited_by_closing_the_connection(start_proxy, client):
     finally:
         server.close()
         await server.wait_closed()
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 async def test_https_upstreams_are_verified(upstreams, start_proxy, client, tmp_path):

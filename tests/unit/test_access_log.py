@@ -17,8 +17,10 @@ def entry(key: str | None) -> Entry:
 def test_line_hashes_the_key_with_the_secret():
     log = AccessLog(AccessLogConfig(), b"k1", on_drop=lambda: None)
     line = json.loads(log.line(entry("alice")))
-    assert line["user"] == hash_key(b"k1", "alice") != hash_key(b"k2", "alice")
+    assert line["user"] == hash_key(b"k1", "r", "alice") != hash_key(b"k2", "r", "alice")
+    assert hash_key(b"k1", "r", "alice") != hash_key(b"k1", "other-route", "alice")
     assert len(line["user"]) == 16
+    assert "bucket" not in line  # with the salt, a bucket narrows a user id down
     assert (line["time"], line["duration_ms"], line["ttfb_ms"]) == (
         "2026-12-01T00:00:00.000+00:00",
         12.3,

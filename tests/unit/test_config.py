@@ -20,6 +20,7 @@ from proxy.config.model import (
     UserIdCondition,
     Variant,
 )
+from tests.integration.conftest import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSUE_EXAMPLE = """\
@@ -237,11 +238,26 @@ def test_all_errors_reported_at_once_with_line_and_path():
             ),
             "test.yaml:4: routes[0].stable.url: expected an http(s) URL",
         ),
+        (
+            "routes:\n" + MINIMAL_ROUTE.replace("http://127.0.0.1:2", "http://user:pw@127.0.0.1:2"),
+            "test.yaml:5: routes[0].candidate.url: credentials in an upstream URL are not "
+            "supported: remove them",
+        ),
     ],
 )
 def test_single_errors(text, expected):
     (found,) = errors(text)
     assert found.startswith(expected), found
+
+
+def test_a_ca_file_that_holds_no_certificates_is_a_config_error(tmp_path):
+    bogus = tmp_path / "passwd"
+    bogus.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    route = MINIMAL_ROUTE.replace(
+        'stable: {url: "http://127.0.0.1:1"}', f'stable: {{url: "https://a:1", ca_file: {bogus}}}'
+    )
+    (found,) = errors("routes:\n" + route)
+    assert found.startswith("test.yaml:4: routes[0].stable.ca_file: not a file of PEM certificate")
 
 
 def test_unreadable_file_is_a_config_error(tmp_path):
@@ -260,8 +276,7 @@ def test_booleans_need_quotes_but_numbers_become_strings():
 
 
 def test_every_field_of_every_section_is_read(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
+    ca, _ = self_signed(tmp_path)
     text = f"""
 server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
           max_body_bytes: 5, client_body_timeout: 6s, send_timeout: 7s, shutdown_delay: 3s,
