@@ -130,12 +130,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"model": model, "choices": [{"index": 0, "message": message}]})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for token in tokens:
-        chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": token}}]}
-        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await _pause(spec.token_delay)
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
+    try:
+        for token in tokens:
+            chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": token}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await _pause(spec.token_delay)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client hung up mid-stream (`curl ... | head`): nothing to finish
     return response
 
 

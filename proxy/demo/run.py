@@ -87,17 +87,20 @@ async def _one_request(
 
 def _report(server: Server, tally: Tally, elapsed: float) -> str:
     errors = f"  errors so far: {tally.errors}" if tally.errors else ""
-    lines = [f"t={elapsed:5.1f}s{errors}"]
+    lines = [
+        f"t={elapsed:5.1f}s  (requests and their median time to first byte in the last "
+        f"{REPORT_EVERY:g} s; totals since the start){errors}"
+    ]
     now = time.time()
     for route in server.config.routes:
         share = server.controller.share(route.name, now)
         state = server.controller.state(route.name, now).value
         parts = []
         for variant in ("stable", "candidate"):
-            n = tally.count[route.name, variant]
+            n, total = tally.count[route.name, variant], tally.total[route.name, variant]
             samples = tally.latency[route.name, variant]
             p50 = f"{statistics.median(samples) * 1000:5.1f} ms" if samples else "    -   "
-            parts.append(f"{variant} {n:4d} (p50 {p50})")
+            parts.append(f"{variant} {n:4d} (p50 {p50}; {total:6d} in all)")
         lines.append(f"  {route.name:<10} {state:<11} share {share:6.1%}   " + "   ".join(parts))
         analysis = server.analyzer.routes.get(route.name)
         if analysis is not None and analysis.last is not None and state != "rolled_back":
