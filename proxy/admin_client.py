@@ -54,9 +54,7 @@ def call(
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location", "elsewhere")
-            raise AdminError(
-                f"{exc.code}: redirected to {where}; not followed"
-            ) from exc
+            raise AdminError(f"{exc.code}: redirected to {where}; not followed") from exc
         try:
             detail = json.loads(exc.read()).get("message", exc.reason)
         except (ValueError, AttributeError):

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from proxy import __version__, logs
 from proxy.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
-from proxy.config.loader import ConfigError, load_config
+from proxy.config.loader import ConfigError, load_config, parse_duration
 from proxy.demo.run import DEMO_CONFIG, run_demo
 from proxy.loop import loop_factory
 from proxy.rollout.store import StateError
@@ -66,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate",
         parents=[common],
-        help="print each route's share day by day",
-        description="Print each route's and segment's candidate share day by day, and check it "
-        "against the buckets of synthetic user ids.",
+        help="print each route's share step by step",
+        description="Print each route's and segment's candidate share step by step (a day by "
+        "default), check it against the buckets of synthetic user ids, and say when each ramp "
+        "reaches its maximum.",
     )
     simulate.add_argument("--config", "-c", required=True, metavar="FILE")
-    simulate.add_argument("--days", type=int, default=14, help="days to show (default 14)")
+    simulate.add_argument(
+        "--step", default="1d", metavar="DURATION", help="time between rows (default 1d)"
+    )
+    simulate.add_argument("--steps", type=int, help="rows after the start (default 14)")
+    simulate.add_argument("--days", type=int, help="the same as --steps (rows are days by default)")
     simulate.add_argument("--users", type=int, default=10_000, help="synthetic users (10000)")
     simulate.add_argument(
         "--from",
@@ -151,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args.files)
     if args.command == "simulate":
-        return _simulate(args.config, args.days, args.users, args.start)
+        steps = args.steps if args.steps is not None else args.days
+        return _simulate(
+            args.config, 14 if steps is None else steps, args.step, args.users, args.start
+        )
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "status":
@@ -176,9 +184,14 @@ def _check(files: Sequence[str]) -> int:
     return status
 
 
-def _simulate(path: str, days: int, users: int, start_text: str | None) -> int:
-    if days < 0 or users < 1:
-        print("--days must be >= 0 and --users >= 1", file=sys.stderr)
+def _simulate(path: str, steps: int, step_text: str, users: int, start_text: str | None) -> int:
+    step = parse_duration(step_text)
+    if steps < 0 or users < 1 or step <= 0:
+        print(
+            "--steps (or --days) must be >= 0, --users >= 1, and --step a duration like 2s, "
+            "1h or 1d",
+            file=sys.stderr,
+        )
         return 2
     try:
         config = load_config(path)
@@ -189,7 +202,7 @@ def _simulate(path: str, days: int, users: int, start_text: str | None) -> int:
     except ValueError:
         print(f"--from: not an ISO 8601 time: {start_text}", file=sys.stderr)
         return 2
-    print(render(config, start, days, users))
+    print(render(config, start, steps, users, step))
     return 0
 
 

@@ -62,6 +62,14 @@ E = TypeVar("E", bound=StrEnum)
 DEFAULT_EJECTION: Ejection | None = Ejection()
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration written `500ms`, `30s`, `5m`, `1h` or `1d`; 0 when it is not one."""
+    match = _DURATION.match(text)
+    return float(match[1]) * _UNIT_SECONDS[match[2]] if match else 0.0
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -255,8 +263,7 @@ class _Parser:
 
     def duration(self, node: Node, path: str, default: float) -> float:
         value = self.scalar(node, path)
-        match = _DURATION.match(value) if isinstance(value, str) else None
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]] if match else 0.0
+        seconds = parse_duration(value) if isinstance(value, str) else 0.0
         if seconds <= 0:
             self.fail(node, path, "expected a positive duration like 500ms, 30s, 5m, 1h or 1d")
             return default

@@ -7,7 +7,7 @@ and the config types.
 from proxy.routing.bucket import BUCKETS, bucket, threshold
 from proxy.routing.decide import Control, Decision, Reason, current_share, decide
 from proxy.routing.facts import RequestFacts
-from proxy.routing.ramp import ramp_share
+from proxy.routing.ramp import ramp_reaches_max, ramp_share
 from proxy.routing.segments import CompiledSegment, compile_condition
 from proxy.routing.table import ActiveRoute, RoutingTable
 
@@ -24,6 +24,7 @@ __all__ = [
     "compile_condition",
     "current_share",
     "decide",
+    "ramp_reaches_max",
     "ramp_share",
     "threshold",
 ]

@@ -23,3 +23,19 @@ def ramp_share(ramp: Ramp, start: float, now: float) -> float:
     if share > ramp.max:
         return ramp.max
     return share if share > 0.0 else 0.0
+
+
+def ramp_reaches_max(ramp: Ramp, start: float) -> float | None:
+    """When a ramp that starts at `start` first reaches its `max` (POSIX seconds), or None if
+    it never does (it does not grow).
+
+    >>> round(ramp_reaches_max(Ramp(base=0.01, slope=0.05, per=86400.0, max=0.5), 0.0) / 86400, 6)
+    9.8
+    >>> ramp_reaches_max(Ramp(base=0.6, max=0.5), 0.0), ramp_reaches_max(Ramp(base=0.1), 0.0)
+    (0.0, None)
+    """
+    if ramp.base >= ramp.max:
+        return start
+    if ramp.slope <= 0.0:
+        return None
+    return start + (ramp.max - ramp.base) / ramp.slope * ramp.per
