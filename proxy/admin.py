@@ -19,11 +19,13 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -52,6 +54,25 @@ def token_id(token: str, key: bytes) -> str:
 def printable(text: str) -> str:
     """`text` with control characters (newlines included) escaped, so that it stays one line."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs a malformed request (an oversized header, say) at ERROR with a traceback that
+    echoes what the client sent: a client's mistake, and maybe its secrets. Told in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "admin request refused (%d): malformed", (error.code,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_bad_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietBadRequests) for f in server_log.filters):
+        server_log.addFilter(_QuietBadRequests())
 
 
 def host_allowed(host: str, names: tuple[str, ...]) -> bool:
@@ -343,6 +364,7 @@ class Admin:
 
     def build_app(self) -> web.Application:
         """The admin aiohttp application."""
+        _quiet_bad_requests()
         app = web.Application(client_max_size=64 * 1024, middlewares=[self._host_guard])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)

@@ -43,6 +43,14 @@ class Outcome:
     error: str | None = None
 
 
+FORGET_AFTER = 30 * 86400.0  # a route out of the config this long loses its stored rollout
+
+
+def last_activity(rollout: Rollout) -> float:
+    """When a rollout last changed: its latest transition, or its start."""
+    return rollout.last.at if rollout.last is not None else rollout.started_at
+
+
 class RolloutController:
     """Holds each route's `Rollout`, applies actions to it, and saves it to a `StateStore`.
 
@@ -99,10 +107,16 @@ class RolloutController:
 
         A route whose candidate (URL and salt) is unchanged keeps its rollout; a new route or a
         new candidate starts a fresh rollout at `now`. Rollouts of routes absent from `routes`
-        are kept, so a route that comes back resumes where it was.
+        are kept, so a route that comes back resumes where it was, until nothing has happened
+        to them for `FORGET_AFTER`: then they are dropped.
         """
         async with self._lock:
-            rollouts = dict(self._rollouts)
+            present = {route.name for route in routes}
+            rollouts = {
+                name: rollout
+                for name, rollout in self._rollouts.items()
+                if name in present or now - last_activity(rollout) < FORGET_AFTER
+            }
             for route in routes:
                 stored = rollouts.get(route.name)
                 identity = identity_of(route)

@@ -3,6 +3,7 @@ rebinding, what it shows to whom, audit lines, hostile bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
@@ -150,3 +151,17 @@ async def test_risky_admin_setups_are_warned_about_at_start(upstreams, monkeypat
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "shorter than 32 characters" in text
     assert "/status and /metrics need no token" in text
+
+
+async def test_an_oversized_header_is_refused_in_one_line_that_echoes_nothing(proxy, caplog):
+    host, port = proxy.admin_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Secret: "
+        + b"SECRETVALUE" * 2000
+        + b"\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(100), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 400")
+    assert "SECRETVALUE" not in caplog.text and "Traceback" not in caplog.text

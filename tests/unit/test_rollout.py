@@ -11,7 +11,7 @@ import pytest
 from proxy.config.loader import parse_config
 from proxy.config.model import Cohort, KeySource, Ramp, Route, Source, Upstream, Variant
 from proxy.reload import restart_required
-from proxy.rollout.controller import RolloutController
+from proxy.rollout.controller import FORGET_AFTER, RolloutController
 from proxy.rollout.machine import (
     ALLOWED,
     Action,
@@ -238,6 +238,19 @@ async def test_controller_keeps_rollouts_of_routes_that_left_the_config():
     back = RolloutController(store)
     await back.start([ROUTE], T0 + 30)
     assert back.state("r", T0 + 30) is State.PAUSED
+
+
+async def test_rollouts_of_routes_long_out_of_the_config_are_forgotten():
+    store = MemoryStore()
+    first = RolloutController(store)
+    await first.start([ROUTE], T0)
+    await first.act("r", Action.PAUSE, T0 + 10, actor="t")  # its last change
+    kept = RolloutController(store)
+    await kept.start([], T0 + 10 + FORGET_AFTER - 1)
+    assert "r" in await store.load()
+    forgotten = RolloutController(store)
+    await forgotten.start([], T0 + 10 + FORGET_AFTER)
+    assert "r" not in await store.load()
 
 
 class FlakyStore(MemoryStore):
