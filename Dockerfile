@@ -1,7 +1,7 @@
-# Grayscale proxy image: `docker build -t grayscale .`
+# Grayscale proxy image: `docker build -t grayscale .`, then `docker run -p 8080:8080 grayscale`.
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY proxy ./proxy
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
@@ -10,11 +10,15 @@ RUN useradd --system --uid 10001 --no-create-home grayscale \
     && mkdir -p /var/lib/grayscale && chown grayscale /var/lib/grayscale
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# The config it runs without a mount (mount a directory of your own over /etc/grayscale).
+COPY config/container.yaml /etc/grayscale/config.yaml
 COPY config/example.yaml /etc/grayscale/example.yaml
 USER grayscale
 # Rollout state (grayscale-state.json) is written here: mount a volume to keep it across restarts.
 WORKDIR /var/lib/grayscale
 VOLUME /var/lib/grayscale
 EXPOSE 8080 9901
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9901/readyz', timeout=2)"]
 ENTRYPOINT ["grayscale"]
 CMD ["serve", "--config", "/etc/grayscale/config.yaml", "--log-format", "json"]
