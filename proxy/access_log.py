@@ -21,32 +21,15 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO
 
 from proxy.config.model import AccessLogConfig
-from proxy.routing import Decision
+from proxy.outcome import Outcome
 
 log = logging.getLogger("grayscale.access_log")
 QUEUE_LIMIT = 65536
 FLUSH_SECONDS = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One request as the access log sees it."""
-
-    time: float
-    route: str
-    method: str
-    decision: Decision
-    status: int
-    error: str | None
-    duration: float
-    ttfb: float | None
-    bytes_in: int
-    bytes_out: int
 
 
 def hash_key(secret: bytes, route: str, key: str) -> str:
@@ -104,16 +87,14 @@ class AccessLog:
         )
         self._thread.start()
 
-    def sampled(self) -> bool:
-        """Whether the next request is to be logged (draw once per request, before `record`)."""
-        return self.config.sample >= 1.0 or self._rand() < self.config.sample
-
-    def record(self, entry: Entry) -> None:
-        """Queue `entry`'s line; never blocks."""
+    def record(self, outcome: Outcome) -> None:
+        """Queue the line of a finished request, if it is sampled (an `Observer`); never blocks."""
+        if self.config.sample < 1.0 and self._rand() >= self.config.sample:
+            return
         if len(self._queue) >= self._limit:
             self._on_drop()
         else:
-            self._queue.append(self.line(entry))  # deque appends are atomic: no lock, no wake-up
+            self._queue.append(self.line(outcome))  # deque appends are atomic: no lock, no wake
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -122,24 +103,24 @@ class AccessLog:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def line(self, entry: Entry) -> str:
-        """The JSON line of `entry`."""
-        d = entry.decision
+    def line(self, outcome: Outcome) -> str:
+        """The JSON line of a finished request."""
+        d = outcome.decision
         return json.dumps(
             {
-                "time": datetime.fromtimestamp(entry.time, UTC).isoformat(timespec="milliseconds"),
-                "route": entry.route,
-                "method": entry.method,
+                "time": datetime.fromtimestamp(outcome.at, UTC).isoformat(timespec="milliseconds"),
+                "route": outcome.route,
+                "method": outcome.method,
                 "variant": d.variant.value,
                 "reason": d.reason.value,
                 "segment": d.segment,
-                "user": None if d.key is None else hash_key(self._secret, entry.route, d.key),
-                "status": entry.status,
-                "error": entry.error,
-                "duration_ms": round(entry.duration * 1000, 3),
-                "ttfb_ms": None if entry.ttfb is None else round(entry.ttfb * 1000, 3),
-                "bytes_in": entry.bytes_in,
-                "bytes_out": entry.bytes_out,
+                "user": None if d.key is None else hash_key(self._secret, outcome.route, d.key),
+                "status": outcome.code,
+                "error": outcome.error,
+                "duration_ms": round(outcome.duration * 1000, 3),
+                "ttfb_ms": None if outcome.ttfb is None else round(outcome.ttfb * 1000, 3),
+                "bytes_in": outcome.bytes_in,
+                "bytes_out": outcome.bytes_out,
             }
         )
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from proxy.config.model import Ejection
+from proxy.config.model import Ejection, Route, Variant
+from proxy.outcome import Outcome
 
 log = logging.getLogger("grayscale.ejection")
 
@@ -61,3 +63,36 @@ class Breaker:
             "ejections": self.ejections,
             "consecutive_errors": self.failures,
         }
+
+
+class Ejections:
+    """Every route's candidate breaker (an `Observer`): a breaker outlives reloads as long as
+    its route keeps its candidate and ejection settings."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str, Ejection], Breaker] = {}
+        self._current: dict[str, Breaker] = {}
+
+    def use(self, routes: Sequence[Route]) -> None:
+        """Follow a (new) config."""
+        known = {}
+        for route in routes:
+            if route.ejection is not None:
+                key = (route.name, route.candidate.url, route.ejection)
+                known[key] = self._known.get(key) or Breaker(route.name, route.ejection)
+        self._known = known
+        self._current = {key[0]: breaker for key, breaker in known.items()}
+
+    def breaker(self, route: str) -> Breaker | None:
+        """The breaker of `route`, None when its ejection is off."""
+        return self._current.get(route)
+
+    def record(self, outcome: Outcome) -> None:
+        """Count the candidate's success or failure, when it was asked."""
+        breaker = self._current.get(outcome.route)
+        if breaker is None:
+            return
+        if outcome.variant is Variant.CANDIDATE:
+            breaker.record(not outcome.failed, outcome.at)
+        elif outcome.candidate_failed:
+            breaker.record(False, outcome.at)

@@ -14,11 +14,12 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from proxy.config.model import Upstream
+from proxy.config.model import Upstream, Variant
 from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
 from proxy.http.headers import answer_for_client, forwarded_for_upstream
 from proxy.http.server import Request, render
+from proxy.outcome import Failure, FallbackReason
 
 log = logging.getLogger("grayscale.forwarding")
 
@@ -83,7 +84,7 @@ class Target:
     """Where a request goes, how it is labelled, and the upstream's connection limiter."""
 
     route: str
-    variant: str
+    variant: Variant
     upstream: Upstream
     limiter: Limiter
     origin: Origin
@@ -96,28 +97,32 @@ class Target:
 
 @dataclass(slots=True)
 class Exchange:
-    """What happened to one forwarded request; `forward` fills it in as it goes."""
+    """A forwarded request while it is in flight; `forward` fills it in as it goes, and the
+    gateway makes its `Outcome` from it at the end."""
 
-    variant: str = ""  # the variant that answered (stable after a fallback)
-    status: int = 0  # the status sent to the client; 0 until the answer started
-    error: str | None = None  # why the answering upstream failed: connect, timeout, reset, ...
+    variant: Variant  # the variant being asked (stable after a fallback)
+    status: int | None = None  # the status sent to the client, once the answer started
+    error: Failure | None = None  # why the answering upstream failed
+    refused: bool = False  # answered by the proxy before any upstream saw it
     ttfb: float | None = None  # seconds from sending upstream to the answer body's first byte
     bytes_out: int = 0  # answer body bytes written to the client
-    fallback: str | None = None  # why the request went to stable instead: connect, 5xx, ejected
-    first_error: str | None = None  # the failed first attempt's reason, after a fallback
+    fallback: FallbackReason | None = None  # why the request went to stable instead
+    candidate_error: Failure | None = None  # the candidate's failure, when stable answered
+    candidate_status: int | None = None  # the candidate's 5xx, when stable answered again
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamFailure:
-    """Why an upstream exchange failed: `reason` is connect, timeout, reset or protocol."""
+    """Why an exchange failed (`reason`; None: the proxy refused the request itself), and the
+    answer the client gets: status, error code, detail."""
 
-    reason: str
+    reason: Failure | None
     status: int
     error: str
     detail: str
 
 
-def answer_headers(answer: Answer, target: Target, fallback: str | None) -> bytes:
+def answer_headers(answer: Answer, target: Target, fallback: FallbackReason | None) -> bytes:
     """The upstream's answer header lines for the client, plus ours."""
     lines, event_stream = answer_for_client(answer.headers)
     ours = [lines, target.label]
@@ -130,29 +135,32 @@ def answer_headers(answer: Answer, target: Target, fallback: str | None) -> byte
 
 
 _FAILURES = {
-    "connect": (502, "upstream_unreachable"),
-    "connect_timeout": (504, "upstream_connect_timeout"),
-    "timeout": (504, "upstream_timeout"),
-    "reset": (502, "upstream_reset"),
-    "protocol": (502, "upstream_protocol_error"),
+    "connect": (Failure.CONNECT, 502, "upstream_unreachable"),
+    "connect_timeout": (Failure.CONNECT, 504, "upstream_connect_timeout"),
+    "timeout": (Failure.TIMEOUT, 504, "upstream_timeout"),
+    "reset": (Failure.RESET, 502, "upstream_reset"),
+    "protocol": (Failure.PROTOCOL, 502, "upstream_protocol_error"),
 }
 
 
 def classify(error: UpstreamError) -> UpstreamFailure:
     """Map a transport error to a reason (connect timeouts count as connect), status and text."""
-    status, code = _FAILURES[error.reason]
-    reason = "connect" if error.reason == "connect_timeout" else error.reason
+    reason, status, code = _FAILURES[error.reason]
     return UpstreamFailure(reason, status, code, error.detail)
 
 
 OVERLOADED = UpstreamFailure(
-    "overloaded", 503, "upstream_overloaded", "too many requests are waiting for the upstream"
+    Failure.OVERLOADED, 503, "upstream_overloaded", "too many requests are waiting for the upstream"
 )
 BODY_TOO_LARGE = UpstreamFailure(
-    "body", 413, "request_body_too_large", "the request body is larger than server.max_body_bytes"
+    None, 413, "request_body_too_large", "the request body is larger than server.max_body_bytes"
 )
 SMALL_BODY = 64 * 1024  # bodies up to this size are read whole rather than streamed
-_RETRYABLE = frozenset({"connect", "overloaded"})  # the request never reached the upstream
+# Failures of a request that never reached the upstream, and what a fallback then says.
+_RETRYABLE = {
+    Failure.CONNECT: FallbackReason.CONNECT,
+    Failure.OVERLOADED: FallbackReason.OVERLOADED,
+}
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -236,7 +244,9 @@ def _failed(request: Request, target: Target, exchange: Exchange, failure: Upstr
     """Answer with JSON: the upstream could not answer."""
     exchange.variant = target.variant
     exchange.status = failure.status
-    if failure.reason != "body":
+    if failure.reason is None:
+        exchange.refused = True
+    else:
         _note_failure(target, exchange, failure, "before the answer")
     request.reply_json(
         failure.status,
@@ -296,9 +306,10 @@ async def forward(
     try:
         answer, sent = await _open(client, request, target, headers=headers, body=body, limit=limit)
     except _Unavailable as first:
-        if fallback is None or first.failure.reason not in _RETRYABLE:
+        reason = first.failure.reason
+        if fallback is None or reason is None or reason not in _RETRYABLE:
             return _failed(request, target, exchange, first.failure)
-        exchange.first_error = exchange.fallback = first.failure.reason
+        exchange.candidate_error, exchange.fallback = reason, _RETRYABLE[reason]
         target = fallback
         exchange.variant = target.variant
         try:
@@ -317,7 +328,7 @@ async def forward(
     ):
         answer.release()
         target.limiter.release()
-        exchange.first_error, exchange.fallback = "5xx", "5xx"
+        exchange.candidate_status, exchange.fallback = answer.status, FallbackReason.FIVE_XX
         target = fallback
         exchange.variant = target.variant
         try:

@@ -5,30 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from proxy.access_log import AccessLog, Entry
-from proxy.analysis.window import LocalObservations, Window
-from proxy.config.model import (
-    Config,
-    Ejection,
-    Fallback,
-    IPNetwork,
-    LatencyMeasure,
-    Route,
-    Upstream,
-    Variant,
-)
-from proxy.ejection import Breaker
-from proxy.forwarding import BODY_TOO_LARGE, Exchange, Limiter, Target, forward
+from proxy.access_log import AccessLog
+from proxy.analysis.window import LocalObservations, WindowRecorder
+from proxy.config.model import Config, Fallback, IPNetwork, Route, Upstream, Variant
+from proxy.ejection import Breaker, Ejections
+from proxy.forwarding import Exchange, Limiter, Target, forward
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.server import Request
-from proxy.metrics import ERROR_REASONS, Recorder, VariantMetrics
+from proxy.metrics import Recorder, VariantMetrics
+from proxy.outcome import FallbackReason, Observer, Outcome
 from proxy.rollout.controller import RolloutController
-from proxy.routing import Decision, RoutingTable, decide
+from proxy.routing import RoutingTable, decide
 from proxy.routing.client_ip import client_ip, is_trusted
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
-CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer started
 
 
 class HttpFacts:
@@ -65,8 +56,7 @@ class RouteWiring:
 
     route: Route
     targets: dict[Variant, Target]
-    metrics: dict[str, VariantMetrics]
-    windows: dict[str, Window] | None  # None when the route is not analysed
+    metrics: dict[str, VariantMetrics]  # (for the requests in flight)
     breaker: Breaker | None  # None when ejection is off
 
 
@@ -80,7 +70,8 @@ class Snapshot:
 
 
 class Gateway:
-    """The data plane: match a route, decide the variant, forward, record.
+    """The data plane: match a route, decide the variant, forward, and hand the outcome to the
+    observers (metrics, analysis windows, ejection, access log).
 
     `use` compiles a config into a new snapshot and swaps it in (a reload); requests in flight
     keep the one they started with. Connection limiters and ejection breakers outlive reloads.
@@ -96,11 +87,13 @@ class Gateway:
     ):
         self.controller = controller
         self.recorder = recorder
-        self.access_log = access_log
-        self.observations = observations
         self.client = UpstreamClient()
+        self.windows = WindowRecorder(observations)
+        self.ejections = Ejections()
+        self.observers: list[Observer] = [recorder, self.windows, self.ejections]
+        if access_log is not None:
+            self.observers.append(access_log)
         self._limiters: dict[tuple[str, int, int], Limiter] = {}
-        self._breakers: dict[tuple[str, str, Ejection], Breaker] = {}
         self.snapshot = self._compile(config)
 
     def use(self, config: Config) -> None:
@@ -108,9 +101,8 @@ class Gateway:
         self.snapshot = self._compile(config)
 
     def breaker(self, route: str) -> Breaker | None:
-        """The ejection breaker of `route` in the current snapshot."""
-        wiring = self.snapshot.routes.get(route)
-        return None if wiring is None else wiring.breaker
+        """The ejection breaker of `route` in the current config."""
+        return self.ejections.breaker(route)
 
     def _limiter(self, upstream: Upstream) -> Limiter:
         key = (upstream.url, upstream.max_connections, upstream.max_pending)
@@ -118,24 +110,18 @@ class Gateway:
             self._limiters[key] = Limiter(upstream.max_connections, upstream.max_pending)
         return self._limiters[key]
 
-    def _breaker(self, route: Route) -> Breaker | None:
-        if route.ejection is None:
-            return None
-        key = (route.name, route.candidate.url, route.ejection)
-        if key not in self._breakers:
-            self._breakers[key] = Breaker(route.name, route.ejection)
-        return self._breakers[key]
-
     def _target(self, route: str, variant: Variant, upstream: Upstream) -> Target:
         return Target(
             route,
-            variant.value,
+            variant,
             upstream,
             self._limiter(upstream),
             Origin(upstream.url, upstream.ca_file, upstream.keepalive_timeout),
         )
 
     def _compile(self, config: Config) -> Snapshot:
+        self.windows.use(config.routes)
+        self.ejections.use(config.routes)
         routes = {}
         for route in config.routes:
             routes[route.name] = RouteWiring(
@@ -145,8 +131,7 @@ class Gateway:
                     _CANDIDATE: self._target(route.name, _CANDIDATE, route.candidate),
                 },
                 metrics=self.recorder.route(route.name),
-                windows=self.observations.windows.get(route.name) if route.analysis else None,
-                breaker=self._breaker(route),
+                breaker=self.ejections.breaker(route.name),
             )
         return Snapshot(config, RoutingTable(config.routes), routes)
 
@@ -166,12 +151,12 @@ class Gateway:
         trusted_proxies = snapshot.config.server.trusted_proxies
         facts = HttpFacts(request, trusted_proxies)
         decision = decide(active, facts, self.controller.control(name, now))
-        exchange = Exchange()
         stable = wiring.targets[_STABLE]
         target, fallback = stable, None
+        exchange = Exchange(_STABLE)
         if decision.variant is _CANDIDATE:
             if wiring.breaker is not None and wiring.breaker.ejected(now):
-                exchange.fallback = "ejected"
+                exchange.fallback = FallbackReason.EJECTED
             else:
                 target = wiring.targets[_CANDIDATE]
                 fallback = None if route.fallback is Fallback.NEVER else stable
@@ -195,62 +180,22 @@ class Gateway:
             raise
         finally:
             counted.in_flight -= 1
-            duration = time.monotonic() - started
-            self._record(request, wiring, decision, exchange, now=now, duration=duration)
-
-    def _record(
-        self,
-        request: Request,
-        wiring: RouteWiring,
-        decision: Decision,
-        exchange: Exchange,
-        *,
-        now: float,
-        duration: float,
-    ) -> None:
-        """Count a finished request in metrics, analysis windows, the breaker and the log."""
-        if exchange.status == 0:
-            exchange.status = CLIENT_CLOSED
-        variant = exchange.variant or decision.variant.value
-        name = wiring.route.name
-        wiring.metrics[variant].observe(exchange, duration)
-        if exchange.fallback is not None:
-            self.recorder.fallbacks.labels(name, exchange.fallback).inc()
-        if exchange.first_error is not None:
-            # The candidate failed before stable answered: that failure is the candidate's.
-            failed = Exchange("candidate", 502, exchange.first_error)
-            if exchange.first_error in ERROR_REASONS:
-                wiring.metrics["candidate"].errors[exchange.first_error] += 1
-            self._observe(wiring, failed, duration)
-        if wiring.breaker is not None and (variant == "candidate" or exchange.first_error):
-            healthy = variant == "candidate" and exchange.error is None and exchange.status < 500
-            wiring.breaker.record(healthy, now)
-        self._observe(wiring, exchange, duration)
-        if self.access_log is not None and self.access_log.sampled():
-            self.access_log.record(
-                Entry(
-                    now,
-                    name,
-                    request.method,
-                    decision,
-                    exchange.status,
-                    exchange.error,
-                    duration,
-                    exchange.ttfb,
-                    request.body_bytes,
-                    exchange.bytes_out,
-                )
+            outcome = Outcome(
+                at=now,
+                route=name,
+                method=request.method,
+                decision=decision,
+                variant=exchange.variant,
+                status=exchange.status,
+                error=exchange.error,
+                refused=exchange.refused,
+                duration=time.monotonic() - started,
+                ttfb=exchange.ttfb,
+                bytes_in=request.body_bytes,
+                bytes_out=exchange.bytes_out,
+                fallback=exchange.fallback,
+                candidate_error=exchange.candidate_error,
+                candidate_status=exchange.candidate_status,
             )
-
-    @staticmethod
-    def _observe(wiring: RouteWiring, exchange: Exchange, duration: float) -> None:
-        """Feed one finished exchange to its route's analysis window."""
-        if wiring.windows is None or exchange.status == BODY_TOO_LARGE.status:
-            return
-        analysis = wiring.route.analysis
-        assert analysis is not None
-        error = exchange.error is not None or 500 <= exchange.status <= 599
-        latency = duration if analysis.latency is LatencyMeasure.DURATION else exchange.ttfb
-        if exchange.status == CLIENT_CLOSED:
-            latency = None  # cut short by the client: says nothing about the upstream's speed
-        wiring.windows[exchange.variant].add(time.time(), error, latency)
+            for observer in self.observers:
+                observer.record(outcome)

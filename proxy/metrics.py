@@ -24,8 +24,8 @@ from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.analysis.verdict import LATENCY_KEY, Verdict
-from proxy.config.model import Route
-from proxy.forwarding import Exchange
+from proxy.config.model import Route, Variant
+from proxy.outcome import Failure, Outcome
 from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
@@ -39,11 +39,11 @@ _BOUNDS = (*(repr(bound) for bound in LATENCY_BUCKETS), "+Inf")  # as prometheus
 _CLASS_OF_HUNDREDS = ("2xx", "2xx", "2xx", "3xx", "4xx", "5xx")
 
 
-def code_class(exchange: Exchange) -> str:
+def code_class(error: Failure | None, status: int) -> str:
     """`error` when the upstream failed, else the class of the status sent to the client."""
-    if exchange.error is not None:
+    if error is not None:
         return "error"
-    return _CLASS_OF_HUNDREDS[min(exchange.status // 100, 5)]
+    return _CLASS_OF_HUNDREDS[min(status // 100, 5)]
 
 
 class Buckets:
@@ -81,14 +81,14 @@ class VariantMetrics:
         self.ttfb = Buckets()
         self.in_flight = 0
 
-    def observe(self, exchange: Exchange, duration: float) -> None:
+    def observe(self, outcome: Outcome) -> None:
         """Count one finished request."""
-        self.requests[code_class(exchange)] += 1
-        if exchange.error is not None:
-            self.errors[exchange.error] += 1
-        self.duration.observe(duration)
-        if exchange.ttfb is not None:
-            self.ttfb.observe(exchange.ttfb)
+        self.requests[code_class(outcome.error, outcome.code)] += 1
+        if outcome.error is not None:
+            self.errors[outcome.error] += 1
+        self.duration.observe(outcome.duration)
+        if outcome.ttfb is not None:
+            self.ttfb.observe(outcome.ttfb)
 
 
 class _PerRequestCollector(Collector):
@@ -209,6 +209,21 @@ class Recorder:
         if bound is None:
             bound = self._routes[name] = {variant: VariantMetrics() for variant in VARIANTS}
         return bound
+
+    def record(self, outcome: Outcome) -> None:
+        """Count a finished request (an `Observer`). A candidate that failed before stable
+        answered in its place counts too: its upstream error, or its replayed 5xx."""
+        variants = self._routes.get(outcome.route)
+        if variants is None:
+            return  # the route left the config while the request was in flight
+        variants[outcome.variant].observe(outcome)
+        if outcome.fallback is not None:
+            self.fallbacks.labels(outcome.route, outcome.fallback).inc()
+        candidate = variants[Variant.CANDIDATE]
+        if outcome.candidate_error is not None:
+            candidate.errors[outcome.candidate_error] += 1
+        if outcome.candidate_status is not None:
+            candidate.requests[code_class(None, outcome.candidate_status)] += 1
 
     def keep_routes(self, names: set[str]) -> None:
         """Stop exporting the series of routes not in `names` (they left the config): a route

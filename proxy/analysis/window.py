@@ -6,10 +6,13 @@ and error counts and a fixed-size latency histogram.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.verdict import Sample
+from proxy.config.model import LatencyMeasure, Route, Variant
+from proxy.outcome import Outcome
 
 SLOTS = 12
 
@@ -94,3 +97,33 @@ class LocalObservations:
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]
         return windows["stable"].sample(now), windows["candidate"].sample(now)
+
+
+class WindowRecorder:
+    """Feeds each finished request to its route's analysis windows (an `Observer`).
+
+    A request the proxy refused itself says nothing of the upstreams and is left out; one whose
+    client left first counts, without a latency (cut short, it says nothing of speed); a
+    candidate that failed before stable answered in its place counts as a candidate error.
+    """
+
+    def __init__(self, observations: LocalObservations):
+        self._observations = observations
+        self._latency: dict[str, LatencyMeasure] = {}
+
+    def use(self, routes: Sequence[Route]) -> None:
+        """Follow a (new) config: which routes are analysed, on which latency."""
+        self._latency = {r.name: r.analysis.latency for r in routes if r.analysis is not None}
+
+    def record(self, outcome: Outcome) -> None:
+        measure = self._latency.get(outcome.route)
+        windows = self._observations.windows.get(outcome.route)
+        if measure is None or windows is None or outcome.refused:
+            return
+        now = outcome.at + outcome.duration
+        if outcome.candidate_failed:
+            windows[Variant.CANDIDATE].add(now, True, None)
+        latency = None
+        if outcome.status is not None:
+            latency = outcome.duration if measure is LatencyMeasure.DURATION else outcome.ttfb
+        windows[outcome.variant].add(now, outcome.failed, latency)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import json
 
-from proxy.access_log import AccessLog, Entry, hash_key
+from proxy.access_log import AccessLog, hash_key
 from proxy.config.model import AccessLogConfig, Variant
+from proxy.outcome import Outcome
 from proxy.routing import Decision, Reason
 
 
-def entry(key: str | None) -> Entry:
+def entry(key: str | None) -> Outcome:
     decision = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.2, "eu", 42, key)
-    return Entry(1_796_083_200.0, "r", "GET", decision, 200, None, 0.0123, 0.004, 10, 20)
+    return Outcome(
+        1_796_083_200.0,
+        "r",
+        "GET",
+        decision,
+        Variant.CANDIDATE,
+        200,
+        duration=0.0123,
+        ttfb=0.004,
+        bytes_in=10,
+        bytes_out=20,
+    )
 
 
 def test_line_hashes_the_key_with_the_secret():
@@ -46,7 +58,6 @@ def test_sampling_uses_the_injected_random(tmp_path):
     )
     log.start()
     for _ in range(4):
-        if log.sampled():
-            log.record(entry("u"))
+        log.record(entry("u"))
     log.close()
     assert len(path.read_text().splitlines()) == 2

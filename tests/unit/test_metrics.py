@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.forwarding import Exchange
+from proxy.config.model import Variant
 from proxy.metrics import LATENCY_BUCKETS, Recorder
+from proxy.outcome import Failure, Outcome
+from proxy.routing import Decision, Reason
+
+DECISION = Decision(Variant.STABLE, Reason.BUCKET, 0.0, None, 1, "u")
+
+
+def outcome(variant: Variant, status: int | None, **fields: Any) -> Outcome:
+    return Outcome(0.0, "r", "GET", DECISION, variant, status, **fields)
 
 
 def samples(recorder: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -22,7 +32,7 @@ def test_histogram_buckets_are_cumulative_and_inclusive_of_their_bound():
     recorder = Recorder()
     stable = recorder.route("r")["stable"]
     for seconds in (0.001, 0.005, 0.0051, 0.3, 61.0):
-        stable.observe(Exchange("stable", 200, ttfb=0.002), seconds)
+        stable.observe(outcome(Variant.STABLE, 200, ttfb=0.002, duration=seconds))
     m = samples(recorder)
 
     def bucket(le: str) -> float:
@@ -50,9 +60,9 @@ def test_histogram_buckets_are_cumulative_and_inclusive_of_their_bound():
 def test_requests_errors_and_in_flight_per_route_and_variant():
     recorder = Recorder()
     candidate = recorder.route("r")["candidate"]
-    candidate.observe(Exchange("candidate", 503), 0.01)
-    candidate.observe(Exchange("candidate", 502, error="connect"), 0.01)
-    candidate.observe(Exchange("candidate", 404), 0.01)
+    candidate.observe(outcome(Variant.CANDIDATE, 503))
+    candidate.observe(outcome(Variant.CANDIDATE, 502, error=Failure.CONNECT))
+    candidate.observe(outcome(Variant.CANDIDATE, 404))
     candidate.in_flight += 2
     m = samples(recorder)
     labels = (("route", "r"), ("variant", "candidate"))
@@ -76,7 +86,7 @@ def test_requests_errors_and_in_flight_per_route_and_variant():
 def test_routes_that_left_the_config_are_no_longer_exported():
     recorder = Recorder()
     for route in ("kept", "gone"):
-        recorder.route(route)["stable"].observe(Exchange("stable", 200), 0.01)
+        recorder.route(route)["stable"].observe(outcome(Variant.STABLE, 200))
         recorder.fallbacks.labels(route, "connect").inc()
         recorder.rollbacks.labels(route, "operator").inc()
         recorder.analysis_requests.labels(route, "candidate").set(5)

@@ -1,0 +1,128 @@
+"""Each observer of finished requests on its own, fed outcomes without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.analysis.window import LocalObservations, WindowRecorder
+from proxy.config.loader import parse_config
+from proxy.config.model import Route, Variant
+from proxy.ejection import Ejections
+from proxy.metrics import Recorder
+from proxy.outcome import CLIENT_CLOSED, Failure, FallbackReason, Outcome
+from proxy.routing import Decision, Reason
+
+T0 = 1_800_000_000.0
+DECISION = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.5, None, 10, "u")
+
+
+def routes(extra: str = "") -> tuple[Route, ...]:
+    return parse_config(
+        "routes:\n  - name: r\n    match: {path_prefix: /}\n"
+        '    stable: {url: "http://127.0.0.1:1"}\n    candidate: {url: "http://127.0.0.1:2"}\n'
+        '    cohort: {keys: ["header:U"]}\n' + extra
+    ).routes
+
+
+def outcome(variant: Variant, status: int | None, **fields: Any) -> Outcome:
+    return Outcome(T0, "r", "POST", DECISION, variant, status, **fields)
+
+
+def test_the_outcome_says_its_code_and_whether_it_failed():
+    assert outcome(Variant.STABLE, None).code == CLIENT_CLOSED
+    assert not outcome(Variant.STABLE, None).failed  # a client leaving is nobody's failure
+    assert outcome(Variant.STABLE, 503).failed and not outcome(Variant.STABLE, 499).failed
+    assert outcome(Variant.STABLE, 502, error=Failure.RESET).failed
+    assert outcome(Variant.STABLE, 200, candidate_status=503).candidate_failed
+    assert outcome(Variant.STABLE, 200, candidate_error=Failure.CONNECT).candidate_failed
+    assert not outcome(Variant.STABLE, 200, fallback=FallbackReason.EJECTED).candidate_failed
+
+
+def test_metrics_count_the_answer_the_fallback_and_the_candidates_failure():
+    recorder = Recorder()
+    recorder.route("r")
+    recorder.record(
+        outcome(
+            Variant.STABLE, 200, fallback=FallbackReason.CONNECT, candidate_error=Failure.CONNECT
+        )
+    )
+    recorder.record(
+        outcome(Variant.STABLE, 200, fallback=FallbackReason.FIVE_XX, candidate_status=503)
+    )
+    recorder.record(outcome(Variant.CANDIDATE, None))
+    counts = recorder.counts("r")
+    assert counts["stable"]["2xx"] == 2
+    assert counts["candidate"]["5xx"] == 1 and counts["candidate"]["4xx"] == 1  # 499
+    assert recorder.route("r")["candidate"].errors["connect"] == 1
+    fallbacks = {
+        s.labels["reason"]: s.value
+        for family in recorder.fallbacks.collect()
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert fallbacks == {"connect": 1, "5xx": 1}
+
+
+def test_metrics_of_a_route_that_left_the_config_are_not_recreated():
+    recorder = Recorder()
+    recorder.record(outcome(Variant.STABLE, 200))
+    assert recorder.counts("r")["stable"]["2xx"] == 0
+
+
+def analysed() -> tuple[LocalObservations, WindowRecorder]:
+    observations = LocalObservations({"r": 60.0})
+    windows = WindowRecorder(observations)
+    windows.use(routes("    analysis: {window: 60s, latency: duration}\n"))
+    return observations, windows
+
+
+def test_windows_count_errors_and_latency_but_not_what_the_proxy_refused():
+    observations, windows = analysed()
+    windows.record(outcome(Variant.CANDIDATE, 200, duration=0.1))
+    windows.record(outcome(Variant.CANDIDATE, 502, error=Failure.TIMEOUT, duration=5.0))
+    windows.record(outcome(Variant.CANDIDATE, None, duration=0.3))  # the client left
+    windows.record(outcome(Variant.CANDIDATE, 413, refused=True))
+    windows.record(outcome(Variant.STABLE, 200, candidate_error=Failure.CONNECT, duration=0.2))
+    stable, candidate = observations.samples("r", T0 + 10)
+    assert (candidate.requests, candidate.errors, sum(candidate.latency)) == (4, 2, 1)
+    assert (stable.requests, stable.errors, sum(stable.latency)) == (1, 0, 1)
+
+
+def test_windows_ignore_routes_without_analysis():
+    observations = LocalObservations({})
+    windows = WindowRecorder(observations)
+    windows.use(routes())
+    windows.record(outcome(Variant.CANDIDATE, 200))  # nothing to feed, nothing raised
+
+
+@pytest.mark.parametrize(
+    ("seen", "ejected"),
+    [
+        ([outcome(Variant.CANDIDATE, 503)] * 2, True),
+        ([outcome(Variant.STABLE, 200, candidate_error=Failure.CONNECT)] * 2, True),
+        ([outcome(Variant.CANDIDATE, 503), outcome(Variant.CANDIDATE, 200)] * 2, False),
+        ([outcome(Variant.STABLE, 503)] * 2, False),  # stable's failures are not the candidate's
+        ([outcome(Variant.CANDIDATE, None)] * 2, False),  # nor are clients that left
+    ],
+)
+def test_ejection_counts_only_the_candidates_own_failures(seen, ejected):
+    ejections = Ejections()
+    ejections.use(routes("    ejection: {consecutive_errors: 2, base_time: 30s}\n"))
+    for finished in seen:
+        ejections.record(finished)
+    breaker = ejections.breaker("r")
+    assert breaker is not None and breaker.ejected(T0 + 1) is ejected
+
+
+def test_a_breaker_outlives_a_reload_that_keeps_the_candidate_and_not_one_that_changes_it():
+    ejections = Ejections()
+    ejections.use(routes("    ejection: {consecutive_errors: 1}\n"))
+    first = ejections.breaker("r")
+    ejections.use(routes("    ejection: {consecutive_errors: 1}\n    ramp: {base: 0.5}\n"))
+    assert ejections.breaker("r") is first
+    ejections.use(routes("    ejection: {consecutive_errors: 2}\n"))
+    assert ejections.breaker("r") is not first
+    ejections.use(routes("    ejection: false\n"))
+    assert ejections.breaker("r") is None
