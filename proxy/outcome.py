@@ -15,9 +15,8 @@ Invariants
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from proxy.config.model import Variant
 from proxy.routing import Decision
@@ -44,9 +43,8 @@ class FallbackReason(StrEnum):
     EJECTED = "ejected"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One finished request."""
+class Outcome(NamedTuple):
+    """One finished request (a tuple: made for every request, it must be cheap to make)."""
 
     at: float  # wall time of its arrival
     route: str
