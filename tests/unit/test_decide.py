@@ -378,11 +378,11 @@ def test_a_keyless_request_in_a_segment_ramp_goes_to_stable_under_that_segment()
 
 
 @pytest.mark.parametrize(
-    ("drawn", "variant"),
-    [(0.4999, Variant.CANDIDATE), (0.5, Variant.STABLE)],  # buckets 4999 and 5000
+    ("drawn", "bucket_drawn", "variant"),
+    [(0.4999, 4999, Variant.CANDIDATE), (0.5, 5000, Variant.STABLE)],
 )
-def test_a_random_draw_equal_to_the_threshold_goes_to_stable(drawn, variant):
+def test_a_random_draw_equal_to_the_threshold_goes_to_stable(drawn, bucket_drawn, variant):
     """Under `missing: random` the draw is a bucket too: candidate iff below the threshold."""
     route = ActiveRoute.of(make_route(share=0.0, segments=(EU_HALF,), missing=Missing.RANDOM))
     decision = decide(route, Facts(headers=FROM_EU), Control(NOW, NOW), lambda: drawn)
-    assert decision == Decision(variant, Reason.RANDOM, 0.5, "eu", round(drawn * 10000))
+    assert decision == Decision(variant, Reason.RANDOM, 0.5, "eu", bucket_drawn)

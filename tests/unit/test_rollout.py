@@ -144,11 +144,6 @@ def test_set_share_accepts_exactly_zero_and_exactly_one(share):
     assert (after.history[-1].after, after.history[-1].share) == (State.PAUSED, share)
 
 
-def test_the_history_records_the_share_a_route_was_set_to():
-    after = apply(fresh(), ROUTE, Action.SET_SHARE, T0 + HOUR, actor="t", share=0.3)
-    assert after.history[-1].share == 0.3
-
-
 def test_a_share_given_with_another_action_is_ignored():
     paused = apply(fresh(), ROUTE, Action.PAUSE, T0 + HOUR, actor="t", share=0.9)
     assert (paused.share_override, paused.history[-1].share) == (None, None)
