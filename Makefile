@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(VENV)/.mutation-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutation]'
 	touch $@
 
 ## demo: the proxy in front of two bundled toy model servers, with synthetic users (Ctrl-C stops)
@@ -27,5 +31,16 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
+## mutation: mutmut over the pure decision code, judged by tests/unit (minutes; not part of test).
+## Starts from scratch each time; MUTATION_JOBS=N caps the worker processes (default: one a core).
+mutation: $(VENV)/.mutation-installed
+	rm -rf mutants
+	nice -n 19 $(BIN)/mutmut run $(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS))
+	@echo "Surviving mutants (the equivalent ones are listed in README.md, under Development):"
+	@$(BIN)/mutmut results
+	@$(BIN)/mutmut results --all true | awk '{ n[$$NF]++; t++ } END { \
+		for (s in n) printf "%s %d\n", s, n[s]; \
+		printf "mutation score: %.1f %% (%d of %d killed)\n", 100 * n["killed"] / t, n["killed"], t }'
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis mutants

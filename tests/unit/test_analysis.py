@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,7 @@ from proxy.analysis.histogram import (
     bucket_of,
     quantile,
     quantile_bounds,
+    value_at_rank,
     value_of,
 )
 from proxy.analysis.verdict import (
@@ -74,6 +76,68 @@ def test_quantile_bounds_cover_the_true_quantile_at_the_stated_rate():
     assert misses_low / runs < 0.08 and misses_high / runs < 0.08
 
 
+def test_the_lowest_bucket_stands_for_its_bound_and_the_others_for_their_geometric_middle():
+    assert value_of(0) == BOUNDS[0] == 0.0005
+    assert value_of(1) == pytest.approx(0.0005 * 1.1**0.5, rel=1e-12)  # √(0.0005 · 0.00055)
+
+
+def test_latencies_above_the_top_bucket_count_as_the_top_bound():
+    """The last, open bucket catches anything slower than 0.0005 · 1.1^140 ≈ 311.85 s."""
+    assert (len(BOUNDS), SIZE) == (141, 142)
+    assert BOUNDS[-1] == pytest.approx(311.8501278869912, rel=1e-12)
+    assert bucket_of(BOUNDS[-1]) == SIZE - 2 and bucket_of(312.0) == bucket_of(1e6) == SIZE - 1
+    assert value_of(SIZE - 1) == BOUNDS[-1]
+    assert quantile(histogram([400.0] * 10), 0.5) == BOUNDS[-1]
+
+
+def test_ranks_are_one_based_and_clamped_to_the_sample():
+    counts = [0] * SIZE
+    counts[10] = counts[20] = 1
+    assert [value_at_rank(counts, rank) for rank in (-1, 0, 1, 2, 3)] == [
+        value_of(10),
+        value_of(10),
+        value_of(10),
+        value_of(20),
+        value_of(20),
+    ]
+
+
+def test_a_histogram_without_buckets_is_an_error():
+    with pytest.raises(ValueError, match=r"^empty histogram$"):
+        value_at_rank((), 1)
+
+
+def ranked(below: int, ranks: int) -> list[int]:
+    """Counts with `below` observations in bucket 1, then one in each of the next `ranks`
+    buckets: the observation of rank `below + k` (k = 1..ranks) is alone in bucket k + 1."""
+    counts = [0] * SIZE
+    counts[1] = below
+    for bucket in range(2, ranks + 2):
+        counts[bucket] = 1
+    return counts
+
+
+# The ranks n·q ∓ z·√(n·q·(1 - q)) (floor for the lower bound, ceiling plus one for the upper),
+# computed with z = scipy.stats.norm.ppf(0.95). scipy.stats.binom confirms each one-sided bound
+# misses the true quantile less than 5 % of the time: 2.8 % and 2.8 % for (100, 0.5); 2.9 % and
+# 1.6 % for (300, 0.95).
+@pytest.mark.parametrize(
+    ("below", "ranks", "q", "low_rank", "high_rank"),
+    [
+        (0, 100, 0.5, 41, 60),  # 100 observations, the median
+        (270, 30, 0.95, 278, 293),  # 300 observations, p95
+    ],
+)
+def test_quantile_bounds_are_the_order_statistics_at_the_normal_approximation_ranks(
+    below, ranks, q, low_rank, high_rank
+):
+    counts = ranked(below, ranks)
+    assert quantile_bounds(counts, q, Z95) == (
+        value_of(low_rank - below + 1),
+        value_of(high_rank - below + 1),
+    )
+
+
 # --- statistics -------------------------------------------------------------------------------
 
 
@@ -88,6 +152,31 @@ def test_difference_bound_is_below_the_observed_difference():
     assert difference_lower_bound(30, 300, 3, 300, Z95) < 0.09
     assert difference_lower_bound(30, 300, 3, 300, Z95) > 0.05
     assert difference_lower_bound(0, 300, 0, 300, Z95) < 0
+
+
+def test_the_wilson_upper_bound_of_all_successes_is_exactly_one():
+    """Rounding would put it a hair above 1 (1.0000000000000002 for 25 of 25)."""
+    low, high = wilson(25, 25, Z95)
+    assert high == 1.0
+    assert low == pytest.approx(0.902346493993949, rel=1e-12)  # statsmodels proportion_confint
+
+
+# Newcombe's hybrid score lower bound of p1 - p2, one-sided at 95 %: the lower end of the
+# two-sided 90 % interval computed by statsmodels' confint_proportions_2indep(count1, nobs1,
+# count2, nobs2, method="newcomb", compare="diff", alpha=0.10) (statsmodels 0.15).
+NEWCOMBE_95 = [
+    ((30, 300, 3, 300), 0.060960339364229676),
+    ((24, 400, 4, 400), 0.02935821537379701),
+    ((12, 200, 2, 200), 0.02028682643032558),
+    ((6, 300, 3, 300), -0.0076165343410941385),
+    ((0, 300, 0, 300), -0.008937872175128186),
+]
+
+
+@pytest.mark.parametrize(("counts", "expected"), NEWCOMBE_95)
+def test_difference_bound_is_newcombes_hybrid_score_bound(counts, expected):
+    e1, n1, e2, n2 = counts
+    assert difference_lower_bound(e1, n1, e2, n2, Z95) == pytest.approx(expected, rel=1e-12)
 
 
 # --- verdicts ---------------------------------------------------------------------------------
@@ -161,6 +250,126 @@ def test_inconclusive_wins_over_pass_and_fail_over_both():
     assert all_errors.result is Result.FAIL
 
 
+def test_exactly_min_requests_per_variant_is_enough_for_a_verdict():
+    verdict = assess(sample(200, 0), sample(200, 0), SPEC, 0.0)
+    assert [c.result for c in verdict.checks] == [Result.PASS, Result.PASS]
+
+
+def test_latency_needs_min_requests_successful_requests_per_variant():
+    verdict = assess(sample(300, 0), sample(300, 101), SPEC, 0.0)  # 199 successes
+    assert [c.result for c in verdict.checks] == [Result.FAIL, Result.INCONCLUSIVE]
+
+
+def test_inconclusive_checks_report_threshold_sizes_and_why():
+    stable, candidate = sample(300, 0), sample(150, 0)
+    error, latency = (c.to_json() for c in assess(stable, candidate, SPEC, 0.0).checks)
+    sizes = {"stable": stable.summary(), "candidate": candidate.summary()}
+    why = "fewer than 200 requests per variant in the window"
+    assert error == {
+        "check": "error_rate",
+        "result": "inconclusive",
+        "threshold": 0.01,
+        "observed": None,
+        "bound": None,
+        **sizes,
+        "note": why,
+    }
+    assert latency == {
+        "check": "latency",
+        "result": "inconclusive",
+        "threshold": 1.5,
+        "observed": None,
+        "bound": None,
+        **sizes,
+        "note": why,
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate_errors", "result", "observed", "bound", "note"),
+    [
+        (30, "fail", 0.09, NEWCOMBE_95[0][1], "candidate error rate is higher than allowed"),
+        (6, "pass", 0.01, NEWCOMBE_95[3][1], "no significant error rate increase"),
+    ],
+)
+def test_error_rate_check_reports_the_difference_its_bound_and_the_outcome(
+    candidate_errors, result, observed, bound, note
+):
+    stable, candidate = sample(300, 3), sample(300, candidate_errors)
+    check = assess(stable, candidate, SPEC, 0.0).checks[0]
+    assert check.to_json() == {
+        "check": "error_rate",
+        "result": result,
+        "threshold": 0.01,
+        "observed": pytest.approx(observed, rel=1e-12),
+        "bound": pytest.approx(bound, rel=1e-12),
+        "stable": stable.summary(),
+        "candidate": candidate.summary(),
+        "note": note,
+    }
+
+
+def test_an_error_rate_bound_exactly_at_the_threshold_passes():
+    stable, candidate = sample(300, 3), sample(300, 30)
+    bound = assess(stable, candidate, SPEC, 0.0).checks[0].bound
+    assert bound is not None
+    at = replace(SPEC, max_error_rate_increase=bound)
+    below = replace(SPEC, max_error_rate_increase=math.nextafter(bound, 0.0))
+    assert assess(stable, candidate, at, 0.0).checks[0].result is Result.PASS
+    assert assess(stable, candidate, below, 0.0).checks[0].result is Result.FAIL
+
+
+# Bucket 39 holds 0.02 s and bucket 51 holds 0.06 s; a bucket stands for its geometric middle
+# 0.0005 · 1.1^(i - ½), so a single-bucket sample's quantile and both its bounds are that value.
+P95_AT_20MS = 0.0005 * 1.1**38.5  # 0.0196 s
+P95_AT_60MS = 0.0005 * 1.1**50.5  # 0.0616 s
+
+
+def test_latency_check_reports_the_ratio_its_bound_and_the_quantiles():
+    stable, candidate = sample(300, 0, [0.02] * 300), sample(300, 0, [0.06] * 300)
+    check = assess(stable, candidate, SPEC, 0.0).checks[1]
+    assert check.to_json() == {
+        "check": "latency",
+        "result": "fail",
+        "threshold": 1.5,
+        "observed": pytest.approx(1.1**12, rel=1e-12),
+        "bound": pytest.approx(1.1**12, rel=1e-12),
+        "stable": {**stable.summary(), "latency_quantile_seconds": pytest.approx(P95_AT_20MS)},
+        "candidate": {
+            **candidate.summary(),
+            "latency_quantile_seconds": pytest.approx(P95_AT_60MS),
+        },
+        "note": "candidate p95 is slower than allowed",
+    }
+
+
+@pytest.mark.parametrize(
+    ("q", "slower", "note"),
+    [
+        (0.95, 0.06, "candidate p95 is slower than allowed"),
+        (0.95, 0.021, "p95 within the ratio"),
+        (0.999, 0.021, "p99.9 within the ratio"),
+        (0.5, 0.06, "candidate p50 is slower than allowed"),
+    ],
+)
+def test_latency_note_names_the_quantile_as_a_percentile(q, slower, note):
+    spec = replace(SPEC, latency_quantile=q)
+    stable, candidate = sample(300, 0, [0.02] * 300), sample(300, 0, [slower] * 300)
+    assert assess(stable, candidate, spec, 0.0).checks[1].note == note
+
+
+def test_a_latency_bound_exactly_at_the_threshold_passes():
+    rng = random.Random(5)
+    fast = Sample(300, 0, histogram([rng.lognormvariate(math.log(0.02), 0.3) for _ in range(300)]))
+    slow = Sample(300, 0, histogram([rng.lognormvariate(math.log(0.05), 0.3) for _ in range(300)]))
+    bound = assess(fast, slow, SPEC, 0.0).checks[1].bound
+    assert bound is not None
+    at = replace(SPEC, max_latency_ratio=bound)
+    below = replace(SPEC, max_latency_ratio=math.nextafter(bound, 0.0))
+    assert assess(fast, slow, at, 0.0).checks[1].result is Result.PASS
+    assert assess(fast, slow, below, 0.0).checks[1].result is Result.FAIL
+
+
 # --- windows ----------------------------------------------------------------------------------
 
 
@@ -196,3 +405,30 @@ def test_observations_keep_windows_of_unchanged_span_across_updates():
     assert observations.windows["a"] is a
     assert observations.windows["b"] is not b
     assert set(observations.windows) == {"a", "b", "c"}
+
+
+def test_a_slot_from_exactly_one_span_ago_has_left_the_window():
+    window = Window(span=60.0)  # 5 s slots
+    window.add(1000.0, error=False, latency=0.01)  # slot 200
+    assert window.sample(1059.9).requests == 1  # slot 211: the window holds slots 200..211
+    assert window.sample(1060.0).requests == 0  # slot 212: slots 201..212
+
+
+# A 10 s window has slots of 10/12 s, which is not exact in binary: at these wall-clock times the
+# rounded quotient now / slot is a whole number while the floor division is one less. Slots are
+# numbered by floor division everywhere, so a request and a sample agree on where it belongs.
+EPOCH = 1_800_000_000.0  # 1800000000.0 / (10 / 12) rounds to 2160000000; its floor is 2159999999
+
+
+def test_a_request_is_in_a_sample_taken_the_instant_it_was_counted():
+    window = Window(span=10.0)
+    window.add(EPOCH, error=True, latency=None)
+    assert (window.sample(EPOCH).requests, window.sample(EPOCH).errors) == (1, 1)
+
+
+def test_a_request_stays_in_the_window_until_its_slot_is_a_full_span_old():
+    window = Window(span=10.0)
+    window.add(EPOCH, error=False, latency=0.01)
+    last_instant = 1800000009.1666667  # floor(t / slot) is 11 slots later; t / slot rounds to 12
+    assert window.sample(last_instant).requests == 1
+    assert window.sample(math.nextafter(last_instant, math.inf)).requests == 0

@@ -34,6 +34,13 @@ def test_rule_is_multiply_shift_of_salt_colon_key(salt, key, _):
     assert bucket(salt, key) == raw * 10000 // 2**32
 
 
+def test_a_key_that_was_not_utf8_on_the_wire_is_hashed_as_its_raw_bytes():
+    """The HTTP layer decodes such bytes as surrogate escapes; the hash sees the bytes again."""
+    key = b"\xff".decode("utf-8", "surrogateescape")
+    assert bucket("salt-1", key) == mmh3.hash(b"salt-1:\xff", 0, signed=False) * 10000 // 2**32
+    assert bucket("salt-1", key) == 136
+
+
 @pytest.mark.parametrize(
     ("share", "expected"),
     [(0.0, 0), (0.0001, 1), (0.00004, 0), (0.05, 500), (0.29, 2900), (0.5, 5000), (1.0, 10000)],

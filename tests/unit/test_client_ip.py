@@ -23,6 +23,8 @@ LB = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
         ("10.0.0.2", [], LB, "10.0.0.2"),  # no header: the peer
         ("fd00::1", ["2001:db8::5"], LB, "2001:db8::5"),
         ("10.0.0.2", ["garbage, 10.0.0.3"], LB, "garbage"),  # not an address: never matches
+        ("10.0.0.2", ["198.51.100.7, garbage"], LB, "garbage"),  # ...and is never a trusted hop
+        ("unix:/run/lb.sock", ["198.51.100.7"], LB, "unix:/run/lb.sock"),  # nor a trusted peer
         (None, ["198.51.100.7"], LB, None),
     ],
 )

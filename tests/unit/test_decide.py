@@ -27,6 +27,7 @@ from proxy.routing import (
     ActiveRoute,
     CompiledSegment,
     Control,
+    Decision,
     Reason,
     bucket,
     compile_condition,
@@ -101,6 +102,12 @@ NETS = ClientIpCondition(
             None,
             False,
         ),
+        (
+            AttributeCondition(KeySource(Source.QUERY, "device"), frozenset({"ios"})),
+            Facts(params={"device": "ios"}),
+            None,
+            True,
+        ),
         (PathPrefixCondition(("/v1/a", "/v2")), Facts(path="/v2/x"), None, True),
         (PathPrefixCondition(("/v1/a",)), Facts(path="/v1/b"), None, False),
         (NETS, Facts(client_ip="10.1.2.3"), None, True),
@@ -129,6 +136,39 @@ def test_segment_needs_all_when_and_no_unless():
     assert match_segment(compiled, Facts(headers=eu), "u1") is compiled[0]
     assert match_segment(compiled, Facts(headers=eu), "ops") is None
     assert match_segment(compiled, Facts(), "u1") is None
+
+
+@pytest.mark.parametrize(
+    ("network", "inside", "outside"),
+    [
+        ("10.0.0.0/8", ("10.0.0.0", "10.255.255.255"), ("9.255.255.255", "11.0.0.0")),
+        ("192.0.2.7/32", ("192.0.2.7",), ("192.0.2.6", "192.0.2.8")),
+        (
+            "2001:db8::/32",
+            ("2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ("2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db9::"),
+        ),
+    ],
+)
+def test_a_client_ip_block_includes_its_first_and_last_address_and_nothing_beyond(
+    network, inside, outside
+):
+    matches = compile_condition(ClientIpCondition((ipaddress.ip_network(network),)))
+    assert [matches(Facts(client_ip=ip), None) for ip in inside] == [True] * len(inside)
+    assert [matches(Facts(client_ip=ip), None) for ip in outside] == [False] * len(outside)
+
+
+def test_an_unless_condition_on_a_header_excludes_matching_requests():
+    seg = Segment(
+        "eu-not-staff",
+        when=(REGION,),
+        unless=(AttributeCondition(KeySource(Source.HEADER, "X-Group"), frozenset({"staff"})),),
+        ramp=Ramp(base=0.2),
+    )
+    compiled = [CompiledSegment.of(seg)]
+    eu = {"X-Region": "eu-west-1"}
+    assert match_segment(compiled, Facts(headers=eu), "u1") is compiled[0]
+    assert match_segment(compiled, Facts(headers={**eu, "X-Group": "staff"}), "u1") is None
 
 
 def test_first_matching_segment_wins():
@@ -270,3 +310,79 @@ def test_decision_keeps_the_key_for_hashing_only_when_there_is_one():
     route = ActiveRoute.of(make_route())
     assert decide(route, user("alice"), Control(NOW, NOW)).key == "alice"
     assert decide(route, Facts(), Control(NOW, NOW)).key is None
+
+
+# --- exact decisions at the edges -------------------------------------------------------------
+
+# Users of make_route() (salt "salt-1") whose buckets sit at the threshold of a 50 % share, found
+# by searching the ids user-0, user-1, ...; test_buckets_of_the_edge_users_are_pinned checks them.
+AT_HALF = "user-2486"  # bucket 5000: the threshold of share 0.5
+BELOW_HALF = "user-9883"  # bucket 4999
+EU_FULL = Segment("eu", when=(REGION,), ramp=Ramp(base=1.0))
+EU_HALF = Segment("eu", when=(REGION,), ramp=Ramp(base=0.5))
+FROM_EU = {"X-Region": "eu-west-1"}
+
+
+def test_buckets_of_the_edge_users_are_pinned():
+    assert (bucket("salt-1", AT_HALF), bucket("salt-1", BELOW_HALF)) == (5000, 4999)
+
+
+def test_a_user_whose_bucket_equals_the_threshold_stays_on_stable():
+    route = ActiveRoute.of(make_route(share=0.5))
+    assert decide(route, user(AT_HALF), Control(NOW, NOW)) == Decision(
+        Variant.STABLE, Reason.BUCKET, 0.5, None, 5000, AT_HALF
+    )
+
+
+def test_a_user_whose_bucket_is_one_below_the_threshold_gets_the_candidate():
+    route = ActiveRoute.of(make_route(share=0.5))
+    assert decide(route, user(BELOW_HALF), Control(NOW, NOW)) == Decision(
+        Variant.CANDIDATE, Reason.BUCKET, 0.5, None, 4999, BELOW_HALF
+    )
+
+
+@pytest.mark.parametrize(("forced", "share"), [(Variant.CANDIDATE, 1.0), (Variant.STABLE, 0.0)])
+def test_a_forced_variant_reports_a_share_of_one_or_zero_and_keeps_the_key_unhashed(forced, share):
+    route = ActiveRoute.of(make_route(share=0.5, segments=(STAFF,)))
+    assert decide(route, user("u-7"), Control(NOW, NOW, forced=forced)) == Decision(
+        forced, Reason.ROLLOUT, share, None, None, "u-7"
+    )
+
+
+@pytest.mark.parametrize(
+    ("segment", "variant", "share"),
+    [(STAFF, Variant.CANDIDATE, 1.0), (DENY, Variant.STABLE, 0.0)],
+)
+def test_a_pinned_segment_reports_a_share_of_one_or_zero_and_keeps_the_key_unhashed(
+    segment, variant, share
+):
+    route = ActiveRoute.of(make_route(share=0.5, segments=(segment,)))
+    facts = user("vip-1", **{"X-Group": "staff"})
+    assert decide(route, facts, Control(NOW, NOW)) == Decision(
+        variant, Reason.PINNED, share, segment.name, None, "vip-1"
+    )
+
+
+def test_a_keyless_request_in_a_segment_at_full_share_gets_the_candidate_under_that_segment():
+    route = ActiveRoute.of(make_route(share=0.0, segments=(EU_FULL,)))
+    assert decide(route, Facts(headers=FROM_EU), Control(NOW, NOW)) == Decision(
+        Variant.CANDIDATE, Reason.NO_KEY, 1.0, "eu"
+    )
+
+
+def test_a_keyless_request_in_a_segment_ramp_goes_to_stable_under_that_segment():
+    route = ActiveRoute.of(make_route(share=1.0, segments=(EU_HALF,)))
+    assert decide(route, Facts(headers=FROM_EU), Control(NOW, NOW)) == Decision(
+        Variant.STABLE, Reason.NO_KEY, 0.5, "eu"
+    )
+
+
+@pytest.mark.parametrize(
+    ("drawn", "bucket_drawn", "variant"),
+    [(0.4999, 4999, Variant.CANDIDATE), (0.5, 5000, Variant.STABLE)],
+)
+def test_a_random_draw_equal_to_the_threshold_goes_to_stable(drawn, bucket_drawn, variant):
+    """Under `missing: random` the draw is a bucket too: candidate iff below the threshold."""
+    route = ActiveRoute.of(make_route(share=0.0, segments=(EU_HALF,), missing=Missing.RANDOM))
+    decision = decide(route, Facts(headers=FROM_EU), Control(NOW, NOW), lambda: drawn)
+    assert decision == Decision(variant, Reason.RANDOM, 0.5, "eu", bucket_drawn)

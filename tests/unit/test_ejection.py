@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from proxy.config.model import Ejection
 from proxy.ejection import Breaker
 
 SPEC = Ejection(consecutive_errors=3, base_time=30.0, max_time=100.0)
+EPOCH = 1_800_000_000.0  # wall-clock time as the proxy passes it: 2027-01-15
+
+
+def ejected_at(now: float) -> Breaker:
+    """A breaker that has just ejected the candidate at `now` (until now + 30 s)."""
+    breaker = Breaker("r", SPEC)
+    for _ in range(SPEC.consecutive_errors):
+        breaker.record(False, now)
+    return breaker
 
 
 def test_ejects_after_consecutive_errors_only():
@@ -51,3 +64,51 @@ def test_a_long_healthy_spell_forgives_earlier_ejections():
         "ejections": 0,
         "consecutive_errors": 0,
     }
+
+
+def test_a_success_soon_after_an_ejection_at_wall_clock_times_keeps_the_count():
+    breaker = ejected_at(EPOCH)
+    breaker.record(True, EPOCH + 50.0)  # 20 s after the ejection ended
+    assert breaker.ejections == 1
+
+
+def test_a_success_exactly_max_time_after_the_ejection_ended_does_not_yet_forgive_it():
+    """Forgiven only *more* than `max_time` after the ejection ended."""
+    breaker = ejected_at(EPOCH)
+    breaker.record(True, EPOCH + 30.0 + 100.0)
+    assert breaker.ejections == 1
+    breaker.record(True, EPOCH + 30.0 + 100.5)
+    assert breaker.ejections == 0
+
+
+def test_an_ejection_starts_the_error_count_again():
+    breaker = ejected_at(EPOCH)
+    assert breaker.status(EPOCH)["consecutive_errors"] == 0
+    for _ in range(SPEC.consecutive_errors - 1):
+        breaker.record(False, EPOCH + 30.0)  # the ejection has ended
+    assert not breaker.ejected(EPOCH + 30.0)
+    breaker.record(False, EPOCH + 30.0)
+    assert breaker.ejected(EPOCH + 30.0) and breaker.until == EPOCH + 30.0 + 60.0
+
+
+def test_status_while_ejected_shows_until_when():
+    assert ejected_at(EPOCH).status(EPOCH + 29.0) == {
+        "ejected": True,
+        "until": EPOCH + 30.0,
+        "ejections": 1,
+        "consecutive_errors": 0,
+    }
+
+
+def test_an_ejection_is_logged_as_a_warning_naming_the_route_period_and_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="grayscale.ejection"):
+        ejected_at(EPOCH)
+    [record] = caplog.records
+    assert (record.levelno, record.name, record.getMessage()) == (
+        logging.WARNING,
+        "grayscale.ejection",
+        "candidate ejected for 30 s after 3 consecutive errors (ejection 1)",
+    )
+    assert getattr(record, "route", None) == "r"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from proxy.config.model import Ramp
@@ -38,3 +40,9 @@ def test_missing_start_uses_rollout_start():
     ramp = Ramp(base=0.1, slope=0.1, per=DAY)
     assert current_share(ramp, started_at=START, now=START + DAY) == pytest.approx(0.2)
     assert current_share(ramp, started_at=START, now=START - 1) == 0.0
+
+
+def test_a_share_clamped_at_zero_is_plain_zero_never_negative_zero():
+    """A ramp written with `base: -0.0` going down sits at 0 from its start: /status shows 0.0."""
+    share = ramp_share(Ramp(base=-0.0, slope=-0.1, per=DAY), START, START)
+    assert (share, math.copysign(1.0, share)) == (0.0, 1.0)

@@ -21,6 +21,7 @@ from proxy.rollout.machine import (
     Status,
     apply,
     forced_variant,
+    hold,
     identity_of,
     route_share,
     state_of,
@@ -132,8 +133,45 @@ def test_shares_and_forced_variants_per_state():
 
 def test_set_share_needs_a_share_in_range():
     for bad in (None, -0.1, 1.5):
-        with pytest.raises(ValueError, match="share"):
+        with pytest.raises(ValueError, match=r"^set_share needs a share between 0 and 1$"):
             apply(fresh(), ROUTE, Action.SET_SHARE, T0, actor="t", share=bad)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_set_share_accepts_exactly_zero_and_exactly_one(share):
+    after = apply(fresh(), ROUTE, Action.SET_SHARE, T0 + HOUR, actor="t", share=share)
+    assert (after.share_override, route_share(after, ROUTE, T0 + 2 * HOUR)) == (share, share)
+    assert (after.history[-1].after, after.history[-1].share) == (State.PAUSED, share)
+
+
+def test_a_share_given_with_another_action_is_ignored():
+    paused = apply(fresh(), ROUTE, Action.PAUSE, T0 + HOUR, actor="t", share=0.9)
+    assert (paused.share_override, paused.history[-1].share) == (None, None)
+    assert route_share(paused, ROUTE, T0 + 2 * HOUR) == pytest.approx(0.2)  # frozen at 1 h
+
+
+def test_a_refused_action_names_itself_and_the_state_in_plain_words():
+    promoted = apply(fresh(), ROUTE, Action.PROMOTE, T0 + HOUR, actor="t")
+    with pytest.raises(IllegalTransition) as info:
+        apply(promoted, ROUTE, Action.SET_SHARE, T0 + HOUR, actor="t", share=0.3)
+    assert str(info.value) == "cannot set share a rollout that is promoted"
+
+
+def test_holding_an_already_held_rollout_does_not_move_its_frozen_clock():
+    held = hold(fresh(), T0 + HOUR)
+    again = hold(held, T0 + 2 * HOUR)
+    assert again.frozen_at == T0 + HOUR and again.clock(T0 + 3 * HOUR) == T0 + HOUR
+    assert route_share(again, ROUTE, T0 + 3 * HOUR) == pytest.approx(0.2)  # the share at 1 h
+
+
+def test_pausing_a_held_rollout_keeps_the_clock_where_the_hold_stopped_it():
+    """The ramp stood still from the hold on, not from the pause: resume counts both."""
+    paused = apply(hold(fresh(), T0 + HOUR), ROUTE, Action.PAUSE, T0 + 2 * HOUR, actor="t")
+    assert paused.frozen_at == T0 + HOUR
+    assert route_share(paused, ROUTE, T0 + 3 * HOUR) == pytest.approx(0.2)  # the share at 1 h
+    resumed = apply(paused, ROUTE, Action.RESUME, T0 + 3 * HOUR, actor="t")
+    assert resumed.held == 2 * HOUR
+    assert route_share(resumed, ROUTE, T0 + 4 * HOUR) == pytest.approx(0.3)
 
 
 def test_explicit_ramp_start_decides_pending():
