@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.mutation-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,mutation]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,mutation]'
 	touch $@
 
 ## demo: the proxy in front of two bundled toy model servers, with synthetic users (Ctrl-C stops)

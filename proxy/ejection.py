@@ -34,14 +34,19 @@ class Breaker:
         return now < self.until
 
     def record(self, ok: bool, now: float) -> None:
-        """Note one candidate exchange: ok, or a connect error, timeout, reset or 5xx."""
+        """Note one candidate exchange: ok, or a connect error, timeout, reset or 5xx.
+
+        Failures while it is ejected (requests that were in flight when it was) do not count
+        toward the next ejection."""
         if ok:
             self.failures = 0
             if self.ejections and now - self.until > self.spec.max_time:
                 self.ejections = 0  # healthy for a long while: forgive earlier ejections
             return
+        if self.ejected(now):
+            return
         self.failures += 1
-        if self.failures < self.spec.consecutive_errors or self.ejected(now):
+        if self.failures < self.spec.consecutive_errors:
             return
         self.failures = 0
         self.ejections += 1

@@ -33,13 +33,15 @@ def value_of(index: int) -> float:
 def value_at_rank(counts: Sequence[int], rank: int) -> float:
     """The latency of the `rank`-th smallest observation (1-based, clamped to the sample)."""
     total = sum(counts)
+    if total == 0:
+        raise ValueError("empty histogram")
     rank = min(max(rank, 1), total)
     seen = 0
     for index, count in enumerate(counts):
         seen += count
         if seen >= rank:
             return value_of(index)
-    raise ValueError("empty histogram")
+    raise AssertionError("unreachable: 1 <= rank <= total")
 
 
 def quantile(counts: Sequence[int], q: float) -> float:

@@ -107,6 +107,11 @@ def test_a_histogram_without_buckets_is_an_error():
         value_at_rank((), 1)
 
 
+def test_a_histogram_without_observations_is_an_error_too():
+    with pytest.raises(ValueError, match=r"^empty histogram$"):
+        value_at_rank([0] * SIZE, 1)
+
+
 def ranked(below: int, ranks: int) -> list[int]:
     """Counts with `below` observations in bucket 1, then one in each of the next `ranks`
     buckets: the observation of rank `below + k` (k = 1..ranks) is alone in bucket k + 1."""

@@ -112,3 +112,14 @@ def test_an_ejection_is_logged_as_a_warning_naming_the_route_period_and_count(
         "candidate ejected for 30 s after 3 consecutive errors (ejection 1)",
     )
     assert getattr(record, "route", None) == "r"
+
+
+def test_errors_of_requests_in_flight_during_an_ejection_do_not_count_toward_the_next():
+    breaker = ejected_at(EPOCH)  # until EPOCH + 30
+    for _ in range(10):
+        breaker.record(False, EPOCH + 5)  # answers to requests sent before the ejection
+    breaker.record(False, EPOCH + 31)  # the first error after it: one of three, not a fourth
+    assert not breaker.ejected(EPOCH + 31)
+    breaker.record(False, EPOCH + 32)
+    breaker.record(False, EPOCH + 33)
+    assert breaker.ejected(EPOCH + 33) and breaker.until == EPOCH + 33 + 60

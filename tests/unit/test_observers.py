@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -126,3 +127,44 @@ def test_a_breaker_outlives_a_reload_that_keeps_the_candidate_and_not_one_that_c
     assert ejections.breaker("r") is not first
     ejections.use(routes("    ejection: false\n"))
     assert ejections.breaker("r") is None
+
+
+def test_observers_not_yet_given_a_config_record_nothing():
+    ejections, windows = Ejections(), WindowRecorder(LocalObservations({"r": 60.0}))
+    ejections.record(outcome(Variant.CANDIDATE, 503))
+    windows.record(outcome(Variant.CANDIDATE, 503))
+    assert ejections.breaker("r") is None
+
+
+def test_a_breaker_made_for_a_config_names_its_route(caplog):
+    ejections = Ejections()
+    ejections.use(routes("    ejection: {consecutive_errors: 1}\n"))
+    with caplog.at_level(logging.WARNING, logger="grayscale.ejection"):
+        ejections.record(outcome(Variant.CANDIDATE, 503))
+    (record,) = caplog.records
+    assert record.__dict__["route"] == "r"
+
+
+def test_windows_leave_out_a_route_that_has_windows_but_no_analysis_any_more():
+    observations = LocalObservations({"r": 60.0})
+    windows = WindowRecorder(observations)
+    windows.use(routes())  # a reload dropped its analysis; its windows are not yet gone
+    windows.record(outcome(Variant.CANDIDATE, 200))
+    assert observations.samples("r", T0 + 1)[1].requests == 0
+
+
+def test_windows_count_a_request_when_it_ends():
+    observations, windows = analysed()
+    windows.record(outcome(Variant.CANDIDATE, 200, duration=30.0))
+    assert observations.samples("r", T0 + 29)[1].requests == 0
+    assert observations.samples("r", T0 + 31)[1].requests == 1
+
+
+def test_windows_on_ttfb_take_the_time_to_first_byte_not_the_duration():
+    observations = LocalObservations({"r": 60.0})
+    windows = WindowRecorder(observations)
+    windows.use(routes("    analysis: {window: 60s, latency: ttfb}\n"))
+    windows.record(outcome(Variant.CANDIDATE, 200, duration=9.0, ttfb=0.01))
+    expected = LocalObservations({"r": 60.0})
+    expected.windows["r"]["candidate"].add(T0 + 9.0, False, 0.01)
+    assert observations.samples("r", T0 + 10) == expected.samples("r", T0 + 10)

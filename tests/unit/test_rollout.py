@@ -154,7 +154,7 @@ def test_a_refused_action_names_itself_and_the_state_in_plain_words():
     promoted = apply(fresh(), ROUTE, Action.PROMOTE, T0 + HOUR, actor="t")
     with pytest.raises(IllegalTransition) as info:
         apply(promoted, ROUTE, Action.SET_SHARE, T0 + HOUR, actor="t", share=0.3)
-    assert str(info.value) == "cannot set share a rollout that is promoted"
+    assert str(info.value) == "cannot set the share of a rollout that is promoted"
 
 
 def test_holding_an_already_held_rollout_does_not_move_its_frozen_clock():

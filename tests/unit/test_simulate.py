@@ -18,6 +18,7 @@ START = 1_796_083_200.0  # 2026-12-01T00:00:00Z
         (Ramp(base=0.05, slope=0.05, per=10.0, max=0.8), START + 150.0),
         (Ramp(base=0.0, slope=0.25, per=3600.0, max=1.0), START + 4 * 3600.0),
         (Ramp(base=0.8, slope=0.05, per=10.0, max=0.8), START),  # at its max from the start
+        (Ramp(base=0.8, slope=0.0, per=10.0, max=0.8), START),  # flat, and already at its max
         (Ramp(base=0.9, slope=0.0, per=10.0, max=0.5), START),  # clamped to max at once
         (Ramp(base=0.25, slope=0.0, per=10.0, max=1.0), None),  # does not grow
         (Ramp(base=0.5, slope=-0.1, per=10.0, max=1.0), None),  # shrinks
