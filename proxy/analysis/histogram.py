@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -32,16 +33,11 @@ def value_of(index: int) -> float:
 
 def value_at_rank(counts: Sequence[int], rank: int) -> float:
     """The latency of the `rank`-th smallest observation (1-based, clamped to the sample)."""
-    total = sum(counts)
-    if total == 0:
+    running = list(itertools.accumulate(counts))  # observations up to each bucket
+    if not running or running[-1] == 0:
         raise ValueError("empty histogram")
-    rank = min(max(rank, 1), total)
-    seen = 0
-    for index, count in enumerate(counts):
-        seen += count
-        if seen >= rank:
-            return value_of(index)
-    raise AssertionError("unreachable: 1 <= rank <= total")
+    rank = min(max(rank, 1), running[-1])
+    return value_of(bisect.bisect_left(running, rank))  # the first bucket holding that rank
 
 
 def quantile(counts: Sequence[int], q: float) -> float:
