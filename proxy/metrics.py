@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.analysis.verdict import LATENCY_KEY, Verdict
 from proxy.config.model import Route, Variant
-from proxy.outcome import Failure, Outcome
+from proxy.outcome import CLIENT_CLOSED, Failure, Outcome
 from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
@@ -83,9 +83,12 @@ class VariantMetrics:
 
     def observe(self, outcome: Outcome) -> None:
         """Count one finished request."""
-        self.requests[code_class(outcome.error, outcome.code)] += 1
-        if outcome.error is not None:
-            self.errors[outcome.error] += 1
+        error, status = outcome.error, outcome.status
+        if error is not None:
+            self.requests["error"] += 1
+            self.errors[error] += 1
+        else:
+            self.requests[_CLASS_OF_HUNDREDS[min((status or CLIENT_CLOSED) // 100, 5)]] += 1
         self.duration.observe(outcome.duration)
         if outcome.ttfb is not None:
             self.ttfb.observe(outcome.ttfb)
