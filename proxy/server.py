@@ -179,6 +179,7 @@ class Server:
         log.info("draining requests in flight (at most %.0f s)", drain)
         await self.listener.stop(drain)  # the admin API answers while the proxy drains
         await self._admin_runner.cleanup()
+        await self.controller.close()
         self.gateway.client.close()
         await self.notifier.close()
         if self.access_log is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,7 @@ from proxy.rollout.machine import (
     route_share,
     state_of,
 )
-from proxy.rollout.store import StateError, StateStore
+from proxy.rollout.store import Change, StateError, StateStore, StateUnavailable
 from proxy.routing import Control
 
 log = logging.getLogger("grayscale.rollout")
@@ -52,52 +54,52 @@ def last_activity(rollout: Rollout) -> float:
 
 
 class RolloutController:
-    """Holds each route's `Rollout`, applies actions to it, and saves it to a `StateStore`.
+    """Holds each route's `Rollout` as last known, applies actions through the `StateStore`, and
+    follows what other processes change there.
 
-    Changes take effect in this process at once; the store is written after, so a failing store
-    never delays a rollback.
+    With a shared store (Redis) an action is applied to the stored rollout and refused when the
+    store cannot be reached (`StateUnavailable`): nothing changes anywhere. With a file, a change
+    the file cannot take is still applied in this process, so a failing disk never delays a
+    rollback. Either way the data plane reads the last known state and never waits for a store.
     """
 
     def __init__(self, store: StateStore):
         self._store = store
         self._rollouts: dict[str, Rollout] = {}
         self._routes: dict[str, Route] = {}
+        self._provisional: set[str] = set()  # routes whose state could not be read yet
         self._lock = asyncio.Lock()
         self.rollback_listeners: list[RollbackListener] = []
-        self.store_error: str | None = None  # the last save's error, None when it worked
+        self._write_error: str | None = None  # the last write's error, None when it worked
         self.load_error: str | None = None  # why the state could not be read at start
+
+    @property
+    def store_error(self) -> str | None:
+        """Why the state store is not working now, or None."""
+        if not self._store.healthy:
+            return "the state store cannot be reached; serving on the last known state"
+        return self._write_error
 
     async def start(self, routes: Sequence[Route], now: float) -> None:
         """Load the stored state and line it up with `routes` (see `reconcile`).
 
         Unreadable state is set aside and every route starts rolled back (the candidate off):
-        with no record of what an operator or the analysis decided, that is the safe choice.
+        with no record of what an operator or the analysis decided, that is the safe choice. A
+        shared store that cannot be reached gives the same start, kept in this process only
+        until the store answers and says what the fleet decided.
         """
+        identities = {route.name: identity_of(route) for route in routes}
         try:
-            loaded = await self._store.load()
+            loaded = await self._store.load(identities)
         except StateError as exc:
             aside = await self._store.set_aside()
             self.load_error = str(exc) + (f" (set aside as {aside})" if aside else "")
             log.error("%s; every route starts rolled back until resumed", self.load_error)
-            loaded = {
-                route.name: Rollout(
-                    identity_of(route),
-                    started_at=now,
-                    status=Status.ROLLED_BACK,
-                    frozen_at=now,
-                    history=(
-                        Transition(
-                            Action.ROLLBACK,
-                            now,
-                            "system",
-                            State.RAMPING,
-                            State.ROLLED_BACK,
-                            "rollout state unreadable at start",
-                        ),
-                    ),
-                )
-                for route in routes
-            }
+            loaded = _rolled_back(routes, now, "rollout state unreadable at start")
+        except StateUnavailable as exc:
+            log.warning("%s: every route on stable until it can be reached", exc)
+            loaded = _rolled_back(routes, now, "rollout state store unavailable at start")
+            self._provisional = set(loaded)
         async with self._lock:
             self._rollouts = loaded
         await self.reconcile(routes, now)
@@ -106,28 +108,93 @@ class RolloutController:
         """Follow a (new) config; the store's error message when saving failed.
 
         A route whose candidate (URL and salt) is unchanged keeps its rollout; a new route or a
-        new candidate starts a fresh rollout at `now`. Rollouts of routes absent from `routes`
+        new candidate starts a fresh rollout at `now`, unless another process started it first
+        (the first one's start stands, for the whole fleet). A stored rollout that is behind
+        what this process knows (the store came back empty, or older) is written back: a route
+        rolled back here never flips back to ramping. Rollouts of routes absent from `routes`
         are kept, so a route that comes back resumes where it was, until nothing has happened
         to them for `FORGET_AFTER`: then they are dropped.
         """
         async with self._lock:
-            present = {route.name for route in routes}
-            rollouts = {
-                name: rollout
-                for name, rollout in self._rollouts.items()
-                if name in present or now - last_activity(rollout) < FORGET_AFTER
-            }
-            for route in routes:
-                stored = rollouts.get(route.name)
-                identity = identity_of(route)
-                if stored is not None and stored.identity == identity:
-                    continue
-                if stored is not None:
-                    log.info("new candidate on route %s: a new rollout starts", route.name)
-                rollouts[route.name] = Rollout(identity, started_at=now)
-            self._rollouts = rollouts
             self._routes = {route.name: route for route in routes}
-            return await self._save()
+            error = None
+            for route in routes:
+                error = await self._change(route.name, self._keeper(route, now)) or error
+            for name, rollout in list(self._rollouts.items()):
+                if name not in self._routes and now - last_activity(rollout) >= FORGET_AFTER:
+                    del self._rollouts[name]
+                    with contextlib.suppress(StateError, StateUnavailable):
+                        await self._store.forget(name)
+        identities = {route.name: identity_of(route) for route in routes}
+        await self._store.follow(identities, self._changed_elsewhere, self._recovered)
+        return error
+
+    def _keeper(self, route: Route, now: float) -> Change:
+        """The change that lines up the stored rollout of `route` with what this process knows."""
+        identity = identity_of(route)
+        local = self._rollouts.get(route.name)
+        known = None
+        if local is not None and local.identity == identity and route.name not in self._provisional:
+            known = local
+
+        def keep(stored: Rollout | None) -> Rollout:
+            if stored is not None and stored.identity == identity:
+                if known is not None and len(known.history) > len(stored.history):
+                    return known  # the store lost changes: what happened here stands
+                return stored
+            if known is not None:
+                return known
+            if stored is not None:
+                log.info("new candidate on route %s: a new rollout starts", route.name)
+            return Rollout(identity, started_at=now)
+
+        return keep
+
+    async def _change(self, name: str, change: Change) -> str | None:
+        """Apply `change` to route `name` in the store and here; the file's error, if any (the
+        change is then applied here only). Raises `StateUnavailable`, changing nothing, when a
+        shared store cannot be reached."""
+        try:
+            changed = await self._store.change(name, identity_of(self._routes[name]), change)
+        except StateUnavailable:
+            if name not in self._rollouts:  # a route new to this process: serve it on stable
+                self._rollouts[name] = _rolled_back(
+                    [self._routes[name]], time.time(), "rollout state store unavailable"
+                )[name]
+                self._provisional.add(name)
+            raise
+        except StateError as exc:
+            log.error("%s; the change holds in this process only", exc)
+            self._write_error = str(exc)
+            self._rollouts[name] = change(self._rollouts.get(name))
+            return self._write_error
+        self._write_error = None
+        self._rollouts[name] = changed
+        self._provisional.discard(name)
+        return None
+
+    def _changed_elsewhere(self, name: str, rollout: Rollout) -> None:
+        route = self._routes.get(name)
+        if route is None or rollout.identity != identity_of(route):
+            return
+        if self._rollouts.get(name) != rollout:
+            self._rollouts[name] = rollout
+            self._provisional.discard(name)
+            log.info(
+                "rollout of %s changed elsewhere: %s",
+                name,
+                state_of(rollout, route, time.time()).value,
+                extra={"route": name},
+            )
+
+    async def _recovered(self) -> None:
+        """The shared store answers again: line it up with what this process knows."""
+        with contextlib.suppress(StateUnavailable):
+            await self.reconcile(tuple(self._routes.values()), time.time())
+
+    async def close(self) -> None:
+        """Stop following the store."""
+        await self._store.close()
 
     def __contains__(self, name: object) -> bool:
         return name in self._routes
@@ -170,17 +237,23 @@ class RolloutController:
 
         Rollback listeners are called with the transition and `details` (e.g. the verdict).
         """
-        async with self._lock:
-            changed = apply(
-                self._rollouts[name],
-                self._routes[name],
+        route = self._routes[name]
+
+        def change(stored: Rollout | None) -> Rollout:
+            ours = stored is not None and stored.identity == identity_of(route)
+            return apply(
+                stored if stored is not None and ours else self._rollouts[name],
+                route,
                 action,
                 now,
                 actor=actor,
                 reason=reason,
                 share=share,
             )
-            self._rollouts[name] = changed
+
+        async with self._lock:
+            error = await self._change(name, change)
+            changed = self._rollouts[name]
             transition = changed.history[-1]
             audit.info(
                 "%s %s by %s: %s -> %s%s%s",
@@ -195,35 +268,47 @@ class RolloutController:
             )
             if action is Action.ROLLBACK:
                 for listener in self.rollback_listeners:
-                    listener(self._routes[name], transition, details)
-            error = await self._save()
+                    listener(route, transition, details)
         return Outcome(transition, persisted=error is None, error=error)
 
     async def set_hold(self, name: str, held: bool, now: float) -> bool:
         """Hold or release route `name`'s ramp clock; True when that changed anything."""
+
+        def change(stored: Rollout | None) -> Rollout:
+            rollout = stored if stored is not None else self._rollouts[name]
+            return hold(rollout, now) if held else release(rollout, now)
+
         async with self._lock:
-            rollout = self._rollouts[name]
-            changed = hold(rollout, now) if held else release(rollout, now)
-            if changed is rollout:
+            before = self._rollouts[name]
+            if (hold(before, now) if held else release(before, now)) is before:
+                return False  # already so here (and, as last known, in the store)
+            try:
+                await self._change(name, change)
+            except StateUnavailable:
                 return False
-            self._rollouts[name] = changed
             log.info(
                 "%s the ramp of %s", "holding" if held else "releasing", name, extra={"route": name}
             )
-            await self._save()
         return True
 
     def holding(self, name: str) -> bool:
         """Whether route `name`'s ramp is held by the analysis."""
         return holding(self._rollouts[name])
 
-    async def _save(self) -> str | None:
-        """Write every rollout; the error message when the store failed."""
-        try:
-            await self._store.save(self._rollouts)
-        except StateError as exc:
-            log.error("%s; the change holds in this process only", exc)
-            self.store_error = str(exc)
-            return self.store_error
-        self.store_error = None
-        return None
+
+def _rolled_back(routes: Sequence[Route], now: float, reason: str) -> dict[str, Rollout]:
+    """Every route rolled back by the system: the state to serve when none can be read."""
+    return {
+        route.name: Rollout(
+            identity_of(route),
+            started_at=now,
+            status=Status.ROLLED_BACK,
+            frozen_at=now,
+            history=(
+                Transition(
+                    Action.ROLLBACK, now, "system", State.RAMPING, State.ROLLED_BACK, reason
+                ),
+            ),
+        )
+        for route in routes
+    }

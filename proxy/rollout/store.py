@@ -1,35 +1,82 @@
-"""Where rollout state lives between restarts: a small interface and its backends."""
+"""Where rollout state lives between restarts and across processes: a small interface and its
+backends (memory, a file, and Redis in `redis_store`).
+
+Invariants
+- A route's rollout changes only through `change`: an atomic read-modify-write of that one
+  record, so two processes acting at once never lose one of the two actions (the second works
+  on the first's result).
+- `follow` tells the controller of changes made elsewhere (another worker, another replica), and
+  of the store coming back after it was unavailable, so that last known state can be written
+  back.
+- `StateUnavailable` means nothing was changed anywhere (a shared store that cannot be reached);
+  `StateError` that this process could not read or write its file.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from proxy.rollout.machine import Action, Rollout, State, Status, Transition
 
+log = logging.getLogger("grayscale.rollout")
+
 FORMAT_VERSION = 1
+FOLLOW_EVERY = 0.5  # seconds between checks of a file changed by another process
+
+Change = Callable[[Rollout | None], Rollout]  # the stored rollout (None: none yet) -> the new one
+Follower = Callable[[str, Rollout], None]  # a route's rollout, as changed elsewhere
+Recovery = Callable[[], Awaitable[None]]  # the store can be reached again
 
 
 class StateError(Exception):
     """The state store could not be read or written."""
 
 
-class StateStore(Protocol):
-    """Loads and saves every route's rollout at once."""
+class StateUnavailable(Exception):
+    """A shared state store cannot be reached: nothing was changed."""
 
-    async def load(self) -> dict[str, Rollout]:
-        """The stored rollouts by route name (empty when nothing was stored yet)."""
+
+class StateStore(Protocol):
+    """Rollouts by route name, each changed atomically; see the module's invariants."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the store answered the last time it was asked."""
         ...
 
-    async def save(self, rollouts: Mapping[str, Rollout]) -> None:
-        """Replace the stored rollouts."""
+    async def load(self, identities: Mapping[str, str]) -> dict[str, Rollout]:
+        """The stored rollouts by route name; `identities` names each configured route's
+        candidate (a store may keep one record per candidate)."""
+        ...
+
+    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+        """Replace route `name`'s rollout by `change(stored)`, atomically; the result."""
+        ...
+
+    async def forget(self, name: str) -> None:
+        """Drop route `name`'s rollout (its route left the config long ago)."""
+        ...
+
+    async def follow(
+        self, identities: Mapping[str, str], on_change: Follower, on_recovery: Recovery
+    ) -> None:
+        """Report changes made elsewhere to the routes in `identities` (called again when the
+        config changes), and the store's recovery after an outage."""
+        ...
+
+    async def close(self) -> None:
+        """Stop following."""
         ...
 
     async def set_aside(self) -> str | None:
@@ -40,31 +87,67 @@ class StateStore(Protocol):
 class MemoryStore:
     """Keeps state in this process only: a restart forgets it."""
 
+    healthy = True
+
     def __init__(self) -> None:
         self._rollouts: dict[str, Rollout] = {}
 
-    async def load(self) -> dict[str, Rollout]:
+    async def load(self, identities: Mapping[str, str] | None = None) -> dict[str, Rollout]:
         return dict(self._rollouts)
 
-    async def save(self, rollouts: Mapping[str, Rollout]) -> None:
-        self._rollouts = dict(rollouts)
+    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+        self._rollouts[name] = changed = change(self._rollouts.get(name))
+        return changed
+
+    async def forget(self, name: str) -> None:
+        self._rollouts.pop(name, None)
+
+    async def follow(
+        self, identities: Mapping[str, str], on_change: Follower, on_recovery: Recovery
+    ) -> None:
+        """Nothing changes it from elsewhere."""
+
+    async def close(self) -> None:
+        """Nothing to stop."""
 
     async def set_aside(self) -> str | None:
         return None
 
 
 class FileStore:
-    """A JSON file, replaced atomically (temp file, fsync, rename, fsync of the folder)."""
+    """A JSON file, replaced atomically (temp file, fsync, rename, fsync of the folder); each
+    change made under an exclusive lock on `<file>.lock`, so that the workers of one host
+    sharing the file never lose an update, and followed by polling for their changes."""
+
+    healthy = True
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._follower: asyncio.Task[None] | None = None
+        self._seen: tuple[int, int, int] | None = None
 
-    async def load(self) -> dict[str, Rollout]:
+    async def load(self, identities: Mapping[str, str] | None = None) -> dict[str, Rollout]:
         return await asyncio.to_thread(self._read)
 
-    async def save(self, rollouts: Mapping[str, Rollout]) -> None:
-        text = json.dumps(encode(rollouts), indent=2, sort_keys=True)
-        await asyncio.to_thread(self._write, text)
+    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+        return await asyncio.to_thread(self._change, name, change)
+
+    async def forget(self, name: str) -> None:
+        await asyncio.to_thread(self._forget, name)
+
+    async def follow(
+        self, identities: Mapping[str, str], on_change: Follower, on_recovery: Recovery
+    ) -> None:
+        if self._follower is None:
+            self._seen = self._signature()
+            self._follower = asyncio.get_running_loop().create_task(self._follow(on_change))
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
 
     async def set_aside(self) -> str | None:
         """Rename the unreadable file to `<name>.unreadable-<time>`, so saving cannot erase it."""
@@ -74,6 +157,53 @@ class FileStore:
         except OSError:
             return None
         return str(aside)
+
+    async def _follow(self, on_change: Follower) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_EVERY)
+            seen = self._signature()
+            if seen == self._seen:
+                continue
+            self._seen = seen
+            try:
+                rollouts = await asyncio.to_thread(self._read)
+            except StateError:
+                continue  # caught mid-change or broken: the next change or look will tell
+            for name, rollout in rollouts.items():
+                on_change(name, rollout)
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot write rollout state: {exc}") from exc
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _change(self, name: str, change: Change) -> Rollout:
+        with self._locked():
+            rollouts = self._read()
+            rollouts[name] = changed = change(rollouts.get(name))
+            self._write(json.dumps(encode(rollouts), indent=2, sort_keys=True))
+            self._seen = self._signature()  # our own change: nothing to follow
+        return changed
+
+    def _forget(self, name: str) -> None:
+        with self._locked():
+            rollouts = self._read()
+            if rollouts.pop(name, None) is not None:
+                self._write(json.dumps(encode(rollouts), indent=2, sort_keys=True))
+                self._seen = self._signature()
 
     def _read(self) -> dict[str, Rollout]:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -207,13 +209,18 @@ def test_encode_decode_round_trip():
     assert decode(json.loads(json.dumps(encode(rollouts)))) == rollouts
 
 
+async def save(store: FileStore, rollouts: dict[str, Rollout]) -> None:
+    for name, rollout in rollouts.items():
+        await store.change(name, rollout.identity, partial(lambda r, _: r, rollout))
+
+
 async def test_file_store_round_trip_and_leaves_no_temp_files(tmp_path):
     store = FileStore(tmp_path / "sub" / "state.json")
     assert await store.load() == {}
-    await store.save(sample())
-    await store.save(sample())
+    await save(store, sample())
+    await save(store, sample())
     assert await FileStore(tmp_path / "sub" / "state.json").load() == sample()
-    assert os.listdir(tmp_path / "sub") == ["state.json"]
+    assert sorted(os.listdir(tmp_path / "sub")) == ["state.json", "state.json.lock"]
 
 
 @pytest.mark.parametrize(
@@ -242,7 +249,7 @@ async def test_unwritable_state_file_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(StateError, match="cannot write"):
-        await FileStore(blocker / "state.json").save(sample())
+        await save(FileStore(blocker / "state.json"), sample())
 
 
 # --- controller -------------------------------------------------------------------------------
@@ -294,10 +301,10 @@ async def test_rollouts_of_routes_long_out_of_the_config_are_forgotten():
 class FlakyStore(MemoryStore):
     failing = False
 
-    async def save(self, rollouts):
+    async def change(self, name, identity, change):
         if self.failing:
             raise StateError("disk on fire")
-        await super().save(rollouts)
+        return await super().change(name, identity, change)
 
 
 @pytest.mark.logs_errors("disk on fire")
@@ -350,3 +357,28 @@ def test_restart_required_names_what_a_reload_cannot_change():
 )
 def test_a_refused_action_is_explained_in_a_sentence(action, state, message):
     assert str(IllegalTransition(action, state)) == message
+
+
+async def test_processes_sharing_a_state_file_lose_no_update_and_follow_each_other(tmp_path):
+    """The workers of one host on the file backend: one start for both, no lost action."""
+    path = tmp_path / "state.json"
+    first, second = RolloutController(FileStore(path)), RolloutController(FileStore(path))
+    await first.start([ROUTE], T0)
+    await second.start([ROUTE], T0 + 5)
+    assert second.rollout("r").started_at == T0  # the ramp started once, for both
+    await asyncio.gather(  # valid in either order: both must be in the history
+        first.act("r", Action.SET_SHARE, T0 + 10, actor="a", share=0.3),
+        second.act("r", Action.SET_SHARE, T0 + 10, actor="b", share=0.4),
+    )
+    stored = (await FileStore(path).load())["r"]
+    assert sorted(t.actor for t in stored.history) == ["a", "b"]
+    try:
+        await first.act("r", Action.ROLLBACK, T0 + 20, actor="a")
+        for _ in range(30):  # followed by polling the file twice a second
+            if second.state("r", T0 + 21) is State.ROLLED_BACK:
+                break
+            await asyncio.sleep(0.1)
+        assert second.state("r", T0 + 21) is State.ROLLED_BACK
+    finally:
+        for controller in (first, second):
+            await controller.close()
