@@ -36,6 +36,7 @@ from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
 from proxy.reload import ReloadResult
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
+from proxy.rollout.store import StateUnavailable
 from proxy.routing import current_share
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -186,10 +187,13 @@ class Admin:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """The config is loaded and the proxy listener accepts connections."""
+        """The config is loaded and the proxy listener accepts connections. A state store that
+        cannot be reached is reported but leaves the process ready: it serves on the last known
+        state."""
+        store = "healthy" if self.controller.store_error is None else "unavailable"
         if self.ready.is_set():
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+            return web.json_response({"status": "ready", "state_store": store})
+        return web.json_response({"status": "not ready", "state_store": store}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of every metric."""
@@ -298,7 +302,7 @@ class Admin:
                 ejected.add_metric((route.name,), 1.0 if breaker.ejected(now) else 0.0)
         healthy = GaugeMetricFamily(
             "grayscale_state_store_healthy",
-            "1 when the rollout state store's last write worked.",
+            "1 when the rollout state store answers and its last write worked.",
         )
         healthy.add_metric((), 0.0 if self.controller.store_error else 1.0)
         info = GaugeMetricFamily(
@@ -348,6 +352,10 @@ class Admin:
             except IllegalTransition as exc:
                 return error_response(
                     409, "illegal_transition", str(exc), route=name, state=exc.state.value
+                )
+            except StateUnavailable as exc:
+                return error_response(
+                    503, "state_unavailable", f"{exc}; nothing was changed: try again", route=name
                 )
             result = {
                 "route": name,

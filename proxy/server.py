@@ -23,6 +23,7 @@ from proxy.http.server import Listener
 from proxy.metrics import Recorder
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.rollout.controller import RolloutController
+from proxy.rollout.redis_store import RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
 
 log = logging.getLogger("grayscale.server")
@@ -35,9 +36,16 @@ def _url(address: object) -> str:
 
 def state_store(config: Config) -> StateStore:
     """The state store the config asks for."""
-    if config.state.backend is StateBackend.MEMORY:
+    state = config.state
+    if state.backend is StateBackend.MEMORY:
         return MemoryStore()
-    return FileStore(config.state.path)
+    if state.backend is StateBackend.REDIS:
+        if state.password_env and not os.environ.get(state.password_env):
+            log.warning(
+                "$%s is not set: connecting to Redis without a password", state.password_env
+            )
+        return RedisStore.from_env(state.url, state.key_prefix, state.password_env)
+    return FileStore(state.path)
 
 
 def _spans(config: Config) -> dict[str, float]:

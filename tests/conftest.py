@@ -23,6 +23,20 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say loudly which tests did not run for want of a system program (redis-server...)."""
+    missing: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        if "is not installed" in reason:
+            reason = reason.removeprefix("Skipped: ")
+            missing[reason] = missing.get(reason, 0) + 1
+    if missing:
+        terminalreporter.section("TESTS NOT RUN: system programs missing", sep="!", red=True)
+        for reason, count in missing.items():
+            terminalreporter.line(f"{count} tests skipped: {reason}", red=True, bold=True)
+
+
 class _Errors(logging.Handler):
     """Collects every record at ERROR or above."""
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -72,6 +72,7 @@ def parse_duration(text: str) -> float:
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,11 +373,54 @@ class _Parser:
         )
 
     def state(self, node: Node, path: str, default: StateConfig) -> StateConfig:
-        fields = self.mapping(node, path, ("backend", "path"))
+        fields = self.mapping(node, path, ("backend", "path", "url", "key_prefix", "password_env"))
         backend = default.backend
         if "backend" in fields:
             backend = self.choice(fields["backend"], _sub(path, "backend"), backend, StateBackend)
-        return StateConfig(backend, self.field(fields, "path", path, self.string, default.path))
+        redis_only = [name for name in ("url", "key_prefix", "password_env") if name in fields]
+        if redis_only and backend is not StateBackend.REDIS:
+            self.fail(
+                fields[redis_only[0]],
+                _sub(path, redis_only[0]),
+                "only for the redis backend: set backend: redis, or remove it",
+            )
+        return StateConfig(
+            backend,
+            self.field(fields, "path", path, self.string, default.path),
+            self.field(fields, "url", path, self.redis_url, default.url),
+            self.field(fields, "key_prefix", path, self.key_prefix, default.key_prefix),
+            self.field(fields, "password_env", path, self.string, "") or None,
+        )
+
+    def redis_url(self, node: Node, path: str, default: str) -> str:
+        value = self.string(node, path, "")
+        try:
+            parts = urlsplit(value)
+            valid = parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+            _ = parts.port
+            database = parts.path.strip("/")
+            valid = valid and (not database or database.isdigit())
+        except ValueError:
+            valid = False
+        if not valid or parts.fragment:
+            self.fail(
+                node, path, "expected a Redis URL like redis://127.0.0.1:6379/0 (or rediss://)"
+            )
+            return default
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            # A secret in the config would show in version control, /status and logs.
+            self.fail(node, path, "no password in the URL: name its variable in state.password_env")
+            return default
+        return value
+
+    def key_prefix(self, node: Node, path: str, default: str) -> str:
+        value = self.string(node, path, default)
+        if not _KEY_PREFIX.fullmatch(value):
+            self.fail(
+                node, path, "expected letters, digits and . _ - : (e.g. grayscale or prod:eu)"
+            )
+            return default
+        return value
 
     def admin(self, node: Node, path: str, default: AdminConfig) -> AdminConfig:
         fields = self.mapping(node, path, ("token_env", "protect_reads", "allowed_hosts"))

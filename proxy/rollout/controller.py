@@ -68,6 +68,7 @@ class RolloutController:
         self._rollouts: dict[str, Rollout] = {}
         self._routes: dict[str, Route] = {}
         self._provisional: set[str] = set()  # routes whose state could not be read yet
+        self._reports: dict[str, int] = {}  # changes made elsewhere reported, by route
         self._lock = asyncio.Lock()
         self.rollback_listeners: list[RollbackListener] = []
         self._write_error: str | None = None  # the last write's error, None when it worked
@@ -119,7 +120,7 @@ class RolloutController:
             self._routes = {route.name: route for route in routes}
             error = None
             for route in routes:
-                error = await self._change(route.name, self._keeper(route, now)) or error
+                error = (await self._change(route.name, self._keeper(route, now)))[1] or error
             for name, rollout in list(self._rollouts.items()):
                 if name not in self._routes and now - last_activity(rollout) >= FORGET_AFTER:
                     del self._rollouts[name]
@@ -139,7 +140,7 @@ class RolloutController:
 
         def keep(stored: Rollout | None) -> Rollout:
             if stored is not None and stored.identity == identity:
-                if known is not None and len(known.history) > len(stored.history):
+                if known is not None and _ahead(known, stored):
                     return known  # the store lost changes: what happened here stands
                 return stored
             if known is not None:
@@ -150,12 +151,18 @@ class RolloutController:
 
         return keep
 
-    async def _change(self, name: str, change: Change) -> str | None:
-        """Apply `change` to route `name` in the store and here; the file's error, if any (the
-        change is then applied here only). Raises `StateUnavailable`, changing nothing, when a
-        shared store cannot be reached."""
+    async def _change(self, name: str, change: Change) -> tuple[Rollout, str | None]:
+        """Apply `change` to route `name` in the store and here: the rollout it made, and the
+        file's error, if any (the change is then applied here only). Raises
+        `StateUnavailable`, changing nothing, when a shared store cannot be reached."""
+        identity = identity_of(self._routes[name])
+        reports = self._reports.get(name, 0)
         try:
-            changed = await self._store.change(name, identity_of(self._routes[name]), change)
+            changed = latest = await self._store.change(name, identity, change)
+            if self._reports.get(name, 0) != reports:
+                # A change made elsewhere was reported meanwhile, before or after ours: ask
+                # which is the latest rather than guess.
+                latest = (await self._store.load({name: identity})).get(name, changed)
         except StateUnavailable:
             if name not in self._rollouts:  # a route new to this process: serve it on stable
                 self._rollouts[name] = _rolled_back(
@@ -166,17 +173,18 @@ class RolloutController:
         except StateError as exc:
             log.error("%s; the change holds in this process only", exc)
             self._write_error = str(exc)
-            self._rollouts[name] = change(self._rollouts.get(name))
-            return self._write_error
+            self._rollouts[name] = changed = change(self._rollouts.get(name))
+            return changed, self._write_error
         self._write_error = None
-        self._rollouts[name] = changed
+        self._rollouts[name] = latest
         self._provisional.discard(name)
-        return None
+        return changed, None
 
     def _changed_elsewhere(self, name: str, rollout: Rollout) -> None:
         route = self._routes.get(name)
         if route is None or rollout.identity != identity_of(route):
             return
+        self._reports[name] = self._reports.get(name, 0) + 1
         if self._rollouts.get(name) != rollout:
             self._rollouts[name] = rollout
             self._provisional.discard(name)
@@ -252,8 +260,7 @@ class RolloutController:
             )
 
         async with self._lock:
-            error = await self._change(name, change)
-            changed = self._rollouts[name]
+            changed, error = await self._change(name, change)
             transition = changed.history[-1]
             audit.info(
                 "%s %s by %s: %s -> %s%s%s",
@@ -294,6 +301,14 @@ class RolloutController:
     def holding(self, name: str) -> bool:
         """Whether route `name`'s ramp is held by the analysis."""
         return holding(self._rollouts[name])
+
+
+def _ahead(known: Rollout, stored: Rollout) -> bool:
+    """Whether `known` continues `stored`: the store lost changes made after its own last one
+    (it was emptied or restored). Rollouts that went different ways keep the stored one."""
+    if known.last is None or known.last in stored.history:
+        return False
+    return stored.last is None or stored.last in known.history
 
 
 def _rolled_back(routes: Sequence[Route], now: float, reason: str) -> dict[str, Rollout]:

@@ -244,30 +244,37 @@ def encode(rollouts: Mapping[str, Rollout]) -> dict[str, Any]:
     """The JSON document of `rollouts`."""
     return {
         "version": FORMAT_VERSION,
-        "rollouts": {
-            name: {
-                "identity": r.identity,
-                "started_at": r.started_at,
-                "status": r.status.value,
-                "held": r.held,
-                "frozen_at": r.frozen_at,
-                "share_override": r.share_override,
-                "history": [
-                    {
-                        "action": t.action.value,
-                        "at": t.at,
-                        "actor": t.actor,
-                        "before": t.before.value,
-                        "after": t.after.value,
-                        "reason": t.reason,
-                        "share": t.share,
-                    }
-                    for t in r.history
-                ],
-            }
-            for name, r in rollouts.items()
-        },
+        "rollouts": {name: encode_rollout(r) for name, r in rollouts.items()},
     }
+
+
+def encode_rollout(r: Rollout) -> dict[str, Any]:
+    """The JSON object of one rollout."""
+    return {
+        "identity": r.identity,
+        "started_at": r.started_at,
+        "status": r.status.value,
+        "held": r.held,
+        "frozen_at": r.frozen_at,
+        "share_override": r.share_override,
+        "history": [
+            {
+                "action": t.action.value,
+                "at": t.at,
+                "actor": t.actor,
+                "before": t.before.value,
+                "after": t.after.value,
+                "reason": t.reason,
+                "share": t.share,
+            }
+            for t in r.history
+        ],
+    }
+
+
+def decode_rollout(document: Any, path: str) -> Rollout:
+    """One rollout from its JSON object; raises `ValueError` naming the bad field."""
+    return _Reader().rollout(document, path)
 
 
 def decode(document: Any) -> dict[str, Rollout]:

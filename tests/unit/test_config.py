@@ -243,6 +243,32 @@ def test_all_errors_reported_at_once_with_line_and_path():
             "test.yaml:5: routes[0].candidate.url: credentials in an upstream URL are not "
             "supported: remove them",
         ),
+        (
+            "state: {backend: redis, url: 'redis://:secret@r:6379'}\nroutes:\n" + MINIMAL_ROUTE,
+            "test.yaml:1: state.url: no password in the URL: name its variable in "
+            "state.password_env",
+        ),
+        (
+            "state: {backend: redis, url: 'redis://r:6379/0?password=x'}\nroutes:\n"
+            + MINIMAL_ROUTE,
+            "test.yaml:1: state.url: no password in the URL",
+        ),
+        (
+            "state: {backend: redis, url: 'http://r:6379'}\nroutes:\n" + MINIMAL_ROUTE,
+            "test.yaml:1: state.url: expected a Redis URL like redis://127.0.0.1:6379/0",
+        ),
+        (
+            "state: {backend: redis, url: 'redis://r/zero'}\nroutes:\n" + MINIMAL_ROUTE,
+            "test.yaml:1: state.url: expected a Redis URL",
+        ),
+        (
+            "state: {url: 'redis://r:6379'}\nroutes:\n" + MINIMAL_ROUTE,
+            "test.yaml:1: state.url: only for the redis backend: set backend: redis, or remove it",
+        ),
+        (
+            "state: {backend: redis, key_prefix: 'a b'}\nroutes:\n" + MINIMAL_ROUTE,
+            "test.yaml:1: state.key_prefix: expected letters, digits and . _ - :",
+        ),
     ],
 )
 def test_single_errors(text, expected):
@@ -282,7 +308,8 @@ server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.
           max_body_bytes: 5, client_body_timeout: 6s, send_timeout: 7s, shutdown_delay: 3s,
           drain_timeout: 4s}}
 admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
-state: {{backend: memory, path: x.json}}
+state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",
+         password_env: REDIS_PW}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
 routes:
   - name: r

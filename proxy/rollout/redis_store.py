@@ -1,0 +1,292 @@
+"""Rollout state shared by a fleet of replicas (and the workers of each) on Redis.
+
+Invariants
+- One record per route and candidate, `<prefix>:rollout:<route>:<candidate digest>`: replicas
+  that run different candidates on a route (a config being rolled out) never overwrite each
+  other's rollout.
+- A record changes only by compare-and-set on its version (a Lua script, atomic in Redis): of two
+  replicas acting at once, the second works on the first's result, or is refused as the state
+  machine refuses any illegal action. A new rollout is created only if absent, so its start
+  (when the config leaves it out) is set once for the whole fleet.
+- Every change is published on `<prefix>:changes`; each replica also re-reads its records every
+  `REREAD_EVERY`, so a missed message delays a change by at most that long.
+- When Redis cannot be reached, nothing changes (`StateUnavailable`, quickly), the data plane
+  serves on the last known state, and the outage is logged once. When Redis answers again, or a
+  record is found missing (a failover to an empty instance, an expired key), the controller is
+  told, and writes back what it knows.
+- A password is read from an environment variable, never from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from proxy.rollout.machine import Rollout
+from proxy.rollout.store import (
+    Change,
+    Follower,
+    Recovery,
+    StateError,
+    StateUnavailable,
+    decode_rollout,
+    encode_rollout,
+)
+
+log = logging.getLogger("grayscale.state")
+
+REREAD_EVERY = 1.0  # seconds between re-reads of this replica's records (if a message is missed)
+TIMEOUT = 1.0  # seconds a Redis call may take before the store counts as unavailable
+KEEP_FOR = 30 * 86400  # seconds a record lives without being read by a replica that has it
+RETRIES = 20  # compare-and-set attempts before a change gives up (records in fierce contention)
+
+# KEYS[1] the record; ARGV: expected version (0: absent), new document, its time to live, the
+# channel to publish the change on. 1 when set, 0 when the version had moved on.
+_COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+local version = 0
+if current then
+  local ok, document = pcall(cjson.decode, current)
+  if not ok or type(document) ~= 'table' then return 0 end
+  version = document['version']
+end
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return 1
+"""
+
+
+class RedisStore:
+    """Each route's rollout in Redis, changed by compare-and-set and followed by every replica."""
+
+    def __init__(self, url: str, key_prefix: str, password: str | None = None):
+        self._redis = Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=TIMEOUT,
+            socket_connect_timeout=TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._prefix = key_prefix
+        self._channel = f"{key_prefix}:changes"
+        self._cas = self._redis.register_script(_COMPARE_AND_SET)
+        self._keys: dict[bytes, str] = {}  # followed records -> route names
+        self._on_change: Follower | None = None
+        self._on_recovery: Recovery | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._unreadable: list[str] = []  # records found unreadable by `load`
+        self._reported: set[bytes] = set()  # unreadable records already logged
+        parts = urlsplit(url)
+        self._where = f"redis at {parts.hostname}:{parts.port or 6379}"
+        self._reading = asyncio.Lock()
+        self._closing = False  # a read and its report never straddle a change of ours
+        self.healthy = True
+
+    @classmethod
+    def from_env(cls, url: str, key_prefix: str, password_env: str | None) -> RedisStore:
+        """A store whose password (if any) is in the environment variable `password_env`."""
+        password = os.environ.get(password_env) if password_env else None
+        return cls(url, key_prefix, password or None)
+
+    def key(self, name: str, identity: str) -> str:
+        """The record of route `name`'s rollout of the candidate `identity`."""
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return f"{self._prefix}:rollout:{name}:{digest}"
+
+    async def load(self, identities: Mapping[str, str]) -> dict[str, Rollout]:
+        if not identities:
+            return {}
+        names = list(identities)
+        keys = [self.key(name, identities[name]) for name in names]
+        values = await self._call(self._redis.mget(keys))
+        loaded: dict[str, Rollout] = {}
+        self._unreadable = []
+        for name, key, value in zip(names, keys, values, strict=True):
+            try:
+                rollout = self._parse(value)[1]
+            except ValueError as exc:
+                self._unreadable.append(key)
+                error = StateError(f"{self._where}, {key}: rollout record unreadable: {exc}")
+                continue
+            if rollout is not None:
+                loaded[name] = rollout
+        if self._unreadable:
+            raise error
+        return loaded
+
+    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+        async with self._reading:
+            return await self._change(name, identity, change)
+
+    async def _change(self, name: str, identity: str, change: Change) -> Rollout:
+        key = self.key(name, identity)
+        for _ in range(RETRIES):
+            try:
+                version, stored = self._parse(await self._call(self._redis.get(key)))
+            except ValueError as exc:
+                raise StateError(
+                    f"{self._where}, {key}: rollout record unreadable: {exc}"
+                ) from None
+            changed = change(stored)
+            if stored is not None and changed == stored:
+                await self._call(self._redis.expire(key, KEEP_FOR))
+                return stored
+            document = json.dumps({"version": version + 1, "rollout": encode_rollout(changed)})
+            if await self._call(
+                self._cas(keys=[key], args=[version, document, KEEP_FOR, self._channel])
+            ):
+                return changed
+        raise StateUnavailable(f"the record of {name} kept changing: try again")
+
+    async def forget(self, name: str) -> None:
+        """Records expire by themselves: other replicas may still have the route."""
+
+    async def follow(
+        self, identities: Mapping[str, str], on_change: Follower, on_recovery: Recovery
+    ) -> None:
+        self._keys = {
+            self.key(name, identity).encode(): name for name, identity in identities.items()
+        }
+        self._on_change, self._on_recovery = on_change, on_recovery
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+        await self._redis.aclose()
+
+    async def set_aside(self) -> str | None:
+        """Rename the records `load` found unreadable to `<key>:unreadable-<time>`."""
+        moved = []
+        for key in self._unreadable:
+            aside = f"{key}:unreadable-{int(time.time())}"
+            with contextlib.suppress(StateUnavailable, RedisError):
+                await self._call(self._redis.rename(key, aside))
+                moved.append(aside)
+        self._unreadable = []
+        return ", ".join(moved) or None
+
+    # --- following ------------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Listen for changes, re-read every record now and then, reconnect after an outage."""
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                recovered = not self.healthy
+                missing = await self._reread()
+                self._answered()
+                delay = 0.1
+                if (recovered or missing) and self._on_recovery is not None:
+                    await self._on_recovery()
+                next_read = loop.time() + REREAD_EVERY
+                while True:
+                    wait = max(0.0, next_read - loop.time())
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    if self._closing:  # (a cancellation arriving as the wait times out is lost)
+                        return
+                    if message is not None and message["data"] in self._keys:
+                        await self._read(message["data"])  # (a missing one: the next re-read)
+                    if loop.time() >= next_read:
+                        next_read = loop.time() + REREAD_EVERY
+                        if await self._reread() and self._on_recovery is not None:
+                            await self._on_recovery()  # a record vanished: write it back
+            except (RedisError, OSError, StateUnavailable) as exc:
+                self._unavailable(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _reread(self) -> bool:
+        """Read every followed record; True when one of them is missing."""
+        keys = list(self._keys)
+        if not keys:
+            return False
+        async with self._reading:
+            return self._report(keys, await self._call(self._redis.mget(keys)))
+
+    def _report(self, keys: list[bytes], values: list[bytes | None]) -> bool:
+        """Tell the controller of the records read; True when one of them is missing."""
+        missing = False
+        for key, value in zip(keys, values, strict=True):
+            try:
+                rollout = self._parse(value)[1]
+            except ValueError as exc:
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.error("%s, %s: rollout record unreadable: %s", self._where, key, exc)
+                continue
+            self._reported.discard(key)
+            name = self._keys.get(key)
+            if rollout is None:
+                missing = True
+            elif name is not None and self._on_change is not None:
+                self._on_change(name, rollout)
+        return missing
+
+    async def _read(self, key: bytes) -> None:
+        async with self._reading:
+            self._report([key], [await self._call(self._redis.get(key))])
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    async def _call(self, call: Any) -> Any:
+        """Await a Redis call; `StateUnavailable` when Redis cannot be reached."""
+        try:
+            result = await call
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+            raise StateUnavailable(f"the state store cannot be reached: {exc}") from exc
+        self._answered()
+        return result
+
+    def _unavailable(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("state store unavailable: %s; serving on the last known state", exc)
+            self.healthy = False
+
+    def _answered(self) -> None:
+        if not self.healthy:
+            log.info("state store reachable again")
+            self.healthy = True
+
+    @staticmethod
+    def _parse(value: bytes | None) -> tuple[int, Rollout | None]:
+        """A record's version and rollout (0 and None when absent); `ValueError` naming what
+        is wrong when it cannot be read (a corrupt record, or one of a newer format)."""
+        if value is None:
+            return 0, None
+        try:
+            document = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise ValueError("expected an object")
+        version = document.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version: expected a positive whole number, got {version!r}")
+        return version, decode_rollout(document.get("rollout"), "rollout")

@@ -1,0 +1,169 @@
+"""Replicas on one Redis act as one proxy: an action on any of them reaches all of them, two
+actions at once both hold, and an outage or an emptied Redis loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from tests.fleet.conftest import ReplicaFactory
+from tests.fleet.redis_server import RedisServer
+from tests.integration.conftest import route_yaml, upstreams, url_of
+
+__all__ = ["upstreams"]
+
+
+def fleet_config(
+    folder: Path, redis: RedisServer, stable: TestServer, candidate: TestServer, share: float = 1.0
+) -> Path:
+    path = folder / "fleet.yaml"
+    path.write_text(
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+        f'state: {{backend: redis, url: "{redis.url}", key_prefix: "t"}}\n'
+        "routes:\n" + route_yaml(url_of(stable), url_of(candidate), share=share)
+    )
+    return path
+
+
+async def variant(session: aiohttp.ClientSession, proxy_url: str, user: str) -> str:
+    async with session.get(f"{proxy_url}/echo", headers={"X-User-Id": user}) as response:
+        assert response.status == 200
+        return str((await response.json())["upstream"])
+
+
+async def state_of(session: aiohttp.ClientSession, admin_url: str) -> str:
+    async with session.get(f"{admin_url}/status") as response:
+        return str((await response.json())["routes"][0]["state"])
+
+
+async def test_a_rollback_on_one_replica_reaches_the_others_within_a_second(
+    tmp_path, redis_server, upstreams, replicas: ReplicaFactory
+):
+    config = fleet_config(tmp_path, redis_server, *upstreams)
+    fleet = [await replicas(config) for _ in range(3)]
+    async with aiohttp.ClientSession() as session:
+        for replica in fleet:
+            assert await variant(session, replica.proxy_url, "u1") == "candidate"
+        started = time.monotonic()
+        status, body = await fleet[0].action(session, "models", "rollback", reason="bad scores")
+        assert (status, body["after"]) == (200, "rolled_back"), body
+        reached: dict[int, float] = {}
+        while len(reached) < 2 and time.monotonic() - started < 5:
+            for i in (1, 2):
+                if i not in reached and await state_of(session, fleet[i].admin_url) == (
+                    "rolled_back"
+                ):
+                    reached[i] = time.monotonic() - started
+            await asyncio.sleep(0.01)
+        print(f"\nrollback reached the other replicas after {sorted(reached.values())} s")
+        assert sorted(reached) == [1, 2], reached
+        assert max(reached.values()) < 1.0
+        for replica in fleet:
+            assert await variant(session, replica.proxy_url, "u1") == "stable"
+            assert replica.logged("ERROR") == []
+
+
+async def test_actions_on_two_replicas_at_once_are_both_applied_or_refused(
+    tmp_path, redis_server, upstreams, replicas: ReplicaFactory
+):
+    """A rollback racing a share change: whichever lands second works on the first's result,
+    so the rollback is never overwritten (the route ends rolled back every time)."""
+    config = fleet_config(tmp_path, redis_server, *upstreams)
+    a, b = await replicas(config), await replicas(config)
+    outcomes = {"share first": 0, "rollback first": 0}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(15):
+            (share_status, share_body), (rollback_status, _) = await asyncio.gather(
+                a.action(session, "models", "share", share=0.3),
+                b.action(session, "models", "rollback"),
+            )
+            assert rollback_status == 200
+            if share_status == 200:
+                outcomes["share first"] += 1
+            else:
+                assert (share_status, share_body["state"]) == (409, "rolled_back")
+                outcomes["rollback first"] += 1
+            for replica in (a, b):
+                assert await eventually_state(session, replica.admin_url, "rolled_back")
+                route = (await replica.status(session))["routes"][0]  # type: ignore[index]
+                assert route["last_transition"]["action"] == "rollback"
+            resumed, body = await a.action(session, "models", "resume")
+            assert resumed == 200, body
+            assert await eventually_state(session, b.admin_url, "complete")
+    print(f"\nraces: {outcomes}")
+
+
+async def eventually_state(session: aiohttp.ClientSession, admin_url: str, state: str) -> bool:
+    """Whether the replica's route shows `state` within a second."""
+    for _ in range(100):
+        if await state_of(session, admin_url) == state:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_the_ramp_starts_once_for_the_whole_fleet(
+    tmp_path, redis_server, upstreams, replicas: ReplicaFactory
+):
+    stable, candidate = upstreams
+    config = fleet_config(tmp_path, redis_server, stable, candidate, share=0.1)
+    first = await replicas(config)
+    await asyncio.sleep(1.1)
+    second = await replicas(config)
+    async with aiohttp.ClientSession() as session:
+        starts = [
+            (await replica.status(session))["routes"][0]["rollout"]["started_at"]  # type: ignore[index]
+            for replica in (first, second)
+        ]
+    assert starts[0] == starts[1]
+
+
+async def test_a_redis_outage_costs_no_request_and_an_emptied_redis_no_rollback(
+    tmp_path, redis_server, upstreams, replicas: ReplicaFactory
+):
+    stable, candidate = upstreams
+    config = fleet_config(tmp_path, redis_server, stable, candidate, share=0.5)
+    a, b = await replicas(config), await replicas(config)
+    async with aiohttp.ClientSession() as session:
+        status, _ = await a.action(session, "models", "rollback", reason="bad scores")
+        assert status == 200
+        assert await eventually_state(session, b.admin_url, "rolled_back")
+        redis_server.kill()
+
+        # The data plane serves on the last known state.
+        for i in range(40):
+            assert await variant(session, (a, b)[i % 2].proxy_url, f"u{i}") == "stable"
+        # Actions are refused quickly, with a reason, and change nothing.
+        started = time.monotonic()
+        status, body = await b.action(session, "models", "resume")
+        assert time.monotonic() - started < 3
+        assert (status, body["error"]) == (503, "state_unavailable"), body
+        for replica in (a, b):
+            assert (await replica.status(session))["state"]["healthy"] is False  # type: ignore[index]
+            async with session.get(f"{replica.admin_url}/readyz") as response:
+                assert response.status == 200
+                assert (await response.json())["state_store"] == "unavailable"
+            async with session.get(f"{replica.admin_url}/metrics") as response:
+                assert "grayscale_state_store_healthy 0.0" in await response.text()
+        await asyncio.sleep(2.5)  # reconnection attempts: logged once per outage, not each time
+        for replica in (a, b):
+            assert len(replica.logged("state store unavailable")) == 1, replica.lines
+
+        # Redis comes back empty (a failover to a fresh instance): the replicas write back what
+        # they knew, and the route stays rolled back everywhere, for a new replica too.
+        redis_server.start()
+        for replica in (a, b):
+            for _ in range(100):
+                if (await replica.status(session))["state"]["healthy"]:  # type: ignore[index]
+                    break
+                await asyncio.sleep(0.1)
+            assert (await replica.status(session))["state"]["healthy"] is True  # type: ignore[index]
+            assert len(replica.logged("state store reachable again")) == 1
+        c = await replicas(config)
+        for replica in (a, b, c):
+            assert await state_of(session, replica.admin_url) == "rolled_back"
+        assert [line for r in (a, b, c) for line in r.logged("ERROR")] == []
