@@ -10,6 +10,7 @@ import signal
 import time
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from proxy.access_log import AccessLog, secret_from_env
 from proxy.admin import Admin
@@ -18,6 +19,8 @@ from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, Config, StateBackend
+from proxy.fleet.connection import connect, describe, replica_name
+from proxy.fleet.member import FleetMember
 from proxy.gateway import Gateway
 from proxy.http.server import Listener
 from proxy.metrics import Recorder
@@ -34,18 +37,25 @@ def _url(address: object) -> str:
     return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 
 
-def state_store(config: Config) -> StateStore:
-    """The state store the config asks for."""
+def state_store(config: Config, redis: Redis | None = None) -> StateStore:
+    """The state store the config asks for (`redis`: the client, for the redis backend)."""
     state = config.state
     if state.backend is StateBackend.MEMORY:
         return MemoryStore()
     if state.backend is StateBackend.REDIS:
-        if state.password_env and not os.environ.get(state.password_env):
-            log.warning(
-                "$%s is not set: connecting to Redis without a password", state.password_env
-            )
-        return RedisStore.from_env(state.url, state.key_prefix, state.password_env)
+        assert redis is not None
+        return RedisStore(redis, state.key_prefix, describe(state.url))
     return FileStore(state.path)
+
+
+def _redis(config: Config) -> Redis | None:
+    """The Redis client of the fleet, when the state is kept in Redis."""
+    state = config.state
+    if state.backend is not StateBackend.REDIS:
+        return None
+    if state.password_env and not os.environ.get(state.password_env):
+        log.warning("$%s is not set: connecting to Redis without a password", state.password_env)
+    return connect(state.url, state.password_env)
 
 
 def _spans(config: Config) -> dict[str, float]:
@@ -90,7 +100,10 @@ class Server:
         self.started_with = config
         self.ready = asyncio.Event()
         self.recorder = Recorder()
-        self.controller = RolloutController(store if store is not None else state_store(config))
+        self.redis = _redis(config)
+        self.controller = RolloutController(
+            store if store is not None else state_store(config, self.redis)
+        )
         self.access_log = None
         # One secret keys the access log's user hashes and the audit's token ids.
         secret = secret_from_env(
@@ -102,7 +115,14 @@ class Server:
                 config.access_log, secret, on_drop=self.recorder.access_log_dropped.inc
             )
         self.observations = LocalObservations(_spans(config))
-        self.analyzer = Analyzer(config.routes, self.controller, self.observations, self.recorder)
+        self.fleet = None
+        if self.redis is not None:
+            self.fleet = FleetMember(
+                self.redis, config.state.key_prefix, replica_name(), self.observations
+            )
+        self.analyzer = Analyzer(
+            config.routes, self.controller, self.observations, self.recorder, self.fleet
+        )
         self.notifier = RollbackNotifier()
         self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]
         self.gateway = Gateway(
@@ -147,6 +167,8 @@ class Server:
         await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
         self.admin_url = _url(runner.addresses[0])
         await self.notifier.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self.analyzer.start()
         if self._watcher is not None:
             self._watcher.start()
@@ -183,11 +205,17 @@ class Server:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.analyzer.stop()
+        if self.fleet is not None:
+            await self.fleet.decider.stop()  # another replica decides from now on
         drain = self.started_with.server.drain_timeout
         log.info("draining requests in flight (at most %.0f s)", drain)
         await self.listener.stop(drain)  # the admin API answers while the proxy drains
+        if self.fleet is not None:
+            await self.fleet.stop()  # the last observations, drained requests' included
         await self._admin_runner.cleanup()
         await self.controller.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         self.gateway.client.close()
         await self.notifier.close()
         if self.access_log is not None:

@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.analysis.verdict import Result, Verdict, assess
+from redis.exceptions import RedisError
+
+from proxy.analysis.verdict import Result, Sample, Verdict, assess
 from proxy.analysis.window import ObservationSource
 from proxy.config.model import AnalysisSpec, Inconclusive, Route
+from proxy.fleet.member import FleetMember
 from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State
@@ -23,15 +26,17 @@ _JUDGED = {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED}
 
 @dataclass
 class RouteAnalysis:
-    """What the loop remembers of one route between rounds."""
+    """What the loop remembers of one route between rounds. In a fleet, `published` is the
+    decider's latest verdict as it published it (this replica's own, when it decides)."""
 
     spec: AnalysisSpec
     last: Verdict | None = None
     failures: int = 0
+    published: dict[str, Any] | None = None
 
-    def status(self, holding: bool) -> dict[str, Any]:
+    def status(self, holding: bool, fleet: FleetMember | None) -> dict[str, Any]:
         """The `/status` view."""
-        return {
+        view: dict[str, Any] = {
             "interval_seconds": self.spec.interval,
             "window_seconds": self.spec.window,
             "min_requests": self.spec.min_requests,
@@ -40,6 +45,14 @@ class RouteAnalysis:
             "holding": holding,
             "last_verdict": None if self.last is None else self.last.to_json(),
         }
+        if fleet is not None:
+            published = self.published or {}
+            view["consecutive_failures"] = published.get("failures", 0)
+            view["last_verdict"] = published.get("verdict")
+            view["decided_by"] = published.get("decider")
+            view["decider"] = fleet.decider.holder
+            view["this_replica_decides"] = fleet.decider.deciding
+        return view
 
 
 def _reason(verdict: Verdict) -> str:
@@ -66,10 +79,14 @@ class Analyzer:
         controller: RolloutController,
         source: ObservationSource,
         recorder: Recorder,
+        fleet: FleetMember | None = None,
     ):
+        """With `fleet`, only the fleet's decider judges, on the fleet's pooled observations,
+        and publishes its verdicts; the other replicas read them."""
         self.controller = controller
         self.source = source
         self.recorder = recorder
+        self.fleet = fleet
         self.routes: dict[str, RouteAnalysis] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
@@ -130,10 +147,25 @@ class Analyzer:
         if self.controller.state(name, now) not in _JUDGED:
             analysis.failures = 0
             return None
-        stable, candidate = self.source.samples(name, now)
+        if self.fleet is None:
+            stable, candidate = self.source.samples(name, now)
+        else:
+            pooled = await self._pooled(name, analysis, now)
+            if pooled is None:
+                return None
+            stable, candidate = pooled
         verdict = assess(stable, candidate, spec, now)
         analysis.last = verdict
         analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
+        if self.fleet is not None:
+            analysis.published = {
+                "at": now,
+                "failures": analysis.failures,
+                "verdict": verdict.to_json(),
+                "decider": self.fleet.decider.name,
+            }
+            with contextlib.suppress(RedisError, OSError):
+                await self.fleet.decider.publish(name, analysis.published, 3 * spec.interval + 10)
         self.recorder.observe_verdict(name, verdict)
         log.log(
             logging.WARNING if verdict.result is Result.FAIL else logging.INFO,
@@ -157,6 +189,26 @@ class Analyzer:
         await self.controller.set_hold(name, hold, now)
         return verdict
 
+    async def _pooled(
+        self, name: str, analysis: RouteAnalysis, now: float
+    ) -> tuple[Sample, Sample] | None:
+        """The fleet's samples when this replica decides; None when it does not (it then reads
+        the decider's latest verdict) or cannot read them."""
+        assert self.fleet is not None
+        decider = self.fleet.decider
+        try:
+            if not decider.deciding:
+                analysis.published = await decider.latest(name)
+                analysis.last, analysis.failures = None, 0
+                return None
+            if analysis.last is None:  # deciding from now on: continue the fleet's count
+                published = await decider.latest(name) or {}
+                failures = published.get("failures", 0)
+                analysis.failures = failures if isinstance(failures, int) else 0
+            return await self.fleet.pool.samples(name, now)
+        except (RedisError, OSError):
+            return None  # no verdict without the fleet's data; the ramp stays as it is
+
     async def _roll_back(self, name: str, verdict: Verdict, now: float) -> None:
         reason = _reason(verdict)
         try:
@@ -177,4 +229,4 @@ class Analyzer:
         analysis = self.routes.get(route.name)
         if analysis is None:
             return None
-        return analysis.status(self.controller.holding(route.name))
+        return analysis.status(self.controller.holding(route.name), self.fleet)

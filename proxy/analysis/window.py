@@ -51,6 +51,17 @@ class Window:
         elif latency is not None:
             self._latency[index][bucket_of(latency)] += 1
 
+    def slots(self, now: float) -> list[tuple[int, int, int, list[int]]]:
+        """The live slots of the window ending at `now`: (slot number, requests, errors,
+        latency histogram) each; the numbers are times divided by the slot's length, the same
+        in every process that has the same span."""
+        newest = int(now // self._slot)
+        return [
+            (self._ids[i], self._requests[i], self._errors[i], self._latency[i])
+            for i in range(SLOTS)
+            if newest - SLOTS < self._ids[i] <= newest
+        ]
+
     def sample(self, now: float) -> Sample:
         """Everything observed in the window ending at `now`."""
         newest = int(now // self._slot)

@@ -1,7 +1,7 @@
 """Rollout state shared by a fleet of replicas (and the workers of each) on Redis.
 
 Invariants
-- One record per route and candidate, `<prefix>:rollout:<route>:<candidate digest>`: replicas
+- One record per route and candidate, `<prefix>:rollout:{<route>}:<candidate digest>`: replicas
   that run different candidates on a route (a config being rolled out) never overwrite each
   other's rollout.
 - A record changes only by compare-and-set on its version (a Lua script, atomic in Redis): of two
@@ -14,7 +14,6 @@ Invariants
   serves on the last known state, and the outage is logged once. When Redis answers again, or a
   record is found missing (a failover to an empty instance, an expired key), the controller is
   told, and writes back what it knows.
-- A password is read from an environment variable, never from the config.
 """
 
 from __future__ import annotations
@@ -24,16 +23,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from proxy.rollout.machine import Rollout
 from proxy.rollout.store import (
@@ -49,7 +44,6 @@ from proxy.rollout.store import (
 log = logging.getLogger("grayscale.state")
 
 REREAD_EVERY = 1.0  # seconds between re-reads of this replica's records (if a message is missed)
-TIMEOUT = 1.0  # seconds a Redis call may take before the store counts as unavailable
 KEEP_FOR = 30 * 86400  # seconds a record lives without being read by a replica that has it
 RETRIES = 20  # compare-and-set attempts before a change gives up (records in fierce contention)
 
@@ -73,15 +67,11 @@ return 1
 class RedisStore:
     """Each route's rollout in Redis, changed by compare-and-set and followed by every replica."""
 
-    def __init__(self, url: str, key_prefix: str, password: str | None = None):
-        self._redis = Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
+    def __init__(self, redis: Redis, key_prefix: str, where: str = "redis"):
+        """`where` names the Redis in messages (see `proxy.fleet.connection.describe`)."""
+        self._redis = redis
         self._prefix = key_prefix
+        self._where = where
         self._channel = f"{key_prefix}:changes"
         self._cas = self._redis.register_script(_COMPARE_AND_SET)
         self._keys: dict[bytes, str] = {}  # followed records -> route names
@@ -90,22 +80,15 @@ class RedisStore:
         self._follower: asyncio.Task[None] | None = None
         self._unreadable: list[str] = []  # records found unreadable by `load`
         self._reported: set[bytes] = set()  # unreadable records already logged
-        parts = urlsplit(url)
-        self._where = f"redis at {parts.hostname}:{parts.port or 6379}"
-        self._reading = asyncio.Lock()
-        self._closing = False  # a read and its report never straddle a change of ours
+        self._reading = asyncio.Lock()  # a read and its report never straddle a change of ours
+        self._closing = False
         self.healthy = True
 
-    @classmethod
-    def from_env(cls, url: str, key_prefix: str, password_env: str | None) -> RedisStore:
-        """A store whose password (if any) is in the environment variable `password_env`."""
-        password = os.environ.get(password_env) if password_env else None
-        return cls(url, key_prefix, password or None)
-
     def key(self, name: str, identity: str) -> str:
-        """The record of route `name`'s rollout of the candidate `identity`."""
+        """The record of route `name`'s rollout of the candidate `identity` (`{name}` is a hash
+        tag: a route's keys stay on one node of a Redis Cluster)."""
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-        return f"{self._prefix}:rollout:{name}:{digest}"
+        return f"{self._prefix}:rollout:{{{name}}}:{digest}"
 
     async def load(self, identities: Mapping[str, str]) -> dict[str, Rollout]:
         if not identities:
@@ -172,7 +155,6 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        await self._redis.aclose()
 
     async def set_aside(self) -> str | None:
         """Rename the records `load` found unreadable to `<key>:unreadable-<time>`."""

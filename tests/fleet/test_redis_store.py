@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from redis.asyncio import Redis
 
+from proxy.fleet.connection import connect
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, Rollout, State, identity_of
 from proxy.rollout.redis_store import RedisStore
@@ -20,7 +21,8 @@ from tests.unit.test_rollout import ROUTE, T0
 async def test_concurrent_changes_from_two_stores_lose_none(redis_server: RedisServer):
     """Fifty read-modify-writes of one record from two connections, all at once: each one
     counts (the rollout's `held` serves as a counter)."""
-    stores = [RedisStore(redis_server.url, "t") for _ in range(2)]
+    clients = [connect(redis_server.url) for _ in range(2)]
+    stores = [RedisStore(client, "t") for client in clients]
 
     def add_one(stored: Rollout | None) -> Rollout:
         base = stored if stored is not None else Rollout("id", started_at=T0)
@@ -30,19 +32,20 @@ async def test_concurrent_changes_from_two_stores_lose_none(redis_server: RedisS
         await asyncio.gather(*(stores[i % 2].change("r", "id", add_one) for i in range(50)))
         assert (await stores[0].load({"r": "id"}))["r"].held == 50
     finally:
-        for store in stores:
+        for store, client in zip(stores, clients, strict=True):
             await store.close()
+            await client.aclose()
 
 
 async def test_records_are_per_candidate_and_under_the_prefix(redis_server: RedisServer):
-    store = RedisStore(redis_server.url, "prod:eu")
     raw = Redis.from_url(redis_server.url)
+    store = RedisStore(raw, "prod:eu")
     try:
         await store.change("r", "a", lambda _: Rollout("a", started_at=T0))
         await store.change("r", "b", lambda _: Rollout("b", started_at=T0 + 1))
         keys = sorted(key.decode() for key in await raw.keys("*"))
         assert keys == sorted([store.key("r", "a"), store.key("r", "b")])
-        assert all(key.startswith("prod:eu:rollout:r:") for key in keys)
+        assert all(key.startswith("prod:eu:rollout:{r}:") for key in keys)
         assert 0 < await raw.ttl(keys[0]) <= 30 * 86400
     finally:
         await store.close()
@@ -53,8 +56,8 @@ async def test_records_are_per_candidate_and_under_the_prefix(redis_server: Redi
 async def test_an_unreadable_record_is_set_aside_and_the_route_starts_rolled_back(
     redis_server: RedisServer,
 ):
-    store = RedisStore(redis_server.url, "t")
     raw = Redis.from_url(redis_server.url)
+    store = RedisStore(raw, "t")
     key = store.key("r", identity_of(ROUTE))
     await raw.set(key, b'{"version": 3, "rollout": {"identity": 7}}')
     controller = RolloutController(store)
@@ -73,8 +76,8 @@ async def test_an_unreadable_record_is_set_aside_and_the_route_starts_rolled_bac
 
 
 async def test_a_change_refused_when_redis_is_gone_changes_nothing(redis_server: RedisServer):
-    store = RedisStore(redis_server.url, "t")
-    controller = RolloutController(store)
+    client = connect(redis_server.url)
+    controller = RolloutController(RedisStore(client, "t"))
     try:
         await controller.start([ROUTE], T0)
         redis_server.kill()
@@ -87,11 +90,12 @@ async def test_a_change_refused_when_redis_is_gone_changes_nothing(redis_server:
         assert controller.store_error is not None
     finally:
         await controller.close()
+        await client.aclose()
 
 
 async def test_an_emptied_redis_gets_back_what_the_replicas_knew(redis_server: RedisServer):
     raw = Redis.from_url(redis_server.url)
-    first = RolloutController(RedisStore(redis_server.url, "t"))
+    first = RolloutController(RedisStore(raw, "t"))
     try:
         await first.start([ROUTE], T0)
         await first.act("r", Action.ROLLBACK, T0 + 1, actor="op", reason="bad")
@@ -100,7 +104,7 @@ async def test_an_emptied_redis_gets_back_what_the_replicas_knew(redis_server: R
             if await raw.keys("*"):
                 break
             await asyncio.sleep(0.05)
-        second = RolloutController(RedisStore(redis_server.url, "t"))
+        second = RolloutController(RedisStore(raw, "t"))
         await second.start([ROUTE], T0 + 5)
         assert second.state("r", T0 + 5) is State.ROLLED_BACK
         await second.close()

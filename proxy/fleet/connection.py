@@ -1,0 +1,40 @@
+"""The Redis connection of one process, shared by the state store, the pooled observations and
+the decider's lease."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+TIMEOUT = 1.0  # seconds a Redis call may take before Redis counts as unavailable
+
+
+def connect(url: str, password_env: str | None = None) -> Redis:
+    """A client of the Redis at `url`; its password (if any) from the variable `password_env`.
+
+    Calls fail after `TIMEOUT` (once retried on a fresh connection), so that nothing waits long
+    on a Redis that is gone: the data plane never waits on it at all.
+    """
+    password = os.environ.get(password_env) if password_env else None
+    return Redis.from_url(
+        url,
+        password=password or None,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def describe(url: str) -> str:
+    """`redis at HOST:PORT`, for messages (never the URL's user or query)."""
+    parts = urlsplit(url)
+    return f"redis at {parts.hostname}:{parts.port or 6379}"
+
+
+def replica_name() -> str:
+    """This process's name in the fleet: $GRAYSCALE_REPLICA, or host name and process id."""
+    return os.environ.get("GRAYSCALE_REPLICA") or f"{os.uname().nodename}:{os.getpid()}"

@@ -1,0 +1,100 @@
+"""The fleet's pooled observations: every replica adds what it saw to shared counters in Redis,
+and the decider judges on their sum.
+
+Invariants
+- The data plane never touches Redis: requests are counted in the process's own windows
+  (`LocalObservations`), and `flush` sends what they gained since the last flush, at least once
+  a second. A flush that fails keeps its counts for the next one (nothing is lost to a short
+  outage, nothing is counted twice: a slot's counts are sent as differences from what Redis
+  acknowledged, in one transaction).
+- Counters are kept per route, window length, variant and time slot (the slot number is the time
+  divided by the slot's length, the same in every replica), in one hash each, which expires
+  once the slot has left every window: memory in Redis is bounded by the number of routes.
+- A route's keys carry the hash tag `{route}`: on a Redis Cluster they stay on one node.
+"""
+
+from __future__ import annotations
+
+import math
+
+from redis.asyncio import Redis
+
+from proxy.analysis.histogram import SIZE
+from proxy.analysis.verdict import Sample
+from proxy.analysis.window import SLOTS, LocalObservations
+
+FLUSH_EVERY = 0.5  # seconds between flushes of this process's observations
+
+_Counts = tuple[int, int, tuple[int, ...]]  # requests, errors, latency histogram
+
+
+class PooledObservations:
+    """Adds this process's observations to the fleet's, and reads the fleet's sum."""
+
+    def __init__(self, local: LocalObservations, redis: Redis, key_prefix: str):
+        self._local = local
+        self._redis = redis
+        self._prefix = key_prefix
+        self._sent: dict[tuple[str, str, int], _Counts] = {}  # (route, variant, slot) -> sent
+
+    def key(self, route: str, span: float, variant: str, slot: int) -> str:
+        """The hash of one variant's counts in one slot of `route`'s window of `span` seconds."""
+        return f"{self._prefix}:obs:{{{route}}}:{span:g}:{variant}:{slot}"
+
+    async def flush(self, now: float) -> int:
+        """Send what the local windows gained since the last flush; the number of slots sent.
+        Raises Redis's errors (the counts are then sent next time)."""
+        pipe = self._redis.pipeline(transaction=True)  # all counted, or none
+        sending: dict[tuple[str, str, int], _Counts] = {}
+        live: set[tuple[str, str, int]] = set()
+        for route, windows in self._local.windows.items():
+            for variant, window in windows.items():
+                keep = math.ceil(window.span * 2) + 10  # seconds: past every replica's window
+                for slot, requests, errors, latency in window.slots(now):
+                    where = (route, variant, slot)
+                    live.add(where)
+                    sent = self._sent.get(where, (0, 0, (0,) * SIZE))
+                    if (requests, errors) == sent[:2] and tuple(latency) == sent[2]:
+                        continue
+                    key = self.key(route, window.span, variant, slot)
+                    fields = {"r": requests - sent[0], "e": errors - sent[1]}
+                    fields.update(
+                        {str(b): n - sent[2][b] for b, n in enumerate(latency) if n != sent[2][b]}
+                    )
+                    for field, amount in fields.items():
+                        if amount:
+                            pipe.hincrby(key, field, amount)
+                    pipe.expire(key, keep)
+                    sending[where] = (requests, errors, tuple(latency))
+        if sending:
+            await pipe.execute()
+        self._sent = {where: counts for where, counts in self._sent.items() if where in live}
+        self._sent.update(sending)
+        return len(sending)
+
+    async def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+        """(stable, candidate) over `route`'s window ending at `now`, summed over the fleet."""
+        span = self._local.windows[route]["stable"].span
+        length = span / SLOTS
+        newest = int(now // length)
+        slots = range(newest - SLOTS + 1, newest + 1)
+        pipe = self._redis.pipeline(transaction=False)
+        for variant in ("stable", "candidate"):
+            for slot in slots:
+                pipe.hgetall(self.key(route, span, variant, slot))
+        hashes = await pipe.execute()
+        return _sum(hashes[:SLOTS]), _sum(hashes[SLOTS:])
+
+
+def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
+    requests = errors = 0
+    latency = [0] * SIZE
+    for fields in hashes:
+        for field, value in fields.items():
+            if field == b"r":
+                requests += int(value)
+            elif field == b"e":
+                errors += int(value)
+            elif (bucket := int(field)) < SIZE:
+                latency[bucket] += int(value)
+    return Sample(requests, errors, tuple(latency))

@@ -1,0 +1,90 @@
+"""Pooled observations and the decider's lease against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import RedisError
+
+from proxy.analysis.histogram import bucket_of
+from proxy.analysis.window import LocalObservations
+from proxy.fleet import decider as decider_module
+from proxy.fleet.connection import connect
+from proxy.fleet.decider import Decider
+from proxy.fleet.observations import PooledObservations
+from tests.fleet.redis_server import RedisServer
+
+T0 = 1_796_083_200.0
+
+
+def observe(local: LocalObservations, now: float, variant: str, n: int, errors: int = 0) -> None:
+    for i in range(n):
+        local.windows["r"][variant].add(now, i < errors, 0.02)
+
+
+async def test_the_fleet_sample_is_the_sum_of_every_replicas_observations(redis_server):
+    client = connect(redis_server.url)
+    replicas = [LocalObservations({"r": 60.0}) for _ in range(3)]
+    pools = [PooledObservations(local, client, "t") for local in replicas]
+    try:
+        for i, local in enumerate(replicas):
+            observe(local, T0 + i, "stable", 10 + i)
+            observe(local, T0 + 20 + i, "candidate", 5, errors=i)
+        assert [await pool.flush(T0 + 30) for pool in pools] == [2, 2, 2]
+        assert [await pool.flush(T0 + 30) for pool in pools] == [0, 0, 0]  # nothing new
+        observe(replicas[0], T0 + 31, "candidate", 4, errors=4)  # same slot: only the change
+        assert await pools[0].flush(T0 + 31) == 1
+        stable, candidate = await pools[1].samples("r", T0 + 31)
+        assert (stable.requests, stable.errors) == (33, 0)
+        assert (candidate.requests, candidate.errors) == (19, 7)
+        assert candidate.latency[bucket_of(0.02)] == 12  # errors carry no latency
+        assert sum(stable.latency) == 33
+        # The window moves on: slots older than it are out of the sample (and expire in Redis).
+        stable, candidate = await pools[2].samples("r", T0 + 65)
+        assert (stable.requests, candidate.requests) == (0, 19)
+    finally:
+        await client.aclose()
+
+
+async def test_a_flush_that_fails_is_sent_whole_next_time_and_never_twice(redis_server):
+    client = connect(redis_server.url)
+    local = LocalObservations({"r": 60.0})
+    pool = PooledObservations(local, client, "t")
+    try:
+        observe(local, T0, "stable", 10)
+        await pool.flush(T0)
+        redis_server.kill()
+        observe(local, T0 + 1, "stable", 7)
+        with pytest.raises((RedisError, OSError)):
+            await pool.flush(T0 + 1)
+        redis_server.start()  # empty: what the first flush sent is gone with the old instance
+        assert await pool.flush(T0 + 2) == 1
+        assert (await pool.samples("r", T0 + 2))[0].requests == 7
+    finally:
+        await client.aclose()
+
+
+async def test_one_decider_at_a_time_and_a_takeover_when_it_stops_or_dies(
+    redis_server: RedisServer, monkeypatch
+):
+    monkeypatch.setattr(decider_module, "LEASE", 0.5)
+    client = connect(redis_server.url)
+    a, b, c = (Decider(client, "t", name) for name in ("a", "b", "c"))
+    try:
+        assert await a.attempt() is True
+        assert await b.attempt() is False and await c.attempt() is False
+        assert (b.holder, c.holder) == ("a", "a")
+        assert await a.attempt() is True  # renewed
+        await a.stop()  # a clean stop hands over at once
+        assert await b.attempt() is True
+        assert await c.attempt() is False
+        # b dies without a word: its lease lapses, and c takes it at its next attempt.
+        await asyncio.sleep(0.6)
+        assert await c.attempt() is True
+        assert await b.attempt() is False and b.holder == "c"
+        redis_server.kill()
+        assert await c.attempt() is False  # cannot renew: stops deciding at once
+        assert c.holder is None
+    finally:
+        await client.aclose()
