@@ -1,0 +1,178 @@
+"""Replicas that each see too little to judge a candidate judge it together: one decider, on
+the fleet's pooled observations, rolls back once (one webhook); when it dies, another takes
+over and carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.fleet.decider import LEASE, RENEW_EVERY
+from tests.fleet.conftest import Replica, ReplicaFactory
+from tests.fleet.redis_server import RedisServer
+from tests.integration.conftest import PROBE, route_yaml, upstreams, url_of
+
+__all__ = ["upstreams"]
+MIN_REQUESTS = 60
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver: its URL and the notifications it got."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    yield f"{url_of(receiver)}/hook", received
+    await receiver.close()
+
+
+def analysed_fleet(
+    folder: Path,
+    redis: RedisServer,
+    upstreams: tuple[TestServer, TestServer],
+    hook: str,
+    **spec: str,
+) -> Path:
+    stable, candidate = upstreams
+    analysis = {
+        "interval": "500ms",
+        "window": "30s",
+        "min_requests": str(MIN_REQUESTS),
+        "failures_before_rollback": "2",
+        **spec,
+    }
+    path = folder / "fleet.yaml"
+    path.write_text(
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+        f'state: {{backend: redis, url: "{redis.url}", key_prefix: "t"}}\n'
+        "routes:\n"
+        + route_yaml(url_of(stable), url_of(candidate))
+        + "    analysis: {"
+        + ", ".join(f"{k}: {v}" for k, v in analysis.items())
+        + "}\n    ejection: false\n"
+        + f'    on_rollback: {{webhook: "{hook}", timeout: 2s}}\n'
+    )
+    return path
+
+
+async def spread(
+    session: aiohttp.ClientSession, fleet: list[Replica], count: int, tag: str
+) -> None:
+    """`count` requests from distinct users, spread evenly over the replicas."""
+
+    async def one(i: int) -> None:
+        url = fleet[i % len(fleet)].proxy_url + "/v1/predict"
+        async with session.get(url, headers={"X-User-Id": f"{tag}-{i}"}) as response:
+            await response.read()
+
+    for start in range(0, count, 10):
+        await asyncio.gather(*(one(i) for i in range(start, min(count, start + 10))))
+
+
+async def analysis_of(session: aiohttp.ClientSession, replica: Replica) -> dict[str, Any]:
+    route = (await replica.status(session))["routes"][0]  # type: ignore[index]
+    return {**route["analysis"], "state": route["state"], "requests": route["requests"]}
+
+
+async def until(check: Any, within: float) -> float | None:
+    """Seconds until the coroutine function `check` returns true, or None after `within`."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def test_replicas_that_each_see_too_little_roll_back_together_with_one_webhook(
+    tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
+):
+    hook, received = webhook
+    upstreams[1].app[PROBE].error_rate = 0.5
+    config = analysed_fleet(tmp_path, redis_server, upstreams, hook)
+    fleet = [await replicas(config) for _ in range(3)]
+    async with aiohttp.ClientSession() as session:
+        await spread(session, fleet, 2 * MIN_REQUESTS + MIN_REQUESTS // 2, "u")
+
+        async def all_rolled_back() -> bool:
+            states = [(await analysis_of(session, r))["state"] for r in fleet]
+            return states == ["rolled_back"] * 3
+
+        took = await until(all_rolled_back, 10)
+        assert took is not None, [await analysis_of(session, r) for r in fleet]
+        print(f"\npooled analysis rolled the fleet back {took:.2f} s after the traffic")
+        await asyncio.sleep(2)  # time for any second webhook to show up
+        assert len(received) == 1, received
+        views = [await analysis_of(session, r) for r in fleet]
+        for view in views:
+            # Each replica alone saw fewer than min_requests of each variant...
+            assert all(sum(counts.values()) < MIN_REQUESTS for counts in view["requests"].values())
+        # ...and every replica shows the verdict that did it, and who decided it.
+        deciders = {view["decided_by"] for view in views}
+        assert len(deciders) == 1 and None not in deciders
+        assert sum(view["this_replica_decides"] for view in views) == 1
+        assert all(view["last_verdict"]["result"] == "fail" for view in views)
+        assert received[0]["route"] == "models"
+        assert all(r.logged("ERROR") == [] for r in fleet)
+
+
+async def test_when_the_decider_dies_mid_analysis_another_takes_over_and_finishes_it(
+    tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
+):
+    hook, received = webhook
+    upstreams[1].app[PROBE].error_rate = 0.5
+    config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="12")
+    fleet = [await replicas(config) for _ in range(3)]
+    async with aiohttp.ClientSession() as session:
+        await spread(session, fleet, 3 * MIN_REQUESTS, "u")
+
+        async def failing() -> bool:
+            return bool((await analysis_of(session, fleet[0]))["consecutive_failures"] >= 2)
+
+        assert await until(failing, 10) is not None
+        view = await analysis_of(session, fleet[0])
+        (decider,) = [r for r in fleet if view["decider"].endswith(f":{r.process.pid}")]
+        decider.process.kill()
+        killed_at = time.monotonic()
+        survivors = [r for r in fleet if r is not decider]
+
+        async def taken_over() -> bool:
+            views = [await analysis_of(session, r) for r in survivors]
+            return any(v["this_replica_decides"] for v in views)
+
+        took = await until(taken_over, LEASE + RENEW_EVERY + 3)
+        assert took is not None
+        print(f"\nanother replica decides {time.monotonic() - killed_at:.2f} s after the kill")
+        assert took <= LEASE + RENEW_EVERY + 0.5
+
+        async def decided_anew() -> bool:
+            return bool((await analysis_of(session, survivors[0]))["decided_by"] != view["decider"])
+
+        assert await until(decided_anew, 3) is not None
+        # The new decider carries on the count rather than starting from nothing.
+        assert (await analysis_of(session, survivors[0]))["consecutive_failures"] > view[
+            "consecutive_failures"
+        ]
+
+        async def rolled_back() -> bool:
+            views = [await analysis_of(session, r) for r in survivors]
+            return all(v["state"] == "rolled_back" for v in views)
+
+        assert await until(rolled_back, 12) is not None  # the count went on past the takeover
+        await asyncio.sleep(1)
+        assert len(received) == 1, received
