@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -38,6 +39,7 @@ from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
 from proxy.rollout.store import StateUnavailable
 from proxy.routing import current_share
+from proxy.workers import HostMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -112,7 +114,11 @@ class Admin:
         reload: Callable[[str], Awaitable[ReloadResult]],
         breaker: Callable[[str], Breaker | None],
         actor_key: bytes,
+        host: HostMetrics | None = None,
     ):
+        """With `host` (one of several workers), `/metrics` and the counts in `/status` are
+        those of every worker on the host."""
+        self.host = host
         self.controller = controller
         self.recorder = recorder
         self.analyzer = analyzer
@@ -197,7 +203,10 @@ class Admin:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of every metric."""
-        body = generate_latest(self.recorder.registry)
+        if self.host is not None:
+            body = self.host.exposition()
+        else:
+            body = generate_latest(self.recorder.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, request: web.Request) -> web.Response:
@@ -208,6 +217,14 @@ class Admin:
             self.route_status(route, now, privileged=privileged)
             for route in self.controller.routes()
         ]
+        if self.host is not None:
+            families = self.host.families()
+            for entry in routes:
+                entry["requests"] = self.host.counts(families, entry["name"])
+                entry["error_rate"] = {
+                    variant: _error_rate(by_class)
+                    for variant, by_class in entry["requests"].items()
+                }
         config = {
             "hash": self.config.digest,
             "source": self.config.source,
@@ -219,7 +236,11 @@ class Admin:
             "error": self.controller.store_error,
             "unreadable_at_start": self.controller.load_error,
         }
-        return web.json_response({"config": config, "state": state, "routes": routes})
+        answer = {"config": config, "state": state, "routes": routes}
+        if self.host is not None:
+            worker = self.host.worker
+            answer["worker"] = {"index": worker.index, "of": worker.count, "pid": os.getpid()}
+        return web.json_response(answer)
 
     async def reload(self, request: web.Request) -> web.Response:
         """Reload the config file now: 200 with the outcome, 422 with the errors if invalid."""

@@ -19,6 +19,7 @@ from proxy.loop import loop_factory
 from proxy.rollout.store import StateError
 from proxy.server import serve_until_signalled
 from proxy.simulate import render
+from proxy.workers import Worker, die_with_parent, supervise
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -243,9 +244,15 @@ def _serve(path: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    worker = Worker.from_env()
+    if worker is not None:
+        die_with_parent()
+        config = worker.config(config)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve_until_signalled(config))
+            if worker is None and config.server.workers > 1:
+                return runner.run(supervise(config, sys.argv[1:]))
+            runner.run(serve_until_signalled(config, worker))
     except (StateError, OSError) as exc:
         print(f"grayscale: {exc}", file=sys.stderr)
         return 1

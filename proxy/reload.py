@@ -49,6 +49,7 @@ def restart_required(running: Config, new: Config) -> tuple[str, ...]:
         "server.listen": (running.server.listen, new.server.listen),
         "server.admin_listen": (running.server.admin_listen, new.server.admin_listen),
         "server.drain_timeout": (running.server.drain_timeout, new.server.drain_timeout),
+        "server.workers": (running.server.workers, new.server.workers),
         "state": (running.state, new.state),
         "access_log": (running.access_log, new.access_log),
     }

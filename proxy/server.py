@@ -28,6 +28,7 @@ from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.redis_store import RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
+from proxy.workers import HostMetrics, Worker
 
 log = logging.getLogger("grayscale.server")
 
@@ -95,7 +96,15 @@ class Server:
     With `watch`, the config file is polled and reloaded when it changes.
     """
 
-    def __init__(self, config: Config, store: StateStore | None = None, watch: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore | None = None,
+        watch: bool = False,
+        worker: Worker | None = None,
+    ):
+        """`worker`: this process is one of several serving the same ports on the host."""
+        self.worker = worker
         self.config = config
         self.started_with = config
         self.ready = asyncio.Event()
@@ -125,6 +134,9 @@ class Server:
         )
         self.notifier = RollbackNotifier()
         self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]
+        self.host_metrics = None
+        if worker is not None:
+            self.host_metrics = HostMetrics(self.recorder.registry, worker)
         self.gateway = Gateway(
             config, self.controller, self.recorder, self.access_log, self.observations
         )
@@ -138,6 +150,7 @@ class Server:
             reload=self.reload,
             breaker=self.gateway.breaker,
             actor_key=secret,
+            host=self.host_metrics,
         )
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
@@ -159,21 +172,30 @@ class Server:
         if self.access_log is not None:
             self.access_log.start()
         server = self.config.server
-        await self.listener.start(server.listen.host, server.listen.port)
+        shared = self.worker is not None  # the ports are bound by every worker
+        await self.listener.start(server.listen.host, server.listen.port, reuse_port=shared)
         self.proxy_url = _url(self.listener.address)
         runner = self._admin_runner
         await runner.setup()
         listen = server.admin_listen
-        await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True, reuse_port=shared)
+        await site.start()
         self.admin_url = _url(runner.addresses[0])
         await self.notifier.start()
+        if self.host_metrics is not None:
+            self.host_metrics.start()
         if self.fleet is not None:
             self.fleet.start()
         self.analyzer.start()
         if self._watcher is not None:
             self._watcher.start()
         self.ready.set()
-        log.info("proxy listening on %s, admin on %s", self.proxy_url, self.admin_url)
+        log.info(
+            "proxy listening on %s, admin on %s%s",
+            self.proxy_url,
+            self.admin_url,
+            "" if self.worker is None else f" (worker {self.worker.index})",
+        )
         if _exposed_admin(self.config):
             log.warning(
                 "the admin API listens on %s and /status and /metrics need no token: keep it on "
@@ -212,6 +234,8 @@ class Server:
         await self.listener.stop(drain)  # the admin API answers while the proxy drains
         if self.fleet is not None:
             await self.fleet.stop()  # the last observations, drained requests' included
+        if self.host_metrics is not None:
+            await self.host_metrics.stop()
         await self._admin_runner.cleanup()
         await self.controller.close()
         if self.redis is not None:
@@ -234,6 +258,8 @@ class Server:
         async with self._reload_lock:
             try:
                 config = load_config(self.config.source)
+                if self.worker is not None:
+                    config = self.worker.config(config)
             except ConfigError as exc:
                 errors = tuple(str(issue) for issue in exc.issues)
                 for error in errors:
@@ -252,7 +278,9 @@ class Server:
                 self.recorder.config_reloads.labels("success").inc()
             self.last_reload = result
             self.admin.last_reload = result
-            return result
+        if trigger == "api" and self.worker is not None:
+            self.worker.ask_for_reload()  # the other workers too
+        return result
 
     async def apply(self, config: Config) -> None:
         """Switch to `config`: rollouts first, then the data plane, then the analysis.
@@ -272,13 +300,13 @@ class Server:
         self._log_routes()
 
 
-async def serve_until_signalled(config: Config) -> None:
+async def serve_until_signalled(config: Config, worker: Worker | None = None) -> None:
     """Run `config` until SIGINT or SIGTERM; reload it on SIGHUP or when its file changes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(config, watch=True)
+    server = Server(config, watch=True, worker=worker)
     reloads: set[asyncio.Task[ReloadResult]] = set()
 
     def reload_on_signal() -> None:

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import math
 import re
+import socket
 import ssl
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def parse_duration(text: str) -> float:
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+MAX_WORKERS = 256
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -362,15 +364,38 @@ class _Parser:
                 self.fail(node, "routes", "at least one route is needed")
             self.unique(node, "routes", [(r.name, "name") for r in routes])
             self.unique(node, "routes", [(r.path_prefix, "match.path_prefix") for r in routes])
+        state = self.field(fields, "state", "", self.state, StateConfig())
+        if server.workers > 1:
+            self.shared_by_workers(fields, state, routes)
         return Config(
             routes=tuple(routes),
             server=server,
-            state=self.field(fields, "state", "", self.state, StateConfig()),
+            state=state,
             admin=self.field(fields, "admin", "", self.admin, AdminConfig()),
             access_log=self.field(fields, "access_log", "", self.access_log, None),
             source=self.source,
             digest=digest,
         )
+
+    def shared_by_workers(
+        self, fields: dict[str, Node], state: StateConfig, routes: list[Route]
+    ) -> None:
+        """Refuse what several workers cannot share: state in memory (each would have its
+        own), and analysis without Redis (each would judge a fraction of the traffic)."""
+        node = fields.get("state", fields["server"])
+        if state.backend is StateBackend.MEMORY:
+            self.fail(
+                node,
+                "state.backend",
+                "memory cannot be shared by server.workers > 1: use file or redis",
+            )
+        elif state.backend is StateBackend.FILE and any(r.analysis for r in routes):
+            self.fail(
+                node,
+                "state.backend",
+                "analysis with server.workers > 1 needs backend: redis (the workers pool "
+                "their observations there)",
+            )
 
     def state(self, node: Node, path: str, default: StateConfig) -> StateConfig:
         fields = self.mapping(node, path, ("backend", "path", "url", "key_prefix", "password_env"))
@@ -473,6 +498,7 @@ class _Parser:
                 "send_timeout",
                 "shutdown_delay",
                 "drain_timeout",
+                "workers",
             ),
         )
         trusted: tuple[IPNetwork, ...] = ()
@@ -499,7 +525,18 @@ class _Parser:
             drain_timeout=self.field(
                 fields, "drain_timeout", path, self.duration, default.drain_timeout
             ),
+            workers=self.field(fields, "workers", path, self.workers, default.workers),
         )
+
+    def workers(self, node: Node, path: str, default: int) -> int:
+        value = self.count(node, path, default)
+        if value > MAX_WORKERS:
+            self.fail(node, path, f"at most {MAX_WORKERS}")
+            return default
+        if value > 1 and not hasattr(socket, "SO_REUSEPORT"):
+            self.fail(node, path, "more than one worker needs SO_REUSEPORT, which this OS lacks")
+            return default
+        return value
 
     def networks(self, node: Node, path: str) -> tuple[IPNetwork, ...]:
         """A list of IP addresses or CIDR blocks."""

@@ -55,7 +55,8 @@ class ServerConfig:
     A request body that stops arriving for `client_body_timeout` is answered 408; a client that
     takes no part of an answer for `send_timeout` is cut off. On SIGTERM the proxy reports
     not-ready, keeps accepting for `shutdown_delay` (so load balancers notice), stops accepting,
-    and lets requests in flight finish for `drain_timeout`.
+    and lets requests in flight finish for `drain_timeout`. `workers` processes serve the same
+    ports.
     """
 
     listen: Listen = Listen("127.0.0.1", 8080)
@@ -66,6 +67,7 @@ class ServerConfig:
     send_timeout: float = 60.0
     shutdown_delay: float = 0.0
     drain_timeout: float = 30.0
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -910,11 +910,11 @@ class Listener:
         self.address: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and start accepting."""
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Bind and start accepting (`reuse_port`: alongside other processes on that port)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True
+            lambda: _Connection(self), host, port, reuse_address=True, reuse_port=reuse_port or None
         )
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
