@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import secrets
+import select
 import sys
 import threading
 from collections import deque
@@ -27,6 +28,7 @@ from typing import IO
 from proxy.config.model import AccessLogConfig
 from proxy.outcome import Outcome
 
+ATOMIC_WRITE = select.PIPE_BUF  # bytes a pipe writes at once (4096 on Linux)
 log = logging.getLogger("grayscale.access_log")
 QUEUE_LIMIT = 65536
 FLUSH_SECONDS = 0.2
@@ -135,9 +137,19 @@ class AccessLog:
                 stream.close()
 
     def _drain(self, stream: IO[str]) -> None:
-        lines = []
+        """Write the queued lines in chunks of whole lines of at most `ATOMIC_WRITE` bytes:
+        the workers of one host share stdout (a pipe) or the file, and a write that size is
+        never interleaved with another process's."""
+        chunk: list[str] = []
+        size = 0
         while self._queue:
-            lines.append(self._queue.popleft())
-        if lines:
-            stream.write("\n".join(lines) + "\n")
+            line = self._queue.popleft() + "\n"  # (JSON escapes non-ASCII: chars are bytes)
+            if size + len(line) > ATOMIC_WRITE and chunk:
+                stream.write("".join(chunk))
+                stream.flush()
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            stream.write("".join(chunk))
             stream.flush()

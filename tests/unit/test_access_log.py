@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import select
 
 from proxy.access_log import AccessLog, hash_key
 from proxy.config.model import AccessLogConfig, Variant
@@ -61,3 +63,23 @@ def test_sampling_uses_the_injected_random(tmp_path):
         log.record(entry("u"))
     log.close()
     assert len(path.read_text().splitlines()) == 2
+
+
+def test_lines_are_written_whole_in_writes_no_other_process_can_split(tmp_path):
+    """Workers share stdout: every write holds whole lines and at most PIPE_BUF bytes (a pipe
+    never interleaves such a write with another process's)."""
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    log = AccessLog(AccessLogConfig(), b"k", on_drop=lambda: None)
+    for i in range(500):
+        log.record(entry(f"user-{i}"))
+    log._drain(Recording())
+    assert len(writes) > 1
+    assert all(len(w.encode()) <= select.PIPE_BUF and w.endswith("\n") for w in writes)
+    lines = "".join(writes).splitlines()
+    assert len(lines) == 500 and all(json.loads(line)["route"] == "r" for line in lines)
