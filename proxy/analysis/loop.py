@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from proxy.analysis.verdict import Result, Sample, Verdict, assess
 from proxy.analysis.window import ObservationSource
 from proxy.config.model import AnalysisSpec, Inconclusive, Route
+from proxy.fleet.connection import cancel_and_wait
 from proxy.fleet.member import FleetMember
 from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
@@ -122,15 +123,12 @@ class Analyzer:
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self, name: str, interval: float) -> None:
         loop = asyncio.get_running_loop()
         next_round = loop.time() + interval
-        while True:
+        while self._tasks.get(name) is asyncio.current_task():  # (replaced or stopped: end)
             await asyncio.sleep(max(0.0, next_round - loop.time()))
             next_round += interval
             try:
@@ -140,9 +138,9 @@ class Analyzer:
 
     async def round(self, name: str, now: float) -> Verdict | None:
         """One analysis round of route `name` at `now`; None when the state is not judged."""
-        analysis = self.routes[name]
-        if name not in self.controller:
-            return None
+        analysis = self.routes.get(name)
+        if analysis is None or name not in self.controller:
+            return None  # (the route left the config, or its analysis did)
         spec = analysis.spec
         if self.controller.state(name, now) not in _JUDGED:
             analysis.failures = 0

@@ -24,6 +24,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.fleet.connection import cancel_and_wait
+
 log = logging.getLogger("grayscale.analysis")
 
 LEASE = 3.0  # seconds a decider's lease lasts without renewal
@@ -87,9 +89,7 @@ class Decider:
     async def stop(self) -> None:
         """Stop, and hand the lease over at once if it is ours."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self.deciding:
             with contextlib.suppress(RedisError, OSError):  # (else it expires by itself)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.analysis.window import LocalObservations
+from proxy.fleet.connection import cancel_and_wait
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import FLUSH_EVERY, PooledObservations
 
@@ -36,9 +37,7 @@ class FleetMember:
         """Hand over the lease, and flush what is left."""
         await self.decider.stop()
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait(self._flusher)
             self._flusher = None
         with contextlib.suppress(RedisError, OSError):
             await self.pool.flush(time.time())

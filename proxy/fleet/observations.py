@@ -23,7 +23,7 @@ from proxy.analysis.histogram import SIZE
 from proxy.analysis.verdict import Sample
 from proxy.analysis.window import SLOTS, LocalObservations
 
-FLUSH_EVERY = 0.5  # seconds between flushes of this process's observations
+FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
 
 _Counts = tuple[int, int, tuple[int, ...]]  # requests, errors, latency histogram
 

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.fleet.connection import cancel_and_wait
 from proxy.rollout.machine import Rollout
 from proxy.rollout.store import (
     Change,
@@ -81,7 +83,6 @@ class RedisStore:
         self._unreadable: list[str] = []  # records found unreadable by `load`
         self._reported: set[bytes] = set()  # unreadable records already logged
         self._reading = asyncio.Lock()  # a read and its report never straddle a change of ours
-        self._closing = False
         self.healthy = True
 
     def key(self, name: str, identity: str) -> str:
@@ -117,7 +118,9 @@ class RedisStore:
 
     async def _change(self, name: str, identity: str, change: Change) -> Rollout:
         key = self.key(name, identity)
-        for _ in range(RETRIES):
+        for attempt in range(RETRIES):
+            if attempt:  # another process changed it meanwhile: let it finish, then read again
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
             try:
                 version, stored = self._parse(await self._call(self._redis.get(key)))
             except ValueError as exc:
@@ -149,11 +152,8 @@ class RedisStore:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def close(self) -> None:
-        self._closing = True
         if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+            await cancel_and_wait(self._follower)
             self._follower = None
 
     async def set_aside(self) -> str | None:
@@ -187,8 +187,6 @@ class RedisStore:
                 while True:
                     wait = max(0.0, next_read - loop.time())
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-                    if self._closing:  # (a cancellation arriving as the wait times out is lost)
-                        return
                     if message is not None and message["data"] in self._keys:
                         await self._read(message["data"])  # (a missing one: the next re-read)
                     if loop.time() >= next_read:

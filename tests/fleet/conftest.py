@@ -75,13 +75,18 @@ class Replica:
             return result
 
     async def stop(self) -> None:
+        """SIGTERM; it must drain and exit 0 by itself (a process killed by the test is let
+        be)."""
+        hung = False
         if self.process.returncode is None:
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:
+                hung = True
                 self.process.kill()
                 await self.process.wait()
+            assert not hung and self.process.returncode == 0, "".join(self.lines[-20:])
         if self._reader is not None:
             await self._reader
 
