@@ -40,7 +40,7 @@ from bench_proxy import (
 from redis import Redis
 
 from proxy.analysis.window import LocalObservations
-from proxy.fleet.connection import connect
+from proxy.fleet.connection import cancel_and_wait, connect
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
 from proxy.rollout.machine import Rollout
@@ -135,8 +135,7 @@ async def replicas_demand(redis_url: str, redis_pid: int, count: int, seconds: f
     await asyncio.sleep(seconds)
     cpu = (cpu_seconds(redis_pid) - before) / (time.monotonic() - started) * 1000
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(task)
     for client, _, _, store, _ in members:
         await store.close()
         await client.aclose()
