@@ -217,6 +217,7 @@ def main() -> None:
         client = Redis.from_url(redis_url)
         idle = redis_demand(client, redis_proc.pid, time.sleep, 10)
         busy = redis_demand(client, redis_proc.pid, lambda s: run(POOLED, s), 10)
+        connections = len(client.client_list()) - 1  # the pooled proxy's; not this one
         client.close()
         for proc in (targets[name][1] for name in targets):  # the proxies leave the machine
             os.kill(proc, signal.SIGSTOP)
@@ -269,6 +270,7 @@ def main() -> None:
             f"  {label}: {total:.1f} commands ({commands}); Redis CPU {demand['cpu_ms_per_s']:.2f}"
             f" ms, of which executing commands {demand['exec_ms_per_s']:.3f} ms"
         )
+    lines.append(f"  connections held by the replica (one process): {connections}")
     lines += ["", "Redis CPU with a simulated fleet (one analysed route per replica):"]
     for n, cpu in fleet.items():
         lines.append(f"  {n:>5} replicas: {cpu:7.1f} ms per second")

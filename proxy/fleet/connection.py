@@ -37,8 +37,9 @@ def describe(url: str) -> str:
 
 
 def replica_name() -> str:
-    """This process's name in the fleet: $GRAYSCALE_REPLICA, or host name and process id."""
-    return os.environ.get("GRAYSCALE_REPLICA") or f"{os.uname().nodename}:{os.getpid()}"
+    """This process's name in the fleet: $GRAYSCALE_REPLICA (or the host name) and the process
+    id, which tells the workers of one replica apart."""
+    return f"{os.environ.get('GRAYSCALE_REPLICA') or os.uname().nodename}:{os.getpid()}"
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:

@@ -2,9 +2,13 @@
 
 Invariants
 - At most one replica holds the lease at a time: it is taken only if absent (SET NX) and kept
-  by renewing it before it expires (a script that extends it only for its holder). A replica
+  by renewing it before it expires (a script that extends it only for its holder). The lease
+  holds the replica's name and a random token, so two processes given the same name (workers
+  of one pod, a copied replica name) can never both hold it. A replica
   that cannot renew stops deciding at once; when the decider dies, its lease expires after
-  `LEASE` seconds and another replica takes it at its next attempt.
+  `LEASE` seconds and another replica takes it then: a replica that does not hold the lease
+  makes its next attempt when the lease it saw expires (or after `RENEW_EVERY`, if sooner), so
+  the fleet has a decider again within `LEASE` of the last renewal.
 - Only the lease holder judges, holds or releases the ramp, and rolls back. Even two deciders
   at once (a stalled process that has not noticed its lease expired) roll back at most once:
   the rollback is a compare-and-set on the rollout record, and the state machine refuses a
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,16 +35,18 @@ log = logging.getLogger("grayscale.analysis")
 
 LEASE = 3.0  # seconds a decider's lease lasts without renewal
 RENEW_EVERY = 1.0  # seconds between renewals (by the holder) and attempts (by the others)
+TAKEOVER_DELAY = 0.02  # seconds after another's lease expires that the next attempt is made
 
-# KEYS[1] the lease; ARGV: this replica's name, the lease in milliseconds. The holder after.
+# KEYS[1] the lease; ARGV: this process's token, the lease in milliseconds. The holder after,
+# and the milliseconds left on its lease.
 _TAKE_OR_RENEW = """
 local holder = redis.call('GET', KEYS[1])
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
+  return {ARGV[1], tonumber(ARGV[2])}
 end
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return holder
+return {holder, redis.call('PTTL', KEYS[1])}
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -52,7 +59,10 @@ class Decider:
 
     def __init__(self, redis: Redis, key_prefix: str, name: str):
         self.name = name
-        self.holder: str | None = None  # the decider as last seen
+        self.holder: str | None = None  # the decider's name as last seen
+        self._token = f"{name}#{secrets.token_hex(8)}"  # this process's value in the lease
+        self._held = False
+        self._expires_in = RENEW_EVERY  # seconds left on the lease as last seen
         self._redis = redis
         self._prefix = key_prefix
         self._lease_key = f"{key_prefix}:decider"
@@ -63,23 +73,28 @@ class Decider:
     @property
     def deciding(self) -> bool:
         """Whether this replica holds the lease (as of its last renewal)."""
-        return self.holder == self.name
+        return self._held
 
     async def attempt(self) -> bool:
         """Take the lease if it is free, renew it if it is ours; whether we hold it."""
-        try:
-            holder = await self._take(keys=[self._lease_key], args=[self.name, int(LEASE * 1000)])
-        except (RedisError, OSError):
-            holder = None  # cannot tell: not deciding (the lease lapses if it was ours)
-        else:
-            holder = holder.decode() if isinstance(holder, bytes) else str(holder)
-        if (holder == self.name) != self.deciding:
+        value: str | None = None  # if Redis cannot tell: not deciding (ours lapses by itself)
+        self._expires_in = RENEW_EVERY
+        with contextlib.suppress(RedisError, OSError):
+            holder, left = await self._take(
+                keys=[self._lease_key], args=[self._token, int(LEASE * 1000)]
+            )
+            value = holder.decode() if isinstance(holder, bytes) else str(holder)
+            if int(left) >= 0:
+                self._expires_in = int(left) / 1000
+        held = value == self._token
+        if held != self._held:
             log.info(
                 "%s deciding for the fleet",
-                "this replica is now" if holder == self.name else "this replica stopped",
+                "this replica is now" if held else "this replica stopped",
             )
-        self.holder = holder
-        return self.deciding
+        self._held = held
+        self.holder = None if value is None else value.rpartition("#")[0] or value
+        return held
 
     def start(self) -> None:
         """Take part in the lease until `stop`."""
@@ -93,13 +108,15 @@ class Decider:
             self._task = None
         if self.deciding:
             with contextlib.suppress(RedisError, OSError):  # (else it expires by itself)
-                await self._release(keys=[self._lease_key], args=[self.name])
-            self.holder = None
+                await self._release(keys=[self._lease_key], args=[self._token])
+            self.holder, self._held = None, False
 
     async def _run(self) -> None:
         while True:
-            await self.attempt()
-            await asyncio.sleep(RENEW_EVERY)
+            if await self.attempt():
+                await asyncio.sleep(RENEW_EVERY)
+            else:
+                await asyncio.sleep(min(RENEW_EVERY, self._expires_in + TAKEOVER_DELAY))
 
     def verdict_key(self, route: str) -> str:
         return f"{self._prefix}:verdict:{{{route}}}"

@@ -88,3 +88,18 @@ async def test_one_decider_at_a_time_and_a_takeover_when_it_stops_or_dies(
         assert c.holder is None
     finally:
         await client.aclose()
+
+
+async def test_two_processes_with_one_name_never_both_decide(redis_server: RedisServer):
+    client = connect(redis_server.url)
+    first, second = Decider(client, "t", "pod-0:1"), Decider(client, "t", "pod-0:1")
+    try:
+        assert await first.attempt() is True
+        assert await second.attempt() is False
+        assert (second.holder, second.deciding) == ("pod-0:1", False)
+        assert await first.attempt() is True  # the holder still renews
+        assert await second.attempt() is False  # the other never renews it as its own
+        await first.stop()
+        assert await second.attempt() is True and second.deciding
+    finally:
+        await client.aclose()
