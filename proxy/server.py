@@ -56,7 +56,7 @@ def _redis(config: Config) -> Redis | None:
         return None
     if state.password_env and not os.environ.get(state.password_env):
         log.warning("$%s is not set: connecting to Redis without a password", state.password_env)
-    return connect(state.url, state.password_env)
+    return connect(state.url, state.password_env, state.ca_file)
 
 
 def _spans(config: Config) -> dict[str, float]:

@@ -398,23 +398,29 @@ class _Parser:
             )
 
     def state(self, node: Node, path: str, default: StateConfig) -> StateConfig:
-        fields = self.mapping(node, path, ("backend", "path", "url", "key_prefix", "password_env"))
+        redis_fields = ("url", "key_prefix", "password_env", "ca_file")
+        fields = self.mapping(node, path, ("backend", "path", *redis_fields))
         backend = default.backend
         if "backend" in fields:
             backend = self.choice(fields["backend"], _sub(path, "backend"), backend, StateBackend)
-        redis_only = [name for name in ("url", "key_prefix", "password_env") if name in fields]
+        redis_only = [name for name in redis_fields if name in fields]
         if redis_only and backend is not StateBackend.REDIS:
             self.fail(
                 fields[redis_only[0]],
                 _sub(path, redis_only[0]),
                 "only for the redis backend: set backend: redis, or remove it",
             )
+        url = self.field(fields, "url", path, self.redis_url, default.url)
+        ca_file = self.field(fields, "ca_file", path, self.ca_file, None)
+        if ca_file and backend is StateBackend.REDIS and not url.startswith("rediss://"):
+            self.fail(fields["ca_file"], _sub(path, "ca_file"), "only for a rediss:// url (TLS)")
         return StateConfig(
             backend,
             self.field(fields, "path", path, self.string, default.path),
-            self.field(fields, "url", path, self.redis_url, default.url),
+            url,
             self.field(fields, "key_prefix", path, self.key_prefix, default.key_prefix),
             self.field(fields, "password_env", path, self.string, "") or None,
+            ca_file,
         )
 
     def redis_url(self, node: Node, path: str, default: str) -> str:

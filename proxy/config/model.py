@@ -261,13 +261,15 @@ class StateBackend(StrEnum):
 class StateConfig:
     """The rollout state store. `memory` forgets everything on restart; `file` is one host's;
     `redis` (at `url`, its keys named `<key_prefix>:…`, the password in the environment variable
-    `password_env`) is shared by every replica."""
+    `password_env`, a `rediss://` server's certificate checked against the system's authorities
+    or those in `ca_file`) is shared by every replica."""
 
     backend: StateBackend = StateBackend.FILE
     path: str = "grayscale-state.json"
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "grayscale"
     password_env: str | None = None
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

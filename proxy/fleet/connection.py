@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -14,19 +15,23 @@ from redis.retry import Retry
 TIMEOUT = 1.0  # seconds a Redis call may take before Redis counts as unavailable
 
 
-def connect(url: str, password_env: str | None = None) -> Redis:
-    """A client of the Redis at `url`; its password (if any) from the variable `password_env`.
+def connect(url: str, password_env: str | None = None, ca_file: str | None = None) -> Redis:
+    """A client of the Redis at `url`; its password (if any) from the variable `password_env`;
+    a `rediss://` server's certificate checked against the authorities in `ca_file` (or the
+    system's).
 
     Calls fail after `TIMEOUT` (once retried on a fresh connection), so that nothing waits long
     on a Redis that is gone: the data plane never waits on it at all.
     """
     password = os.environ.get(password_env) if password_env else None
+    tls: dict[str, Any] = {"ssl_ca_certs": ca_file} if ca_file else {}
     return Redis.from_url(
         url,
         password=password or None,
         socket_timeout=TIMEOUT,
         socket_connect_timeout=TIMEOUT,
         retry=Retry(NoBackoff(), 1),
+        **tls,
     )
 
 

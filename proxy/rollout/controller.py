@@ -97,8 +97,8 @@ class RolloutController:
             self.load_error = str(exc) + (f" (set aside as {aside})" if aside else "")
             log.error("%s; every route starts rolled back until resumed", self.load_error)
             loaded = _rolled_back(routes, now, "rollout state unreadable at start")
-        except StateUnavailable as exc:
-            log.warning("%s: every route on stable until it can be reached", exc)
+        except StateUnavailable:  # (the store logs the outage, once)
+            log.info("no rollout state yet: every route on stable until the state store answers")
             loaded = _rolled_back(routes, now, "rollout state store unavailable at start")
             self._provisional = set(loaded)
         async with self._lock:
@@ -106,7 +106,8 @@ class RolloutController:
         await self.reconcile(routes, now)
 
     async def reconcile(self, routes: Sequence[Route], now: float) -> str | None:
-        """Follow a (new) config; the store's error message when saving failed.
+        """Follow a (new) config; the store's error message when saving failed or the store
+        could not be reached (routes are then lined up when it answers again).
 
         A route whose candidate (URL and salt) is unchanged keeps its rollout; a new route or a
         new candidate starts a fresh rollout at `now`, unless another process started it first
@@ -120,7 +121,10 @@ class RolloutController:
             self._routes = {route.name: route for route in routes}
             error = None
             for route in routes:
-                error = (await self._change(route.name, self._keeper(route, now)))[1] or error
+                try:
+                    error = (await self._change(route.name, self._keeper(route, now)))[1] or error
+                except StateUnavailable as exc:  # lined up when the store answers again
+                    error = error or str(exc)
             for name, rollout in list(self._rollouts.items()):
                 if name not in self._routes and now - last_activity(rollout) >= FORGET_AFTER:
                     del self._rollouts[name]
@@ -164,7 +168,8 @@ class RolloutController:
                 # which is the latest rather than guess.
                 latest = (await self._store.load({name: identity})).get(name, changed)
         except StateUnavailable:
-            if name not in self._rollouts:  # a route new to this process: serve it on stable
+            local = self._rollouts.get(name)
+            if local is None or local.identity != identity:  # new here: serve it on stable
                 self._rollouts[name] = _rolled_back(
                     [self._routes[name]], time.time(), "rollout state store unavailable"
                 )[name]

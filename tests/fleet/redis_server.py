@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from tests.integration.conftest import free_port
 
@@ -16,21 +17,44 @@ MISSING = "redis-server is not installed (Debian: apt-get install redis-server)"
 
 
 class RedisServer:
-    """One redis-server process; `kill` and `start` again to simulate an outage."""
+    """One redis-server process; `kill` and `start` again to simulate an outage. With
+    `password`, clients must authenticate; with `tls` (a certificate and its key), `url` is
+    its TLS port (the plain port stays open for `ping`)."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(
+        self, binary: str, password: str | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.binary = binary
         self.port = free_port()
+        self.password = password
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def find(cls) -> RedisServer | None:
+    def find(
+        cls, password: str | None = None, tls: tuple[Path, Path] | None = None
+    ) -> RedisServer | None:
         binary = shutil.which("redis-server")
-        return None if binary is None else cls(binary)
+        return None if binary is None else cls(binary, password, tls)
 
     @property
     def url(self) -> str:
+        if self.tls_port is not None:
+            return f"rediss://127.0.0.1:{self.tls_port}/0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _options(self) -> list[str]:
+        options = ["--requirepass", self.password] if self.password else []
+        if self.tls is not None:
+            cert, key = self.tls
+            options += [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        return options
 
     def start(self) -> None:
         """Start (again) on the same port, empty; return once it answers PING."""
@@ -42,6 +66,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--loglevel", "warning",
+                *self._options(),
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -62,6 +87,6 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up either way
         except OSError:
             return False

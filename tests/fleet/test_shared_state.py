@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.fleet.conftest import ReplicaFactory
+from tests.fleet.conftest import TOKEN, ReplicaFactory
 from tests.fleet.redis_server import RedisServer
 from tests.integration.conftest import route_yaml, upstreams, url_of
 
@@ -167,3 +167,29 @@ async def test_a_redis_outage_costs_no_request_and_an_emptied_redis_no_rollback(
         for replica in (a, b, c):
             assert await state_of(session, replica.admin_url) == "rolled_back"
         assert [line for r in (a, b, c) for line in r.logged("ERROR")] == []
+
+
+async def test_a_replica_started_or_reloaded_while_redis_is_down_serves_stable_until_it_answers(
+    tmp_path, redis_server, upstreams, replicas: ReplicaFactory
+):
+    stable, candidate = upstreams
+    config = fleet_config(tmp_path, redis_server, stable, candidate)
+    redis_server.kill()
+    replica = await replicas(config)
+    async with aiohttp.ClientSession() as session:
+        assert await variant(session, replica.proxy_url, "u1") == "stable"
+        async with session.get(f"{replica.admin_url}/readyz") as response:
+            assert (await response.json())["state_store"] == "unavailable"
+        # A reload in the outage applies the new config; its rollouts wait for the store.
+        config.write_text(config.read_text().replace("timeout: 10s", "timeout: 9s"))
+        async with session.post(
+            f"{replica.admin_url}/reload", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["result"] == "applied"
+        assert await variant(session, replica.proxy_url, "u2") == "stable"
+
+        redis_server.start()  # the rollout starts when the store answers, for the fleet
+        assert await eventually_state(session, replica.admin_url, "complete")
+        assert await variant(session, replica.proxy_url, "u1") == "candidate"
+    assert replica.logged("ERROR") == []

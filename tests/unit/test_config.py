@@ -303,6 +303,21 @@ def test_a_ca_file_that_holds_no_certificates_is_a_config_error(tmp_path):
     assert found.startswith("test.yaml:4: routes[0].stable.ca_file: not a file of PEM certificate")
 
 
+def test_redis_authorities_must_be_certificates_and_only_for_tls(tmp_path):
+    ca, _ = self_signed(tmp_path)
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a certificate\n")
+    state = "state: {{backend: redis, url: '{url}', ca_file: {ca}}}\nroutes:\n"
+    (found,) = errors(state.format(url="rediss://r:6380", ca=bogus) + MINIMAL_ROUTE)
+    assert found.startswith("test.yaml:1: state.ca_file: not a file of PEM certificate"), found
+    (found,) = errors(state.format(url="redis://r:6379", ca=ca) + MINIMAL_ROUTE)
+    assert found == "test.yaml:1: state.ca_file: only for a rediss:// url (TLS)", found
+    (found,) = errors(f"state: {{backend: file, ca_file: {ca}}}\nroutes:\n" + MINIMAL_ROUTE)
+    assert found.startswith("test.yaml:1: state.ca_file: only for the redis backend"), found
+    loaded = parse_config(state.format(url="rediss://r:6380", ca=ca) + MINIMAL_ROUTE)
+    assert loaded.state.ca_file == str(ca)
+
+
 def test_unreadable_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "missing.yaml")
@@ -326,7 +341,7 @@ server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.
           drain_timeout: 4s, workers: 2}}
 admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
 state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",
-         password_env: REDIS_PW}}
+         password_env: REDIS_PW, ca_file: {ca}}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
 routes:
   - name: r
