@@ -19,6 +19,7 @@ from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
 from proxy.http.headers import answer_for_client, forwarded_for_upstream
 from proxy.http.server import Request, render
+from proxy.model_body import BodyError, ReadBody
 from proxy.outcome import Failure, FallbackReason
 
 log = logging.getLogger("grayscale.forwarding")
@@ -171,6 +172,29 @@ class _Unavailable(Exception):
         self.failure = failure
 
 
+class BodyTooLarge(Exception):
+    """A request body is larger than `server.max_body_bytes`."""
+
+
+async def read_body(request: Request, max_body: int) -> bytes:
+    """The whole request body, at most `max_body` bytes (else `BodyTooLarge`)."""
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise BodyTooLarge
+    if not request.has_body:
+        return b""
+    limit = _BodyLimit(request, max_body)
+    try:
+        return b"".join([chunk async for chunk in limit.chunks()])
+    except ValueError:
+        raise BodyTooLarge from None
+
+
+def bad_body(detail: str) -> UpstreamFailure:
+    """The answer to a body the route cannot read (not a JSON object with one `model`)."""
+    return UpstreamFailure(None, 400, "invalid_json_body", detail)
+
+
 class _BodyLimit:
     """A request body streamed through, failing once it passes `limit` bytes."""
 
@@ -270,10 +294,13 @@ async def forward(
     trusted: bool = False,
     fallback: Target | None = None,
     fallback_on_5xx: bool = False,
+    read: ReadBody | None = None,
 ) -> None:
     """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
 
     `trusted`: the client is one of `server.trusted_proxies`, whose forwarded headers stand.
+    `read`: the body, already read whole (on routes that route on or rewrite its `model`): each
+    upstream gets it with its own `model`, if it names one.
 
     When `target` cannot be reached (or has no free connection slot) the request goes to
     `fallback`, if given: it never reached the first upstream, so nothing is sent twice. With
@@ -292,7 +319,12 @@ async def forward(
     )
     limit: _BodyLimit | None = None
     body: Body = None
-    if request.has_body:
+    if read is not None:
+        try:
+            body = read.to(target.upstream.model) if read.data else None
+        except BodyError as exc:
+            return _failed(request, target, exchange, bad_body(str(exc)))
+    elif request.has_body:
         length = request.content_length
         if length is not None and length > max_body:
             return _failed(request, target, exchange, BODY_TOO_LARGE)
@@ -312,6 +344,11 @@ async def forward(
         exchange.candidate_error, exchange.fallback = reason, _RETRYABLE[reason]
         target = fallback
         exchange.variant = target.variant
+        if read is not None and read.data:
+            try:
+                body = read.to(target.upstream.model)
+            except BodyError as exc:
+                return _failed(request, target, exchange, bad_body(str(exc)))
         try:
             answer, sent = await _open(
                 client, request, target, headers=headers, body=body, limit=limit

@@ -9,11 +9,20 @@ from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.config.model import Config, Fallback, IPNetwork, Route, Upstream, Variant
 from proxy.ejection import Breaker, Ejections
-from proxy.forwarding import Exchange, Limiter, Target, forward
+from proxy.forwarding import (
+    BODY_TOO_LARGE,
+    BodyTooLarge,
+    Exchange,
+    Limiter,
+    Target,
+    forward,
+    read_body,
+)
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.server import Request
 from proxy.metrics import Recorder, VariantMetrics
+from proxy.model_body import ReadBody
 from proxy.outcome import FallbackReason, Observer, Outcome
 from proxy.rollout.controller import RolloutController
 from proxy.routing import RoutingTable, decide
@@ -140,14 +149,28 @@ class Gateway:
         """Route one request to its route's stable or candidate upstream, and answer it."""
         started = time.monotonic()
         snapshot = self.snapshot
-        active = snapshot.table.match(request.path)
+        table = snapshot.table
+        read: ReadBody | None = None
+        if table.by_model and table.needs_model(request.path):
+            read = await self._read(request, snapshot.config.server.max_body_bytes)
+            if read is None:
+                return None
+            if read.error is not None and read.data:
+                detail = f"{read.error}; routes under this path are chosen by its model"
+                return request.reply_json(400, {"error": "invalid_json_body", "message": detail})
+        active = table.match(request.path, None if read is None else read.model)
         if active is None:
             self.recorder.unmatched.inc()
-            document = {"error": "no_route", "message": "no route matches this path"}
+            what = "this path" if read is None else "this path and model"
+            document = {"error": "no_route", "message": f"no route matches {what}"}
             return request.reply_json(404, {**document, "path": request.path})
         name = active.route.name
         wiring = snapshot.routes[name]
         route = wiring.route
+        if read is None and route.reads_body:
+            read = await self._read(request, snapshot.config.server.max_body_bytes)
+            if read is None:
+                return None
         now = time.time()
         trusted_proxies = snapshot.config.server.trusted_proxies
         facts = HttpFacts(request, trusted_proxies)
@@ -175,6 +198,7 @@ class Gateway:
                 and is_trusted(request.remote, trusted_proxies),
                 fallback=fallback,
                 fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
+                read=read,
             )
         except BadRequest as exc:  # the client's body is malformed or stalled; the listener answers
             exchange.status = exc.status
@@ -200,3 +224,14 @@ class Gateway:
             )
             for record in self._recorders:
                 record(outcome)
+
+    @staticmethod
+    async def _read(request: Request, max_body: int) -> ReadBody | None:
+        """The whole body, for a route that routes on or rewrites its `model`; None once the
+        client has been answered 413."""
+        try:
+            return ReadBody.of(await read_body(request, max_body))
+        except BodyTooLarge:
+            failure = BODY_TOO_LARGE
+            request.reply_json(failure.status, {"error": failure.error, "message": failure.detail})
+            return None

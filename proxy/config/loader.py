@@ -363,7 +363,7 @@ class _Parser:
             if isinstance(node, SequenceNode) and not node.value:
                 self.fail(node, "routes", "at least one route is needed")
             self.unique(node, "routes", [(r.name, "name") for r in routes])
-            self.unique(node, "routes", [(r.path_prefix, "match.path_prefix") for r in routes])
+            self.route_matches(node, routes)
         state = self.field(fields, "state", "", self.state, StateConfig())
         if server.workers > 1:
             self.shared_by_workers(fields, state, routes)
@@ -575,10 +575,15 @@ class _Parser:
         )
         name = self.field(fields, "name", path, self.name, "")
         prefix = ""
+        models: tuple[str, ...] = ()
         if "match" in fields:
             match_path = _sub(path, "match")
-            match = self.mapping(fields["match"], match_path, ("path_prefix",), ("path_prefix",))
+            match = self.mapping(
+                fields["match"], match_path, ("path_prefix", "model"), ("path_prefix",)
+            )
             prefix = self.field(match, "path_prefix", match_path, self.string, "/")
+            if "model" in match:
+                models = self.models(match["model"], _sub(match_path, "model"))
             if not prefix.startswith("/"):
                 self.fail(
                     match["path_prefix"], _sub(match_path, "path_prefix"), "must start with /"
@@ -609,7 +614,33 @@ class _Parser:
                 Fallback.ON_CONNECT_ERROR,
             ),
             ejection=self.field(fields, "ejection", path, self.ejection, DEFAULT_EJECTION),
+            models=models,
         )
+
+    def models(self, node: Node, path: str) -> tuple[str, ...]:
+        names = self.strings(node, path)
+        if not names or not all(names):
+            self.fail(node, path, "expected one or more model names")
+        elif len(set(names)) < len(names):
+            self.fail(node, path, "a model is named twice")
+        return tuple(names)
+
+    def route_matches(self, node: Node, routes: list[Route]) -> None:
+        """Two routes never match the same request: on one path prefix, at most one route
+        without `model`, and no model in two routes."""
+        claimed: dict[tuple[str, str | None], str] = {}
+        for index, route in enumerate(routes):
+            for model in route.models or (None,):
+                other = claimed.setdefault((route.path_prefix, model), route.name)
+                if other == route.name or not isinstance(node, SequenceNode):
+                    continue
+                field = "match.path_prefix" if model is None else "match.model"
+                what = f"model {model!r}" if model else "requests without a model"
+                self.fail(
+                    node.value[index],
+                    f"routes[{index}].{field}",
+                    f"{what} under {route.path_prefix!r} already go to route {other!r}",
+                )
 
     def analysis(self, node: Node, path: str, default: AnalysisSpec | None) -> AnalysisSpec:
         base = AnalysisSpec()
@@ -685,6 +716,7 @@ class _Parser:
                 fields, "keepalive_timeout", path, self.duration_or_zero, base.keepalive_timeout
             ),
             ca_file=self.field(fields, "ca_file", path, self.ca_file, None),
+            model=self.field(fields, "model", path, self.string, "") or None,
         )
 
     def readable_file(self, node: Node, path: str, default: str | None) -> str | None:

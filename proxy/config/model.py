@@ -79,7 +79,8 @@ class Upstream:
     `max_connections` requests are in flight to it; `max_pending` more may wait for a slot, and
     beyond that requests are refused with 503. A connection idle for `keepalive_timeout` is not
     reused (0: never reused). An https upstream's certificate is checked against the system's
-    authorities, or those in `ca_file`.
+    authorities, or those in `ca_file`. With `model`, the JSON body's `model` is rewritten to it
+    on the way to this upstream (a candidate that names its model differently).
     """
 
     url: str
@@ -91,6 +92,7 @@ class Upstream:
     max_pending: int = 512
     keepalive_timeout: float = 4.0
     ca_file: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +236,8 @@ class Ejection:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Requests under `path_prefix`, split between `stable` and `candidate`."""
+    """Requests under `path_prefix` (and, if `models` are named, whose JSON body's `model` is
+    one of them), split between `stable` and `candidate`."""
 
     name: str
     path_prefix: str
@@ -247,6 +250,13 @@ class Route:
     on_rollback: RollbackHook | None = None
     fallback: Fallback = Fallback.ON_CONNECT_ERROR
     ejection: Ejection | None = Ejection()
+    models: tuple[str, ...] = ()
+
+    @property
+    def reads_body(self) -> bool:
+        """Whether a request's body is read whole before it is forwarded (to route on its
+        `model`, or to rewrite it)."""
+        return bool(self.models) or bool(self.stable.model) or bool(self.candidate.model)
 
 
 class StateBackend(StrEnum):

@@ -225,7 +225,8 @@ def test_all_errors_reported_at_once_with_line_and_path():
         ),
         (
             "routes:\n" + MINIMAL_ROUTE + MINIMAL_ROUTE.replace("name: r", "name: r2"),
-            "test.yaml:7: routes[1].match.path_prefix: '/r' is used twice",
+            "test.yaml:7: routes[1].match.path_prefix: requests without a model under '/r' already "
+            "go to route 'r'",
         ),
         (
             "routes:\n" + MINIMAL_ROUTE + "    ramp: {base: 0.1, base: 0.2}\n",
@@ -303,6 +304,28 @@ def test_a_ca_file_that_holds_no_certificates_is_a_config_error(tmp_path):
     assert found.startswith("test.yaml:4: routes[0].stable.ca_file: not a file of PEM certificate")
 
 
+def test_routes_on_one_path_split_by_model_and_never_claim_a_model_twice():
+    route = MINIMAL_ROUTE.replace("path_prefix: /r}", "path_prefix: /r, model: [a, b]}")
+    two = route + route.replace("name: r", "name: r2").replace("[a, b]", "[c]")
+    catch_all = MINIMAL_ROUTE.replace("name: r", "name: r3")
+    config = parse_config("routes:\n" + two + catch_all)
+    assert [r.models for r in config.routes] == [("a", "b"), ("c",), ()]
+    assert [r.reads_body for r in config.routes] == [True, True, False]
+    (found,) = errors("routes:\n" + route + route.replace("name: r", "name: r2").replace("a, ", ""))
+    assert found == (
+        "test.yaml:7: routes[1].match.model: model 'b' under '/r' already go to route 'r'"
+    ), found
+    (found,) = errors("routes:\n" + route.replace("[a, b]", "[]"))
+    assert found == "test.yaml:3: routes[0].match.model: expected one or more model names"
+    (found,) = errors("routes:\n" + route.replace("[a, b]", "[a, a]"))
+    assert found == "test.yaml:3: routes[0].match.model: a model is named twice"
+    rewrite = MINIMAL_ROUTE.replace('127.0.0.1:2"}', '127.0.0.1:2", model: ""}')
+    (found,) = errors("routes:\n" + rewrite)
+    assert found == "test.yaml:5: routes[0].candidate.model: expected a non-empty string"
+    rewrite = MINIMAL_ROUTE.replace('127.0.0.1:2"}', '127.0.0.1:2", model: v2}')
+    assert parse_config("routes:\n" + rewrite).routes[0].reads_body
+
+
 def test_redis_authorities_must_be_certificates_and_only_for_tls(tmp_path):
     ca, _ = self_signed(tmp_path)
     bogus = tmp_path / "notes.txt"
@@ -345,10 +368,10 @@ state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
 routes:
   - name: r
-    match: {{path_prefix: /r}}
+    match: {{path_prefix: /r, model: [m1, m2]}}
     stable: {{url: "https://a:1", connect_timeout: 1s, first_byte_timeout: 2s, idle_timeout: 3s,
               timeout: 4s, max_connections: 5, max_pending: 6, keepalive_timeout: 9s,
-              ca_file: {ca}}}
+              ca_file: {ca}, model: m2}}
     candidate: {{url: "http://b:1"}}
     cohort: {{keys: ["header:U"], salt: s, missing: random}}
     ramp: {{start: "2026-01-01T00:00:00Z", base: 0.1, slope: 0.2, per: 1h, max: 0.9}}
@@ -381,3 +404,4 @@ routes:
         for field in dataclasses.fields(read):
             assert getattr(read, field.name) != getattr(default, field.name), field.name
     assert config.routes[0].fallback.value == "never"
+    assert config.routes[0].models == ("m1", "m2") and defaults.routes[0].models == ()

@@ -1,0 +1,107 @@
+"""Reading and rewriting the `model` of a JSON request body, with `json` as the oracle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.model_body import BodyError, ModelBody
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+OBJECTS = st.dictionaries(st.text(max_size=8), VALUES, max_size=5)
+LAYOUTS = st.sampled_from(
+    [
+        {},
+        {"indent": 2},
+        {"separators": (",", ":")},
+        {"ensure_ascii": False},
+        {"indent": "\t", "ensure_ascii": False},
+    ]
+)
+
+
+def test_reads_the_model_and_rewrites_only_its_value():
+    body = b'{"model" : "llama-3-8b",\n "messages": [{"role": "user", "content": "1e3 \\u00e9"}],'
+    body += b' "temperature": 1.50}'
+    parsed = ModelBody.parse(body)
+    assert parsed.model == "llama-3-8b"
+    assert parsed.with_model("llama-3-8b-v2") == body.replace(b"llama-3-8b", b"llama-3-8b-v2", 1)
+
+
+def test_a_body_without_a_model_gets_one_first():
+    assert ModelBody.parse(b'{"a": 1}').with_model("m") == b'{"model": "m", "a": 1}'
+    assert ModelBody.parse(b" { } ").with_model("m") == b' {"model": "m" } '
+    assert ModelBody.parse(b'{"a": 1}').model is None
+
+
+def test_a_model_that_is_not_a_string_is_no_model_but_is_rewritten():
+    parsed = ModelBody.parse(b'{"model": ["x"], "b": 2}')
+    assert parsed.model is None
+    assert parsed.with_model("m") == b'{"model": "m", "b": 2}'
+
+
+def test_names_with_quotes_and_unicode_are_written_as_json():
+    rewritten = ModelBody.parse(b'{"model": "a"}').with_model('m"\u00e9\\')
+    assert json.loads(rewritten) == {"model": 'm"\u00e9\\'}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "not a JSON object"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"model=x", "not a JSON object"),
+        (b'"model"', "not a JSON object"),
+        (b"\xff{}", "not UTF-8"),
+        (b'{"model": "a", "model": "b"}', "names its model twice"),
+        (b'{"model": "a"', "expected ',' or '}'"),
+        (b'{"model": "a"} x', "text after the object"),
+        (b'{"model" "a"}', "expected ':'"),
+        (b"{model: 1}", "expected a member name"),
+        (b'{"a": tru}', "not valid JSON"),
+        (b'{"a": 1,}', "expected a member name"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    ],
+)
+def test_what_is_not_a_json_object_with_one_model_is_refused_in_a_sentence(body, message):
+    with pytest.raises(BodyError, match=message):
+        ModelBody.parse(body)
+
+
+@given(OBJECTS, st.text(max_size=12), LAYOUTS, st.text(max_size=12))
+def test_rewrite_agrees_with_json_and_keeps_every_other_byte(document, model, layout, name):
+    document = {**document, "model": model}
+    body = json.dumps(document, **layout).encode()
+    parsed = ModelBody.parse(body)
+    assert parsed.model == model
+    rewritten = parsed.with_model(name)
+    assert json.loads(rewritten) == {**document, "model": name}
+    assert parsed.span is not None
+    start, end = parsed.span
+    text = body.decode()
+    assert rewritten.decode() == text[:start] + json.dumps(name, ensure_ascii=False) + text[end:]
+
+
+@given(OBJECTS.filter(lambda d: "model" not in d), LAYOUTS, st.text(max_size=12))
+def test_bodies_without_a_model_parse_and_gain_one(document, layout, name):
+    parsed = ModelBody.parse(json.dumps(document, **layout).encode())
+    assert (parsed.model, parsed.span) == (None, None)
+    assert json.loads(parsed.with_model(name)) == {"model": name, **document}
+
+
+@given(st.binary(max_size=64))
+def test_any_bytes_parse_or_give_a_body_error(body):
+    try:
+        ModelBody.parse(body)
+    except BodyError:
+        pass
+    else:
+        assert isinstance(json.loads(body), dict)
