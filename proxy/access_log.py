@@ -121,6 +121,8 @@ class AccessLog:
                 "error": outcome.error,
                 "duration_ms": round(outcome.duration * 1000, 3),
                 "ttfb_ms": None if outcome.ttfb is None else round(outcome.ttfb * 1000, 3),
+                "ttft_ms": None if outcome.ttft is None else round(outcome.ttft * 1000, 3),
+                "output_tokens": outcome.output_tokens,
                 "bytes_in": outcome.bytes_in,
                 "bytes_out": outcome.bytes_out,
             }

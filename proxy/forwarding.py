@@ -21,6 +21,7 @@ from proxy.http.headers import answer_for_client, forwarded_for_upstream
 from proxy.http.server import Request, render
 from proxy.model_body import BodyError, ReadBody
 from proxy.outcome import Failure, FallbackReason
+from proxy.stream_meter import StreamMeter, whole_answer_tokens
 
 log = logging.getLogger("grayscale.forwarding")
 
@@ -110,6 +111,9 @@ class Exchange:
     fallback: FallbackReason | None = None  # why the request went to stable instead
     candidate_error: Failure | None = None  # the candidate's failure, when stable answered
     candidate_status: int | None = None  # the candidate's 5xx, when stable answered again
+    ttft: float | None = None  # seconds from sending upstream to the first token (event
+    # streams: the first event with content; other answers: the body's first byte)
+    output_tokens: int | None = None  # the answer's `usage`, if it says
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +127,11 @@ class UpstreamFailure:
     detail: str
 
 
-def answer_headers(answer: Answer, target: Target, fallback: FallbackReason | None) -> bytes:
-    """The upstream's answer header lines for the client, plus ours."""
+def answer_headers(
+    answer: Answer, target: Target, fallback: FallbackReason | None
+) -> tuple[bytes, bool]:
+    """The upstream's answer header lines for the client, plus ours; whether it is an event
+    stream."""
     lines, event_stream = answer_for_client(answer.headers)
     ours = [lines, target.label]
     if fallback is not None:
@@ -132,7 +139,7 @@ def answer_headers(answer: Answer, target: Target, fallback: FallbackReason | No
     if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
         ours.append(b"X-Accel-Buffering: no\r\n")
-    return b"".join(ours)
+    return b"".join(ours), event_stream
 
 
 _FAILURES = {
@@ -396,7 +403,13 @@ async def _whole(
     except UpstreamError as exc:
         return _failed(request, target, exchange, classify(exc))
     exchange.ttfb = time.monotonic() - sent
-    headers = answer_headers(answer, target, exchange.fallback)
+    headers, event_stream = answer_headers(answer, target, exchange.fallback)
+    if event_stream:
+        meter = StreamMeter()
+        meter.feed(body, exchange.ttfb)
+        exchange.ttft, exchange.output_tokens = meter.first_token, meter.output_tokens
+    else:
+        exchange.ttft, exchange.output_tokens = exchange.ttfb, whole_answer_tokens(body)
     request.reply(answer.status, headers, body, answer.reason)
     exchange.status = answer.status
     exchange.bytes_out = len(body)
@@ -409,7 +422,8 @@ async def _stream(
     length = answer.content_length
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":
         return await _whole(request, answer, target, exchange, sent)
-    headers = answer_headers(answer, target, exchange.fallback)
+    headers, event_stream = answer_headers(answer, target, exchange.fallback)
+    meter = StreamMeter() if event_stream else None
     try:
         request.start(answer.status, headers, length, answer.reason)
         exchange.status = answer.status
@@ -417,6 +431,8 @@ async def _stream(
         async for chunk in answer.chunks(upstream.idle_timeout, sent + upstream.timeout):
             if exchange.ttfb is None:
                 exchange.ttfb = time.monotonic() - sent
+            if meter is not None:
+                meter.feed(chunk, time.monotonic() - sent)
             await request.write(chunk)
             exchange.bytes_out += len(chunk)
         if exchange.ttfb is None:
@@ -427,3 +443,8 @@ async def _stream(
     except UpstreamError as exc:
         _note_failure(target, exchange, classify(exc), "mid-answer")
         request.abort()
+    finally:
+        if meter is None:
+            exchange.ttft = exchange.ttfb
+        else:
+            exchange.ttft, exchange.output_tokens = meter.first_token, meter.output_tokens

@@ -221,6 +221,8 @@ class Gateway:
                 exchange.fallback,
                 exchange.candidate_error,
                 exchange.candidate_status,
+                exchange.ttft,
+                exchange.output_tokens,
             )
             for record in self._recorders:
                 record(outcome)

@@ -72,13 +72,15 @@ class Buckets:
 class VariantMetrics:
     """What one route's variant served: counts updated on the event loop, read when scraped."""
 
-    __slots__ = ("duration", "errors", "in_flight", "requests", "ttfb")
+    __slots__ = ("duration", "errors", "in_flight", "output_tokens", "requests", "ttfb", "ttft")
 
     def __init__(self) -> None:
         self.requests = dict.fromkeys(CODE_CLASSES, 0)
         self.errors = dict.fromkeys(ERROR_REASONS, 0)
         self.duration = Buckets()
         self.ttfb = Buckets()
+        self.ttft = Buckets()
+        self.output_tokens = 0
         self.in_flight = 0
 
     def observe(self, outcome: Outcome) -> None:
@@ -92,6 +94,10 @@ class VariantMetrics:
         self.duration.observe(outcome.duration)
         if outcome.ttfb is not None:
             self.ttfb.observe(outcome.ttfb)
+        if outcome.ttft is not None:
+            self.ttft.observe(outcome.ttft)
+        if outcome.output_tokens is not None:
+            self.output_tokens += outcome.output_tokens
 
 
 class _PerRequestCollector(Collector):
@@ -120,8 +126,19 @@ class _PerRequestCollector(Collector):
         )
         ttfb = HistogramMetricFamily(
             "grayscale_upstream_time_to_first_byte_seconds",
-            "Time from sending the request upstream to the first byte of the answer's body "
-            "(time to first token for streaming models).",
+            "Time from sending the request upstream to the first byte of the answer's body.",
+            labels=("route", "variant"),
+        )
+        ttft = HistogramMetricFamily(
+            "grayscale_time_to_first_token_seconds",
+            "Time from sending the request upstream to the first event-stream event that "
+            "carries content (a role-only or keep-alive frame is not a token); the first byte "
+            "for answers that are not event streams.",
+            labels=("route", "variant"),
+        )
+        tokens = CounterMetricFamily(
+            "grayscale_output_tokens",
+            "Output tokens the answers' usage reported (completion_tokens), by route and variant.",
             labels=("route", "variant"),
         )
         in_flight = GaugeMetricFamily(
@@ -135,10 +152,15 @@ class _PerRequestCollector(Collector):
                     requests.add_metric((route, variant, code), count)
                 for reason, count in seen.errors.items():
                     errors.add_metric((route, variant, reason), count)
-                for family, buckets in ((duration, seen.duration), (ttfb, seen.ttfb)):
+                for family, buckets in (
+                    (duration, seen.duration),
+                    (ttfb, seen.ttfb),
+                    (ttft, seen.ttft),
+                ):
                     family.add_metric((route, variant), buckets.cumulative(), buckets.sum)
+                tokens.add_metric((route, variant), seen.output_tokens)
                 in_flight.add_metric((route, variant), seen.in_flight)
-        return [requests, errors, duration, ttfb, in_flight]
+        return [requests, errors, duration, ttfb, ttft, tokens, in_flight]
 
 
 class Recorder:

@@ -61,6 +61,8 @@ class Outcome(NamedTuple):
     fallback: FallbackReason | None = None
     candidate_error: Failure | None = None
     candidate_status: int | None = None
+    ttft: float | None = None  # seconds from sending upstream to the first token (see forwarding)
+    output_tokens: int | None = None  # as the answer's `usage` said, if it did
 
     @property
     def code(self) -> int:

@@ -136,5 +136,8 @@ class WindowRecorder:
             windows[Variant.CANDIDATE].add(now, True, None)
         latency = None
         if outcome.status is not None:
-            latency = outcome.duration if measure is LatencyMeasure.DURATION else outcome.ttfb
+            if measure is LatencyMeasure.DURATION:
+                latency = outcome.duration
+            else:
+                latency = outcome.ttfb if measure is LatencyMeasure.TTFB else outcome.ttft
         windows[outcome.variant].add(now, outcome.failed, latency)

@@ -180,7 +180,8 @@ class LatencyMeasure(StrEnum):
     """Which latency the analysis compares."""
 
     DURATION = "duration"  # request arrival to last byte sent
-    TTFB = "ttfb"  # upstream time to first byte: time to first token for streams
+    TTFB = "ttfb"  # upstream time to the answer body's first byte
+    TTFT = "ttft"  # time to first token: the first event with content (first byte if not a stream)
 
 
 class Inconclusive(StrEnum):

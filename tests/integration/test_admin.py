@@ -373,6 +373,8 @@ async def test_access_log_hashes_users_and_never_writes_raw_ids(
         "error",
         "duration_ms",
         "ttfb_ms",
+        "ttft_ms",
+        "output_tokens",
         "bytes_in",
         "bytes_out",
     }

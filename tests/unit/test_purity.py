@@ -12,7 +12,7 @@ def test_routing_imports_no_io_modules():
     code = (
         "import sys\n"
         f"before = {{m for m in {FORBIDDEN!r} if m in sys.modules}}\n"
-        "import proxy.routing, proxy.routing.client_ip, proxy.model_body\n"
+        "import proxy.routing, proxy.routing.client_ip, proxy.model_body, proxy.stream_meter\n"
         f"print(sorted(m for m in {FORBIDDEN!r} if m in sys.modules and m not in before))\n"
     )
     result = subprocess.run(

@@ -1,0 +1,149 @@
+"""A model's answer read as it passes: when its first token came, and how many tokens the server
+says it produced.
+
+Invariants
+- Pure: fed the answer's bytes as they are sent on (never altered, never held back); no I/O.
+- In a server-sent event stream, the first token is the first event whose data carries content:
+  JSON with a non-empty `choices[].delta.content`, `.delta.reasoning_content`,
+  `.delta.tool_calls` or `choices[].text` (OpenAI chat and completions as vLLM, llama.cpp and
+  LiteLLM send them), or `token.text` (TGI's own stream), or data that is not JSON at all (any
+  other text stream) other than `[DONE]`. A role-only first frame, an empty delta, a comment
+  (keep-alive) or an event with no data is not a token.
+- Output tokens are the last `usage.completion_tokens` (or `usage.output_tokens`) the answer
+  carries: in a stream's final frame, or in a whole JSON answer.
+- Bounded: a line is buffered up to `LINE_LIMIT` bytes; a longer one is skipped whole, so a
+  hostile stream costs bounded memory and time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+LINE_LIMIT = 256 * 1024  # bytes of one event-stream line kept while it arrives
+_USAGE_KEYS = ("completion_tokens", "output_tokens")
+
+
+class StreamMeter:
+    """Reads an event stream chunk by chunk; `first_token` is when its first token passed
+    (the `now` given with that chunk), `output_tokens` what its usage said."""
+
+    __slots__ = ("_data", "_line", "_skipping", "first_token", "output_tokens")
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        self._data: list[bytes] = []  # the `data` lines of the event being read
+        self._skipping = False  # inside a line over LINE_LIMIT
+        self.first_token: float | None = None
+        self.output_tokens: int | None = None
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        """Read the next bytes of the stream, which passed at `now`."""
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                self._keep(chunk[start:])
+                return
+            if self._skipping:
+                self._skipping = False
+            elif self._line:
+                self._line += chunk[start:end]
+                self._end_line(bytes(self._line), now)
+                self._line.clear()
+            else:
+                self._end_line(chunk[start:end], now)
+            start = end + 1
+
+    def _keep(self, piece: bytes) -> None:
+        if self._skipping or not piece:
+            return
+        if len(self._line) + len(piece) > LINE_LIMIT:
+            self._line.clear()
+            self._skipping = True
+        else:
+            self._line += piece
+
+    def _end_line(self, line: bytes, now: float) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            if self._data:
+                self._event(b"\n".join(self._data), now)
+                self._data.clear()
+            return
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+
+    def _event(self, data: bytes, now: float) -> None:
+        if self.first_token is None:
+            if data.strip() == b"[DONE]":
+                return
+            try:
+                document = json.loads(data)
+            except RecursionError:
+                return
+            except ValueError:
+                self.first_token = now  # not JSON: any text is content
+                return
+            if carries_token(document):
+                self.first_token = now
+            self._usage(document)
+        elif b"_tokens" in data:  # only a frame with usage is worth parsing after the first
+            try:
+                self._usage(json.loads(data))
+            except (ValueError, RecursionError):
+                return
+
+    def _usage(self, document: Any) -> None:
+        tokens = output_tokens(document)
+        if tokens is not None:
+            self.output_tokens = tokens
+
+
+def carries_token(document: Any) -> bool:
+    """Whether a streamed JSON frame carries content (see the module's rules)."""
+    if not isinstance(document, dict):
+        return document not in (None, "", [], {})
+    token = document.get("token")
+    if isinstance(token, dict) and token.get("text"):
+        return True
+    choices = document.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(
+            delta.get(key) for key in ("content", "reasoning_content", "tool_calls")
+        ):
+            return True
+    return False
+
+
+def output_tokens(document: Any) -> int | None:
+    """The output token count in a JSON answer's `usage`, if it has one."""
+    if not isinstance(document, dict):
+        return None
+    usage = document.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    for key in _USAGE_KEYS:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def whole_answer_tokens(body: bytes) -> int | None:
+    """The output tokens of a whole (not streamed) JSON answer, if its `usage` says."""
+    if b"_tokens" not in body:
+        return None
+    try:
+        return output_tokens(json.loads(body))
+    except (ValueError, RecursionError):
+        return None

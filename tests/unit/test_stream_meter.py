@@ -1,0 +1,113 @@
+"""The first token and the output tokens of a model's answer, read as it passes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.stream_meter import LINE_LIMIT, StreamMeter, whole_answer_tokens
+
+
+def frame(delta: dict[str, object] | None = None, **extra: object) -> bytes:
+    document: dict[str, object] = {"choices": [{"index": 0, "delta": delta or {}}], **extra}
+    return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+ROLE = frame({"role": "assistant", "content": ""})
+TOKEN = frame({"content": "Hello"})
+USAGE = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 42}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def meter_of(*chunks: bytes) -> StreamMeter:
+    meter = StreamMeter()
+    for at, chunk in enumerate(chunks):
+        meter.feed(chunk, float(at))
+    return meter
+
+
+def test_a_role_only_first_frame_is_not_the_first_token():
+    meter = meter_of(ROLE, b": keep-alive\n\n", frame({}), TOKEN, USAGE, DONE)
+    assert (meter.first_token, meter.output_tokens) == (3.0, 42)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        frame({"reasoning_content": "thinking"}),
+        frame({"tool_calls": [{"index": 0, "function": {"name": "f"}}]}),
+        b'data: {"choices": [{"index": 0, "text": "a", "finish_reason": null}]}\n\n',
+        b'data: {"token": {"id": 1, "text": "Hi", "special": false}}\n\n',  # TGI's own stream
+        b"data: plain text\n\n",
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n',
+        b'data:{"choices": [{"delta": {"content": "a"}}]}\n\n',  # no space after the colon
+        b'event: message\nid: 7\ndata: {"choices":\ndata: [{"delta": {"content": "a"}}]}\n\n',
+    ],
+)
+def test_what_counts_as_a_token(event):
+    assert meter_of(ROLE, event).first_token == 1.0
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        DONE,
+        b": comment\n\n",
+        b"event: ping\n\n",
+        frame({"content": None}),
+        b'data: {"choices": [{"delta": {"content": ""}}], "usage": null}\n\n',
+        b'data: {"token": {"text": ""}}\n\n',
+        b"data: " + b"[" * 5000 + b"]" * 5000 + b"\n\n",  # nested too deeply to read
+    ],
+)
+def test_what_is_not_a_token(event):
+    assert meter_of(event).first_token is None
+
+
+def test_the_token_counts_when_its_event_ends_not_when_it_begins():
+    meter = meter_of(TOKEN[:10], TOKEN[10:-1], TOKEN[-1:])
+    assert meter.first_token == 2.0
+
+
+def test_usage_from_the_last_frame_that_has_it_and_tgi_or_anthropic_names():
+    assert meter_of(TOKEN, USAGE).output_tokens == 42
+    other = b'data: {"type": "message_delta", "usage": {"output_tokens": 7}}\n\n'
+    assert meter_of(TOKEN, other).output_tokens == 7
+    assert meter_of(TOKEN, b'data: {"usage": {"completion_tokens": -1}}\n\n').output_tokens is None
+    assert (
+        meter_of(TOKEN, b'data: {"usage": {"completion_tokens": true}}\n\n').output_tokens is None
+    )
+
+
+def test_a_line_over_the_limit_is_skipped_and_the_stream_read_on():
+    huge = b"data: " + b"x" * (LINE_LIMIT + 10)
+    meter = meter_of(huge[: LINE_LIMIT // 2], huge[LINE_LIMIT // 2 :], b"\n\n", ROLE, TOKEN)
+    assert meter.first_token == 4.0
+    assert len(meter._line) == 0
+
+
+def test_whole_answers_give_their_usage():
+    answer = {"choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": 5}}
+    assert whole_answer_tokens(json.dumps(answer).encode()) == 5
+    assert whole_answer_tokens(b'{"ok": true}') is None
+    assert whole_answer_tokens(b'not json "completion_tokens"') is None
+
+
+STREAM = ROLE + b": ping\n\n" + TOKEN + frame({"content": " world"}) + USAGE + DONE
+
+
+@given(st.lists(st.integers(0, len(STREAM)), max_size=8))
+def test_any_split_of_the_stream_reads_the_same(cuts):
+    bounds = sorted({0, len(STREAM), *cuts})
+    pieces = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
+    meter = StreamMeter()
+    for at, piece in enumerate(pieces):
+        meter.feed(piece, float(at))
+    # The first token passed with the piece that held the end of its event.
+    token_end = len(ROLE) + len(b": ping\n\n") + len(TOKEN)
+    holding = next(i for i, end in enumerate(bounds[1:]) if end >= token_end)
+    assert (meter.first_token, meter.output_tokens) == (float(holding), 42)
