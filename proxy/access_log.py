@@ -111,6 +111,7 @@ class AccessLog:
         return json.dumps(
             {
                 "time": datetime.fromtimestamp(outcome.at, UTC).isoformat(timespec="milliseconds"),
+                "request_id": None if outcome.request_id is None else outcome.request_id.decode(),
                 "route": outcome.route,
                 "method": outcome.method,
                 "variant": d.variant.value,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from proxy.config.model import Upstream, Variant
@@ -28,6 +28,7 @@ log = logging.getLogger("grayscale.forwarding")
 VARIANT_HEADER = "X-Grayscale-Variant"
 ROUTE_HEADER = "X-Grayscale-Route"
 FALLBACK_HEADER = "X-Grayscale-Fallback"
+REQUEST_ID_HEADER = "X-Grayscale-Request-Id"
 
 
 class Overloaded(Exception):
@@ -90,11 +91,21 @@ class Target:
     upstream: Upstream
     limiter: Limiter
     origin: Origin
+    mint: Callable[[float], bytes]  # a new request id for this route and variant, at a time
     label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
     def __post_init__(self) -> None:
         label = render([(VARIANT_HEADER, self.variant), (ROUTE_HEADER, self.route)])
         object.__setattr__(self, "label", label)
+
+    def labels(self, exchange: Exchange) -> bytes:
+        """Our header lines on an answer from this target, with a new request id (kept in
+        `exchange`)."""
+        exchange.request_id = request_id = self.mint(time.time())
+        return b"%s%s: %s\r\n" % (self.label, _REQUEST_ID, request_id)
+
+
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
 
 
 @dataclass(slots=True)
@@ -114,6 +125,7 @@ class Exchange:
     ttft: float | None = None  # seconds from sending upstream to the first token (event
     # streams: the first event with content; other answers: the body's first byte)
     output_tokens: int | None = None  # the answer's `usage`, if it says
+    request_id: bytes | None = None  # the id on the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +139,13 @@ class UpstreamFailure:
     detail: str
 
 
-def answer_headers(
-    answer: Answer, target: Target, fallback: FallbackReason | None
-) -> tuple[bytes, bool]:
+def answer_headers(answer: Answer, target: Target, exchange: Exchange) -> tuple[bytes, bool]:
     """The upstream's answer header lines for the client, plus ours; whether it is an event
     stream."""
     lines, event_stream = answer_for_client(answer.headers)
-    ours = [lines, target.label]
-    if fallback is not None:
-        ours.append(b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), fallback.encode()))
+    ours = [lines, target.labels(exchange)]
+    if exchange.fallback is not None:
+        ours.append(b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), exchange.fallback.encode()))
     if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
         ours.append(b"X-Accel-Buffering: no\r\n")
@@ -287,7 +297,7 @@ def _failed(request: Request, target: Target, exchange: Exchange, failure: Upstr
             "route": target.route,
             "variant": target.variant,
         },
-        target.label,
+        target.labels(exchange),
     )
 
 
@@ -403,7 +413,7 @@ async def _whole(
     except UpstreamError as exc:
         return _failed(request, target, exchange, classify(exc))
     exchange.ttfb = time.monotonic() - sent
-    headers, event_stream = answer_headers(answer, target, exchange.fallback)
+    headers, event_stream = answer_headers(answer, target, exchange)
     if event_stream:
         meter = StreamMeter()
         meter.feed(body, exchange.ttfb)
@@ -422,7 +432,7 @@ async def _stream(
     length = answer.content_length
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":
         return await _whole(request, answer, target, exchange, sent)
-    headers, event_stream = answer_headers(answer, target, exchange.fallback)
+    headers, event_stream = answer_headers(answer, target, exchange)
     meter = StreamMeter() if event_stream else None
     try:
         request.start(answer.status, headers, length, answer.reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
@@ -24,7 +25,9 @@ from proxy.http.server import Request
 from proxy.metrics import Recorder, VariantMetrics
 from proxy.model_body import ReadBody
 from proxy.outcome import FallbackReason, Observer, Outcome
+from proxy.request_id import Minter
 from proxy.rollout.controller import RolloutController
+from proxy.rollout.machine import identity_of
 from proxy.routing import RoutingTable, decide
 from proxy.routing.client_ip import client_ip, is_trusted
 
@@ -92,9 +95,12 @@ class Gateway:
         controller: RolloutController,
         recorder: Recorder,
         access_log: AccessLog | None,
+        *,
         observations: LocalObservations,
+        minter: Minter,
     ):
         self.controller = controller
+        self.minter = minter
         self.recorder = recorder
         self.client = UpstreamClient()
         self.windows = WindowRecorder(observations)
@@ -120,13 +126,15 @@ class Gateway:
             self._limiters[key] = Limiter(upstream.max_connections, upstream.max_pending)
         return self._limiters[key]
 
-    def _target(self, route: str, variant: Variant, upstream: Upstream) -> Target:
+    def _target(self, route: Route, variant: Variant, upstream: Upstream) -> Target:
+        label = self.minter.label(route.name, variant, identity_of(route))
         return Target(
-            route,
+            route.name,
             variant,
             upstream,
             self._limiter(upstream),
             Origin(upstream.url, upstream.ca_file, upstream.keepalive_timeout),
+            partial(self.minter.mint, label),
         )
 
     def _compile(self, config: Config) -> Snapshot:
@@ -137,8 +145,8 @@ class Gateway:
             routes[route.name] = RouteWiring(
                 route=route,
                 targets={
-                    _STABLE: self._target(route.name, _STABLE, route.stable),
-                    _CANDIDATE: self._target(route.name, _CANDIDATE, route.candidate),
+                    _STABLE: self._target(route, _STABLE, route.stable),
+                    _CANDIDATE: self._target(route, _CANDIDATE, route.candidate),
                 },
                 metrics=self.recorder.route(route.name),
                 breaker=self.ejections.breaker(route.name),
@@ -223,6 +231,7 @@ class Gateway:
                 exchange.candidate_status,
                 exchange.ttft,
                 exchange.output_tokens,
+                exchange.request_id,
             )
             for record in self._recorders:
                 record(outcome)

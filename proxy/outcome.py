@@ -63,6 +63,7 @@ class Outcome(NamedTuple):
     candidate_status: int | None = None
     ttft: float | None = None  # seconds from sending upstream to the first token (see forwarding)
     output_tokens: int | None = None  # as the answer's `usage` said, if it did
+    request_id: bytes | None = None  # the `X-Grayscale-Request-Id` the answer carried
 
     @property
     def code(self) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import time
 
@@ -25,6 +26,7 @@ from proxy.gateway import Gateway
 from proxy.http.server import Listener
 from proxy.metrics import Recorder
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
+from proxy.request_id import Minter, key_of
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.redis_store import RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
@@ -61,6 +63,21 @@ def _redis(config: Config) -> Redis | None:
 
 def _spans(config: Config) -> dict[str, float]:
     return {r.name: r.analysis.window for r in config.routes if r.analysis is not None}
+
+
+def request_id_key(config: Config) -> bytes:
+    """The key of this process's request ids: from the variable `outcomes.secret_env` (the
+    same on every replica and worker, so that any of them reads any id), else random (then only
+    this process reads them; the supervisor of several workers gives them all one)."""
+    secret = os.environ.get(config.outcomes.secret_env, "")
+    if secret:
+        return key_of(secret)
+    if config.state.backend is StateBackend.REDIS:
+        log.warning(
+            "$%s is not set: outcomes can be reported only to the replica that served the request",
+            config.outcomes.secret_env,
+        )
+    return secrets.token_bytes(32)
 
 
 MIN_TOKEN = 32  # characters an admin token should have
@@ -137,8 +154,14 @@ class Server:
         self.host_metrics = None
         if worker is not None:
             self.host_metrics = HostMetrics(self.recorder.registry, worker)
+        key = request_id_key(config)
         self.gateway = Gateway(
-            config, self.controller, self.recorder, self.access_log, self.observations
+            config,
+            self.controller,
+            self.recorder,
+            self.access_log,
+            observations=self.observations,
+            minter=Minter(key),
         )
         self.admin = Admin(
             config=config,

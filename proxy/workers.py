@@ -25,6 +25,7 @@ import ctypes
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -253,6 +254,9 @@ async def supervise(config: Config, argv: list[str]) -> int:
     }
     stopping = asyncio.Event()
     processes: dict[int, asyncio.subprocess.Process] = {}
+    # One key for the request ids of every worker, so that any of them reads any id.
+    secret_env = config.outcomes.secret_env
+    shared = {secret_env: os.environ.get(secret_env) or secrets.token_hex(32)}
 
     def forward(sig: signal.Signals) -> None:
         for process in processes.values():
@@ -271,7 +275,7 @@ async def supervise(config: Config, argv: list[str]) -> int:
         pause = 0.5
         while not stopping.is_set():
             started = time.monotonic()
-            env = {**os.environ, ENV: json.dumps({"index": index, **place})}
+            env = {**os.environ, **shared, ENV: json.dumps({"index": index, **place})}
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy", *argv, env=env
             )

@@ -43,6 +43,9 @@ from proxy.config.model import (
     LatencyMeasure,
     Listen,
     Missing,
+    OutcomeBasis,
+    OutcomeCheck,
+    OutcomesConfig,
     PathPrefixCondition,
     Ramp,
     RollbackHook,
@@ -75,6 +78,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MAX_WORKERS = 256
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+OUTCOME_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # also what POST /outcomes accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +261,13 @@ class _Parser:
             return default
         return float(value)
 
+    def non_negative(self, node: Node, path: str, default: float) -> float:
+        value = self.number(node, path, default)
+        if value < 0:
+            self.fail(node, path, f"expected a number of at least 0, got {value:g}")
+            return default
+        return value
+
     def fraction(self, node: Node, path: str, default: float) -> float:
         value = self.number(node, path, default)
         if not 0.0 <= value <= 1.0:
@@ -352,7 +363,10 @@ class _Parser:
 
     def config(self, root: Node, digest: str) -> Config:
         fields = self.mapping(
-            root, "", ("server", "admin", "state", "access_log", "routes"), required=("routes",)
+            root,
+            "",
+            ("server", "admin", "state", "access_log", "outcomes", "routes"),
+            required=("routes",),
         )
         server = self.field(fields, "server", "", self.server, ServerConfig())
         routes: list[Route] = []
@@ -373,6 +387,7 @@ class _Parser:
             state=state,
             admin=self.field(fields, "admin", "", self.admin, AdminConfig()),
             access_log=self.field(fields, "access_log", "", self.access_log, None),
+            outcomes=self.field(fields, "outcomes", "", self.outcomes, OutcomesConfig()),
             source=self.source,
             digest=digest,
         )
@@ -481,6 +496,52 @@ class _Parser:
                 fields, "hash_secret_env", path, self.string, base.hash_secret_env
             ),
         )
+
+    def outcomes(self, node: Node, path: str, default: OutcomesConfig) -> OutcomesConfig:
+        fields = self.mapping(node, path, [f.name for f in dataclass_fields(OutcomesConfig)])
+        return OutcomesConfig(
+            token_env=self.field(fields, "token_env", path, self.string, default.token_env),
+            secret_env=self.field(fields, "secret_env", path, self.string, default.secret_env),
+            ttl=self.field(fields, "ttl", path, self.duration, default.ttl),
+            max_batch=self.field(fields, "max_batch", path, self.count, default.max_batch),
+            max_names=self.field(fields, "max_names", path, self.count, default.max_names),
+        )
+
+    def outcome_checks(
+        self, node: Node, path: str, default: tuple[OutcomeCheck, ...]
+    ) -> tuple[OutcomeCheck, ...]:
+        checks = []
+        for item, item_path in self.sequence(node, path):
+            fields = self.mapping(
+                item,
+                item_path,
+                ("name", "max_decrease", "relative", "per"),
+                ("name", "max_decrease"),
+            )
+            checks.append(
+                OutcomeCheck(
+                    name=self.field(fields, "name", item_path, self.outcome_name, ""),
+                    max_decrease=self.field(
+                        fields, "max_decrease", item_path, self.non_negative, 0.0
+                    ),
+                    relative=self.field(fields, "relative", item_path, self.boolean, False),
+                    per=self.field(
+                        fields,
+                        "per",
+                        item_path,
+                        lambda n, p, d: self.choice(n, p, d, OutcomeBasis),
+                        OutcomeBasis.REQUEST,
+                    ),
+                )
+            )
+        self.unique(node, path, [(c.name, "name") for c in checks])
+        return tuple(checks)
+
+    def outcome_name(self, node: Node, path: str, default: str) -> str:
+        value = self.string(node, path, default)
+        if value and not OUTCOME_NAME.fullmatch(value):
+            self.fail(node, path, "expected letters, digits and _ . : - (at most 64)")
+        return value
 
     def unique(self, node: Node, path: str, values: list[tuple[str, str]]) -> None:
         seen: set[str] = set()
@@ -670,6 +731,7 @@ class _Parser:
                 lambda n, p, d: self.choice(n, p, d, Inconclusive),
                 base.on_inconclusive,
             ),
+            outcomes=read("outcomes", self.outcome_checks, ()),
         )
         checks = (
             (spec.window >= spec.interval, "window", "must be at least the interval"),

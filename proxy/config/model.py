@@ -191,6 +191,24 @@ class Inconclusive(StrEnum):
     CONTINUE = "continue"
 
 
+class OutcomeBasis(StrEnum):
+    """What an outcome's mean is taken over."""
+
+    REQUEST = "request"  # the sum of its values over the variant's requests (e.g. clicks)
+    OUTCOME = "outcome"  # the reported values themselves (e.g. a rating)
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeCheck:
+    """The candidate's mean of outcome `name` may not fall below stable's by more than
+    `max_decrease` (a fraction of stable's mean if `relative`)."""
+
+    name: str
+    max_decrease: float
+    relative: bool = False
+    per: OutcomeBasis = OutcomeBasis.REQUEST
+
+
 @dataclass(frozen=True, slots=True)
 class AnalysisSpec:
     """How a route's candidate is judged against stable, and when it is rolled back."""
@@ -205,6 +223,7 @@ class AnalysisSpec:
     confidence: float = 0.95
     failures_before_rollback: int = 3
     on_inconclusive: Inconclusive = Inconclusive.HOLD
+    outcomes: tuple[OutcomeCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +325,19 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomesConfig:
+    """Outcomes an application reports (`POST /outcomes`): the variable holding its bearer
+    token, the variable holding the key that signs request ids (the same on every replica of a
+    fleet), how long after its request an outcome is taken, and bounds."""
+
+    token_env: str = "GRAYSCALE_OUTCOMES_TOKEN"
+    secret_env: str = "GRAYSCALE_OUTCOMES_SECRET"
+    ttl: float = 3600.0
+    max_batch: int = 1000
+    max_names: int = 32
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid configuration file; `digest` identifies its text."""
 
@@ -314,5 +346,6 @@ class Config:
     state: StateConfig = StateConfig()
     admin: AdminConfig = AdminConfig()
     access_log: AccessLogConfig | None = None
+    outcomes: OutcomesConfig = OutcomesConfig()
     source: str = field(default="<memory>", compare=False)
     digest: str = field(default="", compare=False)

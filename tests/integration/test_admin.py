@@ -363,6 +363,7 @@ async def test_access_log_hashes_users_and_never_writes_raw_ids(
     first = lines[0]
     assert set(first) == {
         "time",
+        "request_id",
         "route",
         "method",
         "variant",

@@ -15,6 +15,7 @@ from proxy.config.model import (
     KeySource,
     Listen,
     Missing,
+    OutcomeCheck,
     PathPrefixCondition,
     Source,
     UserIdCondition,
@@ -366,6 +367,7 @@ admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
 state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",
          password_env: REDIS_PW, ca_file: {ca}}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
+outcomes: {{token_env: OT, secret_env: OS, ttl: 5m, max_batch: 10, max_names: 3}}
 routes:
   - name: r
     match: {{path_prefix: /r, model: [m1, m2]}}
@@ -377,7 +379,8 @@ routes:
     ramp: {{start: "2026-01-01T00:00:00Z", base: 0.1, slope: 0.2, per: 1h, max: 0.9}}
     analysis: {{interval: 1s, window: 2s, min_requests: 3, max_error_rate_increase: 0.02,
                 max_latency_ratio: 2, latency_quantile: 0.9, latency: ttfb, confidence: 0.9,
-                failures_before_rollback: 4, on_inconclusive: continue}}
+                failures_before_rollback: 4, on_inconclusive: continue,
+                outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome}}]}}
     on_rollback: {{webhook: "http://h:1/x", timeout: 2s, attempts: 5}}
     fallback: never
     ejection: {{consecutive_errors: 7, base_time: 1s, max_time: 2s}}
@@ -393,12 +396,14 @@ routes:
         (config.admin, defaults.admin),
         (config.state, defaults.state),
         (config.access_log, defaults.access_log),
+        (config.outcomes, defaults.outcomes),
         (config.routes[0].stable, defaults.routes[0].stable),
         (config.routes[0].cohort, defaults.routes[0].cohort),
         (config.routes[0].ramp, defaults.routes[0].ramp),
         (config.routes[0].analysis, defaults.routes[0].analysis),
         (config.routes[0].on_rollback, defaults.routes[0].on_rollback),
         (config.routes[0].ejection, defaults.routes[0].ejection),
+        (config.routes[0].analysis.outcomes[0], OutcomeCheck("c", 0.0)),
     ):
         assert read is not None and default is not None
         for field in dataclasses.fields(read):
