@@ -389,6 +389,24 @@ def test_window_keeps_only_the_last_span():
     assert window.sample(1119.5 + 61).requests == 0  # a minute of silence empties it
 
 
+def test_window_slots_are_numbered_by_time_and_hold_exactly_what_was_counted():
+    window = Window(span=60.0)  # 5 s slots
+    window.add(1000.0, error=False, latency=0.01)  # slot 200
+    window.add(1004.9, error=True, latency=None)  # slot 200
+    window.add(1005.0, error=False, latency=2.0)  # slot 201
+    slots = sorted(window.slots(1005.0))
+    assert [(number, requests, errors) for number, requests, errors, _ in slots] == [
+        (200, 2, 1),
+        (201, 1, 0),
+    ]
+    assert slots[0][3][bucket_of(0.01)] == 1 and sum(slots[0][3]) == 1
+    assert slots[1][3][bucket_of(2.0)] == 1 and sum(slots[1][3]) == 1
+    assert [n for n, *_ in window.slots(1059.9)] == [200, 201]  # the window holds 200..211
+    assert [n for n, *_ in window.slots(1060.0)] == [201]  # 201..212
+    assert window.slots(1065.0) == []
+    assert window.slots(999.0) == []  # slots newer than `now` are not in its window
+
+
 def test_window_memory_is_bounded():
     window = Window(span=10.0)
     for i in range(50_000):

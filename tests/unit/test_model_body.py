@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model_body import BodyError, ModelBody
+from proxy.model_body import BodyError, ModelBody, ReadBody
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 VALUES = st.recursive(
@@ -53,27 +53,52 @@ def test_names_with_quotes_and_unicode_are_written_as_json():
     assert json.loads(rewritten) == {"model": 'm"\u00e9\\'}
 
 
+NOT_JSON = "the body is not valid JSON: "
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"", "not a JSON object"),
-        (b"[1, 2]", "not a JSON object"),
-        (b"model=x", "not a JSON object"),
-        (b'"model"', "not a JSON object"),
-        (b"\xff{}", "not UTF-8"),
-        (b'{"model": "a", "model": "b"}', "names its model twice"),
-        (b'{"model": "a"', "expected ',' or '}'"),
-        (b'{"model": "a"} x', "text after the object"),
-        (b'{"model" "a"}', "expected ':'"),
-        (b"{model: 1}", "expected a member name"),
-        (b'{"a": tru}', "not valid JSON"),
-        (b'{"a": 1,}', "expected a member name"),
-        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b"", "the body is not a JSON object"),
+        (b"[1, 2]", "the body is not a JSON object"),
+        (b"model=x", "the body is not a JSON object"),
+        (b'"model"', "the body is not a JSON object"),
+        (b"\xff{}", "the body is not UTF-8 text"),
+        (b'{"model": "a", "model": "b"}', "the body names its model twice"),
+        (b"{", NOT_JSON + "expected a member name"),
+        (b" { ", NOT_JSON + "expected a member name"),
+        (b'{"a"', NOT_JSON + "expected ':' after a member name"),
+        (b'{"a" ', NOT_JSON + "expected ':' after a member name"),
+        (b'{"a":1', NOT_JSON + "expected ',' or '}'"),
+        (b'{"model": "a"', NOT_JSON + "expected ',' or '}'"),
+        (b'{"model": "a" x', NOT_JSON + "expected ',' or '}'"),
+        (b'{"model": "a"} x', NOT_JSON + "text after the object"),
+        (b"{} x", NOT_JSON + "text after the object"),
+        (b'{"model" "a"}', NOT_JSON + "expected ':' after a member name"),
+        (b"{model: 1}", NOT_JSON + "expected a member name"),
+        (b'{"a": tru}', NOT_JSON + "Expecting value at character 6"),
+        (b'{"a": 1,}', NOT_JSON + "expected a member name"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", NOT_JSON + "nested too deeply"),
     ],
 )
 def test_what_is_not_a_json_object_with_one_model_is_refused_in_a_sentence(body, message):
-    with pytest.raises(BodyError, match=message):
+    with pytest.raises(BodyError) as refused:
         ModelBody.parse(body)
+    assert str(refused.value) == message
+
+
+def test_a_read_body_gives_each_upstream_its_model_and_keeps_its_error():
+    read = ReadBody.of(b'{"model": "a", "x": 1}')
+    assert (read.model, read.error) == ("a", None)
+    assert read.to(None) == b'{"model": "a", "x": 1}'
+    assert read.to("b") == b'{"model": "b", "x": 1}'
+    empty = ReadBody.of(b"")
+    assert (empty.model, empty.to("b"), empty.to(None)) == (None, b"", b"")
+    broken = ReadBody.of(b"not json")
+    assert broken.model is None and str(broken.error) == "the body is not a JSON object"
+    assert broken.to(None) == b"not json"  # sent as it is where no rewrite is asked
+    with pytest.raises(BodyError, match=r"^the body is not a JSON object$"):
+        broken.to("b")
 
 
 @given(OBJECTS, st.text(max_size=12), LAYOUTS, st.text(max_size=12))

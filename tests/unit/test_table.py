@@ -38,3 +38,39 @@ def test_no_match_returns_none():
 def test_prefix_is_a_plain_string_prefix():
     table = RoutingTable(ROUTES)
     assert table.match("/v1/models/sentiment-v3/x").route.name == "sentiment"
+
+
+MODEL_ROUTES = [
+    replace(BASE, name="rest", path_prefix="/v1/"),
+    replace(BASE, name="llama", path_prefix="/v1/", models=("llama-3-8b", "llama-3-70b")),
+    replace(BASE, name="mistral", path_prefix="/v1/", models=("mistral-7b",)),
+    replace(BASE, name="root", path_prefix="/"),
+    replace(BASE, name="embed", path_prefix="/v1/embeddings", models=("e5",)),
+]
+
+
+def test_on_one_prefix_routes_that_name_the_model_come_before_the_one_that_does_not():
+    for routes in (MODEL_ROUTES, MODEL_ROUTES[::-1]):
+        table = RoutingTable(routes)
+        assert table.by_model
+        assert table.match("/v1/chat", "llama-3-70b").route.name == "llama"
+        assert table.match("/v1/chat", "mistral-7b").route.name == "mistral"
+        assert table.match("/v1/chat", "gpt-9").route.name == "rest"
+        assert table.match("/v1/chat", None).route.name == "rest"
+        assert table.match("/v1/chat").route.name == "rest"
+        # A longer prefix that names models, and a model it does not name: the shorter ones.
+        assert table.match("/v1/embeddings", "e5").route.name == "embed"
+        assert table.match("/v1/embeddings", "llama-3-8b").route.name == "llama"
+        assert table.match("/v1/embeddings", "other").route.name == "rest"
+        assert table.match("/health", "llama-3-8b").route.name == "root"
+
+
+def test_only_paths_whose_first_candidate_route_names_models_read_the_body():
+    table = RoutingTable(MODEL_ROUTES)
+    assert table.needs_model("/v1/chat") and table.needs_model("/v1/embeddings")
+    assert not table.needs_model("/health") and not table.needs_model("/v2")
+    assert not RoutingTable(ROUTES).by_model
+    assert not RoutingTable(ROUTES).needs_model("/v1/models/x")
+    only_models = RoutingTable([replace(BASE, name="m", path_prefix="/v1/", models=("m",))])
+    assert only_models.needs_model("/v1/x") and not only_models.needs_model("/v2/x")
+    assert only_models.match("/v1/x", "n") is None
