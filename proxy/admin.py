@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
 from proxy.ejection import Breaker
 from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
+from proxy.outcomes import InvalidBatch, OutcomeBook, parse_batch
 from proxy.reload import ReloadResult
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
@@ -45,6 +47,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 MAX_REASON = 500  # characters of a `reason`
+MAX_OUTCOMES_BODY = 1024 * 1024  # bytes of one POST /outcomes
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # for probes, whatever Host they send
 
 
@@ -114,6 +117,7 @@ class Admin:
         reload: Callable[[str], Awaitable[ReloadResult]],
         breaker: Callable[[str], Breaker | None],
         actor_key: bytes,
+        book: OutcomeBook,
         host: HostMetrics | None = None,
     ):
         """With `host` (one of several workers), `/metrics` and the counts in `/status` are
@@ -126,6 +130,7 @@ class Admin:
         self._reload = reload
         self._breaker = breaker
         self._actor_key = actor_key
+        self.book = book
         self.last_reload: ReloadResult | None = None
         self.use(config, token)
         recorder.registry.register(CallbackCollector(self._rollout_metrics))
@@ -135,6 +140,8 @@ class Admin:
         self.config = config
         self._token = token.encode() if token else None
         self._actor = token_id(token, self._actor_key) if token else ""
+        outcomes_token = os.environ.get(config.outcomes.token_env, "")
+        self._outcomes_token = outcomes_token.encode() if outcomes_token else None
 
     # --- access ------------------------------------------------------------------------------
 
@@ -149,15 +156,32 @@ class Admin:
                 "admin_token_not_configured",
                 f"set ${self.config.admin.token_env} to enable this endpoint",
             )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        given = _bearer(request)
+        if given is None:
             answer = error_response(401, "unauthorized", "send Authorization: Bearer <token>")
             answer.headers["WWW-Authenticate"] = 'Bearer realm="grayscale-admin"'
             return answer
-        # (bytes that are not UTF-8 come as surrogate escapes: compared as the bytes received)
-        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
+        if not hmac.compare_digest(given, self._token):
             return error_response(403, "forbidden", "the admin token is wrong")
         return None
+
+    def _check_outcomes_token(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the outcomes token (or the admin token)."""
+        given = _bearer(request)
+        if given is None:
+            answer = error_response(401, "unauthorized", "send Authorization: Bearer <token>")
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="grayscale-outcomes"'
+            return answer
+        for token in (self._outcomes_token, self._token):
+            if token is not None and hmac.compare_digest(given, token):
+                return None
+        if self._outcomes_token is None and self._token is None:
+            return error_response(
+                403,
+                "outcomes_token_not_configured",
+                f"set ${self.config.outcomes.token_env} to take outcomes",
+            )
+        return error_response(403, "forbidden", "the outcomes token is wrong")
 
     def _protected(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -241,6 +265,30 @@ class Admin:
             worker = self.host.worker
             answer["worker"] = {"index": worker.index, "of": worker.count, "pid": os.getpid()}
         return web.json_response(answer)
+
+    async def outcomes(self, request: web.Request) -> web.Response:
+        """Take outcomes the application reports: one or a list of `{request_id, name, value}`;
+        200 with how many were taken and why the others were not, 422 naming bad items."""
+        denied = self._check_outcomes_token(request)
+        if denied is not None:
+            return denied
+        body = await _bounded_body(request, MAX_OUTCOMES_BODY)
+        if body is None:
+            return error_response(
+                413, "body_too_large", f"at most {MAX_OUTCOMES_BODY} bytes of outcomes at once"
+            )
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return error_response(400, "invalid_json", "the body is not JSON")
+        try:
+            reports = parse_batch(document, self.config.outcomes.max_batch)
+        except InvalidBatch as exc:
+            answer = {"error": "invalid_outcomes", "message": str(exc), "errors": exc.errors[:20]}
+            return web.json_response(answer, status=422)
+        results = self.book.take(reports, time.time())
+        self.recorder.count_not_taken(results)
+        return web.json_response(results)
 
     async def reload(self, request: web.Request) -> web.Response:
         """Reload the config file now: 200 with the outcome, 422 with the errors if invalid."""
@@ -408,7 +456,30 @@ class Admin:
         ):
             app.router.add_post(f"/routes/{{name}}/{path}", self._action(action))
         app.router.add_post("/reload", self._protected(self.reload))
+        app.router.add_post("/outcomes", self.outcomes)
         return app
+
+
+def _bearer(request: web.Request) -> bytes | None:
+    """The bearer token a request carries, as the bytes received."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return None
+    # (bytes that are not UTF-8 come as surrogate escapes: compared as the bytes received)
+    return given.strip().encode("utf-8", "surrogateescape")
+
+
+async def _bounded_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None if it is longer than `limit` bytes."""
+    if (request.content_length or 0) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _json_body(request: web.Request) -> tuple[dict[str, Any], web.Response | None]:

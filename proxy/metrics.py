@@ -19,6 +19,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
@@ -103,8 +104,13 @@ class VariantMetrics:
 class _PerRequestCollector(Collector):
     """The per-request metric families, built from the routes' counts when scraped."""
 
-    def __init__(self, routes: dict[str, dict[str, VariantMetrics]]):
+    def __init__(
+        self,
+        routes: dict[str, dict[str, VariantMetrics]],
+        outcomes: dict[tuple[str, str, str], list[float]],
+    ):
         self._routes = routes
+        self._outcomes = outcomes
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -160,7 +166,15 @@ class _PerRequestCollector(Collector):
                     family.add_metric((route, variant), buckets.cumulative(), buckets.sum)
                 tokens.add_metric((route, variant), seen.output_tokens)
                 in_flight.add_metric((route, variant), seen.in_flight)
-        return [requests, errors, duration, ttfb, ttft, tokens, in_flight]
+        outcomes = SummaryMetricFamily(
+            "grayscale_outcome_value",
+            "Outcomes the application reported (POST /outcomes), joined to the variant that "
+            "served their request: how many (_count) and the sum of their values (_sum).",
+            labels=("route", "variant", "name"),
+        )
+        for key, (reports, total) in list(self._outcomes.items()):
+            outcomes.add_metric(key, int(reports), total)
+        return [requests, errors, duration, ttfb, ttft, tokens, in_flight, outcomes]
 
 
 class Recorder:
@@ -170,7 +184,16 @@ class Recorder:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self._routes: dict[str, dict[str, VariantMetrics]] = {}
-        r.register(_PerRequestCollector(self._routes))
+        self._outcomes: dict[tuple[str, str, str], list[float]] = {}  # -> [count, sum]
+        r.register(_PerRequestCollector(self._routes, self._outcomes))
+        self.outcomes_not_taken = Counter(
+            "grayscale_outcomes_not_taken",
+            "Reported outcomes not counted, by reason: unknown (not a request id of ours), "
+            "expired (older than outcomes.ttl), stale (route or rollout changed), "
+            "too_many_names (outcomes.max_names).",
+            ("reason",),
+            registry=r,
+        )
         self.unmatched = Counter(
             "grayscale_unmatched_requests", "Requests that matched no route (404).", registry=r
         )
@@ -250,11 +273,27 @@ class Recorder:
         if outcome.candidate_status is not None:
             candidate.requests[code_class(None, outcome.candidate_status)] += 1
 
+    def observe_outcome(
+        self, route: str, variant: Variant, name: str, value: float, _now: float
+    ) -> None:
+        """Count a reported outcome (an outcome book's sink)."""
+        counted = self._outcomes.setdefault((route, variant.value, name), [0, 0.0])
+        counted[0] += 1
+        counted[1] += value
+
+    def count_not_taken(self, results: dict[str, int]) -> None:
+        """Count the outcomes of a batch that were not taken, by reason."""
+        for reason, count in results.items():
+            if reason != "accepted" and count:
+                self.outcomes_not_taken.labels(reason).inc(count)
+
     def keep_routes(self, names: set[str]) -> None:
         """Stop exporting the series of routes not in `names` (they left the config): a route
         that comes back starts its counters again, which Prometheus reads as a reset."""
         for name in set(self._routes) - names:
             del self._routes[name]
+        for key in [key for key in self._outcomes if key[0] not in names]:
+            del self._outcomes[key]
         per_route: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
             (self.fallbacks, ("route", "reason")),
             (self.verdicts, ("route", "check", "result")),

@@ -25,8 +25,9 @@ from proxy.fleet.member import FleetMember
 from proxy.gateway import Gateway
 from proxy.http.server import Listener
 from proxy.metrics import Recorder
+from proxy.outcomes import OutcomeBook
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
-from proxy.request_id import Minter, key_of
+from proxy.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.redis_store import RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
@@ -155,6 +156,10 @@ class Server:
         if worker is not None:
             self.host_metrics = HostMetrics(self.recorder.registry, worker)
         key = request_id_key(config)
+        self.book = OutcomeBook(
+            Reader(key), [self.recorder.observe_outcome, self.observations.add_outcome]
+        )
+        self.book.use(config.outcomes, config.routes)
         self.gateway = Gateway(
             config,
             self.controller,
@@ -173,6 +178,7 @@ class Server:
             reload=self.reload,
             breaker=self.gateway.breaker,
             actor_key=secret,
+            book=self.book,
             host=self.host_metrics,
         )
         self.last_reload: ReloadResult | None = None
@@ -318,6 +324,7 @@ class Server:
         self.listener.send_timeout = config.server.send_timeout
         self.recorder.keep_routes({route.name for route in config.routes})
         self.analyzer.update(config.routes)
+        self.book.use(config.outcomes, config.routes)
         self.admin.use(config, _admin_token(config))
         self.config = config
         self._log_routes()

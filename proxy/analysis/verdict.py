@@ -11,20 +11,30 @@ Two checks compare the candidate with stable over the same window:
   `max_latency_ratio`: the bounds are order statistics whose ranks come from the binomial
   distribution of ranks below a quantile, so no latency distribution is assumed.
 
-Each bound is one-sided at `confidence`. Either check is inconclusive, never failed, while a
-variant has fewer than `min_requests` in the window.
+- **outcomes** (`analysis.outcomes`: what users did with the answers, as the application
+  reports it). The candidate fails when the lower confidence bound of stable's mean minus the
+  candidate's (divided by stable's mean, if `relative`; the delta method) exceeds
+  `max_decrease`. The mean is over the variant's requests (`per: request`, the default: a
+  click-through rate, requests without a report counting 0) or over the reported values
+  (`per: outcome`: a rating); the bound is the normal approximation with each variant's sample
+  variance (over requests, from the reported values' squares: exact when a request has at most
+  one report of a name).
+
+Each bound is one-sided at `confidence`. Every check is inconclusive, never failed, while a
+variant has fewer than `min_requests` in the window (requests, or reports with `per: outcome`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
 
 from proxy.analysis.histogram import quantile, quantile_bounds
-from proxy.config.model import AnalysisSpec
+from proxy.config.model import AnalysisSpec, OutcomeBasis, OutcomeCheck
 
 LATENCY_KEY = "latency_quantile_seconds"
 
@@ -38,12 +48,28 @@ class Result(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Moments:
+    """Reported values of one outcome: how many, their sum and the sum of their squares."""
+
+    count: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(
+            self.count + other.count, self.total + other.total, self.squares + other.squares
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One variant's observations in the window: requests, errors, latency histogram counts."""
+    """One variant's observations in the window: requests, errors, latency histogram counts,
+    and the outcomes reported, by name."""
 
     requests: int
     errors: int
     latency: tuple[int, ...]
+    outcomes: Mapping[str, Moments] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Sizes and rate, for reports."""
@@ -187,12 +213,59 @@ def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: floa
     )
 
 
+def outcome_check(
+    stable: Sample, candidate: Sample, check: OutcomeCheck, spec: AnalysisSpec, z: float
+) -> Check:
+    """Has the candidate's mean of outcome `check.name` fallen below stable's by more than
+    `max_decrease` (of stable's mean, if `relative`)?"""
+    name, threshold = f"outcome:{check.name}", check.max_decrease
+    ms, mc = (
+        stable.outcomes.get(check.name, Moments()),
+        candidate.outcomes.get(check.name, Moments()),
+    )
+    per_request = check.per is OutcomeBasis.REQUEST
+    ns, nc = (stable.requests, candidate.requests) if per_request else (ms.count, mc.count)
+
+    def seen(sample: Sample, moments: Moments, n: int) -> dict[str, Any]:
+        mean = moments.total / n if n else None
+        return {**sample.summary(), "outcomes": moments.count, "mean": mean}
+
+    report = seen(stable, ms, ns), seen(candidate, mc, nc)
+    if min(ns, nc) < max(spec.min_requests, 2):
+        unit = "requests" if per_request else f"{check.name} outcomes"
+        note = f"fewer than {spec.min_requests} {unit} per variant in the window"
+        return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
+    mean_s, mean_c = ms.total / ns, mc.total / nc
+    var_s = max(ms.squares / ns - mean_s * mean_s, 0.0) * ns / (ns - 1)
+    var_c = max(mc.squares / nc - mean_c * mean_c, 0.0) * nc / (nc - 1)
+    observed = mean_s - mean_c
+    spread = math.sqrt(var_s / ns + var_c / nc)
+    if check.relative:
+        if mean_s <= 0:
+            note = "stable's mean is not above 0: no relative decrease to judge"
+            return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
+        observed /= mean_s  # 1 - mean_c / mean_s, its spread by the delta method
+        spread = math.sqrt(var_c / nc + (mean_c / mean_s) ** 2 * var_s / ns) / mean_s
+    bound = observed - z * spread
+    failed = bound > threshold
+    what = "relative decrease" if check.relative else "decrease"
+    note = (
+        f"candidate's {check.name} mean fell more than allowed"
+        if failed
+        else f"no significant {what} of {check.name}"
+    )
+    return Check(
+        name, Result.FAIL if failed else Result.PASS, threshold, observed, bound, *report, note
+    )
+
+
 def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> Verdict:
     """The verdict of one analysis round."""
     z = NormalDist().inv_cdf(spec.confidence)
     checks = (
         error_rate_check(stable, candidate, spec, z),
         latency_check(stable, candidate, spec, z),
+        *(outcome_check(stable, candidate, check, spec, z) for check in spec.outcomes),
     )
     results = {c.result for c in checks}
     if Result.FAIL in results:

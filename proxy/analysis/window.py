@@ -1,20 +1,32 @@
 """Sliding windows of what the proxy itself forwarded: the in-process observation source.
 
 Memory is bounded whatever the traffic: a window is a ring of time slots, each holding request
-and error counts and a fixed-size latency histogram.
+and error counts, a fixed-size latency histogram and the moments of each reported outcome (their
+names bounded by the outcomes' `max_names`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from proxy.analysis.histogram import SIZE, bucket_of
-from proxy.analysis.verdict import Sample
+from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
 from proxy.outcome import Outcome
 
 SLOTS = 12
+_NONE = Moments()
+
+
+class Slot(NamedTuple):
+    """One time slot of a window: its number, requests, errors, latency histogram, outcomes."""
+
+    number: int
+    requests: int
+    errors: int
+    latency: list[int]
+    outcomes: dict[str, Moments]
 
 
 class Window:
@@ -23,7 +35,7 @@ class Window:
     The newest slot is still filling, so a sample covers between `span` less one slot and `span`.
     """
 
-    __slots__ = ("_errors", "_ids", "_latency", "_requests", "_slot", "span")
+    __slots__ = ("_errors", "_ids", "_latency", "_outcomes", "_requests", "_slot", "span")
 
     def __init__(self, span: float):
         self.span = span
@@ -32,6 +44,7 @@ class Window:
         self._requests = [0] * SLOTS
         self._errors = [0] * SLOTS
         self._latency = [[0] * SIZE for _ in range(SLOTS)]
+        self._outcomes: list[dict[str, Moments]] = [{} for _ in range(SLOTS)]
 
     def _index(self, now: float) -> int:
         slot = int(now // self._slot)
@@ -40,7 +53,13 @@ class Window:
             self._ids[index] = slot
             self._requests[index] = self._errors[index] = 0
             self._latency[index] = [0] * SIZE
+            self._outcomes[index] = {}
         return index
+
+    def add_outcome(self, now: float, name: str, value: float) -> None:
+        """Count one reported outcome (its names are bounded by the caller)."""
+        moments = self._outcomes[self._index(now)]
+        moments[name] = moments.get(name, _NONE) + Moments(1, value, value * value)
 
     def add(self, now: float, error: bool, latency: float | None) -> None:
         """Count one request; `latency` of a successful one goes into the histogram."""
@@ -51,13 +70,18 @@ class Window:
         elif latency is not None:
             self._latency[index][bucket_of(latency)] += 1
 
-    def slots(self, now: float) -> list[tuple[int, int, int, list[int]]]:
-        """The live slots of the window ending at `now`: (slot number, requests, errors,
-        latency histogram) each; the numbers are times divided by the slot's length, the same
-        in every process that has the same span."""
+    def slots(self, now: float) -> list[Slot]:
+        """The live slots of the window ending at `now`; their numbers are times divided by
+        the slot's length, the same in every process that has the same span."""
         newest = int(now // self._slot)
         return [
-            (self._ids[i], self._requests[i], self._errors[i], self._latency[i])
+            Slot(
+                self._ids[i],
+                self._requests[i],
+                self._errors[i],
+                self._latency[i],
+                self._outcomes[i],
+            )
             for i in range(SLOTS)
             if newest - SLOTS < self._ids[i] <= newest
         ]
@@ -67,14 +91,18 @@ class Window:
         newest = int(now // self._slot)
         live = [i for i in range(SLOTS) if newest - SLOTS < self._ids[i] <= newest]
         latency = [0] * SIZE
+        outcomes: dict[str, Moments] = {}
         for i in live:
             for bucket, count in enumerate(self._latency[i]):
                 if count:
                     latency[bucket] += count
+            for name, moments in self._outcomes[i].items():
+                outcomes[name] = outcomes.get(name, _NONE) + moments
         return Sample(
             sum(self._requests[i] for i in live),
             sum(self._errors[i] for i in live),
             tuple(latency),
+            outcomes,
         )
 
 
@@ -108,6 +136,15 @@ class LocalObservations:
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]
         return windows["stable"].sample(now), windows["candidate"].sample(now)
+
+    def add_outcome(
+        self, route: str, variant: Variant, name: str, value: float, now: float
+    ) -> None:
+        """Count a reported outcome in its route's window, if the route is analysed (an
+        outcome book's sink)."""
+        windows = self.windows.get(route)
+        if windows is not None:
+            windows[variant].add_outcome(now, name, value)
 
 
 class WindowRecorder:

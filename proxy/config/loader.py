@@ -27,6 +27,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config.model import (
+    OUTCOME_NAME,
     AccessLogConfig,
     AdminConfig,
     AnalysisSpec,
@@ -78,7 +79,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MAX_WORKERS = 256
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-OUTCOME_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # also what POST /outcomes accepts
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ fractions in [0, 1].
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -189,6 +190,9 @@ class Inconclusive(StrEnum):
 
     HOLD = "hold"
     CONTINUE = "continue"
+
+
+OUTCOME_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # an outcome's name, in configs and reports
 
 
 class OutcomeBasis(StrEnum):

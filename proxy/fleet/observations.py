@@ -9,7 +9,9 @@ Invariants
   acknowledged, in one transaction).
 - Counters are kept per route, window length, variant and time slot (the slot number is the time
   divided by the slot's length, the same in every replica), in one hash each, which expires
-  once the slot has left every window: memory in Redis is bounded by the number of routes.
+  once the slot has left every window: memory in Redis is bounded by the number of routes (and
+  of outcome names, bounded per route). Reported outcomes add their count, sum and sum of
+  squares per name (`o:n:`, `o:s:`, `o:q:` fields).
 - A route's keys carry the hash tag `{route}`: on a Redis Cluster they stay on one node.
 """
 
@@ -20,12 +22,14 @@ import math
 from redis.asyncio import Redis
 
 from proxy.analysis.histogram import SIZE
-from proxy.analysis.verdict import Sample
+from proxy.analysis.verdict import Moments, Sample
 from proxy.analysis.window import SLOTS, LocalObservations
 
 FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
 
-_Counts = tuple[int, int, tuple[int, ...]]  # requests, errors, latency histogram
+# requests, errors, latency histogram, outcomes' moments by name
+_Counts = tuple[int, int, tuple[int, ...], dict[str, Moments]]
+_NOTHING: _Counts = (0, 0, (0,) * SIZE, {})
 
 
 class PooledObservations:
@@ -50,22 +54,34 @@ class PooledObservations:
         for route, windows in self._local.windows.items():
             for variant, window in windows.items():
                 keep = math.ceil(window.span * 2) + 10  # seconds: past every replica's window
-                for slot, requests, errors, latency in window.slots(now):
-                    where = (route, variant, slot)
+                for slot in window.slots(now):
+                    where = (route, variant, slot.number)
                     live.add(where)
-                    sent = self._sent.get(where, (0, 0, (0,) * SIZE))
-                    if (requests, errors) == sent[:2] and tuple(latency) == sent[2]:
+                    counts = (slot.requests, slot.errors, tuple(slot.latency), dict(slot.outcomes))
+                    sent = self._sent.get(where, _NOTHING)
+                    if counts == sent:
                         continue
-                    key = self.key(route, window.span, variant, slot)
-                    fields = {"r": requests - sent[0], "e": errors - sent[1]}
+                    key = self.key(route, window.span, variant, slot.number)
+                    fields = {"r": slot.requests - sent[0], "e": slot.errors - sent[1]}
                     fields.update(
-                        {str(b): n - sent[2][b] for b, n in enumerate(latency) if n != sent[2][b]}
+                        {
+                            str(b): n - sent[2][b]
+                            for b, n in enumerate(slot.latency)
+                            if n != sent[2][b]
+                        }
                     )
                     for field, amount in fields.items():
                         if amount:
                             pipe.hincrby(key, field, amount)
+                    for name, moments in slot.outcomes.items():
+                        before = sent[3].get(name, Moments())
+                        if moments == before:
+                            continue
+                        pipe.hincrby(key, f"o:n:{name}", moments.count - before.count)
+                        pipe.hincrbyfloat(key, f"o:s:{name}", moments.total - before.total)
+                        pipe.hincrbyfloat(key, f"o:q:{name}", moments.squares - before.squares)
                     pipe.expire(key, keep)
-                    sending[where] = (requests, errors, tuple(latency))
+                    sending[where] = counts
         if sending:
             await pipe.execute()
         self._sent = {where: counts for where, counts in self._sent.items() if where in live}
@@ -89,12 +105,22 @@ class PooledObservations:
 def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
     requests = errors = 0
     latency = [0] * SIZE
+    parts: dict[str, list[float]] = {}  # name -> [count, total, squares]
     for fields in hashes:
         for field, value in fields.items():
             if field == b"r":
                 requests += int(value)
             elif field == b"e":
                 errors += int(value)
+            elif field.startswith(b"o:"):
+                part, name = _PARTS.get(field[2:4], 0), field[4:].decode()
+                parts.setdefault(name, [0.0, 0.0, 0.0])[part] += float(value)
             elif (bucket := int(field)) < SIZE:
                 latency[bucket] += int(value)
-    return Sample(requests, errors, tuple(latency))
+    outcomes = {
+        name: Moments(int(n), total, squares) for name, (n, total, squares) in parts.items()
+    }
+    return Sample(requests, errors, tuple(latency), outcomes)
+
+
+_PARTS = {b"n:": 0, b"s:": 1, b"q:": 2}

@@ -8,7 +8,9 @@ import pytest
 from redis.exceptions import RedisError
 
 from proxy.analysis.histogram import bucket_of
+from proxy.analysis.verdict import Moments
 from proxy.analysis.window import LocalObservations
+from proxy.config.model import Variant
 from proxy.fleet import decider as decider_module
 from proxy.fleet.connection import connect
 from proxy.fleet.decider import Decider
@@ -43,6 +45,27 @@ async def test_the_fleet_sample_is_the_sum_of_every_replicas_observations(redis_
         # The window moves on: slots older than it are out of the sample (and expire in Redis).
         stable, candidate = await pools[2].samples("r", T0 + 65)
         assert (stable.requests, candidate.requests) == (0, 19)
+    finally:
+        await client.aclose()
+
+
+async def test_outcomes_reported_to_any_replica_are_pooled_by_name(redis_server):
+    client = connect(redis_server.url)
+    replicas = [LocalObservations({"r": 60.0}) for _ in range(2)]
+    pools = [PooledObservations(local, client, "t") for local in replicas]
+    try:
+        replicas[0].add_outcome("r", Variant.CANDIDATE, "click", 1.0, T0)
+        replicas[1].add_outcome("r", Variant.CANDIDATE, "click", 1.0, T0 + 1)
+        replicas[1].add_outcome("r", Variant.STABLE, "rating", 4.5, T0 + 1)
+        replicas[1].add_outcome("other", Variant.STABLE, "click", 1.0, T0 + 1)  # not analysed
+        for pool in pools:
+            await pool.flush(T0 + 2)
+        replicas[0].add_outcome("r", Variant.CANDIDATE, "click", 3.0, T0 + 2)  # same slot
+        assert await pools[0].flush(T0 + 2) == 1
+        stable, candidate = await pools[1].samples("r", T0 + 2)
+        assert candidate.outcomes == {"click": Moments(3, 5.0, 11.0)}
+        assert stable.outcomes == {"rating": Moments(1, 4.5, 20.25)}
+        assert (stable.requests, candidate.requests) == (0, 0)
     finally:
         await client.aclose()
 

@@ -395,7 +395,7 @@ def test_window_slots_are_numbered_by_time_and_hold_exactly_what_was_counted():
     window.add(1004.9, error=True, latency=None)  # slot 200
     window.add(1005.0, error=False, latency=2.0)  # slot 201
     slots = sorted(window.slots(1005.0))
-    assert [(number, requests, errors) for number, requests, errors, _ in slots] == [
+    assert [(number, requests, errors) for number, requests, errors, *_ in slots] == [
         (200, 2, 1),
         (201, 1, 0),
     ]

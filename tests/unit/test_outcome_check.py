@@ -1,0 +1,92 @@
+"""The outcome check: has the candidate's mean of what users did fallen below stable's?"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import pytest
+
+from proxy.analysis.verdict import Moments, Result, Sample, assess, outcome_check
+from proxy.config.model import AnalysisSpec, OutcomeBasis, OutcomeCheck
+
+SPEC = AnalysisSpec(min_requests=100)
+Z = NormalDist().inv_cdf(0.95)
+
+
+def clicks(requests: int, clicked: int) -> Sample:
+    """`requests` served, `clicked` of them reported a click (value 1)."""
+    return Sample(requests, 0, (), {"click": Moments(clicked, clicked, clicked)})
+
+
+def ratings(values: list[float]) -> Sample:
+    total, squares = sum(values), sum(v * v for v in values)
+    return Sample(1000, 0, (), {"rating": Moments(len(values), total, squares)})
+
+
+def test_a_click_rate_that_fell_by_more_than_allowed_fails_with_the_exact_bound():
+    check = OutcomeCheck("click", max_decrease=0.02)
+    result = outcome_check(clicks(1000, 100), clicks(1000, 50), check, SPEC, Z)
+    var_s, var_c = 0.1 * 0.9 * 1000 / 999, 0.05 * 0.95 * 1000 / 999
+    bound = 0.05 - Z * math.sqrt(var_s / 1000 + var_c / 1000)
+    assert result.name == "outcome:click"
+    assert result.result is Result.FAIL
+    assert result.observed == pytest.approx(0.05)
+    assert result.bound == pytest.approx(bound)
+    assert (result.stable["mean"], result.candidate["mean"]) == (0.1, 0.05)
+    assert result.candidate["outcomes"] == 50 and result.candidate["requests"] == 1000
+
+
+def test_a_fall_within_the_allowance_or_not_significant_passes():
+    check = OutcomeCheck("click", max_decrease=0.06)
+    assert outcome_check(clicks(1000, 100), clicks(1000, 50), check, SPEC, Z).result is Result.PASS
+    small = OutcomeCheck("click", max_decrease=0.0)
+    noisy = outcome_check(clicks(100, 10), clicks(100, 8), small, SPEC, Z)
+    assert noisy.result is Result.PASS and noisy.bound is not None and noisy.bound < 0
+
+
+def test_no_clicks_anywhere_passes_and_a_better_candidate_passes():
+    check = OutcomeCheck("click", max_decrease=0.0)
+    assert outcome_check(clicks(500, 0), clicks(500, 0), check, SPEC, Z).result is Result.PASS
+    assert outcome_check(clicks(500, 10), clicks(500, 90), check, SPEC, Z).result is Result.PASS
+
+
+def test_thin_data_is_inconclusive_never_failed():
+    check = OutcomeCheck("click", max_decrease=0.0)
+    result = outcome_check(clicks(99, 50), clicks(1000, 0), check, SPEC, Z)
+    assert result.result is Result.INCONCLUSIVE and result.bound is None
+    assert result.note == "fewer than 100 requests per variant in the window"
+    by_outcome = OutcomeCheck("click", max_decrease=0.0, per=OutcomeBasis.OUTCOME)
+    result = outcome_check(clicks(1000, 99), clicks(1000, 500), by_outcome, SPEC, Z)
+    assert result.note == "fewer than 100 click outcomes per variant in the window"
+    exactly = outcome_check(clicks(100, 50), clicks(100, 0), check, SPEC, Z)
+    assert exactly.result is Result.FAIL  # 100 is enough
+
+
+def test_relative_decrease_is_a_fraction_of_stables_mean():
+    check = OutcomeCheck("click", max_decrease=0.3, relative=True)
+    half = outcome_check(clicks(10_000, 1000), clicks(10_000, 500), check, SPEC, Z)
+    assert half.observed == pytest.approx(0.5) and half.result is Result.FAIL
+    var_s, var_c = 0.1 * 0.9 * 10_000 / 9_999, 0.05 * 0.95 * 10_000 / 9_999
+    spread = math.sqrt(var_c / 10_000 + 0.25 * var_s / 10_000) / 0.1
+    assert half.bound == pytest.approx(0.5 - Z * spread)
+    slight = outcome_check(clicks(10_000, 1000), clicks(10_000, 900), check, SPEC, Z)
+    assert slight.observed == pytest.approx(0.1) and slight.result is Result.PASS
+    zero = outcome_check(clicks(1000, 0), clicks(1000, 0), check, SPEC, Z)
+    assert zero.result is Result.INCONCLUSIVE and "not above 0" in zero.note
+
+
+def test_per_outcome_compares_the_reported_values_themselves():
+    check = OutcomeCheck("rating", max_decrease=0.5, per=OutcomeBasis.OUTCOME)
+    good, worse = ratings([4.0, 5.0] * 100), ratings([3.0, 4.0] * 100)
+    result = outcome_check(good, worse, check, SPEC, Z)
+    assert result.observed == pytest.approx(1.0) and result.result is Result.FAIL
+    assert result.stable["mean"] == 4.5 and result.stable["outcomes"] == 200
+
+
+def test_the_verdict_fails_on_an_outcome_alone():
+    spec = AnalysisSpec(min_requests=100, outcomes=(OutcomeCheck("click", 0.02),))
+    stable, candidate = clicks(1000, 100), clicks(1000, 20)
+    verdict = assess(stable, candidate, spec, 0.0)
+    assert [c.name for c in verdict.checks][-1] == "outcome:click"
+    assert verdict.result is Result.FAIL and [c.name for c in verdict.failing] == ["outcome:click"]

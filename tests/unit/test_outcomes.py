@@ -1,0 +1,125 @@
+"""Outcomes reported by an application, joined to the variant that served each request."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from proxy.config.model import Cohort, KeySource, OutcomesConfig, Route, Source, Upstream, Variant
+from proxy.outcomes import InvalidBatch, OutcomeBook, Report, parse_batch
+from proxy.request_id import Minter, Reader, key_of
+from proxy.rollout.machine import identity_of
+
+KEY = key_of("s")
+ROUTE = Route(
+    name="chat",
+    path_prefix="/",
+    stable=Upstream("http://127.0.0.1:1"),
+    candidate=Upstream("http://127.0.0.1:2"),
+    cohort=Cohort((KeySource(Source.HEADER, "X-User-Id"),), "salt"),
+)
+
+
+def served(variant: Variant, at: float, route: Route = ROUTE, key: bytes = KEY) -> str:
+    minter = Minter(key)
+    return minter.mint(minter.label(route.name, variant, identity_of(route)), at).decode()
+
+
+Joined = tuple[str, Variant, str, float, float]
+
+
+def book_with(config: OutcomesConfig | None = None) -> tuple[OutcomeBook, list[Joined]]:
+    taken: list[Joined] = []
+
+    def sink(route: str, variant: Variant, name: str, value: float, now: float) -> None:
+        taken.append((route, variant, name, value, now))
+
+    book = OutcomeBook(Reader(KEY), [sink])
+    book.use(config or OutcomesConfig(), [ROUTE])
+    return book, taken
+
+
+def test_an_outcome_goes_to_the_variant_its_request_id_names():
+    book, taken = book_with()
+    reports = [
+        Report(served(Variant.CANDIDATE, 100.0), "click", 1.0),
+        Report(served(Variant.STABLE, 100.0), "rating", 4.5),
+    ]
+    assert book.take(reports, 160.0) == {
+        "accepted": 2,
+        "unknown": 0,
+        "expired": 0,
+        "stale": 0,
+        "too_many_names": 0,
+    }
+    assert taken == [
+        ("chat", Variant.CANDIDATE, "click", 1.0, 160.0),
+        ("chat", Variant.STABLE, "rating", 4.5, 160.0),
+    ]
+
+
+def test_what_cannot_be_joined_is_counted_by_reason_and_goes_nowhere():
+    book, taken = book_with(OutcomesConfig(ttl=60.0, max_names=2))
+    replaced = replace(ROUTE, candidate=Upstream("http://127.0.0.1:3"))  # a new rollout
+    results = book.take(
+        [
+            Report("not-an-id", "click", 1.0),
+            Report(served(Variant.STABLE, 100.0, key=key_of("other")), "click", 1.0),
+            Report(served(Variant.STABLE, 100.0), "click", 1.0),  # 60.0 s old: still taken
+            Report(served(Variant.STABLE, 99.999), "click", 1.0),  # 60.001 s: expired
+            Report(served(Variant.STABLE, 150.0, route=replaced), "click", 1.0),
+            Report(served(Variant.STABLE, 150.0, route=replace(ROUTE, name="gone")), "x", 1.0),
+            Report(served(Variant.STABLE, 150.0), "a", 1.0),  # the second name
+            Report(served(Variant.STABLE, 150.0), "b", 1.0),  # a third: too many
+            Report(served(Variant.STABLE, 150.0), "click", 2.0),  # a known name still is
+        ],
+        160.0,
+    )
+    assert results == {
+        "accepted": 3,
+        "unknown": 2,
+        "expired": 1,
+        "stale": 2,
+        "too_many_names": 1,
+    }
+    assert [joined[2] for joined in taken] == ["click", "a", "click"]
+
+
+def test_a_reload_that_replaces_the_rollout_makes_earlier_ids_stale():
+    book, taken = book_with()
+    before = served(Variant.CANDIDATE, 100.0)
+    book.use(OutcomesConfig(), [replace(ROUTE, cohort=replace(ROUTE.cohort, salt="new"))])
+    assert book.take([Report(before, "click", 1.0)], 101.0)["stale"] == 1
+    assert taken == []
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ([], "the batch is empty"),
+        ("click", "the outcome: expected an object with request_id, name and value"),
+        ({"name": "click"}, "the outcome.request_id: expected the X-Grayscale-Request-Id"),
+        ({"request_id": "x", "name": "a b"}, "the outcome.name: expected letters, digits"),
+        ({"request_id": "x", "name": "n" * 65}, "the outcome.name: expected letters, digits"),
+        ({"request_id": "x", "name": "c", "value": "1"}, "the outcome.value: expected a finite"),
+        ({"request_id": "x", "name": "c", "value": True}, "the outcome.value: expected a finite"),
+        ({"request_id": "x", "name": "c", "value": 1e400}, "the outcome.value: expected a finite"),
+        ({"request_id": "x", "name": "c", "user": "u"}, "the outcome: unknown field 'user'"),
+        ([{"request_id": "x", "name": "c"}, 3], "[1]: expected an object"),
+        ([{"request_id": "x", "name": "c"}] * 11, "at most 10 outcomes per request, got 11"),
+    ],
+)
+def test_a_batch_with_a_bad_item_is_refused_whole_naming_it(document, error):
+    with pytest.raises(InvalidBatch) as refused:
+        parse_batch(document, max_batch=10)
+    assert refused.value.errors[0].startswith(error), refused.value.errors
+
+
+def test_a_batch_reads_one_object_or_a_list_with_value_one_by_default():
+    assert parse_batch({"request_id": "x", "name": "click"}, 10) == [Report("x", "click", 1.0)]
+    batch = [
+        {"request_id": "x", "name": "a.b:c-d_e", "value": -2},
+        {"request_id": "y", "name": "r"},
+    ]
+    assert parse_batch(batch, 2) == [Report("x", "a.b:c-d_e", -2.0), Report("y", "r", 1.0)]
