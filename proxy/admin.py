@@ -116,6 +116,7 @@ class Admin:
         token: str | None,
         reload: Callable[[str], Awaitable[ReloadResult]],
         breaker: Callable[[str], Breaker | None],
+        shadows: Callable[[Route], dict[str, Any] | None],
         actor_key: bytes,
         book: OutcomeBook,
         host: HostMetrics | None = None,
@@ -129,6 +130,7 @@ class Admin:
         self.ready = ready
         self._reload = reload
         self._breaker = breaker
+        self._shadows = shadows
         self._actor_key = actor_key
         self.book = book
         self.last_reload: ReloadResult | None = None
@@ -336,6 +338,7 @@ class Admin:
             "error_rate": {variant: _error_rate(by_class) for variant, by_class in counts.items()},
             "analysis": self.analyzer.status(route),
             "ejection": None if breaker is None else breaker.status(now),
+            "shadow": self._shadows(route),
         }
 
     def _rollout_metrics(self) -> Iterable[GaugeMetricFamily]:

@@ -126,6 +126,18 @@ class Exchange:
     # streams: the first event with content; other answers: the body's first byte)
     output_tokens: int | None = None  # the answer's `usage`, if it says
     request_id: bytes | None = None  # the id on the answer
+    event_stream: bool = False  # whether the answer is an event stream
+    capture: list[bytes] | None = None  # the answer's body, kept (for a shadow comparison)
+    captured: int = 0  # its size; past CAPTURE the capture is dropped (None)
+
+    def keep(self, chunk: bytes) -> None:
+        """Keep a piece of the answer's body, if asked to, up to `CAPTURE` bytes."""
+        if self.capture is not None:
+            self.captured += len(chunk)
+            if self.captured > CAPTURE:
+                self.capture = None
+            else:
+                self.capture.append(chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +186,7 @@ BODY_TOO_LARGE = UpstreamFailure(
     None, 413, "request_body_too_large", "the request body is larger than server.max_body_bytes"
 )
 SMALL_BODY = 64 * 1024  # bodies up to this size are read whole rather than streamed
+CAPTURE = 1024 * 1024  # bytes of an answer kept for a shadow comparison
 # Failures of a request that never reached the upstream, and what a fallback then says.
 _RETRYABLE = {
     Failure.CONNECT: FallbackReason.CONNECT,
@@ -414,6 +427,8 @@ async def _whole(
         return _failed(request, target, exchange, classify(exc))
     exchange.ttfb = time.monotonic() - sent
     headers, event_stream = answer_headers(answer, target, exchange)
+    exchange.event_stream = event_stream
+    exchange.keep(body)
     if event_stream:
         meter = StreamMeter()
         meter.feed(body, exchange.ttfb)
@@ -433,6 +448,7 @@ async def _stream(
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":
         return await _whole(request, answer, target, exchange, sent)
     headers, event_stream = answer_headers(answer, target, exchange)
+    exchange.event_stream = event_stream
     meter = StreamMeter() if event_stream else None
     try:
         request.start(answer.status, headers, length, answer.reason)
@@ -443,6 +459,7 @@ async def _stream(
                 exchange.ttfb = time.monotonic() - sent
             if meter is not None:
                 meter.feed(chunk, time.monotonic() - sent)
+            exchange.keep(chunk)
             await request.write(chunk)
             exchange.bytes_out += len(chunk)
         if exchange.ttfb is None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from functools import partial
 
 from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
+from proxy.compare import Seen
 from proxy.config.model import Config, Fallback, IPNetwork, Route, Upstream, Variant
 from proxy.ejection import Breaker, Ejections
 from proxy.forwarding import (
@@ -21,6 +23,7 @@ from proxy.forwarding import (
 )
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
+from proxy.http.headers import forwarded_for_upstream
 from proxy.http.server import Request
 from proxy.metrics import Recorder, VariantMetrics
 from proxy.model_body import ReadBody
@@ -30,6 +33,7 @@ from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
 from proxy.routing import RoutingTable, decide
 from proxy.routing.client_ip import client_ip, is_trusted
+from proxy.shadow import Copy, Shadower, chosen
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 
@@ -110,6 +114,8 @@ class Gateway:
             observers.append(access_log)
         self._recorders = [observer.record for observer in observers]
         self._limiters: dict[tuple[str, int, int], Limiter] = {}
+        self.shadower = Shadower(self.client, controller)
+        self.shadower.on_result.append(recorder.count_shadow)
         self.snapshot = self._compile(config)
 
     def use(self, config: Config) -> None:
@@ -138,6 +144,7 @@ class Gateway:
         )
 
     def _compile(self, config: Config) -> Snapshot:
+        self.shadower.use(config.routes)
         self.windows.use(config.routes)
         self.ejections.use(config.routes)
         routes = {}
@@ -192,6 +199,24 @@ class Gateway:
             else:
                 target = wiring.targets[_CANDIDATE]
                 fallback = None if route.fallback is Fallback.NEVER else stable
+        shadow = route.shadow
+        copying = (
+            shadow is not None
+            and decision.variant is _STABLE
+            and request.method in shadow.methods
+            and chosen(shadow, decision.key, random.random())
+        )
+        if copying:
+            if read is None:
+                read = await self._read(request, snapshot.config.server.max_body_bytes)
+                if read is None:
+                    return None
+            exchange.capture = []
+        trusted = (
+            bool(trusted_proxies)
+            and request.remote is not None
+            and is_trusted(request.remote, trusted_proxies)
+        )
         counted = wiring.metrics[target.variant]
         counted.in_flight += 1
         try:
@@ -201,13 +226,13 @@ class Gateway:
                 target,
                 exchange,
                 max_body=snapshot.config.server.max_body_bytes,
-                trusted=bool(trusted_proxies)
-                and request.remote is not None
-                and is_trusted(request.remote, trusted_proxies),
+                trusted=trusted,
                 fallback=fallback,
                 fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
                 read=read,
             )
+            if copying and exchange.capture is not None and exchange.error is None:
+                self._copy(request, wiring, exchange, read, trusted)
         except BadRequest as exc:  # the client's body is malformed or stalled; the listener answers
             exchange.status = exc.status
             raise
@@ -235,6 +260,29 @@ class Gateway:
             )
             for record in self._recorders:
                 record(outcome)
+
+    def _copy(
+        self,
+        request: Request,
+        wiring: RouteWiring,
+        exchange: Exchange,
+        read: ReadBody | None,
+        trusted: bool,
+    ) -> None:
+        """Send a shadow copy of `request`, which stable answered, to the candidate."""
+        if exchange.status is None or exchange.capture is None:
+            return
+        headers = forwarded_for_upstream(
+            request.keys,
+            request.raw_headers,
+            peer=(request.remote or "").encode(),
+            authority=request.authority,
+            version=request.version.encode(),
+            trusted=trusted,
+        )
+        copy = Copy(request.method, request.raw_target, headers, read)
+        stable = Seen(exchange.status, b"".join(exchange.capture), exchange.event_stream)
+        self.shadower.launch(wiring.route, wiring.targets[_CANDIDATE], copy, stable)
 
     @staticmethod
     async def _read(request: Request, max_body: int) -> ReadBody | None:

@@ -186,6 +186,20 @@ class Recorder:
         self._routes: dict[str, dict[str, VariantMetrics]] = {}
         self._outcomes: dict[tuple[str, str, str], list[float]] = {}  # -> [count, sum]
         r.register(_PerRequestCollector(self._routes, self._outcomes))
+        self.shadow_comparisons = Counter(
+            "grayscale_shadow_comparisons",
+            "Shadow copies of stable's requests sent to the candidate, by the comparison of the "
+            "two answers: agree, differ, error (the candidate failed, timed out or answered "
+            "too much to compare).",
+            ("route", "result"),
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "grayscale_shadow_dropped",
+            "Shadow copies not sent: shadow.max_in_flight reached or no free candidate connection.",
+            ("route",),
+            registry=r,
+        )
         self.outcomes_not_taken = Counter(
             "grayscale_outcomes_not_taken",
             "Reported outcomes not counted, by reason: unknown (not a request id of ours), "
@@ -281,6 +295,13 @@ class Recorder:
         counted[0] += 1
         counted[1] += value
 
+    def count_shadow(self, route: str, result: str) -> None:
+        """Count a shadow comparison's result, or a dropped copy (a shadower's listener)."""
+        if result == "dropped":
+            self.shadow_dropped.labels(route).inc()
+        else:
+            self.shadow_comparisons.labels(route, result).inc()
+
     def count_not_taken(self, results: dict[str, int]) -> None:
         """Count the outcomes of a batch that were not taken, by reason."""
         for reason, count in results.items():
@@ -301,6 +322,8 @@ class Recorder:
             (self.analysis_latency, ("route", "variant")),
             (self.analysis_requests, ("route", "variant")),
             (self.rollbacks, ("route", "trigger")),
+            (self.shadow_comparisons, ("route", "result")),
+            (self.shadow_dropped, ("route",)),
         )
         for metric, labels in per_route:
             gone = {

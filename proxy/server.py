@@ -177,6 +177,7 @@ class Server:
             token=_admin_token(config),
             reload=self.reload,
             breaker=self.gateway.breaker,
+            shadows=self.gateway.shadower.status,
             actor_key=secret,
             book=self.book,
             host=self.host_metrics,
@@ -261,6 +262,7 @@ class Server:
         drain = self.started_with.server.drain_timeout
         log.info("draining requests in flight (at most %.0f s)", drain)
         await self.listener.stop(drain)  # the admin API answers while the proxy drains
+        await self.gateway.shadower.stop()  # shadow copies are no user's: not waited for
         if self.fleet is not None:
             await self.fleet.stop()  # the last observations, drained requests' included
         if self.host_metrics is not None:

@@ -34,12 +34,15 @@ from proxy.config.model import (
     AttributeCondition,
     ClientIpCondition,
     Cohort,
+    Compare,
     Condition,
     Config,
     Ejection,
+    ExactCompare,
     Fallback,
     Inconclusive,
     IPNetwork,
+    JsonCompare,
     KeySource,
     LatencyMeasure,
     Listen,
@@ -53,9 +56,11 @@ from proxy.config.model import (
     Route,
     Segment,
     ServerConfig,
+    Shadow,
     Source,
     StateBackend,
     StateConfig,
+    TextCompare,
     Upstream,
     UserIdCondition,
     Variant,
@@ -79,6 +84,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MAX_WORKERS = 256
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_METHOD = re.compile(r"[A-Z]{1,20}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,6 +637,7 @@ class _Parser:
                 "on_rollback",
                 "fallback",
                 "ejection",
+                "shadow",
             ),
             required=("name", "match", "stable", "candidate", "cohort"),
         )
@@ -676,6 +683,62 @@ class _Parser:
             ),
             ejection=self.field(fields, "ejection", path, self.ejection, DEFAULT_EJECTION),
             models=models,
+            shadow=self.field(
+                fields, "shadow", path, lambda n, p, d: self.shadow(n, p, name), None
+            ),
+        )
+
+    def shadow(self, node: Node, path: str, route: str) -> Shadow:
+        names = [f.name for f in dataclass_fields(Shadow)]
+        fields = self.mapping(node, path, names, ("share",))
+        base = Shadow(0.0, f"{route}-shadow")
+        methods = base.methods
+        if "methods" in fields:
+            methods = tuple(
+                m.upper() for m in self.strings(fields["methods"], _sub(path, "methods"))
+            )
+            if not methods or not all(_METHOD.fullmatch(m) for m in methods):
+                self.fail(
+                    fields["methods"], _sub(path, "methods"), "expected HTTP methods like POST"
+                )
+        minimum = None
+        if "min_agreement" in fields:
+            minimum = self.fraction(fields["min_agreement"], _sub(path, "min_agreement"), 0.0)
+        return Shadow(
+            share=self.field(fields, "share", path, self.fraction, 0.0),
+            salt=self.field(fields, "salt", path, self.string, base.salt),
+            compare=self.field(fields, "compare", path, self.compare, base.compare),
+            methods=methods,
+            max_in_flight=self.field(fields, "max_in_flight", path, self.count, base.max_in_flight),
+            timeout=self.field(fields, "timeout", path, self.duration, base.timeout),
+            min_agreement=minimum,
+            min_comparisons=self.field(
+                fields, "min_comparisons", path, self.count, base.min_comparisons
+            ),
+        )
+
+    def compare(self, node: Node, path: str, default: Compare) -> Compare:
+        if isinstance(node, ScalarNode):
+            if self.scalar(node, path) != "exact":
+                self.fail(node, path, "expected exact, {json: [fields]} or {text: field}")
+            return ExactCompare()
+        fields = self.mapping(node, path, ("json", "tolerance", "text", "min_similarity"))
+        if ("json" in fields) == ("text" in fields):
+            self.fail(node, path, "expected exactly one of json or text")
+            return default
+        if "json" in fields:
+            if "min_similarity" in fields:
+                self.fail(fields["min_similarity"], _sub(path, "min_similarity"), "only with text")
+            paths = tuple(self.strings(fields["json"], _sub(path, "json")))
+            if not paths or not all(paths):
+                self.fail(fields["json"], _sub(path, "json"), "expected one or more field paths")
+            tolerance = self.field(fields, "tolerance", path, self.non_negative, 0.0)
+            return JsonCompare(paths, tolerance)
+        if "tolerance" in fields:
+            self.fail(fields["tolerance"], _sub(path, "tolerance"), "only with json")
+        return TextCompare(
+            self.field(fields, "text", path, self.string, ""),
+            self.field(fields, "min_similarity", path, self.fraction, 0.9),
         )
 
     def models(self, node: Node, path: str) -> tuple[str, ...]:

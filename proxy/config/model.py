@@ -275,12 +275,58 @@ class Route:
     fallback: Fallback = Fallback.ON_CONNECT_ERROR
     ejection: Ejection | None = Ejection()
     models: tuple[str, ...] = ()
+    shadow: Shadow | None = None
 
     @property
     def reads_body(self) -> bool:
         """Whether a request's body is read whole before it is forwarded (to route on its
         `model`, or to rewrite it)."""
         return bool(self.models) or bool(self.stable.model) or bool(self.candidate.model)
+
+
+@dataclass(frozen=True, slots=True)
+class ExactCompare:
+    """Answers agree when their status and body bytes are equal."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonCompare:
+    """Answers agree when their status is equal and so are the JSON values at `fields` (dotted
+    paths, list items by index: `choices.0.message.content`), numbers within `tolerance`."""
+
+    fields: tuple[str, ...]
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TextCompare:
+    """Answers agree when their status is equal and the text at `field` (for event streams,
+    the content of the deltas) is similar: normalised, a similarity ratio of at least
+    `min_similarity`."""
+
+    field: str
+    min_similarity: float = 0.9
+
+
+Compare = ExactCompare | JsonCompare | TextCompare
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """Dark launch: a copy of `share` of the requests stable answers (users chosen with `salt`)
+    goes to the candidate after the user's answer, and the two answers are compared. At most
+    `max_in_flight` copies at once (more are dropped), each within `timeout`, only for
+    `methods`. With `min_agreement`, the ramp waits until that share of at least
+    `min_comparisons` comparisons agree."""
+
+    share: float
+    salt: str
+    compare: Compare = ExactCompare()
+    methods: tuple[str, ...] = ("POST",)
+    max_in_flight: int = 64
+    timeout: float = 30.0
+    min_agreement: float | None = None
+    min_comparisons: int = 200
 
 
 class StateBackend(StrEnum):

@@ -19,9 +19,12 @@ from proxy.rollout.machine import (
     Transition,
     apply,
     forced_variant,
+    fresh,
+    gated,
     hold,
     holding,
     identity_of,
+    open_gate,
     release,
     route_share,
     state_of,
@@ -151,7 +154,7 @@ class RolloutController:
                 return known
             if stored is not None:
                 log.info("new candidate on route %s: a new rollout starts", route.name)
-            return Rollout(identity, started_at=now)
+            return fresh(route, now)
 
         return keep
 
@@ -286,13 +289,17 @@ class RolloutController:
     async def set_hold(self, name: str, held: bool, now: float) -> bool:
         """Hold or release route `name`'s ramp clock; True when that changed anything."""
 
+        route = self._routes[name]
+
         def change(stored: Rollout | None) -> Rollout:
             rollout = stored if stored is not None else self._rollouts[name]
-            return hold(rollout, now) if held else release(rollout, now)
+            if held:
+                return hold(rollout, now)
+            return rollout if gated(rollout, route, now) else release(rollout, now)
 
         async with self._lock:
             before = self._rollouts[name]
-            if (hold(before, now) if held else release(before, now)) is before:
+            if change(before) is before:
                 return False  # already so here (and, as last known, in the store)
             try:
                 await self._change(name, change)
@@ -302,6 +309,27 @@ class RolloutController:
                 "%s the ramp of %s", "holding" if held else "releasing", name, extra={"route": name}
             )
         return True
+
+    async def open_gate(self, name: str, now: float) -> bool:
+        """Let route `name`'s ramp start, if it waits at its shadow gate; whether it did."""
+        route = self._routes.get(name)
+        if route is None or not gated(self._rollouts[name], route, now):
+            return False
+
+        def change(stored: Rollout | None) -> Rollout:
+            return open_gate(stored if stored is not None else self._rollouts[name], route, now)
+
+        async with self._lock:
+            try:
+                await self._change(name, change)
+            except StateUnavailable:
+                return False
+        log.info("shadow gate of %s open: the ramp starts", name, extra={"route": name})
+        return True
+
+    def gated(self, name: str, now: float) -> bool:
+        """Whether route `name`'s ramp waits at its shadow gate."""
+        return gated(self._rollouts[name], self._routes[name], now)
 
     def holding(self, name: str) -> bool:
         """Whether route `name`'s ramp is held by the analysis."""

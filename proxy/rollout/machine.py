@@ -21,6 +21,11 @@ set_share  paused   paused   paused    paused  -         -
 
 Besides these transitions, the analysis may `hold` a running ramp (stop its clock while data is
 too thin for a verdict) and `release` it; the state stays what the clock says.
+
+A route with a shadow gate (`shadow.min_agreement`) starts its rollouts held with the clock just
+before the ramp's start (pending, share 0): the ramp waits there, whatever the analysis says,
+until the gate opens (`open_gate`). Whether a rollout waits at its gate is read from the record
+(held, clock before the start), so it survives restarts with nothing more stored.
 """
 
 from __future__ import annotations
@@ -144,6 +149,35 @@ def identity_of(route: Route) -> str:
     return f"{route.candidate.url}#{route.cohort.salt}"
 
 
+GATE_LEAD = 0.001  # seconds a gated rollout's clock stands before the ramp's start
+
+
+def ramp_start(rollout: Rollout, route: Route) -> float:
+    """When the ramp starts on its clock: the config's `start`, else the rollout's."""
+    return route.ramp.start if route.ramp.start is not None else rollout.started_at
+
+
+def fresh(route: Route, now: float) -> Rollout:
+    """A new rollout of `route` at `now`; waiting at its start if the route has a shadow gate."""
+    rollout = Rollout(identity_of(route), started_at=now)
+    if route.shadow is None or route.shadow.min_agreement is None:
+        return rollout
+    clock = min(now, ramp_start(rollout, route)) - GATE_LEAD
+    return replace(rollout, frozen_at=now, held=now - clock)
+
+
+def gated(rollout: Rollout, route: Route, now: float) -> bool:
+    """Whether the rollout waits at its start for the route's shadow gate."""
+    if route.shadow is None or route.shadow.min_agreement is None or not holding(rollout):
+        return False
+    return rollout.clock(now) < ramp_start(rollout, route)
+
+
+def open_gate(rollout: Rollout, route: Route, now: float) -> Rollout:
+    """Let a rollout that waits at its gate start its ramp."""
+    return release(rollout, now) if gated(rollout, route, now) else rollout
+
+
 def route_share(rollout: Rollout, route: Route, now: float) -> float:
     """The candidate's share for requests outside segments at `now`."""
     if rollout.status is Status.PROMOTED:
@@ -160,8 +194,7 @@ def state_of(rollout: Rollout, route: Route, now: float) -> State:
     if rollout.status is not Status.ACTIVE:
         return State(rollout.status.value)
     clock = rollout.clock(now)
-    start = route.ramp.start if route.ramp.start is not None else rollout.started_at
-    if clock < start:
+    if clock < ramp_start(rollout, route):
         return State.PENDING
     if current_share(route.ramp, rollout.started_at, clock) >= route.ramp.max:
         return State.COMPLETE

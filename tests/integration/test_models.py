@@ -77,7 +77,7 @@ def user_for(variant: str, proxy: Server) -> str:
     route = proxy.config.routes[0]
     for i in range(1000):
         user = f"user-{i}"
-        gets = bucket(user, route.cohort.salt) < threshold(0.5)
+        gets = bucket(route.cohort.salt, user) < threshold(0.5)
         if gets == (variant == "candidate"):
             return user
     raise AssertionError("no such user")

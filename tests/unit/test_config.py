@@ -12,12 +12,16 @@ from proxy.config.loader import ConfigError, load_config, parse_config
 from proxy.config.model import (
     AttributeCondition,
     ClientIpCondition,
+    ExactCompare,
+    JsonCompare,
     KeySource,
     Listen,
     Missing,
     OutcomeCheck,
     PathPrefixCondition,
+    Shadow,
     Source,
+    TextCompare,
     UserIdCondition,
     Variant,
 )
@@ -410,3 +414,35 @@ routes:
             assert getattr(read, field.name) != getattr(default, field.name), field.name
     assert config.routes[0].fallback.value == "never"
     assert config.routes[0].models == ("m1", "m2") and defaults.routes[0].models == ()
+
+
+def test_shadow_comparison_reads_each_compare_mode_and_refuses_mixtures():
+    def shadow_of(text: str) -> Shadow | None:
+        return parse_config("routes:\n" + MINIMAL_ROUTE + f"    shadow: {text}\n").routes[0].shadow
+
+    shadow = shadow_of("{share: 0.05}")
+    assert shadow == Shadow(0.05, "r-shadow", ExactCompare(), ("POST",))
+    full = shadow_of(
+        "{share: 0.1, salt: s2, compare: {json: [a.b, c], tolerance: 0.5}, methods: [post, put],"
+        " max_in_flight: 3, timeout: 2s, min_agreement: 0.9, min_comparisons: 50}"
+    )
+    assert full == Shadow(
+        0.1, "s2", JsonCompare(("a.b", "c"), 0.5), ("POST", "PUT"), 3, 2.0, 0.9, 50
+    )
+    text = shadow_of("{share: 1, compare: {text: choices.0.message.content, min_similarity: 0.7}}")
+    assert text is not None and text.compare == TextCompare("choices.0.message.content", 0.7)
+    assert shadow_of("{share: 1, compare: exact}") == Shadow(1.0, "r-shadow")
+    for bad, message in (
+        ("{share: 2}", "routes[0].shadow.share: expected a share between 0 and 1"),
+        ("{share: 1, compare: fuzzy}", "routes[0].shadow.compare: expected exact, {json"),
+        ("{share: 1, compare: {json: [a], text: b}}", "compare: expected exactly one of json"),
+        ("{share: 1, compare: {}}", "routes[0].shadow.compare: expected exactly one of json"),
+        ("{share: 1, compare: {json: []}}", "compare.json: expected one or more field paths"),
+        ("{share: 1, compare: {text: a, tolerance: 1}}", "compare.tolerance: only with json"),
+        ("{share: 1, compare: {json: [a], min_similarity: 1}}", "min_similarity: only with text"),
+        ("{share: 1, methods: ['PO ST']}", "routes[0].shadow.methods: expected HTTP methods"),
+        ("{share: 1, min_agreement: 1.5}", "routes[0].shadow.min_agreement: expected a share"),
+        ("{min_agreement: 0.5}", "routes[0].shadow.share: missing required field"),
+    ):
+        (found,) = errors("routes:\n" + MINIMAL_ROUTE + f"    shadow: {bad}\n")
+        assert message in found, (bad, found)

@@ -1,0 +1,69 @@
+"""Comparing the answer a user got from stable with the candidate's answer to its shadow copy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.compare import Seen, agree, similarity, stream_text
+from proxy.config.model import ExactCompare, JsonCompare, TextCompare
+
+
+def answer(document: object, status: int = 200) -> Seen:
+    return Seen(status, json.dumps(document).encode())
+
+
+def sse(*tokens: str) -> Seen:
+    frames = [{"choices": [{"delta": {"role": "assistant", "content": ""}}]}]
+    frames += [{"choices": [{"delta": {"content": token}}]} for token in tokens]
+    body = b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames)
+    return Seen(200, body + b"data: [DONE]\n\n", event_stream=True)
+
+
+def test_exact_needs_the_same_status_and_bytes():
+    assert agree(ExactCompare(), Seen(200, b"a"), Seen(200, b"a"))
+    assert not agree(ExactCompare(), Seen(200, b"a"), Seen(200, b"a "))
+    assert not agree(ExactCompare(), Seen(200, b"a"), Seen(201, b"a"))
+
+
+def test_json_compares_the_named_fields_numbers_within_the_tolerance():
+    compare = JsonCompare(("predictions.0.label", "predictions.0.score"), tolerance=0.05)
+    stable = answer({"predictions": [{"label": "pos", "score": 0.91}], "model": "v1"})
+    assert agree(compare, stable, answer({"predictions": [{"label": "pos", "score": 0.95}]}))
+    assert not agree(compare, stable, answer({"predictions": [{"label": "pos", "score": 0.97}]}))
+    assert not agree(compare, stable, answer({"predictions": [{"label": "neg", "score": 0.91}]}))
+    assert not agree(compare, stable, answer({"predictions": [{"label": "pos"}]}))  # missing
+    assert not agree(compare, stable, Seen(200, b"not json"))
+    assert not agree(
+        compare, stable, answer({"predictions": [{"label": "pos", "score": 0.91}]}, 500)
+    )
+    both_missing = JsonCompare(("a.b",))
+    assert agree(both_missing, answer({"x": 1}), answer({"y": 2}))
+    assert not agree(JsonCompare(("flag",)), answer({"flag": True}), answer({"flag": 1}))
+    assert agree(
+        JsonCompare(("items.1",)), answer({"items": [0, "b"]}), answer({"items": [9, "b"]})
+    )
+    assert not agree(
+        JsonCompare(("items.2",)), answer({"items": [0, 1, 2]}), answer({"items": [0]})
+    )
+
+
+def test_text_similarity_is_over_normalised_words():
+    assert similarity("Hello, World!", "hello world") == 1.0
+    assert similarity("", "") == 1.0
+    assert similarity("a", "") == 0.0
+    assert similarity("the cat sat on the mat", "the cat sat on a mat") == pytest.approx(5 / 6)
+
+
+def test_text_compares_chat_answers_and_streams_alike():
+    compare = TextCompare("choices.0.message.content", min_similarity=0.8)
+    whole = answer({"choices": [{"message": {"content": "The capital of France is Paris."}}]})
+    assert agree(compare, whole, sse("The capital ", "of France", " is Paris"))
+    assert not agree(compare, whole, sse("I do not know."))
+    assert stream_text(sse("a", "b").body) == "ab"
+
+
+def test_a_long_text_is_compared_over_its_first_words_only():
+    long_a, long_b = "word " * 5000, "word " * 2000 + "other " * 3000
+    assert similarity(long_a, long_b) == 1.0  # the first 2000 words are the same
