@@ -129,8 +129,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         message = {"role": "assistant", "content": "".join(tokens).strip()}
         return web.json_response({"model": model, "choices": [{"index": 0, "message": message}]})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         for token in tokens:
             chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": token}}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import secrets
 import signal
 import statistics
 import sys
@@ -19,14 +22,23 @@ from aiohttp import web
 
 from proxy.config.model import Config, Route
 from proxy.demo.models import CANDIDATE_MODEL, STABLE_MODEL, ModelSpec, build_model_app
-from proxy.forwarding import VARIANT_HEADER
+from proxy.forwarding import REQUEST_ID_HEADER, VARIANT_HEADER
 from proxy.rollout.machine import Transition
 from proxy.server import Server
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 USERS = 2000
 REPORT_EVERY = 2.0
-_TEXTS = ("I love it, great and fast", "not good at all", "awful, slow and broken", "nice enough")
+# What each text means: users click more often on answers that get it right, and rarely on slow
+# ones (more than SLOW seconds to the first byte).
+_TRUTH = {
+    "I love it, great and fast": "positive",
+    "not good at all": "negative",
+    "awful, slow and broken": "negative",
+    "nice enough": "positive",
+}
+_TEXTS = tuple(_TRUTH)
+SLOW = 0.04
 
 
 @dataclass
@@ -37,6 +49,7 @@ class Tally:
     latency: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: int = 0
     total: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    clicks: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, route: str, variant: str, seconds: float) -> None:
         self.count[route, variant] += 1
@@ -46,6 +59,7 @@ class Tally:
     def reset(self) -> None:
         self.count.clear()
         self.latency.clear()
+        self.clicks.clear()
 
 
 def _user_headers(user: int) -> dict[str, str]:
@@ -57,8 +71,20 @@ def _user_headers(user: int) -> dict[str, str]:
     return headers
 
 
+@dataclass(frozen=True)
+class Reporter:
+    """Where and how the synthetic users report their clicks."""
+
+    url: str
+    token: str
+
+
 async def _one_request(
-    session: aiohttp.ClientSession, base: str, tally: Tally, rng: random.Random
+    session: aiohttp.ClientSession,
+    base: str,
+    tally: Tally,
+    rng: random.Random,
+    reporter: Reporter,
 ) -> None:
     user = rng.randrange(USERS)
     streaming = rng.random() < 0.2
@@ -70,19 +96,37 @@ async def _one_request(
         }
     else:
         path, route = "/v1/models/sentiment:predict", "sentiment"
-        body = {"instances": [{"text": rng.choice(_TEXTS)}]}
+        text = rng.choice(_TEXTS)
+        body = {"instances": [{"text": text}]}
     started = time.perf_counter()
     try:
         async with session.post(base + path, json=body, headers=_user_headers(user)) as resp:
-            await resp.content.readany()  # time to first byte: first token for streams
+            first = await resp.content.readany()  # time to first byte: first token for streams
             elapsed = time.perf_counter() - started
-            await resp.read()
+            answer = first + await resp.read()
             if resp.status >= 500:
                 tally.errors += 1
                 return
-            tally.add(route, resp.headers.get(VARIANT_HEADER, "?"), elapsed)
+            variant = resp.headers.get(VARIANT_HEADER, "?")
+            tally.add(route, variant, elapsed)
+            if route == "sentiment":
+                label = json.loads(answer)["predictions"][0]["label"]
+                liked = 0.4 if label == _TRUTH[text] else 0.1
+                if rng.random() < (liked if elapsed < SLOW else liked / 4):
+                    await _click(session, reporter, resp.headers[REQUEST_ID_HEADER])
+                    tally.clicks[route, variant] += 1
     except aiohttp.ClientError:
         tally.errors += 1
+
+
+async def _click(session: aiohttp.ClientSession, reporter: Reporter, request_id: str) -> None:
+    """Tell the proxy that the user clicked on the answer to request `request_id`."""
+    async with session.post(
+        reporter.url,
+        json={"request_id": request_id, "name": "click"},
+        headers={"Authorization": f"Bearer {reporter.token}"},
+    ) as resp:
+        await resp.read()
 
 
 def _report(server: Server, tally: Tally, elapsed: float) -> str:
@@ -100,8 +144,22 @@ def _report(server: Server, tally: Tally, elapsed: float) -> str:
             n, total = tally.count[route.name, variant], tally.total[route.name, variant]
             samples = tally.latency[route.name, variant]
             p50 = f"{statistics.median(samples) * 1000:5.1f} ms" if samples else "    -   "
-            parts.append(f"{variant} {n:4d} (p50 {p50}; {total:6d} in all)")
+            clicked = ""
+            if route.name == "sentiment":
+                rate = f"{tally.clicks[route.name, variant] / n:4.0%}" if n else "   -"
+                clicked = f", clicks {rate}"
+            parts.append(f"{variant} {n:4d} (p50 {p50}{clicked}; {total:6d} in all)")
         lines.append(f"  {route.name:<10} {state:<11} share {share:6.1%}   " + "   ".join(parts))
+        shadow = server.gateway.shadower.status(route)
+        if shadow is not None:
+            counts, gate = shadow["comparisons"], shadow.get("gate") or {}
+            compared = counts["agree"] + counts["differ"]
+            agreement = f"{shadow['agreement']:.0%}" if compared else "-"
+            opened = "gate open" if gate.get("open") else "gate closed: the ramp waits"
+            lines.append(
+                f"  {'':<10} shadow: {agreement} of {compared} comparisons agree, "
+                f"{counts['error']} errors; {opened}"
+            )
         analysis = server.analyzer.routes.get(route.name)
         if analysis is not None and analysis.last is not None and state != "rolled_back":
             checks = ", ".join(f"{c.name} {c.result.value}" for c in analysis.last.checks)
@@ -170,6 +228,8 @@ async def run_demo(
         loop.add_signal_handler(sig, stop.set)
     models = await _start_models(config, degrade_after)
     started_at = time.time()
+    token_env = config.outcomes.token_env
+    os.environ[token_env] = os.environ.get(token_env) or secrets.token_hex(24)
     server = Server(config)
     server.controller.rollback_listeners.append(_announce_rollback)
     await server.start(now=started_at)
@@ -184,10 +244,13 @@ async def run_demo(
         async with aiohttp.ClientSession() as session:
             await _show_answers(session, server.proxy_url)
             print()
+            reporter = Reporter(f"{server.admin_url}/outcomes", os.environ[token_env])
             next_report = time.monotonic() + REPORT_EVERY
             deadline = None if duration is None else time.monotonic() + duration
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                task = asyncio.create_task(_one_request(session, server.proxy_url, tally, rng))
+                task = asyncio.create_task(
+                    _one_request(session, server.proxy_url, tally, rng, reporter)
+                )
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 with contextlib.suppress(TimeoutError):

@@ -144,9 +144,12 @@ def test_demo_shows_the_split_and_the_automatic_rollback(tmp_path):
     assert re.search(r"sentiment\s+ramping\s+share", out)
     assert "verdict pass" in out
     assert re.search(
-        r"\*\*\* sentiment ROLLED BACK by analysis: analysis: (error_rate|latency)", out
+        r"\*\*\* sentiment ROLLED BACK by analysis: analysis: (error_rate|latency|outcome:click)",
+        out,
     )
     assert re.search(r"sentiment\s+rolled_back\s+share\s+0.0%", out)
+    assert re.search(r"candidate\s+\d+ \(p50 [ \d.]+ ms, clicks +\d+%", out)  # clicks reported
+    assert re.search(r"shadow: \d+% of \d+ comparisons agree, \d+ errors; gate open", out)
     served_match = re.search(r"requests served: (.*)", out)
     assert served_match is not None
     served = served_match[1]
