@@ -8,11 +8,12 @@ import sys
 FORBIDDEN = ("asyncio", "aiohttp", "socket", "yaml", "multidict", "yarl", "urllib.request")
 
 
-def test_routing_imports_no_io_modules():
+def test_the_pure_core_imports_no_io_modules():
     code = (
         "import sys\n"
         f"before = {{m for m in {FORBIDDEN!r} if m in sys.modules}}\n"
         "import proxy.routing, proxy.routing.client_ip, proxy.model_body, proxy.stream_meter\n"
+        "import proxy.compare, proxy.request_id, proxy.outcomes\n"
         f"print(sorted(m for m in {FORBIDDEN!r} if m in sys.modules and m not in before))\n"
     )
     result = subprocess.run(
