@@ -74,6 +74,7 @@ class RouteWiring:
     targets: dict[Variant, Target]
     metrics: dict[str, VariantMetrics]  # (for the requests in flight)
     breaker: Breaker | None  # None when ejection is off
+    reads_body: bool  # the route reads bodies whole (it routes on or rewrites their model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,7 @@ class Gateway:
                 },
                 metrics=self.recorder.route(route.name),
                 breaker=self.ejections.breaker(route.name),
+                reads_body=route.reads_body,
             )
         return Snapshot(config, RoutingTable(config.routes), routes)
 
@@ -182,7 +184,7 @@ class Gateway:
         name = active.route.name
         wiring = snapshot.routes[name]
         route = wiring.route
-        if read is None and route.reads_body:
+        if read is None and wiring.reads_body:
             read = await self._read(request, snapshot.config.server.max_body_bytes)
             if read is None:
                 return None

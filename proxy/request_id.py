@@ -7,13 +7,17 @@ read it with nothing stored per request: no memory grows with traffic, and an ou
 sent to a different replica or worker than the one that served the request.
 
 Invariants
-- An id is `base64url(payload || mac)`: payload = version, variant, the time in milliseconds
-  (6 bytes), a nonce (4 random bytes per process, 4 of a counter), 4 bytes of a digest of the
-  rollout (route, candidate and salt), the route's name; mac = keyed BLAKE2b of the payload
-  (10 bytes). Without the key an id can be neither made nor changed (an end user cannot move
-  their outcomes to the other variant); with it, reading is a constant-time comparison.
+- An id is `base64url(signed || mac) || base64url(nonce)`. signed = version, variant, the
+  time in seconds (5 bytes), 4 bytes of a digest of the rollout (route, candidate and salt), the
+  route name's length and the name, zero bytes to a multiple of 3; mac = keyed BLAKE2b of
+  signed (10 bytes); nonce = 4 random bytes per process and 5 of a counter. Without the key,
+  what an id says (route, variant, rollout, time) can be neither made nor changed: an end user
+  cannot move their outcomes to the other variant. The nonce only makes ids unique; changing
+  it changes nothing an outcome is counted by.
+- The signed part is made once per second per route and variant, so an id costs a counter and
+  a few bytes of base64 per request.
 - Ids are unique per process (the counter) and, with overwhelming probability, per fleet.
-- Pure apart from the clock and the nonce's random bytes, taken once per process.
+- Pure apart from the nonce's random bytes, taken once per process.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from dataclasses import dataclass
 
 from proxy.config.model import Variant
 
-VERSION = 1
+VERSION = 2
 _MAC = 10
+_NONCE = 9  # bytes: 4 random per process, 5 of a counter
 _VARIANTS = {Variant.STABLE: b"s", Variant.CANDIDATE: b"c"}
 _BY_BYTE = {ord(b): v for v, b in _VARIANTS.items()}
-_FIXED = 2 + 6 + 8 + 4  # version, variant, time, nonce, rollout digest
+_FIXED = 1 + 1 + 5 + 4 + 1  # version, variant, time, rollout digest, route name's length
 
 
 def key_of(secret: str) -> bytes:
@@ -47,7 +52,7 @@ def rollout_digest(identity: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What an id says: route, variant, the rollout's digest, and when (seconds)."""
+    """What an id says: route, variant, the rollout's digest, and when (whole seconds)."""
 
     route: str
     variant: Variant
@@ -55,31 +60,46 @@ class Served:
     at: float
 
 
+class Label:
+    """The constant parts of the ids of one route's variant, and their signed part of the
+    current second."""
+
+    __slots__ = ("head", "prefix", "second", "tail")
+
+    def __init__(self, head: bytes, tail: bytes):
+        self.head, self.tail = head, tail
+        self.second = -1
+        self.prefix = b""
+
+
 class Minter:
     """Makes the ids of one process."""
 
-    __slots__ = ("_counter", "_key", "_prefix")
+    __slots__ = ("_counter", "_key", "_nonce")
 
     def __init__(self, key: bytes):
         self._key = hashlib.blake2b(key=key, digest_size=_MAC)
-        self._prefix = os.urandom(4)
+        self._nonce = os.urandom(4)
         self._counter = itertools.count()
 
-    def label(self, route: str, variant: Variant, identity: str) -> tuple[bytes, bytes]:
-        """The constant parts of the ids of one route's variant (made once per config)."""
+    def label(self, route: str, variant: Variant, identity: str) -> Label:
+        """The label of one route's variant (made once per config)."""
+        name = route.encode()[:255]
         head = bytes((VERSION,)) + _VARIANTS[variant]
-        return head, rollout_digest(identity) + route.encode()
+        return Label(head, rollout_digest(identity) + bytes((len(name),)) + name)
 
-    def mint(self, label: tuple[bytes, bytes], now: float) -> bytes:
+    def mint(self, label: Label, now: float) -> bytes:
         """A new id for a request served under `label` at `now` (seconds)."""
-        head, tail = label
-        count = next(self._counter) & 0xFFFFFFFF
-        payload = b"".join(
-            (head, int(now * 1000).to_bytes(6, "big"), self._prefix, count.to_bytes(4), tail)
-        )
-        mac = self._key.copy()
-        mac.update(payload)
-        return base64.urlsafe_b64encode(payload + mac.digest()).rstrip(b"=")
+        second = int(now)
+        if second != label.second:
+            signed = label.head + second.to_bytes(5, "big") + label.tail
+            signed += bytes(-(len(signed) + _MAC) % 3)  # whole base64 groups: ids concatenate
+            mac = self._key.copy()
+            mac.update(signed)
+            label.prefix = base64.urlsafe_b64encode(signed + mac.digest())
+            label.second = second
+        count = next(self._counter) & 0xFF_FFFF_FFFF
+        return label.prefix + base64.urlsafe_b64encode(self._nonce + count.to_bytes(5, "big"))
 
 
 class Reader:
@@ -91,26 +111,27 @@ class Reader:
         self._key = hashlib.blake2b(key=key, digest_size=_MAC)
 
     def read(self, request_id: str) -> Served | None:
-        """What `request_id` says, or None if it is not an id signed with our keys."""
-        if not 0 < len(request_id) <= 512:
+        """What `request_id` says, or None if it is not an id signed with our key."""
+        if not 0 < len(request_id) <= 512 or len(request_id) % 4:
             return None
         try:
-            raw = base64.urlsafe_b64decode(request_id + "=" * (-len(request_id) % 4))
+            raw = base64.urlsafe_b64decode(request_id.encode("ascii"))
         except (binascii.Error, ValueError):
             return None
-        if len(raw) <= _FIXED + _MAC:
+        signed, mac = raw[: -_NONCE - _MAC], raw[-_NONCE - _MAC : -_NONCE]
+        if len(signed) < _FIXED:
             return None
-        payload, mac = raw[:-_MAC], raw[-_MAC:]
         expected = self._key.copy()
-        expected.update(payload)
+        expected.update(signed)
         if not hmac.compare_digest(expected.digest(), mac):
             return None
-        variant = _BY_BYTE.get(payload[1])
-        if payload[0] != VERSION or variant is None:
+        variant = _BY_BYTE.get(signed[1])
+        length = signed[_FIXED - 1]
+        if signed[0] != VERSION or variant is None or len(signed) < _FIXED + length:
             return None
         try:
-            route = payload[_FIXED:].decode()
+            route = signed[_FIXED : _FIXED + length].decode()
         except UnicodeDecodeError:
             return None
-        at = int.from_bytes(payload[2:8], "big") / 1000
-        return Served(route, variant, payload[16:20], at)
+        at = float(int.from_bytes(signed[2:7], "big"))
+        return Served(route, variant, signed[7:11], at)

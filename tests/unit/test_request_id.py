@@ -21,8 +21,19 @@ def test_an_id_reads_back_as_route_variant_rollout_and_time_in_another_process()
     assert served is not None
     assert (served.route, served.variant) == ("chat.v1", Variant.CANDIDATE)
     assert served.rollout == rollout_digest("chat.v1|http://c:1|salt")
-    assert served.at == 1764540000.123
+    assert served.at == 1764540000.0  # whole seconds
     assert request_id.isascii() and "=" not in request_id and len(request_id) < 80
+
+
+def test_the_signed_part_is_made_once_a_second_and_the_nonce_changes_nothing_it_says():
+    minter = Minter(KEY)
+    label = minter.label("r", Variant.STABLE, "i")
+    first, second = minter.mint(label, 10.1), minter.mint(label, 10.9)
+    assert first != second and first[:-12] == second[:-12]  # one signed part, two nonces
+    assert minter.mint(label, 11.0)[:-12] != first[:-12]
+    reader = Reader(KEY)
+    other_nonce = first[:-12] + b"AAAAAAAAAAAA"
+    assert reader.read(other_nonce.decode()) == reader.read(first.decode())
 
 
 def test_ids_are_unique_and_opaque():
