@@ -94,18 +94,18 @@ class Target:
     mint: Callable[[float], bytes]  # a new request id for this route and variant, at a time
     label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
+    _id_line: bytes = field(init=False)  # `label`, then the request id header's name
+
     def __post_init__(self) -> None:
         label = render([(VARIANT_HEADER, self.variant), (ROUTE_HEADER, self.route)])
         object.__setattr__(self, "label", label)
+        object.__setattr__(self, "_id_line", label + REQUEST_ID_HEADER.encode() + b": ")
 
     def labels(self, exchange: Exchange) -> bytes:
         """Our header lines on an answer from this target, with a new request id (kept in
         `exchange`)."""
         exchange.request_id = request_id = self.mint(time.time())
-        return b"%s%s: %s\r\n" % (self.label, _REQUEST_ID, request_id)
-
-
-_REQUEST_ID = REQUEST_ID_HEADER.encode()
+        return self._id_line + request_id + b"\r\n"
 
 
 @dataclass(slots=True)
@@ -428,13 +428,16 @@ async def _whole(
     exchange.ttfb = time.monotonic() - sent
     headers, event_stream = answer_headers(answer, target, exchange)
     exchange.event_stream = event_stream
-    exchange.keep(body)
+    if exchange.capture is not None:
+        exchange.keep(body)
     if event_stream:
         meter = StreamMeter()
         meter.feed(body, exchange.ttfb)
         exchange.ttft, exchange.output_tokens = meter.first_token, meter.output_tokens
     else:
-        exchange.ttft, exchange.output_tokens = exchange.ttfb, whole_answer_tokens(body)
+        exchange.ttft = exchange.ttfb
+        if b"_tokens" in body:  # (a quick look first: most answers are not a model's usage)
+            exchange.output_tokens = whole_answer_tokens(body)
     request.reply(answer.status, headers, body, answer.reason)
     exchange.status = answer.status
     exchange.bytes_out = len(body)
@@ -459,7 +462,8 @@ async def _stream(
                 exchange.ttfb = time.monotonic() - sent
             if meter is not None:
                 meter.feed(chunk, time.monotonic() - sent)
-            exchange.keep(chunk)
+            if exchange.capture is not None:
+                exchange.keep(chunk)
             await request.write(chunk)
             exchange.bytes_out += len(chunk)
         if exchange.ttfb is None:
