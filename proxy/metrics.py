@@ -73,16 +73,35 @@ class Buckets:
 class VariantMetrics:
     """What one route's variant served: counts updated on the event loop, read when scraped."""
 
-    __slots__ = ("duration", "errors", "in_flight", "output_tokens", "requests", "ttfb", "ttft")
+    __slots__ = (
+        "duration",
+        "errors",
+        "in_flight",
+        "output_tokens",
+        "requests",
+        "ttfb",
+        "ttfb_apart",
+        "ttft_apart",
+    )
 
     def __init__(self) -> None:
         self.requests = dict.fromkeys(CODE_CLASSES, 0)
         self.errors = dict.fromkeys(ERROR_REASONS, 0)
         self.duration = Buckets()
         self.ttfb = Buckets()
-        self.ttft = Buckets()
+        # Most answers' first token is their first byte: only those where it is not are kept
+        # apart (their first byte, and their first token if any), and the time to first token
+        # is made from the three when scraped. One histogram per request, not two.
+        self.ttfb_apart = Buckets()
+        self.ttft_apart = Buckets()
         self.output_tokens = 0
         self.in_flight = 0
+
+    def ttft(self) -> tuple[list[tuple[str, float]], float]:
+        """The time-to-first-token histogram, as exposed: (le, count) pairs and the sum."""
+        ttfb, apart, ttft = (b.cumulative() for b in (self.ttfb, self.ttfb_apart, self.ttft_apart))
+        pairs = [(le, a - b + c) for (le, a), (_, b), (_, c) in zip(ttfb, apart, ttft, strict=True)]
+        return pairs, self.ttfb.sum - self.ttfb_apart.sum + self.ttft_apart.sum
 
     def observe(self, outcome: Outcome) -> None:
         """Count one finished request."""
@@ -93,10 +112,13 @@ class VariantMetrics:
         else:
             self.requests[_CLASS_OF_HUNDREDS[min((status or CLIENT_CLOSED) // 100, 5)]] += 1
         self.duration.observe(outcome.duration)
-        if outcome.ttfb is not None:
-            self.ttfb.observe(outcome.ttfb)
-        if outcome.ttft is not None:
-            self.ttft.observe(outcome.ttft)
+        ttfb, ttft = outcome.ttfb, outcome.ttft
+        if ttfb is not None:
+            self.ttfb.observe(ttfb)
+            if ttft != ttfb:  # an event stream whose first token came later, or never
+                self.ttfb_apart.observe(ttfb)
+                if ttft is not None:
+                    self.ttft_apart.observe(ttft)
         if outcome.output_tokens is not None:
             self.output_tokens += outcome.output_tokens
 
@@ -158,12 +180,9 @@ class _PerRequestCollector(Collector):
                     requests.add_metric((route, variant, code), count)
                 for reason, count in seen.errors.items():
                     errors.add_metric((route, variant, reason), count)
-                for family, buckets in (
-                    (duration, seen.duration),
-                    (ttfb, seen.ttfb),
-                    (ttft, seen.ttft),
-                ):
+                for family, buckets in ((duration, seen.duration), (ttfb, seen.ttfb)):
                     family.add_metric((route, variant), buckets.cumulative(), buckets.sum)
+                ttft.add_metric((route, variant), *seen.ttft())
                 tokens.add_metric((route, variant), seen.output_tokens)
                 in_flight.add_metric((route, variant), seen.in_flight)
         outcomes = SummaryMetricFamily(

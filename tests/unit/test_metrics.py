@@ -57,6 +57,27 @@ def test_histogram_buckets_are_cumulative_and_inclusive_of_their_bound():
     assert len(stable_buckets) == len(LATENCY_BUCKETS) + 1
 
 
+def test_time_to_first_token_is_the_first_byte_unless_a_stream_said_otherwise():
+    recorder = Recorder()
+    stable = recorder.route("r")["stable"]
+    stable.observe(outcome(Variant.STABLE, 200, ttfb=0.002, ttft=0.002))  # a whole answer
+    stable.observe(outcome(Variant.STABLE, 200, ttfb=0.003, ttft=0.3, output_tokens=7))  # SSE
+    stable.observe(outcome(Variant.STABLE, 200, ttfb=0.004, ttft=None))  # SSE, no token ever
+    stable.observe(outcome(Variant.STABLE, None))  # the client left before any answer
+    m = samples(recorder)
+    labels = (("route", "r"), ("variant", "stable"))
+
+    def ttft_bucket(le: str) -> float:
+        key = (("le", le), ("route", "r"), ("variant", "stable"))
+        return m[("grayscale_time_to_first_token_seconds_bucket", key)]
+
+    assert m[("grayscale_time_to_first_token_seconds_count", labels)] == 2
+    assert abs(m[("grayscale_time_to_first_token_seconds_sum", labels)] - 0.302) < 1e-9
+    assert (ttft_bucket("0.005"), ttft_bucket("0.25"), ttft_bucket("0.5")) == (1, 1, 2)
+    assert m[("grayscale_upstream_time_to_first_byte_seconds_count", labels)] == 3
+    assert m[("grayscale_output_tokens_total", labels)] == 7
+
+
 def test_requests_errors_and_in_flight_per_route_and_variant():
     recorder = Recorder()
     candidate = recorder.route("r")["candidate"]
