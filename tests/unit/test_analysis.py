@@ -19,6 +19,7 @@ from proxy.analysis.histogram import (
     value_of,
 )
 from proxy.analysis.verdict import (
+    Moments,
     Result,
     Sample,
     assess,
@@ -26,7 +27,7 @@ from proxy.analysis.verdict import (
     wilson,
 )
 from proxy.analysis.window import SLOTS, LocalObservations, Window
-from proxy.config.model import AnalysisSpec
+from proxy.config.model import AnalysisSpec, Variant
 
 SPEC = AnalysisSpec(min_requests=200, max_error_rate_increase=0.01, max_latency_ratio=1.5)
 Z95 = 1.6448536269514722
@@ -455,3 +456,38 @@ def test_a_request_stays_in_the_window_until_its_slot_is_a_full_span_old():
     last_instant = 1800000009.1666667  # floor(t / slot) is 11 slots later; t / slot rounds to 12
     assert window.sample(last_instant).requests == 1
     assert window.sample(math.nextafter(last_instant, math.inf)).requests == 0
+
+
+def test_outcomes_go_into_their_slot_and_leave_with_it():
+    window = Window(span=60.0)  # 5 s slots
+    window.add_outcome(1000.0, "click", 1.0)
+    window.add_outcome(1004.0, "click", 2.0)
+    window.add_outcome(1005.0, "rating", 4.0)
+    assert window.sample(1005.0).outcomes == {
+        "click": Moments(2, 3.0, 5.0),
+        "rating": Moments(1, 4.0, 16.0),
+    }
+    slots = sorted(window.slots(1005.0))
+    assert [slot.outcomes for slot in slots] == [
+        {"click": Moments(2, 3.0, 5.0)},
+        {"rating": Moments(1, 4.0, 16.0)},
+    ]
+    assert window.sample(1060.0).outcomes == {"rating": Moments(1, 4.0, 16.0)}
+    assert window.sample(1065.0).outcomes == {}
+    window.add(1065.0, error=False, latency=0.01)  # the slot is reused: its outcomes are gone
+    window.add_outcome(1120.0, "click", 1.0)  # slot 224 reuses 200's place in the ring
+    assert window.sample(1120.0).outcomes == {"click": Moments(1, 1.0, 1.0)}
+
+
+def test_observations_take_outcomes_only_for_analysed_routes():
+    observations = LocalObservations({"r": 30.0})
+    observations.add_outcome("r", Variant.CANDIDATE, "click", 1.0, 5.0)
+    observations.add_outcome("other", Variant.CANDIDATE, "click", 1.0, 5.0)
+    stable, candidate = observations.samples("r", 5.0)
+    assert (stable.outcomes, candidate.outcomes) == ({}, {"click": Moments(1, 1.0, 1.0)})
+    assert set(observations.windows) == {"r"}
+
+
+def test_moments_add_up_field_by_field():
+    assert Moments(1, 2.0, 3.0) + Moments(10, 20.0, 30.0) == Moments(11, 22.0, 33.0)
+    assert Moments() == Moments(0, 0.0, 0.0)

@@ -67,3 +67,23 @@ def test_text_compares_chat_answers_and_streams_alike():
 def test_a_long_text_is_compared_over_its_first_words_only():
     long_a, long_b = "word " * 5000, "word " * 2000 + "other " * 3000
     assert similarity(long_a, long_b) == 1.0  # the first 2000 words are the same
+
+
+def test_boundaries_and_edges_are_exact():
+    assert not agree(JsonCompare(("a",)), Seen(200, b"x"), Seen(200, b"x"))  # no JSON at all
+    assert agree(JsonCompare(("n",), tolerance=0.5), answer({"n": 1.0}), answer({"n": 1.5}))
+    assert agree(JsonCompare(("items.1",)), answer({"items": [0]}), answer({"items": [5]}))
+    assert similarity("a b", "a c") == 0.5
+    assert agree(TextCompare("t", min_similarity=0.5), answer({"t": "a b"}), answer({"t": "a c"}))
+    # A text field that is not a string (or missing) is no text.
+    assert agree(TextCompare("t"), answer({"t": 5}), answer({"t": 6}))
+    assert not agree(TextCompare("t"), answer({"x": 1}), answer({"t": "xxxx"}))
+    # Long texts with a frequent word: difflib's junk heuristic would hide it, and is off.
+    assert similarity("w " * 300 + "x", "w " * 300 + "y") == pytest.approx(600 / 602)
+
+
+def test_stream_texts_of_every_kind():
+    chat = b'data:{"choices": [{"delta": {"content": "no space"}}]}\n\n'
+    completions = b'data: {"choices": [{"text": "plain"}]}\n\n'
+    tgi = b'data: {"token": {"text": "tgi"}}\n\n'
+    assert stream_text(chat + completions + tgi + b"data: [DONE]\n\n") == "no spaceplaintgi"

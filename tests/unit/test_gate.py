@@ -73,3 +73,9 @@ async def test_the_analysis_cannot_release_a_rollout_waiting_at_its_gate():
     assert not controller.gated("r", T0 + 2)
     assert controller.state("r", T0 + 3) is State.RAMPING
     assert await controller.open_gate("r", T0 + 4) is False
+
+
+def test_a_clock_exactly_at_the_start_has_started_and_open_gate_leaves_other_holds():
+    at_start = hold(replace(fresh(GATED, T0), frozen_at=None, held=0.0), T0)
+    assert at_start.clock(T0 + 5) == T0 and not gated(at_start, GATED, T0 + 5)
+    assert open_gate(at_start, GATED, T0 + 5) is at_start  # held by the analysis: stays held

@@ -90,3 +90,40 @@ def test_the_verdict_fails_on_an_outcome_alone():
     verdict = assess(stable, candidate, spec, 0.0)
     assert [c.name for c in verdict.checks][-1] == "outcome:click"
     assert verdict.result is Result.FAIL and [c.name for c in verdict.failing] == ["outcome:click"]
+
+
+def test_notes_name_and_threshold_are_pinned_for_every_result():
+    check = OutcomeCheck("click", max_decrease=0.02)
+    failed = outcome_check(clicks(1000, 100), clicks(1000, 50), check, SPEC, Z)
+    assert failed.note == "candidate's click mean fell more than allowed"
+    passed = outcome_check(clicks(1000, 100), clicks(1000, 100), check, SPEC, Z)
+    assert passed.note == "no significant decrease of click" and passed.threshold == 0.02
+    relative = OutcomeCheck("click", max_decrease=0.5, relative=True)
+    assert outcome_check(clicks(1000, 100), clicks(1000, 100), relative, SPEC, Z).note == (
+        "no significant relative decrease of click"
+    )
+    thin = outcome_check(clicks(10, 1), clicks(10, 1), check, SPEC, Z)
+    assert (thin.name, thin.threshold, thin.observed) == ("outcome:click", 0.02, None)
+    zero = outcome_check(clicks(500, 0), clicks(500, 0), relative, SPEC, Z)
+    assert (zero.name, zero.threshold) == ("outcome:click", 0.5)
+    assert zero.note == "stable's mean is not above 0: no relative decrease to judge"
+
+
+def test_a_variant_with_no_report_of_the_name_has_a_mean_of_zero_or_none():
+    check = OutcomeCheck("click", max_decrease=0.02)
+    silent = Sample(1000, 0, (), {})
+    result = outcome_check(clicks(1000, 100), silent, check, SPEC, Z)
+    assert result.result is Result.FAIL and result.candidate["mean"] == 0.0
+    by_report = OutcomeCheck("click", max_decrease=0.02, per=OutcomeBasis.OUTCOME)
+    result = outcome_check(clicks(1000, 100), silent, by_report, SPEC, Z)
+    assert result.result is Result.INCONCLUSIVE and result.candidate["mean"] is None
+    assert result.candidate["outcomes"] == 0
+
+
+def test_two_reports_are_enough_when_min_requests_says_so():
+    spec = AnalysisSpec(min_requests=1)
+    check = OutcomeCheck("rating", max_decrease=0.5, per=OutcomeBasis.OUTCOME)
+    two = outcome_check(ratings([4.0, 5.0]), ratings([4.0, 5.0]), check, spec, Z)
+    assert two.result is Result.PASS
+    one = outcome_check(ratings([4.0]), ratings([4.0]), check, spec, Z)
+    assert one.result is Result.INCONCLUSIVE  # a variance needs two

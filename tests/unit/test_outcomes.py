@@ -123,3 +123,29 @@ def test_a_batch_reads_one_object_or_a_list_with_value_one_by_default():
         {"request_id": "y", "name": "r"},
     ]
     assert parse_batch(batch, 2) == [Report("x", "a.b:c-d_e", -2.0), Report("y", "r", 1.0)]
+
+
+def test_names_are_bounded_per_route_and_kept_across_reloads():
+    other = replace(ROUTE, name="other")
+    book = OutcomeBook(Reader(KEY), [])
+    book.use(OutcomesConfig(max_names=1), [ROUTE, other])
+    assert book.take([Report(served(Variant.STABLE, 10.0), "a", 1.0)], 11.0)["accepted"] == 1
+    assert book.take([Report(served(Variant.STABLE, 10.0, other), "b", 1.0)], 11.0)["accepted"]
+    book.use(OutcomesConfig(max_names=1), [ROUTE, other])  # a reload: still one name each
+    assert book.take([Report(served(Variant.STABLE, 10.0), "c", 1.0)], 11.0)["too_many_names"]
+    book.use(OutcomesConfig(max_names=1), [ROUTE])
+    book.use(OutcomesConfig(max_names=1), [ROUTE, other])  # `other` left and came back
+    assert book.take([Report(served(Variant.STABLE, 10.0, other), "d", 1.0)], 11.0)["accepted"]
+
+
+def test_a_book_that_follows_no_config_yet_takes_nothing():
+    book = OutcomeBook(Reader(KEY), [])
+    assert book.take([Report(served(Variant.STABLE, 10.0), "a", 1.0)], 11.0)["stale"] == 1
+
+
+def test_the_refusal_names_the_first_three_errors_and_every_item():
+    with pytest.raises(InvalidBatch) as refused:
+        parse_batch([1, 2, 3, {"request_id": "", "name": "c"}], 10)
+    assert len(refused.value.errors) == 4
+    assert str(refused.value) == "; ".join(refused.value.errors[:3])
+    assert refused.value.errors[3].startswith("[3].request_id: expected")

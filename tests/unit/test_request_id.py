@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -63,3 +64,67 @@ def test_without_the_key_an_id_can_be_neither_made_nor_altered():
 @given(st.text(max_size=120))
 def test_anything_else_reads_as_no_id(text):
     assert Reader(KEY).read(text) is None
+
+
+def signed_id(signed: bytes, tag: bytes = b"0123abcd7") -> str:
+    """An id made by hand around `signed`, with a correct MAC under KEY."""
+    mac = hashlib.blake2b(signed, key=KEY, digest_size=10).digest()
+    return (base64.urlsafe_b64encode(signed + mac) + b"." + tag).decode()
+
+
+def signed_part(
+    version: int = 2, variant: bytes = b"c", second: int = 7, name: bytes = b"r", length: int = -1
+) -> bytes:
+    signed = bytes((version,)) + variant + second.to_bytes(5, "big") + b"\x00\x01\x02\x03"
+    signed += bytes((len(name) if length < 0 else length,)) + name
+    return signed + bytes(-(len(signed) + 10) % 3)
+
+
+def test_what_the_reader_takes_apart_is_pinned_field_by_field():
+    reader = Reader(KEY)
+    served = reader.read(signed_id(signed_part(second=2**32 + 5, name=b"chat")))
+    assert served is not None
+    assert (served.route, served.variant, served.rollout) == (
+        "chat",
+        Variant.CANDIDATE,
+        b"\x00\x01\x02\x03",
+    )
+    assert served.at == 2**32 + 5  # all five bytes of the time
+    for wrong in (
+        signed_part(version=1),
+        signed_part(variant=b"x"),
+        signed_part(name=b"chat", length=9),  # names more bytes than it holds
+        signed_part(name=b"\xff\xfe"),
+    ):
+        assert reader.read(signed_id(wrong)) is None, wrong
+    exact = signed_part(name=b"ab", length=2)
+    assert reader.read(signed_id(exact)) is not None
+
+
+def test_the_ids_shape_is_checked_before_its_signature():
+    reader = Reader(KEY)
+    good = signed_id(signed_part())
+    signature, _, tag = good.partition(".")
+    assert reader.read(signature) is None  # no dot
+    assert reader.read(signature[1:] + "." + tag) is None  # not whole base64 groups
+    assert reader.read(good + ".more") is not None  # what follows the first dot is the nonce's
+    padded = good + "9" * (512 - len(good))
+    assert len(padded) == 512 and reader.read(padded) is not None
+    assert reader.read(padded + "9") is None  # longer than any id
+
+
+def test_the_key_and_the_ids_layout_are_pinned():
+    assert (
+        key_of("s").hex()[:16]
+        == hashlib.blake2b(b"s", person=b"grayscale-rid", digest_size=32).hexdigest()[:16]
+    )
+    assert len(key_of("s")) == 32 and key_of("s") != hashlib.blake2b(b"s", digest_size=32).digest()
+    minter = Minter(KEY)
+    first = minter.mint(minter.label("r", Variant.STABLE, "i"), 1.0)
+    tag = first.partition(b".")[2]
+    assert len(tag) == 9 and tag.endswith(b"0")  # 8 hex digits, then the counter from 0
+    long_name = "n" * 300
+    served = Reader(KEY).read(
+        minter.mint(minter.label(long_name, Variant.STABLE, "i"), 1.0).decode()
+    )
+    assert served is not None and served.route == "n" * 255

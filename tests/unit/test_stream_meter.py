@@ -85,9 +85,37 @@ def test_usage_from_the_last_frame_that_has_it_and_tgi_or_anthropic_names():
 
 def test_a_line_over_the_limit_is_skipped_and_the_stream_read_on():
     huge = b"data: " + b"x" * (LINE_LIMIT + 10)
-    meter = meter_of(huge[: LINE_LIMIT // 2], huge[LINE_LIMIT // 2 :], b"\n\n", ROLE, TOKEN)
-    assert meter.first_token == 4.0
+    meter = StreamMeter()
+    meter.feed(huge[: LINE_LIMIT // 2], 0.0)
+    meter.feed(huge[LINE_LIMIT // 2 : LINE_LIMIT + 2], 1.0)  # over the limit: dropped
+    meter.feed(huge[LINE_LIMIT + 2 :], 2.0)  # still that line: not kept
     assert len(meter._line) == 0
+    for at, chunk in enumerate((b"\n\n", ROLE, TOKEN), start=3):
+        meter.feed(chunk, float(at))
+    assert meter.first_token == 5.0
+    exact = b"data: " + json.dumps({"choices": [{"delta": {"content": "x"}}]}).encode()
+    exact += b" " * (LINE_LIMIT - len(exact))  # a line of exactly LINE_LIMIT bytes is read
+    assert meter_of(exact[:100], exact[100:], b"\n\n").first_token == 2.0
+
+
+def test_edges_of_the_event_stream_format():
+    role_in_two_lines = b'data: {"choices": [{"delta":\ndata: {"role": "assistant"}}]}\n\n'
+    assert meter_of(role_in_two_lines).first_token is None  # one event, joined by a newline
+    no_space = b'data:{"choices": [{"delta": {"role": "assistant"}}]}\n\n'
+    assert meter_of(no_space).first_token is None
+    crlf_usage = USAGE.replace(b"\n", b"\r\n")
+    assert meter_of(TOKEN, crlf_usage).output_tokens == 42
+    assert meter_of(ROLE, USAGE).output_tokens == 42  # usage before any token is read too
+    meter = StreamMeter()  # the event's blank line arrives as "\r", then "\n"
+    meter.feed(TOKEN[:-2] + b"\r\n\r", 0.0)
+    meter.feed(b"\n", 1.0)
+    assert meter.first_token == 1.0
+    assert meter_of(b'data: "hello"\n\n').first_token == 0.0
+    assert meter_of(b"data: 5\n\n").first_token == 0.0
+    assert meter_of(b'data: ""\n\n', b"data: []\n\n", b"data: {}\n\n").first_token is None
+    mixed = b'data: {"choices": [1, {"delta": {"content": "a"}}]}\n\n'
+    assert meter_of(mixed).first_token == 0.0
+    assert meter_of(TOKEN, b'data: {"usage": {"completion_tokens": 0}}\n\n').output_tokens == 0
 
 
 def test_whole_answers_give_their_usage():
