@@ -26,10 +26,29 @@ from proxy.analysis.verdict import (
     difference_lower_bound,
     wilson,
 )
-from proxy.analysis.window import SLOTS, LocalObservations, Window
-from proxy.config.model import AnalysisSpec, Variant
+from proxy.analysis.window import SLOTS, LocalObservations, Window, WindowRecorder
+from proxy.config.model import (
+    AnalysisSpec,
+    Cohort,
+    KeySource,
+    LatencyMeasure,
+    Route,
+    Source,
+    Upstream,
+    Variant,
+)
+from proxy.outcome import Outcome
+from proxy.routing import Decision, Reason
 
 SPEC = AnalysisSpec(min_requests=200, max_error_rate_increase=0.01, max_latency_ratio=1.5)
+ROUTE_FOR_WINDOWS = Route(
+    name="r",
+    path_prefix="/",
+    stable=Upstream("http://127.0.0.1:1"),
+    candidate=Upstream("http://127.0.0.1:2"),
+    cohort=Cohort((KeySource(Source.HEADER, "X-User-Id"),), "s"),
+)
+DECISION = Decision(Variant.STABLE, Reason.BUCKET, 0.0, None, 1, "u")
 Z95 = 1.6448536269514722
 
 
@@ -477,6 +496,52 @@ def test_outcomes_go_into_their_slot_and_leave_with_it():
     window.add(1065.0, error=False, latency=0.01)  # the slot is reused: its outcomes are gone
     window.add_outcome(1120.0, "click", 1.0)  # slot 224 reuses 200's place in the ring
     assert window.sample(1120.0).outcomes == {"click": Moments(1, 1.0, 1.0)}
+
+
+def test_an_outcome_name_seen_in_several_slots_is_summed_over_them():
+    window = Window(span=60.0)
+    for at in (1000.0, 1005.0, 1010.0):
+        window.add_outcome(at, "click", 1.0)
+    assert window.sample(1010.0).outcomes == {"click": Moments(3, 3.0, 3.0)}
+
+
+def test_slots_and_samples_agree_on_a_slot_whose_number_rounds_up():
+    window = Window(span=10.0)
+    window.add(EPOCH, error=False, latency=0.01)
+    assert [slot.number for slot in window.slots(EPOCH)] == [2159999999]
+
+
+def test_the_recorder_feeds_the_latency_the_route_judges():
+    routes = {
+        measure: replace(
+            ROUTE_FOR_WINDOWS, name=measure.value, analysis=AnalysisSpec(latency=measure)
+        )
+        for measure in LatencyMeasure
+    }
+    observations = LocalObservations({name: 60.0 for name in (m.value for m in routes)})
+    recorder = WindowRecorder(observations)
+    recorder.use(list(routes.values()))
+    for route in routes.values():
+        recorder.record(
+            Outcome(
+                1000.0,
+                route.name,
+                "POST",
+                DECISION,
+                Variant.STABLE,
+                200,
+                duration=3.0,
+                ttfb=0.01,
+                ttft=0.5,
+            )
+        )
+    for measure, expected in (
+        (LatencyMeasure.DURATION, 3.0),
+        (LatencyMeasure.TTFB, 0.01),
+        (LatencyMeasure.TTFT, 0.5),
+    ):
+        stable, _ = observations.samples(measure.value, 1003.0)
+        assert stable.latency[bucket_of(expected)] == 1, measure
 
 
 def test_observations_take_outcomes_only_for_analysed_routes():

@@ -79,7 +79,9 @@ def test_boundaries_and_edges_are_exact():
     assert agree(TextCompare("t"), answer({"t": 5}), answer({"t": 6}))
     assert not agree(TextCompare("t"), answer({"x": 1}), answer({"t": "xxxx"}))
     # Long texts with a frequent word: difflib's junk heuristic would hide it, and is off.
-    assert similarity("w " * 300 + "x", "w " * 300 + "y") == pytest.approx(600 / 602)
+    assert similarity("x " + "w " * 250, "w " * 250 + "x") == pytest.approx(500 / 502)
+    # One side not JSON agrees with nothing, even on a field the other side lacks.
+    assert not agree(JsonCompare(("a",)), answer({"x": 1}), Seen(200, b"nope"))
 
 
 def test_stream_texts_of_every_kind():

@@ -120,6 +120,12 @@ def test_a_variant_with_no_report_of_the_name_has_a_mean_of_zero_or_none():
     assert result.candidate["outcomes"] == 0
 
 
+def test_a_stable_with_no_report_of_the_name_has_a_mean_of_zero():
+    check = OutcomeCheck("click", max_decrease=0.0)
+    result = outcome_check(Sample(1000, 0, (), {}), clicks(1000, 100), check, SPEC, Z)
+    assert result.result is Result.PASS and result.stable["mean"] == 0.0
+
+
 def test_two_reports_are_enough_when_min_requests_says_so():
     spec = AnalysisSpec(min_requests=1)
     check = OutcomeCheck("rating", max_decrease=0.5, per=OutcomeBasis.OUTCOME)
