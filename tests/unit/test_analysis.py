@@ -475,6 +475,8 @@ def test_a_request_stays_in_the_window_until_its_slot_is_a_full_span_old():
     last_instant = 1800000009.1666667  # floor(t / slot) is 11 slots later; t / slot rounds to 12
     assert window.sample(last_instant).requests == 1
     assert window.sample(math.nextafter(last_instant, math.inf)).requests == 0
+    assert len(window.slots(last_instant)) == 1  # what a fleet's flush sends: the same slots
+    assert window.slots(math.nextafter(last_instant, math.inf)) == []
 
 
 def test_outcomes_go_into_their_slot_and_leave_with_it():
