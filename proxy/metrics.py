@@ -280,6 +280,12 @@ class Recorder:
             ("route", "trigger"),
             registry=r,
         )
+        self.promotions = Counter(
+            "grayscale_promotions",
+            "Promotions, by trigger: analysis (automatic, promote.after) or operator.",
+            ("route", "trigger"),
+            registry=r,
+        )
         Gauge("grayscale_build_info", "Grayscale's version.", ("version",), registry=r).labels(
             __version__
         ).set(1)
@@ -341,6 +347,7 @@ class Recorder:
             (self.analysis_latency, ("route", "variant")),
             (self.analysis_requests, ("route", "variant")),
             (self.rollbacks, ("route", "trigger")),
+            (self.promotions, ("route", "trigger")),
             (self.shadow_comparisons, ("route", "result")),
             (self.shadow_dropped, ("route",)),
         )
@@ -370,6 +377,11 @@ class Recorder:
         """Count a rollback (a controller rollback listener)."""
         trigger = "analysis" if transition.actor == "analysis" else "operator"
         self.rollbacks.labels(route.name, trigger).inc()
+
+    def count_promotion(self, route: Route, transition: Transition, _: object) -> None:
+        """Count a promotion (a controller promotion listener)."""
+        trigger = "analysis" if transition.actor == "analysis" else "operator"
+        self.promotions.labels(route.name, trigger).inc()
 
     def counts(self, route: str) -> dict[str, dict[str, int]]:
         """Requests per variant and code class so far, for `/status`."""

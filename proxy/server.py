@@ -152,6 +152,10 @@ class Server:
         )
         self.notifier = RollbackNotifier()
         self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]
+        self.controller.promotion_listeners += [
+            self.recorder.count_promotion,
+            self.notifier.promoted,
+        ]
         self.host_metrics = None
         if worker is not None:
             self.host_metrics = HostMetrics(self.recorder.registry, worker)

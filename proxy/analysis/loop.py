@@ -20,6 +20,7 @@ from proxy.fleet.member import FleetMember
 from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State
+from proxy.rollout.store import StateUnavailable
 
 log = logging.getLogger("grayscale.analysis")
 _JUDGED = {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED}
@@ -31,9 +32,11 @@ class RouteAnalysis:
     decider's latest verdict as it published it (this replica's own, when it decides)."""
 
     spec: AnalysisSpec
+    promote_after: float | None = None  # `promote.after`, if the route promotes on its own
     last: Verdict | None = None
     failures: int = 0
     published: dict[str, Any] | None = None
+    passing_since: float | None = None  # since when every verdict at the ramp's max passed
 
     def status(self, holding: bool, fleet: FleetMember | None) -> dict[str, Any]:
         """The `/status` view."""
@@ -46,6 +49,10 @@ class RouteAnalysis:
             "holding": holding,
             "last_verdict": None if self.last is None else self.last.to_json(),
         }
+        if self.promote_after is not None:
+            view["promotes_at"] = (
+                None if self.passing_since is None else self.passing_since + self.promote_after
+            )
         if fleet is not None:
             published = self.published or {}
             view["consecutive_failures"] = published.get("failures", 0)
@@ -101,8 +108,10 @@ class Analyzer:
             if route.analysis is None:
                 continue
             kept = previous.get(route.name)
-            same = kept is not None and kept.spec == route.analysis
-            self.routes[route.name] = kept if same and kept else RouteAnalysis(route.analysis)
+            after = None if route.promote is None else route.promote.after
+            same = kept is not None and (kept.spec, kept.promote_after) == (route.analysis, after)
+            fresh = RouteAnalysis(route.analysis, after)
+            self.routes[route.name] = kept if same and kept else fresh
         for name, task in list(self._tasks.items()):
             if self.routes.get(name) is not previous.get(name):
                 task.cancel()
@@ -179,6 +188,8 @@ class Analyzer:
             await self._roll_back(name, verdict, now)
             analysis.failures = 0
             return verdict
+        if analysis.promote_after is not None:
+            await self._promote_when_due(name, analysis, verdict, now)
         hold = verdict.result is Result.FAIL or (
             verdict.result is Result.INCONCLUSIVE and spec.on_inconclusive is Inconclusive.HOLD
         )
@@ -221,6 +232,36 @@ class Analyzer:
         except IllegalTransition:
             return  # rolled back by someone else meanwhile
         log.warning("rolled back automatically: %s", reason, extra={"route": name})
+
+    async def _promote_when_due(
+        self, name: str, analysis: RouteAnalysis, verdict: Verdict, now: float
+    ) -> None:
+        """Promote once every verdict has passed for `promote.after` at the ramp's max (an
+        inconclusive one neither counts nor resets; a failure, or leaving the max, resets)."""
+        assert analysis.promote_after is not None
+        if verdict.result is Result.FAIL or self.controller.state(name, now) is not State.COMPLETE:
+            analysis.passing_since = None
+            return
+        if verdict.result is not Result.PASS:
+            return
+        if analysis.passing_since is None:
+            analysis.passing_since = now
+        if now - analysis.passing_since < analysis.promote_after:
+            return
+        reason = f"every verdict passed for {analysis.promote_after:g} s at the ramp's max"
+        try:
+            await self.controller.act(
+                name,
+                Action.PROMOTE,
+                now,
+                actor="analysis",
+                reason=reason,
+                details=verdict.to_json(),
+            )
+        except (IllegalTransition, StateUnavailable):
+            return  # an operator acted meanwhile, or the state cannot be changed now
+        analysis.passing_since = None
+        log.info("promoted automatically: %s", reason, extra={"route": name})
 
     def status(self, route: Route) -> dict[str, Any] | None:
         """The `/status` view of `route`'s analysis, or None when it has none."""

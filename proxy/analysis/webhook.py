@@ -1,4 +1,5 @@
-"""Rollback notifications: a JSON POST to each route's `on_rollback.webhook`, never blocking."""
+"""Rollback and promotion notifications: a JSON POST to each route's `on_rollback.webhook` or
+`on_promote.webhook`, never blocking."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from proxy.config.model import Route
+from proxy.config.model import RollbackHook, Route
 from proxy.rollout.machine import Transition
 
 log = logging.getLogger("grayscale.webhook")
@@ -23,7 +24,8 @@ def _where(url: str) -> str:
 
 
 class RollbackNotifier:
-    """Sends rollback accounts to webhooks from background tasks, with retries and timeouts."""
+    """Sends rollback (and automatic promotion) accounts to webhooks from background tasks,
+    with retries and timeouts."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -46,11 +48,28 @@ class RollbackNotifier:
         self, route: Route, transition: Transition, verdict: dict[str, Any] | None
     ) -> None:
         """Queue the notification of a rollback of `route` (a controller rollback listener)."""
-        hook = route.on_rollback
+        self._queue("rollback", route, route.on_rollback, transition, verdict)
+
+    def promoted(
+        self, route: Route, transition: Transition, verdict: dict[str, Any] | None
+    ) -> None:
+        """Queue the notification of an automatic promotion of `route` (a controller promotion
+        listener; an operator's promotion is not notified)."""
+        if transition.actor == "analysis":
+            self._queue("promote", route, route.on_promote, transition, verdict)
+
+    def _queue(
+        self,
+        event: str,
+        route: Route,
+        hook: RollbackHook | None,
+        transition: Transition,
+        verdict: dict[str, Any] | None,
+    ) -> None:
         if hook is None or self._session is None:
             return
         payload = {
-            "event": "rollback",
+            "event": event,
             "route": route.name,
             "stable": route.stable.url,
             "candidate": route.candidate.url,
@@ -60,13 +79,13 @@ class RollbackNotifier:
             "reason": transition.reason,
             "verdict": verdict,
         }
-        task = asyncio.get_running_loop().create_task(self._send(route, payload))
+        task = asyncio.get_running_loop().create_task(self._send(route, hook, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, route: Route, payload: dict[str, Any]) -> None:
-        hook = route.on_rollback
-        assert hook is not None and self._session is not None
+    async def _send(self, route: Route, hook: RollbackHook, payload: dict[str, Any]) -> None:
+        assert self._session is not None
+        event = payload["event"]
         delay = RETRY_DELAY
         for attempt in range(1, hook.attempts + 1):
             try:
@@ -77,13 +96,16 @@ class RollbackNotifier:
                     allow_redirects=False,  # a redirect is not followed: the payload stays put
                 ) as answer:
                     if answer.status < 300:
-                        log.info("rollback of %s notified", route.name, extra={"route": route.name})
+                        log.info(
+                            "%s of %s notified", event, route.name, extra={"route": route.name}
+                        )
                         return
                     problem = f"status {answer.status}"
             except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = type(exc).__name__
             log.warning(
-                "rollback webhook attempt %d/%d failed: %s",
+                "%s webhook attempt %d/%d failed: %s",
+                event,
                 attempt,
                 hook.attempts,
                 problem,

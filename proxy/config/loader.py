@@ -51,6 +51,7 @@ from proxy.config.model import (
     OutcomeCheck,
     OutcomesConfig,
     PathPrefixCondition,
+    Promotion,
     Ramp,
     RollbackHook,
     Route,
@@ -638,6 +639,8 @@ class _Parser:
                 "fallback",
                 "ejection",
                 "shadow",
+                "promote",
+                "on_promote",
             ),
             required=("name", "match", "stable", "candidate", "cohort"),
         )
@@ -686,7 +689,20 @@ class _Parser:
             shadow=self.field(
                 fields, "shadow", path, lambda n, p, d: self.shadow(n, p, name), None
             ),
+            promote=self.promotion(fields, path),
+            on_promote=self.field(fields, "on_promote", path, self.rollback_hook, None),
         )
+
+    def promotion(self, fields: dict[str, Node], path: str) -> Promotion | None:
+        node = fields.get("promote")
+        if node is None:
+            return None
+        where = _sub(path, "promote")
+        promote = self.mapping(node, where, ("after",), ("after",))
+        after = self.field(promote, "after", where, self.duration, 0.0)
+        if "analysis" not in fields:
+            self.fail(node, where, "needs analysis: a candidate is promoted on passing verdicts")
+        return Promotion(after)
 
     def shadow(self, node: Node, path: str, route: str) -> Shadow:
         names = [f.name for f in dataclass_fields(Shadow)]

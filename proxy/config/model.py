@@ -231,8 +231,17 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Promotion:
+    """Promote on its own: once the ramp is at its `max` and the verdicts have passed for
+    `after` seconds without a failure."""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
 class RollbackHook:
-    """A URL that is POSTed a JSON account of every rollback."""
+    """A URL that is POSTed a JSON account of every rollback (`on_rollback`) or automatic
+    promotion (`on_promote`)."""
 
     webhook: str
     timeout: float = 5.0
@@ -272,6 +281,8 @@ class Route:
     segments: tuple[Segment, ...] = ()
     analysis: AnalysisSpec | None = None
     on_rollback: RollbackHook | None = None
+    promote: Promotion | None = None
+    on_promote: RollbackHook | None = None
     fallback: Fallback = Fallback.ON_CONNECT_ERROR
     ejection: Ejection | None = Ejection()
     models: tuple[str, ...] = ()

@@ -74,6 +74,7 @@ class RolloutController:
         self._reports: dict[str, int] = {}  # changes made elsewhere reported, by route
         self._lock = asyncio.Lock()
         self.rollback_listeners: list[RollbackListener] = []
+        self.promotion_listeners: list[RollbackListener] = []  # (called like the above)
         self._write_error: str | None = None  # the last write's error, None when it worked
         self.load_error: str | None = None  # why the state could not be read at start
 
@@ -283,6 +284,9 @@ class RolloutController:
             )
             if action is Action.ROLLBACK:
                 for listener in self.rollback_listeners:
+                    listener(route, transition, details)
+            elif action is Action.PROMOTE:
+                for listener in self.promotion_listeners:
                     listener(route, transition, details)
         return Outcome(transition, persisted=error is None, error=error)
 

@@ -207,3 +207,74 @@ async def test_thin_traffic_holds_the_ramp_and_never_rolls_back(upstreams, clien
         assert analysis["consecutive_failures"] == 0
     finally:
         await server.stop()
+
+
+async def test_a_candidate_that_passes_at_its_max_for_promote_after_is_promoted_with_a_webhook(
+    upstreams, client
+):
+    stable, candidate = upstreams
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    text = analysed_config(
+        url_of(stable),
+        url_of(candidate),
+        ramp="{base: 0.5, max: 0.5}",  # at its max from the start: complete
+        extra="    promote: {after: 1500ms}\n"
+        f'    on_promote: {{webhook: "{url_of(receiver)}/hook"}}\n',
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    try:
+
+        def promoted() -> bool:
+            return server.controller.state("models", time.time()) is State.PROMOTED
+
+        started = time.monotonic()
+        await drive(client, server, 12, until=promoted)
+        took = time.monotonic() - started
+        assert promoted(), server.analyzer.status(server.config.routes[0])
+        print(f"\npromoted {took:.2f} s after the traffic began (promote.after 1.5 s)")
+        assert took >= 1.5
+        last = server.controller.rollout("models").last
+        assert last.actor == "analysis" and "every verdict passed" in (last.reason or "")
+        assert set(await drive(client, server, 0.5)) == {"candidate"}
+        for _ in range(30):
+            if received:
+                break
+            await asyncio.sleep(0.1)
+        assert [(p["event"], p["actor"], p["verdict"]["result"]) for p in received] == [
+            ("promote", "analysis", "pass")
+        ]
+        async with client.get(f"{server.admin_url}/metrics") as answer:
+            metrics = await answer.text()
+        assert 'grayscale_promotions_total{route="models",trigger="analysis"} 1.0' in metrics
+    finally:
+        await server.stop()
+        await receiver.close()
+
+
+async def test_a_failing_candidate_is_never_promoted(upstreams, client):
+    stable, candidate = upstreams
+    candidate.app[PROBE].error_rate = 0.5
+    text = analysed_config(
+        url_of(stable),
+        url_of(candidate),
+        ramp="{base: 0.5, max: 0.5}",
+        extra="    promote: {after: 500ms}\n",
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    try:
+        await drive(client, server, 3)
+        assert server.controller.state("models", time.time()) is State.ROLLED_BACK
+        assert all(t.action.value != "promote" for t in server.controller.rollout("models").history)
+    finally:
+        await server.stop()

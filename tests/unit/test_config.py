@@ -331,6 +331,26 @@ def test_routes_on_one_path_split_by_model_and_never_claim_a_model_twice():
     assert parse_config("routes:\n" + rewrite).routes[0].reads_body
 
 
+def test_promotion_needs_an_analysis_and_a_duration():
+    analysed = MINIMAL_ROUTE + "    analysis: {}\n"
+    route = parse_config(
+        "routes:\n"
+        + analysed
+        + "    promote: {after: 30m}\n    on_promote: {webhook: 'http://h:1'}\n"
+    ).routes[0]
+    assert route.promote is not None and route.promote.after == 1800.0
+    assert route.on_promote is not None and route.on_promote.webhook == "http://h:1"
+    (found,) = errors("routes:\n" + MINIMAL_ROUTE + "    promote: {after: 30m}\n")
+    assert found == (
+        "test.yaml:7: routes[0].promote: needs analysis: "
+        "a candidate is promoted on passing verdicts"
+    )
+    (found,) = errors("routes:\n" + analysed + "    promote: {after: 0s}\n")
+    assert found.startswith("test.yaml:8: routes[0].promote.after: expected a positive duration")
+    (found,) = errors("routes:\n" + analysed + "    promote: {}\n")
+    assert found == "test.yaml:8: routes[0].promote.after: missing required field"
+
+
 def test_redis_authorities_must_be_certificates_and_only_for_tls(tmp_path):
     ca, _ = self_signed(tmp_path)
     bogus = tmp_path / "notes.txt"
