@@ -268,6 +268,17 @@ class Admin:
             answer["worker"] = {"index": worker.index, "of": worker.count, "pid": os.getpid()}
         return web.json_response(answer)
 
+    async def verdicts(self, request: web.Request) -> web.Response:
+        """A route's latest verdicts, newest first, each with its inputs (sample sizes,
+        estimates, bounds, thresholds), the consecutive failures and what followed."""
+        name = request.match_info["name"]
+        if name not in self.controller:
+            return error_response(404, "unknown_route", f"no route named {printable(name)[:100]!r}")
+        found = self.analyzer.verdicts(name)
+        if found is None:
+            return web.json_response({"route": name, "analysis": False, "verdicts": []})
+        return web.json_response({"route": name, "analysis": True, "verdicts": found})
+
     async def outcomes(self, request: web.Request) -> web.Response:
         """Take outcomes the application reports: one or a list of `{request_id, name, value}`;
         200 with how many were taken and why the others were not, 422 naming bad items."""
@@ -450,6 +461,7 @@ class Admin:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self._read(self.metrics))
         app.router.add_get("/status", self._read(self.status))
+        app.router.add_get("/routes/{name}/verdicts", self._read(self.verdicts))
         for path, action in (
             ("pause", Action.PAUSE),
             ("resume", Action.RESUME),

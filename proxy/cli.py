@@ -9,12 +9,13 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from proxy import __version__, logs
 from proxy.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
 from proxy.config.loader import ConfigError, load_config, parse_duration
 from proxy.demo.run import DEMO_CONFIG, run_demo
+from proxy.explain import explain
 from proxy.loop import loop_factory
 from proxy.rollout.store import StateError
 from proxy.server import serve_until_signalled
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show every route's rollout state, candidate share, and requests and error "
         "rates per variant, from a running proxy's admin API.",
     )
+    explain = commands.add_parser(
+        "explain",
+        parents=[common, admin],
+        help="say in words why the analysis decided what it did on a route",
+        description="Print a route's latest analysis verdict in words: each check's estimates, "
+        "bounds, thresholds and sample sizes, and what followed.",
+    )
+    explain.add_argument("route")
+    explain.add_argument("--all", action="store_true", help="every verdict kept (20), newest first")
     for action, text in (
         ("pause", "freeze a route's ramp at its current share"),
         ("resume", "continue a paused or rolled-back ramp where it stopped"),
@@ -165,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "status":
         return _status(args.admin, args.token_env)
+    if args.command == "explain":
+        return _explain(args.admin, args.token_env, args.route, every=args.all)
     if args.command in ("pause", "resume", "promote", "rollback", "set-share"):
         return _act(args)
     return _demo(
@@ -215,6 +227,29 @@ def _status(base: str, token_env: str) -> int:
         return 1
     print(status_table(status))
     return 0
+
+
+def _explain(base: str, token_env: str, route: str, *, every: bool) -> int:
+    path = f"/routes/{urllib.parse.quote(route, safe='')}/verdicts"
+    try:
+        found = call(base, "GET", path, os.environ.get(token_env))
+    except AdminError as exc:
+        print(f"grayscale: explain {route}: {exc}", file=sys.stderr)
+        return 1
+    verdicts = found["verdicts"]
+    if not found["analysis"]:
+        print(f"{route}: no analysis is configured for this route")
+        return 0
+    if not verdicts:
+        print(f"{route}: no verdict yet")
+        return 0
+    for record in verdicts if every else verdicts[:1]:
+        print(f"{route} at {_moment(record['at'])}: {explain(record)}")
+    return 0
+
+
+def _moment(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
 def _act(args: argparse.Namespace) -> int:

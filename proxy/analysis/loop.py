@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -24,6 +25,7 @@ from proxy.rollout.store import StateUnavailable
 
 log = logging.getLogger("grayscale.analysis")
 _JUDGED = {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED}
+HISTORY = 20  # verdicts kept per route for GET /routes/{name}/verdicts
 
 
 @dataclass
@@ -37,6 +39,14 @@ class RouteAnalysis:
     failures: int = 0
     published: dict[str, Any] | None = None
     passing_since: float | None = None  # since when every verdict at the ramp's max passed
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def remember(self, verdict: Verdict, action: str) -> None:
+        """Keep a verdict with its inputs, the failure count and what the loop did on it."""
+        record = verdict.to_json()
+        record |= {"consecutive_failures": self.failures, "action": action}
+        record["failures_before_rollback"] = self.spec.failures_before_rollback
+        self.history.appendleft(record)
 
     def status(self, holding: bool, fleet: FleetMember | None) -> dict[str, Any]:
         """The `/status` view."""
@@ -185,16 +195,21 @@ class Analyzer:
             extra={"route": name},
         )
         if analysis.failures >= spec.failures_before_rollback:
+            analysis.remember(verdict, "rollback")
             await self._roll_back(name, verdict, now)
             analysis.failures = 0
             return verdict
-        if analysis.promote_after is not None:
-            await self._promote_when_due(name, analysis, verdict, now)
+        if analysis.promote_after is not None and await self._promote_when_due(
+            name, analysis, verdict, now
+        ):
+            analysis.remember(verdict, "promote")
+            return verdict
         hold = verdict.result is Result.FAIL or (
             verdict.result is Result.INCONCLUSIVE and spec.on_inconclusive is Inconclusive.HOLD
         )
         # With no candidate traffic there is nothing to wait for: holding would stall for ever.
         hold = hold and self.controller.share(name, now) > 0.0
+        analysis.remember(verdict, "hold" if hold else "continue")
         await self.controller.set_hold(name, hold, now)
         return verdict
 
@@ -235,19 +250,19 @@ class Analyzer:
 
     async def _promote_when_due(
         self, name: str, analysis: RouteAnalysis, verdict: Verdict, now: float
-    ) -> None:
+    ) -> bool:
         """Promote once every verdict has passed for `promote.after` at the ramp's max (an
         inconclusive one neither counts nor resets; a failure, or leaving the max, resets)."""
         assert analysis.promote_after is not None
         if verdict.result is Result.FAIL or self.controller.state(name, now) is not State.COMPLETE:
             analysis.passing_since = None
-            return
+            return False
         if verdict.result is not Result.PASS:
-            return
+            return False
         if analysis.passing_since is None:
             analysis.passing_since = now
         if now - analysis.passing_since < analysis.promote_after:
-            return
+            return False
         reason = f"every verdict passed for {analysis.promote_after:g} s at the ramp's max"
         try:
             await self.controller.act(
@@ -259,9 +274,32 @@ class Analyzer:
                 details=verdict.to_json(),
             )
         except (IllegalTransition, StateUnavailable):
-            return  # an operator acted meanwhile, or the state cannot be changed now
+            return False  # an operator acted meanwhile, or the state cannot be changed now
         analysis.passing_since = None
         log.info("promoted automatically: %s", reason, extra={"route": name})
+        return True
+
+    def verdicts(self, name: str) -> list[dict[str, Any]] | None:
+        """Route `name`'s latest verdicts, newest first (a replica that does not decide has the
+        decider's latest only), or None when it has no analysis."""
+        analysis = self.routes.get(name)
+        if analysis is None:
+            return None
+        if self.fleet is not None and not self.fleet.decider.deciding:
+            published = analysis.published or {}
+            verdict = published.get("verdict")
+            return (
+                []
+                if not isinstance(verdict, dict)
+                else [
+                    verdict
+                    | {
+                        "consecutive_failures": published.get("failures", 0),
+                        "decided_by": published.get("decider"),
+                    }
+                ]
+            )
+        return list(analysis.history)
 
     def status(self, route: Route) -> dict[str, Any] | None:
         """The `/status` view of `route`'s analysis, or None when it has none."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
 from proxy.server import Server
-from tests.integration.conftest import PROBE, route_yaml, url_of
+from tests.integration.conftest import PROBE, ROOT, route_yaml, url_of
 
 INTERVAL = 0.5
 FAILURES = 3
@@ -278,3 +279,38 @@ async def test_a_failing_candidate_is_never_promoted(upstreams, client):
         assert all(t.action.value != "promote" for t in server.controller.rollout("models").history)
     finally:
         await server.stop()
+
+
+async def test_every_decision_is_explained_by_the_api_and_in_words(upstreams, client):
+    stable, candidate = upstreams
+    candidate.app[PROBE].error_rate = 0.3
+    server = Server(parse_config(analysed_config(url_of(stable), url_of(candidate))))
+    await server.start()
+    try:
+
+        def rolled_back() -> bool:
+            return server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        await drive(client, server, 10, until=rolled_back)
+        async with client.get(f"{server.admin_url}/routes/models/verdicts") as answer:
+            found = await answer.json()
+        async with client.get(f"{server.admin_url}/routes/nope/verdicts") as answer:
+            assert answer.status == 404
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "explain", "models", "--admin", server.admin_url,
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        await server.stop()
+    verdicts = found["verdicts"]
+    assert found["analysis"] is True and verdicts[0]["action"] == "rollback"
+    assert verdicts[0]["consecutive_failures"] == FAILURES
+    assert [v["result"] for v in verdicts[:FAILURES]] == ["fail"] * FAILURES
+    check = verdicts[0]["checks"][0]
+    assert check["check"] == "error_rate" and check["candidate"]["requests"] >= 60
+    assert {"threshold", "bound", "observed", "note"} <= set(check)
+    assert process.returncode == 0, err.decode()
+    text = out.decode()
+    assert f"fail, rolled back ({FAILURES} of {FAILURES} failures in a row):" in text
+    assert "  fail: candidate error rate " in text and "exceeds the allowed 1.0 points" in text

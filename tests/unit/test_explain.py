@@ -1,0 +1,81 @@
+"""Verdicts in words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.explain import explain
+
+FAILING: dict[str, Any] = {
+    "at": 0.0,
+    "result": "fail",
+    "action": "rollback",
+    "consecutive_failures": 3,
+    "failures_before_rollback": 3,
+    "checks": [
+        {
+            "check": "latency",
+            "result": "pass",
+            "threshold": 1.5,
+            "observed": 1.1,
+            "bound": 0.93,
+            "stable": {"requests": 790, "error_rate": 0.009, "latency_quantile_seconds": 0.042},
+            "candidate": {"requests": 812, "error_rate": 0.113, "latency_quantile_seconds": 0.047},
+            "note": "p95 within the ratio",
+        },
+        {
+            "check": "error_rate",
+            "result": "fail",
+            "threshold": 0.01,
+            "observed": 0.104,
+            "bound": 0.064,
+            "stable": {"requests": 790, "error_rate": 0.009},
+            "candidate": {"requests": 812, "error_rate": 0.113},
+            "note": "candidate error rate is higher than allowed",
+        },
+        {
+            "check": "outcome:click",
+            "result": "inconclusive",
+            "threshold": 0.02,
+            "observed": None,
+            "bound": None,
+            "stable": {"requests": 790, "mean": None},
+            "candidate": {"requests": 812, "mean": None},
+            "note": "fewer than 200 requests per variant in the window",
+        },
+    ],
+}
+
+
+def test_a_rollback_is_told_with_its_numbers_failing_check_first():
+    assert explain(FAILING) == "\n".join(
+        [
+            "fail, rolled back (3 of 3 failures in a row):",
+            "  fail: candidate error rate 11.3 %, stable 0.9 %; the bound of the difference, "
+            "6.4 points, exceeds the allowed 1.0 points after 812 and 790 requests",
+            "  inconclusive: click: candidate mean ?, stable ?; fewer than 200 requests per "
+            "variant in the window",
+            "  pass: latency 47 ms against stable's 42 ms; the bound of their ratio, 0.93, is "
+            "within the allowed 1.5 after 812 and 790 requests",
+        ]
+    )
+
+
+def test_a_pass_and_a_thin_window_in_words():
+    passing = FAILING | {"result": "pass", "action": "continue", "checks": FAILING["checks"][:1]}
+    assert explain(passing).startswith("pass, the ramp goes on:\n  pass: latency 47 ms")
+    thin = {
+        "check": "error_rate",
+        "result": "inconclusive",
+        "threshold": 0.01,
+        "observed": None,
+        "bound": None,
+        "stable": {"requests": 20, "error_rate": 0.0},
+        "candidate": {"requests": 3, "error_rate": None},
+        "note": "fewer than 200 requests per variant in the window",
+    }
+    held = {"result": "inconclusive", "action": "hold", "checks": [thin]}
+    assert explain(held) == (
+        "inconclusive, the ramp held:\n  inconclusive: candidate error rate ?, stable 0.0 %; "
+        "fewer than 200 requests per variant in the window"
+    )
