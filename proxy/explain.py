@@ -85,6 +85,14 @@ def check_in_words(check: dict[str, Any]) -> str:
         return _latency(check)
     if name.startswith("outcome:"):
         return _outcome(check)
+    if name == "sample_ratio" and check["bound"] is not None:
+        c = check["candidate"]
+        served = c["assigned"] + check["stable"]["assigned"]
+        return (
+            f"sample ratio: the candidate served {c['assigned']} of {served} randomly assigned "
+            f"requests, {c['expected']:.1f} expected (p = {check['bound']:.2g}, "
+            f"a mismatch below {check['threshold']:g})"
+        )
     return f"{name} {check['result']}: {check['note']}"
 
 

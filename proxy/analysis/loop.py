@@ -204,8 +204,10 @@ class Analyzer:
         ):
             analysis.remember(verdict, "promote")
             return verdict
-        hold = verdict.result is Result.FAIL or (
-            verdict.result is Result.INCONCLUSIVE and spec.on_inconclusive is Inconclusive.HOLD
+        hold = (
+            verdict.result is Result.FAIL
+            or verdict.mismatched  # held whatever on_inconclusive says: nothing can be judged
+            or (verdict.result is Result.INCONCLUSIVE and spec.on_inconclusive is Inconclusive.HOLD)
         )
         # With no candidate traffic there is nothing to wait for: holding would stall for ever.
         hold = hold and self.controller.share(name, now) > 0.0

@@ -70,6 +70,8 @@ class Sample:
     errors: int
     latency: tuple[int, ...]
     outcomes: Mapping[str, Moments] = field(default_factory=dict)
+    assigned: int = 0  # requests assigned at random (by bucket) that this variant served
+    expected: float = 0.0  # how many of the randomly assigned it should have: the sum of shares
 
     def summary(self) -> dict[str, Any]:
         """Sizes and rate, for reports."""
@@ -125,6 +127,11 @@ class Verdict:
     def failing(self) -> tuple[Check, ...]:
         """The checks that failed."""
         return tuple(c for c in self.checks if c.result is Result.FAIL)
+
+    @property
+    def mismatched(self) -> bool:
+        """Whether the sample-ratio check failed: nothing else can be trusted."""
+        return any(c.name == "sample_ratio" and c.result is Result.FAIL for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -259,8 +266,45 @@ def outcome_check(
     )
 
 
+SAMPLE_RATIO_ALPHA = 0.001  # as GrowthBook and Eppo: a mismatch this unlikely is a fault
+
+
+def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) -> Check:
+    """Did each variant serve the share of randomly assigned requests that the ramp gave it,
+    integrated over the window as the share moved? A chi-squared test (one degree of
+    freedom) at `SAMPLE_RATIO_ALPHA`."""
+    served_s, served_c = stable.assigned, candidate.assigned
+    expected_s, expected_c = stable.expected, candidate.expected
+    n = served_s + served_c
+
+    def seen(sample: Sample) -> dict[str, Any]:
+        return {**sample.summary(), "assigned": sample.assigned, "expected": sample.expected}
+
+    report = seen(stable), seen(candidate)
+    if n < spec.min_requests or min(expected_s, expected_c) < 5.0:
+        note = (
+            f"fewer than {spec.min_requests} randomly assigned requests, or 5 expected of a variant"
+        )
+        return Check(
+            "sample_ratio", Result.INCONCLUSIVE, SAMPLE_RATIO_ALPHA, None, None, *report, note
+        )
+    chi2 = (served_c - expected_c) ** 2 / expected_c + (served_s - expected_s) ** 2 / expected_s
+    p_value = math.erfc(math.sqrt(chi2 / 2.0))
+    failed = p_value < SAMPLE_RATIO_ALPHA
+    note = (
+        f"the candidate served {served_c} of {n} randomly assigned requests where "
+        f"{expected_c:.1f} were expected: assignment or observation is broken"
+        if failed
+        else "each variant served its share of the assigned requests"
+    )
+    result = Result.FAIL if failed else Result.PASS
+    return Check("sample_ratio", result, SAMPLE_RATIO_ALPHA, served_c / n, p_value, *report, note)
+
+
 def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> Verdict:
-    """The verdict of one analysis round."""
+    """The verdict of one analysis round. A sample-ratio mismatch makes every other check
+    untrustworthy: the verdict is then inconclusive whatever they say (it holds the ramp and
+    never rolls back); a sample-ratio check without enough data changes nothing."""
     z = NormalDist().inv_cdf(spec.confidence)
     checks = (
         error_rate_check(stable, candidate, spec, z),
@@ -268,6 +312,11 @@ def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> 
         *(outcome_check(stable, candidate, check, spec, z) for check in spec.outcomes),
     )
     results = {c.result for c in checks}
+    if stable.assigned + candidate.assigned:  # (no request assigned at random: nothing to test)
+        ratio = sample_ratio_check(stable, candidate, spec)
+        checks = (*checks, ratio)
+        if ratio.result is Result.FAIL:
+            return Verdict(at, Result.INCONCLUSIVE, checks)
     if Result.FAIL in results:
         result = Result.FAIL
     elif Result.INCONCLUSIVE in results:

@@ -14,19 +14,24 @@ from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
 from proxy.outcome import Outcome
+from proxy.routing import Reason
 
 SLOTS = 12
+_RANDOMIZED = (Reason.BUCKET, Reason.RANDOM)  # decisions the sample-ratio check can test
 _NONE = Moments()
 
 
 class Slot(NamedTuple):
-    """One time slot of a window: its number, requests, errors, latency histogram, outcomes."""
+    """One time slot of a window: its number, requests, errors, latency histogram, outcomes,
+    and the randomly assigned requests served against how many were expected."""
 
     number: int
     requests: int
     errors: int
     latency: list[int]
     outcomes: dict[str, Moments]
+    assigned: int = 0
+    expected: float = 0.0
 
 
 class Window:
@@ -35,7 +40,17 @@ class Window:
     The newest slot is still filling, so a sample covers between `span` less one slot and `span`.
     """
 
-    __slots__ = ("_errors", "_ids", "_latency", "_outcomes", "_requests", "_slot", "span")
+    __slots__ = (
+        "_assigned",
+        "_errors",
+        "_expected",
+        "_ids",
+        "_latency",
+        "_outcomes",
+        "_requests",
+        "_slot",
+        "span",
+    )
 
     def __init__(self, span: float):
         self.span = span
@@ -45,6 +60,8 @@ class Window:
         self._errors = [0] * SLOTS
         self._latency = [[0] * SIZE for _ in range(SLOTS)]
         self._outcomes: list[dict[str, Moments]] = [{} for _ in range(SLOTS)]
+        self._assigned = [0] * SLOTS
+        self._expected = [0.0] * SLOTS
 
     def _index(self, now: float) -> int:
         slot = int(now // self._slot)
@@ -54,7 +71,17 @@ class Window:
             self._requests[index] = self._errors[index] = 0
             self._latency[index] = [0] * SIZE
             self._outcomes[index] = {}
+            self._assigned[index] = 0
+            self._expected[index] = 0.0
         return index
+
+    def expect(self, now: float, share: float, served: bool) -> None:
+        """Count a request assigned at random: `share` is the chance it had of this variant,
+        `served` whether this variant served it."""
+        index = self._index(now)
+        self._expected[index] += share
+        if served:
+            self._assigned[index] += 1
 
     def add_outcome(self, now: float, name: str, value: float) -> None:
         """Count one reported outcome (its names are bounded by the caller)."""
@@ -81,6 +108,8 @@ class Window:
                 self._errors[i],
                 self._latency[i],
                 self._outcomes[i],
+                self._assigned[i],
+                self._expected[i],
             )
             for i in range(SLOTS)
             if newest - SLOTS < self._ids[i] <= newest
@@ -103,6 +132,8 @@ class Window:
             sum(self._errors[i] for i in live),
             tuple(latency),
             outcomes,
+            sum(self._assigned[i] for i in live),
+            sum(self._expected[i] for i in live),
         )
 
 
@@ -169,6 +200,11 @@ class WindowRecorder:
         if measure is None or windows is None or outcome.refused:
             return
         now = outcome.at + outcome.duration
+        decision = outcome.decision
+        if decision.reason in _RANDOMIZED:
+            served = outcome.variant
+            windows[Variant.STABLE].expect(now, 1.0 - decision.share, served is Variant.STABLE)
+            windows[Variant.CANDIDATE].expect(now, decision.share, served is Variant.CANDIDATE)
         if outcome.candidate_failed:
             windows[Variant.CANDIDATE].add(now, True, None)
         latency = None

@@ -314,3 +314,40 @@ async def test_every_decision_is_explained_by_the_api_and_in_words(upstreams, cl
     text = out.decode()
     assert f"fail, rolled back ({FAILURES} of {FAILURES} failures in a row):" in text
     assert "  fail: candidate error rate " in text and "exceeds the allowed 1.0 points" in text
+
+
+async def test_a_sample_ratio_mismatch_holds_the_ramp_and_rolls_nothing_back(upstreams, client):
+    stable, candidate = upstreams
+    text = analysed_config(
+        url_of(stable), url_of(candidate), ramp="{base: 0.3, slope: 0.1, per: 1s}"
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    rng = random.Random(9)
+    try:
+
+        async def user() -> None:
+            for _ in range(120):
+                uid = f"user-{rng.randrange(100_000)}"
+                async with client.get(
+                    server.proxy_url + "/v1/p", headers={"X-User-Id": uid}
+                ) as answer:
+                    await answer.read()
+                    repeats = 2 if answer.headers["X-Grayscale-Variant"] == "candidate" else 0
+                for _ in range(repeats):  # a client that asks again when the candidate answers
+                    async with client.get(
+                        server.proxy_url + "/v1/p", headers={"X-User-Id": uid}
+                    ) as answer:
+                        await answer.read()
+
+        await asyncio.gather(*(user() for _ in range(8)))
+        await asyncio.sleep(INTERVAL * 2)
+        verdict = server.analyzer.routes["models"].last
+        assert verdict is not None and verdict.mismatched, verdict
+        assert server.controller.holding("models")
+        assert server.controller.state("models", time.time()) is not State.ROLLED_BACK
+        async with client.get(f"{server.admin_url}/metrics") as answer:
+            metrics = await answer.text()
+        assert 'check="sample_ratio",result="fail",route="models"' in metrics
+    finally:
+        await server.stop()

@@ -79,3 +79,21 @@ def test_a_pass_and_a_thin_window_in_words():
         "inconclusive, the ramp held:\n  inconclusive: candidate error rate ?, stable 0.0 %; "
         "fewer than 200 requests per variant in the window"
     )
+
+
+def test_a_sample_ratio_mismatch_in_words():
+    check = {
+        "check": "sample_ratio",
+        "result": "fail",
+        "threshold": 0.001,
+        "observed": 0.15,
+        "bound": 1.4e-7,
+        "stable": {"requests": 850, "assigned": 850, "expected": 900.0},
+        "candidate": {"requests": 150, "assigned": 150, "expected": 100.0},
+        "note": "",
+    }
+    record = {"result": "inconclusive", "action": "hold", "checks": [check]}
+    assert explain(record) == (
+        "inconclusive, the ramp held:\n  fail: sample ratio: the candidate served 150 of 1000 "
+        "randomly assigned requests, 100.0 expected (p = 1.4e-07, a mismatch below 0.001)"
+    )

@@ -167,4 +167,7 @@ def test_windows_on_ttfb_take_the_time_to_first_byte_not_the_duration():
     windows.record(outcome(Variant.CANDIDATE, 200, duration=9.0, ttfb=0.01))
     expected = LocalObservations({"r": 60.0})
     expected.windows["r"]["candidate"].add(T0 + 9.0, False, 0.01)
+    # (assigned by bucket at share 0.5, and served by the candidate: for the sample-ratio check)
+    expected.windows["r"]["stable"].expect(T0 + 9.0, 0.5, False)
+    expected.windows["r"]["candidate"].expect(T0 + 9.0, 0.5, True)
     assert observations.samples("r", T0 + 10) == expected.samples("r", T0 + 10)

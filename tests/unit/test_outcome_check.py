@@ -7,7 +7,14 @@ from statistics import NormalDist
 
 import pytest
 
-from proxy.analysis.verdict import Moments, Result, Sample, assess, outcome_check
+from proxy.analysis.verdict import (
+    Moments,
+    Result,
+    Sample,
+    assess,
+    outcome_check,
+    sample_ratio_check,
+)
 from proxy.config.model import AnalysisSpec, OutcomeBasis, OutcomeCheck
 
 SPEC = AnalysisSpec(min_requests=100)
@@ -133,3 +140,39 @@ def test_two_reports_are_enough_when_min_requests_says_so():
     assert two.result is Result.PASS
     one = outcome_check(ratings([4.0]), ratings([4.0]), check, spec, Z)
     assert one.result is Result.INCONCLUSIVE  # a variance needs two
+
+
+def assigned(stable_served: int, candidate_served: int, share: float) -> tuple[Sample, Sample]:
+    n = stable_served + candidate_served
+    stable = Sample(stable_served, 0, (), {}, stable_served, n * (1 - share))
+    candidate = Sample(candidate_served, 0, (), {}, candidate_served, n * share)
+    return stable, candidate
+
+
+def test_the_sample_ratio_check_is_a_chi_squared_test_at_one_in_a_thousand():
+    stable, candidate = assigned(900, 100, 0.1)  # exactly as assigned
+    check = sample_ratio_check(stable, candidate, SPEC)
+    assert (check.result, check.observed, check.bound) == (Result.PASS, 0.1, 1.0)
+    stable, candidate = assigned(880, 120, 0.1)  # chi2 = 400/100 + 400/900 = 4.44: p 0.035
+    check = sample_ratio_check(stable, candidate, SPEC)
+    assert check.result is Result.PASS
+    assert check.bound == pytest.approx(math.erfc(math.sqrt((4 + 400 / 900) / 2)))
+    stable, candidate = assigned(850, 150, 0.1)  # chi2 = 27.8: p 1.4e-7
+    check = sample_ratio_check(stable, candidate, SPEC)
+    assert check.result is Result.FAIL and check.bound is not None and check.bound < 0.001
+    assert check.note.startswith("the candidate served 150 of 1000 randomly assigned requests")
+    assert check.candidate["expected"] == pytest.approx(100.0)
+
+
+def test_a_mismatch_makes_the_verdict_inconclusive_whatever_else_fails():
+    stable, _ = assigned(850, 150, 0.1)
+    failing = Sample(150, 150, (), {}, 150, 100.0)  # every candidate request failed, too
+    verdict = assess(stable, failing, SPEC, 0.0)
+    assert verdict.result is Result.INCONCLUSIVE and verdict.mismatched
+    assert [c.name for c in verdict.failing] == ["error_rate", "sample_ratio"]
+    thin = assess(*assigned(50, 5, 0.1), SPEC, 0.0)
+    assert thin.checks[-1].result is Result.INCONCLUSIVE and not thin.mismatched
+    assert [c.name for c in assess(Sample(300, 0, ()), Sample(300, 0, ()), SPEC, 0.0).checks] == [
+        "error_rate",
+        "latency",
+    ]  # nothing assigned at random: no sample-ratio check
