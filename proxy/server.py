@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ from proxy.analysis.loop import Analyzer
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
-from proxy.config.model import AccessLogConfig, Config, StateBackend
+from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend
 from proxy.fleet.connection import connect, describe, replica_name
 from proxy.fleet.member import FleetMember
 from proxy.gateway import Gateway
@@ -29,6 +30,7 @@ from proxy.outcomes import OutcomeBook
 from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController
+from proxy.rollout.machine import identity_of
 from proxy.rollout.redis_store import RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
 from proxy.workers import HostMetrics, Worker
@@ -63,7 +65,17 @@ def _redis(config: Config) -> Redis | None:
 
 
 def _spans(config: Config) -> dict[str, float]:
-    return {r.name: r.analysis.window for r in config.routes if r.analysis is not None}
+    """Each analysed route's window: the sequential method counts everything since the rollout
+    began (a window without end)."""
+    return {
+        r.name: math.inf if r.analysis.method is AnalysisMethod.SEQUENTIAL else r.analysis.window
+        for r in config.routes
+        if r.analysis is not None
+    }
+
+
+def _identities(config: Config) -> dict[str, str]:
+    return {route.name: identity_of(route) for route in config.routes}
 
 
 def request_id_key(config: Config) -> bytes:
@@ -141,7 +153,7 @@ class Server:
             self.access_log = AccessLog(
                 config.access_log, secret, on_drop=self.recorder.access_log_dropped.inc
             )
-        self.observations = LocalObservations(_spans(config))
+        self.observations = LocalObservations(_spans(config), _identities(config))
         self.fleet = None
         if self.redis is not None:
             self.fleet = FleetMember(
@@ -324,7 +336,7 @@ class Server:
         unless their candidate changed.
         """
         await self.controller.reconcile(config.routes, time.time())
-        self.observations.update(_spans(config))
+        self.observations.update(_spans(config), _identities(config))
         self.gateway.use(config)
         self.listener.body_timeout = config.server.client_body_timeout
         self.listener.send_timeout = config.server.send_timeout

@@ -34,7 +34,13 @@ from statistics import NormalDist
 from typing import Any
 
 from proxy.analysis.histogram import quantile, quantile_bounds
-from proxy.config.model import AnalysisSpec, OutcomeBasis, OutcomeCheck
+from proxy.analysis.sequential import (
+    Estimate,
+    mean_decrease_bound,
+    quantile_ratio_bound,
+    rate_increase_bound,
+)
+from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeBasis, OutcomeCheck
 
 LATENCY_KEY = "latency_quantile_seconds"
 
@@ -122,6 +128,7 @@ class Verdict:
     at: float
     result: Result
     checks: tuple[Check, ...]
+    method: AnalysisMethod = AnalysisMethod.FIXED
 
     @property
     def failing(self) -> tuple[Check, ...]:
@@ -138,6 +145,7 @@ class Verdict:
         return {
             "at": self.at,
             "result": self.result.value,
+            "method": self.method.value,
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -178,9 +186,17 @@ def error_rate_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: f
     if min(stable.requests, candidate.requests) < spec.min_requests:
         return _too_few("error_rate", spec, threshold, stable, candidate)
     observed = candidate.errors / candidate.requests - stable.errors / stable.requests
-    bound = difference_lower_bound(
-        candidate.errors, candidate.requests, stable.errors, stable.requests, z
-    )
+    if spec.method is AnalysisMethod.SEQUENTIAL:
+        bound = rate_increase_bound(
+            (candidate.errors, candidate.requests),
+            (stable.errors, stable.requests),
+            n0=spec.min_requests,
+            alpha=1.0 - spec.confidence,
+        )
+    else:
+        bound = difference_lower_bound(
+            candidate.errors, candidate.requests, stable.errors, stable.requests, z
+        )
     failed = bound > threshold
     return Check(
         "error_rate",
@@ -203,9 +219,14 @@ def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: floa
     if min(sum(stable.latency), sum(candidate.latency)) < spec.min_requests:
         return _too_few("latency", spec, threshold, stable, candidate)
     stable_q, candidate_q = quantile(stable.latency, q), quantile(candidate.latency, q)
-    candidate_low, _ = quantile_bounds(candidate.latency, q, z)
-    _, stable_high = quantile_bounds(stable.latency, q, z)
-    bound = candidate_low / stable_high
+    if spec.method is AnalysisMethod.SEQUENTIAL:
+        bound = quantile_ratio_bound(
+            candidate.latency, stable.latency, q=q, n0=spec.min_requests, alpha=1 - spec.confidence
+        )
+    else:
+        candidate_low, _ = quantile_bounds(candidate.latency, q, z)
+        _, stable_high = quantile_bounds(stable.latency, q, z)
+        bound = candidate_low / stable_high
     failed = bound > threshold
     label = f"p{q * 100:g}"
     return Check(
@@ -253,7 +274,16 @@ def outcome_check(
             return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
         observed /= mean_s  # 1 - mean_c / mean_s, its spread by the delta method
         spread = math.sqrt(var_c / nc + (mean_c / mean_s) ** 2 * var_s / ns) / mean_s
-    bound = observed - z * spread
+    if spec.method is AnalysisMethod.SEQUENTIAL:
+        bound = mean_decrease_bound(
+            Estimate(mean_s, var_s, ns),
+            Estimate(mean_c, var_c, nc),
+            n0=spec.min_requests,
+            alpha=1.0 - spec.confidence,
+            relative=check.relative,
+        )
+    else:
+        bound = observed - z * spread
     failed = bound > threshold
     what = "relative decrease" if check.relative else "decrease"
     note = (
@@ -316,11 +346,11 @@ def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> 
         ratio = sample_ratio_check(stable, candidate, spec)
         checks = (*checks, ratio)
         if ratio.result is Result.FAIL:
-            return Verdict(at, Result.INCONCLUSIVE, checks)
+            return Verdict(at, Result.INCONCLUSIVE, checks, spec.method)
     if Result.FAIL in results:
         result = Result.FAIL
     elif Result.INCONCLUSIVE in results:
         result = Result.INCONCLUSIVE
     else:
         result = Result.PASS
-    return Verdict(at, result, checks)
+    return Verdict(at, result, checks, spec.method)

@@ -148,21 +148,33 @@ class ObservationSource(Protocol):
 class LocalObservations:
     """Observations of the requests this process forwards, per analysed route."""
 
-    def __init__(self, spans: dict[str, float]):
-        """`spans`: the analysis window (seconds) of each analysed route."""
+    def __init__(self, spans: dict[str, float], identities: dict[str, str] | None = None):
+        """`spans`: the analysis window (seconds) of each analysed route, `math.inf` for one
+        that counts everything since its rollout began; `identities`: each route's rollout."""
         self.windows: dict[str, dict[str, Window]] = {}
-        self.update(spans)
+        self._identities: dict[str, str] = {}
+        self.update(spans, identities)
 
-    def update(self, spans: dict[str, float]) -> None:
-        """Follow a new config: windows of unchanged span keep what they observed."""
+    def update(self, spans: dict[str, float], identities: dict[str, str] | None = None) -> None:
+        """Follow a new config: windows of unchanged span and rollout keep what they observed
+        (a new rollout starts its counts anew)."""
+        identities = identities or {}
+
+        def kept(route: str, span: float) -> bool:
+            same_rollout = identities.get(route) == self._identities.get(route)
+            return (
+                route in self.windows and self.windows[route]["stable"].span == span
+            ) and same_rollout
+
         self.windows = {
             route: (
                 self.windows[route]
-                if route in self.windows and self.windows[route]["stable"].span == span
+                if kept(route, span)
                 else {"stable": Window(span), "candidate": Window(span)}
             )
             for route, span in spans.items()
         }
+        self._identities = dict(identities)
 
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]

@@ -185,6 +185,13 @@ class LatencyMeasure(StrEnum):
     TTFT = "ttft"  # time to first token: the first event with content (first byte if not a stream)
 
 
+class AnalysisMethod(StrEnum):
+    """How the checks' bounds are made."""
+
+    FIXED = "fixed"  # fixed-sample bounds over the sliding window
+    SEQUENTIAL = "sequential"  # always-valid bounds over everything since the rollout began
+
+
 class Inconclusive(StrEnum):
     """What the ramp does while the data is too thin for a verdict."""
 
@@ -228,6 +235,7 @@ class AnalysisSpec:
     failures_before_rollback: int = 3
     on_inconclusive: Inconclusive = Inconclusive.HOLD
     outcomes: tuple[OutcomeCheck, ...] = ()
+    method: AnalysisMethod = AnalysisMethod.FIXED
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,3 +351,32 @@ async def test_a_sample_ratio_mismatch_holds_the_ramp_and_rolls_nothing_back(ups
         assert 'check="sample_ratio",result="fail",route="models"' in metrics
     finally:
         await server.stop()
+
+
+async def test_the_sequential_method_rolls_back_a_bad_candidate_on_everything_since_it_began(
+    upstreams, client
+):
+    stable, candidate = upstreams
+    candidate.app[PROBE].error_rate = 0.3
+    text = analysed_config(url_of(stable), url_of(candidate)).replace(
+        "failures_before_rollback", "method: sequential, failures_before_rollback"
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    try:
+
+        def rolled_back() -> bool:
+            return server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        started = time.monotonic()
+        await drive(client, server, 15, until=rolled_back)
+        print(f"\nsequential: rolled back {time.monotonic() - started:.2f} s after the traffic")
+        assert rolled_back()
+        verdict = server.analyzer.routes["models"].last
+        assert verdict is not None and verdict.method.value == "sequential"
+        # Its counts are everything since the rollout began: a 2 s window would have emptied.
+        await asyncio.sleep(2.5)
+        _, candidate_sample = server.observations.samples("models", time.time())
+        assert candidate_sample.requests >= verdict.checks[0].candidate["requests"] > 0
+    finally:
+        await server.stop()

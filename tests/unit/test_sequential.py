@@ -18,7 +18,9 @@ from proxy.analysis.sequential import (
     rate_increase_bound,
     z_always,
 )
-from proxy.analysis.verdict import difference_lower_bound
+from proxy.analysis.verdict import Sample, assess, difference_lower_bound
+from proxy.analysis.window import LocalObservations
+from proxy.config.model import AnalysisMethod, AnalysisSpec
 
 ALPHA = 0.05
 Z_FIXED = NormalDist().inv_cdf(1 - ALPHA)
@@ -173,3 +175,25 @@ def test_a_candidate_with_five_more_points_of_errors_is_still_caught_within_minu
     )
     assert all(sequential) and sequential[-1] <= 600
     assert sequential[20] >= fixed[20]  # the guarantee costs some delay
+
+
+def test_the_verdict_uses_the_always_valid_bounds_with_method_sequential():
+    fixed = AnalysisSpec(min_requests=100)
+    sequential = AnalysisSpec(min_requests=100, method=AnalysisMethod.SEQUENTIAL)
+    stable, candidate = Sample(1000, 10, ()), Sample(1000, 30, ())
+    by_fixed = assess(stable, candidate, fixed, 0.0)
+    by_sequential = assess(stable, candidate, sequential, 0.0)
+    assert by_sequential.to_json()["method"] == "sequential" and by_fixed.method.value == "fixed"
+    bound = rate_increase_bound((30, 1000), (10, 1000), n0=100, alpha=0.05)
+    assert by_sequential.checks[0].bound == pytest.approx(bound)
+    wide, narrow = by_sequential.checks[0].bound, by_fixed.checks[0].bound
+    assert wide is not None and narrow is not None and wide < narrow  # valid at every look
+
+
+def test_a_new_rollout_starts_its_counts_since_the_beginning_anew():
+    observations = LocalObservations({"r": math.inf}, {"r": "candidate-1"})
+    observations.windows["r"]["candidate"].add(1.0, True, None)
+    observations.update({"r": math.inf}, {"r": "candidate-1"})  # a reload: kept
+    assert observations.samples("r", 1e9)[1].requests == 1  # everything since it began
+    observations.update({"r": math.inf}, {"r": "candidate-2"})
+    assert observations.samples("r", 1e9)[1].requests == 0
