@@ -7,6 +7,7 @@ names bounded by the outcomes' `max_names`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -175,6 +176,11 @@ class LocalObservations:
             for route, span in spans.items()
         }
         self._identities = dict(identities)
+
+    def generation(self, route: str) -> str:
+        """A short name of the rollout that `route`'s counts belong to."""
+        identity = self._identities.get(route, "")
+        return hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
 
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]

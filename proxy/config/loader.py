@@ -389,8 +389,7 @@ class _Parser:
         state = self.field(fields, "state", "", self.state, StateConfig())
         if server.workers > 1:
             self.shared_by_workers(fields, state, routes)
-        if state.backend is StateBackend.REDIS and node is not None:
-            self.sequential_in_one_process(node, routes)
+
         return Config(
             routes=tuple(routes),
             server=server,
@@ -506,18 +505,6 @@ class _Parser:
                 fields, "hash_secret_env", path, self.string, base.hash_secret_env
             ),
         )
-
-    def sequential_in_one_process(self, node: Node, routes: list[Route]) -> None:
-        """Always-valid analysis counts everything since the rollout began: not yet pooled
-        across a fleet."""
-        for index, route in enumerate(routes):
-            method = route.analysis.method if route.analysis is not None else None
-            if method is AnalysisMethod.SEQUENTIAL and isinstance(node, SequenceNode):
-                self.fail(
-                    node.value[index],
-                    f"routes[{index}].analysis.method",
-                    "sequential is not yet supported with state.backend redis: use fixed",
-                )
 
     def outcomes(self, node: Node, path: str, default: OutcomesConfig) -> OutcomesConfig:
         fields = self.mapping(node, path, [f.name for f in dataclass_fields(OutcomesConfig)])

@@ -235,7 +235,7 @@ class AnalysisSpec:
     failures_before_rollback: int = 3
     on_inconclusive: Inconclusive = Inconclusive.HOLD
     outcomes: tuple[OutcomeCheck, ...] = ()
-    method: AnalysisMethod = AnalysisMethod.FIXED
+    method: AnalysisMethod = AnalysisMethod.SEQUENTIAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from proxy.analysis.verdict import Moments, Sample
 from proxy.analysis.window import SLOTS, LocalObservations
 
 FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
+KEEP_TOTALS = 30 * 86400  # seconds the counts since a rollout began are kept after a flush
 
 # requests, errors, latency histogram, outcomes' moments by name, assigned, expected
 _Counts = tuple[int, int, tuple[int, ...], dict[str, Moments], int, float]
@@ -40,23 +41,29 @@ class PooledObservations:
         self._local = local
         self._redis = redis
         self._prefix = key_prefix
-        self._sent: dict[tuple[str, str, int], _Counts] = {}  # (route, variant, slot) -> sent
+        # (route, variant, slot, rollout) -> what Redis acknowledged
+        self._sent: dict[tuple[str, str, int, str], _Counts] = {}
 
     def key(self, route: str, span: float, variant: str, slot: int) -> str:
-        """The hash of one variant's counts in one slot of `route`'s window of `span` seconds."""
-        return f"{self._prefix}:obs:{{{route}}}:{span:g}:{variant}:{slot}"
+        """The hash of one variant's counts in one slot of `route`'s window of `span` seconds;
+        for a window without end (counts since the rollout began), the rollout's."""
+        total = math.isinf(span)
+        span_name = f"total-{self._local.generation(route)}" if total else f"{span:g}"
+        return f"{self._prefix}:obs:{{{route}}}:{span_name}:{variant}:{slot}"
 
     async def flush(self, now: float) -> int:
         """Send what the local windows gained since the last flush; the number of slots sent.
         Raises Redis's errors (the counts are then sent next time)."""
         pipe = self._redis.pipeline(transaction=True)  # all counted, or none
-        sending: dict[tuple[str, str, int], _Counts] = {}
-        live: set[tuple[str, str, int]] = set()
+        sending: dict[tuple[str, str, int, str], _Counts] = {}
+        live: set[tuple[str, str, int, str]] = set()
         for route, windows in self._local.windows.items():
             for variant, window in windows.items():
-                keep = math.ceil(window.span * 2) + 10  # seconds: past every replica's window
+                # seconds: past every replica's window (counts since a rollout began: 30 days)
+                keep = KEEP_TOTALS if math.isinf(window.span) else math.ceil(window.span * 2) + 10
+                generation = self._local.generation(route)
                 for slot in window.slots(now):
-                    where = (route, variant, slot.number)
+                    where = (route, variant, slot.number, generation)
                     live.add(where)
                     counts = (
                         slot.requests,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 from redis.exceptions import RedisError
@@ -66,6 +67,28 @@ async def test_outcomes_reported_to_any_replica_are_pooled_by_name(redis_server)
         assert candidate.outcomes == {"click": Moments(3, 5.0, 11.0)}
         assert stable.outcomes == {"rating": Moments(1, 4.5, 20.25)}
         assert (stable.requests, candidate.requests) == (0, 0)
+    finally:
+        await client.aclose()
+
+
+async def test_counts_since_a_rollout_began_are_pooled_per_rollout(redis_server):
+    client = connect(redis_server.url)
+    replicas = [LocalObservations({"r": math.inf}, {"r": "candidate-1"}) for _ in range(2)]
+    pools = [PooledObservations(local, client, "t") for local in replicas]
+    try:
+        observe(replicas[0], T0, "candidate", 5, errors=1)
+        observe(replicas[1], T0 + 86_400, "candidate", 7)  # a day later: still counted
+        for pool in pools:
+            await pool.flush(T0 + 86_400)
+        _, candidate = await pools[0].samples("r", T0 + 2 * 86_400)
+        assert (candidate.requests, candidate.errors) == (12, 1)
+        # A new candidate on the route: its counts start from nothing, in the fleet too.
+        replicas[0].update({"r": math.inf}, {"r": "candidate-2"})
+        observe(replicas[0], T0 + 3 * 86_400, "candidate", 2)
+        await pools[0].flush(T0 + 3 * 86_400)
+        _, candidate = await pools[0].samples("r", T0 + 3 * 86_400)
+        assert candidate.requests == 2
+        assert 0 < await client.ttl(pools[0].key("r", math.inf, "candidate", 0)) <= 30 * 86_400
     finally:
         await client.aclose()
 

@@ -28,6 +28,7 @@ from proxy.analysis.verdict import (
 )
 from proxy.analysis.window import SLOTS, LocalObservations, Window, WindowRecorder
 from proxy.config.model import (
+    AnalysisMethod,
     AnalysisSpec,
     Cohort,
     KeySource,
@@ -40,7 +41,12 @@ from proxy.config.model import (
 from proxy.outcome import Outcome
 from proxy.routing import Decision, Reason
 
-SPEC = AnalysisSpec(min_requests=200, max_error_rate_increase=0.01, max_latency_ratio=1.5)
+SPEC = AnalysisSpec(
+    min_requests=200,
+    max_error_rate_increase=0.01,
+    max_latency_ratio=1.5,
+    method=AnalysisMethod.FIXED,  # (these tests pin the fixed-sample bounds)
+)
 ROUTE_FOR_WINDOWS = Route(
     name="r",
     path_prefix="/",

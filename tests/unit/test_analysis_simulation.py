@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 from proxy.analysis.verdict import Result, assess
 from proxy.analysis.window import Window
-from proxy.config.model import AnalysisSpec
+from proxy.config.model import AnalysisMethod, AnalysisSpec
 
-SPEC = AnalysisSpec()  # the defaults: 10 s interval, 60 s window, 200 requests, 95 %, 3 failures
+# The fixed method with the default settings: 10 s interval, 60 s window, 200 requests, 95 %,
+# 3 failures (the sequential method has its own simulations in test_sequential.py).
+SPEC = AnalysisSpec(method=AnalysisMethod.FIXED)
 RUNS = int(os.environ.get("GRAYSCALE_SIM_RUNS", "40"))
 VERDICTS = 60  # ten minutes of verdicts per run
 

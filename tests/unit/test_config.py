@@ -332,15 +332,12 @@ def test_routes_on_one_path_split_by_model_and_never_claim_a_model_twice():
     assert parse_config("routes:\n" + rewrite).routes[0].reads_body
 
 
-def test_the_sequential_method_is_read_and_refused_for_a_fleet_for_now():
+def test_the_sequential_method_is_read():
     route = MINIMAL_ROUTE + "    analysis: {method: sequential}\n"
-    analysis = parse_config("routes:\n" + route).routes[0].analysis
+    analysis = parse_config("state: {backend: redis}\nroutes:\n" + route).routes[0].analysis
     assert analysis is not None and analysis.method is AnalysisMethod.SEQUENTIAL
-    (found,) = errors("state: {backend: redis}\nroutes:\n" + route)
-    assert found == (
-        "test.yaml:3: routes[0].analysis.method: sequential is not yet supported with "
-        "state.backend redis: use fixed"
-    )
+    (found,) = errors("routes:\n" + MINIMAL_ROUTE + "    analysis: {method: bayes}\n")
+    assert found == "test.yaml:7: routes[0].analysis.method: expected one of: fixed, sequential"
 
 
 def test_promotion_needs_an_analysis_and_a_duration():
@@ -416,7 +413,8 @@ routes:
     analysis: {{interval: 1s, window: 2s, min_requests: 3, max_error_rate_increase: 0.02,
                 max_latency_ratio: 2, latency_quantile: 0.9, latency: ttfb, confidence: 0.9,
                 failures_before_rollback: 4, on_inconclusive: continue,
-                outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome}}]}}
+                outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome}}],
+                method: fixed}}
     on_rollback: {{webhook: "http://h:1/x", timeout: 2s, attempts: 5}}
     fallback: never
     ejection: {{consecutive_errors: 7, base_time: 1s, max_time: 2s}}
@@ -443,8 +441,6 @@ routes:
     ):
         assert read is not None and default is not None
         for field in dataclasses.fields(read):
-            if field.name == "method":  # (sequential is refused with redis: read just below)
-                continue
             assert getattr(read, field.name) != getattr(default, field.name), field.name
     assert config.routes[0].fallback.value == "never"
     assert config.routes[0].models == ("m1", "m2") and defaults.routes[0].models == ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from statistics import NormalDist
 
 import pytest
@@ -15,9 +16,9 @@ from proxy.analysis.verdict import (
     outcome_check,
     sample_ratio_check,
 )
-from proxy.config.model import AnalysisSpec, OutcomeBasis, OutcomeCheck
+from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeBasis, OutcomeCheck
 
-SPEC = AnalysisSpec(min_requests=100)
+SPEC = AnalysisSpec(min_requests=100, method=AnalysisMethod.FIXED)  # the fixed-sample bounds
 Z = NormalDist().inv_cdf(0.95)
 
 
@@ -92,7 +93,7 @@ def test_per_outcome_compares_the_reported_values_themselves():
 
 
 def test_the_verdict_fails_on_an_outcome_alone():
-    spec = AnalysisSpec(min_requests=100, outcomes=(OutcomeCheck("click", 0.02),))
+    spec = replace(SPEC, outcomes=(OutcomeCheck("click", 0.02),))
     stable, candidate = clicks(1000, 100), clicks(1000, 20)
     verdict = assess(stable, candidate, spec, 0.0)
     assert [c.name for c in verdict.checks][-1] == "outcome:click"
@@ -134,7 +135,7 @@ def test_a_stable_with_no_report_of_the_name_has_a_mean_of_zero():
 
 
 def test_two_reports_are_enough_when_min_requests_says_so():
-    spec = AnalysisSpec(min_requests=1)
+    spec = AnalysisSpec(min_requests=1, method=AnalysisMethod.FIXED)
     check = OutcomeCheck("rating", max_decrease=0.5, per=OutcomeBasis.OUTCOME)
     two = outcome_check(ratings([4.0, 5.0]), ratings([4.0, 5.0]), check, spec, Z)
     assert two.result is Result.PASS

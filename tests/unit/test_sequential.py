@@ -178,8 +178,8 @@ def test_a_candidate_with_five_more_points_of_errors_is_still_caught_within_minu
 
 
 def test_the_verdict_uses_the_always_valid_bounds_with_method_sequential():
-    fixed = AnalysisSpec(min_requests=100)
-    sequential = AnalysisSpec(min_requests=100, method=AnalysisMethod.SEQUENTIAL)
+    fixed = AnalysisSpec(min_requests=100, method=AnalysisMethod.FIXED)
+    sequential = AnalysisSpec(min_requests=100)  # the default
     stable, candidate = Sample(1000, 10, ()), Sample(1000, 30, ())
     by_fixed = assess(stable, candidate, fixed, 0.0)
     by_sequential = assess(stable, candidate, sequential, 0.0)
