@@ -30,10 +30,23 @@ def grayscale(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
 
 
 def test_help_for_every_command():
-    for command in ("serve", "check", "simulate", "demo"):
+    for command in ("serve", "check", "simulate", "demo", "selftest", "explain"):
         result = grayscale(command, "--help")
         assert result.returncode == 0
         assert f"usage: grayscale {command}" in result.stdout
+
+
+def test_selftest_prints_the_figures_of_the_example_configs_analysed_route():
+    result = grayscale(
+        "selftest", "--config", "config/example.yaml", "--runs", "3", "--hours", "0.5"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("route sentiment: sequential analysis every 10s")
+    assert lines[2].startswith("  equal candidates (A/A): 0 of 3 rolled back within 30.0m")
+    assert "+5 points of errors: rolled back in median" in lines[3]
+    wrong = grayscale("selftest", "--config", "config/example.yaml", "--route", "chat")
+    assert wrong.returncode == 2 and "no route 'chat' with analysis" in wrong.stderr
 
 
 def test_check_accepts_examples():

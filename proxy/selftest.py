@@ -1,0 +1,122 @@
+"""`grayscale selftest`: what a route's analysis settings buy, measured before deploying them.
+
+The route's own analysis (the real windows, checks and failure count, on a simulated clock)
+judges simulated traffic: equal candidates, to count how often chance alone rolls one back, and
+candidates with 5 more points of errors or twice as slow, to time how soon they are caught.
+Seeded: the same arguments print the same figures.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+
+from proxy.analysis.verdict import Result, assess, wilson
+from proxy.analysis.window import Window
+from proxy.config.model import AnalysisMethod, AnalysisSpec, Route
+
+ERROR_RATE = 0.01  # both variants' errors when equal
+MEDIAN = 0.05  # seconds: the latency's median (log-normal, sigma 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """One variant's simulated requests: how many a second, how many fail, how slow."""
+
+    rate: float
+    error_rate: float = ERROR_RATE
+    slowdown: float = 1.0
+
+
+def seconds_to_roll_back(
+    spec: AnalysisSpec, stable: Traffic, candidate: Traffic, horizon: float, seed: int
+) -> float | None:
+    """When the analysis rolls the candidate back (seconds into the rollout), or None if it
+    does not within `horizon`."""
+    rng = random.Random(seed)
+    span = math.inf if spec.method is AnalysisMethod.SEQUENTIAL else spec.window
+    windows = (Window(span), Window(span))
+    carry = [0.0, 0.0]
+    failures = 0
+    for index in range(int(horizon // spec.interval)):
+        start = index * spec.interval
+        for side, (window, traffic) in enumerate(zip(windows, (stable, candidate), strict=True)):
+            wanted = traffic.rate * spec.interval + carry[side]
+            n = int(wanted)
+            carry[side] = wanted - n
+            for i in range(n):
+                failed = rng.random() < traffic.error_rate
+                latency = traffic.slowdown * rng.lognormvariate(math.log(MEDIAN), 0.5)
+                window.add(start + spec.interval * i / n, failed, None if failed else latency)
+        now = start + spec.interval
+        verdict = assess(windows[0].sample(now), windows[1].sample(now), spec, now)
+        failures = failures + 1 if verdict.result is Result.FAIL else 0
+        if failures >= spec.failures_before_rollback:
+            return now
+    return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _delays(found: list[float | None], horizon: float) -> str:
+    caught = sorted(s for s in found if s is not None)
+    if not caught:
+        return f"never caught within {_duration(horizon)} ({len(found)} runs)"
+    median = statistics.median(caught)
+    p90 = caught[min(len(caught) - 1, math.ceil(0.9 * len(caught)) - 1)]
+    return (
+        f"rolled back in median {_duration(median)}, p90 {_duration(p90)} "
+        f"({len(caught)} of {len(found)} within {_duration(horizon)})"
+    )
+
+
+def report(
+    route: Route, *, rate: float, share: float, runs: int, hours: float, seed: int = 0
+) -> str:
+    """The figures for one route's analysis (it must have one)."""
+    spec = route.analysis
+    assert spec is not None
+    horizon = hours * 3600.0
+    stable = Traffic(rate * (1.0 - share))
+    equal = Traffic(rate * share)
+    false = sum(
+        seconds_to_roll_back(spec, stable, equal, horizon, seed + run) is not None
+        for run in range(runs)
+    )
+    low, high = wilson(false, runs, 1.96)
+    errors = Traffic(rate * share, error_rate=ERROR_RATE + 0.05)
+    slower = Traffic(rate * share, slowdown=2.0)
+    lines = [
+        f"route {route.name}: {spec.method.value} analysis every {spec.interval:g}s, "
+        f"min_requests {spec.min_requests}, confidence {spec.confidence:.0%}, "
+        f"{spec.failures_before_rollback} failures to roll back",
+        f"  traffic: {rate:g} requests/s, {share:.0%} to the candidate, 1 % errors, "
+        f"median latency {MEDIAN * 1000:.0f} ms; {runs} seeded runs each",
+        f"  equal candidates (A/A): {false} of {runs} rolled back within {_duration(horizon)}: "
+        f"{false / runs:.1%} (95 % interval {low:.1%} to {high:.1%})",
+        "  +5 points of errors: "
+        + _delays(
+            [
+                seconds_to_roll_back(spec, stable, errors, horizon, seed + run)
+                for run in range(runs)
+            ],
+            horizon,
+        ),
+        "  2x slower: "
+        + _delays(
+            [
+                seconds_to_roll_back(spec, stable, slower, horizon, seed + run)
+                for run in range(runs)
+            ],
+            horizon,
+        ),
+    ]
+    return "\n".join(lines)
