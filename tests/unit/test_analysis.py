@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -564,3 +565,31 @@ def test_observations_take_outcomes_only_for_analysed_routes():
 def test_moments_add_up_field_by_field():
     assert Moments(1, 2.0, 3.0) + Moments(10, 20.0, 30.0) == Moments(11, 22.0, 33.0)
     assert Moments() == Moments(0, 0.0, 0.0)
+
+
+def test_random_assignments_are_counted_per_slot_and_reset_with_it():
+    window = Window(span=60.0)  # 5 s slots
+    assert window.sample(1000.0).assigned == 0 and window.sample(1000.0).expected == 0.0
+    window.expect(1000.0, 0.25, True)
+    window.expect(1001.0, 0.25, False)
+    window.expect(1005.0, 0.5, True)
+    sample = window.sample(1005.0)
+    assert (sample.assigned, sample.expected) == (2, 1.0)
+    assert [(s.assigned, s.expected) for s in sorted(window.slots(1005.0))] == [(1, 0.5), (1, 0.5)]
+    window.expect(1060.0, 0.1, False)  # slot 212 reuses slot 200's place: its counts are gone
+    assert [(s.assigned, s.expected) for s in sorted(window.slots(1060.0))] == [(1, 0.5), (0, 0.1)]
+
+
+def test_the_recorder_counts_random_assignments_for_both_variants():
+    observations = LocalObservations({"r": 60.0}, {"r": "identity"})
+    recorder = WindowRecorder(observations)
+    recorder.use([replace(ROUTE_FOR_WINDOWS, analysis=AnalysisSpec())])
+    share = Decision(Variant.STABLE, Reason.BUCKET, 0.3, None, 9000, "u")
+    pinned = Decision(Variant.CANDIDATE, Reason.PINNED, 0.3, "staff", None, "s")
+    recorder.record(Outcome(1000.0, "r", "GET", share, Variant.STABLE, 200, duration=0.01))
+    recorder.record(Outcome(1000.0, "r", "GET", pinned, Variant.CANDIDATE, 200, duration=0.01))
+    stable, candidate = observations.samples("r", 1001.0)
+    assert stable.assigned == 1 and stable.expected == pytest.approx(0.7)
+    assert candidate.assigned == 0 and candidate.expected == pytest.approx(0.3)
+    assert observations.generation("r") == hashlib.blake2b(b"identity", digest_size=6).hexdigest()
+    assert observations.generation("other") == hashlib.blake2b(b"", digest_size=6).hexdigest()

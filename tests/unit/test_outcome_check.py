@@ -177,3 +177,13 @@ def test_a_mismatch_makes_the_verdict_inconclusive_whatever_else_fails():
         "error_rate",
         "latency",
     ]  # nothing assigned at random: no sample-ratio check
+
+
+def test_an_inconclusive_sample_ratio_check_and_its_boundaries_are_pinned():
+    thin = sample_ratio_check(*assigned(90, 9, 0.1), SPEC)  # 99 assigned: fewer than 100
+    assert (thin.name, thin.result, thin.threshold) == ("sample_ratio", Result.INCONCLUSIVE, 0.001)
+    assert thin.note == "fewer than 100 randomly assigned requests, or 5 expected of a variant"
+    assert thin.candidate["assigned"] == 9 and thin.stable["assigned"] == 90
+    assert sample_ratio_check(*assigned(90, 10, 0.1), SPEC).result is Result.PASS  # exactly 100
+    five = sample_ratio_check(*assigned(95, 5, 0.05), SPEC)  # exactly 5 expected: tested
+    assert five.result is Result.PASS

@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from dataclasses import replace
 from statistics import NormalDist
 
 import pytest
 
-from proxy.analysis.histogram import SIZE, bucket_of
+from proxy.analysis.histogram import SIZE, bucket_of, quantile_bounds
 from proxy.analysis.sequential import (
     Estimate,
     mean_decrease_bound,
@@ -18,9 +19,9 @@ from proxy.analysis.sequential import (
     rate_increase_bound,
     z_always,
 )
-from proxy.analysis.verdict import Sample, assess, difference_lower_bound
+from proxy.analysis.verdict import Moments, Sample, assess, difference_lower_bound
 from proxy.analysis.window import LocalObservations
-from proxy.config.model import AnalysisMethod, AnalysisSpec
+from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
 
 ALPHA = 0.05
 Z_FIXED = NormalDist().inv_cdf(1 - ALPHA)
@@ -197,3 +198,48 @@ def test_a_new_rollout_starts_its_counts_since_the_beginning_anew():
     assert observations.samples("r", 1e9)[1].requests == 1  # everything since it began
     observations.update({"r": math.inf}, {"r": "candidate-2"})
     assert observations.samples("r", 1e9)[1].requests == 0
+
+
+def test_each_check_uses_its_always_valid_bound_with_method_sequential():
+    spec = AnalysisSpec(min_requests=100, confidence=0.9, outcomes=(OutcomeCheck("click", 0.01),))
+    rng = random.Random(5)
+    fast, slow = [0] * SIZE, [0] * SIZE
+    for _ in range(500):
+        fast[bucket_of(rng.uniform(0.01, 0.02))] += 1
+        slow[bucket_of(rng.uniform(0.02, 0.04))] += 1
+    stable = Sample(500, 0, tuple(fast), {"click": Moments(100, 100.0, 100.0)})
+    candidate = Sample(500, 0, tuple(slow), {"click": Moments(50, 50.0, 50.0)})
+    checks = {c.name: c for c in assess(stable, candidate, spec, 0.0).checks}
+    latency = quantile_ratio_bound(tuple(slow), tuple(fast), q=0.95, n0=100, alpha=0.1)
+    assert checks["latency"].bound == pytest.approx(latency)
+    mean_s, mean_c = 0.2, 0.1
+    var_s, var_c = (0.2 - 0.04) * 500 / 499, (0.1 - 0.01) * 500 / 499
+    decrease = mean_decrease_bound(
+        Estimate(mean_s, var_s, 500), Estimate(mean_c, var_c, 500), n0=100, alpha=0.1
+    )
+    assert checks["outcome:click"].bound == pytest.approx(decrease)
+    relative = replace(spec, outcomes=(OutcomeCheck("click", 0.01, relative=True),))
+    bound = {c.name: c for c in assess(stable, candidate, relative, 0.0).checks}[
+        "outcome:click"
+    ].bound
+    assert bound == pytest.approx(
+        mean_decrease_bound(
+            Estimate(mean_s, var_s, 500),
+            Estimate(mean_c, var_c, 500),
+            n0=100,
+            alpha=0.1,
+            relative=True,
+        )
+    )
+
+
+def test_the_quantile_ratio_bound_takes_each_side_at_half_the_alpha():
+    rng = random.Random(6)
+    a, b = [0] * SIZE, [0] * SIZE
+    for _ in range(800):
+        a[bucket_of(rng.lognormvariate(math.log(0.05), 0.5))] += 1
+    for _ in range(300):
+        b[bucket_of(rng.lognormvariate(math.log(0.05), 0.5))] += 1
+    low, _ = quantile_bounds(tuple(a), 0.9, z_always(800 / 50, 0.025))
+    _, high = quantile_bounds(tuple(b), 0.9, z_always(300 / 50, 0.025))
+    assert quantile_ratio_bound(tuple(a), tuple(b), q=0.9, n0=50, alpha=0.05) == low / high
