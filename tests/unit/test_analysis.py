@@ -593,3 +593,11 @@ def test_the_recorder_counts_random_assignments_for_both_variants():
     assert candidate.assigned == 0 and candidate.expected == pytest.approx(0.3)
     assert observations.generation("r") == hashlib.blake2b(b"identity", digest_size=6).hexdigest()
     assert observations.generation("other") == hashlib.blake2b(b"", digest_size=6).hexdigest()
+
+
+def test_a_fresh_window_has_assigned_nothing_even_at_the_start_of_time():
+    window = Window(span=60.0)
+    assert (window.sample(0.0).assigned, window.sample(0.0).expected) == (0, 0.0)
+    window.expect(0.0, 0.5, True)
+    window.expect(0.0, 0.5, True)
+    assert window.sample(0.0).assigned == 2

@@ -187,3 +187,13 @@ def test_an_inconclusive_sample_ratio_check_and_its_boundaries_are_pinned():
     assert sample_ratio_check(*assigned(90, 10, 0.1), SPEC).result is Result.PASS  # exactly 100
     five = sample_ratio_check(*assigned(95, 5, 0.05), SPEC)  # exactly 5 expected: tested
     assert five.result is Result.PASS
+
+
+def test_a_passing_sample_ratio_check_and_a_mismatch_with_equal_counts():
+    check = sample_ratio_check(*assigned(900, 100, 0.1), SPEC)
+    assert check.note == "each variant served its share of the assigned requests"
+    assert check.threshold == 0.001
+    stable, candidate = assigned(500, 500, 0.1)  # half each where a tenth was assigned
+    verdict = assess(stable, candidate, SPEC, 7.0)
+    assert verdict.mismatched and verdict.result is Result.INCONCLUSIVE
+    assert (verdict.at, verdict.method) == (7.0, SPEC.method)

@@ -243,3 +243,27 @@ def test_the_quantile_ratio_bound_takes_each_side_at_half_the_alpha():
     low, _ = quantile_bounds(tuple(a), 0.9, z_always(800 / 50, 0.025))
     _, high = quantile_bounds(tuple(b), 0.9, z_always(300 / 50, 0.025))
     assert quantile_ratio_bound(tuple(a), tuple(b), q=0.9, n0=50, alpha=0.05) == low / high
+
+
+SPREAD = tuple([1] * SIZE)  # one observation per bucket: every rank is its own value
+
+
+def test_ranks_move_with_the_always_valid_factor_on_a_fine_histogram():
+    low, _ = quantile_bounds(SPREAD, 0.9, z_always(SIZE / 10, 0.025))
+    _, high = quantile_bounds(SPREAD, 0.9, z_always(SIZE / 10, 0.025))
+    assert quantile_ratio_bound(SPREAD, SPREAD, q=0.9, n0=10, alpha=0.05) == low / high
+    for other in (0.1, 0.0125, 0.0167):  # the alpha halved, not doubled or a third
+        l2, _ = quantile_bounds(SPREAD, 0.9, z_always(SIZE / 10, other))
+        assert l2 != low
+    wrong_n, _ = quantile_bounds(SPREAD, 0.9, z_always(SIZE * 10, 0.025))
+    assert wrong_n != low
+    spec = AnalysisSpec(min_requests=10, confidence=0.95, latency_quantile=0.9)
+    verdict = assess(Sample(SIZE, 0, SPREAD), Sample(SIZE, 0, SPREAD), spec, 0.0)
+    assert verdict.checks[1].bound == low / high
+    fixed = assess(
+        Sample(SIZE, 0, SPREAD),
+        Sample(SIZE, 0, SPREAD),
+        replace(spec, method=AnalysisMethod.FIXED),
+        0.0,
+    )
+    assert fixed.checks[1].bound != verdict.checks[1].bound
