@@ -197,3 +197,8 @@ def test_a_passing_sample_ratio_check_and_a_mismatch_with_equal_counts():
     verdict = assess(stable, candidate, SPEC, 7.0)
     assert verdict.mismatched and verdict.result is Result.INCONCLUSIVE
     assert (verdict.at, verdict.method) == (7.0, SPEC.method)
+
+
+def test_a_mismatch_verdict_says_its_method():
+    sequential = replace(SPEC, method=AnalysisMethod.SEQUENTIAL)
+    assert assess(*assigned(500, 500, 0.1), sequential, 1.0).method is AnalysisMethod.SEQUENTIAL
