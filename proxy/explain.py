@@ -34,42 +34,36 @@ def _sizes(check: dict[str, Any]) -> str:
     return f"after {check['candidate']['requests']} and {check['stable']['requests']} requests"
 
 
-def _error_rate(check: dict[str, Any]) -> str:
-    c, s = check["candidate"], check["stable"]
-    said = f"candidate error rate {_percent(c['error_rate'])}, stable {_percent(s['error_rate'])}"
+def _compared(check: dict[str, Any], said: str, bound: str, what: str, allowed: str) -> str:
+    """`said`, then how the check's bound of `what` compares with what is allowed (or, on thin
+    data, why there is no bound)."""
     if check["bound"] is None:
         return f"{said}; {check['note']}"
     verb = "exceeds" if check["result"] == "fail" else "is within"
-    return (
-        f"{said}; the bound of the difference, {_points(check['bound'])}, {verb} the allowed "
-        f"{_points(check['threshold'])} {_sizes(check)}"
-    )
+    return f"{said}; the bound of {what}, {bound}, {verb} the allowed {allowed} {_sizes(check)}"
+
+
+def _error_rate(check: dict[str, Any]) -> str:
+    c, s = check["candidate"], check["stable"]
+    said = f"candidate error rate {_percent(c['error_rate'])}, stable {_percent(s['error_rate'])}"
+    bound = _points(check["bound"])
+    return _compared(check, said, bound, "the difference", _points(check["threshold"]))
 
 
 def _latency(check: dict[str, Any]) -> str:
     c, s = check["candidate"], check["stable"]
     key = "latency_quantile_seconds"
     said = f"latency {_seconds(c.get(key))} against stable's {_seconds(s.get(key))}"
-    if check["bound"] is None:
-        return f"{said}; {check['note']}"
-    verb = "exceeds" if check["result"] == "fail" else "is within"
-    return (
-        f"{said}; the bound of their ratio, {check['bound']:.2f}, {verb} the allowed "
-        f"{check['threshold']:g} {_sizes(check)}"
-    )
+    bound = "?" if check["bound"] is None else f"{check['bound']:.2f}"
+    return _compared(check, said, bound, "their ratio", f"{check['threshold']:g}")
 
 
 def _outcome(check: dict[str, Any]) -> str:
     name = check["check"].removeprefix("outcome:")
     c, s = check["candidate"], check["stable"]
-    means = f"{name}: candidate mean {_mean(c.get('mean'))}, stable {_mean(s.get('mean'))}"
-    if check["bound"] is None:
-        return f"{means}; {check['note']}"
-    verb = "exceeds" if check["result"] == "fail" else "is within"
-    return (
-        f"{means}; the bound of the decrease, {check['bound']:.4g}, {verb} the allowed "
-        f"{check['threshold']:g} {_sizes(check)}"
-    )
+    said = f"{name}: candidate mean {_mean(c.get('mean'))}, stable {_mean(s.get('mean'))}"
+    bound = "?" if check["bound"] is None else f"{check['bound']:.4g}"
+    return _compared(check, said, bound, "the decrease", f"{check['threshold']:g}")
 
 
 def _mean(value: float | None) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from proxy.analysis.verdict import wilson
 from proxy.compare import Seen, agree
 from proxy.config.model import Route, Shadow, TextCompare
 from proxy.forwarding import CAPTURE, Target
@@ -45,6 +45,7 @@ log = logging.getLogger("grayscale.shadow")
 
 SHADOW_HEADER = b"X-Grayscale-Shadow: 1\r\n"
 RESULTS = ("agree", "differ", "error")
+Z_95 = NormalDist().inv_cdf(0.975)  # the agreement's two-sided 95 % interval
 
 
 def chosen(shadow: Shadow, key: str | None, draw: float) -> bool:
@@ -92,7 +93,9 @@ class RouteShadow:
             "dropped": self.dropped,
             "in_flight": self.in_flight,
             "agreement": self.counts["agree"] / compared if compared else None,
-            "agreement_interval": wilson_interval(self.counts["agree"], compared),
+            "agreement_interval": (
+                list(wilson(self.counts["agree"], compared, Z_95)) if compared else None
+            ),
         }
         if shadow.min_agreement is not None:
             view["gate"] = {
@@ -112,18 +115,6 @@ class RouteShadow:
             and len(self.recent) >= shadow.min_comparisons
             and sum(self.recent) >= minimum * len(self.recent)
         )
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
-    """The two-sided Wilson score interval of a proportion, or None without data."""
-    if n == 0:
-        return None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    scale = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / scale
-    half = z / scale * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 class Shadower:
