@@ -66,6 +66,12 @@ def _outcome(check: dict[str, Any]) -> str:
     return _compared(check, said, bound, "the decrease", f"{check['threshold']:g}")
 
 
+def _metric(check: dict[str, Any]) -> str:
+    name = check["check"].removeprefix("metric:")
+    c, s = check["candidate"], check["stable"]
+    return f"{name}: candidate {_mean(c['value'])}, stable {_mean(s['value'])}; {check['note']}"
+
+
 def _mean(value: float | None) -> str:
     return "?" if value is None else f"{value:.4g}"
 
@@ -79,6 +85,8 @@ def check_in_words(check: dict[str, Any]) -> str:
         return _latency(check)
     if name.startswith("outcome:"):
         return _outcome(check)
+    if name.startswith("metric:"):
+        return _metric(check)
     if name == "sample_ratio" and check["bound"] is not None:
         c = check["candidate"]
         served = c["assigned"] + check["stable"]["assigned"]

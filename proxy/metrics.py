@@ -10,6 +10,7 @@ error reasons. Never a user id, a segment value or a raw path.
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
@@ -259,6 +260,12 @@ class Recorder:
             ("route", "variant"),
             registry=r,
         )
+        self.analysis_metric = Gauge(
+            "grayscale_analysis_metric_value",
+            "The last value of a custom metric check's query.",
+            ("route", "metric", "variant"),
+            registry=r,
+        )
         self.fallbacks = Counter(
             "grayscale_fallbacks",
             "Requests for the candidate served by stable: connect (unreachable), overloaded "
@@ -346,6 +353,7 @@ class Recorder:
             (self.analysis_error_rate, ("route", "variant")),
             (self.analysis_latency, ("route", "variant")),
             (self.analysis_requests, ("route", "variant")),
+            (self.analysis_metric, ("route", "metric", "variant")),
             (self.rollbacks, ("route", "trigger")),
             (self.promotions, ("route", "trigger")),
             (self.shadow_comparisons, ("route", "result")),
@@ -367,6 +375,14 @@ class Recorder:
         for check in verdict.checks:
             self.verdicts.labels(route, check.name, check.result.value).inc()
             for variant, seen in (("stable", check.stable), ("candidate", check.candidate)):
+                if check.name.startswith("metric:"):
+                    metric = check.name.removeprefix("metric:")
+                    if seen["value"] is not None:
+                        self.analysis_metric.labels(route, metric, variant).set(seen["value"])
+                    else:  # (no stale value: the series goes until the query answers again)
+                        with contextlib.suppress(KeyError):
+                            self.analysis_metric.remove(route, metric, variant)
+                    continue
                 self.analysis_requests.labels(route, variant).set(seen["requests"])
                 if seen["error_rate"] is not None:
                     self.analysis_error_rate.labels(route, variant).set(seen["error_rate"])

@@ -119,4 +119,9 @@ def report(
             horizon,
         ),
     ]
+    if spec.metrics:
+        names = ", ".join(metric.name for metric in spec.metrics)
+        lines.append(
+            f"  not simulated: the custom metric checks ({names}), whose values Prometheus has"
+        )
     return "\n".join(lines)

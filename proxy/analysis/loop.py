@@ -13,9 +13,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from proxy.analysis.prometheus import MetricQueries, hostname
 from proxy.analysis.verdict import Result, Sample, Verdict, assess
 from proxy.analysis.window import ObservationSource
-from proxy.config.model import AnalysisSpec, Inconclusive, Route
+from proxy.config.model import AnalysisSpec, Inconclusive, Route, Variant
 from proxy.fleet.connection import cancel_and_wait
 from proxy.fleet.member import FleetMember
 from proxy.metrics import Recorder
@@ -35,6 +36,7 @@ class RouteAnalysis:
 
     spec: AnalysisSpec
     promote_after: float | None = None  # `promote.after`, if the route promotes on its own
+    hosts: dict[Variant, str] = field(default_factory=dict)  # upstream host names, for metrics
     last: Verdict | None = None
     failures: int = 0
     published: dict[str, Any] | None = None
@@ -76,6 +78,9 @@ class RouteAnalysis:
 def _reason(verdict: Verdict) -> str:
     parts = []
     for check in verdict.failing:
+        if check.name.startswith("metric:"):
+            parts.append(f"{check.name} {check.note}")
+            continue
         observed = "?" if check.observed is None else f"{check.observed:.4g}"
         bound = "?" if check.bound is None else f"{check.bound:.4g}"
         parts.append(f"{check.name} {observed} (bound {bound} > {check.threshold:g})")
@@ -105,6 +110,7 @@ class Analyzer:
         self.source = source
         self.recorder = recorder
         self.fleet = fleet
+        self.queries = MetricQueries()
         self.routes: dict[str, RouteAnalysis] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
@@ -122,6 +128,10 @@ class Analyzer:
             same = kept is not None and (kept.spec, kept.promote_after) == (route.analysis, after)
             fresh = RouteAnalysis(route.analysis, after)
             self.routes[route.name] = kept if same and kept else fresh
+            self.routes[route.name].hosts = {
+                Variant.STABLE: hostname(route.stable.url),
+                Variant.CANDIDATE: hostname(route.candidate.url),
+            }
         for name, task in list(self._tasks.items()):
             if self.routes.get(name) is not previous.get(name):
                 task.cancel()
@@ -143,6 +153,7 @@ class Analyzer:
         self._tasks.clear()
         for task in tasks:
             await cancel_and_wait(task)
+        await self.queries.close()
 
     async def _run(self, name: str, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -171,7 +182,8 @@ class Analyzer:
             if pooled is None:
                 return None
             stable, candidate = pooled
-        verdict = assess(stable, candidate, spec, now)
+        metrics = await self.queries.checks(name, spec, analysis.hosts, now)
+        verdict = assess(stable, candidate, spec, now, metrics)
         analysis.last = verdict
         analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
         if self.fleet is not None:

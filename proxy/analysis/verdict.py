@@ -1,6 +1,8 @@
 """The verdict on a candidate: pure, observations in, verdict out.
 
-Two checks compare the candidate with stable over the same window:
+The checks compare the candidate with stable over the same window (with `method: sequential`,
+everything since the rollout began, and the always-valid bounds of `proxy.analysis.sequential`
+in place of the fixed-sample ones described here):
 
 - **error rate** (5xx answers and upstream failures over requests). The candidate fails when the
   lower confidence bound of ``p_candidate - p_stable`` exceeds `max_error_rate_increase`. The
@@ -10,7 +12,6 @@ Two checks compare the candidate with stable over the same window:
   distribution-free lower bound of its quantile, divided by an upper bound of stable's, exceeds
   `max_latency_ratio`: the bounds are order statistics whose ranks come from the binomial
   distribution of ranks below a quantile, so no latency distribution is assumed.
-
 - **outcomes** (`analysis.outcomes`: what users did with the answers, as the application
   reports it). The candidate fails when the lower confidence bound of stable's mean minus the
   candidate's (divided by stable's mean, if `relative`; the delta method) exceeds
@@ -19,6 +20,8 @@ Two checks compare the candidate with stable over the same window:
   (`per: outcome`: a rating); the bound is the normal approximation with each variant's sample
   variance (over requests, from the reported values' squares: exact when a request has at most
   one report of a name).
+- **custom metrics** (`analysis.metrics`): PromQL values, judged in `metric_check` and passed
+  in; they count like any other check.
 
 Each bound is one-sided at `confidence`. Every check is inconclusive, never failed, while a
 variant has fewer than `min_requests` in the window (requests, or reports with `per: outcome`).
@@ -27,7 +30,7 @@ variant has fewer than `min_requests` in the window (requests, or reports with `
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from statistics import NormalDist
@@ -331,8 +334,15 @@ def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) ->
     return Check("sample_ratio", result, SAMPLE_RATIO_ALPHA, served_c / n, p_value, *report, note)
 
 
-def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> Verdict:
-    """The verdict of one analysis round. A sample-ratio mismatch makes every other check
+def assess(
+    stable: Sample,
+    candidate: Sample,
+    spec: AnalysisSpec,
+    at: float,
+    metrics: Sequence[Check] = (),
+) -> Verdict:
+    """The verdict of one analysis round, with the custom metric checks already made
+    (`proxy.analysis.metric_check`). A sample-ratio mismatch makes every other check
     untrustworthy: the verdict is then inconclusive whatever they say (it holds the ramp and
     never rolls back); a sample-ratio check without enough data changes nothing."""
     z = NormalDist().inv_cdf(spec.confidence)
@@ -340,6 +350,7 @@ def assess(stable: Sample, candidate: Sample, spec: AnalysisSpec, at: float) -> 
         error_rate_check(stable, candidate, spec, z),
         latency_check(stable, candidate, spec, z),
         *(outcome_check(stable, candidate, check, spec, z) for check in spec.outcomes),
+        *metrics,
     )
     results = {c.result for c in checks}
     if stable.assigned + candidate.assigned:  # (no request assigned at random: nothing to test)

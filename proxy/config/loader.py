@@ -27,6 +27,8 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config.model import (
+    METRIC_PLACEHOLDER,
+    METRIC_PLACEHOLDERS,
     OUTCOME_NAME,
     AccessLogConfig,
     AdminConfig,
@@ -36,6 +38,7 @@ from proxy.config.model import (
     ClientIpCondition,
     Cohort,
     Compare,
+    Comparison,
     Condition,
     Config,
     Ejection,
@@ -47,11 +50,13 @@ from proxy.config.model import (
     KeySource,
     LatencyMeasure,
     Listen,
+    MetricCheck,
     Missing,
     OutcomeBasis,
     OutcomeCheck,
     OutcomesConfig,
     PathPrefixCondition,
+    PrometheusSource,
     Promotion,
     Ramp,
     RollbackHook,
@@ -529,7 +534,7 @@ class _Parser:
             )
             checks.append(
                 OutcomeCheck(
-                    name=self.field(fields, "name", item_path, self.outcome_name, ""),
+                    name=self.field(fields, "name", item_path, self.check_name, ""),
                     max_decrease=self.field(
                         fields, "max_decrease", item_path, self.non_negative, 0.0
                     ),
@@ -546,7 +551,7 @@ class _Parser:
         self.unique(node, path, [(c.name, "name") for c in checks])
         return tuple(checks)
 
-    def outcome_name(self, node: Node, path: str, default: str) -> str:
+    def check_name(self, node: Node, path: str, default: str) -> str:
         value = self.string(node, path, default)
         if value and not OUTCOME_NAME.fullmatch(value):
             self.fail(node, path, "expected letters, digits and _ . : - (at most 64)")
@@ -816,7 +821,13 @@ class _Parser:
             method=read(
                 "method", lambda n, p, d: self.choice(n, p, d, AnalysisMethod), base.method
             ),
+            prometheus=read("prometheus", self.prometheus, None),
+            metrics=read("metrics", self.metric_checks, ()),
         )
+        if "metrics" in fields and "prometheus" not in fields:
+            self.fail(fields["metrics"], _sub(path, "metrics"), "needs analysis.prometheus")
+        if "prometheus" in fields and "metrics" not in fields:
+            self.fail(fields["prometheus"], _sub(path, "prometheus"), "no analysis.metrics to run")
         checks = (
             (spec.window >= spec.interval, "window", "must be at least the interval"),
             (spec.max_latency_ratio >= 1.0, "max_latency_ratio", "must be at least 1"),
@@ -827,6 +838,65 @@ class _Parser:
             if not ok:
                 self.fail(fields.get(name, node), _sub(path, name), message)
         return spec
+
+    def prometheus(
+        self, node: Node, path: str, default: PrometheusSource | None
+    ) -> PrometheusSource | None:
+        fields = self.mapping(node, path, ("url", "timeout", "token_env", "ca_file"), ("url",))
+        url = self.field(fields, "url", path, self.url, "")
+        if "url" in fields and urlsplit(url).password is not None:
+            # A secret in the config would show in version control, /status and logs.
+            self.fail(fields["url"], _sub(path, "url"), "no password in the URL: use token_env")
+        base = PrometheusSource("")
+        return PrometheusSource(
+            url=url,
+            timeout=self.field(fields, "timeout", path, self.duration, base.timeout),
+            token_env=self.field(fields, "token_env", path, self.string, "") or None,
+            ca_file=self.field(fields, "ca_file", path, self.ca_file, None),
+        )
+
+    def metric_checks(
+        self, node: Node, path: str, default: tuple[MetricCheck, ...]
+    ) -> tuple[MetricCheck, ...]:
+        checks = []
+        for item, item_path in self.sequence(node, path):
+            fields = self.mapping(
+                item, item_path, ("name", "query", *Comparison), ("name", "query")
+            )
+            limits = []
+            for kind in Comparison:
+                if kind in fields:
+                    read = self.non_negative if kind.endswith(("increase", "decrease")) else None
+                    value = (read or self.number)(fields[kind], _sub(item_path, kind), math.nan)
+                    if kind.endswith("ratio") and not value > 0:
+                        self.fail(fields[kind], _sub(item_path, kind), "must be above 0")
+                    limits.append((kind, value))
+            if not fields.keys() & set(Comparison) and isinstance(item, MappingNode):
+                self.fail(item, item_path, f"needs one of {', '.join(Comparison)}")
+            bounds = dict(limits)
+            for low, high in (
+                (Comparison.MIN, Comparison.MAX),
+                (Comparison.MIN_RATIO, Comparison.MAX_RATIO),
+            ):
+                if bounds.get(low, -math.inf) > bounds.get(high, math.inf):
+                    self.fail(fields[low], _sub(item_path, low), f"must not be above {high}")
+            checks.append(
+                MetricCheck(
+                    name=self.field(fields, "name", item_path, self.check_name, ""),
+                    query=self.field(fields, "query", item_path, self.metric_query, ""),
+                    limits=tuple(limits),
+                )
+            )
+        self.unique(node, path, [(c.name, "name") for c in checks])
+        return tuple(checks)
+
+    def metric_query(self, node: Node, path: str, default: str) -> str:
+        value = self.string(node, path, default)
+        for name in METRIC_PLACEHOLDER.findall(value):
+            if name not in METRIC_PLACEHOLDERS:
+                known = ", ".join("{{" + known + "}}" for known in METRIC_PLACEHOLDERS)
+                self.fail(node, path, "unknown placeholder {{" + name + "}}: expected " + known)
+        return value
 
     def rollback_hook(
         self, node: Node, path: str, default: RollbackHook | None

@@ -220,6 +220,42 @@ class OutcomeCheck:
     per: OutcomeBasis = OutcomeBasis.REQUEST
 
 
+class Comparison(StrEnum):
+    """How a metric check judges the candidate's value (`c`) against stable's (`s`)."""
+
+    MAX_INCREASE = "max_increase"  # fails when c - s > limit
+    MAX_DECREASE = "max_decrease"  # fails when s - c > limit
+    MAX_RATIO = "max_ratio"  # fails when c / s > limit (s must be above 0)
+    MIN_RATIO = "min_ratio"  # fails when c / s < limit (s must be above 0)
+    MAX = "max"  # fails when c > limit
+    MIN = "min"  # fails when c < limit
+
+
+METRIC_PLACEHOLDERS = ("route", "variant", "host", "window")  # {{...}} in a metric's query
+METRIC_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricCheck:
+    """A PromQL query run once per variant (its `{{route}}`, `{{variant}}`, `{{host}}` and
+    `{{window}}` filled in), the candidate's value judged by every limit."""
+
+    name: str
+    query: str
+    limits: tuple[tuple[Comparison, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusSource:
+    """The Prometheus (or any server of its query API) that metric checks ask; the bearer
+    token, if any, is read from environment variable `token_env`."""
+
+    url: str
+    timeout: float = 5.0
+    token_env: str | None = None
+    ca_file: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class AnalysisSpec:
     """How a route's candidate is judged against stable, and when it is rolled back."""
@@ -236,6 +272,8 @@ class AnalysisSpec:
     on_inconclusive: Inconclusive = Inconclusive.HOLD
     outcomes: tuple[OutcomeCheck, ...] = ()
     method: AnalysisMethod = AnalysisMethod.SEQUENTIAL
+    prometheus: PrometheusSource | None = None
+    metrics: tuple[MetricCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config.loader import parse_config
 from proxy.server import Server
+from tests.integration.prometheus_server import MISSING as PROMETHEUS_MISSING
+from tests.integration.prometheus_server import Exporter, PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -282,6 +284,26 @@ async def proxy(upstreams: tuple[TestServer, TestServer], start_proxy: ProxyFact
     """A proxy at share 0.5 in front of `upstreams`, for every path."""
     stable, candidate = upstreams
     return await start_proxy(route_yaml(url_of(stable), url_of(candidate)))
+
+
+@pytest.fixture(scope="session")
+def prometheus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[PrometheusServer, Exporter]]:
+    """A real Prometheus scraping an exporter whose series the tests set, shared by the session
+    (a first scrape takes 5 s); skipped, and listed at the end of the run, when the machine has
+    no prometheus."""
+    exporter = Exporter()
+    server = PrometheusServer.find(tmp_path_factory.mktemp("prometheus"), [exporter.address])
+    if server is None:
+        exporter.close()
+        pytest.skip(PROMETHEUS_MISSING)
+    try:
+        server.start()
+        yield server, exporter
+    finally:
+        server.stop()
+        exporter.close()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from proxy.analysis.histogram import (
     value_at_rank,
     value_of,
 )
+from proxy.analysis.metric_check import Reading, metric_check
 from proxy.analysis.verdict import (
     Moments,
     Result,
@@ -32,8 +33,10 @@ from proxy.config.model import (
     AnalysisMethod,
     AnalysisSpec,
     Cohort,
+    Comparison,
     KeySource,
     LatencyMeasure,
+    MetricCheck,
     Route,
     Source,
     Upstream,
@@ -280,6 +283,23 @@ def test_inconclusive_wins_over_pass_and_fail_over_both():
     all_errors = assess(sample(300, 0), Sample(300, 300, histogram([])), SPEC, 0.0)
     assert [c.result for c in all_errors.checks] == [Result.FAIL, Result.INCONCLUSIVE]
     assert all_errors.result is Result.FAIL
+
+
+def test_metric_checks_join_the_verdict_and_decide_it_like_any_check():
+    metric = MetricCheck("gpu", "q", ((Comparison.MAX, 1.0),))
+    over = metric_check(metric, Reading("q", 0.5), Reading("q", 2.0))
+    unsure = metric_check(metric, Reading("q", 0.5), Reading("q", None, "no data"))
+    within = metric_check(metric, Reading("q", 0.5), Reading("q", 0.5))
+    passing = sample(200, 0), sample(200, 0)
+    failed = assess(*passing, SPEC, 0.0, (within, over))
+    assert failed.result is Result.FAIL and failed.failing == (over,)
+    assert failed.checks[2:] == (within, over)
+    assert assess(*passing, SPEC, 0.0, (unsure,)).result is Result.INCONCLUSIVE
+    assert assess(*passing, SPEC, 0.0, (within,)).result is Result.PASS
+    mismatched = replace(passing[1], assigned=300, expected=150.0)
+    skewed = replace(passing[0], assigned=0, expected=150.0)
+    held = assess(skewed, mismatched, SPEC, 0.0, (over,))
+    assert held.mismatched and held.result is Result.INCONCLUSIVE
 
 
 def test_exactly_min_requests_per_variant_is_enough_for_a_verdict():

@@ -13,13 +13,16 @@ from proxy.config.model import (
     AnalysisMethod,
     AttributeCondition,
     ClientIpCondition,
+    Comparison,
     ExactCompare,
     JsonCompare,
     KeySource,
     Listen,
+    MetricCheck,
     Missing,
     OutcomeCheck,
     PathPrefixCondition,
+    PrometheusSource,
     Shadow,
     Source,
     TextCompare,
@@ -340,6 +343,93 @@ def test_the_sequential_method_is_read():
     assert found == "test.yaml:7: routes[0].analysis.method: expected one of: fixed, sequential"
 
 
+def test_metric_checks_read_their_query_and_limits():
+    route = MINIMAL_ROUTE + (
+        "    analysis:\n"
+        "      prometheus: {url: 'http://prometheus:9090/'}\n"
+        "      metrics:\n"
+        "        - name: gpu_memory\n"
+        '          query: \'avg(gpu{route="{{route}}", v="{{ variant }}", i=~"{{host}}:.*"})\'\n'
+        "          max_ratio: 1.2\n"
+        "          min: 0\n"
+        "        - {name: quality, query: 'q[{{window}}]', max_decrease: 0.05, max: 1}\n"
+    )
+    analysis = parse_config("routes:\n" + route).routes[0].analysis
+    assert analysis is not None
+    assert analysis.prometheus == PrometheusSource("http://prometheus:9090")
+    assert analysis.metrics == (
+        MetricCheck(
+            "gpu_memory",
+            'avg(gpu{route="{{route}}", v="{{ variant }}", i=~"{{host}}:.*"})',
+            ((Comparison.MAX_RATIO, 1.2), (Comparison.MIN, 0.0)),
+        ),
+        MetricCheck(
+            "quality", "q[{{window}}]", ((Comparison.MAX_DECREASE, 0.05), (Comparison.MAX, 1.0))
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("analysis", "expected"),
+    [
+        (
+            "{metrics: [{name: m, query: up, max: 1}]}",
+            "test.yaml:7: routes[0].analysis.metrics: needs analysis.prometheus",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}}",
+            "test.yaml:7: routes[0].analysis.prometheus: no analysis.metrics to run",
+        ),
+        (
+            "{prometheus: {url: 'http://u:secret@p:1'}, metrics: [{name: m, query: up, max: 1}]}",
+            "test.yaml:7: routes[0].analysis.prometheus.url: no password in the URL: use token_env",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, metrics: [{name: m, query: up}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0]: needs one of max_increase, "
+            "max_decrease, max_ratio, min_ratio, max, min",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, "
+            "metrics: [{name: m, query: 'x{a=\"{{model}}\"}', max: 1}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0].query: unknown placeholder {{model}}: "
+            "expected {{route}}, {{variant}}, {{host}}, {{window}}",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, metrics: [{name: m, query: up, max_ratio: 0}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0].max_ratio: must be above 0",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, metrics: [{name: m, query: up, max_increase: -1}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0].max_increase: "
+            "expected a number of at least 0, got -1",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, metrics: [{name: m, query: up, min: 2, max: 1}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0].min: must not be above max",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, "
+            "metrics: [{name: m, query: up, min_ratio: 2, max_ratio: 1.5}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0].min_ratio: must not be above max_ratio",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, "
+            "metrics: [{name: m, query: up, max: 1}, {name: m, query: up, min: 0}]}",
+            "test.yaml:7: routes[0].analysis.metrics[1].name: 'm' is used twice",
+        ),
+        (
+            "{prometheus: {url: 'http://p:1'}, metrics: [{name: 'a b', query: up, max: 1}]}",
+            "test.yaml:7: routes[0].analysis.metrics[0].name: "
+            "expected letters, digits and _ . : - (at most 64)",
+        ),
+    ],
+)
+def test_metric_check_errors_name_the_field(analysis: str, expected: str):
+    (found,) = errors("routes:\n" + MINIMAL_ROUTE + f"    analysis: {analysis}\n")
+    assert found == expected
+
+
 def test_promotion_needs_an_analysis_and_a_duration():
     analysed = MINIMAL_ROUTE + "    analysis: {}\n"
     route = parse_config(
@@ -414,7 +504,8 @@ routes:
                 max_latency_ratio: 2, latency_quantile: 0.9, latency: ttfb, confidence: 0.9,
                 failures_before_rollback: 4, on_inconclusive: continue,
                 outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome}}],
-                method: fixed}}
+                method: fixed, metrics: [{{name: gpu, query: "up", max: 1}}],
+                prometheus: {{url: "https://p:9", timeout: 1s, token_env: PT, ca_file: {ca}}}}}
     on_rollback: {{webhook: "http://h:1/x", timeout: 2s, attempts: 5}}
     fallback: never
     ejection: {{consecutive_errors: 7, base_time: 1s, max_time: 2s}}
@@ -438,6 +529,7 @@ routes:
         (config.routes[0].on_rollback, defaults.routes[0].on_rollback),
         (config.routes[0].ejection, defaults.routes[0].ejection),
         (config.routes[0].analysis.outcomes[0], OutcomeCheck("c", 0.0)),
+        (config.routes[0].analysis.prometheus, PrometheusSource("http://x:1")),
     ):
         assert read is not None and default is not None
         for field in dataclasses.fields(read):

@@ -97,3 +97,38 @@ def test_a_sample_ratio_mismatch_in_words():
         "inconclusive, the ramp held:\n  fail: sample ratio: the candidate served 150 of 1000 "
         "randomly assigned requests, 100.0 expected (p = 1.4e-07, a mismatch below 0.001)"
     )
+
+
+def test_a_metric_check_is_told_with_both_values_and_its_limit():
+    record = FAILING | {
+        "checks": [
+            {
+                "check": "metric:gpu_memory",
+                "result": "fail",
+                "threshold": 1.2,
+                "observed": 1.5,
+                "bound": 1.5,
+                "stable": {"query": "s", "value": 4.0e9, "problem": None},
+                "candidate": {"query": "c", "value": 6.0e9, "problem": None},
+                "note": "candidate / stable = 1.5 is above max_ratio 1.2",
+            },
+            {
+                "check": "metric:quality",
+                "result": "inconclusive",
+                "threshold": 0.9,
+                "observed": None,
+                "bound": None,
+                "stable": {"query": "s", "value": 0.93, "problem": None},
+                "candidate": {"query": "c", "value": None, "problem": "no data"},
+                "note": "no candidate value (no data)",
+            },
+        ]
+    }
+    assert explain(record) == "\n".join(
+        [
+            "fail, rolled back (3 of 3 failures in a row):",
+            "  fail: gpu_memory: candidate 6e+09, stable 4e+09; "
+            "candidate / stable = 1.5 is above max_ratio 1.2",
+            "  inconclusive: quality: candidate ?, stable 0.93; no candidate value (no data)",
+        ]
+    )
