@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from proxy.config.loader import parse_config
-from proxy.config.model import AnalysisMethod
+from proxy.config.model import AnalysisMethod, Comparison, MetricCheck, PrometheusSource
 from proxy.selftest import Traffic, report, seconds_to_roll_back
 
 ROUTE = parse_config(
@@ -41,3 +41,18 @@ def test_the_fixed_method_is_simulated_on_its_window():
     text = report(fixed, rate=20.0, share=0.5, runs=2, hours=0.1)
     assert text.startswith("route r: fixed analysis")
     assert "never caught" not in text.splitlines()[3]
+
+
+def test_metric_checks_are_named_as_not_simulated_and_do_not_hold_the_simulation():
+    assert ROUTE.analysis is not None
+    metrics = (
+        MetricCheck("gpu", "q", ((Comparison.MAX, 1.0),)),
+        MetricCheck("score", "q", ((Comparison.MIN, 0.5),)),
+    )
+    analysis = replace(ROUTE.analysis, prometheus=PrometheusSource("http://p:1"), metrics=metrics)
+    lines = report(replace(ROUTE, analysis=analysis), rate=20.0, share=0.5, runs=2, hours=0.1)
+    lines_without = report(ROUTE, rate=20.0, share=0.5, runs=2, hours=0.1)
+    assert lines.splitlines()[:-1] == lines_without.splitlines()
+    assert lines.splitlines()[-1] == (
+        "  not simulated: the custom metric checks (gpu, score), whose values Prometheus has"
+    )
