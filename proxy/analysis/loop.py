@@ -8,7 +8,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -85,6 +85,18 @@ def _reason(verdict: Verdict) -> str:
         bound = "?" if check.bound is None else f"{check.bound:.4g}"
         parts.append(f"{check.name} {observed} (bound {bound} > {check.threshold:g})")
     return "analysis: " + "; ".join(parts)
+
+
+def _own_ratio(pooled: Sample, own: Sample) -> Sample:
+    """The fleet's sample with this process's sample-ratio counts."""
+    return replace(
+        pooled,
+        assigned=own.assigned,
+        expected=own.expected,
+        users=own.users,
+        users_expected=own.users_expected,
+        design_effect=own.design_effect,
+    )
 
 
 class Analyzer:
@@ -243,9 +255,12 @@ class Analyzer:
                 published = await decider.latest(name) or {}
                 failures = published.get("failures", 0)
                 analysis.failures = failures if isinstance(failures, int) else 0
-            return await self.fleet.pool.samples(name, now)
+            stable, candidate = await self.fleet.pool.samples(name, now)
         except (RedisError, OSError):
             return None  # no verdict without the fleet's data; the ramp stays as it is
+        # The sample-ratio check tests the decider's own traffic (see proxy/fleet/observations).
+        own_stable, own_candidate = self.source.samples(name, now)
+        return _own_ratio(stable, own_stable), _own_ratio(candidate, own_candidate)
 
     async def _roll_back(self, name: str, verdict: Verdict, now: float) -> None:
         reason = _reason(verdict)

@@ -81,6 +81,9 @@ class Sample:
     outcomes: Mapping[str, Moments] = field(default_factory=dict)
     assigned: int = 0  # requests assigned at random (by bucket) that this variant served
     expected: float = 0.0  # how many of the randomly assigned it should have: the sum of shares
+    users: int = 0  # sampled users whose first request in the window this variant served
+    users_expected: float = 0.0  # how many of those it should have: the sum of their shares
+    design_effect: float = 1.0  # the route's requests per user, squared over plain (see users.py)
 
     def summary(self) -> dict[str, Any]:
         """Sizes and rate, for reports."""
@@ -302,36 +305,78 @@ def outcome_check(
 SAMPLE_RATIO_ALPHA = 0.001  # as GrowthBook and Eppo: a mismatch this unlikely is a fault
 
 
+def _mismatch(
+    served: tuple[int, int], expected: tuple[float, float], design_effect: float, spec: AnalysisSpec
+) -> float | None:
+    """The p-value that (stable, candidate) served `served` where `expected` were due: a
+    chi-squared test (one degree of freedom) divided by the design effect; None on too little."""
+    n = served[0] + served[1]
+    if n < spec.min_requests or min(expected) < 5.0:
+        return None
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(served, expected, strict=True))
+    return math.erfc(math.sqrt(chi2 / design_effect / 2.0))
+
+
 def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) -> Check:
-    """Did each variant serve the share of randomly assigned requests that the ramp gave it,
-    integrated over the window as the share moved? A chi-squared test (one degree of
-    freedom) at `SAMPLE_RATIO_ALPHA`."""
-    served_s, served_c = stable.assigned, candidate.assigned
-    expected_s, expected_c = stable.expected, candidate.expected
-    n = served_s + served_c
+    """Did each variant serve the share of randomly assigned requests, and of sampled users'
+    first requests, that the ramp gave it, integrated over the window as the share moved?
+
+    Two chi-squared tests. Requests: a user's requests all go one way, so their count varies
+    more than independent draws would; the statistic is divided by the design effect (Rao and
+    Scott 1981), else one heavy user would fail the test. Users: each sampled user's first
+    request in the window is one independent draw at the share of its time. The smaller p-value
+    times the number of tests made (Bonferroni) is compared with `SAMPLE_RATIO_ALPHA`."""
+    requests = _mismatch(
+        (stable.assigned, candidate.assigned),
+        (stable.expected, candidate.expected),
+        candidate.design_effect,
+        spec,
+    )
+    users = _mismatch(
+        (stable.users, candidate.users),
+        (stable.users_expected, candidate.users_expected),
+        1.0,
+        spec,
+    )
+    n = stable.assigned + candidate.assigned
 
     def seen(sample: Sample) -> dict[str, Any]:
-        return {**sample.summary(), "assigned": sample.assigned, "expected": sample.expected}
+        return {
+            **sample.summary(),
+            "assigned": sample.assigned,
+            "expected": sample.expected,
+            "users": sample.users,
+            "users_expected": sample.users_expected,
+            "design_effect": sample.design_effect,
+        }
 
     report = seen(stable), seen(candidate)
-    if n < spec.min_requests or min(expected_s, expected_c) < 5.0:
+    tested = [p for p in (requests, users) if p is not None]
+    if not tested:
         note = (
             f"fewer than {spec.min_requests} randomly assigned requests, or 5 expected of a variant"
         )
         return Check(
             "sample_ratio", Result.INCONCLUSIVE, SAMPLE_RATIO_ALPHA, None, None, *report, note
         )
-    chi2 = (served_c - expected_c) ** 2 / expected_c + (served_s - expected_s) ** 2 / expected_s
-    p_value = math.erfc(math.sqrt(chi2 / 2.0))
+    p_value = min(1.0, min(tested) * len(tested))
     failed = p_value < SAMPLE_RATIO_ALPHA
-    note = (
-        f"the candidate served {served_c} of {n} randomly assigned requests where "
-        f"{expected_c:.1f} were expected: assignment or observation is broken"
-        if failed
-        else "each variant served its share of the assigned requests"
-    )
+    if not failed:
+        note = "each variant served its share of the assigned requests"
+    elif requests is not None and requests == min(tested):
+        note = (
+            f"the candidate served {candidate.assigned} of {n} randomly assigned requests where "
+            f"{candidate.expected:.1f} were expected: assignment or observation is broken"
+        )
+    else:
+        note = (
+            f"the candidate served the first request of {candidate.users} of "
+            f"{stable.users + candidate.users} sampled users where {candidate.users_expected:.1f} "
+            "were expected: assignment or observation is broken"
+        )
     result = Result.FAIL if failed else Result.PASS
-    return Check("sample_ratio", result, SAMPLE_RATIO_ALPHA, served_c / n, p_value, *report, note)
+    observed = candidate.assigned / n if n else None
+    return Check("sample_ratio", result, SAMPLE_RATIO_ALPHA, observed, p_value, *report, note)
 
 
 def assess(

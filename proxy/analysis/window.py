@@ -1,17 +1,20 @@
 """Sliding windows of what the proxy itself forwarded: the in-process observation source.
 
 Memory is bounded whatever the traffic: a window is a ring of time slots, each holding request
-and error counts, a fixed-size latency histogram and the moments of each reported outcome (their
-names bounded by the outcomes' `max_names`).
+and error counts, a fixed-size latency histogram, the moments of each reported outcome (their
+names bounded by the outcomes' `max_names`) and the sample-ratio counts; each route has a
+bounded sample of its users (`proxy.analysis.users`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NamedTuple, Protocol
 
 from proxy.analysis.histogram import SIZE, bucket_of
+from proxy.analysis.users import UserSample
 from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
 from proxy.outcome import Outcome
@@ -23,16 +26,14 @@ _NONE = Moments()
 
 
 class Slot(NamedTuple):
-    """One time slot of a window: its number, requests, errors, latency histogram, outcomes,
-    and the randomly assigned requests served against how many were expected."""
+    """One time slot of a window, as the fleet pools it: its number, requests, errors, latency
+    histogram and outcomes. (The sample-ratio counts stay in the process: see `samples`.)"""
 
     number: int
     requests: int
     errors: int
     latency: list[int]
     outcomes: dict[str, Moments]
-    assigned: int = 0
-    expected: float = 0.0
 
 
 class Window:
@@ -50,6 +51,8 @@ class Window:
         "_outcomes",
         "_requests",
         "_slot",
+        "_users",
+        "_users_expected",
         "span",
     )
 
@@ -63,6 +66,8 @@ class Window:
         self._outcomes: list[dict[str, Moments]] = [{} for _ in range(SLOTS)]
         self._assigned = [0] * SLOTS
         self._expected = [0.0] * SLOTS
+        self._users = [0] * SLOTS
+        self._users_expected = [0.0] * SLOTS
 
     def _index(self, now: float) -> int:
         slot = int(now // self._slot)
@@ -72,17 +77,22 @@ class Window:
             self._requests[index] = self._errors[index] = 0
             self._latency[index] = [0] * SIZE
             self._outcomes[index] = {}
-            self._assigned[index] = 0
-            self._expected[index] = 0.0
+            self._assigned[index] = self._users[index] = 0
+            self._expected[index] = self._users_expected[index] = 0.0
         return index
 
-    def expect(self, now: float, share: float, served: bool) -> None:
+    def expect(self, now: float, share: float, served: bool, new_user: bool) -> None:
         """Count a request assigned at random: `share` is the chance it had of this variant,
-        `served` whether this variant served it."""
+        `served` whether this variant served it, `new_user` whether it is a sampled user's first
+        in the window."""
         index = self._index(now)
         self._expected[index] += share
         if served:
             self._assigned[index] += 1
+        if new_user:
+            self._users_expected[index] += share
+            if served:
+                self._users[index] += 1
 
     def add_outcome(self, now: float, name: str, value: float) -> None:
         """Count one reported outcome (its names are bounded by the caller)."""
@@ -109,8 +119,6 @@ class Window:
                 self._errors[i],
                 self._latency[i],
                 self._outcomes[i],
-                self._assigned[i],
-                self._expected[i],
             )
             for i in range(SLOTS)
             if newest - SLOTS < self._ids[i] <= newest
@@ -135,6 +143,8 @@ class Window:
             outcomes,
             sum(self._assigned[i] for i in live),
             sum(self._expected[i] for i in live),
+            sum(self._users[i] for i in live),
+            sum(self._users_expected[i] for i in live),
         )
 
 
@@ -153,6 +163,7 @@ class LocalObservations:
         """`spans`: the analysis window (seconds) of each analysed route, `math.inf` for one
         that counts everything since its rollout began; `identities`: each route's rollout."""
         self.windows: dict[str, dict[str, Window]] = {}
+        self.users: dict[str, UserSample] = {}
         self._identities: dict[str, str] = {}
         self.update(spans, identities)
 
@@ -167,12 +178,17 @@ class LocalObservations:
                 route in self.windows and self.windows[route]["stable"].span == span
             ) and same_rollout
 
+        fresh = {route for route, span in spans.items() if not kept(route, span)}
         self.windows = {
             route: (
-                self.windows[route]
-                if kept(route, span)
-                else {"stable": Window(span), "candidate": Window(span)}
+                {"stable": Window(span), "candidate": Window(span)}
+                if route in fresh
+                else self.windows[route]
             )
+            for route, span in spans.items()
+        }
+        self.users = {
+            route: UserSample(span) if route in fresh else self.users[route]
             for route, span in spans.items()
         }
         self._identities = dict(identities)
@@ -184,7 +200,11 @@ class LocalObservations:
 
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]
-        return windows["stable"].sample(now), windows["candidate"].sample(now)
+        effect = self.users[route].design_effect(now)
+        return (
+            replace(windows["stable"].sample(now), design_effect=effect),
+            replace(windows["candidate"].sample(now), design_effect=effect),
+        )
 
     def add_outcome(
         self, route: str, variant: Variant, name: str, value: float, now: float
@@ -220,9 +240,12 @@ class WindowRecorder:
         now = outcome.at + outcome.duration
         decision = outcome.decision
         if decision.reason in _RANDOMIZED:
-            served = outcome.variant
-            windows[Variant.STABLE].expect(now, 1.0 - decision.share, served is Variant.STABLE)
-            windows[Variant.CANDIDATE].expect(now, decision.share, served is Variant.CANDIDATE)
+            served, share = outcome.variant, decision.share
+            new = decision.key is not None and self._observations.users[outcome.route].see(
+                decision.key, now
+            )
+            windows[Variant.STABLE].expect(now, 1.0 - share, served is Variant.STABLE, new)
+            windows[Variant.CANDIDATE].expect(now, share, served is Variant.CANDIDATE, new)
         if outcome.candidate_failed:
             windows[Variant.CANDIDATE].add(now, True, None)
         latency = None

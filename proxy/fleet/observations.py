@@ -11,8 +11,9 @@ Invariants
   divided by the slot's length, the same in every replica), in one hash each, which expires
   once the slot has left every window: memory in Redis is bounded by the number of routes (and
   of outcome names, bounded per route). Reported outcomes add their count, sum and sum of
-  squares per name (`o:n:`, `o:s:`, `o:q:` fields), and the randomly assigned requests the
-  variant served (`a`) against the sum of their shares (`x`), for the sample-ratio check.
+  squares per name (`o:n:`, `o:s:`, `o:q:` fields). The sample-ratio counts are not pooled:
+  the decider tests its own traffic (a user's requests spread over replicas would count once
+  per replica, and the test needs each user once).
 - A route's keys carry the hash tag `{route}`: on a Redis Cluster they stay on one node.
 """
 
@@ -29,9 +30,9 @@ from proxy.analysis.window import SLOTS, LocalObservations
 FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
 KEEP_TOTALS = 30 * 86400  # seconds the counts since a rollout began are kept after a flush
 
-# requests, errors, latency histogram, outcomes' moments by name, assigned, expected
-_Counts = tuple[int, int, tuple[int, ...], dict[str, Moments], int, float]
-_NOTHING: _Counts = (0, 0, (0,) * SIZE, {}, 0, 0.0)
+# requests, errors, latency histogram, outcomes' moments by name
+_Counts = tuple[int, int, tuple[int, ...], dict[str, Moments]]
+_NOTHING: _Counts = (0, 0, (0,) * SIZE, {})
 
 
 class PooledObservations:
@@ -70,18 +71,12 @@ class PooledObservations:
                         slot.errors,
                         tuple(slot.latency),
                         dict(slot.outcomes),
-                        slot.assigned,
-                        slot.expected,
                     )
                     sent = self._sent.get(where, _NOTHING)
                     if counts == sent:
                         continue
                     key = self.key(route, window.span, variant, slot.number)
-                    fields = {
-                        "r": slot.requests - sent[0],
-                        "e": slot.errors - sent[1],
-                        "a": slot.assigned - sent[4],
-                    }
+                    fields = {"r": slot.requests - sent[0], "e": slot.errors - sent[1]}
                     fields.update(
                         {
                             str(b): n - sent[2][b]
@@ -92,8 +87,6 @@ class PooledObservations:
                     for field, amount in fields.items():
                         if amount:
                             pipe.hincrby(key, field, amount)
-                    if slot.expected != sent[5]:
-                        pipe.hincrbyfloat(key, "x", slot.expected - sent[5])
                     for name, moments in slot.outcomes.items():
                         before = sent[3].get(name, Moments())
                         if moments == before:
@@ -124,8 +117,7 @@ class PooledObservations:
 
 
 def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
-    requests = errors = assigned = 0
-    expected = 0.0
+    requests = errors = 0
     latency = [0] * SIZE
     parts: dict[str, list[float]] = {}  # name -> [count, total, squares]
     for fields in hashes:
@@ -134,10 +126,6 @@ def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
                 requests += int(value)
             elif field == b"e":
                 errors += int(value)
-            elif field == b"a":
-                assigned += int(value)
-            elif field == b"x":
-                expected += float(value)
             elif field.startswith(b"o:"):
                 part, name = _PARTS.get(field[2:4], 0), field[4:].decode()
                 parts.setdefault(name, [0.0, 0.0, 0.0])[part] += float(value)
@@ -146,7 +134,7 @@ def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
     outcomes = {
         name: Moments(int(n), total, squares) for name, (n, total, squares) in parts.items()
     }
-    return Sample(requests, errors, tuple(latency), outcomes, assigned, expected)
+    return Sample(requests, errors, tuple(latency), outcomes)
 
 
 _PARTS = {b"n:": 0, b"s:": 1, b"q:": 2}

@@ -590,14 +590,17 @@ def test_moments_add_up_field_by_field():
 def test_random_assignments_are_counted_per_slot_and_reset_with_it():
     window = Window(span=60.0)  # 5 s slots
     assert window.sample(1000.0).assigned == 0 and window.sample(1000.0).expected == 0.0
-    window.expect(1000.0, 0.25, True)
-    window.expect(1001.0, 0.25, False)
-    window.expect(1005.0, 0.5, True)
-    sample = window.sample(1005.0)
-    assert (sample.assigned, sample.expected) == (2, 1.0)
-    assert [(s.assigned, s.expected) for s in sorted(window.slots(1005.0))] == [(1, 0.5), (1, 0.5)]
-    window.expect(1060.0, 0.1, False)  # slot 212 reuses slot 200's place: its counts are gone
-    assert [(s.assigned, s.expected) for s in sorted(window.slots(1060.0))] == [(1, 0.5), (0, 0.1)]
+    window.expect(1000.0, 0.25, True, True)
+    window.expect(1001.0, 0.25, False, False)
+    window.expect(1005.0, 0.5, True, True)
+    window.expect(1006.0, 0.5, False, True)
+    sample = window.sample(1006.0)
+    assert (sample.assigned, sample.expected) == (2, 1.5)
+    assert (sample.users, sample.users_expected) == (2, 1.25)
+    window.expect(1060.0, 0.1, False, True)  # slot 212 reuses slot 200's place: its counts are gone
+    sample = window.sample(1060.0)
+    assert (sample.assigned, sample.expected) == pytest.approx((1, 1.1))
+    assert (sample.users, sample.users_expected) == pytest.approx((1, 1.1))
 
 
 def test_the_recorder_counts_random_assignments_for_both_variants():
@@ -608,9 +611,14 @@ def test_the_recorder_counts_random_assignments_for_both_variants():
     pinned = Decision(Variant.CANDIDATE, Reason.PINNED, 0.3, "staff", None, "s")
     recorder.record(Outcome(1000.0, "r", "GET", share, Variant.STABLE, 200, duration=0.01))
     recorder.record(Outcome(1000.0, "r", "GET", pinned, Variant.CANDIDATE, 200, duration=0.01))
-    stable, candidate = observations.samples("r", 1001.0)
-    assert stable.assigned == 1 and stable.expected == pytest.approx(0.7)
-    assert candidate.assigned == 0 and candidate.expected == pytest.approx(0.3)
+    recorder.record(Outcome(1001.0, "r", "GET", share, Variant.STABLE, 200, duration=0.01))
+    stable, candidate = observations.samples("r", 1002.0)
+    assert stable.assigned == 2 and stable.expected == pytest.approx(1.4)
+    assert candidate.assigned == 0 and candidate.expected == pytest.approx(0.6)
+    # the user's second request is not a new user; two requests from one user: 4 / 2
+    assert (stable.users, stable.users_expected) == pytest.approx((1, 0.7))
+    assert (candidate.users, candidate.users_expected) == pytest.approx((0, 0.3))
+    assert stable.design_effect == candidate.design_effect == 2.0
     assert observations.generation("r") == hashlib.blake2b(b"identity", digest_size=6).hexdigest()
     assert observations.generation("other") == hashlib.blake2b(b"", digest_size=6).hexdigest()
 
@@ -618,6 +626,6 @@ def test_the_recorder_counts_random_assignments_for_both_variants():
 def test_a_fresh_window_has_assigned_nothing_even_at_the_start_of_time():
     window = Window(span=60.0)
     assert (window.sample(0.0).assigned, window.sample(0.0).expected) == (0, 0.0)
-    window.expect(0.0, 0.5, True)
-    window.expect(0.0, 0.5, True)
-    assert window.sample(0.0).assigned == 2
+    window.expect(0.0, 0.5, True, True)
+    window.expect(0.0, 0.5, True, False)
+    assert (window.sample(0.0).assigned, window.sample(0.0).users) == (2, 1)

@@ -44,6 +44,10 @@ def test_a_vector_of_one_series_or_a_scalar_is_a_value():
             "not a finite number: None",
         ),
         (
+            {"status": "success", "data": {"resultType": "vector", "result": [[1.0, "2"]]}},
+            "not a finite number: None",
+        ),
+        (
             {"status": "error", "errorType": "bad_data", "error": "parse error at char 4"},
             "bad_data: parse error at char 4",
         ),
