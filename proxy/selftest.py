@@ -23,11 +23,13 @@ MEDIAN = 0.05  # seconds: the latency's median (log-normal, sigma 0.5)
 
 @dataclass(frozen=True, slots=True)
 class Traffic:
-    """One variant's simulated requests: how many a second, how many fail, how slow."""
+    """One variant's simulated requests: how many a second, how many fail and how slow from
+    `onset` seconds into the rollout on (before it, as many as stable, as fast)."""
 
     rate: float
     error_rate: float = ERROR_RATE
     slowdown: float = 1.0
+    onset: float = 0.0
 
 
 def seconds_to_roll_back(
@@ -46,9 +48,12 @@ def seconds_to_roll_back(
             wanted = traffic.rate * spec.interval + carry[side]
             n = int(wanted)
             carry[side] = wanted - n
+            changed = start >= traffic.onset
+            error_rate = traffic.error_rate if changed else ERROR_RATE
+            slowdown = traffic.slowdown if changed else 1.0
             for i in range(n):
-                failed = rng.random() < traffic.error_rate
-                latency = traffic.slowdown * rng.lognormvariate(math.log(MEDIAN), 0.5)
+                failed = rng.random() < error_rate
+                latency = slowdown * rng.lognormvariate(math.log(MEDIAN), 0.5)
                 window.add(start + spec.interval * i / n, failed, None if failed else latency)
         now = start + spec.interval
         verdict = assess(windows[0].sample(now), windows[1].sample(now), spec, now)
@@ -93,7 +98,17 @@ def report(
     )
     low, high = wilson(false, runs, 1.96)
     errors = Traffic(rate * share, error_rate=ERROR_RATE + 0.05)
-    slower = Traffic(rate * share, slowdown=2.0)
+    onset = horizon / 2
+    late = Traffic(rate * share, error_rate=ERROR_RATE + 0.05, onset=onset)
+
+    def delays(candidate: Traffic) -> str:
+        found = [
+            seconds_to_roll_back(spec, stable, candidate, horizon, seed + run)
+            for run in range(runs)
+        ]
+        since = [None if t is None else t - candidate.onset for t in found]
+        return _delays(since, horizon - candidate.onset)
+
     lines = [
         f"route {route.name}: {spec.method.value} analysis every {spec.interval:g}s, "
         f"min_requests {spec.min_requests}, confidence {spec.confidence:.0%}, "
@@ -102,22 +117,9 @@ def report(
         f"median latency {MEDIAN * 1000:.0f} ms; {runs} seeded runs each",
         f"  equal candidates (A/A): {false} of {runs} rolled back within {_duration(horizon)}: "
         f"{false / runs:.1%} (95 % interval {low:.1%} to {high:.1%})",
-        "  +5 points of errors: "
-        + _delays(
-            [
-                seconds_to_roll_back(spec, stable, errors, horizon, seed + run)
-                for run in range(runs)
-            ],
-            horizon,
-        ),
-        "  2x slower: "
-        + _delays(
-            [
-                seconds_to_roll_back(spec, stable, slower, horizon, seed + run)
-                for run in range(runs)
-            ],
-            horizon,
-        ),
+        "  +5 points of errors: " + delays(errors),
+        "  2x slower: " + delays(Traffic(rate * share, slowdown=2.0)),
+        f"  +5 points of errors from {_duration(onset)} in (times since then): " + delays(late),
     ]
     if spec.metrics:
         names = ", ".join(metric.name for metric in spec.metrics)

@@ -127,6 +127,15 @@ async def test_replicas_that_each_see_too_little_roll_back_together_with_one_web
         assert len(deciders) == 1 and None not in deciders
         assert sum(view["this_replica_decides"] for view in views) == 1
         assert all(view["last_verdict"]["result"] == "fail" for view in views)
+        # The error rate is judged on the fleet's requests, the sample ratio on the decider's own
+        # (a user's requests spread over replicas must not count once per replica; the verdict
+        # may have come before the last requests, hence at most).
+        (decider,) = [view for view in views if view["this_replica_decides"]]
+        checks = {c["check"]: c for c in decider["last_verdict"]["checks"]}
+        pooled = sum(checks["error_rate"][v]["requests"] for v in ("stable", "candidate"))
+        own = sum(sum(counts.values()) for counts in decider["requests"].values())
+        ratio = checks["sample_ratio"]
+        assert 0 < ratio["stable"]["assigned"] + ratio["candidate"]["assigned"] <= own < pooled
         assert received[0]["route"] == "models"
         assert all(r.logged("ERROR") == [] for r in fleet)
 

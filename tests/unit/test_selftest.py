@@ -33,6 +33,20 @@ def test_a_bad_candidate_is_caught_and_the_figures_are_reproducible():
     assert lines[2].startswith("  equal candidates (A/A): 0 of 4 rolled back within 15.0m")
     assert lines[3].startswith("  +5 points of errors: rolled back in median ")
     assert lines[4].startswith("  2x slower: rolled back in median ")
+    assert lines[5].startswith(
+        "  +5 points of errors from 7.5m in (times since then): rolled back in median "
+    )
+
+
+def test_a_late_change_is_simulated_from_its_onset_and_timed_from_it():
+    spec = ROUTE.analysis
+    assert spec is not None
+    stable = Traffic(40.0)
+    late = Traffic(40.0, error_rate=0.5, onset=600.0)
+    caught = seconds_to_roll_back(spec, stable, late, 3600.0, seed=1)
+    assert caught is not None and 600.0 < caught < 1200.0
+    before = Traffic(40.0, error_rate=0.5, onset=3600.0)  # never within the horizon
+    assert seconds_to_roll_back(spec, stable, before, 3600.0, seed=1) is None
 
 
 def test_the_fixed_method_is_simulated_on_its_window():
