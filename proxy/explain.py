@@ -31,7 +31,10 @@ def _seconds(value: float | None) -> str:
 
 
 def _sizes(check: dict[str, Any]) -> str:
-    return f"after {check['candidate']['requests']} and {check['stable']['requests']} requests"
+    sizes = f"after {check['candidate']['requests']} and {check['stable']['requests']} requests"
+    if check.get("scope") == "recent":
+        sizes += " of the current epoch (a change the counts since the start would dilute)"
+    return sizes
 
 
 def _compared(check: dict[str, Any], said: str, bound: str, what: str, allowed: str) -> str:

@@ -8,11 +8,14 @@ Seeded: the same arguments print the same figures.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from proxy.analysis.epochs import Epochs
 from proxy.analysis.verdict import Result, assess, wilson
 from proxy.analysis.window import Window
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Route
@@ -40,6 +43,7 @@ def seconds_to_roll_back(
     rng = random.Random(seed)
     span = math.inf if spec.method is AnalysisMethod.SEQUENTIAL else spec.window
     windows = (Window(span), Window(span))
+    epochs = Epochs() if spec.method is AnalysisMethod.SEQUENTIAL else None
     carry = [0.0, 0.0]
     failures = 0
     for index in range(int(horizon // spec.interval)):
@@ -53,10 +57,14 @@ def seconds_to_roll_back(
             slowdown = traffic.slowdown if changed else 1.0
             for i in range(n):
                 failed = rng.random() < error_rate
-                latency = slowdown * rng.lognormvariate(math.log(MEDIAN), 0.5)
+                latency = slowdown * MEDIAN * math.exp(0.5 * rng.gauss())  # log-normal
                 window.add(start + spec.interval * i / n, failed, None if failed else latency)
         now = start + spec.interval
-        verdict = assess(windows[0].sample(now), windows[1].sample(now), spec, now)
+        stable_sample, candidate_sample = windows[0].sample(now), windows[1].sample(now)
+        recent = None
+        if epochs is not None:
+            recent = epochs.recent(stable_sample, candidate_sample, spec.min_requests)
+        verdict = assess(stable_sample, candidate_sample, spec, now, recent=recent)
         failures = failures + 1 if verdict.result is Result.FAIL else 0
         if failures >= spec.failures_before_rollback:
             return now
@@ -84,29 +92,40 @@ def _delays(found: list[float | None], horizon: float) -> str:
 
 
 def report(
-    route: Route, *, rate: float, share: float, runs: int, hours: float, seed: int = 0
+    route: Route,
+    *,
+    rate: float,
+    share: float,
+    runs: int,
+    hours: float,
+    seed: int = 0,
+    workers: int | None = None,
 ) -> str:
-    """The figures for one route's analysis (it must have one)."""
+    """The figures for one route's analysis (it must have one), simulated in `workers`
+    processes (default: one a core; 1: in this one)."""
     spec = route.analysis
     assert spec is not None
     horizon = hours * 3600.0
     stable = Traffic(rate * (1.0 - share))
-    equal = Traffic(rate * share)
-    false = sum(
-        seconds_to_roll_back(spec, stable, equal, horizon, seed + run) is not None
-        for run in range(runs)
-    )
-    low, high = wilson(false, runs, 1.96)
-    errors = Traffic(rate * share, error_rate=ERROR_RATE + 0.05)
     onset = horizon / 2
-    late = Traffic(rate * share, error_rate=ERROR_RATE + 0.05, onset=onset)
+    scenarios = (
+        Traffic(rate * share),  # equal (A/A)
+        Traffic(rate * share, error_rate=ERROR_RATE + 0.05),
+        Traffic(rate * share, slowdown=2.0),
+        Traffic(rate * share, error_rate=ERROR_RATE + 0.05, onset=onset),
+    )
+    tasks = [(spec, stable, c, horizon, seed + run) for c in scenarios for run in range(runs)]
+    if workers == 1:
+        found = list(itertools.starmap(seconds_to_roll_back, tasks))
+    else:  # (seeded per run: the same figures however many processes share them)
+        with ProcessPoolExecutor(workers) as pool:
+            found = list(pool.map(seconds_to_roll_back, *zip(*tasks, strict=True)))
+    per = {c: found[i * runs : (i + 1) * runs] for i, c in enumerate(scenarios)}
+    false = sum(t is not None for t in per[scenarios[0]])
+    low, high = wilson(false, runs, 1.96)
 
     def delays(candidate: Traffic) -> str:
-        found = [
-            seconds_to_roll_back(spec, stable, candidate, horizon, seed + run)
-            for run in range(runs)
-        ]
-        since = [None if t is None else t - candidate.onset for t in found]
+        since = [None if t is None else t - candidate.onset for t in per[candidate]]
         return _delays(since, horizon - candidate.onset)
 
     lines = [
@@ -117,9 +136,10 @@ def report(
         f"median latency {MEDIAN * 1000:.0f} ms; {runs} seeded runs each",
         f"  equal candidates (A/A): {false} of {runs} rolled back within {_duration(horizon)}: "
         f"{false / runs:.1%} (95 % interval {low:.1%} to {high:.1%})",
-        "  +5 points of errors: " + delays(errors),
-        "  2x slower: " + delays(Traffic(rate * share, slowdown=2.0)),
-        f"  +5 points of errors from {_duration(onset)} in (times since then): " + delays(late),
+        "  +5 points of errors: " + delays(scenarios[1]),
+        "  2x slower: " + delays(scenarios[2]),
+        f"  +5 points of errors from {_duration(onset)} in (times since then): "
+        + delays(scenarios[3]),
     ]
     if spec.metrics:
         names = ", ".join(metric.name for metric in spec.metrics)

@@ -13,10 +13,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from proxy.analysis.epochs import Epochs
 from proxy.analysis.prometheus import MetricQueries, hostname
 from proxy.analysis.verdict import Result, Sample, Verdict, assess
 from proxy.analysis.window import ObservationSource
-from proxy.config.model import AnalysisSpec, Inconclusive, Route, Variant
+from proxy.config.model import AnalysisMethod, AnalysisSpec, Inconclusive, Route, Variant
 from proxy.fleet.connection import cancel_and_wait
 from proxy.fleet.member import FleetMember
 from proxy.metrics import Recorder
@@ -37,6 +38,7 @@ class RouteAnalysis:
     spec: AnalysisSpec
     promote_after: float | None = None  # `promote.after`, if the route promotes on its own
     hosts: dict[Variant, str] = field(default_factory=dict)  # upstream host names, for metrics
+    epochs: Epochs = field(default_factory=Epochs)  # of the counts since the start (sequential)
     last: Verdict | None = None
     failures: int = 0
     published: dict[str, Any] | None = None
@@ -83,7 +85,8 @@ def _reason(verdict: Verdict) -> str:
             continue
         observed = "?" if check.observed is None else f"{check.observed:.4g}"
         bound = "?" if check.bound is None else f"{check.bound:.4g}"
-        parts.append(f"{check.name} {observed} (bound {bound} > {check.threshold:g})")
+        epoch = " in the current epoch" if check.scope == "recent" else ""
+        parts.append(f"{check.name} {observed} (bound {bound} > {check.threshold:g}){epoch}")
     return "analysis: " + "; ".join(parts)
 
 
@@ -195,7 +198,10 @@ class Analyzer:
                 return None
             stable, candidate = pooled
         metrics = await self.queries.checks(name, spec, analysis.hosts, now)
-        verdict = assess(stable, candidate, spec, now, metrics)
+        recent = None
+        if spec.method is AnalysisMethod.SEQUENTIAL:
+            recent = analysis.epochs.recent(stable, candidate, spec.min_requests)
+        verdict = assess(stable, candidate, spec, now, metrics=metrics, recent=recent)
         analysis.last = verdict
         analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
         if self.fleet is not None:

@@ -30,8 +30,9 @@ variant has fewer than `min_requests` in the window (requests, or reports with `
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
@@ -69,6 +70,14 @@ class Moments:
             self.count + other.count, self.total + other.total, self.squares + other.squares
         )
 
+    def __sub__(self, other: Moments) -> Moments:
+        return Moments(
+            self.count - other.count, self.total - other.total, self.squares - other.squares
+        )
+
+
+_NO_MOMENTS = Moments()
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -84,6 +93,18 @@ class Sample:
     users: int = 0  # sampled users whose first request in the window this variant served
     users_expected: float = 0.0  # how many of those it should have: the sum of their shares
     design_effect: float = 1.0  # the route's requests per user, squared over plain (see users.py)
+
+    def __sub__(self, earlier: Sample) -> Sample:
+        """What was observed since `earlier` (a sample of the same counts, taken before): the
+        requests, errors, latencies and outcomes; the sample-ratio counts are not carried."""
+        outcomes = {
+            name: moments - earlier.outcomes.get(name, _NO_MOMENTS)
+            for name, moments in self.outcomes.items()
+        }
+        latency = tuple(map(operator.sub, self.latency, earlier.latency))
+        return Sample(
+            self.requests - earlier.requests, self.errors - earlier.errors, latency, outcomes
+        )
 
     def summary(self) -> dict[str, Any]:
         """Sizes and rate, for reports."""
@@ -111,6 +132,7 @@ class Check:
     stable: dict[str, Any]
     candidate: dict[str, Any]
     note: str
+    scope: str = "window"  # sequential: "total" (since the start) or "recent" (the epoch)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -123,6 +145,7 @@ class Check:
             "stable": self.stable,
             "candidate": self.candidate,
             "note": self.note,
+            "scope": self.scope,
         }
 
 
@@ -186,8 +209,12 @@ def _too_few(name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Samp
     )
 
 
-def error_rate_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float) -> Check:
-    """Is the candidate's error rate higher than stable's by more than the allowed increase?"""
+def error_rate_check(
+    stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float, *, alpha: float | None = None
+) -> Check:
+    """Is the candidate's error rate higher than stable's by more than the allowed increase?
+    (`z` for the fixed method's bound; `alpha`, by default `1 - confidence`, for the
+    sequential one's.)"""
     threshold = spec.max_error_rate_increase
     if min(stable.requests, candidate.requests) < spec.min_requests:
         return _too_few("error_rate", spec, threshold, stable, candidate)
@@ -197,7 +224,7 @@ def error_rate_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: f
             (candidate.errors, candidate.requests),
             (stable.errors, stable.requests),
             n0=spec.min_requests,
-            alpha=1.0 - spec.confidence,
+            alpha=1.0 - spec.confidence if alpha is None else alpha,
         )
     else:
         bound = difference_lower_bound(
@@ -218,7 +245,9 @@ def error_rate_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: f
     )
 
 
-def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float) -> Check:
+def latency_check(
+    stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float, *, alpha: float | None = None
+) -> Check:
     """Is the candidate's latency quantile more than `max_latency_ratio` times stable's?"""
     threshold = spec.max_latency_ratio
     q = spec.latency_quantile
@@ -227,7 +256,11 @@ def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: floa
     stable_q, candidate_q = quantile(stable.latency, q), quantile(candidate.latency, q)
     if spec.method is AnalysisMethod.SEQUENTIAL:
         bound = quantile_ratio_bound(
-            candidate.latency, stable.latency, q=q, n0=spec.min_requests, alpha=1 - spec.confidence
+            candidate.latency,
+            stable.latency,
+            q=q,
+            n0=spec.min_requests,
+            alpha=1.0 - spec.confidence if alpha is None else alpha,
         )
     else:
         candidate_low, _ = quantile_bounds(candidate.latency, q, z)
@@ -248,7 +281,13 @@ def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, z: floa
 
 
 def outcome_check(
-    stable: Sample, candidate: Sample, check: OutcomeCheck, spec: AnalysisSpec, z: float
+    stable: Sample,
+    candidate: Sample,
+    check: OutcomeCheck,
+    spec: AnalysisSpec,
+    z: float,
+    *,
+    alpha: float | None = None,
 ) -> Check:
     """Has the candidate's mean of outcome `check.name` fallen below stable's by more than
     `max_decrease` (of stable's mean, if `relative`)?"""
@@ -285,7 +324,7 @@ def outcome_check(
             Estimate(mean_s, var_s, ns),
             Estimate(mean_c, var_c, nc),
             n0=spec.min_requests,
-            alpha=1.0 - spec.confidence,
+            alpha=1.0 - spec.confidence if alpha is None else alpha,
             relative=check.relative,
         )
     else:
@@ -379,24 +418,57 @@ def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) ->
     return Check("sample_ratio", result, SAMPLE_RATIO_ALPHA, observed, p_value, *report, note)
 
 
+TOTAL_SHARE = 0.5  # of `1 - confidence`, spent on the counts since the start; the rest on epochs
+
+
 def assess(
     stable: Sample,
     candidate: Sample,
     spec: AnalysisSpec,
     at: float,
+    *,
     metrics: Sequence[Check] = (),
+    recent: tuple[Sample, Sample, int] | None = None,
 ) -> Verdict:
     """The verdict of one analysis round, with the custom metric checks already made
     (`proxy.analysis.metric_check`). A sample-ratio mismatch makes every other check
     untrustworthy: the verdict is then inconclusive whatever they say (it holds the ramp and
-    never rolls back); a sample-ratio check without enough data changes nothing."""
+    never rolls back); a sample-ratio check without enough data changes nothing.
+
+    With `method: sequential`, each check is made on the counts since the rollout began at
+    `TOTAL_SHARE` of the error rate and, given `recent` (stable's and the candidate's counts in
+    the current epoch, and its number k from 1: see `proxy.analysis.epochs`), again on the
+    epoch's counts at the rest divided by k(k + 1), so that over all epochs the rates add up to
+    at most `1 - confidence`. The epoch's check counts only when it fails (a change that the
+    counts since the start dilute); its passing or thin data never hide the total's verdict."""
     z = NormalDist().inv_cdf(spec.confidence)
-    checks = (
-        error_rate_check(stable, candidate, spec, z),
-        latency_check(stable, candidate, spec, z),
-        *(outcome_check(stable, candidate, check, spec, z) for check in spec.outcomes),
-        *metrics,
-    )
+
+    def checks_on(s: Sample, c: Sample, alpha: float | None) -> tuple[Check, ...]:
+        return (
+            error_rate_check(s, c, spec, z, alpha=alpha),
+            latency_check(s, c, spec, z, alpha=alpha),
+            *(outcome_check(s, c, check, spec, z, alpha=alpha) for check in spec.outcomes),
+        )
+
+    if spec.method is AnalysisMethod.FIXED:
+        judged = checks_on(stable, candidate, None)
+    else:
+        alpha = 1.0 - spec.confidence
+        judged = tuple(
+            replace(c, scope="total") for c in checks_on(stable, candidate, alpha * TOTAL_SHARE)
+        )
+        if recent is not None:
+            recent_stable, recent_candidate, k = recent
+            spent = alpha * (1.0 - TOTAL_SHARE) / (k * (k + 1))
+            judged = tuple(
+                replace(late, scope="recent")
+                if late.result is Result.FAIL and total.result is not Result.FAIL
+                else total
+                for total, late in zip(
+                    judged, checks_on(recent_stable, recent_candidate, spent), strict=True
+                )
+            )
+    checks = (*judged, *metrics)
     results = {c.result for c in checks}
     if stable.assigned + candidate.assigned:  # (no request assigned at random: nothing to test)
         ratio = sample_ratio_check(stable, candidate, spec)

@@ -128,18 +128,19 @@ class Window:
         """Everything observed in the window ending at `now`."""
         newest = int(now // self._slot)
         live = [i for i in range(SLOTS) if newest - SLOTS < self._ids[i] <= newest]
-        latency = [0] * SIZE
+        histograms = [self._latency[i] for i in live]
+        if len(histograms) == 1:  # (a window without end has one slot)
+            latency = tuple(histograms[0])
+        else:
+            latency = tuple(map(sum, zip(*histograms, strict=True)))
         outcomes: dict[str, Moments] = {}
         for i in live:
-            for bucket, count in enumerate(self._latency[i]):
-                if count:
-                    latency[bucket] += count
             for name, moments in self._outcomes[i].items():
                 outcomes[name] = outcomes.get(name, _NONE) + moments
         return Sample(
             sum(self._requests[i] for i in live),
             sum(self._errors[i] for i in live),
-            tuple(latency),
+            latency or (0,) * SIZE,
             outcomes,
             sum(self._assigned[i] for i in live),
             sum(self._expected[i] for i in live),

@@ -291,14 +291,14 @@ def test_metric_checks_join_the_verdict_and_decide_it_like_any_check():
     unsure = metric_check(metric, Reading("q", 0.5), Reading("q", None, "no data"))
     within = metric_check(metric, Reading("q", 0.5), Reading("q", 0.5))
     passing = sample(200, 0), sample(200, 0)
-    failed = assess(*passing, SPEC, 0.0, (within, over))
+    failed = assess(*passing, SPEC, 0.0, metrics=(within, over))
     assert failed.result is Result.FAIL and failed.failing == (over,)
     assert failed.checks[2:] == (within, over)
-    assert assess(*passing, SPEC, 0.0, (unsure,)).result is Result.INCONCLUSIVE
-    assert assess(*passing, SPEC, 0.0, (within,)).result is Result.PASS
+    assert assess(*passing, SPEC, 0.0, metrics=(unsure,)).result is Result.INCONCLUSIVE
+    assert assess(*passing, SPEC, 0.0, metrics=(within,)).result is Result.PASS
     mismatched = replace(passing[1], assigned=300, expected=150.0)
     skewed = replace(passing[0], assigned=0, expected=150.0)
-    held = assess(skewed, mismatched, SPEC, 0.0, (over,))
+    held = assess(skewed, mismatched, SPEC, 0.0, metrics=(over,))
     assert held.mismatched and held.result is Result.INCONCLUSIVE
 
 
@@ -325,6 +325,7 @@ def test_inconclusive_checks_report_threshold_sizes_and_why():
         "bound": None,
         **sizes,
         "note": why,
+        "scope": "window",
     }
     assert latency == {
         "check": "latency",
@@ -334,6 +335,7 @@ def test_inconclusive_checks_report_threshold_sizes_and_why():
         "bound": None,
         **sizes,
         "note": why,
+        "scope": "window",
     }
 
 
@@ -358,6 +360,7 @@ def test_error_rate_check_reports_the_difference_its_bound_and_the_outcome(
         "stable": stable.summary(),
         "candidate": candidate.summary(),
         "note": note,
+        "scope": "window",
     }
 
 
@@ -392,6 +395,7 @@ def test_latency_check_reports_the_ratio_its_bound_and_the_quantiles():
             "latency_quantile_seconds": pytest.approx(P95_AT_60MS),
         },
         "note": "candidate p95 is slower than allowed",
+        "scope": "window",
     }
 
 

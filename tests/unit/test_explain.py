@@ -132,3 +132,13 @@ def test_a_metric_check_is_told_with_both_values_and_its_limit():
             "  inconclusive: quality: candidate ?, stable 0.93; no candidate value (no data)",
         ]
     )
+
+
+def test_a_failure_found_in_the_current_epoch_says_so():
+    error = FAILING["checks"][1] | {"scope": "recent"}
+    record = FAILING | {"checks": [error]}
+    assert explain(record).splitlines()[1] == (
+        "  fail: candidate error rate 11.3 %, stable 0.9 %; the bound of the difference, "
+        "6.4 points, exceeds the allowed 1.0 points after 812 and 790 requests of the current "
+        "epoch (a change the counts since the start would dilute)"
+    )

@@ -26,8 +26,9 @@ def test_a_bad_candidate_is_caught_and_the_figures_are_reproducible():
     caught = seconds_to_roll_back(spec, stable, worse, 3600.0, seed=1)
     assert caught is not None and caught % 10 == 0  # at a verdict
     assert seconds_to_roll_back(spec, stable, Traffic(10.0), 600.0, seed=1) is None
-    text = report(ROUTE, rate=20.0, share=0.5, runs=4, hours=0.25, seed=3)
-    assert text == report(ROUTE, rate=20.0, share=0.5, runs=4, hours=0.25, seed=3)
+    text = report(ROUTE, rate=20.0, share=0.5, runs=4, hours=0.25, seed=3, workers=1)
+    # the same figures whichever process simulates which run
+    assert text == report(ROUTE, rate=20.0, share=0.5, runs=4, hours=0.25, seed=3, workers=2)
     lines = text.splitlines()
     assert lines[0].startswith("route r: sequential analysis every 10s, min_requests 100")
     assert lines[2].startswith("  equal candidates (A/A): 0 of 4 rolled back within 15.0m")
@@ -52,7 +53,7 @@ def test_a_late_change_is_simulated_from_its_onset_and_timed_from_it():
 def test_the_fixed_method_is_simulated_on_its_window():
     assert ROUTE.analysis is not None
     fixed = replace(ROUTE, analysis=replace(ROUTE.analysis, method=AnalysisMethod.FIXED))
-    text = report(fixed, rate=20.0, share=0.5, runs=2, hours=0.1)
+    text = report(fixed, rate=20.0, share=0.5, runs=2, hours=0.1, workers=1)
     assert text.startswith("route r: fixed analysis")
     assert "never caught" not in text.splitlines()[3]
 
@@ -64,8 +65,10 @@ def test_metric_checks_are_named_as_not_simulated_and_do_not_hold_the_simulation
         MetricCheck("score", "q", ((Comparison.MIN, 0.5),)),
     )
     analysis = replace(ROUTE.analysis, prometheus=PrometheusSource("http://p:1"), metrics=metrics)
-    lines = report(replace(ROUTE, analysis=analysis), rate=20.0, share=0.5, runs=2, hours=0.1)
-    lines_without = report(ROUTE, rate=20.0, share=0.5, runs=2, hours=0.1)
+    lines = report(
+        replace(ROUTE, analysis=analysis), rate=20.0, share=0.5, runs=2, hours=0.1, workers=1
+    )
+    lines_without = report(ROUTE, rate=20.0, share=0.5, runs=2, hours=0.1, workers=1)
     assert lines.splitlines()[:-1] == lines_without.splitlines()
     assert lines.splitlines()[-1] == (
         "  not simulated: the custom metric checks (gpu, score), whose values Prometheus has"

@@ -11,6 +11,7 @@ from statistics import NormalDist
 
 import pytest
 
+from proxy.analysis.epochs import Epochs
 from proxy.analysis.histogram import SIZE, bucket_of, quantile_bounds
 from proxy.analysis.sequential import (
     Estimate,
@@ -19,7 +20,7 @@ from proxy.analysis.sequential import (
     rate_increase_bound,
     z_always,
 )
-from proxy.analysis.verdict import Moments, Sample, assess, difference_lower_bound
+from proxy.analysis.verdict import Moments, Result, Sample, assess, difference_lower_bound
 from proxy.analysis.window import LocalObservations
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
 
@@ -78,50 +79,69 @@ def bernoulli_counts(rng: random.Random, n: int, p: float) -> int:
     return sum(rng.random() < p for _ in range(n))
 
 
+SEQUENTIAL = AnalysisSpec(min_requests=100, failures_before_rollback=1)
+
+
+class Sequential:
+    """The sequential analysis as built (`assess` on the counts since the start, and on their
+    epochs unless `epochs` is off) on error counts alone; rolls back at the first failure."""
+
+    def __init__(self, epochs: bool = True) -> None:
+        self.epochs = Epochs() if epochs else None
+        self.counts = [0, 0, 0, 0]  # candidate errors, requests; stable errors, requests
+
+    def fails(self, candidate_errors: int, stable_errors: int, per_second: int) -> bool:
+        c = self.counts
+        c[0] += candidate_errors
+        c[1] += per_second
+        c[2] += stable_errors
+        c[3] += per_second
+        stable, candidate = Sample(c[3], c[2], ()), Sample(c[1], c[0], ())
+        recent = None if self.epochs is None else self.epochs.recent(stable, candidate, 100)
+        verdict = assess(stable, candidate, SEQUENTIAL, 0.0, recent=recent)
+        return verdict.result is Result.FAIL
+
+
+class Fixed:
+    """The fixed method as configured by default: a 60 s sliding window, 3 failures in a row."""
+
+    def __init__(self) -> None:
+        self.window: deque[tuple[int, int]] = deque()
+        self.in_window = [0, 0]  # candidate, stable errors within the window
+        self.failures = 0
+
+    def fails(self, candidate_errors: int, stable_errors: int, per_second: int) -> bool:
+        self.window.append((candidate_errors, stable_errors))
+        self.in_window = [self.in_window[0] + candidate_errors, self.in_window[1] + stable_errors]
+        if len(self.window) > 60:
+            old = self.window.popleft()
+            self.in_window = [self.in_window[0] - old[0], self.in_window[1] - old[1]]
+        n = len(self.window) * per_second
+        if n < 100:
+            return False
+        bound = difference_lower_bound(self.in_window[0], n, self.in_window[1], n, Z_FIXED)
+        self.failures = self.failures + 1 if bound > 0.01 else 0
+        return self.failures >= 3
+
+
 def a_a_runs(runs: int, seconds: int, per_second: int, rate: float, seed: int) -> tuple[int, int]:
     """How many of `runs` equal candidates (both variants failing `rate` of requests) each
     method rolls back within `seconds`, with a verdict every second: (sequential, fixed).
-
-    The sequential method judges everything since the rollout began, and rolls back at the
-    first crossing; the fixed one judges a 60 s sliding window and needs 3 failures in a row,
-    as configured by default. Both at 95 %, allowed increase 1 point, 100 requests minimum."""
+    Both at 95 %, allowed increase 1 point, 100 requests minimum."""
     rng = random.Random(seed)
     sequential = fixed = 0
     for _ in range(runs):
-        total = [0, 0, 0, 0]  # candidate errors, requests; stable errors, requests
-        window: deque[tuple[int, int]] = deque()
-        in_window = [0, 0]  # candidate, stable errors within the window
-        failures, fixed_done, sequential_done = 0, False, False
+        methods: list[Sequential | Fixed] = [Sequential(), Fixed()]
+        done = [False, False]
         for _ in range(seconds):
-            ec, es = (
-                bernoulli_counts(rng, per_second, rate),
-                bernoulli_counts(rng, per_second, rate),
-            )
-            total[0] += ec
-            total[1] += per_second
-            total[2] += es
-            total[3] += per_second
-            window.append((ec, es))
-            in_window[0] += ec
-            in_window[1] += es
-            if len(window) > 60:
-                old_c, old_s = window.popleft()
-                in_window[0] -= old_c
-                in_window[1] -= old_s
-            n = len(window) * per_second
-            if not sequential_done and total[1] >= 100:
-                bound = rate_increase_bound(
-                    (total[0], total[1]), (total[2], total[3]), n0=100, alpha=ALPHA
-                )
-                sequential_done = bound > 0.01
-            if not fixed_done and n >= 100:
-                bound = difference_lower_bound(in_window[0], n, in_window[1], n, Z_FIXED)
-                failures = failures + 1 if bound > 0.01 else 0
-                fixed_done = failures >= 3
-            if sequential_done and fixed_done:
+            ec = bernoulli_counts(rng, per_second, rate)
+            es = bernoulli_counts(rng, per_second, rate)
+            for i, method in enumerate(methods):
+                done[i] = done[i] or method.fails(ec, es, per_second)
+            if all(done):
                 break
-        sequential += sequential_done
-        fixed += fixed_done
+        sequential += done[0]
+        fixed += done[1]
     return sequential, fixed
 
 
@@ -134,48 +154,49 @@ def test_equal_candidates_over_long_runs_stay_below_the_stated_rate_where_fixed_
     assert fixed > 0.05 * 200  # what the fixed test, looked at this often, does not keep
 
 
-def seconds_to_roll_back(seed: int, per_second: int, rates: tuple[float, float]) -> tuple[int, int]:
-    """Seconds until each method rolls back a candidate failing `rates[0]` of requests against
-    stable's `rates[1]` (verdict every second; as in `a_a_runs`)."""
+def seconds_to_roll_back(
+    seed: int, per_second: int, rates: tuple[float, float], onset: int = 0
+) -> tuple[int, int, int]:
+    """Seconds after `onset` until each method rolls back a candidate failing `rates[0]` of
+    requests (from `onset` on; stable's rate before) against stable's `rates[1]`, within two
+    hours: (sequential, sequential without epochs, fixed); 0 for not at all."""
     rng = random.Random(seed)
-    total = [0, 0, 0]
-    window: deque[tuple[int, int]] = deque()
-    in_window = [0, 0]
-    failures, found = 0, [0, 0]
-    for second in range(1, 3601):
-        ec = bernoulli_counts(rng, per_second, rates[0])
+    methods: list[Sequential | Fixed] = [Sequential(), Sequential(epochs=False), Fixed()]
+    found = [0, 0, 0]
+    for second in range(1, onset + 7201):
+        ec = bernoulli_counts(rng, per_second, rates[0] if second > onset else rates[1])
         es = bernoulli_counts(rng, per_second, rates[1])
-        total = [total[0] + ec, total[1] + es, total[2] + per_second]
-        window.append((ec, es))
-        in_window = [in_window[0] + ec, in_window[1] + es]
-        if len(window) > 60:
-            old = window.popleft()
-            in_window = [in_window[0] - old[0], in_window[1] - old[1]]
-        n = len(window) * per_second
-        if not found[0] and total[2] >= 100:
-            sequential = rate_increase_bound(
-                (total[0], total[2]), (total[1], total[2]), n0=100, alpha=ALPHA
-            )
-            found[0] = second if sequential > 0.01 else 0
-        if not found[1] and n >= 100:
-            bound = difference_lower_bound(in_window[0], n, in_window[1], n, Z_FIXED)
-            failures = failures + 1 if bound > 0.01 else 0
-            found[1] = second if failures >= 3 else 0
+        for i, method in enumerate(methods):
+            if not found[i] and method.fails(ec, es, per_second):
+                found[i] = second - onset
         if all(found):
             break
-    return found[0], found[1]
+    return found[0], found[1], found[2]
 
 
 def test_a_candidate_with_five_more_points_of_errors_is_still_caught_within_minutes():
     delays = [seconds_to_roll_back(seed, 5, (0.06, 0.01)) for seed in range(40)]
     sequential = sorted(d[0] for d in delays)
-    fixed = sorted(d[1] for d in delays)
+    fixed = sorted(d[2] for d in delays)
     print(
         f"\nseconds to roll back +5 points (median, worst of 40): sequential "
         f"{sequential[20]}, {sequential[-1]}; fixed {fixed[20]}, {fixed[-1]}"
     )
     assert all(sequential) and sequential[-1] <= 600
     assert sequential[20] >= fixed[20]  # the guarantee costs some delay
+
+
+def test_a_candidate_that_turns_bad_late_is_caught_by_the_epochs():
+    # Equal for two hours (36,000 good requests each), then 5 more points of errors.
+    delays = [seconds_to_roll_back(seed, 5, (0.06, 0.01), onset=7200) for seed in range(20)]
+    with_epochs, total_only, fixed = (sorted(d[i] or 10**9 for d in delays) for i in range(3))
+    print(
+        f"\nseconds to roll back +5 points from 2 h in (median, worst of 20): sequential "
+        f"{with_epochs[10]}, {with_epochs[-1]}; without epochs {total_only[10]}, "
+        f"{total_only[-1]}; fixed {fixed[10]}, {fixed[-1]}"
+    )
+    assert with_epochs[-1] <= 900  # within a quarter of an hour, every time
+    assert with_epochs[10] * 2 < total_only[10]  # the counts since the start alone dilute it
 
 
 def test_the_verdict_uses_the_always_valid_bounds_with_method_sequential():
@@ -185,8 +206,10 @@ def test_the_verdict_uses_the_always_valid_bounds_with_method_sequential():
     by_fixed = assess(stable, candidate, fixed, 0.0)
     by_sequential = assess(stable, candidate, sequential, 0.0)
     assert by_sequential.to_json()["method"] == "sequential" and by_fixed.method.value == "fixed"
-    bound = rate_increase_bound((30, 1000), (10, 1000), n0=100, alpha=0.05)
+    # (half the error rate on the counts since the start: the other half is the epochs')
+    bound = rate_increase_bound((30, 1000), (10, 1000), n0=100, alpha=0.025)
     assert by_sequential.checks[0].bound == pytest.approx(bound)
+    assert by_sequential.checks[0].scope == "total" and by_fixed.checks[0].scope == "window"
     wide, narrow = by_sequential.checks[0].bound, by_fixed.checks[0].bound
     assert wide is not None and narrow is not None and wide < narrow  # valid at every look
 
@@ -210,12 +233,12 @@ def test_each_check_uses_its_always_valid_bound_with_method_sequential():
     stable = Sample(500, 0, tuple(fast), {"click": Moments(100, 100.0, 100.0)})
     candidate = Sample(500, 0, tuple(slow), {"click": Moments(50, 50.0, 50.0)})
     checks = {c.name: c for c in assess(stable, candidate, spec, 0.0).checks}
-    latency = quantile_ratio_bound(tuple(slow), tuple(fast), q=0.95, n0=100, alpha=0.1)
+    latency = quantile_ratio_bound(tuple(slow), tuple(fast), q=0.95, n0=100, alpha=0.05)
     assert checks["latency"].bound == pytest.approx(latency)
     mean_s, mean_c = 0.2, 0.1
     var_s, var_c = (0.2 - 0.04) * 500 / 499, (0.1 - 0.01) * 500 / 499
     decrease = mean_decrease_bound(
-        Estimate(mean_s, var_s, 500), Estimate(mean_c, var_c, 500), n0=100, alpha=0.1
+        Estimate(mean_s, var_s, 500), Estimate(mean_c, var_c, 500), n0=100, alpha=0.05
     )
     assert checks["outcome:click"].bound == pytest.approx(decrease)
     relative = replace(spec, outcomes=(OutcomeCheck("click", 0.01, relative=True),))
@@ -227,7 +250,7 @@ def test_each_check_uses_its_always_valid_bound_with_method_sequential():
             Estimate(mean_s, var_s, 500),
             Estimate(mean_c, var_c, 500),
             n0=100,
-            alpha=0.1,
+            alpha=0.05,
             relative=True,
         )
     )
@@ -259,7 +282,9 @@ def test_ranks_move_with_the_always_valid_factor_on_a_fine_histogram():
     assert wrong_n != low
     spec = AnalysisSpec(min_requests=10, confidence=0.95, latency_quantile=0.9)
     verdict = assess(Sample(SIZE, 0, SPREAD), Sample(SIZE, 0, SPREAD), spec, 0.0)
-    assert verdict.checks[1].bound == low / high
+    assert verdict.checks[1].bound == quantile_ratio_bound(
+        SPREAD, SPREAD, q=0.9, n0=10, alpha=0.025
+    )  # (half the error rate on the counts since the start)
     fixed = assess(
         Sample(SIZE, 0, SPREAD),
         Sample(SIZE, 0, SPREAD),

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.analysis.users import CAPACITY, SEED, UserSample
 from proxy.analysis.verdict import Result, Sample, sample_ratio_check
-from proxy.analysis.window import LocalObservations, WindowRecorder
+from proxy.analysis.window import LocalObservations, Window, WindowRecorder
 from proxy.config.loader import parse_config
 from proxy.config.model import AnalysisSpec, Variant
 from proxy.outcome import Outcome
@@ -107,8 +107,9 @@ def test_heavy_users_widen_the_request_test_and_users_are_tested_on_their_own():
     both = sample_ratio_check(*assigned((900, 100), 0.1, (850, 150), 1.0), SPEC)
     assert both.result is Result.FAIL
     assert both.bound == pytest.approx(2 * math.erfc(math.sqrt(27.777777777777786 / 2)))
-    assert both.note.startswith(
-        "the candidate served the first request of 150 of 1000 sampled users where 100.0"
+    assert both.note == (
+        "the candidate served the first request of 150 of 1000 sampled users where 100.0 "
+        "were expected: assignment or observation is broken"
     )
     assert both.candidate["users"] == 150 and both.stable["users_expected"] == 900.0
     fine = sample_ratio_check(*assigned((900, 100), 0.1, (898, 102), 1.0), SPEC)
@@ -154,3 +155,53 @@ def test_a_sound_route_with_heavy_users_passes_and_losing_users_is_caught():
     )
     print(f"routes losing half of the candidate's users caught: {caught}/10")
     assert caught >= 9
+
+
+def test_a_user_is_sampled_by_the_sampling_hash_alone_and_any_key_can_be_hashed():
+    users = UserSample(span=math.inf)
+    for i in range(CAPACITY + 1):
+        users.see(f"fill-{i}", 0.0)
+    assert users.rate == 0.5
+    limit = users.rate * (1 << 32)
+    for i in range(500):
+        key = f"fresh-{i}"
+        sampled = mmh3.hash(key.encode(), SEED, signed=False) < limit
+        assert users.see(key, 1.0) is sampled
+    assert users.see("caf\udce9", 1.0) in (True, False)  # a key that was not UTF-8 on the wire
+
+
+def test_exactly_the_capacity_is_kept_without_halving():
+    users = UserSample(span=math.inf)
+    for i in range(CAPACITY):
+        assert users.see(f"u{i}", 0.0)
+    assert (len(users), users.rate) == (CAPACITY, 1.0)
+
+
+def test_a_user_seen_exactly_one_window_ago_is_still_in_it():
+    users = UserSample(span=10.0)
+    users.see("a", 0.0)
+    users.see("a", 0.0)
+    assert users.design_effect(10.0) == 2.0  # 4 / 2: still counted at exactly 10 s
+    for i in range(CAPACITY):  # one more than fits: "a" is exactly 10 s old, so it stays...
+        users.see(f"u{i}", 10.0)
+    assert users.rate == 0.5  # ...and the rate halves to make room
+    older = UserSample(span=10.0)
+    older.see("a", 0.0)
+    for i in range(CAPACITY):  # "a" is 10.5 s old: it leaves, and the rest fits
+        older.see(f"u{i}", 10.5)
+    assert (older.rate, len(older)) == (1.0, CAPACITY)
+
+
+def test_a_reload_keeps_the_user_sample_and_a_new_rollout_starts_one():
+    observations = LocalObservations({"r": math.inf}, {"r": "one"})
+    sample = observations.users["r"]
+    observations.update({"r": math.inf}, {"r": "one"})
+    assert observations.users["r"] is sample
+    observations.update({"r": math.inf}, {"r": "two"})
+    assert observations.users["r"] is not sample
+
+
+def test_a_fresh_window_expects_no_users_even_at_the_start_of_time():
+    window = Window(span=60.0)
+    sample = window.sample(0.0)
+    assert (sample.users, sample.users_expected) == (0, 0.0)
