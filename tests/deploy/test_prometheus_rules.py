@@ -45,7 +45,7 @@ async def exported_series(server: Server) -> set[str]:
         session.get(server.admin_url + "/metrics") as answer,
     ):
         text = await answer.text()
-    names = set()
+    names: set[str] = set()
     for family in text_string_to_metric_families(text):
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,20 +74,23 @@ class Exporter:
 
 
 class PrometheusServer:
-    """One `prometheus` process scraping `targets` (job `exporter`) every `SCRAPE_INTERVAL`."""
+    """One `prometheus` process scraping `targets` (as `job`) every `SCRAPE_INTERVAL`."""
 
-    def __init__(self, binary: str, folder: Path, targets: list[str]) -> None:
+    def __init__(self, binary: str, folder: Path, targets: list[str], job: str) -> None:
         self.binary = binary
         self.folder = folder
         self.targets = targets
+        self.job = job
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def find(cls, folder: Path, targets: list[str]) -> PrometheusServer | None:
+    def find(
+        cls, folder: Path, targets: list[str], job: str = "exporter"
+    ) -> PrometheusServer | None:
         binary = shutil.which("prometheus")
-        return None if binary is None else cls(binary, folder, targets)
+        return None if binary is None else cls(binary, folder, targets, job)
 
     def start(self) -> None:
         """Start, and return once the targets have been scraped (about 5 s)."""
@@ -97,7 +101,7 @@ class PrometheusServer:
                 {
                     "global": {"scrape_interval": interval, "scrape_timeout": interval},
                     "scrape_configs": [
-                        {"job_name": "exporter", "static_configs": [{"targets": self.targets}]}
+                        {"job_name": self.job, "static_configs": [{"targets": self.targets}]}
                     ],
                 }
             )
@@ -119,7 +123,7 @@ class PrometheusServer:
                 log = (self.folder / "prometheus.log").read_text()
                 raise RuntimeError(f"prometheus exited:\n{log}")
             try:
-                if len(self.query('up{job="exporter"} == 1')) == len(self.targets):
+                if len(self.query(f'up{{job="{self.job}"}} == 1')) == len(self.targets):
                     return
             except OSError:
                 pass
@@ -127,10 +131,14 @@ class PrometheusServer:
         raise RuntimeError("prometheus did not scrape its targets within 30 s")
 
     def query(self, expression: str) -> list[dict[str, Any]]:
-        """The result of an instant query (a vector's series)."""
+        """The result of an instant query (a vector's series); a query Prometheus refuses
+        raises, with its error."""
         data = urllib.parse.urlencode({"query": expression}).encode()
-        with urllib.request.urlopen(f"{self.url}/api/v1/query", data, timeout=5) as answer:
-            body = json.load(answer)
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query", data, timeout=5) as answer:
+                body = json.load(answer)
+        except urllib.error.HTTPError as error:
+            raise ValueError(f"{expression}: {error.read().decode()}") from error
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
