@@ -41,6 +41,7 @@ from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
 from proxy.rollout.store import StateUnavailable
 from proxy.routing import current_share
+from proxy.ui import status_page, status_page_asset
 from proxy.workers import HostMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -342,9 +343,15 @@ class Admin:
                 + (now - rollout.frozen_at if rollout.frozen_at else 0),
                 **({"salt": route.cohort.salt} if privileged else {}),
             },
-            "ramp": _ramp(route.ramp),
+            "ramp": {
+                **_ramp(route.ramp),
+                "reaches_max_at": None
+                if forced is not None or rollout.share_override is not None
+                else _reaches_max_at(route.ramp, control.started_at, control.clock, now),
+            },
             "segments": segments,
             "last_transition": _transition(rollout.last),
+            "history": [_transition(t) for t in reversed(rollout.history)],
             "requests": counts,
             "error_rate": {variant: _error_rate(by_class) for variant, by_class in counts.items()},
             "analysis": self.analyzer.status(route),
@@ -462,6 +469,8 @@ class Admin:
         app.router.add_get("/metrics", self._read(self.metrics))
         app.router.add_get("/status", self._read(self.status))
         app.router.add_get("/routes/{name}/verdicts", self._read(self.verdicts))
+        app.router.add_get("/ui", status_page)
+        app.router.add_get("/ui/{asset}", status_page_asset)
         for path, action in (
             ("pause", Action.PAUSE),
             ("resume", Action.RESUME),
@@ -518,6 +527,15 @@ def _ramp(ramp: Ramp) -> dict[str, Any]:
         "per_seconds": ramp.per,
         "max": ramp.max,
     }
+
+
+def _reaches_max_at(ramp: Ramp, started_at: float, clock: float, now: float) -> float | None:
+    """When (wall time) the ramp reaches its max if it is not held or paused again; None for a
+    ramp that does not grow."""
+    if ramp.slope <= 0 or ramp.max <= ramp.base:
+        return None
+    start = ramp.start if ramp.start is not None else started_at
+    return now + (start + ramp.per * (ramp.max - ramp.base) / ramp.slope - clock)
 
 
 def _transition(transition: Transition | None) -> dict[str, Any] | None:

@@ -1,0 +1,153 @@
+"""The status page, `GET /ui`, in a real headless Chromium against a running proxy: it shows each
+route's name, state and share, follows a rollback made through the API without a reload, asks
+for the token when reads are protected, and runs without a script error or a policy violation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.server import Server
+from tests.integration.chromium import MISSING, Browser
+from tests.integration.conftest import ProxyFactory, route_yaml, url_of
+
+TOKEN = "status-page-test-token-0123456789abcdef"
+ROUTE = '[data-route="models"]'
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    found = Browser.find(tmp_path / "chromium")
+    if found is None:
+        pytest.skip(MISSING)
+    await found.start()
+    try:
+        yield found
+    finally:
+        await found.close()
+
+
+def routes(stable: str, candidate: str) -> str:
+    extra = (
+        "    segments:\n"
+        '      - {name: staff, when: {"header:X-Group": [staff]}, variant: candidate}\n'
+        "    analysis: {interval: 200ms, window: 2s, min_requests: 5}\n"
+    )
+    return route_yaml(stable, candidate, share=0.2, extra=extra).replace(
+        "    ramp: {base: 0.2}\n", "    ramp: {base: 0.2, slope: 0.1, per: 1h, max: 0.8}\n"
+    )
+
+
+async def traffic(client: aiohttp.ClientSession, server: Server, count: int) -> None:
+    for i in range(count):
+        async with client.get(server.proxy_url + "/p", headers={"X-User-Id": f"u{i}"}) as r:
+            await r.read()
+
+
+def text(selector: str) -> str:
+    return f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent"
+
+
+async def test_the_page_shows_each_route_and_a_rollback_without_a_reload(
+    upstreams, start_proxy: ProxyFactory, client, browser: Browser, *, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("GRAYSCALE_ADMIN_TOKEN", TOKEN)
+    stable, candidate = upstreams
+    server = await start_proxy(routes(url_of(stable), url_of(candidate)))
+    await traffic(client, server, 40)
+    async with client.get(server.admin_url + "/ui") as page:
+        assert page.status == 200 and page.content_type == "text/html"
+        policy = page.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert page.headers["X-Frame-Options"] == "DENY"
+    await browser.open(server.admin_url + "/ui")
+    await browser.until(f"{text(ROUTE + ' [data-field=state]')} === 'ramping'")
+    assert await browser.evaluate(text(ROUTE + " h2")) == "models"
+    assert await browser.evaluate(text(ROUTE + " [data-field=share]")) == "20.0 %"
+    page = await browser.evaluate("document.body.innerText")
+    assert "staff: pinned to candidate" in page
+    assert "reaches max at" in page  # 0.2 + 0.1 an hour: the max in 6 hours
+    assert (
+        await browser.evaluate(f"document.querySelectorAll('{ROUTE} svg.ramp polyline').length")
+        == 1
+    )
+    await browser.until(
+        f"document.querySelectorAll('{ROUTE} [data-variant] td')[1].textContent !== '0'"
+    )
+    await browser.until(f"document.querySelector('{ROUTE} [data-field=verdicts]') !== null")
+
+    async with client.post(
+        server.admin_url + "/routes/models/rollback",
+        json={"reason": "<b>answers</b> got worse"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as answer:
+        assert answer.status == 200
+    took = await browser.until(f"{text(ROUTE + ' [data-field=state]')} === 'rolled_back'")
+    print(f"\nthe page showed the rollback {took:.2f} s after the API made it, without a reload")
+    assert took < 3.0  # one refresh period (2 s) and a margin
+    assert await browser.evaluate(text(ROUTE + " [data-field=share]")) == "0.0 %"
+    history = await browser.evaluate(text(ROUTE + " [data-field=history]"))
+    assert "rollback" in history and "<b>answers</b> got worse" in history  # as text, not markup
+    assert await browser.evaluate(f"document.querySelectorAll('{ROUTE} b').length") == 0
+    shot = await browser.screenshot()
+    (tmp_path / "status-page.png").write_bytes(shot)
+    assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
+    assert browser.errors == []
+
+
+async def test_with_protected_reads_the_page_asks_for_the_token_and_then_shows_the_routes(
+    upstreams, start_proxy: ProxyFactory, browser: Browser, monkeypatch
+):
+    monkeypatch.setenv("GRAYSCALE_ADMIN_TOKEN", TOKEN)
+    stable, candidate = upstreams
+    server = await start_proxy(
+        routes(url_of(stable), url_of(candidate))
+        + "admin: {token_env: GRAYSCALE_ADMIN_TOKEN, protect_reads: true}\n"
+    )
+    await browser.open(server.admin_url + "/ui")
+    await browser.until("!document.getElementById('login').hidden")
+    assert await browser.evaluate(f"document.querySelector('{ROUTE}') === null")
+    assert "needs the admin token" in await browser.evaluate(text("#problem"))
+    await browser.evaluate(
+        f"document.getElementById('token').value = {json.dumps(TOKEN)};"
+        "document.getElementById('login').requestSubmit()"
+    )
+    await browser.until(f"{text(ROUTE + ' [data-field=state]')} === 'ramping'")
+    assert await browser.evaluate("document.getElementById('login').hidden")
+    assert await browser.evaluate("document.cookie") == ""  # the token stays in the tab
+    # (the 401 answers before the token was given are logged by the browser as failed loads)
+    assert all("401" in error for error in browser.errors), browser.errors
+
+
+async def test_status_gives_the_page_when_the_ramp_reaches_its_max_and_the_action_history(
+    upstreams, start_proxy: ProxyFactory, client, monkeypatch
+):
+    monkeypatch.setenv("GRAYSCALE_ADMIN_TOKEN", TOKEN)
+    stable, candidate = upstreams
+    server = await start_proxy(routes(url_of(stable), url_of(candidate)))
+
+    async def status() -> dict[str, Any]:
+        async with client.get(server.admin_url + "/status") as answer:
+            (route,) = (await answer.json())["routes"]
+            return dict(route)
+
+    route = await status()
+    started = route["rollout"]["started_at"]
+    # 20 % + 10 % an hour up to 80 %: six hours after the start
+    assert route["ramp"]["reaches_max_at"] == pytest.approx(started + 6 * 3600, abs=1.0)
+    assert route["history"] == []
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for action in ("pause", "resume", "rollback"):
+        async with client.post(
+            f"{server.admin_url}/routes/models/{action}", json={"reason": action}, headers=auth
+        ) as answer:
+            assert answer.status == 200
+    route = await status()
+    assert [t["action"] for t in route["history"]] == ["rollback", "resume", "pause"]
+    assert route["history"][0] == route["last_transition"]
+    assert route["ramp"]["reaches_max_at"] is None  # rolled back: the ramp no longer runs
