@@ -7,8 +7,23 @@ from dataclasses import replace
 import pytest
 
 from proxy.analysis.epochs import EPOCH_LENGTH, Epochs
-from proxy.analysis.sequential import rate_increase_bound
-from proxy.analysis.verdict import TOTAL_SHARE, Moments, Result, Sample, assess
+from proxy.analysis.histogram import SIZE, bucket_of
+from proxy.analysis.sequential import (
+    Estimate,
+    mean_decrease_bound,
+    quantile_ratio_bound,
+    rate_increase_bound,
+)
+from proxy.analysis.verdict import (
+    TOTAL_SHARE,
+    Moments,
+    Result,
+    Sample,
+    assess,
+    error_rate_check,
+    latency_check,
+    outcome_check,
+)
 from proxy.config.model import AnalysisSpec, OutcomeCheck
 
 SPEC = AnalysisSpec(min_requests=100)
@@ -86,3 +101,29 @@ def test_outcomes_and_latency_are_judged_on_the_epoch_too():
     checks = assess(many, many, spec, 0.0, recent=(late_s, late_c, 1)).checks
     click = {c.name: c for c in checks}["outcome:click"]
     assert (click.result, click.scope) == (Result.FAIL, "recent")
+
+
+def test_a_difference_keeps_outcomes_the_earlier_counts_did_not_have():
+    later = Sample(10, 1, (1, 2), {"click": Moments(3, 2.0, 2.0)})
+    earlier = Sample(4, 0, (0, 1))
+    assert later - earlier == Sample(6, 1, (1, 1), {"click": Moments(3, 2.0, 2.0)})
+
+
+def test_each_check_called_alone_spends_the_whole_error_rate_by_default():
+    spec = AnalysisSpec(min_requests=100, confidence=0.9)
+    fast, slow = [0] * SIZE, [0] * SIZE
+    fast[bucket_of(0.01)] += 300
+    slow[bucket_of(0.03)] += 300
+    stable = Sample(300, 3, tuple(fast), {"click": Moments(300, 150.0, 150.0)})
+    candidate = Sample(300, 30, tuple(slow), {"click": Moments(300, 60.0, 60.0)})
+    error = error_rate_check(stable, candidate, spec, 1.28)
+    assert error.bound == pytest.approx(rate_increase_bound((30, 300), (3, 300), n0=100, alpha=0.1))
+    latency = latency_check(stable, candidate, spec, 1.28)
+    assert latency.bound == quantile_ratio_bound(
+        tuple(slow), tuple(fast), q=0.95, n0=100, alpha=0.1
+    )
+    click = outcome_check(stable, candidate, OutcomeCheck("click", 0.01), spec, 1.28)
+    var_s, var_c = (0.5 - 0.25) * 300 / 299, (0.2 - 0.04) * 300 / 299
+    assert click.bound == pytest.approx(
+        mean_decrease_bound(Estimate(0.5, var_s, 300), Estimate(0.2, var_c, 300), n0=100, alpha=0.1)
+    )
