@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from proxy.analysis.epochs import Epochs
-from proxy.analysis.verdict import Result, assess, wilson
+from proxy.analysis.verdict import Result, analysis_share, assess, wilson
 from proxy.analysis.window import Window
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Route
 
@@ -64,7 +64,10 @@ def seconds_to_roll_back(
         recent = None
         if epochs is not None:
             recent = epochs.recent(stable_sample, candidate_sample, spec.min_requests)
-        verdict = assess(stable_sample, candidate_sample, spec, now, recent=recent)
+        # (the first analysis of a rollout: half the error rate; see analysis_share)
+        verdict = assess(
+            stable_sample, candidate_sample, spec, now, recent=recent, share=analysis_share(1)
+        )
         failures = failures + 1 if verdict.result is Result.FAIL else 0
         if failures >= spec.failures_before_rollback:
             return now

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.prometheus import MetricQueries, hostname
-from proxy.analysis.verdict import Result, Sample, Verdict, assess
+from proxy.analysis.verdict import Result, Sample, Verdict, analysis_share, assess
 from proxy.analysis.window import ObservationSource
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Inconclusive, Route, Variant
 from proxy.fleet.connection import cancel_and_wait
@@ -39,6 +39,7 @@ class RouteAnalysis:
     promote_after: float | None = None  # `promote.after`, if the route promotes on its own
     hosts: dict[Variant, str] = field(default_factory=dict)  # upstream host names, for metrics
     epochs: Epochs = field(default_factory=Epochs)  # of the counts since the start (sequential)
+    judging: tuple[str, int] | None = None  # (rollout identity, this analysis's number of it)
     last: Verdict | None = None
     failures: int = 0
     published: dict[str, Any] | None = None
@@ -61,6 +62,7 @@ class RouteAnalysis:
             "failures_before_rollback": self.spec.failures_before_rollback,
             "consecutive_failures": self.failures,
             "holding": holding,
+            "analysis_number": None if self.judging is None else self.judging[1],
             "last_verdict": None if self.last is None else self.last.to_json(),
         }
         if self.promote_after is not None:
@@ -198,10 +200,18 @@ class Analyzer:
                 return None
             stable, candidate = pooled
         metrics = await self.queries.checks(name, spec, analysis.hosts, now)
-        recent = None
+        recent, share = None, 1.0
         if spec.method is AnalysisMethod.SEQUENTIAL:
+            identity = self.controller.rollout(name).identity
+            if analysis.judging is None or analysis.judging[0] != identity:
+                # Counts judged anew (this process, this decider): a new share of the rate.
+                number = await self.controller.judge_anew(name)
+                if number == 0:
+                    return None  # (the shared store is unreachable: no verdict now)
+                analysis.judging, analysis.epochs = (identity, number), Epochs()
             recent = analysis.epochs.recent(stable, candidate, spec.min_requests)
-        verdict = assess(stable, candidate, spec, now, metrics=metrics, recent=recent)
+            share = analysis_share(analysis.judging[1])
+        verdict = assess(stable, candidate, spec, now, metrics=metrics, recent=recent, share=share)
         analysis.last = verdict
         analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
         if self.fleet is not None:

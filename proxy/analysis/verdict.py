@@ -421,6 +421,13 @@ def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) ->
 TOTAL_SHARE = 0.5  # of `1 - confidence`, spent on the counts since the start; the rest on epochs
 
 
+def analysis_share(number: int) -> float:
+    """The share of `1 - confidence` the `number`-th analysis of a rollout may spend (from 1: a
+    process that starts, or a new decider, judges counts that start anew): 1 / (n (n + 1)),
+    which sums to 1 over them all."""
+    return 1.0 / (number * (number + 1))
+
+
 def assess(
     stable: Sample,
     candidate: Sample,
@@ -429,6 +436,7 @@ def assess(
     *,
     metrics: Sequence[Check] = (),
     recent: tuple[Sample, Sample, int] | None = None,
+    share: float = 1.0,
 ) -> Verdict:
     """The verdict of one analysis round, with the custom metric checks already made
     (`proxy.analysis.metric_check`). A sample-ratio mismatch makes every other check
@@ -440,7 +448,8 @@ def assess(
     the current epoch, and its number k from 1: see `proxy.analysis.epochs`), again on the
     epoch's counts at the rest divided by k(k + 1), so that over all epochs the rates add up to
     at most `1 - confidence`. The epoch's check counts only when it fails (a change that the
-    counts since the start dilute); its passing or thin data never hide the total's verdict."""
+    counts since the start dilute); its passing or thin data never hide the total's verdict.
+    All of it within `share` of the rate (`analysis_share`: this analysis's part of it)."""
     z = NormalDist().inv_cdf(spec.confidence)
 
     def checks_on(s: Sample, c: Sample, alpha: float | None) -> tuple[Check, ...]:
@@ -453,7 +462,7 @@ def assess(
     if spec.method is AnalysisMethod.FIXED:
         judged = checks_on(stable, candidate, None)
     else:
-        alpha = 1.0 - spec.confidence
+        alpha = (1.0 - spec.confidence) * share
         judged = tuple(
             replace(c, scope="total") for c in checks_on(stable, candidate, alpha * TOTAL_SHARE)
         )

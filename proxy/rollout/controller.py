@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config.model import Route
@@ -313,6 +313,24 @@ class RolloutController:
                 "%s the ramp of %s", "holding" if held else "releasing", name, extra={"route": name}
             )
         return True
+
+    async def judge_anew(self, name: str) -> int:
+        """Count one more analysis judging route `name`'s rollout from fresh counts (a process
+        that starts, or a new decider) and return its number, from 1: the analysis spends its
+        error rate over these (see `proxy.analysis.verdict.assess`). 0 when a shared store
+        cannot be reached (no verdict is taken then); a state file that cannot be written keeps
+        the count in this process, as it does every change."""
+
+        def change(stored: Rollout | None) -> Rollout:
+            rollout = stored if stored is not None else self._rollouts[name]
+            return replace(rollout, judged=rollout.judged + 1)
+
+        async with self._lock:
+            try:
+                changed, _ = await self._change(name, change)
+            except StateUnavailable:
+                return 0
+        return changed.judged
 
     async def open_gate(self, name: str, now: float) -> bool:
         """Let route `name`'s ramp start, if it waits at its shadow gate; whether it did."""

@@ -133,6 +133,7 @@ class Rollout:
     frozen_at: float | None = None
     share_override: float | None = None
     history: tuple[Transition, ...] = field(default=())
+    judged: int = 0  # how many analyses began judging it from fresh counts (see the Analyzer)
 
     def clock(self, now: float) -> float:
         """The ramp's time at wall time `now`."""

@@ -257,6 +257,7 @@ def encode_rollout(r: Rollout) -> dict[str, Any]:
         "held": r.held,
         "frozen_at": r.frozen_at,
         "share_override": r.share_override,
+        "judged": r.judged,
         "history": [
             {
                 "action": t.action.value,
@@ -311,6 +312,12 @@ class _Reader:
             raise ValueError(f"{path}.{name}: expected a finite number, got {value}")
         return float(value)
 
+    def count(self, document: dict[str, Any], name: str, path: str) -> int:
+        value = self.field(document, name, path)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{path}.{name}: expected a whole number of at least 0")
+        return value
+
     def optional_number(self, document: dict[str, Any], name: str, path: str) -> float | None:
         return (
             None if self.field(document, name, path) is None else self.number(document, name, path)
@@ -346,6 +353,7 @@ class _Reader:
             held=self.number(r, "held", path),
             frozen_at=self.optional_number(r, "frozen_at", path),
             share_override=self.optional_number(r, "share_override", path),
+            judged=self.count(r, "judged", path) if "judged" in r else 0,  # (older files)
             history=tuple(
                 self.transition(t, f"{path}.history[{i}]") for i, t in enumerate(history)
             ),

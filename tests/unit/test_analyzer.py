@@ -9,8 +9,10 @@ import pytest
 
 from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.loop import Analyzer
-from proxy.analysis.verdict import Result, Sample
+from proxy.analysis.sequential import rate_increase_bound
+from proxy.analysis.verdict import Result, Sample, analysis_share
 from proxy.config.model import (
+    AnalysisMethod,
     AnalysisSpec,
     Cohort,
     Inconclusive,
@@ -23,7 +25,7 @@ from proxy.config.model import (
 from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import State
-from proxy.rollout.store import MemoryStore
+from proxy.rollout.store import FileStore, MemoryStore
 
 T0 = 1_796_083_200.0
 SPEC = AnalysisSpec(interval=10.0, window=60.0, min_requests=200, failures_before_rollback=3)
@@ -165,3 +167,45 @@ async def test_update_keeps_history_of_unchanged_analyses_only():
     analyzer.update([replace(ROUTE, analysis=replace(SPEC, min_requests=50))])
     assert analyzer.routes["r"] is not kept and analyzer.routes["r"].failures == 0
     assert set(analyzer.routes) == {"r"}
+
+
+def test_each_analysis_of_a_rollout_spends_its_own_share_of_the_error_rate():
+    assert [analysis_share(n) for n in (1, 2, 3)] == [1 / 2, 1 / 6, 1 / 12]
+    assert sum(analysis_share(n) for n in range(1, 10_000)) < 1.0
+
+
+async def test_a_restarted_process_judges_as_the_next_analysis_with_a_smaller_share(tmp_path):
+    sequential = replace(ROUTE, analysis=replace(SPEC, method=AnalysisMethod.SEQUENTIAL))
+    store = tmp_path / "state.json"
+    numbers, bounds = [], []
+    for _ in range(3):  # a process, then two restarts on the same state file
+        controller = RolloutController(FileStore(store))
+        await controller.start([sequential], T0)
+        source = FakeSource()
+        source.pair = (Sample(1000, 10, ()), Sample(1000, 30, ()))
+        analyzer = Analyzer([sequential], controller, source, Recorder())
+        verdict = await analyzer.round("r", T0 + 10)
+        assert verdict is not None
+        numbers.append(analyzer.status(sequential)["analysis_number"])  # type: ignore[index]
+        bounds.append(verdict.checks[0].bound)
+        await analyzer.round("r", T0 + 20)  # the same analysis goes on with its number
+        assert controller.rollout("r").judged == numbers[-1]
+    assert numbers == [1, 2, 3]
+    for number, bound in zip(numbers, bounds, strict=True):
+        alpha = 0.05 * analysis_share(number) * 0.5  # (half of it on the total)
+        assert bound == pytest.approx(
+            rate_increase_bound((30, 1000), (10, 1000), n0=200, alpha=alpha)
+        )
+
+
+async def test_a_new_candidate_is_a_first_analysis_again():
+    sequential = replace(ROUTE, analysis=replace(SPEC, method=AnalysisMethod.SEQUENTIAL))
+    analyzer, controller, _, _, _ = await make(sequential)
+    await analyzer.round("r", T0 + 10)
+    assert analyzer.status(sequential)["analysis_number"] == 1  # type: ignore[index]
+    candidate = replace(sequential, candidate=Upstream("http://127.0.0.1:3"))
+    await controller.reconcile([candidate], T0 + 11)
+    analyzer.update([candidate])
+    await analyzer.round("r", T0 + 20)
+    assert controller.rollout("r").judged == 1
+    assert analyzer.status(candidate)["analysis_number"] == 1  # type: ignore[index]

@@ -20,7 +20,14 @@ from proxy.analysis.sequential import (
     rate_increase_bound,
     z_always,
 )
-from proxy.analysis.verdict import Moments, Result, Sample, assess, difference_lower_bound
+from proxy.analysis.verdict import (
+    Moments,
+    Result,
+    Sample,
+    analysis_share,
+    assess,
+    difference_lower_bound,
+)
 from proxy.analysis.window import LocalObservations
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
 
@@ -84,7 +91,8 @@ SEQUENTIAL = AnalysisSpec(min_requests=100, failures_before_rollback=1)
 
 class Sequential:
     """The sequential analysis as built (`assess` on the counts since the start, and on their
-    epochs unless `epochs` is off) on error counts alone; rolls back at the first failure."""
+    epochs unless `epochs` is off, as a rollout's first analysis) on error counts alone; rolls
+    back at the first failure."""
 
     def __init__(self, epochs: bool = True) -> None:
         self.epochs = Epochs() if epochs else None
@@ -98,7 +106,7 @@ class Sequential:
         c[3] += per_second
         stable, candidate = Sample(c[3], c[2], ()), Sample(c[1], c[0], ())
         recent = None if self.epochs is None else self.epochs.recent(stable, candidate, 100)
-        verdict = assess(stable, candidate, SEQUENTIAL, 0.0, recent=recent)
+        verdict = assess(stable, candidate, SEQUENTIAL, 0.0, recent=recent, share=analysis_share(1))
         return verdict.result is Result.FAIL
 
 

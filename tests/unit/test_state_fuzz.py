@@ -125,3 +125,18 @@ def test_any_json_value_is_loaded_or_refused(tmp_path, document):
 def test_any_field_of_any_type_is_loaded_or_refused(tmp_path, data, value):
     path = data.draw(st.sampled_from(paths(VALID)))
     load(tmp_path, json.dumps(replaced(VALID, path, value)))
+
+
+def test_the_number_of_analyses_round_trips_and_older_files_have_none(tmp_path):
+    judged = json.loads(json.dumps(VALID))
+    judged["rollouts"]["r"]["judged"] = 3
+    loaded = load(tmp_path, json.dumps(judged))
+    assert loaded is not None and loaded["r"].judged == 3
+    assert encode(loaded)["rollouts"]["r"]["judged"] == 3
+    older = json.loads(json.dumps(VALID))
+    del older["rollouts"]["r"]["judged"]
+    loaded = load(tmp_path, json.dumps(older))
+    assert loaded is not None and loaded["r"].judged == 0
+    for bad in (-1, 1.5, True, "2", None):
+        judged["rollouts"]["r"]["judged"] = bad
+        assert load(tmp_path, json.dumps(judged)) is None, bad
