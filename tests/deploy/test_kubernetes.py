@@ -21,8 +21,11 @@ from tests.integration.conftest import ROOT
 K8S = ROOT / "deploy" / "kubernetes"
 VERSION = kubernetes_validate.latest_version()
 MISSING = "kubectl is not installed (https://kubernetes.io/docs/tasks/tools/)"
+OPERATOR = K8S / "monitoring"  # the Prometheus Operator's kinds: no schemas offline
 MANIFESTS = sorted(
-    path for path in K8S.rglob("*.yaml") if path.name not in ("kustomization.yaml", "config.yaml")
+    path
+    for path in K8S.rglob("*.yaml")
+    if path.name not in ("kustomization.yaml", "config.yaml") and path.parent != OPERATOR
 )
 
 
@@ -131,6 +134,25 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
+def test_the_prometheus_rule_holds_the_rules_file_and_the_monitor_scrapes_the_gateway():
+    (rule,) = documents(OPERATOR / "prometheusrule.yaml")
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "grayscale-rules.yaml").read_text())
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"]["groups"] == rules["groups"]  # the same rules, promtool-tested
+    (monitor,) = documents(OPERATOR / "servicemonitor.yaml")
+    assert monitor["kind"] == "ServiceMonitor"
+    (admin,) = [
+        d
+        for d in documents(K8S / "gateway" / "service.yaml")
+        if d["metadata"]["name"] == "grayscale-admin"
+    ]
+    labels = admin["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in admin["spec"]["ports"]]
+    # job = the Service's app.kubernetes.io/name: "grayscale", as the alerts expect
+    assert labels[monitor["spec"]["jobLabel"]] == "grayscale"
+
+
 @pytest.mark.parametrize("folder", ["", "sidecar"], ids=["gateway-and-redis", "sidecar"])
 def test_kustomize_renders_valid_objects(folder: str):
     rendered = kustomize(K8S / folder)
@@ -141,3 +163,9 @@ def test_kustomize_renders_valid_objects(folder: str):
     (config_map,) = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
     source = K8S / (folder or "gateway") / "config.yaml"
     assert config_map["data"]["config.yaml"] == source.read_text()
+
+
+def test_kustomize_renders_the_operator_objects():
+    rendered = kustomize(OPERATOR)
+    assert sorted(doc["kind"] for doc in rendered) == ["PrometheusRule", "ServiceMonitor"]
+    assert {doc["metadata"]["namespace"] for doc in rendered} == {"grayscale"}
