@@ -89,7 +89,7 @@ async def test_the_page_shows_each_route_and_a_rollback_without_a_reload(
         assert answer.status == 200
     took = await browser.until(f"{text(ROUTE + ' [data-field=state]')} === 'rolled_back'")
     print(f"\nthe page showed the rollback {took:.2f} s after the API made it, without a reload")
-    assert took < 3.0  # one refresh period (2 s) and a margin
+    assert took < 4.0  # within two refreshes (every 2 s), whatever the load
     assert await browser.evaluate(text(ROUTE + " [data-field=share]")) == "0.0 %"
     history = await browser.evaluate(text(ROUTE + " [data-field=history]"))
     assert "rollback" in history and "<b>answers</b> got worse" in history  # as text, not markup
