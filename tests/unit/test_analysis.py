@@ -638,8 +638,10 @@ def test_a_fresh_window_has_assigned_nothing_even_at_the_start_of_time():
 def test_a_window_sums_the_latencies_of_its_slots_and_is_empty_when_none_is_live():
     window = Window(span=60.0)  # 5 s slots
     window.add(1000.0, False, 0.02)
-    window.add(1006.0, False, 0.02)
+    window.add(1006.0, False, 0.06)
+    two = window.sample(1006.0).latency  # two live slots
+    assert two[bucket_of(0.02)] == 1 and two[bucket_of(0.06)] == 1
     window.add(1011.0, False, 0.06)
     latency = window.sample(1011.0).latency
-    assert latency[bucket_of(0.02)] == 2 and latency[bucket_of(0.06)] == 1
+    assert latency[bucket_of(0.02)] == 1 and latency[bucket_of(0.06)] == 2
     assert Window(span=60.0).sample(1000.0).latency == (0,) * SIZE

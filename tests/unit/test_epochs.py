@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from proxy.analysis.epochs import EPOCH_LENGTH, Epochs
-from proxy.analysis.histogram import SIZE, bucket_of
+from proxy.analysis.histogram import SIZE
 from proxy.analysis.sequential import (
     Estimate,
     mean_decrease_bound,
@@ -111,17 +111,14 @@ def test_a_difference_keeps_outcomes_the_earlier_counts_did_not_have():
 
 def test_each_check_called_alone_spends_the_whole_error_rate_by_default():
     spec = AnalysisSpec(min_requests=100, confidence=0.9)
-    fast, slow = [0] * SIZE, [0] * SIZE
-    fast[bucket_of(0.01)] += 300
-    slow[bucket_of(0.03)] += 300
-    stable = Sample(300, 3, tuple(fast), {"click": Moments(300, 150.0, 150.0)})
-    candidate = Sample(300, 30, tuple(slow), {"click": Moments(300, 60.0, 60.0)})
+    spread = (1,) * SIZE  # one latency a bucket: the bound moves with the error rate
+    stable = Sample(300, 3, spread, {"click": Moments(300, 150.0, 150.0)})
+    candidate = Sample(300, 30, spread, {"click": Moments(300, 60.0, 60.0)})
     error = error_rate_check(stable, candidate, spec, 1.28)
     assert error.bound == pytest.approx(rate_increase_bound((30, 300), (3, 300), n0=100, alpha=0.1))
     latency = latency_check(stable, candidate, spec, 1.28)
-    assert latency.bound == quantile_ratio_bound(
-        tuple(slow), tuple(fast), q=0.95, n0=100, alpha=0.1
-    )
+    assert latency.bound == quantile_ratio_bound(spread, spread, q=0.95, n0=100, alpha=0.1)
+    assert latency.bound != quantile_ratio_bound(spread, spread, q=0.95, n0=100, alpha=0.05)
     click = outcome_check(stable, candidate, OutcomeCheck("click", 0.01), spec, 1.28)
     var_s, var_c = (0.5 - 0.25) * 300 / 299, (0.2 - 0.04) * 300 / 299
     assert click.bound == pytest.approx(
