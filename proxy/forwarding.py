@@ -128,6 +128,7 @@ class Exchange:
     request_id: bytes | None = None  # the id on the answer
     event_stream: bool = False  # whether the answer is an event stream
     capture: list[bytes] | None = None  # the answer's body, kept (for a shadow comparison)
+    forwarded: bytes = b""  # the header lines sent upstream (a shadow copy sends them too)
     captured: int = 0  # its size; past CAPTURE the capture is dropped (None)
 
     def keep(self, chunk: bytes) -> None:
@@ -339,7 +340,7 @@ async def forward(
     client connection is closed without completing the body, so the client sees the failure.
     """
     exchange.variant = target.variant
-    headers = forwarded_for_upstream(
+    exchange.forwarded = headers = forwarded_for_upstream(
         request.keys,
         request.raw_headers,
         peer=(request.remote or "").encode(),

@@ -23,7 +23,6 @@ from proxy.forwarding import (
 )
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
-from proxy.http.headers import forwarded_for_upstream
 from proxy.http.server import Request
 from proxy.metrics import Recorder, VariantMetrics
 from proxy.model_body import ReadBody
@@ -234,7 +233,7 @@ class Gateway:
                 read=read,
             )
             if copying and exchange.capture is not None and exchange.error is None:
-                self._copy(request, wiring, exchange, read, trusted)
+                self._copy(request, wiring, exchange, read)
         except BadRequest as exc:  # the client's body is malformed or stalled; the listener answers
             exchange.status = exc.status
             raise
@@ -269,20 +268,11 @@ class Gateway:
         wiring: RouteWiring,
         exchange: Exchange,
         read: ReadBody | None,
-        trusted: bool,
     ) -> None:
         """Send a shadow copy of `request`, which stable answered, to the candidate."""
         if exchange.status is None or exchange.capture is None:
             return
-        headers = forwarded_for_upstream(
-            request.keys,
-            request.raw_headers,
-            peer=(request.remote or "").encode(),
-            authority=request.authority,
-            version=request.version.encode(),
-            trusted=trusted,
-        )
-        copy = Copy(request.method, request.raw_target, headers, read)
+        copy = Copy(request.method, request.raw_target, exchange.forwarded, read)
         stable = Seen(exchange.status, b"".join(exchange.capture), exchange.event_stream)
         self.shadower.launch(wiring.route, wiring.targets[_CANDIDATE], copy, stable)
 

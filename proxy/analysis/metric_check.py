@@ -148,4 +148,5 @@ def metric_check(metric: MetricCheck, stable: Reading, candidate: Reading) -> Ch
         stable.to_json(),
         candidate.to_json(),
         note,
+        scope="query",
     )

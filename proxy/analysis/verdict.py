@@ -132,7 +132,9 @@ class Check:
     stable: dict[str, Any]
     candidate: dict[str, Any]
     note: str
-    scope: str = "window"  # sequential: "total" (since the start) or "recent" (the epoch)
+    # what was judged: "window" (method fixed), "total" (since the start) or "recent" (the
+    # current epoch) with method sequential, "query" (a metric check: the query's own range)
+    scope: str = "window"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -414,7 +416,8 @@ def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) ->
             "were expected: assignment or observation is broken"
         )
     result = Result.FAIL if failed else Result.PASS
-    observed = candidate.assigned / n if n else None
+    # (a test was made, so n > 0: users are only counted with their requests)
+    observed = candidate.assigned / n
     return Check("sample_ratio", result, SAMPLE_RATIO_ALPHA, observed, p_value, *report, note)
 
 
@@ -481,6 +484,8 @@ def assess(
     results = {c.result for c in checks}
     if stable.assigned + candidate.assigned:  # (no request assigned at random: nothing to test)
         ratio = sample_ratio_check(stable, candidate, spec)
+        if spec.method is AnalysisMethod.SEQUENTIAL:
+            ratio = replace(ratio, scope="total")
         checks = (*checks, ratio)
         if ratio.result is Result.FAIL:
             return Verdict(at, Result.INCONCLUSIVE, checks, spec.method)

@@ -6,39 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.fleet.decider import LEASE
 from tests.fleet.conftest import Replica, ReplicaFactory
 from tests.fleet.redis_server import RedisServer
-from tests.integration.conftest import PROBE, route_yaml, upstreams, url_of
+from tests.integration.conftest import PROBE, route_yaml, upstreams, url_of, webhook
 
-__all__ = ["upstreams"]
+__all__ = ["upstreams", "webhook"]
 MIN_REQUESTS = 60
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A webhook receiver: its URL and the notifications it got."""
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    receiver = TestServer(app, host="127.0.0.1")
-    await receiver.start_server()
-    yield f"{url_of(receiver)}/hook", received
-    await receiver.close()
 
 
 def analysed_fleet(

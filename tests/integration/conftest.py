@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -14,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -258,6 +260,19 @@ def url_of(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
+@contextlib.asynccontextmanager
+async def serving(*apps: web.Application) -> AsyncIterator[list[str]]:
+    """Each app on a test server on 127.0.0.1: their base URLs; closed after."""
+    servers = [TestServer(app, host="127.0.0.1") for app in apps]
+    try:
+        for server in servers:
+            await server.start_server()
+        yield [url_of(server) for server in servers]
+    finally:
+        for server in servers:
+            await server.close()
+
+
 @pytest.fixture
 async def start_proxy() -> AsyncIterator[ProxyFactory]:
     """Start proxies from YAML `routes:` bodies; all are stopped after the test."""
@@ -284,6 +299,23 @@ async def proxy(upstreams: tuple[TestServer, TestServer], start_proxy: ProxyFact
     """A proxy at share 0.5 in front of `upstreams`, for every path."""
     stable, candidate = upstreams
     return await start_proxy(route_yaml(url_of(stable), url_of(candidate)))
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver: its URL and the notifications it got."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    yield f"{url_of(receiver)}/hook", received
+    await receiver.close()
 
 
 @pytest.fixture(scope="session")

@@ -211,25 +211,15 @@ async def test_thin_traffic_holds_the_ramp_and_never_rolls_back(upstreams, clien
 
 
 async def test_a_candidate_that_passes_at_its_max_for_promote_after_is_promoted_with_a_webhook(
-    upstreams, client
+    upstreams, client, webhook
 ):
     stable, candidate = upstreams
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    receiver = TestServer(app, host="127.0.0.1")
-    await receiver.start_server()
+    hook, received = webhook
     text = analysed_config(
         url_of(stable),
         url_of(candidate),
         ramp="{base: 0.5, max: 0.5}",  # at its max from the start: complete
-        extra="    promote: {after: 1500ms}\n"
-        f'    on_promote: {{webhook: "{url_of(receiver)}/hook"}}\n',
+        extra=f'    promote: {{after: 1500ms}}\n    on_promote: {{webhook: "{hook}"}}\n',
     )
     server = Server(parse_config(text))
     await server.start()
@@ -259,7 +249,6 @@ async def test_a_candidate_that_passes_at_its_max_for_promote_after_is_promoted_
         assert 'grayscale_promotions_total{route="models",trigger="analysis"} 1.0' in metrics
     finally:
         await server.stop()
-        await receiver.close()
 
 
 async def test_a_failing_candidate_is_never_promoted(upstreams, client):

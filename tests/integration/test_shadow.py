@@ -15,12 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
 from proxy.server import Server
+from tests.integration.conftest import serving
 
 
 @dataclass
@@ -49,13 +49,8 @@ class Scorer:
 @pytest.fixture
 async def scorers() -> AsyncIterator[tuple[Scorer, Scorer, str, str]]:
     stable, candidate = Scorer(negation_aware=False), Scorer(negation_aware=True)
-    servers = [TestServer(s.app(), host="127.0.0.1") for s in (stable, candidate)]
-    for server in servers:
-        await server.start_server()
-    urls = [str(server.make_url("")).rstrip("/") for server in servers]
-    yield stable, candidate, urls[0], urls[1]
-    for server in servers:
-        await server.close()
+    async with serving(stable.app(), candidate.app()) as (stable_url, candidate_url):
+        yield stable, candidate, stable_url, candidate_url
 
 
 async def serve(stable: str, candidate: str, shadow: str, ramp: str = "{base: 0.2}") -> Server:

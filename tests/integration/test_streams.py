@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
 from proxy.server import Server
+from tests.integration.conftest import serving
 from tests.integration.openai_server import ModelServer
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -26,13 +26,8 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream":
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[ModelServer, ModelServer, str, str]]:
     stable, candidate = ModelServer("stable"), ModelServer("candidate")
-    servers = [TestServer(model.app(), host="127.0.0.1") for model in (stable, candidate)]
-    for server in servers:
-        await server.start_server()
-    urls = [str(server.make_url("")).rstrip("/") for server in servers]
-    yield stable, candidate, urls[0], urls[1]
-    for server in servers:
-        await server.close()
+    async with serving(stable.app(), candidate.app()) as (stable_url, candidate_url):
+        yield stable, candidate, stable_url, candidate_url
 
 
 async def serve(stable: str, candidate: str, share: float, analysis: str = "") -> Server:

@@ -24,7 +24,7 @@ from proxy.analysis.verdict import (
     latency_check,
     outcome_check,
 )
-from proxy.config.model import AnalysisSpec, OutcomeCheck
+from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
 
 SPEC = AnalysisSpec(min_requests=100)
 FULL = EPOCH_LENGTH * 100
@@ -124,3 +124,13 @@ def test_each_check_called_alone_spends_the_whole_error_rate_by_default():
     assert click.bound == pytest.approx(
         mean_decrease_bound(Estimate(0.5, var_s, 300), Estimate(0.2, var_c, 300), n0=100, alpha=0.1)
     )
+
+
+def test_the_sample_ratio_check_says_it_judged_the_counts_since_the_start():
+    assigned = Sample(1_000, 0, (), assigned=900, expected=900.0)
+    candidate = Sample(100, 0, (), assigned=100, expected=100.0)
+    checks = {c.name: c for c in assess(assigned, candidate, SPEC, 0.0).checks}
+    assert checks["sample_ratio"].scope == "total"
+    fixed = replace(SPEC, method=AnalysisMethod.FIXED)
+    checks = {c.name: c for c in assess(assigned, candidate, fixed, 0.0).checks}
+    assert checks["sample_ratio"].scope == "window"

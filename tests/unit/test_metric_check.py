@@ -180,6 +180,7 @@ def test_the_check_reports_both_readings_with_their_queries():
     assert found.candidate == {"query": "c{}", "value": None, "problem": "bad_data: oops"}
     assert found.note == "no candidate value (bad_data: oops)"
     assert found.to_json()["check"] == "metric:m"
+    assert found.scope == "query"  # what the query's own range holds
 
 
 def test_values_are_compared_exactly_as_returned():
