@@ -297,10 +297,10 @@ class Admin:
             return error_response(400, "invalid_json", "the body is not JSON")
         try:
             reports = parse_batch(document, self.config.outcomes.max_batch)
+            results = self.book.take(reports, time.time())
         except InvalidBatch as exc:
             answer = {"error": "invalid_outcomes", "message": str(exc), "errors": exc.errors[:20]}
             return web.json_response(answer, status=422)
-        results = self.book.take(reports, time.time())
         self.recorder.count_not_taken(results)
         return web.json_response(results)
 

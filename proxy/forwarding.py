@@ -21,6 +21,7 @@ from proxy.http.headers import answer_for_client, forwarded_for_upstream
 from proxy.http.server import Request, render
 from proxy.model_body import BodyError, ReadBody
 from proxy.outcome import Failure, FallbackReason
+from proxy.request_id import NOT_COMPARED
 from proxy.stream_meter import StreamMeter, whole_answer_tokens
 
 log = logging.getLogger("grayscale.forwarding")
@@ -91,7 +92,7 @@ class Target:
     upstream: Upstream
     limiter: Limiter
     origin: Origin
-    mint: Callable[[float], bytes]  # a new request id for this route and variant, at a time
+    mint: Callable[[float, int, int], bytes]  # a new request id for this route (see labels)
     label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
     _id_line: bytes = field(init=False)  # `label`, then the request id header's name
@@ -104,7 +105,7 @@ class Target:
     def labels(self, exchange: Exchange) -> bytes:
         """Our header lines on an answer from this target, with a new request id (kept in
         `exchange`)."""
-        exchange.request_id = request_id = self.mint(time.time())
+        exchange.request_id = request_id = self.mint(time.time(), exchange.assigned, exchange.share)
         return self._id_line + request_id + b"\r\n"
 
 
@@ -114,6 +115,8 @@ class Exchange:
     gateway makes its `Outcome` from it at the end."""
 
     variant: Variant  # the variant being asked (stable after a fallback)
+    assigned: int = NOT_COMPARED  # what the request id says was assigned (`request_id` codes)
+    share: int = 0  # ...and at which share, in 65,535ths
     status: int | None = None  # the status sent to the client, once the answer started
     error: Failure | None = None  # why the answering upstream failed
     refused: bool = False  # answered by the proxy before any upstream saw it

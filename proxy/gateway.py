@@ -27,7 +27,7 @@ from proxy.http.server import Request
 from proxy.metrics import Recorder, VariantMetrics
 from proxy.model_body import ReadBody
 from proxy.outcome import FallbackReason, Observer, Outcome
-from proxy.request_id import Minter
+from proxy.request_id import Minter, assignment
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
 from proxy.routing import RoutingTable, decide
@@ -133,7 +133,7 @@ class Gateway:
         return self._limiters[key]
 
     def _target(self, route: Route, variant: Variant, upstream: Upstream) -> Target:
-        label = self.minter.label(route.name, variant, identity_of(route))
+        label = self.minter.label(route.name, identity_of(route))
         return Target(
             route.name,
             variant,
@@ -194,8 +194,15 @@ class Gateway:
         stable = wiring.targets[_STABLE]
         target, fallback = stable, None
         exchange = Exchange(_STABLE)
+        ejected = (
+            decision.variant is _CANDIDATE
+            and wiring.breaker is not None
+            and wiring.breaker.ejected(now)
+        )
+        # (the request id says how the request was assigned: its outcomes are counted so)
+        exchange.assigned, exchange.share = assignment(decision, ejected)
         if decision.variant is _CANDIDATE:
-            if wiring.breaker is not None and wiring.breaker.ejected(now):
+            if ejected:
                 exchange.fallback = FallbackReason.EJECTED
             else:
                 target = wiring.targets[_CANDIDATE]

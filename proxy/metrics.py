@@ -28,6 +28,7 @@ from proxy import __version__
 from proxy.analysis.verdict import LATENCY_KEY, Verdict
 from proxy.config.model import Route, Variant
 from proxy.outcome import CLIENT_CLOSED, Failure, Outcome
+from proxy.request_id import Served
 from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
@@ -319,11 +320,10 @@ class Recorder:
         if outcome.candidate_status is not None:
             candidate.requests[code_class(None, outcome.candidate_status)] += 1
 
-    def observe_outcome(
-        self, route: str, variant: Variant, name: str, value: float, _now: float
-    ) -> None:
+    def observe_outcome(self, served: Served, name: str, value: float, _now: float) -> None:
         """Count a reported outcome (an outcome book's sink)."""
-        counted = self._outcomes.setdefault((route, variant.value, name), [0, 0.0])
+        variant = "" if served.variant is None else served.variant.value
+        counted = self._outcomes.setdefault((served.route, variant, name), [0, 0.0])
         counted[0] += 1
         counted[1] += value
 

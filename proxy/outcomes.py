@@ -9,7 +9,11 @@ Invariants
   out); one bad item refuses the batch, naming the item and the field.
 - An item is counted, never refused, when its id is not one of ours (`unknown`), its request is
   older than `ttl` (`expired`), its route left the config or its rollout was replaced since
-  (`stale`), or its route already has `max_names` other names (`too_many_names`).
+  (`stale`), its request is not one the analysis compares (`not_compared`: not assigned at
+  random, or sent to stable because the candidate was ejected), or its route already has
+  `max_names` other names (`too_many_names`).
+- A value outside the `range` of the analysis check of its name (on any route) refuses the
+  batch: a check's bounds rely on it.
 - Memory is bounded by the routes times `max_names`; no I/O.
 """
 
@@ -19,13 +23,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy.config.model import OUTCOME_NAME, OutcomesConfig, Route, Variant
-from proxy.request_id import Reader, rollout_digest
+from proxy.config.model import OUTCOME_NAME, OutcomesConfig, Route
+from proxy.request_id import Reader, Served, rollout_digest
 from proxy.rollout.machine import identity_of
 
-# Where a joined outcome goes: (route, variant, name, value, now).
-Sink = Callable[[str, Variant, str, float, float], None]
-RESULTS = ("accepted", "unknown", "expired", "stale", "too_many_names")
+# Where a joined outcome goes: (what its id says, name, value, now).
+Sink = Callable[[Served, str, float, float], None]
+RESULTS = ("accepted", "unknown", "expired", "stale", "not_compared", "too_many_names")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,35 +89,57 @@ class OutcomeBook:
         self._sinks = list(sinks)
         self._rollouts: dict[str, bytes] = {}  # route -> its rollout's digest
         self._names: dict[str, set[str]] = {}  # route -> the names taken so far
+        self._ranges: dict[tuple[str, str], tuple[float, float]] = {}  # (route, name) -> range
         self.config = OutcomesConfig()
 
     def use(self, config: OutcomesConfig, routes: Sequence[Route]) -> None:
         """Follow a (new) config."""
         self.config = config
         self._rollouts = {route.name: rollout_digest(identity_of(route)) for route in routes}
+        self._ranges = {
+            (route.name, check.name): check.range
+            for route in routes
+            if route.analysis is not None
+            for check in route.analysis.outcomes
+        }
         self._names = {name: names for name, names in self._names.items() if name in self._rollouts}
 
     def take(self, reports: Sequence[Report], now: float) -> dict[str, int]:
-        """Take `reports` (reported at `now`); how many had each result (see `RESULTS`)."""
+        """Take `reports` (reported at `now`); how many had each result (see `RESULTS`).
+        Raises `InvalidBatch`, taking none, when a value lies outside its check's range."""
+        read = [self._reader.read(report.request_id) for report in reports]
+        errors = []
+        for index, (report, served) in enumerate(zip(reports, read, strict=True)):
+            limits = None if served is None else self._ranges.get((served.route, report.name))
+            if served is not None and limits is not None:
+                low, high = limits
+                if not low <= report.value <= high:
+                    errors.append(
+                        f"[{index}].value: {report.value:g} is outside the range of "
+                        f"{report.name!r} on route {served.route!r} (analysis.outcomes: "
+                        f"[{low:g}, {high:g}])"
+                    )
+        if errors:
+            raise InvalidBatch(errors)
         counts = dict.fromkeys(RESULTS, 0)
-        for report in reports:
-            result = self._take(report, now)
-            counts[result] += 1
+        for report, served in zip(reports, read, strict=True):
+            counts[self._take(report, served, now)] += 1
         return counts
 
-    def _take(self, report: Report, now: float) -> str:
-        served = self._reader.read(report.request_id)
+    def _take(self, report: Report, served: Served | None, now: float) -> str:
         if served is None:
             return "unknown"
         if now - served.at > self.config.ttl:
             return "expired"
         if self._rollouts.get(served.route) != served.rollout:
             return "stale"
+        if served.variant is None:
+            return "not_compared"
         names = self._names.setdefault(served.route, set())
         if report.name not in names:
             if len(names) >= self.config.max_names:
                 return "too_many_names"
             names.add(report.name)
         for sink in self._sinks:
-            sink(served.route, served.variant, report.name, report.value, now)
+            sink(served, report.name, report.value, now)
         return "accepted"

@@ -7,15 +7,18 @@ read it with nothing stored per request: no memory grows with traffic, and an ou
 sent to a different replica or worker than the one that served the request.
 
 Invariants
-- An id is `base64url(signed || mac) "." tag count`. signed = version, variant, the time in
-  seconds (5 bytes), 4 bytes of a digest of the rollout (route, candidate and salt), the route
-  name's length and the name, zero bytes to a multiple of 3; mac = keyed BLAKE2b of signed (10
-  bytes); tag = 8 random hex digits per process, count = a per-process counter in decimal.
-  Without the key, what an id says (route, variant, rollout, time) can be neither made nor
-  changed: an end user cannot move their outcomes to the other variant. The tag and count only
-  make ids unique; changing them changes nothing an outcome is counted by.
-- The signed part is made once per second per route and variant, so an id costs a counter and
-  a little formatting per request.
+- An id is `base64url(signed || mac) "." tag count`. signed = version, the variant the request
+  was assigned (`s`, `c`, or `n` for a request the analysis does not compare: not assigned at
+  random, or sent to stable because the candidate was ejected), the time in seconds (5 bytes),
+  4 bytes of a digest of the rollout (route, candidate and salt), the candidate's share when
+  the request was assigned (2 bytes, in 65,535ths: the request's weight in the analysis), the
+  route name's length and the name, zero bytes to a multiple of 3; mac = keyed BLAKE2b of signed
+  (10 bytes); tag = 8 random hex digits per process, count = a per-process counter in decimal.
+  Without the key, what an id says (route, variant, rollout, time, share) can be neither made
+  nor changed: an end user cannot move their outcomes to the other variant. The tag and count
+  only make ids unique; changing them changes nothing an outcome is counted by.
+- The signed part is made once per second per route, variant and share, so an id costs a
+  counter and a little formatting per request.
 - Ids are unique per process (the counter) and, with overwhelming probability, per fleet.
 - Pure apart from the tag's random bytes, taken once per process.
 """
@@ -31,12 +34,28 @@ import os
 from dataclasses import dataclass
 
 from proxy.config.model import Variant
+from proxy.routing.decide import Decision
 
-VERSION = 2
+VERSION = 3
 _MAC = 10
-_VARIANTS = {Variant.STABLE: b"s", Variant.CANDIDATE: b"c"}
-_BY_BYTE = {ord(b): v for v, b in _VARIANTS.items()}
-_FIXED = 1 + 1 + 5 + 4 + 1  # version, variant, time, rollout digest, route name's length
+STABLE, CANDIDATE, NOT_COMPARED = ord("s"), ord("c"), ord("n")  # what a request was assigned
+_BY_BYTE: dict[int, Variant | None] = {
+    STABLE: Variant.STABLE,
+    CANDIDATE: Variant.CANDIDATE,
+    NOT_COMPARED: None,
+}
+SHARES = 65535  # a share is signed in 65,535ths
+_FIXED = 1 + 1 + 5 + 4 + 2 + 1  # version, variant, time, rollout, share, route name's length
+
+
+def assignment(decision: Decision, ejected: bool) -> tuple[int, int]:
+    """What an id says of a request's assignment: the variant's byte (`NOT_COMPARED` unless the
+    analysis compares it: assigned at random, and not sent to stable because the candidate was
+    ejected) and the share in 65,535ths."""
+    if not decision.compared or ejected:
+        return NOT_COMPARED, 0
+    code = CANDIDATE if decision.variant is Variant.CANDIDATE else STABLE
+    return code, round(decision.share * SHARES)
 
 
 def key_of(secret: str) -> bytes:
@@ -51,24 +70,31 @@ def rollout_digest(identity: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What an id says: route, variant, the rollout's digest, and when (whole seconds)."""
+    """What an id says: route, the variant assigned (None: not compared), the rollout's digest,
+    when (whole seconds), and the candidate's share at assignment."""
 
     route: str
-    variant: Variant
+    variant: Variant | None
     rollout: bytes
     at: float
+    share: float
+
+    @property
+    def weight(self) -> float:
+        """The request's weight in the analysis (see `proxy.analysis.verdict`)."""
+        return 1.0 - self.share if self.variant is Variant.CANDIDATE else self.share
 
 
 class Label:
-    """The constant parts of the ids of one route's variant, and their signed part of the
-    current second."""
+    """The constant parts of the ids of one route, and the signed parts of the current second
+    by variant and share."""
 
-    __slots__ = ("head", "prefix", "second", "tail")
+    __slots__ = ("digest", "prefixes", "second", "tail")
 
-    def __init__(self, head: bytes, tail: bytes):
-        self.head, self.tail = head, tail
+    def __init__(self, digest: bytes, tail: bytes):
+        self.digest, self.tail = digest, tail
         self.second = -1
-        self.prefix = b""
+        self.prefixes: dict[tuple[int, int], bytes] = {}
 
 
 class Minter:
@@ -81,23 +107,32 @@ class Minter:
         self._tag = b"." + os.urandom(4).hex().encode()
         self._counter = itertools.count()
 
-    def label(self, route: str, variant: Variant, identity: str) -> Label:
-        """The label of one route's variant (made once per config)."""
+    def label(self, route: str, identity: str) -> Label:
+        """The label of one route (made once per config)."""
         name = route.encode()[:255]
-        head = bytes((VERSION,)) + _VARIANTS[variant]
-        return Label(head, rollout_digest(identity) + bytes((len(name),)) + name)
+        return Label(rollout_digest(identity), bytes((len(name),)) + name)
 
-    def mint(self, label: Label, now: float) -> bytes:
-        """A new id for a request served under `label` at `now` (seconds)."""
+    def mint(self, label: Label, now: float, code: int, share: int) -> bytes:
+        """A new id for a request under `label` at `now` (seconds), assigned the variant of
+        `code` at a share of `share` 65,535ths."""
         second = int(now)
         if second != label.second:
-            signed = label.head + second.to_bytes(5, "big") + label.tail
+            label.second = second
+            label.prefixes.clear()
+        prefix = label.prefixes.get((code, share))
+        if prefix is None:
+            signed = (
+                bytes((VERSION, code))
+                + second.to_bytes(5, "big")
+                + label.digest
+                + share.to_bytes(2, "big")
+                + label.tail
+            )
             signed += bytes(-(len(signed) + _MAC) % 3)  # whole base64 groups: ids concatenate
             mac = self._key.copy()
             mac.update(signed)
-            label.prefix = base64.urlsafe_b64encode(signed + mac.digest())
-            label.second = second
-        return b"%s%s%d" % (label.prefix, self._tag, next(self._counter))
+            prefix = label.prefixes[(code, share)] = base64.urlsafe_b64encode(signed + mac.digest())
+        return b"%s%s%d" % (prefix, self._tag, next(self._counter))
 
 
 class Reader:
@@ -124,13 +159,13 @@ class Reader:
         expected.update(signed)
         if not hmac.compare_digest(expected.digest(), mac):
             return None
-        variant = _BY_BYTE.get(signed[1])
         length = signed[_FIXED - 1]
-        if signed[0] != VERSION or variant is None or len(signed) < _FIXED + length:
+        if signed[0] != VERSION or signed[1] not in _BY_BYTE or len(signed) < _FIXED + length:
             return None
         try:
             route = signed[_FIXED : _FIXED + length].decode()
         except UnicodeDecodeError:
             return None
         at = float(int.from_bytes(signed[2:7], "big"))
-        return Served(route, variant, signed[7:11], at)
+        share = int.from_bytes(signed[11:13], "big") / SHARES
+        return Served(route, _BY_BYTE[signed[1]], signed[7:11], at, share)

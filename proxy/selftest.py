@@ -58,7 +58,7 @@ def seconds_to_roll_back(
             for i in range(n):
                 failed = rng.random() < error_rate
                 latency = slowdown * MEDIAN * math.exp(0.5 * rng.gauss())  # log-normal
-                window.add(start + spec.interval * i / n, failed, None if failed else latency)
+                window.add(start + spec.interval * i / n, 1.0, failed, None if failed else latency)
         now = start + spec.interval
         stable_sample, candidate_sample = windows[0].sample(now), windows[1].sample(now)
         recent = None

@@ -15,7 +15,15 @@ from redis.exceptions import RedisError
 
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.prometheus import MetricQueries, hostname
-from proxy.analysis.verdict import Result, Sample, Verdict, analysis_share, assess
+from proxy.analysis.verdict import (
+    LATENCY_KEY,
+    Clustering,
+    Result,
+    Sample,
+    Verdict,
+    analysis_share,
+    assess,
+)
 from proxy.analysis.window import ObservationSource
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Inconclusive, Route, Variant
 from proxy.fleet.connection import cancel_and_wait
@@ -93,7 +101,16 @@ def _reason(verdict: Verdict) -> str:
 
 
 def _own_ratio(pooled: Sample, own: Sample) -> Sample:
-    """The fleet's sample with this process's sample-ratio counts."""
+    """The fleet's sample with this process's sample-ratio counts and design effects. A design
+    effect seen in this process's share of the traffic is scaled to the fleet's: if a user's
+    requests are spread over the replicas, each sees 1/R of them and the excess over 1 that
+    clustering adds is R times smaller (R: the fleet's weight over this process's); with users
+    kept on one replica this overstates it, which only widens the bounds."""
+    spread = pooled.weight / own.weight if own.weight > 0 else 1.0
+    clustering = Clustering(
+        1.0 + (own.clustering.errors - 1.0) * max(spread, 1.0),
+        1.0 + (own.clustering.latency - 1.0) * max(spread, 1.0),
+    )
     return replace(
         pooled,
         assigned=own.assigned,
@@ -101,7 +118,18 @@ def _own_ratio(pooled: Sample, own: Sample) -> Sample:
         users=own.users,
         users_expected=own.users_expected,
         design_effect=own.design_effect,
+        clustering=clustering,
     )
+
+
+def refer(source: ObservationSource, route: str, verdict: Verdict) -> None:
+    """Tell `source` stable's latest latency quantile, above which a request counts as slow in
+    the users' sums (`Clustering`), if the verdict has one."""
+    for check in verdict.checks:
+        seconds = check.stable.get(LATENCY_KEY) if check.name == "latency" else None
+        if isinstance(seconds, float):
+            source.refer(route, seconds)
+            return
 
 
 class Analyzer:
@@ -212,6 +240,7 @@ class Analyzer:
             recent = analysis.epochs.recent(stable, candidate, spec.min_requests)
             share = analysis_share(analysis.judging[1])
         verdict = assess(stable, candidate, spec, now, metrics=metrics, recent=recent, share=share)
+        refer(self.source, name, verdict)
         analysis.last = verdict
         analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
         if self.fleet is not None:

@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from proxy.analysis.epochs import Epochs
+from proxy.analysis.loop import refer
 from proxy.analysis.verdict import Result, analysis_share, assess
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.config.model import (
@@ -44,7 +45,7 @@ from proxy.config.model import (
 from proxy.ejection import Breaker
 from proxy.outcome import Failure, FallbackReason, Outcome
 from proxy.outcomes import OutcomeBook, Report
-from proxy.request_id import Minter, Reader, key_of
+from proxy.request_id import Minter, Reader, Served, assignment, key_of
 from proxy.rollout.machine import identity_of
 from proxy.routing import BUCKETS, Decision, Reason, bucket
 
@@ -168,6 +169,7 @@ class _Analysis:
             recent=recent,
             share=analysis_share(self.number),
         )
+        refer(self.observations, ROUTE, verdict)
         return verdict.result is Result.FAIL
 
 
@@ -181,12 +183,12 @@ def run(regime: Regime, seed: int) -> float | None:
     breaker = None if regime.ejection is None else Breaker(ROUTE, regime.ejection)
     key = key_of(f"trial-{seed}")
     minter, reader = Minter(key), Reader(key)
-    labels = {v: minter.label(ROUTE, v, identity_of(route)) for v in (_STABLE, _CANDIDATE)}
+    label = minter.label(ROUTE, identity_of(route))
     book: OutcomeBook | None = None
     analysis = _Analysis(spec, route, 1)
 
-    def sink(route_name: str, variant: Variant, name: str, value: float, now: float) -> None:
-        analysis.observations.add_outcome(route_name, variant, name, value, now)
+    def sink(served: Served, name: str, value: float, now: float) -> None:
+        analysis.observations.add_outcome(served, name, value, now)
 
     if regime.conversion is not None:
         book = OutcomeBook(reader, [sink])
@@ -239,7 +241,9 @@ def run(regime: Regime, seed: int) -> float | None:
             if served is _CANDIDATE and breaker is not None:
                 breaker.record(not failed, at)
             latency = slow * MEDIAN * math.exp(0.5 * rng.gauss(0.0, 1.0))
-            request_id = minter.mint(labels[served], at)
+            request_id = minter.mint(
+                label, at, *assignment(decision, fallback is FallbackReason.EJECTED)
+            )
             outcome = Outcome(
                 at,
                 ROUTE,
@@ -291,6 +295,7 @@ def _outcome_spec(**changes: object) -> AnalysisSpec:
 
 
 RAMP = {"hours": 2.0, "rate": 20.0, "share": 0.01, "share_to": 0.5}
+EXACT = AnalysisSpec(max_error_rate_increase=0.0)  # no increase allowed: equal is the limit
 # Equal (or in-limit) candidates: each is rolled back at most at the stated rate.
 EQUAL: tuple[Regime, ...] = (
     Regime("baseline: independent requests, 10 % share"),
@@ -301,25 +306,34 @@ EQUAL: tuple[Regime, ...] = (
     ),
     Regime(
         "incident on both (5x slower, 6 min) while 1 % -> 50 %",
-        incident=Incident(2400.0, 2760.0, slowdown=5.0),
-        **RAMP,  # type: ignore[arg-type]
+        incident=Incident(4800.0, 5160.0, slowdown=5.0),
+        **{**RAMP, "hours": 1.5},  # type: ignore[arg-type]
     ),
     Regime(
-        "heavy users (Pareto 1.2), 1 % always failing, 10 % share",
-        users=2000,
+        "heavy users (Pareto 1.2, 1,000), 1 % always failing, 10 % share",
+        users=1000,
         tail=1.2,
         failing_users=0.01,
+        rate=40.0,
+        error_rate=0.001,
+        spec=EXACT,
     ),
     Regime(
-        "heavy users (Pareto 1.2), 1 % always failing, 50 % share",
-        users=2000,
+        "heavy users (Pareto 1.2, 300), 1 % always failing, 50 % share",
+        users=300,
         tail=1.2,
         failing_users=0.01,
         share=0.5,
+        rate=40.0,
+        spec=EXACT,
     ),
-    Regime("candidate share 90 %", share=0.9),
+    Regime("candidate share 90 %", share=0.9, spec=EXACT),
     Regime(
-        "candidate share 90 %, restarts every 15 min", share=0.9, hours=2.0, restart_every=900.0
+        "candidate share 90 %, restarts every 15 min",
+        share=0.9,
+        hours=3.0,
+        restart_every=900.0,
+        spec=EXACT,
     ),
     Regime(
         "clicks at 2 %, max_decrease 0",
@@ -344,9 +358,11 @@ EQUAL: tuple[Regime, ...] = (
         **RAMP,  # type: ignore[arg-type]
     ),
     Regime(
-        "candidate 1.19x slower, max_latency_ratio 1.2",
+        "candidate 1.19x slower, p50 ratio limit 1.2",
         slowdown=1.19,
-        spec=AnalysisSpec(max_latency_ratio=1.2),
+        share=0.5,
+        rate=40.0,
+        spec=AnalysisSpec(max_latency_ratio=1.2, latency_quantile=0.5),
     ),
 )
 # Worse candidates: each should be rolled back, and soon.

@@ -1,30 +1,47 @@
 """The verdict on a candidate: pure, observations in, verdict out.
 
-The checks compare the candidate with stable over the same window (with `method: sequential`,
-everything since the rollout began, and the always-valid bounds of `proxy.analysis.sequential`
-in place of the fixed-sample ones described here):
+What is compared. Every request that the routing core assigned at random (by the user's bucket,
+or by a draw for a keyless one, at a share strictly between 0 and 1) counts for the variant it
+was assigned, whoever answered it (intention to treat: a fallback to stable after the candidate
+failed is the candidate's error). Each counts with an **overlap weight**: 1 - share for the
+candidate's, share for stable's (Li, Morgan and Zaslavsky 2018, "Balancing covariates via
+propensity score weighting", JASA 113). At any moment both variants' weights then add up to the
+same expected amount, share (1 - share) per request, so each variant's weighted mean is a mean
+over the same moments: an incident that hits both alike, a share that moves, segments with their
+own shares and outcomes that have not arrived yet for the newest requests weigh on both alike,
+and the difference of the weighted means (Hajek's estimator) compares like with like. With a
+constant share every weight is the same and the means are the plain ones.
 
-- **error rate** (5xx answers and upstream failures over requests). The candidate fails when the
-  lower confidence bound of ``p_candidate - p_stable`` exceeds `max_error_rate_increase`. The
-  bound is Newcombe's hybrid score interval (two Wilson intervals), which stays well-behaved
-  with zero or few errors, where the plain z-test does not.
-- **latency** (a quantile, p95 by default, of successful requests). The candidate fails when a
-  distribution-free lower bound of its quantile, divided by an upper bound of stable's, exceeds
-  `max_latency_ratio`: the bounds are order statistics whose ranks come from the binomial
-  distribution of ranks below a quantile, so no latency distribution is assumed.
-- **outcomes** (`analysis.outcomes`: what users did with the answers, as the application
-  reports it). The candidate fails when the lower confidence bound of stable's mean minus the
-  candidate's (divided by stable's mean, if `relative`; the delta method) exceeds
-  `max_decrease`. The mean is over the variant's requests (`per: request`, the default: a
-  click-through rate, requests without a report counting 0) or over the reported values
-  (`per: outcome`: a rating); the bound is the normal approximation with each variant's sample
-  variance (over requests, from the reported values' squares: exact when a request has at most
-  one report of a name).
+The checks, each on a share of the error rate (`1 - confidence` split evenly among the built-in
+checks a route has, so that the stated rate holds for the verdict, not for each check):
+
+- **error rate** (5xx answers and upstream failures over requests): the candidate fails when
+  the lower bound of ``p_candidate - p_stable`` exceeds `max_error_rate_increase`.
+- **latency** (a quantile, p95 by default, of successful requests): the candidate fails when a
+  distribution-free lower bound of its quantile over an upper bound of stable's exceeds
+  `max_latency_ratio`. The bounds are the weighted empirical distribution's levels ``q ∓
+  spread``, where the spread is that of the share of observations below a quantile (a mean of
+  0/1 values), taken at the outer edges of the latency buckets (`histogram.quantile_bounds`).
+- **outcomes** (`analysis.outcomes`): the candidate fails when the lower bound of stable's mean
+  minus the candidate's (with `relative`, of ``(1 - max_decrease)`` times stable's mean minus the
+  candidate's, without the delta method) exceeds `max_decrease` (0). The mean is over the
+  variant's requests (`per: request`: a click-through rate, requests without a report counting
+  0) or over the reported values (`per: outcome`: a rating), each weighted by its request's
+  weight (the request id carries it).
 - **custom metrics** (`analysis.metrics`): PromQL values, judged in `metric_check` and passed
-  in; they count like any other check.
+  in; they count like any other check (they spend no share of the error rate: no bound).
 
-Each bound is one-sided at `confidence`. Every check is inconclusive, never failed, while a
-variant has fewer than `min_requests` in the window (requests, or reports with `per: outcome`).
+Variances. Each variant's weighted mean has the linearised variance of a Hajek estimator,
+``sum w² (y - mean)² / (sum w)²``, with two safeguards: an observation's variance is taken
+with two observations added at each end of the values' range (Agresti and Coull; a variant
+whose few observations hold no event does not look certain; see `spreads`), and it is
+multiplied by the variant's design effect (`Clustering`): requests
+of one user are correlated, and the user, not the request, is what is assigned. A bound is the
+estimate less `sequential.margin`: z standard errors plus Bernstein's correction for skewed
+means of rare events, with z always-valid (`method: sequential`) or fixed (`method: fixed`).
+
+Every check is inconclusive, never failed, while a variant has fewer than `min_requests` compared
+requests (or reports, with `per: outcome`).
 """
 
 from __future__ import annotations
@@ -35,15 +52,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from statistics import NormalDist
-from typing import Any
+from typing import Any, NamedTuple
 
-from proxy.analysis.histogram import quantile, quantile_bounds
-from proxy.analysis.sequential import (
-    Estimate,
-    mean_decrease_bound,
-    quantile_ratio_bound,
-    rate_increase_bound,
-)
+from proxy.analysis.histogram import cumulative, quantile, quantile_bounds
+from proxy.analysis.sequential import margin, z_always
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeBasis, OutcomeCheck
 
 LATENCY_KEY = "latency_quantile_seconds"
@@ -59,59 +71,124 @@ class Result(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Moments:
-    """Reported values of one outcome: how many, their sum and the sum of their squares."""
+    """Reported values of one outcome, each with its request's weight w: how many, and the sums
+    of w, w², w·value, w²·value and w²·value²."""
 
     count: int = 0
+    weight: float = 0.0
+    weight2: float = 0.0
     total: float = 0.0
-    squares: float = 0.0
+    total2: float = 0.0
+    squares2: float = 0.0
+
+    @classmethod
+    def of(cls, value: float, weight: float) -> Moments:
+        """One report of `value` for a request of weight `weight`."""
+        w2 = weight * weight
+        return cls(1, weight, w2, weight * value, w2 * value, w2 * value * value)
 
     def __add__(self, other: Moments) -> Moments:
-        return Moments(
-            self.count + other.count, self.total + other.total, self.squares + other.squares
-        )
+        return Moments(*map(operator.add, _fields(self), _fields(other)))
 
     def __sub__(self, other: Moments) -> Moments:
-        return Moments(
-            self.count - other.count, self.total - other.total, self.squares - other.squares
-        )
+        return Moments(*map(operator.sub, _fields(self), _fields(other)))
+
+
+def _fields(m: Moments) -> tuple[Any, ...]:
+    return (m.count, m.weight, m.weight2, m.total, m.total2, m.squares2)
 
 
 _NO_MOMENTS = Moments()
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    """One variant's observations in the window: requests, errors, latency histogram counts,
-    and the outcomes reported, by name."""
+class Clustering:
+    """How many times more a variant's estimates vary than if every request were a user of its
+    own (design effects, at least 1): of its error rate and of its share of slow requests (the
+    latency check's), from the sampled users (`proxy.analysis.users`)."""
 
-    requests: int
-    errors: int
-    latency: tuple[int, ...]
+    errors: float = 1.0
+    latency: float = 1.0
+
+
+_ALONE = Clustering()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One variant's observations: compared requests (assigned at random, see the module's
+    text) and their errors, the sums of their weights w and w², of w and w² over errors, the
+    latency histogram (w per bucket) with its sum of w², and the outcomes reported, by name; then
+    the sample-ratio counts and the design effects."""
+
+    requests: int = 0
+    errors: int = 0
+    weight: float = 0.0
+    weight2: float = 0.0
+    error_weight: float = 0.0
+    error_weight2: float = 0.0
+    latency: tuple[float, ...] = ()
+    latency_weight2: float = 0.0
     outcomes: Mapping[str, Moments] = field(default_factory=dict)
-    assigned: int = 0  # requests assigned at random (by bucket) that this variant served
+    assigned: int = 0  # requests assigned at random (by bucket) to this variant
     expected: float = 0.0  # how many of the randomly assigned it should have: the sum of shares
-    users: int = 0  # sampled users whose first request in the window this variant served
+    users: int = 0  # sampled users whose first request in the window was assigned to it
     users_expected: float = 0.0  # how many of those it should have: the sum of their shares
     design_effect: float = 1.0  # the route's requests per user, squared over plain (see users.py)
+    clustering: Clustering = _ALONE
+
+    @classmethod
+    def unweighted(
+        cls,
+        requests: int,
+        errors: int,
+        latency: Sequence[float] = (),
+        outcomes: Mapping[str, Moments] | None = None,
+    ) -> Sample:
+        """Counts in which every request weighs 1 (a constant share)."""
+        return cls(
+            requests,
+            errors,
+            float(requests),
+            float(requests),
+            float(errors),
+            float(errors),
+            tuple(float(n) for n in latency),
+            float(sum(latency)),
+            outcomes or {},
+        )
 
     def __sub__(self, earlier: Sample) -> Sample:
-        """What was observed since `earlier` (a sample of the same counts, taken before): the
-        requests, errors, latencies and outcomes; the sample-ratio counts are not carried."""
+        """What was observed since `earlier` (a sample of the same counts, taken before); the
+        sample-ratio counts are not carried, the design effects are."""
         outcomes = {
             name: moments - earlier.outcomes.get(name, _NO_MOMENTS)
             for name, moments in self.outcomes.items()
         }
-        latency = tuple(map(operator.sub, self.latency, earlier.latency))
         return Sample(
-            self.requests - earlier.requests, self.errors - earlier.errors, latency, outcomes
+            self.requests - earlier.requests,
+            self.errors - earlier.errors,
+            self.weight - earlier.weight,
+            self.weight2 - earlier.weight2,
+            self.error_weight - earlier.error_weight,
+            self.error_weight2 - earlier.error_weight2,
+            tuple(map(operator.sub, self.latency, earlier.latency or (0.0,) * len(self.latency))),
+            self.latency_weight2 - earlier.latency_weight2,
+            outcomes,
+            clustering=self.clustering,
         )
+
+    @property
+    def error_rate(self) -> float | None:
+        """The weighted error rate, or None without requests."""
+        return self.error_weight / self.weight if self.weight > 0 else None
 
     def summary(self) -> dict[str, Any]:
         """Sizes and rate, for reports."""
         return {
             "requests": self.requests,
             "errors": self.errors,
-            "error_rate": self.errors / self.requests if self.requests else None,
+            "error_rate": self.error_rate,
             "latency_samples": sum(self.latency),
         }
 
@@ -121,7 +198,7 @@ class Check:
     """One check's outcome with what it saw.
 
     `observed` is the point estimate (error-rate difference or latency ratio), `bound` the
-    confidence bound compared with `threshold`.
+    confidence bound compared with `threshold`; `alpha` the share of the error rate it spent.
     """
 
     name: str
@@ -135,6 +212,7 @@ class Check:
     # what was judged: "window" (method fixed), "total" (since the start) or "recent" (the
     # current epoch) with method sequential, "query" (a metric check: the query's own range)
     scope: str = "window"
+    alpha: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -148,6 +226,7 @@ class Check:
             "candidate": self.candidate,
             "note": self.note,
             "scope": self.scope,
+            "alpha": self.alpha,
         }
 
 
@@ -190,12 +269,106 @@ def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def difference_lower_bound(e1: int, n1: int, e2: int, n2: int, z: float) -> float:
-    """Newcombe's lower bound of ``e1/n1 - e2/n2``."""
-    p1, p2 = e1 / n1, e2 / n2
-    low1, _ = wilson(e1, n1, z)
-    _, high2 = wilson(e2, n2, z)
-    return (p1 - p2) - math.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2)
+class Spread(NamedTuple):
+    """How a variant's weighted mean varies: `variance` (of the mean, with the design effect),
+    `per_observation` (one observation's, with the design effect: at n0 of them the mean's
+    variance is this over n0), and how far one observation can lift the mean above its value
+    (`up`) or drag it below (`down`): Bernstein's scales (rare events lift a mean a long way and
+    drag it a little)."""
+
+    variance: float
+    per_observation: float
+    up: float
+    down: float
+
+
+class Sums(NamedTuple):
+    """A variant's weighted sums for one mean: of w, w², w·y, w²·y, w²·y²."""
+
+    weight: float
+    weight2: float
+    total: float
+    total2: float
+    squares2: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.weight
+
+    def squared_deviations(self, centre: float) -> float:
+        """sum w² (y - centre)², never below 0 (rounding)."""
+        return max(self.squares2 - 2.0 * centre * self.total2 + centre * centre * self.weight2, 0.0)
+
+
+PSEUDO = 2.0  # observations added at each end of a mean's range for its variance (see spreads)
+
+
+def spreads(
+    stable: Sums,
+    candidate: Sums,
+    limits: tuple[float, float],
+    effects: tuple[float, float],
+    pseudo: float,
+) -> tuple[Spread, Spread]:
+    """Stable's and the candidate's `Spread` of their weighted means of values within `limits`,
+    with their design effects `effects`.
+
+    An observation's variance is the variant's own with `pseudo` observations added at each end
+    of `limits` (Agresti and Coull's "add two successes and two failures"): a variant whose few
+    observations hold no event does not look certain (0 errors in 100 requests are taken for
+    about 2 %), while plentiful data keeps its own variance (a stable whose thousands of
+    requests are well measured is not made noisier). The skew of few events is Bernstein's
+    correction's part (`sequential.margin`)."""
+    low, high = limits
+    found = []
+    for sums, effect in zip((stable, candidate), effects, strict=True):
+        size = sums.weight**2 / sums.weight2  # the effective number of observations
+        mean = sums.mean
+        own = sums.squared_deviations(mean) / sums.weight2
+        centre = (size * mean + pseudo * (low + high)) / (size + 2.0 * pseudo)
+        added = (
+            size * (own + (mean - centre) ** 2)
+            + pseudo * ((low - centre) ** 2 + (high - centre) ** 2)
+        ) / (size + 2.0 * pseudo)
+        per_observation = max(own, added) * effect  # design effect in
+        ratio = 1.0 / size  # (sum w² / (sum w)²: the mean's variance per observation's)
+        up, down = max(high - mean, 0.0) * ratio, max(mean - low, 0.0) * ratio
+        found.append(Spread(per_observation * ratio, per_observation, up, down))
+    return found[0], found[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How bounds are made in one verdict: the method, `min_requests` (n0), and the share of the
+    error rate each check may spend."""
+
+    method: AnalysisMethod
+    n0: int
+    alpha: float
+
+    def z(self, information: float, alpha: float | None = None) -> float:
+        """The factor of the standard error: always-valid at `information` (a sample's size
+        over n0), or the fixed one."""
+        a = self.alpha if alpha is None else alpha
+        if self.method is AnalysisMethod.SEQUENTIAL:
+            return z_always(information, a)
+        return NormalDist().inv_cdf(1.0 - a)
+
+    def lower(
+        self, estimate: float, s: Spread, c: Spread, weights: tuple[float, float], rising: bool
+    ) -> float:
+        """The lower bound of `estimate` = weights[1]·mean_candidate - weights[0]·mean_stable
+        when the candidate's mean `rising` is what the check fears (an error rate), or of
+        weights[0]·mean_stable - weights[1]·mean_candidate when it is its falling (outcomes)."""
+        ws, wc = weights
+        variance = ws * ws * s.variance + wc * wc * c.variance
+        if variance <= 0.0:
+            return estimate
+        information = (ws * ws * s.per_observation + wc * wc * c.per_observation) / (
+            self.n0 * variance
+        )
+        scale = max(ws * s.down, wc * c.up) if rising else max(ws * s.up, wc * c.down)
+        return estimate - margin(self.z(information), math.sqrt(variance), scale)
 
 
 def _too_few(name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Sample) -> Check:
@@ -207,31 +380,32 @@ def _too_few(name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Samp
         None,
         s.summary(),
         c.summary(),
-        f"fewer than {spec.min_requests} requests per variant in the window",
+        f"fewer than {spec.min_requests} compared requests per variant",
+    )
+
+
+def _error_sums(sample: Sample) -> Sums:
+    return Sums(
+        sample.weight,
+        sample.weight2,
+        sample.error_weight,
+        sample.error_weight2,
+        sample.error_weight2,  # (an error is 0 or 1: its square is itself)
     )
 
 
 def error_rate_check(
-    stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float, *, alpha: float | None = None
+    stable: Sample, candidate: Sample, spec: AnalysisSpec, bounds: Bounds
 ) -> Check:
-    """Is the candidate's error rate higher than stable's by more than the allowed increase?
-    (`z` for the fixed method's bound; `alpha`, by default `1 - confidence`, for the
-    sequential one's.)"""
+    """Is the candidate's error rate higher than stable's by more than the allowed increase?"""
     threshold = spec.max_error_rate_increase
     if min(stable.requests, candidate.requests) < spec.min_requests:
         return _too_few("error_rate", spec, threshold, stable, candidate)
-    observed = candidate.errors / candidate.requests - stable.errors / stable.requests
-    if spec.method is AnalysisMethod.SEQUENTIAL:
-        bound = rate_increase_bound(
-            (candidate.errors, candidate.requests),
-            (stable.errors, stable.requests),
-            n0=spec.min_requests,
-            alpha=1.0 - spec.confidence if alpha is None else alpha,
-        )
-    else:
-        bound = difference_lower_bound(
-            candidate.errors, candidate.requests, stable.errors, stable.requests, z
-        )
+    s, c = _error_sums(stable), _error_sums(candidate)
+    observed = c.mean - s.mean
+    effects = (stable.clustering.errors, candidate.clustering.errors)
+    spread_s, spread_c = spreads(s, c, (0.0, 1.0), effects, PSEUDO)
+    bound = bounds.lower(observed, spread_s, spread_c, (1.0, 1.0), rising=True)
     failed = bound > threshold
     return Check(
         "error_rate",
@@ -244,93 +418,116 @@ def error_rate_check(
         "candidate error rate is higher than allowed"
         if failed
         else "no significant error rate increase",
+        alpha=bounds.alpha,
     )
 
 
-def latency_check(
-    stable: Sample, candidate: Sample, spec: AnalysisSpec, z: float, *, alpha: float | None = None
-) -> Check:
+def _level_spread(sample: Sample, q: float, effect: float, z: float, below: bool) -> float:
+    """How far the weighted share of `sample`'s latencies below the true `q`-quantile may lie
+    from q: a mean of 0/1 values with variance q (1 - q) per observation, below q (`below`:
+    each slow request drags it down by q, Bernstein's correction applies) or above it (each
+    fast one lifts it by 1 - q)."""
+    ratio = sample.latency_weight2 / sum(sample.latency) ** 2
+    scale = (q if below else 1.0 - q) * ratio
+    return margin(z, math.sqrt(q * (1.0 - q) * effect * ratio), scale)
+
+
+def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, bounds: Bounds) -> Check:
     """Is the candidate's latency quantile more than `max_latency_ratio` times stable's?"""
     threshold = spec.max_latency_ratio
     q = spec.latency_quantile
-    if min(sum(stable.latency), sum(candidate.latency)) < spec.min_requests:
+    # (the counts of requests with a latency: min_requests applies to them)
+    if (
+        min(stable.requests - stable.errors, candidate.requests - candidate.errors)
+        < (spec.min_requests)
+        or min(sum(stable.latency), sum(candidate.latency)) <= 0
+    ):
         return _too_few("latency", spec, threshold, stable, candidate)
-    stable_q, candidate_q = quantile(stable.latency, q), quantile(candidate.latency, q)
-    if spec.method is AnalysisMethod.SEQUENTIAL:
-        bound = quantile_ratio_bound(
-            candidate.latency,
-            stable.latency,
-            q=q,
-            n0=spec.min_requests,
-            alpha=1.0 - spec.confidence if alpha is None else alpha,
-        )
-    else:
-        candidate_low, _ = quantile_bounds(candidate.latency, q, z)
-        _, stable_high = quantile_bounds(stable.latency, q, z)
-        bound = candidate_low / stable_high
-    failed = bound > threshold
+    stable_running, candidate_running = cumulative(stable.latency), cumulative(candidate.latency)
+    stable_q = quantile(stable.latency, q, stable_running)
+    candidate_q = quantile(candidate.latency, q, candidate_running)
     label = f"p{q * 100:g}"
+    report = (
+        {**stable.summary(), LATENCY_KEY: stable_q},
+        {**candidate.summary(), LATENCY_KEY: candidate_q},
+    )
+    halves = []  # each quantile's bound at half the check's rate
+    for sample, below in ((candidate, True), (stable, False)):
+        effect = sample.clustering.latency
+        information = sum(sample.latency) ** 2 / sample.latency_weight2 / effect / spec.min_requests
+        z = bounds.z(information, bounds.alpha / 2)
+        halves.append(_level_spread(sample, q, effect, z, below))
+    candidate_low, _ = quantile_bounds(
+        candidate.latency, q, halves[0], halves[0], candidate_running
+    )
+    _, stable_high = quantile_bounds(stable.latency, q, halves[1], halves[1], stable_running)
+    if stable_high is None:
+        note = f"too few stable requests to bound its {label} from above"
+        return Check(
+            "latency",
+            Result.INCONCLUSIVE,
+            threshold,
+            candidate_q / stable_q,
+            None,
+            *report,
+            note,
+            alpha=bounds.alpha,
+        )
+    bound = candidate_low / stable_high
+    failed = bound > threshold
     return Check(
         "latency",
         Result.FAIL if failed else Result.PASS,
         threshold,
         candidate_q / stable_q,
         bound,
-        {**stable.summary(), LATENCY_KEY: stable_q},
-        {**candidate.summary(), LATENCY_KEY: candidate_q},
+        *report,
         f"candidate {label} is slower than allowed" if failed else f"{label} within the ratio",
+        alpha=bounds.alpha,
     )
 
 
+def _outcome_sums(sample: Sample, moments: Moments, per_request: bool) -> Sums:
+    if per_request:  # (every compared request is an observation; reports add its value)
+        return Sums(sample.weight, sample.weight2, moments.total, moments.total2, moments.squares2)
+    return Sums(moments.weight, moments.weight2, moments.total, moments.total2, moments.squares2)
+
+
 def outcome_check(
-    stable: Sample,
-    candidate: Sample,
-    check: OutcomeCheck,
-    spec: AnalysisSpec,
-    z: float,
-    *,
-    alpha: float | None = None,
+    stable: Sample, candidate: Sample, check: OutcomeCheck, spec: AnalysisSpec, bounds: Bounds
 ) -> Check:
     """Has the candidate's mean of outcome `check.name` fallen below stable's by more than
     `max_decrease` (of stable's mean, if `relative`)?"""
     name, threshold = f"outcome:{check.name}", check.max_decrease
-    ms, mc = (
-        stable.outcomes.get(check.name, Moments()),
-        candidate.outcomes.get(check.name, Moments()),
-    )
+    ms = stable.outcomes.get(check.name, _NO_MOMENTS)
+    mc = candidate.outcomes.get(check.name, _NO_MOMENTS)
     per_request = check.per is OutcomeBasis.REQUEST
     ns, nc = (stable.requests, candidate.requests) if per_request else (ms.count, mc.count)
+    s, c = _outcome_sums(stable, ms, per_request), _outcome_sums(candidate, mc, per_request)
 
-    def seen(sample: Sample, moments: Moments, n: int) -> dict[str, Any]:
-        mean = moments.total / n if n else None
+    def seen(sample: Sample, moments: Moments, sums: Sums) -> dict[str, Any]:
+        mean = sums.mean if sums.weight > 0 else None
         return {**sample.summary(), "outcomes": moments.count, "mean": mean}
 
-    report = seen(stable, ms, ns), seen(candidate, mc, nc)
+    report = seen(stable, ms, s), seen(candidate, mc, c)
     if min(ns, nc) < max(spec.min_requests, 2):
-        unit = "requests" if per_request else f"{check.name} outcomes"
-        note = f"fewer than {spec.min_requests} {unit} per variant in the window"
+        unit = "compared requests" if per_request else f"{check.name} outcomes"
+        note = f"fewer than {spec.min_requests} {unit} per variant"
         return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
-    mean_s, mean_c = ms.total / ns, mc.total / nc
-    var_s = max(ms.squares / ns - mean_s * mean_s, 0.0) * ns / (ns - 1)
-    var_c = max(mc.squares / nc - mean_c * mean_c, 0.0) * nc / (nc - 1)
-    observed = mean_s - mean_c
-    spread = math.sqrt(var_s / ns + var_c / nc)
+    spread_s, spread_c = spreads(s, c, check.range, (1.0, 1.0), PSEUDO)
+    decrease = s.mean - c.mean
     if check.relative:
-        if mean_s <= 0:
+        if s.mean <= 0:
             note = "stable's mean is not above 0: no relative decrease to judge"
             return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
-        observed /= mean_s  # 1 - mean_c / mean_s, its spread by the delta method
-        spread = math.sqrt(var_c / nc + (mean_c / mean_s) ** 2 * var_s / ns) / mean_s
-    if spec.method is AnalysisMethod.SEQUENTIAL:
-        bound = mean_decrease_bound(
-            Estimate(mean_s, var_s, ns),
-            Estimate(mean_c, var_c, nc),
-            n0=spec.min_requests,
-            alpha=1.0 - spec.confidence if alpha is None else alpha,
-            relative=check.relative,
-        )
+        # fails when (1 - max_decrease) mean_s - mean_c is above 0 with confidence: a linear
+        # combination of the two means, whose variance needs no delta method
+        kept = 1.0 - threshold
+        lower = bounds.lower(kept * s.mean - c.mean, spread_s, spread_c, (kept, 1.0), rising=False)
+        observed, bound = decrease / s.mean, lower / s.mean + threshold
     else:
-        bound = observed - z * spread
+        observed = decrease
+        bound = bounds.lower(decrease, spread_s, spread_c, (1.0, 1.0), rising=False)
     failed = bound > threshold
     what = "relative decrease" if check.relative else "decrease"
     note = (
@@ -338,9 +535,8 @@ def outcome_check(
         if failed
         else f"no significant {what} of {check.name}"
     )
-    return Check(
-        name, Result.FAIL if failed else Result.PASS, threshold, observed, bound, *report, note
-    )
+    result = Result.FAIL if failed else Result.PASS
+    return Check(name, result, threshold, observed, bound, *report, note, alpha=bounds.alpha)
 
 
 SAMPLE_RATIO_ALPHA = 0.001  # as GrowthBook and Eppo: a mismatch this unlikely is a fault
@@ -349,7 +545,7 @@ SAMPLE_RATIO_ALPHA = 0.001  # as GrowthBook and Eppo: a mismatch this unlikely i
 def _mismatch(
     served: tuple[int, int], expected: tuple[float, float], design_effect: float, spec: AnalysisSpec
 ) -> float | None:
-    """The p-value that (stable, candidate) served `served` where `expected` were due: a
+    """The p-value that (stable, candidate) were assigned `served` where `expected` were due: a
     chi-squared test (one degree of freedom) divided by the design effect; None on too little."""
     n = served[0] + served[1]
     if n < spec.min_requests or min(expected) < 5.0:
@@ -359,8 +555,13 @@ def _mismatch(
 
 
 def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) -> Check:
-    """Did each variant serve the share of randomly assigned requests, and of sampled users'
+    """Was each variant assigned the share of randomly assigned requests, and of sampled users'
     first requests, that the ramp gave it, integrated over the window as the share moved?
+
+    Assignments are counted, not answers: a candidate that fails, is ejected or falls back to
+    stable is still assigned its share, so this check never stands in the way of its rollback.
+    It catches what breaks assignment or observation itself (requests the proxy never sees, a
+    client that asks again when the candidate answers, a broken hash).
 
     Two chi-squared tests. Requests: a user's requests all go one way, so their count varies
     more than independent draws would; the statistic is divided by the design effect (Rao and
@@ -403,15 +604,15 @@ def sample_ratio_check(stable: Sample, candidate: Sample, spec: AnalysisSpec) ->
     p_value = min(1.0, min(tested) * len(tested))
     failed = p_value < SAMPLE_RATIO_ALPHA
     if not failed:
-        note = "each variant served its share of the assigned requests"
+        note = "each variant was assigned its share of the requests"
     elif requests is not None and requests == min(tested):
         note = (
-            f"the candidate served {candidate.assigned} of {n} randomly assigned requests where "
-            f"{candidate.expected:.1f} were expected: assignment or observation is broken"
+            f"the candidate was assigned {candidate.assigned} of {n} randomly assigned requests "
+            f"where {candidate.expected:.1f} were expected: assignment or observation is broken"
         )
     else:
         note = (
-            f"the candidate served the first request of {candidate.users} of "
+            f"the candidate was assigned the first request of {candidate.users} of "
             f"{stable.users + candidate.users} sampled users where {candidate.users_expected:.1f} "
             "were expected: assignment or observation is broken"
         )
@@ -431,6 +632,12 @@ def analysis_share(number: int) -> float:
     return 1.0 / (number * (number + 1))
 
 
+def checks_of(spec: AnalysisSpec) -> int:
+    """How many built-in checks share a verdict's error rate: error rate, latency and each
+    outcome check (metric checks have no bound and spend none)."""
+    return 2 + len(spec.outcomes)
+
+
 def assess(
     stable: Sample,
     candidate: Sample,
@@ -446,32 +653,33 @@ def assess(
     untrustworthy: the verdict is then inconclusive whatever they say (it holds the ramp and
     never rolls back); a sample-ratio check without enough data changes nothing.
 
-    With `method: sequential`, each check is made on the counts since the rollout began at
-    `TOTAL_SHARE` of the error rate and, given `recent` (stable's and the candidate's counts in
-    the current epoch, and its number k from 1: see `proxy.analysis.epochs`), again on the
-    epoch's counts at the rest divided by k(k + 1), so that over all epochs the rates add up to
-    at most `1 - confidence`. The epoch's check counts only when it fails (a change that the
-    counts since the start dilute); its passing or thin data never hide the total's verdict.
-    All of it within `share` of the rate (`analysis_share`: this analysis's part of it)."""
-    z = NormalDist().inv_cdf(spec.confidence)
+    The error rate, `1 - confidence` times `share` (`analysis_share`: this analysis's part of
+    it), is split evenly among the built-in checks (`checks_of`). With `method: sequential`,
+    each check is made on the counts since the rollout began at `TOTAL_SHARE` of its part and,
+    given `recent` (stable's and the candidate's counts in the current epoch, and its number k
+    from 1: see `proxy.analysis.epochs`), again on the epoch's counts at the rest divided by
+    k(k + 1), so that over all epochs the rates add up to at most its part. The epoch's check
+    counts only when it fails (a change that the counts since the start dilute); its passing or
+    thin data never hide the total's verdict."""
+    per_check = (1.0 - spec.confidence) * share / checks_of(spec)
 
-    def checks_on(s: Sample, c: Sample, alpha: float | None) -> tuple[Check, ...]:
+    def checks_on(s: Sample, c: Sample, alpha: float) -> tuple[Check, ...]:
+        bounds = Bounds(spec.method, spec.min_requests, alpha)
         return (
-            error_rate_check(s, c, spec, z, alpha=alpha),
-            latency_check(s, c, spec, z, alpha=alpha),
-            *(outcome_check(s, c, check, spec, z, alpha=alpha) for check in spec.outcomes),
+            error_rate_check(s, c, spec, bounds),
+            latency_check(s, c, spec, bounds),
+            *(outcome_check(s, c, check, spec, bounds) for check in spec.outcomes),
         )
 
     if spec.method is AnalysisMethod.FIXED:
-        judged = checks_on(stable, candidate, None)
+        judged = checks_on(stable, candidate, per_check)
     else:
-        alpha = (1.0 - spec.confidence) * share
         judged = tuple(
-            replace(c, scope="total") for c in checks_on(stable, candidate, alpha * TOTAL_SHARE)
+            replace(c, scope="total") for c in checks_on(stable, candidate, per_check * TOTAL_SHARE)
         )
         if recent is not None:
             recent_stable, recent_candidate, k = recent
-            spent = alpha * (1.0 - TOTAL_SHARE) / (k * (k + 1))
+            spent = per_check * (1.0 - TOTAL_SHARE) / (k * (k + 1))
             judged = tuple(
                 replace(late, scope="recent")
                 if late.result is Result.FAIL and total.result is not Result.FAIL

@@ -1,14 +1,16 @@
 """Sliding windows of what the proxy itself forwarded: the in-process observation source.
 
 Memory is bounded whatever the traffic: a window is a ring of time slots, each holding request
-and error counts, a fixed-size latency histogram, the moments of each reported outcome (their
-names bounded by the outcomes' `max_names`) and the sample-ratio counts; each route has a
-bounded sample of its users (`proxy.analysis.users`).
+and error counts, their weights (see `proxy.analysis.verdict`), a fixed-size latency histogram of
+weights, the weighted moments of each reported outcome (their names bounded by the outcomes'
+`max_names`) and the sample-ratio counts; each route has a bounded sample of its users
+(`proxy.analysis.users`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import NamedTuple, Protocol
@@ -17,22 +19,33 @@ from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.users import UserSample
 from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
-from proxy.outcome import Outcome
+from proxy.outcome import FallbackReason, Outcome
+from proxy.request_id import Served
 from proxy.routing import Reason
 
 SLOTS = 12
-_RANDOMIZED = (Reason.BUCKET, Reason.RANDOM)  # decisions the sample-ratio check can test
+_RANDOMIZED = (Reason.BUCKET, Reason.RANDOM)  # decisions made at random: compared and tested
 _NONE = Moments()
+_STABLE, _CANDIDATE, _EJECTED = Variant.STABLE, Variant.CANDIDATE, FallbackReason.EJECTED
+
+
+def weight_of(variant: Variant, share: float) -> float:
+    """A compared request's overlap weight: 1 - share for the candidate's, share for stable's
+    (`share` is the candidate's at its time)."""
+    return 1.0 - share if variant is _CANDIDATE else share
 
 
 class Slot(NamedTuple):
-    """One time slot of a window, as the fleet pools it: its number, requests, errors, latency
-    histogram and outcomes. (The sample-ratio counts stay in the process: see `samples`.)"""
+    """One time slot of a window, as the fleet pools it: its number, requests, errors, their
+    weights, the latency histogram of weights and its sum of squared weights, and outcomes.
+    (The sample-ratio counts stay in the process: see `samples`.)"""
 
     number: int
     requests: int
     errors: int
-    latency: list[int]
+    weights: tuple[float, float, float, float]  # sum of w, w², w over errors, w² over errors
+    latency: list[float]
+    latency_weight2: float
     outcomes: dict[str, Moments]
 
 
@@ -48,21 +61,25 @@ class Window:
         "_expected",
         "_ids",
         "_latency",
+        "_latency_weight2",
         "_outcomes",
         "_requests",
         "_slot",
         "_users",
         "_users_expected",
+        "_weights",
         "span",
     )
 
     def __init__(self, span: float):
         self.span = span
         self._slot = span / SLOTS
-        self._ids = [-1] * SLOTS
+        self._ids = [-1] * SLOTS  # each slot's number (times are not negative: -1 is unused)
         self._requests = [0] * SLOTS
         self._errors = [0] * SLOTS
-        self._latency = [[0] * SIZE for _ in range(SLOTS)]
+        self._weights = [[0.0] * 4 for _ in range(SLOTS)]
+        self._latency = [[0.0] * SIZE for _ in range(SLOTS)]
+        self._latency_weight2 = [0.0] * SLOTS
         self._outcomes: list[dict[str, Moments]] = [{} for _ in range(SLOTS)]
         self._assigned = [0] * SLOTS
         self._expected = [0.0] * SLOTS
@@ -75,59 +92,79 @@ class Window:
         if self._ids[index] != slot:
             self._ids[index] = slot
             self._requests[index] = self._errors[index] = 0
-            self._latency[index] = [0] * SIZE
+            self._weights[index] = [0.0] * 4
+            self._latency[index] = [0.0] * SIZE
+            self._latency_weight2[index] = 0.0
             self._outcomes[index] = {}
             self._assigned[index] = self._users[index] = 0
             self._expected[index] = self._users_expected[index] = 0.0
         return index
 
-    def expect(self, now: float, share: float, served: bool, new_user: bool) -> None:
+    def expect(self, now: float, share: float, assigned: bool, new_user: bool) -> None:
         """Count a request assigned at random: `share` is the chance it had of this variant,
-        `served` whether this variant served it, `new_user` whether it is a sampled user's first
-        in the window."""
+        `assigned` whether it was assigned to it, `new_user` whether it is a sampled user's
+        first in the window."""
         index = self._index(now)
         self._expected[index] += share
-        if served:
+        if assigned:
             self._assigned[index] += 1
         if new_user:
             self._users_expected[index] += share
-            if served:
+            if assigned:
                 self._users[index] += 1
 
-    def add_outcome(self, now: float, name: str, value: float) -> None:
-        """Count one reported outcome (its names are bounded by the caller)."""
+    def add_outcome(self, now: float, name: str, value: float, weight: float) -> None:
+        """Count one reported outcome of a request of weight `weight` (its names are bounded by
+        the caller)."""
         moments = self._outcomes[self._index(now)]
-        moments[name] = moments.get(name, _NONE) + Moments(1, value, value * value)
+        moments[name] = moments.get(name, _NONE) + Moments.of(value, weight)
 
-    def add(self, now: float, error: bool, latency: float | None) -> None:
-        """Count one request; `latency` of a successful one goes into the histogram."""
+    def add(self, now: float, weight: float, error: bool, latency: float | None) -> None:
+        """Count one compared request of weight `weight`; `latency` of a successful one goes
+        into the histogram."""
         index = self._index(now)
         self._requests[index] += 1
+        sums = self._weights[index]
+        w2 = weight * weight
+        sums[0] += weight
+        sums[1] += w2
         if error:
             self._errors[index] += 1
+            sums[2] += weight
+            sums[3] += w2
         elif latency is not None:
-            self._latency[index][bucket_of(latency)] += 1
+            self._latency[index][bucket_of(latency)] += weight
+            self._latency_weight2[index] += w2
+
+    def _live(self, now: float) -> list[int]:
+        newest = int(now // self._slot)
+        ids = self._ids
+        return [i for i in range(SLOTS) if newest - SLOTS < ids[i] <= newest and ids[i] >= 0]
 
     def slots(self, now: float) -> list[Slot]:
         """The live slots of the window ending at `now`; their numbers are times divided by
         the slot's length, the same in every process that has the same span."""
-        newest = int(now // self._slot)
         return [
             Slot(
                 self._ids[i],
                 self._requests[i],
                 self._errors[i],
+                (
+                    self._weights[i][0],
+                    self._weights[i][1],
+                    self._weights[i][2],
+                    self._weights[i][3],
+                ),
                 self._latency[i],
+                self._latency_weight2[i],
                 self._outcomes[i],
             )
-            for i in range(SLOTS)
-            if newest - SLOTS < self._ids[i] <= newest
+            for i in self._live(now)
         ]
 
     def sample(self, now: float) -> Sample:
         """Everything observed in the window ending at `now`."""
-        newest = int(now // self._slot)
-        live = [i for i in range(SLOTS) if newest - SLOTS < self._ids[i] <= newest]
+        live = self._live(now)
         histograms = [self._latency[i] for i in live]
         if len(histograms) == 1:  # (a window without end has one slot)
             latency = tuple(histograms[0])
@@ -137,10 +174,16 @@ class Window:
         for i in live:
             for name, moments in self._outcomes[i].items():
                 outcomes[name] = outcomes.get(name, _NONE) + moments
+        w, w2, ew, ew2 = (math.fsum(self._weights[i][k] for i in live) for k in range(4))
         return Sample(
             sum(self._requests[i] for i in live),
             sum(self._errors[i] for i in live),
-            latency or (0,) * SIZE,
+            w,
+            w2,
+            ew,
+            ew2,
+            latency or (0.0,) * SIZE,
+            math.fsum(self._latency_weight2[i] for i in live),
             outcomes,
             sum(self._assigned[i] for i in live),
             sum(self._expected[i] for i in live),
@@ -156,6 +199,10 @@ class ObservationSource(Protocol):
         """(stable, candidate) over the route's analysis window ending at `now`."""
         ...
 
+    def refer(self, route: str, seconds: float) -> None:
+        """Count requests slower than `seconds` as slow from now on (see `Clustering`)."""
+        ...
+
 
 class LocalObservations:
     """Observations of the requests this process forwards, per analysed route."""
@@ -165,6 +212,7 @@ class LocalObservations:
         that counts everything since its rollout began; `identities`: each route's rollout."""
         self.windows: dict[str, dict[str, Window]] = {}
         self.users: dict[str, UserSample] = {}
+        self.references: dict[str, float] = {}  # route -> latency above which a request is slow
         self._identities: dict[str, str] = {}
         self.update(spans, identities)
 
@@ -192,6 +240,11 @@ class LocalObservations:
             route: UserSample(span) if route in fresh else self.users[route]
             for route, span in spans.items()
         }
+        self.references = {
+            route: seconds
+            for route, seconds in self.references.items()
+            if route in spans and route not in fresh
+        }
         self._identities = dict(identities)
 
     def generation(self, route: str) -> str:
@@ -201,28 +254,46 @@ class LocalObservations:
 
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]
-        effect = self.users[route].design_effect(now)
+        users = self.users[route]
+        effect = users.design_effect(now)
         return (
-            replace(windows["stable"].sample(now), design_effect=effect),
-            replace(windows["candidate"].sample(now), design_effect=effect),
+            replace(
+                windows["stable"].sample(now),
+                design_effect=effect,
+                clustering=users.clustering(_STABLE),
+            ),
+            replace(
+                windows["candidate"].sample(now),
+                design_effect=effect,
+                clustering=users.clustering(_CANDIDATE),
+            ),
         )
 
-    def add_outcome(
-        self, route: str, variant: Variant, name: str, value: float, now: float
-    ) -> None:
-        """Count a reported outcome in its route's window, if the route is analysed (an
-        outcome book's sink)."""
-        windows = self.windows.get(route)
-        if windows is not None:
-            windows[variant].add_outcome(now, name, value)
+    def refer(self, route: str, seconds: float) -> None:
+        """Count requests slower than `seconds` as slow from now on, in the users' sums that
+        measure how much the latency check's share of slow requests varies (the analysis gives
+        stable's latest quantile)."""
+        self.references[route] = seconds
+
+    def add_outcome(self, served: Served, name: str, value: float, now: float) -> None:
+        """Count a reported outcome in its route's window with its request's weight, if the
+        route is analysed and the request compared (an outcome book's sink)."""
+        windows = self.windows.get(served.route)
+        if windows is not None and served.variant is not None:
+            windows[served.variant].add_outcome(now, name, value, served.weight)
 
 
 class WindowRecorder:
     """Feeds each finished request to its route's analysis windows (an `Observer`).
 
-    A request the proxy refused itself says nothing of the upstreams and is left out; one whose
-    client left first counts, without a latency (cut short, it says nothing of speed); a
-    candidate that failed before stable answered in its place counts as a candidate error.
+    Only requests assigned at random are compared, each for the variant it was assigned,
+    whoever answered it (intention to treat): a fallback to stable after the candidate failed
+    (unreachable, out of connection slots, a 5xx replayed) is the candidate's error; a request
+    sent to stable because the candidate was ejected counts toward the assignment (the
+    sample-ratio check) but is measured for neither, since the candidate never saw it and
+    stable's answer says nothing of it. A request the proxy refused itself says nothing of the
+    upstreams and is left out; one whose client left first counts, without a latency (cut
+    short, it says nothing of speed).
     """
 
     def __init__(self, observations: LocalObservations):
@@ -235,24 +306,39 @@ class WindowRecorder:
 
     def record(self, outcome: Outcome) -> None:
         measure = self._latency.get(outcome.route)
-        windows = self._observations.windows.get(outcome.route)
-        if measure is None or windows is None or outcome.refused:
+        observations = self._observations
+        windows = observations.windows.get(outcome.route)
+        decision = outcome.decision
+        if (
+            measure is None
+            or windows is None
+            or outcome.refused
+            or decision.reason not in _RANDOMIZED
+        ):
             return
         now = outcome.at + outcome.duration
-        decision = outcome.decision
-        if decision.reason in _RANDOMIZED:
-            served, share = outcome.variant, decision.share
-            new = decision.key is not None and self._observations.users[outcome.route].see(
-                decision.key, now
-            )
-            windows[Variant.STABLE].expect(now, 1.0 - share, served is Variant.STABLE, new)
-            windows[Variant.CANDIDATE].expect(now, share, served is Variant.CANDIDATE, new)
-        if outcome.candidate_failed:
-            windows[Variant.CANDIDATE].add(now, True, None)
+        assigned, share = decision.variant, decision.share
+        users = observations.users[outcome.route]
+        user, new = None, False
+        if decision.key is not None:
+            user, new = users.see(decision.key, now)
+        windows[_STABLE].expect(now, 1.0 - share, assigned is _STABLE, new)
+        windows[_CANDIDATE].expect(now, share, assigned is _CANDIDATE, new)
+        if outcome.fallback is _EJECTED or not decision.compared:
+            return  # (not measured; at a share of 0 or 1 there is nothing to compare with)
         latency = None
-        if outcome.status is not None:
-            if measure is LatencyMeasure.DURATION:
-                latency = outcome.duration
-            else:
-                latency = outcome.ttfb if measure is LatencyMeasure.TTFB else outcome.ttft
-        windows[outcome.variant].add(now, outcome.failed, latency)
+        if assigned is _CANDIDATE and outcome.candidate_failed:
+            error = True
+        else:
+            error = outcome.failed
+            if outcome.status is not None:
+                if measure is LatencyMeasure.DURATION:
+                    latency = outcome.duration
+                else:
+                    latency = outcome.ttfb if measure is LatencyMeasure.TTFB else outcome.ttft
+        weight = weight_of(assigned, share)
+        windows[assigned].add(now, weight, error, latency)
+        if user is not None:
+            reference = observations.references.get(outcome.route, math.inf)
+            slow = not error and latency is not None and latency > reference
+            users.add(user, assigned, weight, error, slow)

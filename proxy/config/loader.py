@@ -529,9 +529,22 @@ class _Parser:
             fields = self.mapping(
                 item,
                 item_path,
-                ("name", "max_decrease", "relative", "per"),
+                ("name", "max_decrease", "relative", "per", "range"),
                 ("name", "max_decrease"),
             )
+            per = self.field(
+                fields,
+                "per",
+                item_path,
+                lambda n, p, d: self.choice(n, p, d, OutcomeBasis),
+                OutcomeBasis.REQUEST,
+            )
+            if per is OutcomeBasis.OUTCOME and "range" not in fields:
+                self.fail(
+                    item,
+                    _sub(item_path, "range"),
+                    "missing required field: per: outcome needs the values' [min, max]",
+                )
             checks.append(
                 OutcomeCheck(
                     name=self.field(fields, "name", item_path, self.check_name, ""),
@@ -539,17 +552,26 @@ class _Parser:
                         fields, "max_decrease", item_path, self.non_negative, 0.0
                     ),
                     relative=self.field(fields, "relative", item_path, self.boolean, False),
-                    per=self.field(
-                        fields,
-                        "per",
-                        item_path,
-                        lambda n, p, d: self.choice(n, p, d, OutcomeBasis),
-                        OutcomeBasis.REQUEST,
-                    ),
+                    per=per,
+                    range=self.field(fields, "range", item_path, self.value_range, (0.0, 1.0)),
                 )
             )
         self.unique(node, path, [(c.name, "name") for c in checks])
         return tuple(checks)
+
+    def value_range(
+        self, node: Node, path: str, default: tuple[float, float]
+    ) -> tuple[float, float]:
+        items = list(self.sequence(node, path))
+        if len(items) != 2:
+            if isinstance(node, SequenceNode):
+                self.fail(node, path, "expected [min, max]: two numbers")
+            return default
+        low, high = (self.number(item, item_path, 0.0) for item, item_path in items)
+        if not low < high:
+            self.fail(node, path, f"expected min below max, got [{low:g}, {high:g}]")
+            return default
+        return low, high
 
     def check_name(self, node: Node, path: str, default: str) -> str:
         value = self.string(node, path, default)

@@ -212,12 +212,13 @@ class OutcomeBasis(StrEnum):
 @dataclass(frozen=True, slots=True)
 class OutcomeCheck:
     """The candidate's mean of outcome `name` may not fall below stable's by more than
-    `max_decrease` (a fraction of stable's mean if `relative`)."""
+    `max_decrease` (a fraction of stable's mean if `relative`); reports of it lie in `range`."""
 
     name: str
     max_decrease: float
     relative: bool = False
     per: OutcomeBasis = OutcomeBasis.REQUEST
+    range: tuple[float, float] = (0.0, 1.0)  # the lowest and highest value a report may have
 
 
 class Comparison(StrEnum):

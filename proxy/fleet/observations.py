@@ -10,8 +10,12 @@ Invariants
 - Counters are kept per route, window length, variant and time slot (the slot number is the time
   divided by the slot's length, the same in every replica), in one hash each, which expires
   once the slot has left every window: memory in Redis is bounded by the number of routes (and
-  of outcome names, bounded per route). Reported outcomes add their count, sum and sum of
-  squares per name (`o:n:`, `o:s:`, `o:q:` fields). The sample-ratio counts are not pooled:
+  of outcome names, bounded per route). A hash holds the compared requests (`r`) and errors
+  (`e`), the sums of their weights (`w`, `w2`, and over errors `ew`, `ew2`), the latency
+  histogram of weights (a field per bucket) with its sum of squared weights (`l2`), and per
+  outcome name its count and weighted sums (`o:n:`, `o:w:`, `o:v:`, `o:s:`, `o:t:`, `o:q:`: see
+  `Moments`). The keys say `obs2`: a replica that counted without weights never adds to them.
+  The sample-ratio counts and the users' design effects are not pooled:
   the decider tests its own traffic (a user's requests spread over replicas would count once
   per replica, and the test needs each user once).
 - A route's keys carry the hash tag `{route}`: on a Redis Cluster they stay on one node.
@@ -20,6 +24,8 @@ Invariants
 from __future__ import annotations
 
 import math
+import operator
+from dataclasses import astuple
 
 from redis.asyncio import Redis
 
@@ -30,9 +36,11 @@ from proxy.analysis.window import SLOTS, LocalObservations
 FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
 KEEP_TOTALS = 30 * 86400  # seconds the counts since a rollout began are kept after a flush
 
-# requests, errors, latency histogram, outcomes' moments by name
-_Counts = tuple[int, int, tuple[int, ...], dict[str, Moments]]
-_NOTHING: _Counts = (0, 0, (0,) * SIZE, {})
+# requests, errors, the four weight sums, latency histogram, its w² sum, outcomes' moments by name
+_Counts = tuple[int, int, tuple[float, ...], tuple[float, ...], float, dict[str, Moments]]
+_NOTHING: _Counts = (0, 0, (0.0,) * 4, (0.0,) * SIZE, 0.0, {})
+_WEIGHTS = ("w", "w2", "ew", "ew2")
+_MOMENT_PARTS = ("n", "w", "v", "s", "t", "q")  # Moments' fields, in order
 
 
 class PooledObservations:
@@ -50,7 +58,7 @@ class PooledObservations:
         for a window without end (counts since the rollout began), the rollout's."""
         total = math.isinf(span)
         span_name = f"total-{self._local.generation(route)}" if total else f"{span:g}"
-        return f"{self._prefix}:obs:{{{route}}}:{span_name}:{variant}:{slot}"
+        return f"{self._prefix}:obs2:{{{route}}}:{span_name}:{variant}:{slot}"
 
     async def flush(self, now: float) -> int:
         """Send what the local windows gained since the last flush; the number of slots sent.
@@ -66,34 +74,40 @@ class PooledObservations:
                 for slot in window.slots(now):
                     where = (route, variant, slot.number, generation)
                     live.add(where)
-                    counts = (
+                    counts: _Counts = (
                         slot.requests,
                         slot.errors,
+                        slot.weights,
                         tuple(slot.latency),
+                        slot.latency_weight2,
                         dict(slot.outcomes),
                     )
                     sent = self._sent.get(where, _NOTHING)
                     if counts == sent:
                         continue
                     key = self.key(route, window.span, variant, slot.number)
-                    fields = {"r": slot.requests - sent[0], "e": slot.errors - sent[1]}
-                    fields.update(
-                        {
-                            str(b): n - sent[2][b]
-                            for b, n in enumerate(slot.latency)
-                            if n != sent[2][b]
-                        }
-                    )
-                    for field, amount in fields.items():
-                        if amount:
-                            pipe.hincrby(key, field, amount)
+                    for field, count in (
+                        ("r", slot.requests - sent[0]),
+                        ("e", slot.errors - sent[1]),
+                    ):
+                        if count:
+                            pipe.hincrby(key, field, count)
+                    floats = [
+                        *zip(_WEIGHTS, map(operator.sub, slot.weights, sent[2]), strict=True),
+                        *((str(b), n - sent[3][b]) for b, n in enumerate(slot.latency)),
+                        ("l2", slot.latency_weight2 - sent[4]),
+                    ]
                     for name, moments in slot.outcomes.items():
-                        before = sent[3].get(name, Moments())
-                        if moments == before:
-                            continue
-                        pipe.hincrby(key, f"o:n:{name}", moments.count - before.count)
-                        pipe.hincrbyfloat(key, f"o:s:{name}", moments.total - before.total)
-                        pipe.hincrbyfloat(key, f"o:q:{name}", moments.squares - before.squares)
+                        change = astuple(moments - sent[5].get(name, Moments()))
+                        pipe.hincrby(key, f"o:n:{name}", change[0])
+                        floats += zip(
+                            (f"o:{part}:{name}" for part in _MOMENT_PARTS[1:]),
+                            change[1:],
+                            strict=True,
+                        )
+                    for field, amount in floats:
+                        if amount:
+                            pipe.hincrbyfloat(key, field, amount)
                     pipe.expire(key, keep)
                     sending[where] = counts
         if sending:
@@ -118,23 +132,38 @@ class PooledObservations:
 
 def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
     requests = errors = 0
-    latency = [0] * SIZE
-    parts: dict[str, list[float]] = {}  # name -> [count, total, squares]
+    weights = dict.fromkeys((name.encode() for name in _WEIGHTS), 0.0)
+    latency = [0.0] * SIZE
+    latency_weight2 = 0.0
+    parts: dict[str, list[float]] = {}  # name -> Moments' fields
     for fields in hashes:
         for field, value in fields.items():
             if field == b"r":
                 requests += int(value)
             elif field == b"e":
                 errors += int(value)
+            elif field in weights:
+                weights[field] += float(value)
+            elif field == b"l2":
+                latency_weight2 += float(value)
             elif field.startswith(b"o:"):
                 part, name = _PARTS.get(field[2:4], 0), field[4:].decode()
-                parts.setdefault(name, [0.0, 0.0, 0.0])[part] += float(value)
-            elif (bucket := int(field)) < SIZE:
-                latency[bucket] += int(value)
-    outcomes = {
-        name: Moments(int(n), total, squares) for name, (n, total, squares) in parts.items()
-    }
-    return Sample(requests, errors, tuple(latency), outcomes)
+                parts.setdefault(name, [0.0] * len(_MOMENT_PARTS))[part] += float(value)
+            elif field.isdigit() and (bucket := int(field)) < SIZE:
+                latency[bucket] += float(value)
+    outcomes = {name: Moments(int(values[0]), *values[1:]) for name, values in parts.items()}
+    w, w2, ew, ew2 = weights.values()
+    return Sample(
+        requests,
+        errors,
+        w,
+        w2,
+        ew,
+        ew2,
+        tuple(latency),
+        latency_weight2,
+        outcomes,
+    )
 
 
-_PARTS = {b"n:": 0, b"s:": 1, b"q:": 2}
+_PARTS = {f"{part}:".encode(): index for index, part in enumerate(_MOMENT_PARTS)}

@@ -62,6 +62,12 @@ class Decision(NamedTuple):
     bucket: int | None = None
     key: str | None = None
 
+    @property
+    def compared(self) -> bool:
+        """Whether the analysis compares this request's variants: assigned at random (by bucket,
+        or drawn for a keyless request) at a share strictly between 0 and 1."""
+        return (self.reason is _BUCKET or self.reason is _RANDOM) and 0.0 < self.share < 1.0
+
 
 def decide(
     active: ActiveRoute,

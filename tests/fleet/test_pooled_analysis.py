@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import astuple
 
 import pytest
 from redis.exceptions import RedisError
@@ -16,14 +17,30 @@ from proxy.fleet import decider as decider_module
 from proxy.fleet.connection import connect
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
+from proxy.request_id import Served, rollout_digest
 from tests.fleet.redis_server import RedisServer
 
 T0 = 1_796_083_200.0
 
 
-def observe(local: LocalObservations, now: float, variant: str, n: int, errors: int = 0) -> None:
+def observe(
+    local: LocalObservations,
+    now: float,
+    variant: str,
+    n: int,
+    *,
+    errors: int = 0,
+    weight: float = 1.0,
+) -> None:
+    """`n` compared requests of `weight` (see `verdict`), the first `errors` of them failed, the
+    others answered in 20 ms."""
     for i in range(n):
-        local.windows["r"][variant].add(now, i < errors, 0.02)
+        local.windows["r"][variant].add(now, weight, i < errors, 0.02)
+
+
+def served(variant: Variant | None, share: float, route: str = "r") -> Served:
+    """What a request id of `route` says: assigned `variant` at the candidate's `share`."""
+    return Served(route, variant, rollout_digest("x"), T0, share)
 
 
 async def test_the_fleet_sample_is_the_sum_of_every_replicas_observations(redis_server):
@@ -31,18 +48,26 @@ async def test_the_fleet_sample_is_the_sum_of_every_replicas_observations(redis_
     replicas = [LocalObservations({"r": 60.0}) for _ in range(3)]
     pools = [PooledObservations(local, client, "t") for local in replicas]
     try:
-        for i, local in enumerate(replicas):
-            observe(local, T0 + i, "stable", 10 + i)
-            observe(local, T0 + 20 + i, "candidate", 5, errors=i)
+        for i, local in enumerate(replicas):  # at a share of 0.25: weights 0.25 and 0.75
+            observe(local, T0 + i, "stable", 10 + i, weight=0.25)
+            observe(local, T0 + 20 + i, "candidate", 5, errors=i, weight=0.75)
         assert [await pool.flush(T0 + 30) for pool in pools] == [2, 2, 2]
         assert [await pool.flush(T0 + 30) for pool in pools] == [0, 0, 0]  # nothing new
-        observe(replicas[0], T0 + 31, "candidate", 4, errors=4)  # same slot: only the change
+        # same slot, the share moved to 0.5: only the change is sent
+        observe(replicas[0], T0 + 31, "candidate", 4, errors=4, weight=0.5)
         assert await pools[0].flush(T0 + 31) == 1
         stable, candidate = await pools[1].samples("r", T0 + 31)
         assert (stable.requests, stable.errors) == (33, 0)
+        assert (stable.weight, stable.weight2) == (33 * 0.25, 33 * 0.0625)
+        assert (stable.error_weight, stable.error_weight2) == (0.0, 0.0)
         assert (candidate.requests, candidate.errors) == (19, 7)
-        assert candidate.latency[bucket_of(0.02)] == 12  # errors carry no latency
-        assert sum(stable.latency) == 33
+        # 15 requests of 0.75 (3 failed) and 4 failed of 0.5
+        assert (candidate.weight, candidate.weight2) == pytest.approx((13.25, 9.4375))
+        assert (candidate.error_weight, candidate.error_weight2) == pytest.approx((4.25, 2.6875))
+        assert candidate.error_rate == pytest.approx(4.25 / 13.25)
+        assert candidate.latency[bucket_of(0.02)] == 12 * 0.75  # errors carry no latency
+        assert candidate.latency_weight2 == pytest.approx(12 * 0.5625)
+        assert sum(stable.latency) == 33 * 0.25 and stable.latency_weight2 == 33 * 0.0625
         # The window moves on: slots older than it are out of the sample (and expire in Redis).
         stable, candidate = await pools[2].samples("r", T0 + 65)
         assert (stable.requests, candidate.requests) == (0, 19)
@@ -55,17 +80,30 @@ async def test_outcomes_reported_to_any_replica_are_pooled_by_name(redis_server)
     replicas = [LocalObservations({"r": 60.0}) for _ in range(2)]
     pools = [PooledObservations(local, client, "t") for local in replicas]
     try:
-        replicas[0].add_outcome("r", Variant.CANDIDATE, "click", 1.0, T0)
-        replicas[1].add_outcome("r", Variant.CANDIDATE, "click", 1.0, T0 + 1)
-        replicas[1].add_outcome("r", Variant.STABLE, "rating", 4.5, T0 + 1)
-        replicas[1].add_outcome("other", Variant.STABLE, "click", 1.0, T0 + 1)  # not analysed
+        # requests assigned at a share of 0.2: the candidate's weigh 0.8, stable's 0.2
+        candidate_request, stable_request = (
+            served(Variant.CANDIDATE, 0.2),
+            served(Variant.STABLE, 0.2),
+        )
+        replicas[0].add_outcome(candidate_request, "click", 1.0, T0)
+        replicas[1].add_outcome(candidate_request, "click", 1.0, T0 + 1)
+        replicas[1].add_outcome(stable_request, "rating", 4.5, T0 + 1)
+        other = served(Variant.STABLE, 0.2, route="other")  # not analysed
+        replicas[1].add_outcome(other, "click", 1.0, T0 + 1)
+        replicas[1].add_outcome(served(None, 0.0), "click", 1.0, T0 + 1)  # not compared
         for pool in pools:
             await pool.flush(T0 + 2)
-        replicas[0].add_outcome("r", Variant.CANDIDATE, "click", 3.0, T0 + 2)  # same slot
+        replicas[0].add_outcome(candidate_request, "click", 3.0, T0 + 2)  # same slot
         assert await pools[0].flush(T0 + 2) == 1
         stable, candidate = await pools[1].samples("r", T0 + 2)
-        assert candidate.outcomes == {"click": Moments(3, 5.0, 11.0)}
-        assert stable.outcomes == {"rating": Moments(1, 4.5, 20.25)}
+        # count, and the sums of w, w², w·value, w²·value, w²·value² (values 1, 1 and 3)
+        clicks = Moments(3, 2.4, 3 * 0.64, 0.8 * 5, 0.64 * 5, 0.64 * 11)
+        assert candidate.outcomes.keys() == {"click"}
+        assert candidate.outcomes["click"].count == 3
+        assert astuple(candidate.outcomes["click"]) == pytest.approx(astuple(clicks))
+        assert stable.outcomes.keys() == {"rating"}
+        rating = Moments(1, 0.2, 0.04, 0.2 * 4.5, 0.04 * 4.5, 0.04 * 4.5**2)
+        assert astuple(stable.outcomes["rating"]) == pytest.approx(astuple(rating))
         assert (stable.requests, candidate.requests) == (0, 0)
     finally:
         await client.aclose()
@@ -88,7 +126,9 @@ async def test_counts_since_a_rollout_began_are_pooled_per_rollout(redis_server)
         await pools[0].flush(T0 + 3 * 86_400)
         _, candidate = await pools[0].samples("r", T0 + 3 * 86_400)
         assert candidate.requests == 2
-        assert 0 < await client.ttl(pools[0].key("r", math.inf, "candidate", 0)) <= 30 * 86_400
+        key = pools[0].key("r", math.inf, "candidate", 0)
+        assert key.startswith("t:obs2:{r}:total-")  # (not added to by a replica without weights)
+        assert 0 < await client.ttl(key) <= 30 * 86_400
     finally:
         await client.aclose()
 

@@ -369,3 +369,112 @@ async def test_the_sequential_method_rolls_back_a_bad_candidate_on_everything_si
         assert candidate_sample.requests >= verdict.checks[0].candidate["requests"] > 0
     finally:
         await server.stop()
+
+
+def production_config(stable: str, candidate: str, *, ramp: str, min_requests: int) -> str:
+    """A route as production runs it: default ejection, a ramp that moves on thin data."""
+    route = route_yaml(stable, candidate).replace("    ramp: {base: 0.5}\n", f"    ramp: {ramp}\n")
+    return (
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+        f"state: {{backend: memory}}\nroutes:\n{route}"
+        f"    analysis: {{interval: {int(INTERVAL * 1000)}ms, min_requests: {min_requests}, "
+        f"failures_before_rollback: {FAILURES}, on_inconclusive: continue}}\n"
+    )
+
+
+async def test_equal_candidates_survive_an_incident_on_both_while_the_share_ramps(
+    upstreams, client
+):
+    # The share climbs from 5 % to 65 % in 10 s; from 6 s to 8.5 s both variants fail 20 % of
+    # their requests. Counted since the start without regard to when, the candidate's requests
+    # fall in the incident far more often than stable's (its share is highest then), and its
+    # error rate looks several points worse; compared at the same moments, it is not.
+    stable, candidate = upstreams
+    text = production_config(
+        url_of(stable),
+        url_of(candidate),
+        ramp="{base: 0.05, slope: 0.6, per: 10s, max: 0.65}",
+        min_requests=60,
+    )
+    server = Server(parse_config(text))
+    await server.start()
+    try:
+
+        async def incident() -> None:
+            await asyncio.sleep(6.0)
+            for upstream in upstreams:
+                upstream.app[PROBE].error_rate = 0.2
+            await asyncio.sleep(2.5)
+            for upstream in upstreams:
+                upstream.app[PROBE].error_rate = 0.0
+
+        variants, _ = await asyncio.gather(drive(client, server, 11.0), incident())
+        assert variants.count("candidate") > 1000  # (enough to judge: the point of the test)
+        assert server.controller.state("models", time.time()) is State.COMPLETE  # at its max
+        history = server.analyzer.verdicts("models") or []
+        judged = [v for v in history if v["checks"][0]["result"] != "inconclusive"]
+        assert judged, history[:1]
+        assert all(v["checks"][0]["result"] == "pass" for v in judged), judged[0]
+    finally:
+        await server.stop()
+
+
+class Script(random.Random):
+    """A random source that plays given draws, then repeats the last `cycle` of them."""
+
+    def __init__(self, draws: list[float], cycle: int) -> None:
+        super().__init__(0)
+        self.draws, self.cycle, self.index = draws, cycle, 0
+
+    def random(self) -> float:
+        draws = self.draws
+        index = self.index
+        self.index += 1
+        if index >= len(draws):
+            index = len(draws) - self.cycle + (index - len(draws)) % self.cycle
+        return draws[index]
+
+
+async def test_a_candidate_failing_half_its_requests_is_rolled_back_though_it_is_ejected(
+    upstreams, client
+):
+    # Ten alternating answers, then five 500s in a row: the default ejection sends the
+    # candidate's users to stable for 30 s from its 15th request on. Those requests are still
+    # the candidate's assignment (the sample-ratio check sees no mismatch) and never stable's
+    # successes, so the 15 it answered, 10 of them 500s, roll it back.
+    stable, candidate = upstreams
+    error, ok = 0.0, 0.99
+    candidate.app[PROBE].error_rate = 0.5
+    candidate.app[PROBE].rng = Script([error, ok] * 5 + [error] * 5 + [ok, error], cycle=2)
+    server = Server(
+        parse_config(
+            production_config(
+                url_of(stable), url_of(candidate), ramp="{base: 0.5}", min_requests=10
+            )
+        )
+    )
+    await server.start()
+    try:
+        fallbacks: list[str] = []
+
+        def rolled_back() -> bool:
+            return server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        deadline = time.monotonic() + 8.0
+        rng = random.Random(5)
+        while time.monotonic() < deadline and not rolled_back():
+            uid = f"user-{rng.randrange(100_000)}"
+            async with client.get(server.proxy_url + "/v1/p", headers={"X-User-Id": uid}) as r:
+                await r.read()
+                fallbacks.append(r.headers.get("X-Grayscale-Fallback", ""))
+            await asyncio.sleep(0.002)
+        assert "ejected" in fallbacks  # (the ejection took the candidate's users to stable)
+        assert rolled_back()
+        assert candidate.app[PROBE].requests == 15  # all it saw before the ejection
+        last = server.controller.rollout("models").last
+        assert last.reason.startswith("analysis: error_rate"), last.reason
+        verdict = (server.analyzer.verdicts("models") or [{}])[0]
+        ratio = next(c for c in verdict["checks"] if c["check"] == "sample_ratio")
+        assert ratio["result"] != "fail"
+    finally:
+        await server.stop()

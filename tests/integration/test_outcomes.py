@@ -97,6 +97,7 @@ async def test_outcomes_are_joined_to_the_variant_that_served_each_request(
         "unknown": 1,
         "expired": 0,
         "stale": 0,
+        "not_compared": 0,
         "too_many_names": 0,
     }
     stable_count = sum(variant == "stable" for variant, _ in served)
@@ -168,3 +169,31 @@ async def test_a_candidate_whose_users_click_less_is_rolled_back(proxy_with_outc
     assert verdict is not None
     (check,) = [c for c in verdict.checks if c.name == "outcome:click"]
     assert check.stable["mean"] > check.candidate["mean"]
+
+
+async def test_a_value_outside_its_checks_range_refuses_the_batch_and_counts_nothing(
+    proxy_with_outcomes, client
+):
+    server = proxy_with_outcomes
+    _, first = await ask(client, server, "user-1")
+    _, second = await ask(client, server, "user-2")
+    before = await outcome_series(client, server)
+    status, body = await report(
+        client,
+        server,
+        [
+            {"request_id": first, "name": "click"},
+            {"request_id": second, "name": "click", "value": 3},  # a click is 0 or 1
+        ],
+    )
+    assert status == 422
+    assert body["error"] == "invalid_outcomes"
+    assert body["errors"] == [
+        "[1].value: 3 is outside the range of 'click' on route 'models' (analysis.outcomes: [0, 1])"
+    ]
+    assert await outcome_series(client, server) == before  # nothing of the batch was counted
+    # A name without a check has no range to keep.
+    status, body = await report(
+        client, server, [{"request_id": second, "name": "rating", "value": 3}]
+    )
+    assert (status, body["accepted"]) == (200, 1)

@@ -38,16 +38,20 @@ def simulate(seed: int, stable: Variant, candidate: Variant) -> tuple[int | None
     """The verdict index of the first rollback (or None), and every verdict's result."""
     rng = random.Random(seed)
     windows = (Window(SPEC.window), Window(SPEC.window))
+    # the candidate's share of the traffic, and each request's overlap weight: share for
+    # stable's, 1 - share for the candidate's
+    share = candidate.rate / (stable.rate + candidate.rate)
+    weights = (share, 1.0 - share)
     results: list[Result] = []
     failures = 0
     for index in range(VERDICTS):
         start = index * SPEC.interval
-        for window, variant in zip(windows, (stable, candidate), strict=True):
+        for window, variant, weight in zip(windows, (stable, candidate), weights, strict=True):
             n = int(variant.rate * SPEC.interval)
             for i in range(n):
                 error = rng.random() < variant.error_rate
                 latency = variant.slowdown * rng.lognormvariate(math.log(variant.median), 0.5)
-                window.add(start + SPEC.interval * i / n, error, latency)
+                window.add(start + SPEC.interval * i / n, weight, error, latency)
         now = start + SPEC.interval - 1e-6
         verdict = assess(windows[0].sample(now), windows[1].sample(now), SPEC, now)
         results.append(verdict.result)
@@ -78,8 +82,8 @@ def test_a_candidate_with_ten_percent_errors_is_rolled_back_at_once():
     stable, candidate = Variant(rate=30), Variant(rate=10, error_rate=0.11)
     caught = [simulate(seed, stable, candidate)[0] for seed in range(RUNS)]
     # 200 candidate requests fill the window by the 2nd or 3rd verdict, then three fails: the
-    # rollback comes at the 4th or 5th verdict (index 3 or 4).
-    assert all(index is not None and index <= 4 for index in caught), caught
+    # rollback comes at the 4th verdict, now and then the 5th or 6th (of 1,000 runs: 986, 13, 1).
+    assert all(index is not None and index <= 5 for index in caught), caught
 
 
 def test_a_candidate_three_times_slower_is_rolled_back_at_once():
@@ -94,3 +98,10 @@ def test_thin_traffic_is_inconclusive_never_failed():
         rolled_back, results = simulate(seed, stable, candidate)
         assert rolled_back is None
         assert set(results) == {Result.INCONCLUSIVE}
+
+
+def test_a_candidate_slower_but_within_the_latency_ratio_is_not_rolled_back():
+    """1.3 times slower where 1.5 is allowed: bounds at the buckets' outer edges never cross."""
+    stable, candidate = Variant(rate=30), Variant(rate=10, slowdown=1.3)
+    rollbacks = [simulate(seed, stable, candidate)[0] for seed in range(RUNS)]
+    assert rollbacks == [None] * RUNS

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from proxy.analysis.histogram import SIZE, bucket_of
-from proxy.analysis.loop import Analyzer
-from proxy.analysis.sequential import rate_increase_bound
-from proxy.analysis.verdict import Result, Sample, analysis_share
+from proxy.analysis.histogram import SIZE, bucket_of, value_of
+from proxy.analysis.loop import Analyzer, _own_ratio
+from proxy.analysis.verdict import Clustering, Result, Sample, analysis_share
 from proxy.config.model import (
     AnalysisMethod,
     AnalysisSpec,
@@ -43,23 +43,27 @@ ROUTE = Route(
 def good(n: int = 300) -> Sample:
     counts = [0] * SIZE
     counts[bucket_of(0.02)] = n
-    return Sample(n, 0, tuple(counts))
+    return Sample.unweighted(n, 0, counts)
 
 
 def bad(n: int = 300) -> Sample:
     counts = [0] * SIZE
     counts[bucket_of(0.02)] = n - n // 5
-    return Sample(n, n // 5, tuple(counts))
+    return Sample.unweighted(n, n // 5, counts)
 
 
 class FakeSource:
-    """Hands out the (stable, candidate) pairs a test sets."""
+    """Hands out the (stable, candidate) pairs a test sets; keeps the latencies it is told."""
 
     def __init__(self) -> None:
         self.pair = (good(), good())
+        self.referred: list[tuple[str, float]] = []
 
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         return self.pair
+
+    def refer(self, route: str, seconds: float) -> None:
+        self.referred.append((route, seconds))
 
 
 async def make(
@@ -113,7 +117,8 @@ async def test_thin_data_holds_the_ramp_and_a_pass_releases_it():
     await analyzer.round("r", T0 + 100)
     assert controller.holding("r")
     assert controller.share("r", T0 + 400) == pytest.approx(0.2)  # frozen while held
-    source.pair = (good(), good())
+    # (enough for an always-valid upper bound of stable's p95 within the data: 300 are not)
+    source.pair = (good(1000), good(1000))
     await analyzer.round("r", T0 + 400)
     assert not controller.holding("r")
     assert controller.share("r", T0 + 500) == pytest.approx(0.3)  # 300 s later than planned
@@ -182,7 +187,7 @@ async def test_a_restarted_process_judges_as_the_next_analysis_with_a_smaller_sh
         controller = RolloutController(FileStore(store))
         await controller.start([sequential], T0)
         source = FakeSource()
-        source.pair = (Sample(1000, 10, ()), Sample(1000, 30, ()))
+        source.pair = (Sample.unweighted(1000, 10), Sample.unweighted(1000, 30))
         analyzer = Analyzer([sequential], controller, source, Recorder())
         verdict = await analyzer.round("r", T0 + 10)
         assert verdict is not None
@@ -192,10 +197,33 @@ async def test_a_restarted_process_judges_as_the_next_analysis_with_a_smaller_sh
         assert controller.rollout("r").judged == numbers[-1]
     assert numbers == [1, 2, 3]
     for number, bound in zip(numbers, bounds, strict=True):
-        alpha = 0.05 * analysis_share(number) * 0.5  # (half of it on the total)
-        assert bound == pytest.approx(
-            rate_increase_bound((30, 1000), (10, 1000), n0=200, alpha=alpha)
-        )
+        # the analysis's share, split between the two checks, half of it on the total
+        alpha = 0.05 * analysis_share(number) / 2 * 0.5
+        assert bound == pytest.approx(always_valid_rate_bound(10, 30, 1000, 200, alpha))
+
+
+def always_valid_rate_bound(es: int, ec: int, n: int, n0: int, alpha: float) -> float:
+    """The always-valid lower bound of p_c - p_s, n requests of weight 1 each, written out: each
+    variance its own or, if more, that of its n requests with two errors and two successes added
+    (Agresti and Coull), the normal mixture's factor at information (vs + vc) / (n0 · variance),
+    and Bernstein's correction max(p_s, 1 - p_c) / n."""
+    ps, pc = es / n, ec / n
+    ts, tc = (es + 2) / (n + 4), (ec + 2) / (n + 4)
+    vs = max(ps * (1 - ps), ts * (1 - ts))
+    vc = max(pc * (1 - pc), tc * (1 - tc))
+    variance = (vs + vc) / n
+    x = (vs + vc) / (n0 * variance)
+    z = math.sqrt((1 + 1 / x) * (2 * math.log(1 / alpha) + math.log1p(x)))
+    return pc - ps - (z * math.sqrt(variance) + z * z * max(ps, 1 - pc) / n / 6)
+
+
+async def test_a_round_tells_the_source_stables_latency_quantile():
+    analyzer, _, source, _, _ = await make()
+    await analyzer.round("r", T0 + 10)
+    assert source.referred == [("r", value_of(bucket_of(0.02)))]
+    source.pair = (good(), good(50))  # (too few: the latency check has no quantile to tell)
+    await analyzer.round("r", T0 + 20)
+    assert source.referred == [("r", value_of(bucket_of(0.02)))]
 
 
 async def test_a_new_candidate_is_a_first_analysis_again():
@@ -209,3 +237,30 @@ async def test_a_new_candidate_is_a_first_analysis_again():
     await analyzer.round("r", T0 + 20)
     assert controller.rollout("r").judged == 1
     assert analyzer.status(candidate)["analysis_number"] == 1  # type: ignore[index]
+
+
+def test_a_deciders_design_effects_are_scaled_to_the_fleets_share_of_each_user():
+    # The decider saw a quarter of the fleet's weight: a user's requests spread over four
+    # replicas put a quarter of them here, so the excess that clustering adds is four times it.
+    own = replace(
+        Sample.unweighted(100, 5),
+        assigned=90,
+        expected=88.5,
+        users=40,
+        users_expected=41.0,
+        design_effect=1.5,
+        clustering=Clustering(errors=1.5, latency=1.25),
+    )
+    pooled = Sample.unweighted(400, 20)
+    judged = _own_ratio(pooled, own)
+    assert judged.clustering == Clustering(errors=3.0, latency=2.0)
+    assert (judged.assigned, judged.expected, judged.users, judged.users_expected) == (
+        90,
+        88.5,
+        40,
+        41.0,
+    )
+    assert judged.design_effect == 1.5 and judged.requests == 400 and judged.errors == 20
+    # A decider that saw it all (or more than the pool, before a flush) keeps its own.
+    assert _own_ratio(own, own).clustering == own.clustering
+    assert _own_ratio(Sample.unweighted(50, 1), own).clustering == own.clustering

@@ -503,7 +503,8 @@ routes:
     analysis: {{interval: 1s, window: 2s, min_requests: 3, max_error_rate_increase: 0.02,
                 max_latency_ratio: 2, latency_quantile: 0.9, latency: ttfb, confidence: 0.9,
                 failures_before_rollback: 4, on_inconclusive: continue,
-                outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome}}],
+                outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome,
+                             range: [0, 2]}}],
                 method: fixed, metrics: [{{name: gpu, query: "up", max: 1}}],
                 prometheus: {{url: "https://p:9", timeout: 1s, token_env: PT, ca_file: {ca}}}}}
     on_rollback: {{webhook: "http://h:1/x", timeout: 2s, attempts: 5}}
@@ -568,3 +569,36 @@ def test_shadow_comparison_reads_each_compare_mode_and_refuses_mixtures():
     ):
         (found,) = errors("routes:\n" + MINIMAL_ROUTE + f"    shadow: {bad}\n")
         assert message in found, (bad, found)
+
+
+def test_an_outcome_checks_range_is_two_numbers_low_to_high_and_needed_per_outcome():
+    def outcomes(items: str) -> str:
+        return "routes:\n" + MINIMAL_ROUTE + f"    analysis: {{outcomes: [{items}]}}\n"
+
+    check = parse_config(outcomes("{name: r, max_decrease: 1, per: outcome, range: [1, 5]}"))
+    analysis = check.routes[0].analysis
+    assert analysis is not None and analysis.outcomes[0].range == (1.0, 5.0)
+    click = parse_config(outcomes("{name: click, max_decrease: 0.01}")).routes[0].analysis
+    assert click is not None and click.outcomes[0].range == (0.0, 1.0)
+    for items, message in (
+        (
+            "{name: r, max_decrease: 1, per: outcome}",
+            "routes[0].analysis.outcomes[0].range: missing required field: per: outcome needs "
+            "the values' [min, max]",
+        ),
+        (
+            "{name: r, max_decrease: 1, range: [5, 1]}",
+            "routes[0].analysis.outcomes[0].range: expected min below max, got [5, 1]",
+        ),
+        (
+            "{name: r, max_decrease: 1, range: [1, 2, 3]}",
+            "routes[0].analysis.outcomes[0].range: expected [min, max]: two numbers",
+        ),
+        (
+            "{name: r, max_decrease: 1, range: [0, .inf]}",
+            "routes[0].analysis.outcomes[0].range[1]: expected a finite number",
+        ),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config(outcomes(items), "c.yaml")
+        assert message in str(info.value), str(info.value)

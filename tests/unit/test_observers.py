@@ -85,10 +85,101 @@ def test_windows_count_errors_and_latency_but_not_what_the_proxy_refused():
     windows.record(outcome(Variant.CANDIDATE, 502, error=Failure.TIMEOUT, duration=5.0))
     windows.record(outcome(Variant.CANDIDATE, None, duration=0.3))  # the client left
     windows.record(outcome(Variant.CANDIDATE, 413, refused=True))
+    # assigned to the candidate, answered by stable after the candidate failed: its error
     windows.record(outcome(Variant.STABLE, 200, candidate_error=Failure.CONNECT, duration=0.2))
     stable, candidate = observations.samples("r", T0 + 10)
-    assert (candidate.requests, candidate.errors, sum(candidate.latency)) == (4, 2, 1)
-    assert (stable.requests, stable.errors, sum(stable.latency)) == (1, 0, 1)
+    assert (candidate.requests, candidate.errors, sum(candidate.latency)) == (4, 2, 0.5)
+    assert (stable.requests, stable.errors, sum(stable.latency)) == (0, 0, 0.0)
+
+
+AT_A_QUARTER = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.25, None, 10, "u")
+
+
+def assigned(variant: Variant, status: int | None, **fields: Any) -> Outcome:
+    """A request assigned to the candidate at a share of 0.25 (weight 0.75)."""
+    return Outcome(T0, "r", "POST", AT_A_QUARTER, variant, status, **fields)
+
+
+@pytest.mark.parametrize(
+    "fallback",
+    [
+        {"fallback": FallbackReason.CONNECT, "candidate_error": Failure.CONNECT},
+        {"fallback": FallbackReason.OVERLOADED, "candidate_error": Failure.OVERLOADED},
+        {"fallback": FallbackReason.FIVE_XX, "candidate_status": 503},
+    ],
+)
+def test_a_fallback_after_the_candidate_failed_is_one_candidate_error_and_nothing_for_stable(
+    fallback,
+):
+    observations, windows = analysed()
+    windows.record(assigned(Variant.STABLE, 200, duration=0.2, **fallback))
+    stable, candidate = observations.samples("r", T0 + 10)
+    assert (candidate.requests, candidate.errors) == (1, 1)
+    assert (candidate.weight, candidate.error_weight, candidate.error_weight2) == (
+        0.75,
+        0.75,
+        0.5625,
+    )
+    assert sum(candidate.latency) == 0.0  # (stable's speed says nothing of the candidate's)
+    assert (stable.requests, stable.weight, sum(stable.latency)) == (0, 0.0, 0.0)
+    # assigned to the candidate, for the sample-ratio check
+    assert (candidate.assigned, candidate.expected, stable.assigned, stable.expected) == (
+        1,
+        0.25,
+        0,
+        0.75,
+    )
+
+
+def test_an_ejected_request_counts_as_assigned_to_the_candidate_and_is_measured_for_neither():
+    observations, windows = analysed()
+    windows.record(assigned(Variant.STABLE, 200, duration=0.2, fallback=FallbackReason.EJECTED))
+    windows.record(assigned(Variant.STABLE, 503, duration=0.2, fallback=FallbackReason.EJECTED))
+    stable, candidate = observations.samples("r", T0 + 10)
+    assert (candidate.assigned, candidate.expected) == (2, 0.5)
+    assert (stable.assigned, stable.expected) == (0, 1.5)
+    assert (stable.requests, candidate.requests) == (0, 0)
+    assert (stable.weight, candidate.weight) == (0.0, 0.0)
+    assert (sum(stable.latency), sum(candidate.latency)) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Decision(Variant.CANDIDATE, Reason.PINNED, 1.0, "staff", None, "u"),
+        Decision(Variant.STABLE, Reason.PINNED, 0.0, "staff", None, "u"),
+        Decision(Variant.STABLE, Reason.NO_KEY, 0.25),
+        Decision(Variant.CANDIDATE, Reason.NO_KEY, 1.0),
+        Decision(Variant.CANDIDATE, Reason.ROLLOUT, 1.0, None, None, "u"),
+        Decision(Variant.STABLE, Reason.ROLLOUT, 0.0, None, None, "u"),
+    ],
+)
+def test_requests_not_assigned_at_random_are_neither_measured_nor_tested(decision):
+    observations, windows = analysed()
+    windows.record(Outcome(T0, "r", "POST", decision, decision.variant, 200, duration=0.1))
+    for sample in observations.samples("r", T0 + 10):
+        assert (sample.requests, sample.weight, sum(sample.latency)) == (0, 0.0, 0.0)
+        assert (sample.assigned, sample.expected, sample.users) == (0, 0.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("decision", "counted"),
+    [
+        (Decision(Variant.STABLE, Reason.BUCKET, 0.0, None, 10, "u"), Variant.STABLE),
+        (Decision(Variant.CANDIDATE, Reason.BUCKET, 1.0, None, 10, "u"), Variant.CANDIDATE),
+        (Decision(Variant.CANDIDATE, Reason.RANDOM, 1.0, None, 10), Variant.CANDIDATE),
+    ],
+)
+def test_a_random_assignment_at_share_zero_or_one_is_tested_but_not_measured(decision, counted):
+    """Nothing to compare with: the other variant gets none of them (and a weight of 0)."""
+    observations, windows = analysed()
+    windows.record(Outcome(T0, "r", "POST", decision, decision.variant, 503, duration=0.1))
+    stable, candidate = observations.samples("r", T0 + 10)
+    for sample in (stable, candidate):
+        assert (sample.requests, sample.errors, sample.weight) == (0, 0, 0.0)
+    seen = stable if counted is Variant.STABLE else candidate
+    other = candidate if counted is Variant.STABLE else stable
+    assert (seen.assigned, seen.expected, other.assigned, other.expected) == (1, 1.0, 0, 0.0)
 
 
 def test_windows_ignore_routes_without_analysis():
@@ -166,10 +257,12 @@ def test_windows_on_ttfb_take_the_time_to_first_byte_not_the_duration():
     windows.use(routes("    analysis: {window: 60s, latency: ttfb}\n"))
     windows.record(outcome(Variant.CANDIDATE, 200, duration=9.0, ttfb=0.01))
     expected = LocalObservations({"r": 60.0})
-    expected.windows["r"]["candidate"].add(T0 + 9.0, False, 0.01)
+    expected.windows["r"]["candidate"].add(T0 + 9.0, 0.5, False, 0.01)  # (weight 1 - 0.5)
     # (assigned by bucket at share 0.5, and served by the candidate: for the sample-ratio check)
     # (the first request of user "u": a new user too)
     expected.windows["r"]["stable"].expect(T0 + 9.0, 0.5, False, True)
     expected.windows["r"]["candidate"].expect(T0 + 9.0, 0.5, True, True)
-    expected.users["r"].see("u", T0 + 9.0)
+    user, new = expected.users["r"].see("u", T0 + 9.0)
+    assert user is not None and new
+    expected.users["r"].add(user, Variant.CANDIDATE, 0.5, False, False)
     assert observations.samples("r", T0 + 10) == expected.samples("r", T0 + 10)

@@ -5,49 +5,129 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config.model import Variant
-from proxy.request_id import Minter, Reader, key_of, rollout_digest
+from proxy.request_id import (
+    CANDIDATE,
+    NOT_COMPARED,
+    SHARES,
+    STABLE,
+    VERSION,
+    Minter,
+    Reader,
+    Served,
+    assignment,
+    key_of,
+    rollout_digest,
+)
+from proxy.routing.decide import Decision, Reason
 
 KEY = key_of("fleet secret")
 
 
-def test_an_id_reads_back_as_route_variant_rollout_and_time_in_another_process():
+def test_an_id_reads_back_as_route_variant_rollout_time_and_share_in_another_process():
     minter = Minter(KEY)
-    label = minter.label("chat.v1", Variant.CANDIDATE, "chat.v1|http://c:1|salt")
-    request_id = minter.mint(label, 1764540000.123456).decode()
+    label = minter.label("chat.v1", "chat.v1|http://c:1|salt")
+    request_id = minter.mint(label, 1764540000.123456, CANDIDATE, 16384).decode()
     served = Reader(KEY).read(request_id)  # a Reader of its own: nothing shared but the key
     assert served is not None
     assert (served.route, served.variant) == ("chat.v1", Variant.CANDIDATE)
     assert served.rollout == rollout_digest("chat.v1|http://c:1|salt")
     assert served.at == 1764540000.0  # whole seconds
+    assert served.share == 16384 / 65535
     assert request_id.isascii() and "=" not in request_id and len(request_id) < 80
+
+
+@pytest.mark.parametrize(
+    ("code", "variant"),
+    [(STABLE, Variant.STABLE), (CANDIDATE, Variant.CANDIDATE), (NOT_COMPARED, None)],
+)
+@pytest.mark.parametrize("share", [0, 1, 6554, 32768, 65534, 65535])
+def test_the_code_and_the_share_round_trip(code, variant, share):
+    minter = Minter(KEY)
+    request_id = minter.mint(minter.label("r", "i"), 5.0, code, share).decode()
+    served = Reader(KEY).read(request_id)
+    assert served is not None
+    assert (served.variant, served.share) == (variant, share / SHARES)
+
+
+def test_the_codes_and_the_share_unit_are_pinned():
+    assert (ord("s"), ord("c"), ord("n")) == (STABLE, CANDIDATE, NOT_COMPARED)
+    assert SHARES == 65535 and VERSION == 3
+
+
+def test_a_requests_weight_is_the_other_variants_share():
+    assert Served("r", Variant.CANDIDATE, b"", 0.0, 0.2).weight == pytest.approx(0.8)
+    assert Served("r", Variant.STABLE, b"", 0.0, 0.2).weight == 0.2
+
+
+def decision(variant: Variant, reason: Reason, share: float) -> Decision:
+    return Decision(variant, reason, share)
+
+
+def test_only_a_request_assigned_at_random_and_not_ejected_is_compared():
+    assert assignment(decision(Variant.CANDIDATE, Reason.BUCKET, 0.25), False) == (
+        CANDIDATE,
+        round(0.25 * 65535),
+    )
+    assert assignment(decision(Variant.STABLE, Reason.RANDOM, 0.1), False) == (STABLE, 6554)
+    assert assignment(decision(Variant.STABLE, Reason.BUCKET, 0.25), True) == (NOT_COMPARED, 0)
+    for reason in (Reason.PINNED, Reason.NO_KEY, Reason.ROLLOUT):
+        assert assignment(decision(Variant.CANDIDATE, reason, 0.5), False) == (NOT_COMPARED, 0)
+    for share in (0.0, 1.0):  # everyone one way: nothing assigned at random
+        assert assignment(decision(Variant.STABLE, Reason.BUCKET, share), False) == (
+            NOT_COMPARED,
+            0,
+        )
+
+
+def test_an_id_says_its_request_was_not_compared():
+    minter = Minter(KEY)
+    code, share = assignment(decision(Variant.CANDIDATE, Reason.PINNED, 0.5), False)
+    served = Reader(KEY).read(minter.mint(minter.label("r", "i"), 5.0, code, share).decode())
+    assert served is not None and served.variant is None and served.share == 0.0
 
 
 def test_the_signed_part_is_made_once_a_second_and_the_nonce_changes_nothing_it_says():
     minter = Minter(KEY)
-    label = minter.label("r", Variant.STABLE, "i")
-    first, second = minter.mint(label, 10.1), minter.mint(label, 10.9)
+    label = minter.label("r", "i")
+    first, second = minter.mint(label, 10.1, STABLE, 100), minter.mint(label, 10.9, STABLE, 100)
     signed = first.partition(b".")[0]
     assert first != second and second.partition(b".")[0] == signed  # one signed part
-    assert minter.mint(label, 11.0).partition(b".")[0] != signed
+    assert minter.mint(label, 11.0, STABLE, 100).partition(b".")[0] != signed
     reader = Reader(KEY)
     other_nonce = signed + b".0123abcd42"
     assert reader.read(other_nonce.decode()) == reader.read(first.decode())
 
 
+def test_the_signed_part_is_made_per_variant_and_share_within_a_second():
+    minter = Minter(KEY)
+    label = minter.label("r", "i")
+    parts = {
+        minter.mint(label, 10.0, code, share).partition(b".")[0]
+        for code, share in [(STABLE, 100), (CANDIDATE, 100), (STABLE, 101), (NOT_COMPARED, 0)]
+    }
+    assert len(parts) == 4
+    again = minter.mint(label, 10.5, CANDIDATE, 100).partition(b".")[0]
+    assert again in parts
+    reader = Reader(KEY)
+    for part in parts:
+        assert reader.read((part + b".0").decode()) is not None
+
+
 def test_ids_are_unique_and_opaque():
     minters = [Minter(KEY), Minter(KEY)]  # two processes (workers) with one key
-    label = minters[0].label("r", Variant.STABLE, "r|x")
-    ids = {m.mint(label, 1.0) for m in minters for _ in range(5000)}
+    label = minters[0].label("r", "r|x")
+    ids = {m.mint(label, 1.0, STABLE, 1) for m in minters for _ in range(5000)}
     assert len(ids) == 10_000
 
 
 def test_without_the_key_an_id_can_be_neither_made_nor_altered():
     minter = Minter(KEY)
-    signature, _, tag = minter.mint(minter.label("r", Variant.STABLE, "i"), 5.0).partition(b".")
+    signature, _, tag = minter.mint(minter.label("r", "i"), 5.0, STABLE, 6554).partition(b".")
     raw = bytearray(base64.urlsafe_b64decode(signature))
 
     def as_id(data: bytes) -> str:
@@ -55,9 +135,13 @@ def test_without_the_key_an_id_can_be_neither_made_nor_altered():
 
     assert Reader(KEY).read(as_id(bytes(raw))) is not None
     assert Reader(key_of("another secret")).read(as_id(bytes(raw))) is None
-    raw[1] = ord("c")  # claim the candidate served it
-    assert Reader(KEY).read(as_id(bytes(raw))) is None
-    forged = Minter(key_of("guess")).mint(Minter(KEY).label("r", Variant.CANDIDATE, "i"), 5.0)
+    altered = bytearray(raw)
+    altered[1] = ord("c")  # claim the candidate was assigned it
+    assert Reader(KEY).read(as_id(bytes(altered))) is None
+    altered = bytearray(raw)
+    altered[12] ^= 1  # claim another share (another weight)
+    assert Reader(KEY).read(as_id(bytes(altered))) is None
+    forged = Minter(key_of("guess")).mint(Minter(KEY).label("r", "i"), 5.0, CANDIDATE, 6554)
     assert Reader(KEY).read(forged.decode()) is None
 
 
@@ -73,16 +157,23 @@ def signed_id(signed: bytes, tag: bytes = b"0123abcd7") -> str:
 
 
 def signed_part(
-    version: int = 2, variant: bytes = b"c", second: int = 7, name: bytes = b"r", length: int = -1
+    *,
+    version: int = 3,
+    variant: bytes = b"c",
+    second: int = 7,
+    share: int = 0x1234,
+    name: bytes = b"r",
+    length: int = -1,
 ) -> bytes:
     signed = bytes((version,)) + variant + second.to_bytes(5, "big") + b"\x00\x01\x02\x03"
+    signed += share.to_bytes(2, "big")
     signed += bytes((len(name) if length < 0 else length,)) + name
     return signed + bytes(-(len(signed) + 10) % 3)
 
 
 def test_what_the_reader_takes_apart_is_pinned_field_by_field():
     reader = Reader(KEY)
-    served = reader.read(signed_id(signed_part(second=2**32 + 5, name=b"chat")))
+    served = reader.read(signed_id(signed_part(second=2**32 + 5, share=0xFFFE, name=b"chat")))
     assert served is not None
     assert (served.route, served.variant, served.rollout) == (
         "chat",
@@ -90,8 +181,16 @@ def test_what_the_reader_takes_apart_is_pinned_field_by_field():
         b"\x00\x01\x02\x03",
     )
     assert served.at == 2**32 + 5  # all five bytes of the time
+    assert served.share == 0xFFFE / 65535  # both bytes of the share, high byte first
+    high_byte = reader.read(signed_id(signed_part(share=0x0100)))
+    assert high_byte is not None and high_byte.share == 256 / 65535
+    stable = reader.read(signed_id(signed_part(variant=b"s")))
+    assert stable is not None and stable.variant is Variant.STABLE
+    not_compared = reader.read(signed_id(signed_part(variant=b"n")))
+    assert not_compared is not None and not_compared.variant is None
     for wrong in (
-        signed_part(version=1),
+        signed_part(version=2),
+        signed_part(version=4),
         signed_part(variant=b"x"),
         signed_part(name=b"chat", length=9),  # names more bytes than it holds
         signed_part(name=b"\xff\xfe"),
@@ -99,6 +198,10 @@ def test_what_the_reader_takes_apart_is_pinned_field_by_field():
         assert reader.read(signed_id(wrong)) is None, wrong
     exact = signed_part(name=b"ab", length=2)
     assert reader.read(signed_id(exact)) is not None
+    empty = signed_part(name=b"", length=0)  # the shortest signed part: a route named ""
+    shortest = reader.read(signed_id(empty))
+    assert shortest is not None and shortest.route == ""
+    assert reader.read(signed_id(empty[:13])) is None  # shorter than the fixed 14 bytes
 
 
 def test_the_ids_shape_is_checked_before_its_signature():
@@ -120,11 +223,13 @@ def test_the_key_and_the_ids_layout_are_pinned():
     )
     assert len(key_of("s")) == 32 and key_of("s") != hashlib.blake2b(b"s", digest_size=32).digest()
     minter = Minter(KEY)
-    first = minter.mint(minter.label("r", Variant.STABLE, "i"), 1.0)
-    tag = first.partition(b".")[2]
+    first = minter.mint(minter.label("r", "i"), 1.0, CANDIDATE, 0x0102)
+    signature, _, tag = first.partition(b".")
     assert len(tag) == 9 and tag.endswith(b"0")  # 8 hex digits, then the counter from 0
+    raw = base64.urlsafe_b64decode(signature)
+    assert raw[:-10] == (
+        bytes((3,)) + b"c" + (1).to_bytes(5, "big") + rollout_digest("i") + b"\x01\x02\x01r"
+    ) + bytes(2)  # 15 bytes and the MAC's 10: two zero bytes to whole base64 groups
     long_name = "n" * 300
-    served = Reader(KEY).read(
-        minter.mint(minter.label(long_name, Variant.STABLE, "i"), 1.0).decode()
-    )
+    served = Reader(KEY).read(minter.mint(minter.label(long_name, "i"), 1.0, STABLE, 0).decode())
     assert served is not None and served.route == "n" * 255
