@@ -5,7 +5,9 @@ simulated rollouts (`proxy.analysis.trials`) and printed as a table.
 
 For each equal (or in-limit) candidate: how many runs rolled it back, with a 95 % Wilson
 interval, against the stated rate (1 - confidence). For each worse candidate: how many were
-rolled back, and the median and 90th percentile of the time it took.
+rolled back, and the median and 90th percentile of the time it took. Exits with 1 when a rate
+is shown to be above the stated one (its whole interval above it) or a worse candidate was not
+always rolled back.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
         if args.only in r.name
     ]
     began = time.monotonic()
+    broken: list[str] = []
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {
             (kind, regime.name): [pool.submit(run, regime, seed) for seed in range(args.runs)]
@@ -55,6 +58,10 @@ def main() -> None:
             caught = sorted(t - regime.onset for t in found if t is not None)
             low, high = wilson(len(caught), args.runs, 1.96)
             stated = f"≤ {1 - regime.spec.confidence:.0%}" if kind == "equal" else "all, soon"
+            if kind == "equal" and low > 1 - regime.spec.confidence:
+                broken.append(regime.name)
+            if kind == "worse" and len(caught) < args.runs:
+                broken.append(regime.name)
             delays = "—"
             if caught:
                 p90 = caught[min(len(caught) - 1, math.ceil(0.9 * len(caught)) - 1)]
@@ -65,6 +72,8 @@ def main() -> None:
                 flush=True,
             )
     print(f"({time.monotonic() - began:.0f} s, {args.workers} processes)")
+    if broken:
+        sys.exit("not as stated: " + "; ".join(broken))
 
 
 if __name__ == "__main__":

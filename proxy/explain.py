@@ -34,6 +34,9 @@ def _sizes(check: dict[str, Any]) -> str:
     sizes = f"after {check['candidate']['requests']} and {check['stable']['requests']} requests"
     if check.get("scope") == "recent":
         sizes += " of the current epoch (a change the counts since the start would dilute)"
+    alpha = check.get("alpha")
+    if isinstance(alpha, float):
+        sizes += f", at an error rate of {alpha:.2g} (its share of the route's)"
     return sizes
 
 

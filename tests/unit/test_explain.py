@@ -142,3 +142,12 @@ def test_a_failure_found_in_the_current_epoch_says_so():
         "6.4 points, exceeds the allowed 1.0 points after 812 and 790 requests of the current "
         "epoch (a change the counts since the start would dilute)"
     )
+
+
+def test_a_checks_share_of_the_error_rate_is_told_when_the_verdict_says_it():
+    check = {**FAILING["checks"][1], "alpha": 0.00625}
+    told = explain({**FAILING, "checks": [check]})
+    assert told.endswith(
+        "exceeds the allowed 1.0 points after 812 and 790 requests, at an error rate of 0.0063 "
+        "(its share of the route's)"
+    ), told
