@@ -31,14 +31,19 @@ def analysed_config(
     min_requests: int = 60,
     ramp: str = "{base: 0.5}",
     extra: str = "",
+    analysis: str = "window: 2s",
+    ejection: bool = False,
 ) -> str:
+    """One analysed route (`analysis`: more of its analysis fields; the default ejection when
+    `ejection`, else none)."""
     route = route_yaml(stable, candidate).replace("    ramp: {base: 0.5}\n", f"    ramp: {ramp}\n")
     return (
         'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
         f"state: {state}\nroutes:\n{route}"
-        f"    analysis: {{interval: {int(INTERVAL * 1000)}ms, window: 2s, "
+        f"    analysis: {{interval: {int(INTERVAL * 1000)}ms, {analysis}, "
         f"min_requests: {min_requests}, failures_before_rollback: {FAILURES}}}\n"
-        "    ejection: false\n" + extra
+        + ("" if ejection else "    ejection: false\n")
+        + extra
     )
 
 
@@ -373,12 +378,13 @@ async def test_the_sequential_method_rolls_back_a_bad_candidate_on_everything_si
 
 def production_config(stable: str, candidate: str, *, ramp: str, min_requests: int) -> str:
     """A route as production runs it: default ejection, a ramp that moves on thin data."""
-    route = route_yaml(stable, candidate).replace("    ramp: {base: 0.5}\n", f"    ramp: {ramp}\n")
-    return (
-        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
-        f"state: {{backend: memory}}\nroutes:\n{route}"
-        f"    analysis: {{interval: {int(INTERVAL * 1000)}ms, min_requests: {min_requests}, "
-        f"failures_before_rollback: {FAILURES}, on_inconclusive: continue}}\n"
+    return analysed_config(
+        stable,
+        candidate,
+        ramp=ramp,
+        min_requests=min_requests,
+        analysis="on_inconclusive: continue",
+        ejection=True,
     )
 
 
