@@ -361,9 +361,8 @@ class Bounds:
         when the candidate's mean `rising` is what the check fears (an error rate), or of
         weights[0]·mean_stable - weights[1]·mean_candidate when it is its falling (outcomes)."""
         ws, wc = weights
+        # (above 0: the observations added at the ends of a range give every variant a spread)
         variance = ws * ws * s.variance + wc * wc * c.variance
-        if variance <= 0.0:
-            return estimate
         information = (ws * ws * s.per_observation + wc * wc * c.per_observation) / (
             self.n0 * variance
         )
