@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass
 
 from proxy.config.model import Variant
-from proxy.routing.decide import Decision
+from proxy.routing.decide import Decision, weight_of
 
 VERSION = 3
 _MAC = 10
@@ -81,8 +81,8 @@ class Served:
 
     @property
     def weight(self) -> float:
-        """The request's weight in the analysis (see `proxy.analysis.verdict`)."""
-        return 1.0 - self.share if self.variant is Variant.CANDIDATE else self.share
+        """The request's weight in the analysis (`weight_of`; 0 when not compared)."""
+        return 0.0 if self.variant is None else weight_of(self.variant, self.share)
 
 
 class Label:

@@ -21,18 +21,12 @@ from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
 from proxy.outcome import FallbackReason, Outcome
 from proxy.request_id import Served
-from proxy.routing import Reason
+from proxy.routing import Reason, weight_of
 
 SLOTS = 12
 _RANDOMIZED = (Reason.BUCKET, Reason.RANDOM)  # decisions made at random: compared and tested
 _NONE = Moments()
 _STABLE, _CANDIDATE, _EJECTED = Variant.STABLE, Variant.CANDIDATE, FallbackReason.EJECTED
-
-
-def weight_of(variant: Variant, share: float) -> float:
-    """A compared request's overlap weight: 1 - share for the candidate's, share for stable's
-    (`share` is the candidate's at its time)."""
-    return 1.0 - share if variant is _CANDIDATE else share
 
 
 class Slot(NamedTuple):
@@ -43,7 +37,7 @@ class Slot(NamedTuple):
     number: int
     requests: int
     errors: int
-    weights: tuple[float, float, float, float]  # sum of w, w², w over errors, w² over errors
+    weights: tuple[float, ...]  # the sums of w, w², w over errors, w² over errors
     latency: list[float]
     latency_weight2: float
     outcomes: dict[str, Moments]
@@ -149,12 +143,7 @@ class Window:
                 self._ids[i],
                 self._requests[i],
                 self._errors[i],
-                (
-                    self._weights[i][0],
-                    self._weights[i][1],
-                    self._weights[i][2],
-                    self._weights[i][3],
-                ),
+                tuple(self._weights[i]),
                 self._latency[i],
                 self._latency_weight2[i],
                 self._outcomes[i],

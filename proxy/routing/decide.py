@@ -49,6 +49,12 @@ _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 _MISSING_STABLE = Missing.STABLE
 
 
+def weight_of(variant: Variant, share: float) -> float:
+    """A compared request's overlap weight in the analysis: 1 - share for the candidate's,
+    share for stable's (`share`: the candidate's when it was assigned)."""
+    return 1.0 - share if variant is _CANDIDATE else share
+
+
 class Decision(NamedTuple):
     """Where one request goes. `bucket` is None when no key was hashed.
 

@@ -62,6 +62,7 @@ def test_the_codes_and_the_share_unit_are_pinned():
 def test_a_requests_weight_is_the_other_variants_share():
     assert Served("r", Variant.CANDIDATE, b"", 0.0, 0.2).weight == pytest.approx(0.8)
     assert Served("r", Variant.STABLE, b"", 0.0, 0.2).weight == 0.2
+    assert Served("r", None, b"", 0.0, 0.0).weight == 0.0  # not compared: weighs nothing
 
 
 def decision(variant: Variant, reason: Reason, share: float) -> Decision:
