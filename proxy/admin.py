@@ -339,6 +339,7 @@ class Admin:
             "candidate": route.candidate.url,
             "rollout": {
                 "started_at": rollout.started_at,
+                "run": rollout.run,
                 "held_seconds": rollout.held
                 + (now - rollout.frozen_at if rollout.frozen_at else 0),
                 **({"salt": route.cohort.salt} if privileged else {}),
@@ -430,6 +431,11 @@ class Admin:
                 ):
                     return error_response(400, "bad_request", "'share' must be a number in [0, 1]")
                 share = float(given)
+            keep_share = body.get("keep_share", False)
+            if not isinstance(keep_share, bool) or (keep_share and action is not Action.RESUME):
+                return error_response(
+                    400, "bad_request", "'keep_share' must be true or false, and only on resume"
+                )
             try:
                 outcome = await self.controller.act(
                     name,
@@ -438,6 +444,7 @@ class Admin:
                     actor=self._actor,
                     reason=reason,
                     share=share,
+                    keep_share=keep_share,
                 )
             except IllegalTransition as exc:
                 return error_response(

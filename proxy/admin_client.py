@@ -72,9 +72,30 @@ def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _verdict(analysis: dict[str, Any] | None) -> str:
+    """The latest verdict's word and what followed: `suspect, hold`; `-` without one."""
+    verdict = (analysis or {}).get("last_verdict")
+    if not isinstance(verdict, dict):
+        return "-"
+    said = f"{verdict['result']}, {analysis.get('action') or '?'}" if analysis else "-"
+    if analysis and analysis.get("alarm"):
+        said += f" (ALARM: {analysis.get('errors_in_a_row')} errors in a row)"
+    return said
+
+
 def status_table(status: dict[str, Any]) -> str:
     """The `/status` answer as a table, a route a row."""
-    header = ("ROUTE", "STATE", "SHARE", "STABLE", "ERR", "CANDIDATE", "ERR", "LAST CHANGE")
+    header = (
+        "ROUTE",
+        "STATE",
+        "SHARE",
+        "STABLE",
+        "ERR",
+        "CANDIDATE",
+        "ERR",
+        "VERDICT",
+        "LAST CHANGE",
+    )
     rows = [header]
     for route in status["routes"]:
         counts = {v: sum(c.values()) for v, c in route["requests"].items()}
@@ -93,6 +114,7 @@ def status_table(status: dict[str, Any]) -> str:
                 _rate(route["error_rate"]["stable"]),
                 str(counts["candidate"]),
                 _rate(route["error_rate"]["candidate"]),
+                _verdict(route.get("analysis")),
                 change,
             )
         )

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from proxy import __version__, logs
 from proxy.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
@@ -18,6 +20,7 @@ from proxy.demo.run import DEMO_CONFIG, run_demo
 from proxy.explain import explain
 from proxy.loop import loop_factory
 from proxy.rollout.store import StateError
+from proxy.selftest import World
 from proxy.selftest import report as selftest_report
 from proxy.server import serve_until_signalled
 from proxy.simulate import render
@@ -112,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "selftest",
         parents=[common],
         help="measure what a route's analysis settings buy: false rollbacks and detection",
-        description="Run each analysed route's analysis (the real checks, on a simulated clock) "
-        "on simulated traffic: how often equal candidates are rolled back, and how soon one with "
-        "5 more points of errors or twice as slow is. Seeded: the same arguments print the same "
-        "figures.",
+        description="Run each analysed route's analysis (the real checks and decision policy, on "
+        "a simulated clock) on simulated traffic: how often equal candidates are rolled back, and "
+        "how soon worse ones are: +5 points of errors, twice as slow, and twice what the route "
+        "allows. Seeded: the same arguments print the same figures.",
     )
     selftest.add_argument("--config", required=True, metavar="FILE")
     selftest.add_argument("--route", help="only this route (default: every analysed route)")
@@ -130,6 +133,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--hours", type=float, default=4.0, help="length of each run (default %(default)s)"
     )
     selftest.add_argument("--seed", type=int, default=0)
+    selftest.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.01,
+        help="both variants' error rate (default %(default)s)",
+    )
+    selftest.add_argument(
+        "--incident",
+        type=float,
+        metavar="ERRORS",
+        help="both variants fail this share of requests for 10 min, a third into each run",
+    )
+    selftest.add_argument(
+        "--outcome-rate",
+        type=float,
+        metavar="RATE",
+        help="the chance a request converts, for the outcome checks per: request",
+    )
+    selftest.add_argument(
+        "--users-tail",
+        type=float,
+        metavar="SHAPE",
+        help="heavy users: request rates of Pareto(SHAPE), e.g. 1.2 (every request simulated: "
+        "slower)",
+    )
+    selftest.add_argument(
+        "--users", type=int, default=1000, help="with --users-tail: how many (default %(default)s)"
+    )
     explain = commands.add_parser(
         "explain",
         parents=[common, admin],
@@ -141,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--all", action="store_true", help="every verdict kept (20), newest first")
     for action, text in (
         ("pause", "freeze a route's ramp at its current share"),
-        ("resume", "continue a paused or rolled-back ramp where it stopped"),
+        (
+            "resume",
+            "continue a paused ramp where it stopped; a rolled-back one starts a new run from "
+            "the ramp's base (--keep-share: where it stopped)",
+        ),
         ("promote", "send all of a route's traffic to the candidate"),
         ("rollback", "send all of a route's traffic to stable"),
     ):
@@ -150,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("route")
         command.add_argument("--reason", help="recorded with the change")
+        if action == "resume":
+            command.add_argument(
+                "--keep-share",
+                action="store_true",
+                help="after a rollback, continue at the share it stopped at (default: a new "
+                "run from the ramp's base)",
+            )
     share = commands.add_parser(
         "set-share",
         parents=[common, admin],
@@ -204,9 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(args.admin, args.token_env, args.route, every=args.all)
     if args.command in ("pause", "resume", "promote", "rollback", "set-share"):
         return _act(args)
-    return _demo(
-        args.config, args.duration, args.rate, None if args.healthy else args.degrade_after
-    )
+    # The demo's own table is the show: the proxy's log goes to a file beside it.
+    log = Path(tempfile.gettempdir()) / f"grayscale-demo-{os.getpid()}.log"
+    with log.open("w") as stream:
+        logs.configure(args.log_format, args.log_level, stream)
+        print(f"the proxy's log: {log}")
+        return _demo(
+            args.config, args.duration, args.rate, None if args.healthy else args.degrade_after
+        )
 
 
 def _check(files: Sequence[str]) -> int:
@@ -267,18 +314,33 @@ def _selftest(args: argparse.Namespace) -> int:
         what = f"route {args.route!r} with analysis" if args.route else "analysed route"
         print(f"grayscale: no {what} in {args.config}", file=sys.stderr)
         return 2
-    if not (0.0 < args.share < 1.0 and args.rate > 0 and args.runs > 0 and args.hours > 0):
-        print("grayscale: --share in (0, 1); --rate, --runs, --hours above 0", file=sys.stderr)
-        return 2
-    for route in routes:
-        figures = selftest_report(
-            route,
-            rate=args.rate,
-            share=args.share,
-            runs=args.runs,
-            hours=args.hours,
-            seed=args.seed,
+    rates = (args.error_rate, args.incident or 0.0, args.outcome_rate or 0.0)
+    if not (
+        0.0 < args.share < 1.0
+        and args.rate > 0
+        and args.runs > 0
+        and args.hours > 0
+        and all(0.0 <= r < 1.0 for r in rates)
+        and (args.users_tail is None or args.users_tail > 0)
+        and args.users > 0
+    ):
+        print(
+            "grayscale: --share in (0, 1); --error-rate, --incident, --outcome-rate in [0, 1); "
+            "--rate, --runs, --hours, --users-tail, --users above 0",
+            file=sys.stderr,
         )
+        return 2
+    world = World(
+        args.rate,
+        args.share,
+        args.error_rate,
+        args.incident,
+        args.outcome_rate,
+        args.users_tail,
+        args.users,
+    )
+    for route in routes:
+        figures = selftest_report(route, world, runs=args.runs, hours=args.hours, seed=args.seed)
         print(figures, flush=True)
     return 0
 
@@ -317,13 +379,18 @@ def _act(args: argparse.Namespace) -> int:
         body["reason"] = args.reason
     if args.command == "set-share":
         body["share"] = args.share
+    if getattr(args, "keep_share", False):
+        body["keep_share"] = True
     path = f"/routes/{urllib.parse.quote(args.route, safe='')}/{action}"
     try:
         result = call(args.admin, "POST", path, token, body)
     except AdminError as exc:
         print(f"grayscale: {args.command} {args.route}: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.route}: {result['before']} -> {result['after']}, share {result['share']:.2%}")
+    said = f" ({result['reason']})" if result.get("reason") else ""
+    print(
+        f"{args.route}: {result['before']} -> {result['after']}, share {result['share']:.2%}{said}"
+    )
     return 0
 
 

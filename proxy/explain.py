@@ -6,6 +6,7 @@ Pure: a verdict record as `GET /routes/{name}/verdicts` returns it, in; a paragr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 _FOLLOWED = {
@@ -40,36 +41,52 @@ def _sizes(check: dict[str, Any]) -> str:
     return sizes
 
 
-def _compared(check: dict[str, Any], said: str, bound: str, what: str, allowed: str) -> str:
-    """`said`, then how the check's bound of `what` compares with what is allowed (or, on thin
-    data, why there is no bound)."""
-    if check["bound"] is None:
+_MEANING = {
+    "fail": "proven worse than allowed",
+    "pass": "proven within the limit",
+    "suspect": "looks worse than allowed, not yet proven: the ramp holds",
+    "inconclusive": "not yet known",
+}
+
+
+def _compared(check: dict[str, Any], said: str, shown: Callable[[float], str], what: str) -> str:
+    """`said`, then where the check's bounds of `what` lie against what is allowed, and what
+    that makes of the check (or, on thin data, why there are no bounds)."""
+    low: float | None = check["bound"]
+    high: float | None = check.get("upper")
+    if low is not None and high is not None:
+        interval = f"between {shown(low)} and {shown(high)}"
+    elif low is not None:
+        interval = f"at least {shown(low)}"
+    elif high is not None:
+        interval = f"at most {shown(high)}"
+    else:
         return f"{said}; {check['note']}"
-    verb = "exceeds" if check["result"] == "fail" else "is within"
-    return f"{said}; the bound of {what}, {bound}, {verb} the allowed {allowed} {_sizes(check)}"
+    meaning = _MEANING.get(check["result"], check["note"])
+    return (
+        f"{said}; {what} is {interval} (allowed: {shown(check['threshold'])}) "
+        f"{_sizes(check)}: {meaning}"
+    )
 
 
 def _error_rate(check: dict[str, Any]) -> str:
     c, s = check["candidate"], check["stable"]
     said = f"candidate error rate {_percent(c['error_rate'])}, stable {_percent(s['error_rate'])}"
-    bound = _points(check["bound"])
-    return _compared(check, said, bound, "the difference", _points(check["threshold"]))
+    return _compared(check, said, _points, "the difference")
 
 
 def _latency(check: dict[str, Any]) -> str:
     c, s = check["candidate"], check["stable"]
     key = "latency_quantile_seconds"
     said = f"latency {_seconds(c.get(key))} against stable's {_seconds(s.get(key))}"
-    bound = "?" if check["bound"] is None else f"{check['bound']:.2f}"
-    return _compared(check, said, bound, "their ratio", f"{check['threshold']:g}")
+    return _compared(check, said, lambda v: f"{v:.2f}", "their ratio")
 
 
 def _outcome(check: dict[str, Any]) -> str:
     name = check["check"].removeprefix("outcome:")
     c, s = check["candidate"], check["stable"]
     said = f"{name}: candidate mean {_mean(c.get('mean'))}, stable {_mean(s.get('mean'))}"
-    bound = "?" if check["bound"] is None else f"{check['bound']:.4g}"
-    return _compared(check, said, bound, "the decrease", f"{check['threshold']:g}")
+    return _compared(check, said, lambda v: f"{v:.4g}", "the decrease")
 
 
 def _metric(check: dict[str, Any]) -> str:
@@ -104,19 +121,24 @@ def check_in_words(check: dict[str, Any]) -> str:
     return f"{name} {check['result']}: {check['note']}"
 
 
+_WORST_FIRST = ("fail", "error", "suspect", "inconclusive", "pass")
+
+
 def explain(record: dict[str, Any]) -> str:
-    """A verdict record in words: the result and what followed, then each check (the failing
-    ones first)."""
+    """A verdict record in words: the result and what followed (and why), then each check (the
+    worst first)."""
     followed = _FOLLOWED.get(record.get("action", ""), "")
-    failures = record.get("consecutive_failures")
-    needed = record.get("failures_before_rollback")
     head = f"{record['result']}"
     if followed:
         head += f", {followed}"
-    if failures is not None and needed is not None and record["result"] == "fail":
-        head += f" ({failures} of {needed} failures in a row)"
-    order = {"fail": 0, "inconclusive": 1, "pass": 2}
-    checks = sorted(record["checks"], key=lambda c: order.get(c["result"], 3))
+    if record.get("why"):
+        head += f" ({record['why']})"
+    checks = sorted(
+        record["checks"],
+        key=lambda c: _WORST_FIRST.index(c["result"]) if c["result"] in _WORST_FIRST else 5,
+    )
     lines = [head + ":"]
+    if record.get("note"):
+        lines.append(f"  {record['note']}")
     lines += [f"  {c['result']}: {check_in_words(c)}" for c in checks]
     return "\n".join(lines)

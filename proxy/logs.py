@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 CONTEXT_FIELDS = ("route", "variant", "segment", "path", "url", "errors")
 
@@ -47,9 +48,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(fmt: str = "text", level: str = "info") -> None:
-    """Send all logs to stderr in format `fmt` (text or json) at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(fmt: str = "text", level: str = "info", stream: TextIO | None = None) -> None:
+    """Send all logs to `stream` (stderr by default) in format `fmt` (text or json) at
+    `level`."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

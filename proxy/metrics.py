@@ -239,7 +239,8 @@ class Recorder:
         )
         self.verdicts = Counter(
             "grayscale_analysis_verdicts",
-            "Analysis results per check (error_rate, latency, overall): pass, fail, inconclusive.",
+            "Analysis results per check (error_rate, latency, outcome:..., metric:..., "
+            "sample_ratio, overall): pass, fail, suspect, inconclusive, error.",
             ("route", "check", "result"),
             registry=r,
         )
@@ -259,6 +260,13 @@ class Recorder:
             "grayscale_analysis_window_requests",
             "Requests in the last analysis window.",
             ("route", "variant"),
+            registry=r,
+        )
+        self.analysis_errors = Gauge(
+            "grayscale_analysis_errors_in_a_row",
+            "Verdicts in a row that could not be measured (Prometheus or the fleet's store "
+            "unreachable, a broken split); see analysis.max_errors_in_a_row and on_error.",
+            ("route",),
             registry=r,
         )
         self.analysis_metric = Gauge(
@@ -354,6 +362,7 @@ class Recorder:
             (self.analysis_latency, ("route", "variant")),
             (self.analysis_requests, ("route", "variant")),
             (self.analysis_metric, ("route", "metric", "variant")),
+            (self.analysis_errors, ("route",)),
             (self.rollbacks, ("route", "trigger")),
             (self.promotions, ("route", "trigger")),
             (self.shadow_comparisons, ("route", "result")),
@@ -369,9 +378,11 @@ class Recorder:
             for values in gone:
                 metric.remove(*values)
 
-    def observe_verdict(self, route: str, verdict: Verdict) -> None:
-        """Count an analysis verdict and export what it observed."""
+    def observe_verdict(self, route: str, verdict: Verdict, errors_in_a_row: int) -> None:
+        """Count an analysis verdict and export what it observed, and how many verdicts in a
+        row could not be measured."""
         self.verdicts.labels(route, "overall", verdict.result.value).inc()
+        self.analysis_errors.labels(route).set(errors_in_a_row)
         for check in verdict.checks:
             self.verdicts.labels(route, check.name, check.result.value).inc()
             for variant, seen in (("stable", check.stable), ("candidate", check.candidate)):

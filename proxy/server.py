@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from proxy.access_log import AccessLog, secret_from_env
 from proxy.admin import Admin
 from proxy.analysis.loop import Analyzer
+from proxy.analysis.sources import InProcess
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
@@ -160,7 +161,11 @@ class Server:
                 self.redis, config.state.key_prefix, replica_name(), self.observations
             )
         self.analyzer = Analyzer(
-            config.routes, self.controller, self.observations, self.recorder, self.fleet
+            config.routes,
+            self.controller,
+            self.fleet if self.fleet is not None else InProcess(self.observations),
+            self.recorder,
+            self.fleet,
         )
         self.notifier = RollbackNotifier()
         self.controller.rollback_listeners += [self.recorder.count_rollback, self.notifier]

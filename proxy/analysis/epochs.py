@@ -18,9 +18,18 @@ Invariants:
 
 from __future__ import annotations
 
+from typing import Any
+
 from proxy.analysis.verdict import Sample
 
 EPOCH_LENGTH = 16  # times min_requests per variant (measured against 8 and 32: README)
+
+
+def full(stable_requests: Any, candidate_requests: Any, min_requests: int) -> Any:
+    """Whether an epoch holding these requests per variant is full (it ends after this
+    verdict); elementwise on arrays of counts too (`grayscale selftest` steps many runs)."""
+    length = EPOCH_LENGTH * min_requests
+    return (stable_requests >= length) & (candidate_requests >= length)
 
 
 class Epochs:
@@ -46,7 +55,7 @@ class Epochs:
             start = self._start = (stable, candidate)
             self.number = 1
         recent = (stable - start[0], candidate - start[1], self.number)
-        if min(recent[0].requests, recent[1].requests) >= EPOCH_LENGTH * min_requests:
+        if full(recent[0].requests, recent[1].requests, min_requests):
             self._start = (stable, candidate)
             self.number += 1
         return recent

@@ -1,4 +1,16 @@
-"""The analysis loop: a verdict per route every interval, and what follows from it."""
+"""The analysis loop: every interval, each analysed route is judged and the policy's step applied.
+
+A round gathers (the samples, the custom metrics), assesses (`verdict.assess`), steps the policy
+(`policy.step`) and applies what it says once (hold, release, roll back, promote). What is
+remembered between rounds is the policy's `Memory` and the epochs of one rollout run.
+
+Invariants
+- Nothing here knows where observations live: `sources.Observations` gives them, and raises
+  `sources.Unavailable` when they cannot be read; that round's verdict is then an error.
+- A round acts once: the ramp's hold is set, or the rollout rolled back or promoted.
+- In a fleet, only the decider judges; the others read its published record. A replica that
+  begins deciding continues the fleet's memory of the same run.
+"""
 
 from __future__ import annotations
 
@@ -8,83 +20,104 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from proxy.analysis.epochs import Epochs
+from proxy.analysis.policy import Act, Memory, Ramp, Rules, Step, step
 from proxy.analysis.prometheus import MetricQueries, hostname
-from proxy.analysis.verdict import (
-    LATENCY_KEY,
-    Clustering,
-    Result,
-    Sample,
-    Verdict,
-    analysis_share,
-    assess,
-)
-from proxy.analysis.window import ObservationSource
-from proxy.config.model import AnalysisMethod, AnalysisSpec, Inconclusive, Route, Variant
-from proxy.fleet.connection import cancel_and_wait
-from proxy.fleet.member import FleetMember
-from proxy.metrics import Recorder
+from proxy.analysis.sources import Observations, SharedVerdicts, Unavailable, VerdictSink
+from proxy.analysis.verdict import Result, Verdict, analysis_share, assess
+from proxy.config.model import AnalysisMethod, AnalysisSpec, Route, Variant
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State
 from proxy.rollout.store import StateUnavailable
+from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
-_JUDGED = {State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED}
+JUDGED = frozenset({State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED})
 HISTORY = 20  # verdicts kept per route for GET /routes/{name}/verdicts
 
 
 @dataclass
 class RouteAnalysis:
     """What the loop remembers of one route between rounds. In a fleet, `published` is the
-    decider's latest verdict as it published it (this replica's own, when it decides)."""
+    decider's latest record as it published it (this replica's own, when it decides)."""
 
     spec: AnalysisSpec
-    promote_after: float | None = None  # `promote.after`, if the route promotes on its own
+    rules: Rules
     hosts: dict[Variant, str] = field(default_factory=dict)  # upstream host names, for metrics
     epochs: Epochs = field(default_factory=Epochs)  # of the counts since the start (sequential)
-    judging: tuple[str, int] | None = None  # (rollout identity, this analysis's number of it)
+    judging: tuple[str, int] | None = None  # (rollout run, this analysis's number of it)
+    counting: str | None = None  # the rollout run whose requests the source counts
+    memory: Memory = field(default_factory=Memory)
     last: Verdict | None = None
-    failures: int = 0
+    step: Step | None = None  # what followed the last verdict
     published: dict[str, Any] | None = None
-    passing_since: float | None = None  # since when every verdict at the ramp's max passed
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
-    def remember(self, verdict: Verdict, action: str) -> None:
-        """Keep a verdict with its inputs, the failure count and what the loop did on it."""
-        record = verdict.to_json()
-        record |= {"consecutive_failures": self.failures, "action": action}
-        record["failures_before_rollback"] = self.spec.failures_before_rollback
-        self.history.appendleft(record)
+    def record(self, verdict: Verdict, done: Step) -> dict[str, Any]:
+        """A verdict with what the policy remembered and did on it."""
+        return verdict.to_json() | {
+            "consecutive_failures": self.memory.failures,
+            "failures_before_rollback": self.rules.failures_before_rollback,
+            "errors_in_a_row": self.memory.errors,
+            "max_errors_in_a_row": self.rules.max_errors_in_a_row,
+            "action": done.act.value,
+            "why": done.reason,
+            "alarm": done.alarm,
+        }
 
-    def status(self, holding: bool, fleet: FleetMember | None) -> dict[str, Any]:
+    def status(self, holding: bool, fleet: SharedVerdicts | None) -> dict[str, Any]:
         """The `/status` view."""
+        latest = (
+            None if self.last is None or self.step is None else self.record(self.last, self.step)
+        )
+        if fleet is not None and not fleet.deciding:
+            latest = (self.published or {}).get("record")
+        latest = latest if isinstance(latest, dict) else {}
         view: dict[str, Any] = {
             "interval_seconds": self.spec.interval,
             "window_seconds": self.spec.window,
             "min_requests": self.spec.min_requests,
-            "failures_before_rollback": self.spec.failures_before_rollback,
-            "consecutive_failures": self.failures,
+            "failures_before_rollback": self.rules.failures_before_rollback,
+            "consecutive_failures": latest.get("consecutive_failures", 0),
+            "max_errors_in_a_row": self.rules.max_errors_in_a_row,
+            "on_error": self.rules.on_error.value,
+            "errors_in_a_row": latest.get("errors_in_a_row", 0),
+            "alarm": latest.get("alarm", False),
             "holding": holding,
+            "action": latest.get("action"),
+            "why": latest.get("why"),
             "analysis_number": None if self.judging is None else self.judging[1],
-            "last_verdict": None if self.last is None else self.last.to_json(),
+            "last_verdict": _verdict_of(latest),
         }
-        if self.promote_after is not None:
-            view["promotes_at"] = (
-                None if self.passing_since is None else self.passing_since + self.promote_after
-            )
+        if self.rules.promote_after is not None:
+            since = self.memory.passing_since
+            view["promotes_at"] = None if since is None else since + self.rules.promote_after
         if fleet is not None:
-            published = self.published or {}
-            view["consecutive_failures"] = published.get("failures", 0)
-            view["last_verdict"] = published.get("verdict")
-            view["decided_by"] = published.get("decider")
-            view["decider"] = fleet.decider.holder
-            view["this_replica_decides"] = fleet.decider.deciding
+            view["decided_by"] = (self.published or {}).get("decider")
+            view["decider"] = fleet.holder
+            view["this_replica_decides"] = fleet.deciding
         return view
+
+
+_RECORD_ONLY = (
+    "consecutive_failures",
+    "failures_before_rollback",
+    "errors_in_a_row",
+    "max_errors_in_a_row",
+    "action",
+    "why",
+    "alarm",
+)
+
+
+def _verdict_of(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The verdict in a record (without what the policy added), or None."""
+    if "result" not in record:
+        return None
+    return {k: v for k, v in record.items() if k not in _RECORD_ONLY}
 
 
 def _reason(verdict: Verdict) -> str:
@@ -100,57 +133,19 @@ def _reason(verdict: Verdict) -> str:
     return "analysis: " + "; ".join(parts)
 
 
-def _own_ratio(pooled: Sample, own: Sample) -> Sample:
-    """The fleet's sample with this process's sample-ratio counts and design effects. A design
-    effect seen in this process's share of the traffic is scaled to the fleet's: if a user's
-    requests are spread over the replicas, each sees 1/R of them and the excess over 1 that
-    clustering adds is R times smaller (R: the fleet's weight over this process's); with users
-    kept on one replica this overstates it, which only widens the bounds."""
-    spread = pooled.weight / own.weight if own.weight > 0 else 1.0
-    clustering = Clustering(
-        1.0 + (own.clustering.errors - 1.0) * max(spread, 1.0),
-        1.0 + (own.clustering.latency - 1.0) * max(spread, 1.0),
-    )
-    return replace(
-        pooled,
-        assigned=own.assigned,
-        expected=own.expected,
-        users=own.users,
-        users_expected=own.users_expected,
-        design_effect=own.design_effect,
-        clustering=clustering,
-    )
-
-
-def refer(source: ObservationSource, route: str, verdict: Verdict) -> None:
-    """Tell `source` stable's latest latency quantile, above which a request counts as slow in
-    the users' sums (`Clustering`), if the verdict has one."""
-    for check in verdict.checks:
-        seconds = check.stable.get(LATENCY_KEY) if check.name == "latency" else None
-        if isinstance(seconds, float):
-            source.refer(route, seconds)
-            return
-
-
 class Analyzer:
-    """Judges each analysed route every `interval` and rolls a failing candidate back.
-
-    After `failures_before_rollback` consecutive failed verdicts the route is rolled back. While a
-    verdict is not a pass (too little data, or failures not yet enough to roll back), the ramp is
-    held under `on_inconclusive: hold`, so the share does not grow on thin or bad data; a pass
-    releases it. A ramp with no candidate traffic to observe (share 0) is never held.
-    """
+    """Judges each analysed route every `interval` and does what the policy says."""
 
     def __init__(
         self,
         routes: Sequence[Route],
         controller: RolloutController,
-        source: ObservationSource,
-        recorder: Recorder,
-        fleet: FleetMember | None = None,
+        source: Observations,
+        recorder: VerdictSink,
+        fleet: SharedVerdicts | None = None,
     ):
-        """With `fleet`, only the fleet's decider judges, on the fleet's pooled observations,
-        and publishes its verdicts; the other replicas read them."""
+        """With `fleet`, only the fleet's decider judges (`source` then gives the fleet's
+        pooled observations) and publishes its records; the other replicas read them."""
         self.controller = controller
         self.source = source
         self.recorder = recorder
@@ -169,9 +164,9 @@ class Analyzer:
             if route.analysis is None:
                 continue
             kept = previous.get(route.name)
-            after = None if route.promote is None else route.promote.after
-            same = kept is not None and (kept.spec, kept.promote_after) == (route.analysis, after)
-            fresh = RouteAnalysis(route.analysis, after)
+            rules = Rules.of(route.analysis, route)
+            same = kept is not None and (kept.spec, kept.rules) == (route.analysis, rules)
+            fresh = RouteAnalysis(route.analysis, rules)
             self.routes[route.name] = kept if same and kept else fresh
             self.routes[route.name].hosts = {
                 Variant.STABLE: hostname(route.stable.url),
@@ -212,167 +207,124 @@ class Analyzer:
                 log.exception("analysis round failed", extra={"route": name})
 
     async def round(self, name: str, now: float) -> Verdict | None:
-        """One analysis round of route `name` at `now`; None when the state is not judged."""
+        """One analysis round of route `name` at `now`; None when nothing was judged (the state
+        is not judged, or another replica decides)."""
         analysis = self.routes.get(name)
         if analysis is None or name not in self.controller:
             return None  # (the route left the config, or its analysis did)
-        spec = analysis.spec
-        if self.controller.state(name, now) not in _JUDGED:
-            analysis.failures = 0
+        run = self.controller.run(name)
+        if self.controller.state(name, now) not in JUDGED:
+            analysis.memory = Memory()  # (rolled back or promoted: this run is over)
             return None
-        if self.fleet is None:
-            stable, candidate = self.source.samples(name, now)
-        else:
-            pooled = await self._pooled(name, analysis, now)
-            if pooled is None:
-                return None
-            stable, candidate = pooled
-        metrics = await self.queries.checks(name, spec, analysis.hosts, now)
-        recent, share = None, 1.0
-        if spec.method is AnalysisMethod.SEQUENTIAL:
-            identity = self.controller.rollout(name).identity
-            if analysis.judging is None or analysis.judging[0] != identity:
-                # Counts judged anew (this process, this decider): a new share of the rate.
-                number = await self.controller.judge_anew(name)
-                if number == 0:
-                    return None  # (the shared store is unreachable: no verdict now)
-                analysis.judging, analysis.epochs = (identity, number), Epochs()
-            recent = analysis.epochs.recent(stable, candidate, spec.min_requests)
-            share = analysis_share(analysis.judging[1])
-        verdict = assess(stable, candidate, spec, now, metrics=metrics, recent=recent, share=share)
-        refer(self.source, name, verdict)
-        analysis.last = verdict
-        analysis.failures = analysis.failures + 1 if verdict.result is Result.FAIL else 0
+        if analysis.counting not in (None, run):  # (a resume began a new run: new counts)
+            self.source.restart(name)
+        analysis.counting = run
+        if self.fleet is not None and not await self._deciding(name, analysis, run):
+            return None
+        verdict = await self._verdict(name, analysis, run, now)
+        ramp = Ramp(run, self.controller.state(name, now), self.controller.share(name, now))
+        analysis.memory, done = step(analysis.memory, verdict, ramp, analysis.rules, now)
+        analysis.last, analysis.step = verdict, done
+        record = analysis.record(verdict, done)
+        analysis.history.appendleft(record)
         if self.fleet is not None:
             analysis.published = {
                 "at": now,
-                "failures": analysis.failures,
-                "verdict": verdict.to_json(),
-                "decider": self.fleet.decider.name,
+                "run": run,
+                "memory": {
+                    "failures": analysis.memory.failures,
+                    "errors": analysis.memory.errors,
+                    "passing_since": analysis.memory.passing_since,
+                },
+                "record": record,
+                "decider": self.fleet.name,
             }
-            with contextlib.suppress(RedisError, OSError):
-                await self.fleet.decider.publish(name, analysis.published, 3 * spec.interval + 10)
-        self.recorder.observe_verdict(name, verdict)
+            with contextlib.suppress(Unavailable):
+                await self.fleet.publish(name, analysis.published, 3 * analysis.spec.interval + 10)
+        self.recorder.observe_verdict(name, verdict, analysis.memory.errors)
+        loud = verdict.result in (Result.FAIL, Result.ERROR) or done.alarm
         log.log(
-            logging.WARNING if verdict.result is Result.FAIL else logging.INFO,
-            "verdict %s (%s)%s",
+            logging.WARNING if loud else logging.INFO,
+            "verdict %s (%s): %s",
             verdict.result.value,
-            ", ".join(f"{c.name} {c.result.value}" for c in verdict.checks),
-            f": {analysis.failures}/{spec.failures_before_rollback} failures"
-            if analysis.failures
-            else "",
+            ", ".join(f"{c.name} {c.result.value}" for c in verdict.checks) or verdict.note,
+            f"{done.act.value}, {done.reason}",
             extra={"route": name},
         )
-        if analysis.failures >= spec.failures_before_rollback:
-            analysis.remember(verdict, "rollback")
-            await self._roll_back(name, verdict, now)
-            analysis.failures = 0
-            return verdict
-        if analysis.promote_after is not None and await self._promote_when_due(
-            name, analysis, verdict, now
-        ):
-            analysis.remember(verdict, "promote")
-            return verdict
-        hold = (
-            verdict.result is Result.FAIL
-            or verdict.mismatched  # held whatever on_inconclusive says: nothing can be judged
-            or (verdict.result is Result.INCONCLUSIVE and spec.on_inconclusive is Inconclusive.HOLD)
-        )
-        # With no candidate traffic there is nothing to wait for: holding would stall for ever.
-        hold = hold and self.controller.share(name, now) > 0.0
-        analysis.remember(verdict, "hold" if hold else "continue")
-        await self.controller.set_hold(name, hold, now)
+        await self._apply(name, verdict, done, now)
         return verdict
 
-    async def _pooled(
-        self, name: str, analysis: RouteAnalysis, now: float
-    ) -> tuple[Sample, Sample] | None:
-        """The fleet's samples when this replica decides; None when it does not (it then reads
-        the decider's latest verdict) or cannot read them."""
+    async def _deciding(self, name: str, analysis: RouteAnalysis, run: str) -> bool:
+        """Whether this replica judges `name` now; a replica that does not reads the decider's
+        latest record, one that begins to continues the fleet's memory of the same run."""
         assert self.fleet is not None
-        decider = self.fleet.decider
-        try:
-            if not decider.deciding:
-                analysis.published = await decider.latest(name)
-                analysis.last, analysis.failures = None, 0
-                return None
-            if analysis.last is None:  # deciding from now on: continue the fleet's count
-                published = await decider.latest(name) or {}
-                failures = published.get("failures", 0)
-                analysis.failures = failures if isinstance(failures, int) else 0
-            stable, candidate = await self.fleet.pool.samples(name, now)
-        except (RedisError, OSError):
-            return None  # no verdict without the fleet's data; the ramp stays as it is
-        # The sample-ratio check tests the decider's own traffic (see proxy/fleet/observations).
-        own_stable, own_candidate = self.source.samples(name, now)
-        return _own_ratio(stable, own_stable), _own_ratio(candidate, own_candidate)
-
-    async def _roll_back(self, name: str, verdict: Verdict, now: float) -> None:
-        reason = _reason(verdict)
-        try:
-            await self.controller.act(
-                name,
-                Action.ROLLBACK,
-                now,
-                actor="analysis",
-                reason=reason,
-                details=verdict.to_json(),
-            )
-        except IllegalTransition:
-            return  # rolled back by someone else meanwhile
-        log.warning("rolled back automatically: %s", reason, extra={"route": name})
-
-    async def _promote_when_due(
-        self, name: str, analysis: RouteAnalysis, verdict: Verdict, now: float
-    ) -> bool:
-        """Promote once every verdict has passed for `promote.after` at the ramp's max (an
-        inconclusive one neither counts nor resets; a failure, or leaving the max, resets)."""
-        assert analysis.promote_after is not None
-        if verdict.result is Result.FAIL or self.controller.state(name, now) is not State.COMPLETE:
-            analysis.passing_since = None
+        if not self.fleet.deciding:
+            analysis.last, analysis.memory = None, Memory()
+            with contextlib.suppress(Unavailable):  # (else the last one read stays)
+                analysis.published = await self.fleet.latest(name)
             return False
-        if verdict.result is not Result.PASS:
-            return False
-        if analysis.passing_since is None:
-            analysis.passing_since = now
-        if now - analysis.passing_since < analysis.promote_after:
-            return False
-        reason = f"every verdict passed for {analysis.promote_after:g} s at the ramp's max"
-        try:
-            await self.controller.act(
-                name,
-                Action.PROMOTE,
-                now,
-                actor="analysis",
-                reason=reason,
-                details=verdict.to_json(),
-            )
-        except (IllegalTransition, StateUnavailable):
-            return False  # an operator acted meanwhile, or the state cannot be changed now
-        analysis.passing_since = None
-        log.info("promoted automatically: %s", reason, extra={"route": name})
+        if analysis.last is None:  # deciding from now on: continue the fleet's memory
+            published: dict[str, Any] = {}
+            with contextlib.suppress(Unavailable):  # (the round's verdict says what failed)
+                published = await self.fleet.latest(name) or {}
+            memory = published.get("memory")
+            if published.get("run") == run and isinstance(memory, dict):
+                analysis.memory = _memory(run, memory)
         return True
 
+    async def _verdict(self, name: str, analysis: RouteAnalysis, run: str, now: float) -> Verdict:
+        """Gather and assess: the round's verdict, an error when its data could not be read."""
+        spec = analysis.spec
+        try:
+            stable, candidate = await self.source.samples(name, now)
+        except Unavailable as exc:
+            return Verdict.unmeasured(now, f"cannot read the observations: {exc}", spec.method)
+        metrics = await self.queries.checks(name, spec, analysis.hosts, now)
+        recent, share = None, 1.0
+        if spec.method is AnalysisMethod.SEQUENTIAL:
+            if analysis.judging is None or analysis.judging[0] != run:
+                # Counts judged anew (this process, this decider): a new share of the rate.
+                number = await self.controller.judge_anew(name)
+                if number == 0:
+                    why = "the shared state cannot be reached to number this analysis"
+                    return Verdict.unmeasured(now, why, spec.method)
+                analysis.judging, analysis.epochs = (run, number), Epochs()
+            recent = analysis.epochs.recent(stable, candidate, spec.min_requests)
+            share = analysis_share(analysis.judging[1])
+        verdict = assess(stable, candidate, spec, now, metrics=metrics, recent=recent, share=share)
+        seconds = verdict.reference
+        if seconds is not None:
+            self.source.refer(name, seconds)
+        return verdict
+
+    async def _apply(self, name: str, verdict: Verdict, done: Step, now: float) -> None:
+        """Do what the policy said, once."""
+        if done.act in (Act.HOLD, Act.CONTINUE):
+            await self.controller.set_hold(name, done.act is Act.HOLD, now)
+            return
+        action = Action.ROLLBACK if done.act is Act.ROLLBACK else Action.PROMOTE
+        reason = _reason(verdict) if verdict.failing else f"analysis: {done.reason}"
+        try:
+            await self.controller.act(
+                name, action, now, actor="analysis", reason=reason, details=verdict.to_json()
+            )
+        except (IllegalTransition, StateUnavailable):
+            return  # an operator acted meanwhile, or the state cannot be changed now
+        what = "rolled back" if action is Action.ROLLBACK else "promoted"
+        log.warning("%s automatically: %s", what, reason, extra={"route": name})
+
     def verdicts(self, name: str) -> list[dict[str, Any]] | None:
-        """Route `name`'s latest verdicts, newest first (a replica that does not decide has the
-        decider's latest only), or None when it has no analysis."""
+        """Route `name`'s latest verdicts with what followed, newest first (a replica that does
+        not decide has the decider's latest only), or None when it has no analysis."""
         analysis = self.routes.get(name)
         if analysis is None:
             return None
-        if self.fleet is not None and not self.fleet.decider.deciding:
+        if self.fleet is not None and not self.fleet.deciding:
             published = analysis.published or {}
-            verdict = published.get("verdict")
-            return (
-                []
-                if not isinstance(verdict, dict)
-                else [
-                    verdict
-                    | {
-                        "consecutive_failures": published.get("failures", 0),
-                        "decided_by": published.get("decider"),
-                    }
-                ]
-            )
+            record = published.get("record")
+            if not isinstance(record, dict):
+                return []
+            return [record | {"decided_by": published.get("decider")}]
         return list(analysis.history)
 
     def status(self, route: Route) -> dict[str, Any] | None:
@@ -381,3 +333,15 @@ class Analyzer:
         if analysis is None:
             return None
         return analysis.status(self.controller.holding(route.name), self.fleet)
+
+
+def _memory(run: str, published: dict[str, Any]) -> Memory:
+    """The policy's memory as a decider published it (fields of the wrong type: left out)."""
+    failures, errors = published.get("failures"), published.get("errors")
+    since = published.get("passing_since")
+    return Memory(
+        run,
+        failures if isinstance(failures, int) else 0,
+        errors if isinstance(errors, int) else 0,
+        float(since) if isinstance(since, int | float) else None,
+    )

@@ -4,10 +4,12 @@ a `Check` out; `proxy.analysis.prometheus` asks the server.
 
 Invariants:
 - A check fails only on two finite values (one for `max`/`min`) that break a limit; a limit at
-  its exact value passes. A query that failed, returned nothing, several series, a non-number or
-  NaN/Inf, and a ratio over a stable value not above 0, are inconclusive, never failures: missing
-  data must not roll a candidate back.
-- With several limits, the check fails if any fails, else is inconclusive if any is, else passes.
+  its exact value passes. A query that could not be made or answered (Prometheus unreachable, an
+  error answer, several series, a result of the wrong type) is an error: the check could not be
+  measured, which the policy keeps apart (`analysis.max_errors_in_a_row`). A query that returned
+  nothing or NaN/Inf, and a ratio over a stable value not above 0, are inconclusive (no traffic
+  yet). Neither is ever a failure: missing data must not roll a candidate back.
+- With several limits, the check's word is the worst of theirs (`verdict.worst`).
 - Values are compared as the query returns them: how noisy they are is the query's business (its
   range, e.g. `[{{window}}]`); no confidence bound is made.
 """
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.analysis.verdict import Check, Result
+from proxy.analysis.verdict import Check, Result, worst
 from proxy.config.model import METRIC_PLACEHOLDER, Comparison, MetricCheck
 
 _LOWER_LIMITS = {Comparison.MIN, Comparison.MIN_RATIO}
@@ -40,10 +42,16 @@ class Reading:
     query: str
     value: float | None = None
     problem: str | None = None
+    failed: bool = False  # the query could not be made or answered (not merely empty)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"query": self.query, "value": self.value, "problem": self.problem}
+        return {
+            "query": self.query,
+            "value": self.value,
+            "problem": self.problem,
+            "failed": self.failed,
+        }
 
 
 def render(query: str, values: Mapping[str, str]) -> str:
@@ -68,10 +76,10 @@ def _number(text: object) -> float | None:
 def reading(query: str, answer: object) -> Reading:
     """The reading in a Prometheus `/api/v1/query` answer (the decoded JSON)."""
     if not isinstance(answer, dict):
-        return Reading(query, problem="not an answer of the Prometheus query API")
+        return Reading(query, problem="not an answer of the Prometheus query API", failed=True)
     if answer.get("status") != "success":
         kind, error = answer.get("errorType", "error"), answer.get("error", "no reason given")
-        return Reading(query, problem=f"{kind}: {error}")
+        return Reading(query, problem=f"{kind}: {error}", failed=True)
     data = answer.get("data")
     kind = data.get("resultType") if isinstance(data, dict) else None
     result = data.get("result") if isinstance(data, dict) else None
@@ -83,12 +91,15 @@ def reading(query: str, answer: object) -> Reading:
                 query,
                 problem=f"{len(result)} series: the query must return one "
                 "(aggregate it, e.g. with sum or avg)",
+                failed=True,
             )
         sample = result[0].get("value") if isinstance(result[0], dict) else None
         result = sample
     elif kind != "scalar":
         return Reading(
-            query, problem=f"a {kind} result: the query must return one series or a scalar"
+            query,
+            problem=f"a {kind} result: the query must return one series or a scalar",
+            failed=True,
         )
     text = result[1] if isinstance(result, list) and len(result) == 2 else None
     value = _number(text)
@@ -102,10 +113,14 @@ def _judge(
 ) -> tuple[Result, float | None, str]:
     """One limit: its result, the compared value and what it says."""
     c, s = candidate.value, stable.value
+    if candidate.failed:
+        return Result.ERROR, None, f"cannot measure candidate ({candidate.problem})"
     if c is None:
         return Result.INCONCLUSIVE, None, f"no candidate value ({candidate.problem})"
     if kind in (Comparison.MAX, Comparison.MIN):
         observed = c
+    elif stable.failed:
+        return Result.ERROR, None, f"cannot measure stable ({stable.problem})"
     elif s is None:
         return Result.INCONCLUSIVE, None, f"no stable value ({stable.problem})"
     elif kind is Comparison.MAX_INCREASE:
@@ -131,14 +146,12 @@ def metric_check(metric: MetricCheck, stable: Reading, candidate: Reading) -> Ch
     judged = [
         (kind, limit, *_judge(kind, limit, stable, candidate)) for kind, limit in metric.limits
     ]
-    for wanted in (Result.FAIL, Result.INCONCLUSIVE):
-        chosen = [j for j in judged if j[2] is wanted]
-        if chosen:
-            _, limit, result, observed, note = chosen[0]
-            break
-    else:
-        _, limit, result, observed, _ = judged[0]
+    result = worst(j[2] for j in judged)
+    if result is Result.PASS:
+        _, limit, _, observed, _ = judged[0]
         note = "; ".join(j[4] for j in judged)
+    else:
+        _, limit, _, observed, note = next(j for j in judged if j[2] is result)
     return Check(
         f"metric:{metric.name}",
         result,

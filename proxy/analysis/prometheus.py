@@ -82,7 +82,9 @@ class MetricQueries:
         if source.token_env is not None:
             token = os.environ.get(source.token_env)
             if not token:
-                return Reading(query, problem=f"environment variable {source.token_env} is unset")
+                return Reading(
+                    query, problem=f"environment variable {source.token_env} is unset", failed=True
+                )
             headers["Authorization"] = f"Bearer {token}"
         form = {"query": query, "time": f"{at:.3f}", "timeout": f"{source.timeout:g}s"}
         try:
@@ -98,18 +100,22 @@ class MetricQueries:
                 async for chunk in answer.content.iter_chunked(1 << 16):
                     raw += chunk
                     if len(raw) > MAX_ANSWER:
-                        return Reading(query, problem="an answer of over 1 MiB: too many series")
+                        return Reading(
+                            query, problem="an answer of over 1 MiB: too many series", failed=True
+                        )
         except TimeoutError:
-            return Reading(query, problem=f"no answer within {source.timeout:g} s")
+            return Reading(query, problem=f"no answer within {source.timeout:g} s", failed=True)
         except aiohttp.ClientError as exc:
             problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return Reading(query, problem=f"cannot query {source.url}: {problem}")
+            return Reading(query, problem=f"cannot query {source.url}: {problem}", failed=True)
         try:
             body: Any = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict) or "status" not in body:
-            return Reading(query, problem=f"HTTP {answer.status} without a query API answer")
+            return Reading(
+                query, problem=f"HTTP {answer.status} without a query API answer", failed=True
+            )
         return reading(query, body)
 
     def _client(self) -> aiohttp.ClientSession:

@@ -3,7 +3,8 @@
 A trial sends simulated users' requests through the real parts that decide and count them: the
 sticky bucket and threshold of the routing core, the candidate's ejection breaker, the fallback
 to stable, the analysis windows' recorder, request ids and the outcome book, and the analysis
-itself (epochs, checks, their share of the error rate, failures in a row). What is simulated is
+itself (epochs, checks, their share of the error rate) and the decision policy
+(`proxy.analysis.policy.step`). What is simulated is
 only the world around them: users and how often they come, the share over time, errors, latency,
 incidents that hit both variants, conversions that arrive late, restarts.
 
@@ -14,8 +15,8 @@ Invariants
 - Pure: no I/O, no clock, no sleeping; randomness from `random.Random(seed)` only.
 - Requests go through the recorder as `Outcome`s, exactly as the gateway makes them, so what a
   trial measures is what the proxy would count.
-- The share follows the regime's schedule (as if `on_inconclusive: continue`): a held ramp would
-  hide the regimes where the share moves.
+- The share follows the regime's schedule whatever the policy says of holding (as if it never
+  held): a held ramp would hide the regimes where the share moves. Its rollbacks end the run.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import random
 from dataclasses import dataclass, field, replace
 
 from proxy.analysis.epochs import Epochs
-from proxy.analysis.loop import refer
-from proxy.analysis.verdict import Result, analysis_share, assess
+from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
+from proxy.analysis.verdict import Verdict, analysis_share, assess
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.config.model import (
     AnalysisSpec,
@@ -46,7 +47,7 @@ from proxy.ejection import Breaker
 from proxy.outcome import Failure, FallbackReason, Outcome
 from proxy.outcomes import OutcomeBook, Report
 from proxy.request_id import Minter, Reader, Served, assignment, key_of
-from proxy.rollout.machine import identity_of
+from proxy.rollout.machine import State, identity_of
 from proxy.routing import BUCKETS, Decision, Reason, bucket
 
 ROUTE = "trial"
@@ -158,7 +159,7 @@ class _Analysis:
         self.number = number
         self.spec = spec
 
-    def fails(self, now: float) -> bool:
+    def verdict(self, now: float) -> Verdict:
         stable, candidate = self.observations.samples(ROUTE, now)
         recent = self.epochs.recent(stable, candidate, self.spec.min_requests)
         verdict = assess(
@@ -169,8 +170,9 @@ class _Analysis:
             recent=recent,
             share=analysis_share(self.number),
         )
-        refer(self.observations, ROUTE, verdict)
-        return verdict.result is Result.FAIL
+        if verdict.reference is not None:
+            self.observations.refer(ROUTE, verdict.reference)
+        return verdict
 
 
 def run(regime: Regime, seed: int) -> float | None:
@@ -196,14 +198,15 @@ def run(regime: Regime, seed: int) -> float | None:
     pending: list[tuple[float, int, str]] = []  # (when reported, tiebreak, request id)
     horizon = regime.hours * 3600.0
     interval = spec.interval
-    failures = 0
+    rules = Rules.of(spec)
+    memory = Memory()
     carry = 0.0
     incident = regime.incident
     next_restart = regime.restart_every or math.inf
     for index in range(int(horizon // interval)):
         start = index * interval
-        if start >= next_restart:
-            analysis = _Analysis(spec, route, analysis.number + 1)
+        if start >= next_restart:  # (a new process: counts and memory start anew)
+            analysis, memory = _Analysis(spec, route, analysis.number + 1), Memory()
             next_restart += regime.restart_every or math.inf
         wanted = regime.rate * interval + carry
         n = int(wanted)
@@ -273,8 +276,9 @@ def run(regime: Regime, seed: int) -> float | None:
                 reports.append(Report(heapq.heappop(pending)[2], OUTCOME, 1.0))
             if reports:
                 book.take(reports, now)
-        failures = failures + 1 if analysis.fails(now) else 0
-        if failures >= spec.failures_before_rollback:
+        ramp = Ramp(ROUTE, State.RAMPING, share_at(regime, now))
+        memory, done = step(memory, analysis.verdict(now), ramp, rules, now)
+        if done.act is Act.ROLLBACK:
             return now
     return None
 

@@ -12,16 +12,28 @@ own shares and outcomes that have not arrived yet for the newest requests weigh 
 and the difference of the weighted means (Hajek's estimator) compares like with like. With a
 constant share every weight is the same and the means are the plain ones.
 
+Words. Each check bounds how much worse the candidate is, from below and from above, each bound
+at the check's share of the error rate. It **fails** when the lower bound is beyond the limit
+(proven worse than allowed), **passes** when the upper bound is within it (proven within the
+limit), and is otherwise **suspect** when the estimate is beyond the limit (it looks worse, not
+yet proven: the ramp is held whatever `on_inconclusive` says) or **inconclusive**. A check that
+could not be measured is an **error** (a metric query that failed; a verdict whose observations
+could not be read; a broken split, see the sample-ratio check). A verdict's word is its checks'
+worst (`worst`: fail, error, suspect, inconclusive, pass). What follows from a verdict is
+`proxy.analysis.policy`'s.
+
 The checks, each on a share of the error rate (`1 - confidence` split evenly among the built-in
 checks a route has, so that the stated rate holds for the verdict, not for each check):
 
 - **error rate** (5xx answers and upstream failures over requests): the candidate fails when
-  the lower bound of ``p_candidate - p_stable`` exceeds `max_error_rate_increase`.
+  the lower bound of ``p_candidate - p_stable`` exceeds `max_error_rate_increase` (the upper
+  bound of the same: the other side).
 - **latency** (a quantile, p95 by default, of successful requests): the candidate fails when a
   distribution-free lower bound of its quantile over an upper bound of stable's exceeds
-  `max_latency_ratio`. The bounds are the weighted empirical distribution's levels ``q ∓
-  spread``, where the spread is that of the share of observations below a quantile (a mean of
-  0/1 values), taken at the outer edges of the latency buckets (`histogram.quantile_bounds`).
+  `max_latency_ratio` (the upper bound: its upper bound over stable's lower one). The bounds are
+  the weighted empirical distribution's levels ``q ∓ spread``, where the spread is that of the
+  share of observations below a quantile (a mean of 0/1 values), taken at the outer edges of the
+  latency buckets (`histogram.quantile_bounds`).
 - **outcomes** (`analysis.outcomes`): the candidate fails when the lower bound of stable's mean
   minus the candidate's (with `relative`, of ``(1 - max_decrease)`` times stable's mean minus the
   candidate's, without the delta method) exceeds `max_decrease` (0). The mean is over the
@@ -48,9 +60,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
@@ -62,11 +75,35 @@ LATENCY_KEY = "latency_quantile_seconds"
 
 
 class Result(StrEnum):
-    """The outcome of a check or of a whole verdict."""
+    """The outcome of a check or of a whole verdict (a verdict's is its checks' worst, in this
+    order from the worst)."""
 
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
+    FAIL = "fail"  # proven worse than allowed: the bound on the better side is beyond the limit
+    ERROR = "error"  # could not be measured (a query or the fleet's data failed, a broken split)
+    SUSPECT = "suspect"  # not proven either way, and the estimate is beyond the limit
+    INCONCLUSIVE = "inconclusive"  # not proven either way (too little data, or too close)
+    PASS = "pass"  # proven within the limit: the bound on the worse side is inside it
+
+
+_WORST_FIRST = tuple(Result)
+
+
+def worst(results: Iterable[Result]) -> Result:
+    """The worst of `results` (pass when there are none)."""
+    found = set(results)
+    return next((r for r in _WORST_FIRST if r in found), Result.PASS)
+
+
+def judged(observed: float, low: float, high: float | None, threshold: float) -> Result:
+    """A check's word for an estimate `observed` of how much worse the candidate is, with its
+    confidence interval (`low`, `high`; no `high`: not bounded on that side): fail when even the
+    lower bound is beyond `threshold`, pass when even the upper bound is within it, otherwise
+    suspect when the estimate is beyond it, inconclusive when not."""
+    if low > threshold:
+        return Result.FAIL
+    if high is not None and high <= threshold:
+        return Result.PASS
+    return Result.SUSPECT if observed > threshold else Result.INCONCLUSIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +151,7 @@ class Clustering:
 _ALONE = Clustering()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # (not slots: `latency_total` is cached)
 class Sample:
     """One variant's observations: compared requests (assigned at random, see the module's
     text) and their errors, the sums of their weights w and w², of w and w² over errors, the
@@ -178,6 +215,11 @@ class Sample:
             clustering=self.clustering,
         )
 
+    @cached_property
+    def latency_total(self) -> float:
+        """The latency histogram's total weight."""
+        return sum(self.latency)
+
     @property
     def error_rate(self) -> float | None:
         """The weighted error rate, or None without requests."""
@@ -189,7 +231,7 @@ class Sample:
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": self.error_rate,
-            "latency_samples": sum(self.latency),
+            "latency_samples": self.latency_total,
         }
 
 
@@ -197,8 +239,10 @@ class Sample:
 class Check:
     """One check's outcome with what it saw.
 
-    `observed` is the point estimate (error-rate difference or latency ratio), `bound` the
-    confidence bound compared with `threshold`; `alpha` the share of the error rate it spent.
+    `observed` is the point estimate of how much worse the candidate is (error-rate difference,
+    latency ratio, outcome decrease), `bound` and `upper` its confidence bounds: it fails when
+    `bound` is beyond `threshold` and passes when `upper` is within it (`judged`); `alpha` is
+    the share of the error rate each bound spent.
     """
 
     name: str
@@ -213,6 +257,7 @@ class Check:
     # current epoch) with method sequential, "query" (a metric check: the query's own range)
     scope: str = "window"
     alpha: float | None = None
+    upper: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -222,6 +267,7 @@ class Check:
             "threshold": self.threshold,
             "observed": self.observed,
             "bound": self.bound,
+            "upper": self.upper,
             "stable": self.stable,
             "candidate": self.candidate,
             "note": self.note,
@@ -232,13 +278,20 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """All checks of one analysis round; `result` is fail if any failed, else inconclusive if
-    any was, else pass."""
+    """All checks of one analysis round; `result` is the worst of theirs (`worst`), or error
+    when the sample-ratio check found the split broken; `note` says why a verdict without
+    checks could not be taken."""
 
     at: float
     result: Result
     checks: tuple[Check, ...]
     method: AnalysisMethod = AnalysisMethod.FIXED
+    note: str | None = None
+
+    @classmethod
+    def unmeasured(cls, at: float, why: str, method: AnalysisMethod) -> Verdict:
+        """The verdict of a round whose observations could not be read."""
+        return cls(at, Result.ERROR, (), method, why)
 
     @property
     def failing(self) -> tuple[Check, ...]:
@@ -246,9 +299,14 @@ class Verdict:
         return tuple(c for c in self.checks if c.result is Result.FAIL)
 
     @property
-    def mismatched(self) -> bool:
-        """Whether the sample-ratio check failed: nothing else can be trusted."""
-        return any(c.name == "sample_ratio" and c.result is Result.FAIL for c in self.checks)
+    def reference(self) -> float | None:
+        """Stable's latency quantile, above which a request counts as slow in the users' sums
+        (`Clustering`), if the verdict has one."""
+        for check in self.checks:
+            seconds = check.stable.get(LATENCY_KEY) if check.name == "latency" else None
+            if isinstance(seconds, float):
+                return seconds
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -257,6 +315,7 @@ class Verdict:
             "result": self.result.value,
             "method": self.method.value,
             "checks": [c.to_json() for c in self.checks],
+            "note": self.note,
         }
 
 
@@ -345,6 +404,7 @@ class Bounds:
     method: AnalysisMethod
     n0: int
     alpha: float
+    scope: str = "window"  # what the checks judge (`Check.scope`)
 
     def z(self, information: float, alpha: float | None = None) -> float:
         """The factor of the standard error: always-valid at `information` (a sample's size
@@ -369,8 +429,20 @@ class Bounds:
         scale = max(ws * s.down, wc * c.up) if rising else max(ws * s.up, wc * c.down)
         return estimate - margin(self.z(information), math.sqrt(variance), scale)
 
+    def interval(
+        self, estimate: float, s: Spread, c: Spread, weights: tuple[float, float], rising: bool
+    ) -> tuple[float, float]:
+        """The lower and upper bounds of `estimate` (as in `lower`), each at the check's rate:
+        the upper one is the lower bound of its negation, whose feared direction is the other."""
+        return (
+            self.lower(estimate, s, c, weights, rising),
+            -self.lower(-estimate, s, c, weights, not rising),
+        )
 
-def _too_few(name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Sample) -> Check:
+
+def _too_few(
+    name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Sample, *, scope: str
+) -> Check:
     return Check(
         name,
         Result.INCONCLUSIVE,
@@ -380,6 +452,35 @@ def _too_few(name: str, spec: AnalysisSpec, threshold: float, s: Sample, c: Samp
         s.summary(),
         c.summary(),
         f"fewer than {spec.min_requests} compared requests per variant",
+        scope,
+    )
+
+
+def _bounded(
+    name: str,
+    interval: tuple[float | None, float | None],
+    *,
+    observed: float,
+    threshold: float,
+    report: tuple[dict[str, Any], dict[str, Any]],
+    notes: Mapping[Result, str],
+    bounds: Bounds,
+) -> Check:
+    """A check with its bounds (`interval`; None where a side is not bounded), its word
+    (`judged`) and that word's note."""
+    low, high = interval
+    result = judged(observed, -math.inf if low is None else low, high, threshold)
+    return Check(
+        name,
+        result,
+        threshold,
+        observed,
+        low,
+        *report,
+        notes[result],
+        scope=bounds.scope,
+        alpha=bounds.alpha,
+        upper=high,
     )
 
 
@@ -399,26 +500,30 @@ def error_rate_check(
     """Is the candidate's error rate higher than stable's by more than the allowed increase?"""
     threshold = spec.max_error_rate_increase
     if min(stable.requests, candidate.requests) < spec.min_requests:
-        return _too_few("error_rate", spec, threshold, stable, candidate)
+        return _too_few("error_rate", spec, threshold, stable, candidate, scope=bounds.scope)
     s, c = _error_sums(stable), _error_sums(candidate)
     observed = c.mean - s.mean
     effects = (stable.clustering.errors, candidate.clustering.errors)
     spread_s, spread_c = spreads(s, c, (0.0, 1.0), effects, PSEUDO)
-    bound = bounds.lower(observed, spread_s, spread_c, (1.0, 1.0), rising=True)
-    failed = bound > threshold
-    return Check(
+    interval = bounds.interval(observed, spread_s, spread_c, (1.0, 1.0), rising=True)
+    report = (stable.summary(), candidate.summary())
+    return _bounded(
         "error_rate",
-        Result.FAIL if failed else Result.PASS,
-        threshold,
-        observed,
-        bound,
-        stable.summary(),
-        candidate.summary(),
-        "candidate error rate is higher than allowed"
-        if failed
-        else "no significant error rate increase",
-        alpha=bounds.alpha,
+        interval,
+        observed=observed,
+        threshold=threshold,
+        report=report,
+        notes=_ERROR_RATE_NOTES,
+        bounds=bounds,
     )
+
+
+_ERROR_RATE_NOTES = {
+    Result.FAIL: "candidate error rate is higher than allowed",
+    Result.PASS: "the error rate increase is within the allowed one",
+    Result.SUSPECT: "the error rate increase looks higher than allowed, not yet proven",
+    Result.INCONCLUSIVE: "not yet known whether the error rate increase is within the allowed one",
+}
 
 
 def _level_spread(sample: Sample, q: float, effect: float, z: float, below: bool) -> float:
@@ -426,7 +531,7 @@ def _level_spread(sample: Sample, q: float, effect: float, z: float, below: bool
     from q: a mean of 0/1 values with variance q (1 - q) per observation, below q (`below`:
     each slow request drags it down by q, Bernstein's correction applies) or above it (each
     fast one lifts it by 1 - q)."""
-    ratio = sample.latency_weight2 / sum(sample.latency) ** 2
+    ratio = sample.latency_weight2 / sample.latency_total**2
     scale = (q if below else 1.0 - q) * ratio
     return margin(z, math.sqrt(q * (1.0 - q) * effect * ratio), scale)
 
@@ -439,9 +544,9 @@ def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, bounds:
     if (
         min(stable.requests - stable.errors, candidate.requests - candidate.errors)
         < (spec.min_requests)
-        or min(sum(stable.latency), sum(candidate.latency)) <= 0
+        or min(stable.latency_total, candidate.latency_total) <= 0
     ):
-        return _too_few("latency", spec, threshold, stable, candidate)
+        return _too_few("latency", spec, threshold, stable, candidate, scope=bounds.scope)
     stable_running, candidate_running = cumulative(stable.latency), cumulative(candidate.latency)
     stable_q = quantile(stable.latency, q, stable_running)
     candidate_q = quantile(candidate.latency, q, candidate_running)
@@ -450,39 +555,37 @@ def latency_check(stable: Sample, candidate: Sample, spec: AnalysisSpec, bounds:
         {**stable.summary(), LATENCY_KEY: stable_q},
         {**candidate.summary(), LATENCY_KEY: candidate_q},
     )
-    halves = []  # each quantile's bound at half the check's rate
-    for sample, below in ((candidate, True), (stable, False)):
+    levels = []  # each quantile's spreads (down, up) at half the check's rate
+    for sample in (candidate, stable):
         effect = sample.clustering.latency
-        information = sum(sample.latency) ** 2 / sample.latency_weight2 / effect / spec.min_requests
+        information = sample.latency_total**2 / sample.latency_weight2 / effect / spec.min_requests
         z = bounds.z(information, bounds.alpha / 2)
-        halves.append(_level_spread(sample, q, effect, z, below))
-    candidate_low, _ = quantile_bounds(
-        candidate.latency, q, halves[0], halves[0], candidate_running
-    )
-    _, stable_high = quantile_bounds(stable.latency, q, halves[1], halves[1], stable_running)
-    if stable_high is None:
-        note = f"too few stable requests to bound its {label} from above"
-        return Check(
-            "latency",
-            Result.INCONCLUSIVE,
-            threshold,
-            candidate_q / stable_q,
-            None,
-            *report,
-            note,
-            alpha=bounds.alpha,
+        levels.append(
+            (_level_spread(sample, q, effect, z, True), _level_spread(sample, q, effect, z, False))
         )
-    bound = candidate_low / stable_high
-    failed = bound > threshold
-    return Check(
+    (cd, cu), (sd, su) = levels
+    candidate_low, candidate_high = quantile_bounds(candidate.latency, q, cd, cu, candidate_running)
+    stable_low, stable_high = quantile_bounds(stable.latency, q, sd, su, stable_running)
+    observed = candidate_q / stable_q
+    # (no upper edge at a level: its quantile is not bounded from above)
+    low = None if stable_high is None else candidate_low / stable_high
+    high = None if candidate_high is None or stable_low <= 0 else candidate_high / stable_low
+    why = "" if low is not None else f" (too few stable requests to bound its {label} from above)"
+    notes = {
+        Result.FAIL: f"candidate {label} is slower than allowed",
+        Result.PASS: f"candidate {label} is within the allowed ratio",
+        Result.SUSPECT: f"candidate {label} looks slower than allowed, not yet proven{why}",
+        Result.INCONCLUSIVE: f"not yet known whether the candidate {label} is within the "
+        f"ratio{why}",
+    }
+    return _bounded(
         "latency",
-        Result.FAIL if failed else Result.PASS,
-        threshold,
-        candidate_q / stable_q,
-        bound,
-        *report,
-        f"candidate {label} is slower than allowed" if failed else f"{label} within the ratio",
-        alpha=bounds.alpha,
+        (low, high),
+        observed=observed,
+        threshold=threshold,
+        report=report,
+        notes=notes,
+        bounds=bounds,
     )
 
 
@@ -512,30 +615,43 @@ def outcome_check(
     if min(ns, nc) < max(spec.min_requests, 2):
         unit = "compared requests" if per_request else f"{check.name} outcomes"
         note = f"fewer than {spec.min_requests} {unit} per variant"
-        return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
+        return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note, bounds.scope)
     spread_s, spread_c = spreads(s, c, check.range, (1.0, 1.0), PSEUDO)
     decrease = s.mean - c.mean
     if check.relative:
         if s.mean <= 0:
             note = "stable's mean is not above 0: no relative decrease to judge"
-            return Check(name, Result.INCONCLUSIVE, threshold, None, None, *report, note)
+            return Check(
+                name, Result.INCONCLUSIVE, threshold, None, None, *report, note, bounds.scope
+            )
         # fails when (1 - max_decrease) mean_s - mean_c is above 0 with confidence: a linear
         # combination of the two means, whose variance needs no delta method
         kept = 1.0 - threshold
-        lower = bounds.lower(kept * s.mean - c.mean, spread_s, spread_c, (kept, 1.0), rising=False)
-        observed, bound = decrease / s.mean, lower / s.mean + threshold
+        low, high = bounds.interval(
+            kept * s.mean - c.mean, spread_s, spread_c, (kept, 1.0), rising=False
+        )
+        observed = decrease / s.mean
+        low, high = low / s.mean + threshold, high / s.mean + threshold
     else:
         observed = decrease
-        bound = bounds.lower(decrease, spread_s, spread_c, (1.0, 1.0), rising=False)
-    failed = bound > threshold
+        low, high = bounds.interval(decrease, spread_s, spread_c, (1.0, 1.0), rising=False)
     what = "relative decrease" if check.relative else "decrease"
-    note = (
-        f"candidate's {check.name} mean fell more than allowed"
-        if failed
-        else f"no significant {what} of {check.name}"
+    notes = {
+        Result.FAIL: f"candidate's {check.name} mean fell more than allowed",
+        Result.PASS: f"the {what} of {check.name} is within the allowed one",
+        Result.SUSPECT: f"the {what} of {check.name} looks larger than allowed, not yet proven",
+        Result.INCONCLUSIVE: f"not yet known whether the {what} of {check.name} is within "
+        "the allowed one",
+    }
+    return _bounded(
+        name,
+        (low, high),
+        observed=observed,
+        threshold=threshold,
+        report=report,
+        notes=notes,
+        bounds=bounds,
     )
-    result = Result.FAIL if failed else Result.PASS
-    return Check(name, result, threshold, observed, bound, *report, note, alpha=bounds.alpha)
 
 
 SAMPLE_RATIO_ALPHA = 0.001  # as GrowthBook and Eppo: a mismatch this unlikely is a fault
@@ -637,6 +753,26 @@ def checks_of(spec: AnalysisSpec) -> int:
     return 2 + len(spec.outcomes)
 
 
+def _worse_lately(total: Check, recent: Check) -> bool:
+    """Whether the current epoch's check says more than the total's: it failed, or looks bad
+    (suspect), where the total does not (its thin data and passes never hide the total)."""
+    lately = (Result.FAIL, Result.SUSPECT)
+    return recent.result in lately and _WORST_FIRST.index(recent.result) < _WORST_FIRST.index(
+        total.result
+    )
+
+
+def check_alpha(spec: AnalysisSpec, share: float, epoch: int | None = None) -> float:
+    """The share of the error rate each built-in check of a verdict spends (see `assess`): with
+    `method: sequential`, on the counts since the start (`epoch` None) or on epoch `epoch`'s."""
+    per_check = (1.0 - spec.confidence) * share / checks_of(spec)
+    if spec.method is AnalysisMethod.FIXED:
+        return per_check
+    if epoch is None:
+        return per_check * TOTAL_SHARE
+    return per_check * (1.0 - TOTAL_SHARE) / (epoch * (epoch + 1))
+
+
 def assess(
     stable: Sample,
     candidate: Sample,
@@ -649,21 +785,22 @@ def assess(
 ) -> Verdict:
     """The verdict of one analysis round, with the custom metric checks already made
     (`proxy.analysis.metric_check`). A sample-ratio mismatch makes every other check
-    untrustworthy: the verdict is then inconclusive whatever they say (it holds the ramp and
-    never rolls back); a sample-ratio check without enough data changes nothing.
+    untrustworthy: the verdict is then an error whatever they say (the policy holds the ramp
+    and counts it with the errors in a row); a sample-ratio check without enough data changes
+    nothing.
 
     The error rate, `1 - confidence` times `share` (`analysis_share`: this analysis's part of
-    it), is split evenly among the built-in checks (`checks_of`). With `method: sequential`,
-    each check is made on the counts since the rollout began at `TOTAL_SHARE` of its part and,
-    given `recent` (stable's and the candidate's counts in the current epoch, and its number k
-    from 1: see `proxy.analysis.epochs`), again on the epoch's counts at the rest divided by
-    k(k + 1), so that over all epochs the rates add up to at most its part. The epoch's check
-    counts only when it fails (a change that the counts since the start dilute); its passing or
-    thin data never hide the total's verdict."""
-    per_check = (1.0 - spec.confidence) * share / checks_of(spec)
+    it), is split evenly among the built-in checks (`checks_of`, `check_alpha`). With `method:
+    sequential`, each check is made on the counts since the rollout began at `TOTAL_SHARE` of
+    its part and, given `recent` (stable's and the candidate's counts in the current epoch, and
+    its number k from 1: see `proxy.analysis.epochs`), again on the epoch's counts at the rest
+    divided by k(k + 1), so that over all epochs the rates add up to at most its part. The
+    epoch's check counts only when it fails or is suspect where the total is not (a change that
+    the counts since the start dilute); its passing or thin data never hide the total's
+    verdict."""
 
-    def checks_on(s: Sample, c: Sample, alpha: float) -> tuple[Check, ...]:
-        bounds = Bounds(spec.method, spec.min_requests, alpha)
+    def checks_on(s: Sample, c: Sample, alpha: float, scope: str) -> tuple[Check, ...]:
+        bounds = Bounds(spec.method, spec.min_requests, alpha, scope)
         return (
             error_rate_check(s, c, spec, bounds),
             latency_check(s, c, spec, bounds),
@@ -671,35 +808,26 @@ def assess(
         )
 
     if spec.method is AnalysisMethod.FIXED:
-        judged = checks_on(stable, candidate, per_check)
+        made = checks_on(stable, candidate, check_alpha(spec, share), "window")
     else:
-        judged = tuple(
-            replace(c, scope="total") for c in checks_on(stable, candidate, per_check * TOTAL_SHARE)
-        )
+        made = checks_on(stable, candidate, check_alpha(spec, share), "total")
         if recent is not None:
             recent_stable, recent_candidate, k = recent
-            spent = per_check * (1.0 - TOTAL_SHARE) / (k * (k + 1))
-            judged = tuple(
-                replace(late, scope="recent")
-                if late.result is Result.FAIL and total.result is not Result.FAIL
-                else total
+            spent = check_alpha(spec, share, k)
+            made = tuple(
+                late if _worse_lately(total, late) else total
                 for total, late in zip(
-                    judged, checks_on(recent_stable, recent_candidate, spent), strict=True
+                    made, checks_on(recent_stable, recent_candidate, spent, "recent"), strict=True
                 )
             )
-    checks = (*judged, *metrics)
-    results = {c.result for c in checks}
+    checks = (*made, *metrics)
+    result = worst(c.result for c in checks)
     if stable.assigned + candidate.assigned:  # (no request assigned at random: nothing to test)
         ratio = sample_ratio_check(stable, candidate, spec)
         if spec.method is AnalysisMethod.SEQUENTIAL:
             ratio = replace(ratio, scope="total")
         checks = (*checks, ratio)
         if ratio.result is Result.FAIL:
-            return Verdict(at, Result.INCONCLUSIVE, checks, spec.method)
-    if Result.FAIL in results:
-        result = Result.FAIL
-    elif Result.INCONCLUSIVE in results:
-        result = Result.INCONCLUSIVE
-    else:
-        result = Result.PASS
+            note = "the split is broken (sample ratio): nothing measured can be trusted"
+            return Verdict(at, Result.ERROR, checks, spec.method, note)
     return Verdict(at, result, checks, spec.method)

@@ -13,7 +13,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.users import UserSample
@@ -181,18 +181,6 @@ class Window:
         )
 
 
-class ObservationSource(Protocol):
-    """Where the analysis reads a route's stable and candidate samples from."""
-
-    def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
-        """(stable, candidate) over the route's analysis window ending at `now`."""
-        ...
-
-    def refer(self, route: str, seconds: float) -> None:
-        """Count requests slower than `seconds` as slow from now on (see `Clustering`)."""
-        ...
-
-
 class LocalObservations:
     """Observations of the requests this process forwards, per analysed route."""
 
@@ -235,6 +223,14 @@ class LocalObservations:
             if route in spans and route not in fresh
         }
         self._identities = dict(identities)
+
+    def restart(self, route: str) -> None:
+        """Start `route`'s counts anew (a new run of its rollout), if it is analysed."""
+        if route in self.windows:
+            span = self.windows[route]["stable"].span
+            self.windows[route] = {"stable": Window(span), "candidate": Window(span)}
+            self.users[route] = UserSample(span)
+            self.references.pop(route, None)
 
     def generation(self, route: str) -> str:
         """A short name of the rollout that `route`'s counts belong to."""

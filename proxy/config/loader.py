@@ -52,6 +52,7 @@ from proxy.config.model import (
     Listen,
     MetricCheck,
     Missing,
+    OnError,
     OutcomeBasis,
     OutcomeCheck,
     OutcomesConfig,
@@ -839,6 +840,8 @@ class _Parser:
                 lambda n, p, d: self.choice(n, p, d, Inconclusive),
                 base.on_inconclusive,
             ),
+            max_errors_in_a_row=read("max_errors_in_a_row", self.count, base.max_errors_in_a_row),
+            on_error=read("on_error", lambda n, p, d: self.choice(n, p, d, OnError), base.on_error),
             outcomes=read("outcomes", self.outcome_checks, ()),
             method=read(
                 "method", lambda n, p, d: self.choice(n, p, d, AnalysisMethod), base.method

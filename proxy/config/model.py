@@ -199,6 +199,13 @@ class Inconclusive(StrEnum):
     CONTINUE = "continue"
 
 
+class OnError(StrEnum):
+    """What follows `max_errors_in_a_row` verdicts that could not be measured."""
+
+    HOLD = "hold"  # keep the ramp held, and say so loudly (status, metrics, a warning a round)
+    ROLLBACK = "rollback"
+
+
 OUTCOME_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # an outcome's name, in configs and reports
 
 
@@ -271,6 +278,8 @@ class AnalysisSpec:
     confidence: float = 0.95
     failures_before_rollback: int = 3
     on_inconclusive: Inconclusive = Inconclusive.HOLD
+    max_errors_in_a_row: int = 4  # verdicts that could not be measured, before `on_error`
+    on_error: OnError = OnError.HOLD
     outcomes: tuple[OutcomeCheck, ...] = ()
     method: AnalysisMethod = AnalysisMethod.SEQUENTIAL
     prometheus: PrometheusSource | None = None

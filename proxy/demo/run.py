@@ -164,10 +164,8 @@ def _report(server: Server, tally: Tally, elapsed: float) -> str:
         if analysis is not None and analysis.last is not None and state != "rolled_back":
             checks = ", ".join(f"{c.name} {c.result.value}" for c in analysis.last.checks)
             held = "  (ramp held)" if server.controller.holding(route.name) else ""
-            lines.append(
-                f"  {'':<10} verdict {analysis.last.result.value}: {checks}; failures "
-                f"{analysis.failures}/{analysis.spec.failures_before_rollback}{held}"
-            )
+            done = "" if analysis.step is None else f"; {analysis.step.reason}"
+            lines.append(f"  {'':<10} verdict {analysis.last.result.value}: {checks}{done}{held}")
     return "\n".join(lines)
 
 
@@ -238,7 +236,11 @@ async def run_demo(
     tasks: set[asyncio.Task[None]] = set()
     print(f"proxy on {server.proxy_url}, admin API on {server.admin_url}; Ctrl-C stops the demo")
     if degrade_after is not None:
-        print(f"the candidate model goes bad after {degrade_after:g} s: watch the analysis")
+        shared = ", ".join(route.name for route in config.routes)
+        print(
+            f"the candidate model (v2, behind every route: {shared}) goes bad after "
+            f"{degrade_after:g} s: watch the analysis"
+        )
     print()
     try:
         async with aiohttp.ClientSession() as session:

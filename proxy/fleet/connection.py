@@ -3,7 +3,6 @@ the decider's lease."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,14 +44,3 @@ def replica_name() -> str:
     """This process's name in the fleet: $GRAYSCALE_REPLICA (or the host name) and the process
     id, which tells the workers of one replica apart."""
     return f"{os.environ.get('GRAYSCALE_REPLICA') or os.uname().nodename}:{os.getpid()}"
-
-
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended. The Redis client sometimes loses a
-    cancellation that arrives while it reads an answer (the call then returns as usual), so
-    the task is cancelled again until it ends rather than trusted to end after one."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=0.05)
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]

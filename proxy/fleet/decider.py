@@ -29,7 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.fleet.connection import cancel_and_wait
+from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
 

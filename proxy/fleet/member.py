@@ -1,5 +1,7 @@
 """One process's membership of the fleet: it flushes its observations, takes part in choosing
-the decider, and reads what the fleet decided."""
+the decider, and reads what the fleet decided. To the analysis loop it is both seams of
+`proxy.analysis.sources`: the fleet's pooled observations and its shared verdicts; a Redis that
+cannot be reached is `Unavailable` there."""
 
 from __future__ import annotations
 
@@ -7,14 +9,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.analysis.sources import Unavailable
+from proxy.analysis.verdict import Clustering, Sample
 from proxy.analysis.window import LocalObservations
-from proxy.fleet.connection import cancel_and_wait
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import FLUSH_EVERY, PooledObservations
+from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
 
@@ -25,7 +31,53 @@ class FleetMember:
     def __init__(self, redis: Redis, key_prefix: str, name: str, local: LocalObservations):
         self.pool = PooledObservations(local, redis, key_prefix)
         self.decider = Decider(redis, key_prefix, name)
+        self.name = name
+        self._local = local
         self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def holder(self) -> str | None:
+        """The decider's name as last seen."""
+        return self.decider.holder
+
+    @property
+    def deciding(self) -> bool:
+        """Whether this replica decides for the fleet."""
+        return self.decider.deciding
+
+    async def publish(self, route: str, record: dict[str, Any], keep: float) -> None:
+        """Publish this decider's latest record on `route`."""
+        try:
+            await self.decider.publish(route, record, keep)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def latest(self, route: str) -> dict[str, Any] | None:
+        """The fleet's latest record on `route`, as its decider published it."""
+        try:
+            return await self.decider.latest(route)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+        """The fleet's samples of `route`, with this process's sample-ratio counts and design
+        effects (see `own_ratio`)."""
+        try:
+            stable, candidate = await self.pool.samples(route, now)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"the fleet's store: {type(exc).__name__}: {exc}") from exc
+        # The sample-ratio check tests the decider's own traffic (see proxy/fleet/observations).
+        own_stable, own_candidate = self._local.samples(route, now)
+        return own_ratio(stable, own_stable), own_ratio(candidate, own_candidate)
+
+    def refer(self, route: str, seconds: float) -> None:
+        """Count requests slower than `seconds` as slow in this process's users' sums."""
+        self._local.refer(route, seconds)
+
+    def restart(self, route: str) -> None:
+        """Nothing: the pooled windows are the fleet's, summed from every replica's flushes, and
+        keep their span (a process's own windows must keep counting, or its next flush would
+        send less than it sent)."""
 
     def start(self) -> None:
         """Flush observations at least once a second and take part in the lease."""
@@ -47,3 +99,25 @@ class FleetMember:
             await asyncio.sleep(FLUSH_EVERY)
             with contextlib.suppress(RedisError, OSError):  # kept for the next flush; the
                 await self.pool.flush(time.time())  # state store logs the outage
+
+
+def own_ratio(pooled: Sample, own: Sample) -> Sample:
+    """The fleet's sample with this process's sample-ratio counts and design effects. A design
+    effect seen in this process's share of the traffic is scaled to the fleet's: if a user's
+    requests are spread over the replicas, each sees 1/R of them and the excess over 1 that
+    clustering adds is R times smaller (R: the fleet's weight over this process's); with users
+    kept on one replica this overstates it, which only widens the bounds."""
+    spread = pooled.weight / own.weight if own.weight > 0 else 1.0
+    clustering = Clustering(
+        1.0 + (own.clustering.errors - 1.0) * max(spread, 1.0),
+        1.0 + (own.clustering.latency - 1.0) * max(spread, 1.0),
+    )
+    return replace(
+        pooled,
+        assigned=own.assigned,
+        expected=own.expected,
+        users=own.users,
+        users_expected=own.users_expected,
+        design_effect=own.design_effect,
+        clustering=clustering,
+    )

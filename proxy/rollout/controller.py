@@ -27,6 +27,7 @@ from proxy.rollout.machine import (
     open_gate,
     release,
     route_share,
+    run_of,
     state_of,
 )
 from proxy.rollout.store import Change, StateError, StateStore, StateUnavailable
@@ -224,6 +225,10 @@ class RolloutController:
         """The rollout of route `name` (KeyError for an unknown route)."""
         return self._rollouts[name]
 
+    def run(self, name: str) -> str:
+        """Which run of route `name`'s rollout is current (`machine.run_of`)."""
+        return run_of(self._rollouts[name])
+
     def control(self, name: str, now: float) -> Control:
         """What the rollout of route `name` says about decisions at `now`."""
         rollout = self._rollouts[name]
@@ -248,11 +253,13 @@ class RolloutController:
         actor: str,
         reason: str | None = None,
         share: float | None = None,
+        keep_share: bool = False,
         details: dict[str, Any] | None = None,
     ) -> Outcome:
         """Apply `action` to route `name`; raises `IllegalTransition` or KeyError.
 
         Rollback listeners are called with the transition and `details` (e.g. the verdict).
+        `keep_share`: a resume after a rollback continues where it stopped (`machine.apply`).
         """
         route = self._routes[name]
 
@@ -266,6 +273,7 @@ class RolloutController:
                 actor=actor,
                 reason=reason,
                 share=share,
+                keep_share=keep_share,
             )
 
         async with self._lock:

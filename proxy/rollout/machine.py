@@ -17,7 +17,9 @@ rollback   rolled_b rolled_b rolled_b  rolled_b rolled_b -
 set_share  paused   paused   paused    paused  -         -
 =========  =======  =======  ========  ======  ========  ===========
 
-"(ramp)" is pending, ramping or complete, whichever the ramp's clock says.
+"(ramp)" is pending, ramping or complete, whichever the ramp's clock says. Resuming a rolled-back
+rollout begins a new run of it (`Rollout.run`): from the ramp's base, as if it had just started,
+with fresh analysis counts; with `keep_share`, where it stopped (the counts still start anew).
 
 Besides these transitions, the analysis may `hold` a running ramp (stop its clock while data is
 too thin for a verdict) and `release` it; the state stays what the clock says.
@@ -133,7 +135,8 @@ class Rollout:
     frozen_at: float | None = None
     share_override: float | None = None
     history: tuple[Transition, ...] = field(default=())
-    judged: int = 0  # how many analyses began judging it from fresh counts (see the Analyzer)
+    judged: int = 0  # how many analyses began judging this run from fresh counts (the Analyzer)
+    run: int = 1  # 1, then one more at each resume after a rollback: the analysis's counts'
 
     def clock(self, now: float) -> float:
         """The ramp's time at wall time `now`."""
@@ -143,6 +146,11 @@ class Rollout:
     def last(self) -> Transition | None:
         """The latest transition, if any."""
         return self.history[-1] if self.history else None
+
+
+def run_of(rollout: Rollout) -> str:
+    """What identifies one run of a rollout: its candidate, and how many times it began."""
+    return f"{rollout.identity}@{rollout.run}"
 
 
 def identity_of(route: Route) -> str:
@@ -220,14 +228,26 @@ def apply(
     actor: str,
     reason: str | None = None,
     share: float | None = None,
+    keep_share: bool = False,
 ) -> Rollout:
     """`rollout` after `action` at `now`; raises `IllegalTransition` when not allowed.
 
-    `share` is required for `set_share`, which pauses the ramp at that share.
+    `share` is required for `set_share`, which pauses the ramp at that share. Resuming a rolled
+    back rollout begins its next run from the ramp's base, or with `keep_share` where it stopped.
     """
     before = state_of(rollout, route, now)
     if before not in ALLOWED[action]:
         raise IllegalTransition(action, before)
+    if action is Action.RESUME and before is State.ROLLED_BACK:
+        rollout = replace(rollout, run=rollout.run + 1, judged=0)
+        how = "where it stopped" if keep_share else "from the ramp's base"
+        said = f"run {rollout.run} of this candidate, {how}, judged on fresh counts"
+        reason = f"{reason}; {said}" if reason else said
+        if not keep_share:
+            restarted = replace(rollout, started_at=now, held=0.0, frozen_at=now)
+            # (the clock at the ramp's start: a configured start in the past is reached anew)
+            start = ramp_start(restarted, route)
+            rollout = replace(restarted, held=max(0.0, now - start))
     status = _STATUS_AFTER[action]
     if status is Status.ACTIVE:
         assert rollout.frozen_at is not None

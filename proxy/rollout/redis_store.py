@@ -31,7 +31,6 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.fleet.connection import cancel_and_wait
 from proxy.rollout.machine import Rollout
 from proxy.rollout.store import (
     Change,
@@ -42,6 +41,7 @@ from proxy.rollout.store import (
     decode_rollout,
     encode_rollout,
 )
+from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.state")
 

@@ -258,6 +258,7 @@ def encode_rollout(r: Rollout) -> dict[str, Any]:
         "frozen_at": r.frozen_at,
         "share_override": r.share_override,
         "judged": r.judged,
+        "run": r.run,
         "history": [
             {
                 "action": t.action.value,
@@ -354,6 +355,7 @@ class _Reader:
             frozen_at=self.optional_number(r, "frozen_at", path),
             share_override=self.optional_number(r, "share_override", path),
             judged=self.count(r, "judged", path) if "judged" in r else 0,  # (older files)
+            run=max(1, self.count(r, "run", path)) if "run" in r else 1,
             history=tuple(
                 self.transition(t, f"{path}.history[{i}]") for i, t in enumerate(history)
             ),

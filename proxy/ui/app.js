@@ -111,9 +111,9 @@ function verdictTable(verdicts) {
     verdicts.slice(0, 8).map((v) => h("tr", {},
       h("td", { class: "num" }, time(v.at)),
       h("td", { class: v.result }, v.result),
-      h("td", {}, v.action || ""),
+      h("td", {}, [v.action || "", v.why ? h("span", { class: "muted" }, ` (${v.why})`) : null]),
       h("td", {}, v.checks.filter((c) => c.result !== "pass")
-        .map((c) => `${c.check}: ${c.note}`).join("; ") || "all passed"))));
+        .map((c) => `${c.check} ${c.result}: ${c.note}`).join("; ") || v.note || "all passed"))));
 }
 
 function historyTable(history) {
@@ -163,9 +163,11 @@ function routeSection(route, verdicts, now) {
           `${percent(shadow.agreement)} of ${(shadow.comparisons.agree || 0) + (shadow.comparisons.differ || 0)} comparisons agree` +
           (shadow.gate ? `; gate ${shadow.gate.open ? "open" : "closed"}` : ""))] : null,
         h("h3", {}, "Analysis"),
-        analysis ? h("p", { class: "muted" },
+        analysis ? h("p", { class: analysis.alarm ? "alert" : "muted" },
           `every ${analysis.interval_seconds} s, ${analysis.consecutive_failures} of ` +
-          `${analysis.failures_before_rollback} failures`) : h("p", { class: "muted" }, "None."))),
+          `${analysis.failures_before_rollback} failures, ${analysis.errors_in_a_row} of ` +
+          `${analysis.max_errors_in_a_row} errors in a row (then ${analysis.on_error})`)
+          : h("p", { class: "muted" }, "None."))),
     analysis ? [h("h3", {}, "Recent verdicts"), verdictTable(verdicts)] : null,
     h("h3", {}, "Actions"),
     historyTable(route.history || []));

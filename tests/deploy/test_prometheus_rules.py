@@ -30,7 +30,7 @@ def promtool(*arguments: str) -> str:
 
 
 def test_the_rules_load():
-    assert "SUCCESS: 14 rules found" in promtool("check", "rules", "grayscale-rules.yaml")
+    assert "SUCCESS: 15 rules found" in promtool("check", "rules", "grayscale-rules.yaml")
 
 
 def test_the_rules_unit_tests_pass():

@@ -97,6 +97,7 @@ async def test_a_candidate_whose_metric_falls_below_its_limit_is_rolled_back(
             ),
             "value": 0.9,
             "problem": None,
+            "failed": False,
         }
         assert quality["stable"]["value"] == 0.9
         assert server.controller.state("models", time.time()) is State.RAMPING
@@ -130,7 +131,7 @@ async def test_a_candidate_whose_metric_falls_below_its_limit_is_rolled_back(
         exporter.remove(series.format("candidate"))
 
 
-async def test_missing_data_and_broken_queries_are_inconclusive_and_never_roll_back(
+async def test_missing_data_is_inconclusive_broken_queries_are_errors_and_neither_rolls_back(
     upstreams: tuple[TestServer, TestServer],
     prometheus: tuple[PrometheusServer, Exporter],
     caplog: pytest.LogCaptureFixture,
@@ -163,11 +164,14 @@ async def test_missing_data_and_broken_queries_are_inconclusive_and_never_roll_b
             "2 series: the query must return one (aggregate it, e.g. with sum or avg)"
         )
         assert problems["metric:nan"] == "not a finite number: 'NaN'"
-        for record in history:
-            assert record["result"] == "inconclusive"
-            assert {c["result"] for c in record["checks"]} == {"inconclusive"}
+        words = {name: check["result"] for name, check in checks.items()}
+        assert (words["metric:absent"], words["metric:nan"]) == ("inconclusive", "inconclusive")
+        assert (words["metric:syntax"], words["metric:several"]) == ("error", "error")
+        for record in history:  # (a query that cannot be answered: the verdict is an error)
+            assert record["result"] == "error" and record["action"] == "hold"
+            assert "fail" not in {c["result"] for c in record["checks"]}
         assert checks["metric:several"]["note"] == (
-            "no candidate value (2 series: the query must return one "
+            "cannot measure candidate (2 series: the query must return one "
             "(aggregate it, e.g. with sum or avg))"
         )
     finally:
@@ -190,7 +194,7 @@ async def hanging(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-async def test_an_unreachable_or_misbehaving_prometheus_is_inconclusive_with_its_reason(
+async def test_an_unreachable_or_misbehaving_prometheus_is_an_error_with_its_reason(
     upstreams: tuple[TestServer, TestServer],
 ):
     stable, candidate = upstreams
@@ -228,7 +232,7 @@ async def test_an_unreachable_or_misbehaving_prometheus_is_inconclusive_with_its
                     check = last_checks(server)[f"metric:{name}"]
                 finally:
                     await server.stop()
-            assert check["result"] == "inconclusive"
+            assert check["result"] == "error" and check["candidate"]["failed"] is True
             assert check["candidate"]["problem"].startswith(problem), check
             assert server.controller.state("models", time.time()) is not State.ROLLED_BACK
         assert seen and set(seen) == {"Bearer s3cret-token"}

@@ -35,12 +35,30 @@ def test_every_column_is_separated_and_aligned_with_long_values():
         {"routes": [route("a-very-long-route-name", "error_rate 0.2 > 0.01"), route("b", None)]}
     )
     assert table.splitlines() == [
-        "ROUTE                   STATE        SHARE  STABLE  ERR   CANDIDATE  ERR  LAST CHANGE",
-        "a-very-long-route-name  rolled_back  3.90%  12345   3.9%  7          -    "
+        "ROUTE                   STATE        SHARE  STABLE  ERR   CANDIDATE  ERR  VERDICT  "
+        "LAST CHANGE",
+        "a-very-long-route-name  rolled_back  3.90%  12345   3.9%  7          -    -        "
         "rollback by token:0123456789ab at 2026-12-01 00:00:00Z (error_rate 0.2 > 0.01)",
-        "b                       rolled_back  3.90%  12345   3.9%  7          -    "
+        "b                       rolled_back  3.90%  12345   3.9%  7          -    -        "
         "rollback by token:0123456789ab at 2026-12-01 00:00:00Z",
     ]
+
+
+def test_the_verdict_column_says_the_word_what_followed_and_an_alarm():
+    suspect = route("r", None) | {
+        "analysis": {"last_verdict": {"result": "suspect"}, "action": "hold", "alarm": False}
+    }
+    unmeasured = route("u", None) | {
+        "analysis": {
+            "last_verdict": {"result": "error"},
+            "action": "hold",
+            "alarm": True,
+            "errors_in_a_row": 6,
+        }
+    }
+    rows = status_table({"routes": [suspect, unmeasured]}).splitlines()
+    assert "  suspect, hold  " in rows[1]
+    assert "  error, hold (ALARM: 6 errors in a row)  " in rows[2]
 
 
 @pytest.mark.parametrize(

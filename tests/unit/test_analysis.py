@@ -28,6 +28,7 @@ from proxy.analysis.verdict import (
     Moments,
     Result,
     Sample,
+    Verdict,
     assess,
     checks_of,
     wilson,
@@ -404,10 +405,11 @@ def test_plentiful_data_keeps_about_its_own_variance_and_a_larger_own_one_is_kep
     [
         (sample(300, 0), sample(300, 30), Result.FAIL),  # 10 % 5xx against none
         (sample(400, 4), sample(400, 24), Result.FAIL),  # a real +5 point increase
-        (sample(300, 3), sample(300, 6), Result.PASS),  # noise on a few hundred requests
-        (sample(300, 0), sample(300, 0), Result.PASS),
-        (sample(300, 0), sample(300, 3), Result.PASS),  # 1 % where 1 % is allowed
-        (sample(1000, 100), sample(300, 33), Result.PASS),  # both bad alike: not the candidate
+        (sample(300, 3), sample(300, 6), Result.INCONCLUSIVE),  # noise: not yet known
+        (sample(300, 0), sample(300, 0), Result.INCONCLUSIVE),  # (not proven within 1 point)
+        (sample(300, 0), sample(300, 6), Result.SUSPECT),  # 2 % where 1 % is allowed: unproven
+        (sample(5000, 50), sample(5000, 50), Result.PASS),  # equal, on enough to prove it
+        (sample(20_000, 2000), sample(10_000, 1000), Result.PASS),  # both bad alike
         (sample(300, 0), sample(199, 100), Result.INCONCLUSIVE),  # too few: never fail
         (sample(150, 0), sample(300, 0), Result.INCONCLUSIVE),
     ],
@@ -480,15 +482,20 @@ def lognormal(n: int, factor: float) -> Sample:
     return Sample.unweighted(n, 0, histogram(values))
 
 
-def test_a_candidate_a_little_within_the_latency_limit_passes_on_lots_of_data():
+def test_a_candidate_a_little_within_the_latency_limit_never_fails_on_lots_of_data():
     """Bounds at the buckets' outer edges never cross a limit that the true quantiles do not:
-    1.19 times slower, with 1.2 allowed, passes however much data (a bucket's middle would have
-    put the bound either side of 1.2); 1.3 times slower fails."""
+    1.19 times slower, with 1.2 allowed, never fails however much data (a bucket's middle would
+    have put the bound either side of 1.2), and is not proven within it either (the upper bound
+    gives up a bucket on each side: a candidate within 4 % of the limit stays unproven); 1.1
+    times slower passes, 1.3 times slower fails."""
     spec = replace(SPEC, max_latency_ratio=1.2)
     stable = lognormal(200_000, 1.0)
     within = assess(stable, lognormal(200_000, 1.19), spec, 0.0).checks[1]
-    assert within.result is Result.PASS and within.bound is not None
+    assert within.result in (Result.INCONCLUSIVE, Result.SUSPECT) and within.bound is not None
+    assert within.upper is not None and 1.19 < within.upper < 1.19 * 1.02**2
     assert 1.14 < within.bound < 1.19  # never above the true ratio
+    faster = assess(stable, lognormal(200_000, 1.1), spec, 0.0).checks[1]
+    assert faster.result is Result.PASS
     beyond = assess(stable, lognormal(200_000, 1.3), spec, 0.0).checks[1]
     assert beyond.result is Result.FAIL
 
@@ -531,15 +538,19 @@ def test_a_stable_upper_bound_beyond_the_data_is_inconclusive_not_a_clamp():
     spec = replace(SPEC, latency_quantile=0.999)
     stable, candidate = sample(300, 0, [0.02] * 300), sample(300, 0, [0.06] * 300)
     check = assess(stable, candidate, spec, 0.0).checks[1]
-    assert check.result is Result.INCONCLUSIVE and check.bound is None
+    # (3 times slower: it looks worse, but nothing bounds it: suspect, never failed)
+    assert check.result is Result.SUSPECT and check.bound is None and check.upper is None
     assert check.observed == pytest.approx(1.02**55, rel=1e-9)  # (the quantiles' middles)
-    assert check.note == "too few stable requests to bound its p99.9 from above"
+    assert check.note == (
+        "candidate p99.9 looks slower than allowed, not yet proven "
+        "(too few stable requests to bound its p99.9 from above)"
+    )
     assert check.alpha == ALPHA
     # the same in the open bucket: no upper edge
     slowest = sample(300, 0, [400.0] * 300)
     check = assess(slowest, sample(300, 0, [900.0] * 300), SPEC, 0.0).checks[1]
-    assert (check.result, check.bound) == (Result.INCONCLUSIVE, None)
-    assert check.note == "too few stable requests to bound its p95 from above"
+    assert (check.result, check.bound) == (Result.INCONCLUSIVE, None)  # (one bucket: ratio 1)
+    assert check.note.endswith("(too few stable requests to bound its p95 from above)")
 
 
 def test_verdict_json_names_values_thresholds_and_sizes():
@@ -572,7 +583,7 @@ def test_metric_checks_join_the_verdict_and_decide_it_like_any_check():
     over = metric_check(metric, Reading("q", 0.5), Reading("q", 2.0))
     unsure = metric_check(metric, Reading("q", 0.5), Reading("q", None, "no data"))
     within = metric_check(metric, Reading("q", 0.5), Reading("q", 0.5))
-    passing = sample(200, 0), sample(200, 0)
+    passing = sample(5000, 0), sample(5000, 0)
     failed = assess(*passing, SPEC, 0.0, metrics=(within, over))
     assert failed.result is Result.FAIL and failed.failing == (over,)
     assert failed.checks[2:] == (within, over)
@@ -581,12 +592,15 @@ def test_metric_checks_join_the_verdict_and_decide_it_like_any_check():
     mismatched = replace(passing[1], assigned=300, expected=150.0)
     skewed = replace(passing[0], assigned=0, expected=150.0)
     held = assess(skewed, mismatched, SPEC, 0.0, metrics=(over,))
-    assert held.mismatched and held.result is Result.INCONCLUSIVE
+    assert held.checks[-1].name == "sample_ratio" and held.checks[-1].result is Result.FAIL
+    assert held.result is Result.ERROR  # (a broken split: nothing measured can be trusted)
+    assert held.note == "the split is broken (sample ratio): nothing measured can be trusted"
 
 
 def test_exactly_min_requests_per_variant_is_enough_for_a_verdict():
     verdict = assess(sample(200, 0), sample(200, 0), SPEC, 0.0)
-    assert [c.result for c in verdict.checks] == [Result.PASS, Result.PASS]
+    assert all(c.bound is not None for c in verdict.checks)  # (bounded: not "too few")
+    assert assess(sample(199, 0), sample(200, 0), SPEC, 0.0).checks[0].bound is None
 
 
 def test_latency_needs_min_requests_successful_requests_per_variant():
@@ -609,6 +623,7 @@ def test_inconclusive_checks_report_threshold_sizes_and_why():
         "note": why,
         "scope": "window",
         "alpha": None,
+        "upper": None,
     }
     assert latency == {
         "check": "latency",
@@ -620,6 +635,7 @@ def test_inconclusive_checks_report_threshold_sizes_and_why():
         "note": why,
         "scope": "window",
         "alpha": None,
+        "upper": None,
     }
 
 
@@ -627,7 +643,13 @@ def test_inconclusive_checks_report_threshold_sizes_and_why():
     ("candidate_errors", "result", "observed", "note"),
     [
         (30, "fail", 0.09, "candidate error rate is higher than allowed"),
-        (6, "pass", 0.01, "no significant error rate increase"),
+        (9, "suspect", 0.02, "the error rate increase looks higher than allowed, not yet proven"),
+        (
+            6,
+            "inconclusive",
+            0.01,
+            "not yet known whether the error rate increase is within the allowed one",
+        ),
     ],
 )
 def test_error_rate_check_reports_the_difference_its_bound_and_the_outcome(
@@ -641,6 +663,8 @@ def test_error_rate_check_reports_the_difference_its_bound_and_the_outcome(
         "threshold": 0.01,
         "observed": pytest.approx(observed, rel=1e-12),
         "bound": pytest.approx(rate_bound(3, 300, candidate_errors, 300, ALPHA), rel=1e-12),
+        # (the upper bound: the lower bound of the other difference, negated)
+        "upper": pytest.approx(-rate_bound(candidate_errors, 300, 3, 300, ALPHA), rel=1e-12),
         "stable": stable.summary(),
         "candidate": candidate.summary(),
         "note": note,
@@ -649,14 +673,19 @@ def test_error_rate_check_reports_the_difference_its_bound_and_the_outcome(
     }
 
 
-def test_an_error_rate_bound_exactly_at_the_threshold_passes():
+def test_an_error_rate_bound_exactly_at_the_threshold_decides_nothing():
     stable, candidate = sample(300, 3), sample(300, 30)
-    bound = assess(stable, candidate, SPEC, 0.0).checks[0].bound
-    assert bound is not None
+    check = assess(stable, candidate, SPEC, 0.0).checks[0]
+    bound, upper = check.bound, check.upper
+    assert bound is not None and upper is not None
     at = replace(SPEC, max_error_rate_increase=bound)
     below = replace(SPEC, max_error_rate_increase=math.nextafter(bound, 0.0))
-    assert assess(stable, candidate, at, 0.0).checks[0].result is Result.PASS
+    assert assess(stable, candidate, at, 0.0).checks[0].result is Result.SUSPECT
     assert assess(stable, candidate, below, 0.0).checks[0].result is Result.FAIL
+    at_upper = replace(SPEC, max_error_rate_increase=upper)
+    under = replace(SPEC, max_error_rate_increase=math.nextafter(upper, 0.0))
+    assert assess(stable, candidate, at_upper, 0.0).checks[0].result is Result.PASS
+    assert assess(stable, candidate, under, 0.0).checks[0].result is Result.INCONCLUSIVE
 
 
 # Bucket 187 holds 0.02 s and bucket 242 holds 0.06 s; a bucket stands for its geometric middle
@@ -676,6 +705,7 @@ def test_latency_check_reports_the_ratio_its_bound_and_the_quantiles():
         "threshold": 1.5,
         "observed": pytest.approx(1.02**55, rel=1e-9),
         "bound": pytest.approx(1.02**54, rel=1e-9),  # 1.02^241 / 1.02^187
+        "upper": pytest.approx(1.02**56, rel=1e-9),  # 1.02^242 / 1.02^186
         "stable": {**stable.summary(), "latency_quantile_seconds": pytest.approx(P95_AT_20MS)},
         "candidate": {
             **candidate.summary(),
@@ -691,8 +721,13 @@ def test_latency_check_reports_the_ratio_its_bound_and_the_quantiles():
     ("q", "slower", "note"),
     [
         (0.95, 0.06, "candidate p95 is slower than allowed"),
-        (0.95, 0.021, "p95 within the ratio"),
-        (0.999, 0.021, "too few stable requests to bound its p99.9 from above"),
+        (0.95, 0.021, "candidate p95 is within the allowed ratio"),
+        (
+            0.999,
+            0.021,
+            "not yet known whether the candidate p99.9 is within the ratio "
+            "(too few stable requests to bound its p99.9 from above)",
+        ),
         (0.5, 0.06, "candidate p50 is slower than allowed"),
     ],
 )
@@ -702,7 +737,7 @@ def test_latency_note_names_the_quantile_as_a_percentile(q, slower, note):
     assert assess(stable, candidate, spec, 0.0).checks[1].note == note
 
 
-def test_a_latency_bound_exactly_at_the_threshold_passes():
+def test_a_latency_bound_exactly_at_the_threshold_decides_nothing():
     rng = random.Random(5)
     fast = Sample.unweighted(
         300, 0, histogram([rng.lognormvariate(math.log(0.02), 0.3) for _ in range(300)])
@@ -710,12 +745,17 @@ def test_a_latency_bound_exactly_at_the_threshold_passes():
     slow = Sample.unweighted(
         300, 0, histogram([rng.lognormvariate(math.log(0.05), 0.3) for _ in range(300)])
     )
-    bound = assess(fast, slow, SPEC, 0.0).checks[1].bound
-    assert bound is not None
+    check = assess(fast, slow, SPEC, 0.0).checks[1]
+    bound, upper = check.bound, check.upper
+    assert bound is not None and upper is not None
     at = replace(SPEC, max_latency_ratio=bound)
     below = replace(SPEC, max_latency_ratio=math.nextafter(bound, 0.0))
-    assert assess(fast, slow, at, 0.0).checks[1].result is Result.PASS
+    assert assess(fast, slow, at, 0.0).checks[1].result is Result.SUSPECT
     assert assess(fast, slow, below, 0.0).checks[1].result is Result.FAIL
+    at_upper = replace(SPEC, max_latency_ratio=upper)
+    under = replace(SPEC, max_latency_ratio=math.nextafter(upper, 0.0))
+    assert assess(fast, slow, at_upper, 0.0).checks[1].result is Result.PASS
+    assert assess(fast, slow, under, 0.0).checks[1].result is Result.INCONCLUSIVE
 
 
 # --- windows ----------------------------------------------------------------------------------
@@ -987,3 +1027,41 @@ def test_a_window_sums_the_latencies_of_its_slots_and_is_empty_when_none_is_live
     latency = window.sample(1011.0).latency
     assert latency[bucket_of(0.02)] == 1 and latency[bucket_of(0.06)] == 2
     assert Window(span=60.0).sample(1000.0).latency == (0.0,) * SIZE
+
+
+@pytest.mark.parametrize(
+    ("candidate_errors", "word", "low", "high"),
+    [
+        (120, Result.FAIL, 0.0383, 0.0617),  # 6 %: even the lower bound is beyond 1 point
+        (50, Result.SUSPECT, 0.0064, 0.0236),  # 2.5 %: looks worse than allowed, not proven
+        (26, Result.INCONCLUSIVE, -0.0042, 0.0102),  # 1.3 %: within, not yet proven within
+        (22, Result.PASS, -0.0059, 0.0079),  # 1.1 %: even the upper bound is within 1 point
+    ],
+)
+def test_each_word_on_a_worked_example(candidate_errors, word, low, high):
+    """Stable: 20 errors in 2,000 requests; the candidate: 2,000 requests; 1 point allowed."""
+    check = assess(sample(2000, 20), sample(2000, candidate_errors), SPEC, 0.0).checks[0]
+    assert check.result is word
+    assert (check.bound, check.upper) == (
+        pytest.approx(low, abs=1e-4),
+        pytest.approx(high, abs=1e-4),
+    )
+
+
+def test_error_is_the_word_of_what_could_not_be_measured():
+    metric = MetricCheck("gpu", "q", ((Comparison.MAX_RATIO, 1.2),))
+    down = Reading("q", None, "cannot query http://p:9090: ClientConnectorError", failed=True)
+    unmeasured = metric_check(metric, down, Reading("q", 0.5))
+    verdict = assess(sample(2000, 20), sample(2000, 22), SPEC, 0.0, metrics=(unmeasured,))
+    assert [c.result for c in verdict.checks] == [Result.PASS, Result.PASS, Result.ERROR]
+    assert verdict.result is Result.ERROR  # (not a pass: a check could not be seen)
+    failing = assess(sample(2000, 20), sample(2000, 120), SPEC, 0.0, metrics=(unmeasured,))
+    assert failing.result is Result.FAIL  # (what was measured proves it worse all the same)
+    unread = Verdict.unmeasured(5.0, "cannot read the observations: timeout", SPEC.method)
+    assert unread.to_json() == {
+        "at": 5.0,
+        "result": "error",
+        "method": "fixed",
+        "checks": [],
+        "note": "cannot read the observations: timeout",
+    }

@@ -13,9 +13,11 @@ import os
 import random
 from dataclasses import dataclass
 
+from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
 from proxy.analysis.verdict import Result, assess
 from proxy.analysis.window import Window
 from proxy.config.model import AnalysisMethod, AnalysisSpec
+from proxy.rollout.machine import State
 
 # The fixed method with the default settings: 10 s interval, 60 s window, 200 requests, 95 %,
 # 3 failures (the sequential method has its own simulations in test_sequential.py).
@@ -43,7 +45,8 @@ def simulate(seed: int, stable: Variant, candidate: Variant) -> tuple[int | None
     share = candidate.rate / (stable.rate + candidate.rate)
     weights = (share, 1.0 - share)
     results: list[Result] = []
-    failures = 0
+    memory, rules = Memory(), Rules.of(SPEC)
+    ramp = Ramp("simulated", State.RAMPING, share)
     for index in range(VERDICTS):
         start = index * SPEC.interval
         for window, variant, weight in zip(windows, (stable, candidate), weights, strict=True):
@@ -55,8 +58,8 @@ def simulate(seed: int, stable: Variant, candidate: Variant) -> tuple[int | None
         now = start + SPEC.interval - 1e-6
         verdict = assess(windows[0].sample(now), windows[1].sample(now), SPEC, now)
         results.append(verdict.result)
-        failures = failures + 1 if verdict.result is Result.FAIL else 0
-        if failures >= SPEC.failures_before_rollback:
+        memory, done = step(memory, verdict, ramp, rules, now)
+        if done.act is Act.ROLLBACK:
             return index, results
     return None, results
 

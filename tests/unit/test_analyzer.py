@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from proxy.analysis.histogram import SIZE, bucket_of, value_of
-from proxy.analysis.loop import Analyzer, _own_ratio
+from proxy.analysis.loop import Analyzer
+from proxy.analysis.sources import Unavailable
 from proxy.analysis.verdict import Clustering, Result, Sample, analysis_share
 from proxy.config.model import (
     AnalysisMethod,
@@ -17,14 +18,17 @@ from proxy.config.model import (
     Cohort,
     Inconclusive,
     KeySource,
+    OnError,
+    Promotion,
     Ramp,
     Route,
     Source,
     Upstream,
 )
+from proxy.fleet.member import own_ratio
 from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
-from proxy.rollout.machine import State
+from proxy.rollout.machine import Action, State
 from proxy.rollout.store import FileStore, MemoryStore
 
 T0 = 1_796_083_200.0
@@ -53,17 +57,25 @@ def bad(n: int = 300) -> Sample:
 
 
 class FakeSource:
-    """Hands out the (stable, candidate) pairs a test sets; keeps the latencies it is told."""
+    """Hands out the (stable, candidate) pairs a test sets, or fails as `broken` says; keeps
+    the latencies it is told and the routes it was told to restart."""
 
     def __init__(self) -> None:
         self.pair = (good(), good())
+        self.broken: str | None = None
         self.referred: list[tuple[str, float]] = []
+        self.restarted: list[str] = []
 
-    def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+    async def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
+        if self.broken is not None:
+            raise Unavailable(self.broken)
         return self.pair
 
     def refer(self, route: str, seconds: float) -> None:
         self.referred.append((route, seconds))
+
+    def restart(self, route: str) -> None:
+        self.restarted.append(route)
 
 
 async def make(
@@ -107,7 +119,7 @@ async def test_failures_must_be_consecutive():
         source.pair = pair
         await analyzer.round("r", T0 + 10 * (i + 1))
     assert controller.state("r", T0 + 60) is State.RAMPING
-    assert analyzer.routes["r"].failures == 2 and not notified
+    assert analyzer.routes["r"].memory.failures == 2 and not notified
 
 
 async def test_thin_data_holds_the_ramp_and_a_pass_releases_it():
@@ -167,10 +179,10 @@ async def test_update_keeps_history_of_unchanged_analyses_only():
     await analyzer.round("r", T0 + 10)
     kept = analyzer.routes["r"]
     analyzer.update([ROUTE, other, replace(ROUTE, name="plain", analysis=None)])
-    assert analyzer.routes["r"] is kept and kept.failures == 1
+    assert analyzer.routes["r"] is kept and kept.memory.failures == 1
     assert set(analyzer.routes) == {"r", "o"}
     analyzer.update([replace(ROUTE, analysis=replace(SPEC, min_requests=50))])
-    assert analyzer.routes["r"] is not kept and analyzer.routes["r"].failures == 0
+    assert analyzer.routes["r"] is not kept and analyzer.routes["r"].memory.failures == 0
     assert set(analyzer.routes) == {"r"}
 
 
@@ -252,7 +264,7 @@ def test_a_deciders_design_effects_are_scaled_to_the_fleets_share_of_each_user()
         clustering=Clustering(errors=1.5, latency=1.25),
     )
     pooled = Sample.unweighted(400, 20)
-    judged = _own_ratio(pooled, own)
+    judged = own_ratio(pooled, own)
     assert judged.clustering == Clustering(errors=3.0, latency=2.0)
     assert (judged.assigned, judged.expected, judged.users, judged.users_expected) == (
         90,
@@ -262,5 +274,123 @@ def test_a_deciders_design_effects_are_scaled_to_the_fleets_share_of_each_user()
     )
     assert judged.design_effect == 1.5 and judged.requests == 400 and judged.errors == 20
     # A decider that saw it all (or more than the pool, before a flush) keeps its own.
-    assert _own_ratio(own, own).clustering == own.clustering
-    assert _own_ratio(Sample.unweighted(50, 1), own).clustering == own.clustering
+    assert own_ratio(own, own).clustering == own.clustering
+    assert own_ratio(Sample.unweighted(50, 1), own).clustering == own.clustering
+
+
+def errors_of(n: int, errors: int) -> Sample:
+    counts = [0] * SIZE
+    counts[bucket_of(0.02)] = n - errors
+    return Sample.unweighted(n, errors, counts)
+
+
+async def test_a_suspect_candidate_holds_the_ramp_even_under_continue():
+    route = replace(ROUTE, analysis=replace(SPEC, on_inconclusive=Inconclusive.CONTINUE))
+    analyzer, controller, source, _, _ = await make(route)
+    source.pair = (good(), errors_of(300, 6))  # 2 % against none: looks worse, not proven
+    verdict = await analyzer.round("r", T0 + 100)
+    assert verdict is not None and verdict.result is Result.SUSPECT
+    assert controller.holding("r")
+    status = analyzer.status(route) or {}
+    assert (status["action"], status["why"]) == (
+        "hold",
+        "suspect: the candidate looks worse than allowed",
+    )
+
+
+async def test_rounds_that_cannot_be_measured_hold_then_follow_on_error():
+    rolling = replace(
+        ROUTE, analysis=replace(SPEC, max_errors_in_a_row=2, on_error=OnError.ROLLBACK)
+    )
+    analyzer, controller, source, recorder, notified = await make(rolling)
+    source.broken = "redis at 127.0.0.1:6379: Connection refused"
+    first = await analyzer.round("r", T0 + 10)
+    assert first is not None and first.result is Result.ERROR and first.checks == ()
+    assert first.note == "cannot read the observations: redis at 127.0.0.1:6379: Connection refused"
+    assert controller.holding("r") and controller.state("r", T0 + 10) is State.RAMPING
+    assert recorder.analysis_errors.labels("r")._value.get() == 1
+    await analyzer.round("r", T0 + 20)
+    assert controller.state("r", T0 + 20) is State.ROLLED_BACK
+    assert controller.rollout("r").last.reason == (
+        "analysis: 2 verdicts in a row could not be measured (on_error: rollback)"
+    )
+    assert len(notified) == 1
+
+
+async def test_on_error_hold_keeps_holding_loudly_and_a_measured_verdict_ends_the_row():
+    analyzer, controller, source, recorder, _ = await make()  # (default: 4, then hold)
+    source.broken = "down"
+    for i in range(5):
+        await analyzer.round("r", T0 + 10 * (i + 1))
+    status = analyzer.status(ROUTE) or {}
+    assert (status["errors_in_a_row"], status["max_errors_in_a_row"], status["on_error"]) == (
+        5,
+        4,
+        "hold",
+    )
+    assert status["alarm"] is True and controller.holding("r")
+    assert controller.state("r", T0 + 50) is State.RAMPING
+    assert recorder.analysis_errors.labels("r")._value.get() == 5
+    source.broken, source.pair = None, (good(1000), good(1000))
+    verdict = await analyzer.round("r", T0 + 60)
+    assert verdict is not None and verdict.result is Result.PASS
+    status = analyzer.status(ROUTE) or {}
+    assert status["errors_in_a_row"] == 0 and status["alarm"] is False
+    assert not controller.holding("r")
+
+
+async def test_a_rollback_ends_the_run_and_a_resume_starts_a_new_one_from_the_base():
+    sequential = replace(ROUTE, analysis=replace(SPEC, method=AnalysisMethod.SEQUENTIAL))
+    analyzer, controller, source, _, _ = await make(sequential)
+    assert controller.share("r", T0 + 200) == pytest.approx(0.3)
+    source.pair = (good(), bad())
+    for at in (T0 + 200, T0 + 210, T0 + 220):
+        await analyzer.round("r", at)
+    assert controller.state("r", T0 + 220) is State.ROLLED_BACK
+    assert await analyzer.round("r", T0 + 230) is None
+    # (the run is over; its counts stay to be seen until a new run begins)
+    assert analyzer.routes["r"].memory.run is None and source.restarted == []
+    outcome = await controller.act("r", Action.RESUME, T0 + 300, actor="operator")
+    assert outcome.transition.reason == (
+        "run 2 of this candidate, from the ramp's base, judged on fresh counts"
+    )
+    assert controller.share("r", T0 + 300) == pytest.approx(0.1)  # the base, not 0.3
+    assert controller.rollout("r").judged == 0
+    source.pair = (good(1000), good(1000))
+    await analyzer.round("r", T0 + 310)
+    status = analyzer.status(sequential) or {}
+    assert status["analysis_number"] == 1 and status["consecutive_failures"] == 0
+    assert analyzer.routes["r"].memory.run == controller.run("r")
+    assert source.restarted == ["r"]  # (the new run is judged on its own requests)
+
+
+async def test_resume_keep_share_continues_where_it_stopped_on_fresh_counts():
+    analyzer, controller, source, _, _ = await make()
+    source.pair = (good(), bad())
+    for at in (T0 + 200, T0 + 210, T0 + 220):
+        await analyzer.round("r", at)
+    assert controller.state("r", T0 + 220) is State.ROLLED_BACK
+    outcome = await controller.act("r", Action.RESUME, T0 + 300, actor="operator", keep_share=True)
+    assert outcome.transition.reason == (
+        "run 2 of this candidate, where it stopped, judged on fresh counts"
+    )
+    assert controller.share("r", T0 + 300) == pytest.approx(0.3)
+    source.pair = (good(), bad())
+    await analyzer.round("r", T0 + 310)  # a new run: the row of failures starts at 1
+    assert (analyzer.status(ROUTE) or {})["consecutive_failures"] == 1
+    assert source.restarted == ["r"]
+
+
+async def test_a_passing_streak_belongs_to_one_run():
+    at_max = replace(ROUTE, ramp=Ramp(base=0.5, max=0.5), promote=Promotion(after=30.0))
+    analyzer, controller, source, _, _ = await make(at_max)
+    source.pair = (good(1000), good(1000))
+    await analyzer.round("r", T0 + 10)
+    assert (analyzer.status(at_max) or {})["promotes_at"] == T0 + 40
+    await controller.act("r", Action.ROLLBACK, T0 + 15, actor="operator")
+    await controller.act("r", Action.RESUME, T0 + 16, actor="operator")
+    await analyzer.round("r", T0 + 45)  # passes, but the streak begins anew with this run
+    assert controller.state("r", T0 + 45) is State.COMPLETE
+    assert (analyzer.status(at_max) or {})["promotes_at"] == T0 + 75
+    await analyzer.round("r", T0 + 75)
+    assert controller.state("r", T0 + 75) is State.PROMOTED

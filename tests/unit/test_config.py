@@ -503,6 +503,7 @@ routes:
     analysis: {{interval: 1s, window: 2s, min_requests: 3, max_error_rate_increase: 0.02,
                 max_latency_ratio: 2, latency_quantile: 0.9, latency: ttfb, confidence: 0.9,
                 failures_before_rollback: 4, on_inconclusive: continue,
+                max_errors_in_a_row: 2, on_error: rollback,
                 outcomes: [{{name: click, max_decrease: 0.1, relative: true, per: outcome,
                              range: [0, 2]}}],
                 method: fixed, metrics: [{{name: gpu, query: "up", max: 1}}],

@@ -25,39 +25,50 @@ def test_a_vector_of_one_series_or_a_scalar_is_a_value():
 
 
 @pytest.mark.parametrize(
-    ("answer", "problem"),
+    ("answer", "problem", "failed"),
     [
-        (vector(), "no data"),
+        (vector(), "no data", False),  # (no traffic yet: inconclusive)
         (
             vector("1", "2"),
             "2 series: the query must return one (aggregate it, e.g. with sum or avg)",
+            True,
         ),
-        (vector("NaN"), "not a finite number: 'NaN'"),
-        (vector("+Inf"), "not a finite number: '+Inf'"),
-        (vector("fast"), "not a finite number: 'fast'"),
+        (vector("NaN"), "not a finite number: 'NaN'", False),
+        (vector("+Inf"), "not a finite number: '+Inf'", False),
+        (vector("fast"), "not a finite number: 'fast'", False),
         (
             {"status": "success", "data": {"resultType": "matrix", "result": []}},
             "a matrix result: the query must return one series or a scalar",
+            True,
         ),
         (
             {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}},
             "not a finite number: None",
+            False,
         ),
         (
             {"status": "success", "data": {"resultType": "vector", "result": [[1.0, "2"]]}},
             "not a finite number: None",
+            False,
         ),
         (
             {"status": "error", "errorType": "bad_data", "error": "parse error at char 4"},
             "bad_data: parse error at char 4",
+            True,
         ),
-        ({"status": "error"}, "error: no reason given"),
-        ([1, 2], "not an answer of the Prometheus query API"),
-        ({"status": "success"}, "a None result: the query must return one series or a scalar"),
+        ({"status": "error"}, "error: no reason given", True),
+        ([1, 2], "not an answer of the Prometheus query API", True),
+        (
+            {"status": "success"},
+            "a None result: the query must return one series or a scalar",
+            True,
+        ),
     ],
 )
-def test_anything_but_one_finite_number_is_a_problem(answer: object, problem: str):
-    assert reading("q", answer) == Reading("q", None, problem)
+def test_anything_but_one_finite_number_is_a_problem(answer: object, problem: str, failed: bool):
+    """A query that could not be answered as asked is a failure (an error check); an answer
+    without a usable value is not (an inconclusive one)."""
+    assert reading("q", answer) == Reading("q", None, problem, failed)
 
 
 def test_placeholders_are_filled_with_or_without_spaces():
@@ -176,9 +187,32 @@ def test_the_check_reports_both_readings_with_their_queries():
     found = metric_check(
         check(max=1.0), Reading("s{}", 0.5), Reading("c{}", None, "bad_data: oops")
     )
-    assert found.stable == {"query": "s{}", "value": 0.5, "problem": None}
-    assert found.candidate == {"query": "c{}", "value": None, "problem": "bad_data: oops"}
+    assert found.stable == {"query": "s{}", "value": 0.5, "problem": None, "failed": False}
+    assert found.candidate == {
+        "query": "c{}",
+        "value": None,
+        "problem": "bad_data: oops",
+        "failed": False,
+    }
     assert found.note == "no candidate value (bad_data: oops)"
+
+
+def test_a_query_that_failed_is_an_error_and_a_failure_still_wins():
+    broken = Reading("c{}", None, "cannot query http://p:9090: ClientConnectorError", True)
+    found = metric_check(check(max=1.0), Reading("s{}", 0.5), broken)
+    assert (found.result, found.observed) == (Result.ERROR, None)
+    assert (
+        found.note == "cannot measure candidate (cannot query http://p:9090: ClientConnectorError)"
+    )
+    ratio = check(max_ratio=1.5)
+    assert metric_check(ratio, broken, Reading("c{}", 2.0)).note == (
+        "cannot measure stable (cannot query http://p:9090: ClientConnectorError)"
+    )
+    two = MetricCheck("m", "q", ((Comparison.MAX, 1.0), (Comparison.MAX_RATIO, 1.5)))
+    over = metric_check(two, broken, Reading("c{}", 2.0))
+    assert over.result is Result.FAIL  # (max: the candidate alone is beyond it)
+    within = metric_check(two, broken, Reading("c{}", 0.5))
+    assert within.result is Result.ERROR  # (the ratio could not be measured)
     assert found.to_json()["check"] == "metric:m"
     assert found.scope == "query"  # what the query's own range holds
 

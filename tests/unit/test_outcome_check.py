@@ -129,14 +129,16 @@ def test_a_click_rate_that_fell_by_more_than_allowed_fails_with_the_exact_bound(
     assert result.candidate["outcomes"] == 50 and result.candidate["requests"] == 1000
 
 
-def test_a_fall_within_the_allowance_or_not_significant_passes():
+def test_a_fall_within_the_allowance_or_not_significant_never_fails():
     check = OutcomeCheck("click", max_decrease=0.06)
-    assert outcome_check(clicks(1000, 100), clicks(1000, 50), check, SPEC, BOUNDS).result is (
-        Result.PASS
-    )
+    within = outcome_check(clicks(1000, 100), clicks(1000, 50), check, SPEC, BOUNDS)
+    assert within.result is Result.INCONCLUSIVE  # (5 points of 6: not yet proven within)
+    assert within.upper is not None and within.upper > 0.06
+    proven = outcome_check(clicks(20_000, 2000), clicks(20_000, 1900), check, SPEC, BOUNDS)
+    assert proven.result is Result.PASS and proven.upper is not None and proven.upper < 0.06
     small = OutcomeCheck("click", max_decrease=0.0)
     noisy = outcome_check(clicks(100, 10), clicks(100, 8), small, SPEC, BOUNDS)
-    assert noisy.result is Result.PASS
+    assert noisy.result is Result.SUSPECT  # (it fell: beyond a limit of 0, not proven)
     assert noisy.bound == pytest.approx(expected_lower(click_groups(100, 10), click_groups(100, 8)))
     assert noisy.bound is not None and noisy.bound < 0
 
@@ -148,7 +150,7 @@ def test_no_clicks_anywhere_passes_and_a_better_candidate_passes():
     # stable's mean by 1 / 500
     spread = 2 / 504 * (502 / 504)
     bound = -Z * math.sqrt(2 * spread / 500) - Z * Z * (1 / 500) / 6
-    assert (none.result, none.observed) == (Result.PASS, 0.0)
+    assert (none.result, none.observed) == (Result.INCONCLUSIVE, 0.0)  # (0 is never proven)
     assert none.bound == pytest.approx(bound)
     assert none.bound == pytest.approx(expected_lower(click_groups(500, 0), click_groups(500, 0)))
     better = outcome_check(clicks(500, 10), clicks(500, 90), check, SPEC, BOUNDS)
@@ -176,7 +178,7 @@ def test_a_candidate_without_a_conversion_takes_the_variance_of_two_added_at_eac
     bound = 0.04 - Z * math.sqrt((vs + vc) / 100) - Z * Z * (0.96 / 100) / 6
     assert result.bound == pytest.approx(bound)
     assert result.bound == pytest.approx(-0.0088, abs=1e-4)
-    assert result.result is Result.PASS and result.observed == pytest.approx(0.04)
+    assert result.result is Result.SUSPECT and result.observed == pytest.approx(0.04)
     # the candidate's floor is its own four added requests', whatever stable's: five
     # conversions to none still pass (Fisher's exact p 0.030), six fail (p 0.014)
     five = outcome_check(clicks(100, 5), clicks(100, 0), check, SPEC, BOUNDS)
@@ -184,7 +186,7 @@ def test_a_candidate_without_a_conversion_takes_the_variance_of_two_added_at_eac
     assert five.bound == pytest.approx(
         0.05 - Z * math.sqrt((vs + vc) / 100) - Z * Z * (0.95 / 100) / 6
     )
-    assert five.result is Result.PASS
+    assert five.result is Result.SUSPECT
     six = outcome_check(clicks(100, 6), clicks(100, 0), check, SPEC, BOUNDS)
     vs = agresti_coull(6, 100)
     assert six.bound == pytest.approx(
@@ -249,7 +251,7 @@ def test_a_relative_check_fails_exactly_when_the_combination_is_bounded_above_ze
     variance = (0.25 * vs + vc) / 10
     # a rating lifts stable's mean by at most (5 - 4) / 10, drags the candidate's by (2 - 0) / 10
     lower = 0.5 * 4 - 2 - Z * math.sqrt(variance) - Z * Z * max(0.5 * 0.1, 0.2) / 6
-    assert at.bound == pytest.approx(lower / 4 + 0.5) and at.result is Result.PASS
+    assert at.bound == pytest.approx(lower / 4 + 0.5) and at.result is Result.INCONCLUSIVE
     assert at.observed == pytest.approx(0.5)
 
 
@@ -362,7 +364,7 @@ def test_a_candidate_of_min_requests_without_a_conversion_passes_at_a_low_consta
     bound = 0.02 - Z * math.sqrt(vs / 9900 + vc / 100) - Z * Z * (0.98 / 9900) / 6
     assert found.bound == pytest.approx(bound)
     assert found.bound == pytest.approx(-0.0028, abs=1e-4)
-    assert found.result is Result.PASS
+    assert found.result is Result.SUSPECT  # (not failed)
     plain = outcome_check(clicks(9900, 198), clicks(100, 0), check, SPEC, BOUNDS)
     assert plain.bound == pytest.approx(bound)  # (as it is when every request weighs 1)
 
@@ -438,11 +440,16 @@ def test_notes_name_and_threshold_are_pinned_for_every_result():
     check = OutcomeCheck("click", max_decrease=0.02)
     failed = outcome_check(clicks(1000, 100), clicks(1000, 50), check, SPEC, BOUNDS)
     assert failed.note == "candidate's click mean fell more than allowed"
-    passed = outcome_check(clicks(1000, 100), clicks(1000, 100), check, SPEC, BOUNDS)
-    assert passed.note == "no significant decrease of click" and passed.threshold == 0.02
+    unknown = outcome_check(clicks(1000, 100), clicks(1000, 100), check, SPEC, BOUNDS)
+    assert unknown.note == "not yet known whether the decrease of click is within the allowed one"
+    assert unknown.threshold == 0.02
+    passed = outcome_check(clicks(20_000, 2000), clicks(20_000, 2000), check, SPEC, BOUNDS)
+    assert passed.note == "the decrease of click is within the allowed one"
+    suspect = outcome_check(clicks(1000, 100), clicks(1000, 70), check, SPEC, BOUNDS)
+    assert suspect.note == "the decrease of click looks larger than allowed, not yet proven"
     relative = OutcomeCheck("click", max_decrease=0.5, relative=True)
     assert outcome_check(clicks(1000, 100), clicks(1000, 100), relative, SPEC, BOUNDS).note == (
-        "no significant relative decrease of click"
+        "the relative decrease of click is within the allowed one"
     )
     thin = outcome_check(clicks(10, 1), clicks(10, 1), check, SPEC, BOUNDS)
     assert (thin.name, thin.threshold, thin.observed) == ("outcome:click", 0.02, None)
@@ -472,7 +479,7 @@ def test_two_reports_are_enough_when_min_requests_says_so():
     spec = AnalysisSpec(min_requests=1, method=AnalysisMethod.FIXED)
     check = OutcomeCheck("rating", max_decrease=0.5, per=OutcomeBasis.OUTCOME, range=(1, 5))
     two = outcome_check(ratings([4.0, 5.0]), ratings([4.0, 5.0]), check, spec, BOUNDS)
-    assert two.result is Result.PASS
+    assert two.result is Result.INCONCLUSIVE and two.bound is not None  # (bounded, if widely)
     one = outcome_check(ratings([4.0]), ratings([4.0]), check, spec, BOUNDS)
     assert one.result is Result.INCONCLUSIVE  # a variance needs two
     assert one.note == "fewer than 1 rating outcomes per variant"
@@ -504,14 +511,14 @@ def test_the_sample_ratio_check_is_a_chi_squared_test_at_one_in_a_thousand():
     assert check.candidate["expected"] == pytest.approx(100.0)
 
 
-def test_a_mismatch_makes_the_verdict_inconclusive_whatever_else_fails():
+def test_a_mismatch_makes_the_verdict_an_error_whatever_else_fails():
     stable, _ = assigned(850, 150, 0.1)
     failing = replace(Sample.unweighted(150, 150), assigned=150, expected=100.0)  # all failed
     verdict = assess(stable, failing, SPEC, 0.0)
-    assert verdict.result is Result.INCONCLUSIVE and verdict.mismatched
+    assert verdict.result is Result.ERROR and verdict.checks[-1].result is Result.FAIL
     assert [c.name for c in verdict.failing] == ["error_rate", "sample_ratio"]
     thin = assess(*assigned(50, 5, 0.1), SPEC, 0.0)
-    assert thin.checks[-1].result is Result.INCONCLUSIVE and not thin.mismatched
+    assert thin.checks[-1].result is Result.INCONCLUSIVE and thin.result is not Result.ERROR
     plain = Sample.unweighted(300, 0)
     assert [c.name for c in assess(plain, plain, SPEC, 0.0).checks] == [
         "error_rate",
@@ -535,7 +542,7 @@ def test_a_passing_sample_ratio_check_and_a_mismatch_with_equal_counts():
     assert check.threshold == 0.001
     stable, candidate = assigned(500, 500, 0.1)  # half each where a tenth was assigned
     verdict = assess(stable, candidate, SPEC, 7.0)
-    assert verdict.mismatched and verdict.result is Result.INCONCLUSIVE
+    assert verdict.checks[-1].result is Result.FAIL and verdict.result is Result.ERROR
     assert (verdict.at, verdict.method) == (7.0, SPEC.method)
 
 

@@ -94,13 +94,17 @@ def test_transition_table(state, action):
     expected = EXPECTED_AFTER.get(action, State.RAMPING)  # resume at T0+2h: ramping again
     assert state_of(after, ROUTE, now) is expected
     last = after.history[-1]
+    # (a resume after a rollback begins the next run, and says so)
+    said = "; run 2 of this candidate, from the ramp's base, judged on fresh counts"
+    new_run = action is Action.RESUME and state is State.ROLLED_BACK
     assert (last.action, last.before, last.after, last.actor, last.reason) == (
         action,
         state,
         expected,
         "alice",
-        "why",
+        "why" + (said if new_run else ""),
     )
+    assert after.run == (2 if new_run else 1)
 
 
 def test_pause_freezes_share_and_resume_continues_where_it_stopped():

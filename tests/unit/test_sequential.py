@@ -13,10 +13,12 @@ import pytest
 
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.histogram import SIZE, bucket_of, quantile_bounds
+from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
 from proxy.analysis.sequential import margin, z_always
-from proxy.analysis.verdict import Moments, Result, Sample, analysis_share, assess
+from proxy.analysis.verdict import Moments, Result, Sample, Verdict, analysis_share, assess
 from proxy.analysis.window import LocalObservations
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
+from proxy.rollout.machine import State
 
 ALPHA = 0.05
 Z_FIXED = NormalDist().inv_cdf(1 - ALPHA)
@@ -110,8 +112,11 @@ def test_the_rate_bound_is_the_difference_less_the_always_valid_margin():
     clean = assess(Sample.unweighted(500, 0), Sample.unweighted(500, 0), spec, 0.0).checks[0]
     v = 2 * (2 / 504 * (502 / 504)) / 500
     z = z_always(2.5, 0.0125)
-    assert (clean.observed, clean.result) == (0.0, Result.PASS)
+    # (and not proven within 1 point: its upper bound, the same margin the other way, is 2.1)
+    assert (clean.observed, clean.result) == (0.0, Result.INCONCLUSIVE)
     assert clean.bound == pytest.approx(-z * math.sqrt(v) - z * z * (1 / 500) / 6)
+    assert clean.bound is not None and clean.upper == pytest.approx(-clean.bound)
+    assert clean.upper is not None and clean.upper > spec.max_error_rate_increase
     assert clean.bound == pytest.approx(rate_bound((0, 0), (500, 500), 200, ("always", 0.0125)))
 
 
@@ -208,6 +213,13 @@ def bernoulli_counts(rng: random.Random, n: int, p: float) -> int:
 
 SEQUENTIAL = AnalysisSpec(min_requests=100, failures_before_rollback=1)
 FIXED = AnalysisSpec(min_requests=100, method=AnalysisMethod.FIXED)
+RAMPING = Ramp("simulated", State.RAMPING, 0.5)
+
+
+def rolls_back(memory: Memory, verdict: Verdict, spec: AnalysisSpec) -> tuple[Memory, bool]:
+    """The policy's step on `verdict`: the memory after it, and whether it rolls back."""
+    memory, done = step(memory, verdict, RAMPING, Rules.of(spec), verdict.at)
+    return memory, done.act is Act.ROLLBACK
 
 
 class Sequential:
@@ -219,6 +231,7 @@ class Sequential:
         self.epochs = Epochs() if epochs else None
         self.spec = replace(SEQUENTIAL, max_error_rate_increase=allowed)
         self.counts = [0, 0, 0, 0]  # candidate errors, requests; stable errors, requests
+        self.memory = Memory()
 
     def fails(self, candidate_errors: int, stable_errors: int, per_second: int) -> bool:
         c = self.counts
@@ -229,7 +242,8 @@ class Sequential:
         stable, candidate = Sample.unweighted(c[3], c[2]), Sample.unweighted(c[1], c[0])
         recent = None if self.epochs is None else self.epochs.recent(stable, candidate, 100)
         verdict = assess(stable, candidate, self.spec, 0.0, recent=recent, share=analysis_share(1))
-        return verdict.result is Result.FAIL
+        self.memory, back = rolls_back(self.memory, verdict, self.spec)
+        return back
 
 
 class Fixed:
@@ -239,7 +253,7 @@ class Fixed:
         self.spec = replace(FIXED, max_error_rate_increase=allowed)
         self.window: deque[tuple[int, int]] = deque()
         self.in_window = [0, 0]  # candidate, stable errors within the window
-        self.failures = 0
+        self.memory = Memory()
 
     def fails(self, candidate_errors: int, stable_errors: int, per_second: int) -> bool:
         self.window.append((candidate_errors, stable_errors))
@@ -252,9 +266,10 @@ class Fixed:
             Sample.unweighted(n, self.in_window[1]),
             Sample.unweighted(n, self.in_window[0]),
         )
-        failed = assess(stable, candidate, self.spec, 0.0).result is Result.FAIL
-        self.failures = self.failures + 1 if failed else 0
-        return self.failures >= 3
+        self.memory, back = rolls_back(
+            self.memory, assess(stable, candidate, self.spec, 0.0), self.spec
+        )
+        return back
 
 
 def a_a_runs(
