@@ -586,7 +586,7 @@ def report(
         for run in (range(runs) if split else (0,))
     ]
     count = workers or min(len(tasks), os.cpu_count() or 1)
-    if count == 1:
+    if count <= 1 or len(tasks) <= 1:  # (nothing to share: no processes to start)
         parts = [_simulated(task) for task in tasks]
     else:
         context = multiprocessing.get_context("spawn")
@@ -610,7 +610,8 @@ def report(
     ]
     for scenario in chosen:
         if scenario.unseen is not None:
-            lines.append(f"  {scenario.name}: cannot be caught: {scenario.unseen}")
+            what = "never judged" if scenario is chosen[0] else "cannot be caught"
+            lines.append(f"  {scenario.name}: {what}: {scenario.unseen}")
         elif scenario.name.startswith("equal"):
             false = sum(t is not None for t in per[scenario])
             low, high = wilson(false, runs, 1.96)

@@ -96,6 +96,10 @@ def test_scenarios_scale_with_the_limits_and_say_why_one_cannot_be_caught():
         "a 60s window holds ~6 requests of the smaller variant, fewer than min_requests 100: "
         "every verdict is inconclusive"
     )
+    fixed = replace(ROUTE, analysis=replace(SPEC, method=AnalysisMethod.FIXED))
+    lines = report(fixed, World(rate=1.0), runs=2, hours=1.0).splitlines()  # (nothing to run)
+    assert lines[2] == f"  equal candidates (A/A): never judged: {thin[0].unseen}"
+    assert lines[3] == f"  +5 points of errors: cannot be caught: {thin[0].unseen}"
     text = report(replace(ROUTE, analysis=loose), World(20.0, 0.5), runs=2, hours=0.1, workers=1)
     assert "  +5 points of errors: cannot be caught: within the allowed increase of 0.05" in (
         text.splitlines()
