@@ -102,9 +102,12 @@ def step(
     if memory.run != ramp.run:
         memory = Memory(ramp.run)
     result = verdict.result
-    failures = memory.failures + 1 if result is Result.FAIL else 0
-    if result is Result.ERROR:
-        failures = memory.failures
+    if result is Result.FAIL:
+        failures = memory.failures + 1
+    elif result is Result.ERROR:
+        failures = memory.failures  # (an error says nothing of the candidate)
+    else:
+        failures = 0
     errors = memory.errors + 1 if result is Result.ERROR else 0
     since = None
     if ramp.state is State.COMPLETE and result in (Result.PASS, Result.INCONCLUSIVE):
