@@ -9,11 +9,12 @@ decrease). A difference the route allows, or cannot see, is named with the reaso
 
 How it runs in seconds. The runs of a scenario are simulated side by side, one row of arrays a
 run: each interval's requests are drawn in bulk (the variant by a draw at the share, errors,
-log-normal latencies into the analysis's latency buckets, conversions). Where a run's point
-estimates (since the start, and in the current epoch) are all within their limits, no check can
-fail, since every check's lower bound lies at or below its estimate; the policy is then stepped
-on an inconclusive verdict, which for a rollback is the same as any word but fail: the row of
-failures ends. Everywhere else the real `assess` takes the verdict. `every_round=True` takes it
+log-normal latencies into the analysis's latency buckets, conversions). A round in which no
+check of a run can fail (`_beyond`: its estimates, less what every bound takes off at the least,
+are within their limits, since the start and in the current epoch; then the checks that need no
+latency, made for real) steps the policy on an inconclusive verdict, which for a rollback is the
+same as any word but fail: the row of failures ends. Everywhere else the real `assess` takes
+the verdict. `every_round=True` takes it
 at every round instead, and a test finds the same rollback times both ways. With `--users-tail`
 every request is simulated instead (`proxy.analysis.trials`: heavy users need each user's
 requests), which is slower.
