@@ -194,15 +194,11 @@ class Gateway:
         stable = wiring.targets[_STABLE]
         target, fallback = stable, None
         exchange = Exchange(_STABLE)
-        ejected = (
-            decision.variant is _CANDIDATE
-            and wiring.breaker is not None
-            and wiring.breaker.ejected(now)
-        )
+        out = wiring.breaker is not None and wiring.breaker.ejected(now)
         # (the request id says how the request was assigned: its outcomes are counted so)
-        exchange.assigned, exchange.share = assignment(decision, ejected)
+        exchange.assigned, exchange.share = assignment(decision, out)
         if decision.variant is _CANDIDATE:
-            if ejected:
+            if out:
                 exchange.fallback = FallbackReason.EJECTED
             else:
                 target = wiring.targets[_CANDIDATE]
@@ -265,6 +261,7 @@ class Gateway:
                 exchange.ttft,
                 exchange.output_tokens,
                 exchange.request_id,
+                out,
             )
             for record in self._recorders:
                 record(outcome)

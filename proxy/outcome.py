@@ -64,6 +64,7 @@ class Outcome(NamedTuple):
     ttft: float | None = None  # seconds from sending upstream to the first token (see forwarding)
     output_tokens: int | None = None  # as the answer's `usage` said, if it did
     request_id: bytes | None = None  # the `X-Grayscale-Request-Id` the answer carried
+    candidate_out: bool = False  # the candidate was ejected when the request was assigned
 
     @property
     def code(self) -> int:

@@ -48,11 +48,11 @@ SHARES = 65535  # a share is signed in 65,535ths
 _FIXED = 1 + 1 + 5 + 4 + 2 + 1  # version, variant, time, rollout, share, route name's length
 
 
-def assignment(decision: Decision, ejected: bool) -> tuple[int, int]:
+def assignment(decision: Decision, candidate_out: bool) -> tuple[int, int]:
     """What an id says of a request's assignment: the variant's byte (`NOT_COMPARED` unless the
-    analysis compares it: assigned at random, and not sent to stable because the candidate was
-    ejected) and the share in 65,535ths."""
-    if not decision.compared or ejected:
+    analysis compares it: assigned at random, and not while the candidate was ejected) and the
+    share in 65,535ths."""
+    if not decision.compared or candidate_out:
         return NOT_COMPARED, 0
     code = CANDIDATE if decision.variant is Variant.CANDIDATE else STABLE
     return code, round(decision.share * SHARES)

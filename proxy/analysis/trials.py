@@ -226,8 +226,9 @@ def run(regime: Regime, seed: int) -> float | None:
             served = assigned
             fallback: FallbackReason | None = None
             candidate_error: Failure | None = None
+            out = breaker is not None and breaker.ejected(at)
             if assigned is _CANDIDATE:
-                if breaker is not None and breaker.ejected(at):
+                if out:
                     served, fallback = _STABLE, FallbackReason.EJECTED
                 elif changed and rng.random() < regime.refused:
                     served, fallback = _STABLE, FallbackReason.CONNECT
@@ -244,9 +245,7 @@ def run(regime: Regime, seed: int) -> float | None:
             if served is _CANDIDATE and breaker is not None:
                 breaker.record(not failed, at)
             latency = slow * MEDIAN * math.exp(0.5 * rng.gauss(0.0, 1.0))
-            request_id = minter.mint(
-                label, at, *assignment(decision, fallback is FallbackReason.EJECTED)
-            )
+            request_id = minter.mint(label, at, *assignment(decision, out))
             outcome = Outcome(
                 at,
                 ROUTE,
@@ -259,6 +258,7 @@ def run(regime: Regime, seed: int) -> float | None:
                 fallback=fallback,
                 candidate_error=candidate_error,
                 request_id=request_id,
+                candidate_out=out,
             )
             analysis.recorder.record(outcome)
             if book is not None and regime.conversion is not None:

@@ -19,14 +19,14 @@ from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.users import UserSample
 from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
-from proxy.outcome import FallbackReason, Outcome
+from proxy.outcome import Outcome
 from proxy.request_id import Served
 from proxy.routing import Reason, weight_of
 
 SLOTS = 12
 _RANDOMIZED = (Reason.BUCKET, Reason.RANDOM)  # decisions made at random: compared and tested
 _NONE = Moments()
-_STABLE, _CANDIDATE, _EJECTED = Variant.STABLE, Variant.CANDIDATE, FallbackReason.EJECTED
+_STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 
 
 class Slot(NamedTuple):
@@ -276,9 +276,12 @@ class WindowRecorder:
     (unreachable, out of connection slots, a 5xx replayed) is the candidate's error; a request
     sent to stable because the candidate was ejected counts toward the assignment (the
     sample-ratio check) but is measured for neither, since the candidate never saw it and
-    stable's answer says nothing of it. A request the proxy refused itself says nothing of the
-    upstreams and is left out; one whose client left first counts, without a latency (cut
-    short, it says nothing of speed).
+    stable's answer says nothing of it; so is every request assigned while the candidate is
+    ejected, stable's too: the candidate has no requests at those moments to compare them with
+    (counted, they would tilt the comparison toward whatever those moments held: the end of an
+    incident on both variants, the quiet after it). A request the proxy refused itself says
+    nothing of the upstreams and is left out; one whose client left first counts, without a
+    latency (cut short, it says nothing of speed).
     """
 
     def __init__(self, observations: LocalObservations):
@@ -309,7 +312,7 @@ class WindowRecorder:
             user, new = users.see(decision.key, now)
         windows[_STABLE].expect(now, 1.0 - share, assigned is _STABLE, new)
         windows[_CANDIDATE].expect(now, share, assigned is _CANDIDATE, new)
-        if outcome.fallback is _EJECTED or not decision.compared:
+        if outcome.candidate_out or not decision.compared:
             return  # (not measured; at a share of 0 or 1 there is nothing to compare with)
         latency = None
         if assigned is _CANDIDATE and outcome.candidate_failed:

@@ -453,14 +453,16 @@ class Script(random.Random):
 async def test_a_candidate_failing_half_its_requests_is_rolled_back_though_it_is_ejected(
     upstreams, client
 ):
-    # Ten alternating answers, then five 500s in a row: the default ejection sends the
-    # candidate's users to stable for 30 s from its 15th request on. Those requests are still
+    # Thirty alternating answers, then five 500s in a row: the default ejection sends the
+    # candidate's users to stable for 30 s from its 35th request on. Those requests are still
     # the candidate's assignment (the sample-ratio check sees no mismatch) and never stable's
-    # successes, so the 15 it answered, 10 of them 500s, roll it back.
+    # successes, nor are stable's own meanwhile (nothing of the candidate's to compare them
+    # with), so the 35 it answered, 20 of them 500s, against stable's as many before, roll it
+    # back.
     stable, candidate = upstreams
     error, ok = 0.0, 0.99
     candidate.app[PROBE].error_rate = 0.5
-    candidate.app[PROBE].rng = Script([error, ok] * 5 + [error] * 5 + [ok, error], cycle=2)
+    candidate.app[PROBE].rng = Script([error, ok] * 15 + [error] * 5 + [ok, error], cycle=2)
     server = Server(
         parse_config(
             production_config(
@@ -485,7 +487,7 @@ async def test_a_candidate_failing_half_its_requests_is_rolled_back_though_it_is
             await asyncio.sleep(0.002)
         assert "ejected" in fallbacks  # (the ejection took the candidate's users to stable)
         assert rolled_back()
-        assert candidate.app[PROBE].requests == 15  # all it saw before the ejection
+        assert candidate.app[PROBE].requests == 35  # all it saw before the ejection
         last = server.controller.rollout("models").last
         assert last.reason.startswith("analysis: error_rate"), last.reason
         verdict = (server.analyzer.verdicts("models") or [{}])[0]

@@ -48,7 +48,7 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.outcome import Outcome
+from proxy.outcome import FallbackReason, Outcome
 from proxy.request_id import Served
 from proxy.routing import Decision, Reason
 
@@ -982,6 +982,35 @@ def test_the_recorder_counts_random_assignments_for_both_variants():
     assert stable.design_effect == candidate.design_effect == 2.0
     assert observations.generation("r") == hashlib.blake2b(b"identity", digest_size=6).hexdigest()
     assert observations.generation("other") == hashlib.blake2b(b"", digest_size=6).hexdigest()
+
+
+def test_while_the_candidate_is_ejected_no_request_is_measured_but_each_counts_as_assigned():
+    # Stable's own requests while the candidate is out have nothing at their moments to be
+    # compared with: counted, an incident on both that ends while the candidate is ejected
+    # would leave the candidate's errors in the comparison and stable's recovery beside them.
+    observations = LocalObservations({"r": 60.0}, {"r": "identity"})
+    recorder = WindowRecorder(observations)
+    recorder.use([replace(ROUTE_FOR_WINDOWS, analysis=AnalysisSpec())])
+    stable_user = Decision(Variant.STABLE, Reason.BUCKET, 0.3, None, 9000, "u")
+    candidate_user = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.3, None, 10, "v")
+    for decision in (stable_user, candidate_user):
+        recorder.record(
+            Outcome(
+                1000.0,
+                "r",
+                "GET",
+                decision,
+                Variant.STABLE,
+                200,
+                duration=0.01,
+                fallback=FallbackReason.EJECTED if decision is candidate_user else None,
+                candidate_out=True,
+            )
+        )
+    recorder.record(Outcome(1001.0, "r", "GET", stable_user, Variant.STABLE, 500, duration=0.01))
+    stable, candidate = observations.samples("r", 1002.0)
+    assert (stable.assigned, candidate.assigned) == (2, 1)  # the sample-ratio check sees all
+    assert (stable.requests, stable.errors, candidate.requests) == (1, 1, 0)  # measured: one
 
 
 def test_the_recorder_weighs_a_candidates_request_one_less_the_share_and_stables_the_share():

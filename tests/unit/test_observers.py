@@ -133,8 +133,16 @@ def test_a_fallback_after_the_candidate_failed_is_one_candidate_error_and_nothin
 
 def test_an_ejected_request_counts_as_assigned_to_the_candidate_and_is_measured_for_neither():
     observations, windows = analysed()
-    windows.record(assigned(Variant.STABLE, 200, duration=0.2, fallback=FallbackReason.EJECTED))
-    windows.record(assigned(Variant.STABLE, 503, duration=0.2, fallback=FallbackReason.EJECTED))
+    windows.record(
+        assigned(
+            Variant.STABLE, 200, duration=0.2, fallback=FallbackReason.EJECTED, candidate_out=True
+        )
+    )
+    windows.record(
+        assigned(
+            Variant.STABLE, 503, duration=0.2, fallback=FallbackReason.EJECTED, candidate_out=True
+        )
+    )
     stable, candidate = observations.samples("r", T0 + 10)
     assert (candidate.assigned, candidate.expected) == (2, 0.5)
     assert (stable.assigned, stable.expected) == (0, 1.5)
