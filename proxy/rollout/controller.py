@@ -149,7 +149,7 @@ class RolloutController:
 
         def keep(stored: Rollout | None) -> Rollout:
             if stored is not None and stored.identity == identity:
-                if known is not None and _ahead(known, stored):
+                if known is not None and known.revision > stored.revision:
                     return known  # the store lost changes: what happened here stands
                 return stored
             if known is not None:
@@ -166,6 +166,7 @@ class RolloutController:
         `StateUnavailable`, changing nothing, when a shared store cannot be reached."""
         identity = identity_of(self._routes[name])
         reports = self._reports.get(name, 0)
+        change = _counted(change)
         try:
             changed = latest = await self._store.change(name, identity, change)
             if self._reports.get(name, 0) != reports:
@@ -190,12 +191,33 @@ class RolloutController:
         self._provisional.discard(name)
         return changed, None
 
-    def _changed_elsewhere(self, name: str, rollout: Rollout) -> None:
+    def _changed_elsewhere(self, name: str, rollout: Rollout) -> bool:
+        """Adopt a record read from the store, unless it is older than this process's (then
+        True: the store lost changes, and what this process knows is written back)."""
         route = self._routes.get(name)
         if route is None or rollout.identity != identity_of(route):
-            return
+            return False
         self._reports[name] = self._reports.get(name, 0) + 1
-        if self._rollouts.get(name) != rollout:
+        local = self._rollouts.get(name)
+        if (
+            local is not None
+            and local.identity == rollout.identity
+            and local.revision > rollout.revision
+            and name not in self._provisional
+        ):
+            log.warning(
+                "rollout of %s in the state store is older (revision %d, %s) than this "
+                "replica's (revision %d, %s): the store lost changes (restored from an older "
+                "snapshot, or failed over); writing this replica's back",
+                name,
+                rollout.revision,
+                state_of(rollout, route, time.time()).value,
+                local.revision,
+                state_of(local, route, time.time()).value,
+                extra={"route": name},
+            )
+            return True
+        if local != rollout:
             self._rollouts[name] = rollout
             self._provisional.discard(name)
             log.info(
@@ -204,6 +226,7 @@ class RolloutController:
                 state_of(rollout, route, time.time()).value,
                 extra={"route": name},
             )
+        return False
 
     async def _recovered(self) -> None:
         """The shared store answers again: line it up with what this process knows."""
@@ -366,12 +389,18 @@ class RolloutController:
         return holding(self._rollouts[name])
 
 
-def _ahead(known: Rollout, stored: Rollout) -> bool:
-    """Whether `known` continues `stored`: the store lost changes made after its own last one
-    (it was emptied or restored). Rollouts that went different ways keep the stored one."""
-    if known.last is None or known.last in stored.history:
-        return False
-    return stored.last is None or stored.last in known.history
+def _counted(change: Change) -> Change:
+    """`change`, with the revision of what it makes one past the stored one's (and past its own,
+    for a record written back over an older one); nothing changed, nothing counted."""
+
+    def counted(stored: Rollout | None) -> Rollout:
+        changed = change(stored)
+        if stored is not None and changed == stored:
+            return stored
+        past = max(changed.revision, stored.revision if stored is not None else 0)
+        return replace(changed, revision=past + 1)
+
+    return counted
 
 
 def _rolled_back(routes: Sequence[Route], now: float, reason: str) -> dict[str, Rollout]:

@@ -125,7 +125,9 @@ class Rollout:
 
     `identity` names the candidate (URL and salt): a different one is a new rollout. The ramp's
     clock reads `(frozen_at or now) - held`: `held` is the time it stood still before, `frozen_at`
-    is when it stopped, if it is stopped now.
+    is when it stopped, if it is stopped now. `revision` grows by one with every change (see
+    `proxy.rollout.controller`): a record with a lower one is older, as a store restored from a
+    snapshot or failed over with writes lost holds it, and never replaces a higher one.
     """
 
     identity: str
@@ -137,6 +139,7 @@ class Rollout:
     history: tuple[Transition, ...] = field(default=())
     judged: int = 0  # how many analyses began judging this run from fresh counts (the Analyzer)
     run: int = 1  # 1, then one more at each resume after a rollback: the analysis's counts'
+    revision: int = 0  # changes made to it, counted over the fleet: of two records, the newer
 
     def clock(self, now: float) -> float:
         """The ramp's time at wall time `now`."""

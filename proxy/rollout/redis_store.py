@@ -12,8 +12,9 @@ Invariants
   `REREAD_EVERY`, so a missed message delays a change by at most that long.
 - When Redis cannot be reached, nothing changes (`StateUnavailable`, quickly), the data plane
   serves on the last known state, and the outage is logged once. When Redis answers again, or a
-  record is found missing (a failover to an empty instance, an expired key), the controller is
-  told, and writes back what it knows.
+  record is found missing (a failover to an empty instance, an expired key) or older than what
+  the controller knows (a restore from an older snapshot, a failover that lost writes: its
+  `Rollout.revision` is lower), the controller is told, and writes back what it knows.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ class RedisStore:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _reread(self) -> bool:
-        """Read every followed record; True when one of them is missing."""
+        """Read every followed record; True when one of them is missing or older than this
+        process's."""
         keys = list(self._keys)
         if not keys:
             return False
@@ -210,7 +212,8 @@ class RedisStore:
             return self._report(keys, await self._call(self._redis.mget(keys)))
 
     def _report(self, keys: list[bytes], values: list[bytes | None]) -> bool:
-        """Tell the controller of the records read; True when one of them is missing."""
+        """Tell the controller of the records read; True when one of them is missing or older
+        than this process's (then written back)."""
         missing = False
         for key, value in zip(keys, values, strict=True):
             try:
@@ -225,12 +228,14 @@ class RedisStore:
             if rollout is None:
                 missing = True
             elif name is not None and self._on_change is not None:
-                self._on_change(name, rollout)
+                missing = self._on_change(name, rollout) or missing
         return missing
 
     async def _read(self, key: bytes) -> None:
         async with self._reading:
-            self._report([key], [await self._call(self._redis.get(key))])
+            behind = self._report([key], [await self._call(self._redis.get(key))])
+        if behind and self._on_recovery is not None:
+            await self._on_recovery()
 
     # --- helpers --------------------------------------------------------------------------------
 

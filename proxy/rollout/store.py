@@ -35,7 +35,9 @@ FORMAT_VERSION = 1
 FOLLOW_EVERY = 0.5  # seconds between checks of a file changed by another process
 
 Change = Callable[[Rollout | None], Rollout]  # the stored rollout (None: none yet) -> the new one
-Follower = Callable[[str, Rollout], None]  # a route's rollout, as changed elsewhere
+# a route's rollout, as changed elsewhere -> whether it is older than this process's (the store
+# lost changes: write what this process knows back, as after an outage)
+Follower = Callable[[str, Rollout], bool]
 Recovery = Callable[[], Awaitable[None]]  # the store can be reached again
 
 
@@ -140,7 +142,9 @@ class FileStore:
     ) -> None:
         if self._follower is None:
             self._seen = self._signature()
-            self._follower = asyncio.get_running_loop().create_task(self._follow(on_change))
+            self._follower = asyncio.get_running_loop().create_task(
+                self._follow(on_change, on_recovery)
+            )
 
     async def close(self) -> None:
         if self._follower is not None:
@@ -158,7 +162,7 @@ class FileStore:
             return None
         return str(aside)
 
-    async def _follow(self, on_change: Follower) -> None:
+    async def _follow(self, on_change: Follower, on_recovery: Recovery) -> None:
         while True:
             await asyncio.sleep(FOLLOW_EVERY)
             seen = self._signature()
@@ -169,8 +173,9 @@ class FileStore:
                 rollouts = await asyncio.to_thread(self._read)
             except StateError:
                 continue  # caught mid-change or broken: the next change or look will tell
-            for name, rollout in rollouts.items():
-                on_change(name, rollout)
+            behind = [on_change(name, rollout) for name, rollout in rollouts.items()]
+            if any(behind):  # (a file restored from an older copy)
+                await on_recovery()
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
@@ -259,6 +264,7 @@ def encode_rollout(r: Rollout) -> dict[str, Any]:
         "share_override": r.share_override,
         "judged": r.judged,
         "run": r.run,
+        "revision": r.revision,
         "history": [
             {
                 "action": t.action.value,
@@ -356,6 +362,7 @@ class _Reader:
             share_override=self.optional_number(r, "share_override", path),
             judged=self.count(r, "judged", path) if "judged" in r else 0,  # (older files)
             run=max(1, self.count(r, "run", path)) if "run" in r else 1,
+            revision=self.count(r, "revision", path) if "revision" in r else 0,
             history=tuple(
                 self.transition(t, f"{path}.history[{i}]") for i, t in enumerate(history)
             ),

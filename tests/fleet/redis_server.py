@@ -1,6 +1,8 @@
 """A real `redis-server` on a free loopback port, for the tests of the shared state.
 
-It keeps nothing on disk, so a restart comes back empty, as a failover to a fresh instance does.
+It keeps nothing on disk, so a restart comes back empty, as a failover to a fresh instance does;
+given a folder, `save` writes a snapshot there and a restart loads the last one saved, as a
+restore from a backup (or a restart from an old RDB file) does.
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ class RedisServer:
     its TLS port (the plain port stays open for `ping`)."""
 
     def __init__(
-        self, binary: str, password: str | None = None, tls: tuple[Path, Path] | None = None
+        self,
+        binary: str,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        folder: Path | None = None,
     ) -> None:
         self.binary = binary
+        self.folder = folder
         self.port = free_port()
         self.password = password
         self.tls = tls
@@ -33,10 +40,13 @@ class RedisServer:
 
     @classmethod
     def find(
-        cls, password: str | None = None, tls: tuple[Path, Path] | None = None
+        cls,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        folder: Path | None = None,
     ) -> RedisServer | None:
         binary = shutil.which("redis-server")
-        return None if binary is None else cls(binary, password, tls)
+        return None if binary is None else cls(binary, password, tls, folder)
 
     @property
     def url(self) -> str:
@@ -46,6 +56,8 @@ class RedisServer:
 
     def _options(self) -> list[str]:
         options = ["--requirepass", self.password] if self.password else []
+        if self.folder is not None:
+            options += ["--dir", str(self.folder), "--dbfilename", "dump.rdb"]
         if self.tls is not None:
             cert, key = self.tls
             options += [
@@ -82,6 +94,13 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def save(self) -> None:
+        """Write a snapshot (`SAVE`) into the folder; the next `start` loads it."""
+        assert self.folder is not None, "a RedisServer without a folder keeps nothing"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"SAVE\r\n")
+            assert sock.recv(16).startswith(b"+OK")
 
     def ping(self) -> bool:
         try:
