@@ -220,6 +220,7 @@ class Server:
     async def start(self, now: float | None = None) -> None:
         """Load rollout state, bind both listeners; then the proxy is ready."""
         await self.controller.start(self.config.routes, time.time() if now is None else now)
+        self._count_runs(self.config)
         if self.access_log is not None:
             self.access_log.start()
         server = self.config.server
@@ -334,6 +335,13 @@ class Server:
             self.worker.ask_for_reload()  # the other workers too
         return result
 
+    def _count_runs(self, config: Config) -> None:
+        """Count each route's requests toward its rollout's current run (the analysis keeps
+        this up to date as runs change)."""
+        for route in config.routes:
+            if route.name in self.controller:
+                self.observations.count(route.name, self.controller.run(route.name))
+
     async def apply(self, config: Config) -> None:
         """Switch to `config`: rollouts first, then the data plane, then the analysis.
 
@@ -342,6 +350,7 @@ class Server:
         """
         await self.controller.reconcile(config.routes, time.time())
         self.observations.update(_spans(config), _identities(config))
+        self._count_runs(config)
         self.gateway.use(config)
         self.listener.body_timeout = config.server.client_body_timeout
         self.listener.send_timeout = config.server.send_timeout

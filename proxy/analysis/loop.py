@@ -49,7 +49,6 @@ class RouteAnalysis:
     hosts: dict[Variant, str] = field(default_factory=dict)  # upstream host names, for metrics
     epochs: Epochs = field(default_factory=Epochs)  # of the counts since the start (sequential)
     judging: tuple[str, int] | None = None  # (rollout run, this analysis's number of it)
-    counting: str | None = None  # the rollout run whose requests the source counts
     memory: Memory = field(default_factory=Memory)
     last: Verdict | None = None
     step: Step | None = None  # what followed the last verdict
@@ -216,9 +215,7 @@ class Analyzer:
         if self.controller.state(name, now) not in JUDGED:
             analysis.memory = Memory()  # (rolled back or promoted: this run is over)
             return None
-        if analysis.counting not in (None, run):  # (a resume began a new run: new counts)
-            self.source.restart(name)
-        analysis.counting = run
+        self.source.count(name, run)  # (a resume began a new run: new counts)
         if self.fleet is not None and not await self._deciding(name, analysis, run):
             return None
         verdict = await self._verdict(name, analysis, run, now)

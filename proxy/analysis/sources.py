@@ -33,8 +33,9 @@ class Observations(Protocol):
         """Count requests slower than `seconds` as slow from now on (see `Clustering`)."""
         ...
 
-    def restart(self, route: str) -> None:
-        """Start the route's counts anew (a new run of its rollout)."""
+    def count(self, route: str, run: str) -> None:
+        """Count the route's requests toward rollout run `run` (`machine.run_of`) from now on:
+        a run other than the one counted so far (a resume, a new candidate) starts anew."""
         ...
 
 
@@ -86,5 +87,5 @@ class InProcess:
     def refer(self, route: str, seconds: float) -> None:
         self.local.refer(route, seconds)
 
-    def restart(self, route: str) -> None:
-        self.local.restart(route)
+    def count(self, route: str, run: str) -> None:
+        self.local.count(route, run)

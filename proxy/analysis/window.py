@@ -191,6 +191,7 @@ class LocalObservations:
         self.users: dict[str, UserSample] = {}
         self.references: dict[str, float] = {}  # route -> latency above which a request is slow
         self._identities: dict[str, str] = {}
+        self._runs: dict[str, str] = {}  # route -> the rollout run counted (`count`)
         self.update(spans, identities)
 
     def update(self, spans: dict[str, float], identities: dict[str, str] | None = None) -> None:
@@ -223,19 +224,28 @@ class LocalObservations:
             if route in spans and route not in fresh
         }
         self._identities = dict(identities)
+        self._runs = {r: run for r, run in self._runs.items() if r in spans and r not in fresh}
 
-    def restart(self, route: str) -> None:
-        """Start `route`'s counts anew (a new run of its rollout), if it is analysed."""
-        if route in self.windows:
-            span = self.windows[route]["stable"].span
-            self.windows[route] = {"stable": Window(span), "candidate": Window(span)}
-            self.users[route] = UserSample(span)
-            self.references.pop(route, None)
+    def count(self, route: str, run: str) -> None:
+        """Count `route`'s requests toward rollout run `run` (`machine.run_of`): a run other
+        than the one counted so far starts the counts anew (what was counted before the first
+        run was named is the first's: a process counts from its start)."""
+        counted = self._runs.get(route)
+        self._runs[route] = run
+        if counted is None or counted == run or route not in self.windows:
+            return
+        span = self.windows[route]["stable"].span
+        self.windows[route] = {"stable": Window(span), "candidate": Window(span)}
+        self.users[route] = UserSample(span)
+        self.references.pop(route, None)
 
     def generation(self, route: str) -> str:
-        """A short name of the rollout that `route`'s counts belong to."""
+        """A short name of the rollout run that `route`'s counts belong to: its candidate, and
+        the run once `count` named it (the fleet's pooled keys carry it)."""
         identity = self._identities.get(route, "")
-        return hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
+        run = self._runs.get(route)
+        named = identity if run is None else run
+        return hashlib.blake2b(named.encode(), digest_size=6).hexdigest()
 
     def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         windows = self.windows[route]

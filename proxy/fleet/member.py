@@ -74,10 +74,10 @@ class FleetMember:
         """Count requests slower than `seconds` as slow in this process's users' sums."""
         self._local.refer(route, seconds)
 
-    def restart(self, route: str) -> None:
-        """Nothing: the pooled windows are the fleet's, summed from every replica's flushes, and
-        keep their span (a process's own windows must keep counting, or its next flush would
-        send less than it sent)."""
+    def count(self, route: str, run: str) -> None:
+        """Count toward `run`: this process's windows, and with them the pooled keys they are
+        flushed to (named by the run), start anew when the run changes."""
+        self._local.count(route, run)
 
     def start(self) -> None:
         """Flush observations at least once a second and take part in the lease."""

@@ -14,7 +14,10 @@ Invariants
   (`e`), the sums of their weights (`w`, `w2`, and over errors `ew`, `ew2`), the latency
   histogram of weights (a field per bucket) with its sum of squared weights (`l2`), and per
   outcome name its count and weighted sums (`o:n:`, `o:w:`, `o:v:`, `o:s:`, `o:t:`, `o:q:`: see
-  `Moments`). The keys say `obs2`: a replica that counted without weights never adds to them.
+  `Moments`). The keys say `obs3`: a replica that counted otherwise never adds to them.
+- Every key names the rollout run its counts belong to (`LocalObservations.generation`: the
+  candidate and the run): a new candidate, or a resume after a rollback, is judged on its own
+  requests only, never on its predecessor's.
   The sample-ratio counts and the users' design effects are not pooled:
   the decider tests its own traffic (a user's requests spread over replicas would count once
   per replica, and the test needs each user once).
@@ -54,11 +57,12 @@ class PooledObservations:
         self._sent: dict[tuple[str, str, int, str], _Counts] = {}
 
     def key(self, route: str, span: float, variant: str, slot: int) -> str:
-        """The hash of one variant's counts in one slot of `route`'s window of `span` seconds;
-        for a window without end (counts since the rollout began), the rollout's."""
-        total = math.isinf(span)
-        span_name = f"total-{self._local.generation(route)}" if total else f"{span:g}"
-        return f"{self._prefix}:obs2:{{{route}}}:{span_name}:{variant}:{slot}"
+        """The hash of one variant's counts in one slot of `route`'s window of `span` seconds
+        (`total` for a window without end: the counts since the run began), in the rollout run
+        that the local windows count toward."""
+        span_name = "total" if math.isinf(span) else f"{span:g}"
+        run = self._local.generation(route)
+        return f"{self._prefix}:obs3:{{{route}}}:{run}:{span_name}:{variant}:{slot}"
 
     async def flush(self, now: float) -> int:
         """Send what the local windows gained since the last flush; the number of slots sent.

@@ -127,8 +127,44 @@ async def test_counts_since_a_rollout_began_are_pooled_per_rollout(redis_server)
         _, candidate = await pools[0].samples("r", T0 + 3 * 86_400)
         assert candidate.requests == 2
         key = pools[0].key("r", math.inf, "candidate", 0)
-        assert key.startswith("t:obs2:{r}:total-")  # (not added to by a replica without weights)
+        assert key.startswith("t:obs3:{r}:") and ":total:" in key  # (no other format adds to it)
         assert 0 < await client.ttl(key) <= 30 * 86_400
+    finally:
+        await client.aclose()
+
+
+async def test_a_new_run_or_candidate_is_judged_on_its_own_requests_in_every_window(redis_server):
+    # A rollback, then a resume (run 2) and later a new candidate: within the same 60 s window,
+    # no pooled count of one run reaches another's, whichever replica flushes when.
+    client = connect(redis_server.url)
+    replicas = [LocalObservations({"r": 60.0}, {"r": "candidate-1"}) for _ in range(2)]
+    pools = [PooledObservations(local, client, "t") for local in replicas]
+    try:
+        for local in replicas:
+            local.count("r", "candidate-1@1")
+        observe(replicas[0], T0, "candidate", 40, errors=20)  # the failing run
+        observe(replicas[1], T0, "candidate", 10, errors=5)
+        for pool in pools:
+            await pool.flush(T0 + 1)
+        assert (await pools[1].samples("r", T0 + 2))[1].requests == 50
+        replicas[0].count("r", "candidate-1@2")  # the resume reached this replica first
+        observe(replicas[0], T0 + 3, "candidate", 4)
+        observe(replicas[1], T0 + 3, "candidate", 3, errors=3)  # (still run 1's, it thinks)
+        for pool in pools:
+            await pool.flush(T0 + 4)
+        _, candidate = await pools[0].samples("r", T0 + 5)
+        assert (candidate.requests, candidate.errors) == (4, 0)  # run 2's only
+        replicas[1].count("r", "candidate-1@2")  # now it knows: counts anew
+        observe(replicas[1], T0 + 6, "candidate", 6)
+        await pools[1].flush(T0 + 7)
+        _, candidate = await pools[1].samples("r", T0 + 8)
+        assert (candidate.requests, candidate.errors) == (10, 0)
+        for local in replicas:  # a new candidate, run 1 of its own
+            local.update({"r": 60.0}, {"r": "candidate-2"})
+            local.count("r", "candidate-2@1")
+        observe(replicas[0], T0 + 9, "candidate", 2)
+        await pools[0].flush(T0 + 10)
+        assert (await pools[1].samples("r", T0 + 11))[1].requests == 2
     finally:
         await client.aclose()
 

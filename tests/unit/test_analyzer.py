@@ -64,7 +64,7 @@ class FakeSource:
         self.pair = (good(), good())
         self.broken: str | None = None
         self.referred: list[tuple[str, float]] = []
-        self.restarted: list[str] = []
+        self.counted: list[tuple[str, str]] = []
 
     async def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         if self.broken is not None:
@@ -74,8 +74,8 @@ class FakeSource:
     def refer(self, route: str, seconds: float) -> None:
         self.referred.append((route, seconds))
 
-    def restart(self, route: str) -> None:
-        self.restarted.append(route)
+    def count(self, route: str, run: str) -> None:
+        self.counted.append((route, run))
 
 
 async def make(
@@ -349,7 +349,8 @@ async def test_a_rollback_ends_the_run_and_a_resume_starts_a_new_one_from_the_ba
     assert controller.state("r", T0 + 220) is State.ROLLED_BACK
     assert await analyzer.round("r", T0 + 230) is None
     # (the run is over; its counts stay to be seen until a new run begins)
-    assert analyzer.routes["r"].memory.run is None and source.restarted == []
+    assert analyzer.routes["r"].memory.run is None
+    assert {run for _, run in source.counted} == {controller.run("r")}  # (run 1 only)
     outcome = await controller.act("r", Action.RESUME, T0 + 300, actor="operator")
     assert outcome.transition.reason == (
         "run 2 of this candidate, from the ramp's base, judged on fresh counts"
@@ -361,7 +362,8 @@ async def test_a_rollback_ends_the_run_and_a_resume_starts_a_new_one_from_the_ba
     status = analyzer.status(sequential) or {}
     assert status["analysis_number"] == 1 and status["consecutive_failures"] == 0
     assert analyzer.routes["r"].memory.run == controller.run("r")
-    assert source.restarted == ["r"]  # (the new run is judged on its own requests)
+    assert source.counted[-1] == ("r", controller.run("r"))  # (its own requests: run 2's)
+    assert controller.run("r").endswith("@2")
 
 
 async def test_resume_keep_share_continues_where_it_stopped_on_fresh_counts():
@@ -378,7 +380,7 @@ async def test_resume_keep_share_continues_where_it_stopped_on_fresh_counts():
     source.pair = (good(), bad())
     await analyzer.round("r", T0 + 310)  # a new run: the row of failures starts at 1
     assert (analyzer.status(ROUTE) or {})["consecutive_failures"] == 1
-    assert source.restarted == ["r"]
+    assert source.counted[-1] == ("r", controller.run("r")) and controller.run("r").endswith("@2")
 
 
 async def test_a_passing_streak_belongs_to_one_run():
