@@ -31,7 +31,7 @@ from proxy.analysis.verdict import Result, Verdict, analysis_share, assess
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Route, Variant
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State
-from proxy.rollout.store import StateUnavailable
+from proxy.rollout.store import Fence, StateUnavailable
 from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
@@ -219,6 +219,8 @@ class Analyzer:
         if self.fleet is not None and not await self._deciding(name, analysis, run):
             return None
         verdict = await self._verdict(name, analysis, run, now)
+        if self.fleet is not None and not self.fleet.deciding:
+            return None  # (the lease ran out while the data was gathered: another decides)
         ramp = Ramp(run, self.controller.state(name, now), self.controller.share(name, now))
         analysis.memory, done = step(analysis.memory, verdict, ramp, analysis.rules, now)
         analysis.last, analysis.step = verdict, done
@@ -281,7 +283,9 @@ class Analyzer:
         if spec.method is AnalysisMethod.SEQUENTIAL:
             if analysis.judging is None or analysis.judging[0] != run:
                 # Counts judged anew (this process, this decider): a new share of the rate.
-                number = await self.controller.judge_anew(name)
+                fence = self._fence()
+                lost = self.fleet is not None and fence is None
+                number = 0 if lost else await self.controller.judge_anew(name, fence)
                 if number == 0:
                     why = "the shared state cannot be reached to number this analysis"
                     return Verdict.unmeasured(now, why, spec.method)
@@ -296,19 +300,33 @@ class Analyzer:
 
     async def _apply(self, name: str, verdict: Verdict, done: Step, now: float) -> None:
         """Do what the policy said, once."""
+        fence = self._fence()
+        if self.fleet is not None and fence is None:
+            return  # (no longer the decider: what it saw is another's to act on)
         if done.act in (Act.HOLD, Act.CONTINUE):
-            await self.controller.set_hold(name, done.act is Act.HOLD, now)
+            await self.controller.set_hold(name, done.act is Act.HOLD, now, fence)
             return
         action = Action.ROLLBACK if done.act is Act.ROLLBACK else Action.PROMOTE
         reason = _reason(verdict) if verdict.failing else f"analysis: {done.reason}"
         try:
             await self.controller.act(
-                name, action, now, actor="analysis", reason=reason, details=verdict.to_json()
+                name,
+                action,
+                now,
+                actor="analysis",
+                reason=reason,
+                details=verdict.to_json(),
+                fence=fence,
             )
         except (IllegalTransition, StateUnavailable):
-            return  # an operator acted meanwhile, or the state cannot be changed now
+            return  # an operator acted meanwhile, the state cannot be changed now, or the
+            # lease was lost (another replica decides: `LeaseLost`)
         what = "rolled back" if action is Action.ROLLBACK else "promoted"
         log.warning("%s automatically: %s", what, reason, extra={"route": name})
+
+    def _fence(self) -> Fence | None:
+        """The decider's lease in a fleet (its changes are refused once the lease is lost)."""
+        return None if self.fleet is None else self.fleet.fence
 
     def verdicts(self, name: str) -> list[dict[str, Any]] | None:
         """Route `name`'s latest verdicts with what followed, newest first (a replica that does

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from proxy.analysis.verdict import Sample, Verdict
 from proxy.analysis.window import LocalObservations
+from proxy.rollout.store import Fence
 
 
 class Unavailable(Exception):
@@ -55,6 +56,12 @@ class SharedVerdicts(Protocol):
     @property
     def deciding(self) -> bool:
         """Whether this replica decides for the fleet."""
+        ...
+
+    @property
+    def fence(self) -> Fence | None:
+        """The decider's lease, for the changes only the decider may make (each is refused
+        once another holds it); None when this replica does not decide."""
         ...
 
     async def publish(self, route: str, record: dict[str, Any], keep: float) -> None:

@@ -15,6 +15,11 @@ Invariants
   second one (so one webhook).
 - The decider publishes each verdict, with its name and count of consecutive failures; every
   replica reads it for `/status`, and a new decider continues the count.
+- Fencing: a decider counts its lease from the moment it asked for it, on the monotonic clock,
+  and stops deciding when that much time has passed without a renewal, before asking Redis (a
+  process stopped past its lease wakes up not deciding). Its writes check the lease in Redis in
+  the same script: a verdict is published, and a rollout changed (`Fence`), only while the
+  lease holds its token, so a stale decider publishes and changes nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.rollout.store import Fence
 from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
@@ -48,6 +55,13 @@ end
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {holder, redis.call('PTTL', KEYS[1])}
 """
+# KEYS[1] the lease, KEYS[2] the verdict; ARGV: the holder's token, the document, milliseconds
+# to keep it. 1 when published, 0 when the lease is not the holder's.
+_PUBLISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -62,23 +76,32 @@ class Decider:
         self.holder: str | None = None  # the decider's name as last seen
         self._token = f"{name}#{secrets.token_hex(8)}"  # this process's value in the lease
         self._held = False
+        self._valid_until = 0.0  # monotonic time our lease ends, counted from when we asked
         self._expires_in = RENEW_EVERY  # seconds left on the lease as last seen
         self._redis = redis
         self._prefix = key_prefix
         self._lease_key = f"{key_prefix}:decider"
         self._take = redis.register_script(_TAKE_OR_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._publish = redis.register_script(_PUBLISH)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def deciding(self) -> bool:
-        """Whether this replica holds the lease (as of its last renewal)."""
-        return self._held
+        """Whether this replica holds the lease: it did at its last renewal, and the lease has
+        not run out since (counted from when it was asked for)."""
+        return self._held and time.monotonic() < self._valid_until
+
+    @property
+    def fence(self) -> Fence | None:
+        """The lease, for changes only the decider may make; None when not deciding."""
+        return Fence(self._lease_key, self._token) if self.deciding else None
 
     async def attempt(self) -> bool:
         """Take the lease if it is free, renew it if it is ours; whether we hold it."""
         value: str | None = None  # if Redis cannot tell: not deciding (ours lapses by itself)
         self._expires_in = RENEW_EVERY
+        asked = time.monotonic()
         with contextlib.suppress(RedisError, OSError):
             holder, left = await self._take(
                 keys=[self._lease_key], args=[self._token, int(LEASE * 1000)]
@@ -87,7 +110,9 @@ class Decider:
             if int(left) >= 0:
                 self._expires_in = int(left) / 1000
         held = value == self._token
-        if held != self._held:
+        if held:
+            self._valid_until = asked + self._expires_in
+        if held != self._held:  # (a lease that ran out unrenewed is said when Redis tells)
             log.info(
                 "%s deciding for the fleet",
                 "this replica is now" if held else "this replica stopped",
@@ -121,10 +146,17 @@ class Decider:
     def verdict_key(self, route: str) -> str:
         return f"{self._prefix}:verdict:{{{route}}}"
 
-    async def publish(self, route: str, record: dict[str, Any], keep: float) -> None:
-        """Publish the decider's latest verdict on `route` for `keep` seconds."""
+    async def publish(self, route: str, record: dict[str, Any], keep: float) -> bool:
+        """Publish the decider's latest verdict on `route` for `keep` seconds, if the lease is
+        still ours; whether it was."""
+        if not self.deciding:
+            return False
         document = json.dumps({**record, "decider": self.name})
-        await self._redis.set(self.verdict_key(route), document, px=int(keep * 1000))
+        keys = [self._lease_key, self.verdict_key(route)]
+        if await self._publish(keys=keys, args=[self._token, document, int(keep * 1000)]):
+            return True
+        self._held = False  # (another holds it: the next attempt says so)
+        return False
 
     async def latest(self, route: str) -> dict[str, Any] | None:
         """The fleet's latest verdict on `route`, as published by its decider, if any."""

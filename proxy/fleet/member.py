@@ -20,6 +20,7 @@ from proxy.analysis.verdict import Clustering, Sample
 from proxy.analysis.window import LocalObservations
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import FLUSH_EVERY, PooledObservations
+from proxy.rollout.store import Fence
 from proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
@@ -45,12 +46,19 @@ class FleetMember:
         """Whether this replica decides for the fleet."""
         return self.decider.deciding
 
+    @property
+    def fence(self) -> Fence | None:
+        """The decider's lease, for the changes only it may make; None when not deciding."""
+        return self.decider.fence
+
     async def publish(self, route: str, record: dict[str, Any], keep: float) -> None:
-        """Publish this decider's latest record on `route`."""
+        """Publish this decider's latest record on `route`, while it holds the lease."""
         try:
-            await self.decider.publish(route, record, keep)
+            published = await self.decider.publish(route, record, keep)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        if not published:
+            raise Unavailable("this replica no longer holds the decider's lease")
 
     async def latest(self, route: str) -> dict[str, Any] | None:
         """The fleet's latest record on `route`, as its decider published it."""

@@ -30,7 +30,7 @@ from proxy.rollout.machine import (
     run_of,
     state_of,
 )
-from proxy.rollout.store import Change, StateError, StateStore, StateUnavailable
+from proxy.rollout.store import Change, Fence, StateError, StateStore, StateUnavailable
 from proxy.routing import Control
 
 log = logging.getLogger("grayscale.rollout")
@@ -160,15 +160,18 @@ class RolloutController:
 
         return keep
 
-    async def _change(self, name: str, change: Change) -> tuple[Rollout, str | None]:
+    async def _change(
+        self, name: str, change: Change, fence: Fence | None = None
+    ) -> tuple[Rollout, str | None]:
         """Apply `change` to route `name` in the store and here: the rollout it made, and the
         file's error, if any (the change is then applied here only). Raises
-        `StateUnavailable`, changing nothing, when a shared store cannot be reached."""
+        `StateUnavailable`, changing nothing, when a shared store cannot be reached (`LeaseLost`
+        when `fence` is no longer held)."""
         identity = identity_of(self._routes[name])
         reports = self._reports.get(name, 0)
         change = _counted(change)
         try:
-            changed = latest = await self._store.change(name, identity, change)
+            changed = latest = await self._store.change(name, identity, change, fence)
             if self._reports.get(name, 0) != reports:
                 # A change made elsewhere was reported meanwhile, before or after ours: ask
                 # which is the latest rather than guess.
@@ -278,11 +281,13 @@ class RolloutController:
         share: float | None = None,
         keep_share: bool = False,
         details: dict[str, Any] | None = None,
+        fence: Fence | None = None,
     ) -> Outcome:
         """Apply `action` to route `name`; raises `IllegalTransition` or KeyError.
 
         Rollback listeners are called with the transition and `details` (e.g. the verdict).
         `keep_share`: a resume after a rollback continues where it stopped (`machine.apply`).
+        `fence`: only while the decider's lease is held (`LeaseLost` otherwise, nothing done).
         """
         route = self._routes[name]
 
@@ -300,7 +305,7 @@ class RolloutController:
             )
 
         async with self._lock:
-            changed, error = await self._change(name, change)
+            changed, error = await self._change(name, change, fence)
             transition = changed.history[-1]
             audit.info(
                 "%s %s by %s: %s -> %s%s%s",
@@ -321,8 +326,9 @@ class RolloutController:
                     listener(route, transition, details)
         return Outcome(transition, persisted=error is None, error=error)
 
-    async def set_hold(self, name: str, held: bool, now: float) -> bool:
-        """Hold or release route `name`'s ramp clock; True when that changed anything."""
+    async def set_hold(self, name: str, held: bool, now: float, fence: Fence | None = None) -> bool:
+        """Hold or release route `name`'s ramp clock; True when that changed anything (with
+        `fence`, only while the decider's lease is held)."""
 
         route = self._routes[name]
 
@@ -337,7 +343,7 @@ class RolloutController:
             if change(before) is before:
                 return False  # already so here (and, as last known, in the store)
             try:
-                await self._change(name, change)
+                await self._change(name, change, fence)
             except StateUnavailable:
                 return False
             log.info(
@@ -345,12 +351,12 @@ class RolloutController:
             )
         return True
 
-    async def judge_anew(self, name: str) -> int:
+    async def judge_anew(self, name: str, fence: Fence | None = None) -> int:
         """Count one more analysis judging route `name`'s rollout from fresh counts (a process
         that starts, or a new decider) and return its number, from 1: the analysis spends its
         error rate over these (see `proxy.analysis.verdict.assess`). 0 when a shared store
-        cannot be reached (no verdict is taken then); a state file that cannot be written keeps
-        the count in this process, as it does every change."""
+        cannot be reached, or `fence` is no longer held (no verdict is taken then); a state file
+        that cannot be written keeps the count in this process, as it does every change."""
 
         def change(stored: Rollout | None) -> Rollout:
             rollout = stored if stored is not None else self._rollouts[name]
@@ -358,7 +364,7 @@ class RolloutController:
 
         async with self._lock:
             try:
-                changed, _ = await self._change(name, change)
+                changed, _ = await self._change(name, change, fence)
             except StateUnavailable:
                 return 0
         return changed.judged

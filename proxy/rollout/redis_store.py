@@ -35,7 +35,9 @@ from redis.exceptions import RedisError
 from proxy.rollout.machine import Rollout
 from proxy.rollout.store import (
     Change,
+    Fence,
     Follower,
+    LeaseLost,
     Recovery,
     StateError,
     StateUnavailable,
@@ -50,9 +52,12 @@ REREAD_EVERY = 1.0  # seconds between re-reads of this replica's records (if a m
 KEEP_FOR = 30 * 86400  # seconds a record lives without being read by a replica that has it
 RETRIES = 20  # compare-and-set attempts before a change gives up (records in fierce contention)
 
-# KEYS[1] the record; ARGV: expected version (0: absent), new document, its time to live, the
-# channel to publish the change on. 1 when set, 0 when the version had moved on.
+# KEYS[1] the record, KEYS[2] (if fenced) the decider's lease; ARGV: expected version (0:
+# absent), new document, its time to live, the channel to publish the change on, (if fenced)
+# the lease holder's token. 1 when set, 0 when the version had moved on, -1 when the lease is
+# not the holder's.
 _COMPARE_AND_SET = """
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[5] then return -1 end
 local current = redis.call('GET', KEYS[1])
 local version = 0
 if current then
@@ -113,12 +118,19 @@ class RedisStore:
             raise error
         return loaded
 
-    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+    async def change(
+        self, name: str, identity: str, change: Change, fence: Fence | None = None
+    ) -> Rollout:
         async with self._reading:
-            return await self._change(name, identity, change)
+            return await self._change(name, identity, change, fence)
 
-    async def _change(self, name: str, identity: str, change: Change) -> Rollout:
+    async def _change(
+        self, name: str, identity: str, change: Change, fence: Fence | None
+    ) -> Rollout:
         key = self.key(name, identity)
+        keys, fenced = [key], []
+        if fence is not None:
+            keys, fenced = [key, fence.key], [fence.token]
         for attempt in range(RETRIES):
             if attempt:  # another process changed it meanwhile: let it finish, then read again
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
@@ -133,9 +145,12 @@ class RedisStore:
                 await self._call(self._redis.expire(key, KEEP_FOR))
                 return stored
             document = json.dumps({"version": version + 1, "rollout": encode_rollout(changed)})
-            if await self._call(
-                self._cas(keys=[key], args=[version, document, KEEP_FOR, self._channel])
-            ):
+            done = await self._call(
+                self._cas(keys=keys, args=[version, document, KEEP_FOR, self._channel, *fenced])
+            )
+            if done == -1:
+                raise LeaseLost(f"{name}: this replica no longer holds the decider's lease")
+            if done:
                 return changed
         raise StateUnavailable(f"the record of {name} kept changing: try again")
 

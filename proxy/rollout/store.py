@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -49,6 +50,21 @@ class StateUnavailable(Exception):
     """A shared state store cannot be reached: nothing was changed."""
 
 
+class LeaseLost(StateUnavailable):
+    """A change fenced by the decider's lease was refused: this process no longer holds it
+    (another replica decides now). Nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A change only the holder of a lease may make: the lease's key and the holder's token.
+    The store checks it in the same atomic step as the change (a decider that stalled past its
+    lease and woke up changes nothing)."""
+
+    key: str
+    token: str
+
+
 class StateStore(Protocol):
     """Rollouts by route name, each changed atomically; see the module's invariants."""
 
@@ -62,8 +78,12 @@ class StateStore(Protocol):
         candidate (a store may keep one record per candidate)."""
         ...
 
-    async def change(self, name: str, identity: str, change: Change) -> Rollout:
-        """Replace route `name`'s rollout by `change(stored)`, atomically; the result."""
+    async def change(
+        self, name: str, identity: str, change: Change, fence: Fence | None = None
+    ) -> Rollout:
+        """Replace route `name`'s rollout by `change(stored)`, atomically; the result. With
+        `fence`, only while its lease is held (else `LeaseLost`); a store without leases (one
+        host's file or memory, where no lease is taken) ignores it."""
         ...
 
     async def forget(self, name: str) -> None:
@@ -97,7 +117,9 @@ class MemoryStore:
     async def load(self, identities: Mapping[str, str] | None = None) -> dict[str, Rollout]:
         return dict(self._rollouts)
 
-    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+    async def change(
+        self, name: str, identity: str, change: Change, fence: Fence | None = None
+    ) -> Rollout:
         self._rollouts[name] = changed = change(self._rollouts.get(name))
         return changed
 
@@ -131,7 +153,9 @@ class FileStore:
     async def load(self, identities: Mapping[str, str] | None = None) -> dict[str, Rollout]:
         return await asyncio.to_thread(self._read)
 
-    async def change(self, name: str, identity: str, change: Change) -> Rollout:
+    async def change(
+        self, name: str, identity: str, change: Change, fence: Fence | None = None
+    ) -> Rollout:
         return await asyncio.to_thread(self._change, name, change)
 
     async def forget(self, name: str) -> None:

@@ -5,6 +5,7 @@ over and carries on."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,46 @@ async def test_when_the_decider_dies_mid_analysis_another_takes_over_and_finishe
         assert await until(rolled_back, 12) is not None  # the count went on past the takeover
         await asyncio.sleep(1)
         assert len(received) == 1, received
+
+
+async def test_a_decider_stopped_past_its_lease_publishes_and_changes_nothing_when_it_wakes(
+    tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
+):
+    # SIGSTOP the decider mid-analysis: the other replica takes over and rolls back. When the
+    # stopped one wakes, its analysis round is due at once, with its lease long gone: it must
+    # neither publish its stale verdict over the new decider's nor act on it.
+    hook, received = webhook
+    upstreams[1].app[PROBE].error_rate = 0.5
+    config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="6")
+    fleet = [await replicas(config) for _ in range(2)]
+    async with aiohttp.ClientSession() as session:
+        await spread(session, fleet, 3 * MIN_REQUESTS, "u")
+
+        async def failing() -> bool:
+            return bool((await analysis_of(session, fleet[0]))["consecutive_failures"] >= 2)
+
+        assert await until(failing, 10) is not None
+        view = await analysis_of(session, fleet[0])
+        (stopped,) = [r for r in fleet if view["decider"].endswith(f":{r.process.pid}")]
+        (other,) = [r for r in fleet if r is not stopped]
+        stopped.process.send_signal(signal.SIGSTOP)
+        try:
+
+            async def rolled_back() -> bool:
+                return bool((await analysis_of(session, other))["state"] == "rolled_back")
+
+            assert await until(rolled_back, LEASE + 8) is not None
+            taken = await analysis_of(session, other)
+            assert taken["this_replica_decides"] and taken["decided_by"] != view["decider"]
+        finally:
+            woken = len(stopped.lines)
+            stopped.process.send_signal(signal.SIGCONT)
+        for _ in range(20):  # 2 s: several of the woken replica's rounds
+            await asyncio.sleep(0.1)
+            assert (await analysis_of(session, other))["decided_by"] == taken["decided_by"]
+        late = [line for line in stopped.lines[woken:] if "verdict " in line]
+        assert late == [], late  # (not judged, not published, not acted on)
+        assert (await analysis_of(session, stopped))["state"] == "rolled_back"
+        assert not (await analysis_of(session, stopped))["this_replica_decides"]
+        assert len(received) == 1, received
+        assert all(r.logged("ERROR") == [] for r in fleet)

@@ -13,7 +13,7 @@ from proxy.fleet.connection import connect
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, Rollout, State, identity_of
 from proxy.rollout.redis_store import RedisStore
-from proxy.rollout.store import StateUnavailable
+from proxy.rollout.store import Change, Fence, LeaseLost, StateUnavailable
 from tests.fleet.redis_server import RedisServer
 from tests.unit.test_rollout import ROUTE, T0
 
@@ -35,6 +35,38 @@ async def test_concurrent_changes_from_two_stores_lose_none(redis_server: RedisS
         for store, client in zip(stores, clients, strict=True):
             await store.close()
             await client.aclose()
+
+
+def held_for(seconds: float) -> Change:
+    def change(stored: Rollout | None) -> Rollout:
+        assert stored is not None
+        return replace(stored, held=seconds)
+
+    return change
+
+
+async def test_a_fenced_change_is_made_only_while_the_lease_holds_its_token(
+    redis_server: RedisServer,
+):
+    raw = Redis.from_url(redis_server.url)
+    store = RedisStore(raw, "t")
+    fence = Fence("t:decider", "replica-a#1")
+    try:
+        await store.change("r", "a", lambda _: Rollout("a", started_at=T0))
+        await raw.set("t:decider", "replica-a#1")
+        held = await store.change("r", "a", held_for(1.0), fence)
+        assert held.held == 1.0
+        await raw.set("t:decider", "replica-b#2")  # another replica took the lease
+        with pytest.raises(LeaseLost):
+            await store.change("r", "a", held_for(2.0), fence)
+        await raw.delete("t:decider")  # (expired: no holder at all)
+        with pytest.raises(LeaseLost):
+            await store.change("r", "a", held_for(3.0), fence)
+        assert (await store.load({"r": "a"}))["r"].held == 1.0  # nothing changed
+        assert (await store.change("r", "a", held_for(4.0))).held == 4.0  # unfenced
+    finally:
+        await store.close()
+        await raw.aclose()
 
 
 async def test_records_are_per_candidate_and_under_the_prefix(redis_server: RedisServer):
