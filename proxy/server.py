@@ -160,6 +160,8 @@ class Server:
             self.fleet = FleetMember(
                 self.redis, config.state.key_prefix, replica_name(), self.observations
             )
+            fleet = self.fleet
+            self.controller.store_checks.append(lambda: fleet.flush_error)
         self.analyzer = Analyzer(
             config.routes,
             self.controller,

@@ -35,6 +35,7 @@ class FleetMember:
         self.name = name
         self._local = local
         self._flusher: asyncio.Task[None] | None = None
+        self.flush_error: str | None = None  # why this process's last flush failed, if it did
 
     @property
     def holder(self) -> str | None:
@@ -69,7 +70,11 @@ class FleetMember:
 
     async def samples(self, route: str, now: float) -> tuple[Sample, Sample]:
         """The fleet's samples of `route`, with this process's sample-ratio counts and design
-        effects (see `own_ratio`)."""
+        effects (see `own_ratio`). `Unavailable` while this process's own observations cannot
+        be added to the fleet's: the pooled counts then stand still, and a verdict on them
+        would judge a frozen window (a candidate failing now could pass on it)."""
+        if self.flush_error is not None:
+            raise Unavailable(self.flush_error)
         try:
             stable, candidate = await self.pool.samples(route, now)
         except (RedisError, OSError) as exc:
@@ -105,8 +110,20 @@ class FleetMember:
     async def _flush_often(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            with contextlib.suppress(RedisError, OSError):  # kept for the next flush; the
-                await self.pool.flush(time.time())  # state store logs the outage
+            try:
+                await self.pool.flush(time.time())
+            except (RedisError, OSError) as exc:  # (kept for the next flush)
+                if self.flush_error is None:
+                    log.warning(
+                        "this replica's observations cannot be added to the fleet's: %s; "
+                        "no verdict is taken on the pooled counts until they are",
+                        exc,
+                    )
+                self.flush_error = f"observations not pooled: {type(exc).__name__}: {exc}"
+            else:
+                if self.flush_error is not None:
+                    log.info("this replica's observations are pooled again")
+                self.flush_error = None
 
 
 def own_ratio(pooled: Sample, own: Sample) -> Sample:

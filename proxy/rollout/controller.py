@@ -30,7 +30,14 @@ from proxy.rollout.machine import (
     run_of,
     state_of,
 )
-from proxy.rollout.store import Change, Fence, StateError, StateStore, StateUnavailable
+from proxy.rollout.store import (
+    Change,
+    Fence,
+    LeaseLost,
+    StateError,
+    StateStore,
+    StateUnavailable,
+)
 from proxy.routing import Control
 
 log = logging.getLogger("grayscale.rollout")
@@ -73,17 +80,30 @@ class RolloutController:
         self._routes: dict[str, Route] = {}
         self._provisional: set[str] = set()  # routes whose state could not be read yet
         self._reports: dict[str, int] = {}  # changes made elsewhere reported, by route
+        self._behind: dict[str, int] = {}  # route -> the older revision last warned of
         self._lock = asyncio.Lock()
         self.rollback_listeners: list[RollbackListener] = []
         self.promotion_listeners: list[RollbackListener] = []  # (called like the above)
         self._write_error: str | None = None  # the last write's error, None when it worked
+        self._unrecorded: set[str] = set()  # routes rolled back here that the store lacks yet
         self.load_error: str | None = None  # why the state could not be read at start
+        # other users of the shared store (the fleet's pooled observations): why they fail
+        self.store_checks: list[Callable[[], str | None]] = []
 
     @property
     def store_error(self) -> str | None:
         """Why the state store is not working now, or None."""
+        if self._unrecorded:
+            names = ", ".join(sorted(self._unrecorded))
+            return f"rolled back here, not yet recorded in the state store (retrying): {names}"
+        refusing = self._store.refusing
+        if refusing:
+            return f"the state store refuses writes ({refusing}); serving on the last known state"
         if not self._store.healthy:
             return "the state store cannot be reached; serving on the last known state"
+        for check in self.store_checks:
+            if (error := check()) is not None:
+                return error
         return self._write_error
 
     async def start(self, routes: Sequence[Route], now: float) -> None:
@@ -192,6 +212,9 @@ class RolloutController:
         self._write_error = None
         self._rollouts[name] = latest
         self._provisional.discard(name)
+        if name in self._unrecorded:
+            self._unrecorded.discard(name)
+            log.info("rollback of %s recorded in the state store", name, extra={"route": name})
         return changed, None
 
     def _changed_elsewhere(self, name: str, rollout: Rollout) -> bool:
@@ -208,6 +231,9 @@ class RolloutController:
             and local.revision > rollout.revision
             and name not in self._provisional
         ):
+            if self._behind.get(name) == rollout.revision:
+                return True  # (said once; written back at each re-read until the store takes it)
+            self._behind[name] = rollout.revision
             log.warning(
                 "rollout of %s in the state store is older (revision %d, %s) than this "
                 "replica's (revision %d, %s): the store lost changes (restored from an older "
@@ -305,7 +331,14 @@ class RolloutController:
             )
 
         async with self._lock:
-            changed, error = await self._change(name, change, fence)
+            try:
+                changed, error = await self._change(name, change, fence)
+            except LeaseLost:
+                raise
+            except StateUnavailable as exc:
+                if action is not Action.ROLLBACK or name in self._provisional:
+                    raise
+                changed, error = self._roll_back_here(name, change, exc)
             transition = changed.history[-1]
             audit.info(
                 "%s %s by %s: %s -> %s%s%s",
@@ -325,6 +358,24 @@ class RolloutController:
                 for listener in self.promotion_listeners:
                     listener(route, transition, details)
         return Outcome(transition, persisted=error is None, error=error)
+
+    def _roll_back_here(
+        self, name: str, change: Change, exc: StateUnavailable
+    ) -> tuple[Rollout, str]:
+        """A rollback the store cannot take now, applied in this process at once: its revision
+        is past the store's record, so this process writes it back as soon as the store takes
+        writes again (the re-read every second finds the store's record older: see
+        `_changed_elsewhere`) and never adopts the older one meanwhile."""
+        self._rollouts[name] = changed = _counted(change)(self._rollouts[name])
+        self._unrecorded.add(name)
+        log.warning(
+            "rollback of %s applied in this process; the state store cannot take it now (%s): "
+            "written as soon as it can",
+            name,
+            exc,
+            extra={"route": name},
+        )
+        return changed, f"{exc}; applied here, recorded as soon as the store takes it"
 
     async def set_hold(self, name: str, held: bool, now: float, fence: Fence | None = None) -> bool:
         """Hold or release route `name`'s ramp clock; True when that changed anything (with

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from proxy.rollout.machine import Rollout
 from proxy.rollout.store import (
@@ -89,7 +89,14 @@ class RedisStore:
         self._unreadable: list[str] = []  # records found unreadable by `load`
         self._reported: set[bytes] = set()  # unreadable records already logged
         self._reading = asyncio.Lock()  # a read and its report never straddle a change of ours
-        self.healthy = True
+        self._reachable = True
+        self.refusing: str | None = None  # why Redis refused our last write (out of memory, a
+        # read-only replica), until one is taken
+
+    @property
+    def healthy(self) -> bool:
+        """Whether Redis answered the last call and took the last write."""
+        return self._reachable and self.refusing is None
 
     def key(self, name: str, identity: str) -> str:
         """The record of route `name`'s rollout of the candidate `identity` (`{name}` is a hash
@@ -146,7 +153,8 @@ class RedisStore:
                 return stored
             document = json.dumps({"version": version + 1, "rollout": encode_rollout(changed)})
             done = await self._call(
-                self._cas(keys=keys, args=[version, document, KEEP_FOR, self._channel, *fenced])
+                self._cas(keys=keys, args=[version, document, KEEP_FOR, self._channel, *fenced]),
+                write=True,
             )
             if done == -1:
                 raise LeaseLost(f"{name}: this replica no longer holds the decider's lease")
@@ -178,7 +186,7 @@ class RedisStore:
         for key in self._unreadable:
             aside = f"{key}:unreadable-{int(time.time())}"
             with contextlib.suppress(StateUnavailable, RedisError):
-                await self._call(self._redis.rename(key, aside))
+                await self._call(self._redis.rename(key, aside), write=True)
                 moved.append(aside)
         self._unreadable = []
         return ", ".join(moved) or None
@@ -193,7 +201,7 @@ class RedisStore:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                recovered = not self.healthy
+                recovered = not self._reachable
                 missing = await self._reread()
                 self._answered()
                 delay = 0.1
@@ -219,7 +227,12 @@ class RedisStore:
 
     async def _reread(self) -> bool:
         """Read every followed record; True when one of them is missing or older than this
-        process's."""
+        process's. While Redis refuses writes, try one (a key of this process's that expires)
+        to learn when it takes them again."""
+        if self.refusing is not None:
+            with contextlib.suppress(StateUnavailable):
+                probe = f"{self._prefix}:writable:{id(self)}"
+                await self._call(self._redis.set(probe, b"1", px=5000), write=True)
         keys = list(self._keys)
         if not keys:
             return False
@@ -254,25 +267,37 @@ class RedisStore:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    async def _call(self, call: Any) -> Any:
-        """Await a Redis call; `StateUnavailable` when Redis cannot be reached."""
+    async def _call(self, call: Any, write: bool = False) -> Any:
+        """Await a Redis call; `StateUnavailable` when Redis cannot be reached, or refuses a
+        `write` (out of memory under `noeviction`, a replica that is read-only)."""
         try:
             result = await call
+        except ResponseError as exc:
+            self._answered()
+            if not write:
+                raise StateUnavailable(f"the state store refused a read: {exc}") from exc
+            if self.refusing is None:
+                log.warning("state store refuses writes: %s; serving on the last known state", exc)
+            self.refusing = str(exc)
+            raise StateUnavailable(f"the state store refuses writes: {exc}") from exc
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
             raise StateUnavailable(f"the state store cannot be reached: {exc}") from exc
         self._answered()
+        if write and self.refusing is not None:
+            log.info("state store takes writes again")
+            self.refusing = None
         return result
 
     def _unavailable(self, exc: BaseException) -> None:
-        if self.healthy:
+        if self._reachable:
             log.warning("state store unavailable: %s; serving on the last known state", exc)
-            self.healthy = False
+            self._reachable = False
 
     def _answered(self) -> None:
-        if not self.healthy:
+        if not self._reachable:
             log.info("state store reachable again")
-            self.healthy = True
+            self._reachable = True
 
     @staticmethod
     def _parse(value: bytes | None) -> tuple[int, Rollout | None]:

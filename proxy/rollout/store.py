@@ -70,7 +70,13 @@ class StateStore(Protocol):
 
     @property
     def healthy(self) -> bool:
-        """Whether the store answered the last time it was asked."""
+        """Whether the store answered the last time it was asked, and took the last write."""
+        ...
+
+    @property
+    def refusing(self) -> str | None:
+        """Why the store, though it answers, refused the last write (a shared store out of
+        memory, or read-only); None when it takes writes."""
         ...
 
     async def load(self, identities: Mapping[str, str]) -> dict[str, Rollout]:
@@ -110,6 +116,7 @@ class MemoryStore:
     """Keeps state in this process only: a restart forgets it."""
 
     healthy = True
+    refusing = None
 
     def __init__(self) -> None:
         self._rollouts: dict[str, Rollout] = {}
@@ -144,6 +151,7 @@ class FileStore:
     sharing the file never lose an update, and followed by polling for their changes."""
 
     healthy = True
+    refusing = None  # (a file that cannot be written is a `StateError`, reported as such)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -12,10 +12,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
 
 from proxy.fleet.decider import LEASE
 from tests.fleet.conftest import Replica, ReplicaFactory
 from tests.fleet.redis_server import RedisServer
+from tests.fleet.test_shared_state import variant
 from tests.integration.conftest import PROBE, route_yaml, upstreams, url_of, webhook
 
 __all__ = ["upstreams", "webhook"]
@@ -209,3 +211,60 @@ async def test_a_decider_stopped_past_its_lease_publishes_and_changes_nothing_wh
         assert not (await analysis_of(session, stopped))["this_replica_decides"]
         assert len(received) == 1, received
         assert all(r.logged("ERROR") == [] for r in fleet)
+
+
+async def test_a_redis_out_of_memory_passes_nothing_and_loses_no_rollback(
+    tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
+):
+    # `maxmemory` reached under `noeviction`: every write is refused, reads still answer. The
+    # observations stop pooling, so nothing may be judged on the frozen counts; an operator's
+    # rollback takes effect at once where it was asked, and reaches the fleet once Redis takes
+    # writes again.
+    hook, _ = webhook
+    config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="50")
+    fleet = [await replicas(config) for _ in range(2)]
+    redis = Redis.from_url(redis_server.url)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await spread(session, fleet, 2 * MIN_REQUESTS, "before")
+            await redis.config_set("maxmemory", "1")
+            full = [len(r.lines) for r in fleet]
+            upstreams[1].app[PROBE].error_rate = 0.3
+            await spread(session, fleet, 2 * MIN_REQUESTS, "during")
+            await asyncio.sleep(2.5)  # flushes fail; rounds come and go
+            for replica in fleet:
+                async with session.get(f"{replica.admin_url}/readyz") as response:
+                    assert (await response.json())["state_store"] == "unavailable"
+                state = (await replica.status(session))["state"]
+                assert state["healthy"] is False, state  # type: ignore[index]
+                async with session.get(f"{replica.admin_url}/metrics") as response:
+                    assert "grayscale_state_store_healthy 0.0" in await response.text()
+            later = [line for r, n in zip(fleet, full, strict=True) for line in r.lines[n:]]
+            judged = [line for line in later if "verdict " in line]
+            assert not [line for line in judged if "verdict pass" in line], judged
+            status, body = await fleet[0].action(session, "models", "rollback", reason="by hand")
+            assert (status, body["persisted"]) == (500, False), body
+            assert "recorded as soon as the store takes it" in str(body["message"])
+            users = [f"v{i}" for i in range(20)]
+            assert {await variant(session, fleet[0].proxy_url, u) for u in users} == {"stable"}
+            assert (await analysis_of(session, fleet[0]))["state"] == "rolled_back"
+
+            await redis.config_set("maxmemory", "0")
+
+            async def everywhere() -> bool:
+                views = [await analysis_of(session, r) for r in fleet]
+                return all(v["state"] == "rolled_back" for v in views)
+
+            took = await until(everywhere, 5)
+            assert took is not None
+            print(f"\nthe rollback reached the fleet {took:.2f} s after Redis took writes again")
+
+            async def healthy() -> bool:
+                states = [(await r.status(session))["state"] for r in fleet]
+                return all(state["healthy"] for state in states)  # type: ignore[index]
+
+            assert await until(healthy, 3) is not None  # (the next flush, re-read or write)
+        finally:
+            await redis.config_set("maxmemory", "0")
+            await redis.aclose()
+    assert all(r.logged("ERROR") == [] for r in fleet)

@@ -107,7 +107,9 @@ async def test_an_unreadable_record_is_set_aside_and_the_route_starts_rolled_bac
         await raw.aclose()
 
 
-async def test_a_change_refused_when_redis_is_gone_changes_nothing(redis_server: RedisServer):
+async def test_a_change_refused_when_redis_is_gone_changes_nothing_but_a_rollback_holds_here(
+    redis_server: RedisServer,
+):
     client = connect(redis_server.url)
     controller = RolloutController(RedisStore(client, "t"))
     try:
@@ -116,10 +118,15 @@ async def test_a_change_refused_when_redis_is_gone_changes_nothing(redis_server:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(StateUnavailable):
-            await controller.act("r", Action.ROLLBACK, T0 + 1, actor="op")
+            await controller.act("r", Action.PAUSE, T0 + 1, actor="op")
         assert loop.time() - started < 3
         assert controller.state("r", T0 + 1) is State.RAMPING
         assert controller.store_error is not None
+        # A rollback is never refused: applied here at once, recorded when Redis is back.
+        outcome = await controller.act("r", Action.ROLLBACK, T0 + 2, actor="op")
+        assert not outcome.persisted and "recorded as soon as" in (outcome.error or "")
+        assert controller.state("r", T0 + 2) is State.ROLLED_BACK
+        assert "not yet recorded" in (controller.store_error or "")
     finally:
         await controller.close()
         await client.aclose()
