@@ -8,8 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 TIMEOUT = 1.0  # seconds a Redis call may take before Redis counts as unavailable
 

@@ -132,6 +132,25 @@ async def test_a_change_refused_when_redis_is_gone_changes_nothing_but_a_rollbac
         await client.aclose()
 
 
+async def test_connections_killed_by_redis_are_replaced_and_the_next_action_succeeds(
+    redis_server: RedisServer,
+):
+    # (`CLIENT KILL`, an idle timeout, a proxy in between that drops connections)
+    client = connect(redis_server.url)
+    raw = Redis.from_url(redis_server.url)
+    controller = RolloutController(RedisStore(client, "t"))
+    try:
+        await controller.start([ROUTE], T0)
+        await asyncio.sleep(0.2)  # (the follower subscribed: its connection is killed too)
+        assert await raw.client_kill_filter(_type="normal", skipme=True) >= 1
+        outcome = await controller.act("r", Action.PAUSE, T0 + 1, actor="op")
+        assert outcome.persisted and controller.store_error is None
+    finally:
+        await controller.close()
+        await client.aclose()
+        await raw.aclose()
+
+
 async def test_an_emptied_redis_gets_back_what_the_replicas_knew(redis_server: RedisServer):
     raw = Redis.from_url(redis_server.url)
     first = RolloutController(RedisStore(raw, "t"))
