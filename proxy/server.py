@@ -22,7 +22,7 @@ from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend
-from proxy.fleet.connection import connect, describe, replica_name
+from proxy.fleet.connection import connect, connect_sentinel, describe, replica_name
 from proxy.fleet.member import FleetMember
 from proxy.gateway import Gateway
 from proxy.http.server import Listener
@@ -51,7 +51,10 @@ def state_store(config: Config, redis: Redis | None = None) -> StateStore:
         return MemoryStore()
     if state.backend is StateBackend.REDIS:
         assert redis is not None
-        return RedisStore(redis, state.key_prefix, describe(state.url))
+        where = describe(state.url)
+        if state.sentinel is not None:
+            where = f"redis master {state.sentinel.service} (by its sentinels)"
+        return RedisStore(redis, state.key_prefix, where)
     return FileStore(state.path)
 
 
@@ -62,6 +65,8 @@ def _redis(config: Config) -> Redis | None:
         return None
     if state.password_env and not os.environ.get(state.password_env):
         log.warning("$%s is not set: connecting to Redis without a password", state.password_env)
+    if state.sentinel is not None:
+        return connect_sentinel(state.sentinel, state.password_env)
     return connect(state.url, state.password_env, state.ca_file)
 
 

@@ -63,6 +63,7 @@ from proxy.config.model import (
     RollbackHook,
     Route,
     Segment,
+    Sentinel,
     ServerConfig,
     Shadow,
     Source,
@@ -428,7 +429,7 @@ class _Parser:
             )
 
     def state(self, node: Node, path: str, default: StateConfig) -> StateConfig:
-        redis_fields = ("url", "key_prefix", "password_env", "ca_file")
+        redis_fields = ("url", "key_prefix", "password_env", "ca_file", "sentinel")
         fields = self.mapping(node, path, ("backend", "path", *redis_fields))
         backend = default.backend
         if "backend" in fields:
@@ -444,6 +445,15 @@ class _Parser:
         ca_file = self.field(fields, "ca_file", path, self.ca_file, None)
         if ca_file and backend is StateBackend.REDIS and not url.startswith("rediss://"):
             self.fail(fields["ca_file"], _sub(path, "ca_file"), "only for a rediss:// url (TLS)")
+        sentinel = None
+        if "sentinel" in fields:
+            sentinel = self.sentinel(fields["sentinel"], _sub(path, "sentinel"))
+            if "url" in fields:
+                self.fail(
+                    fields["url"],
+                    _sub(path, "url"),
+                    "either url or sentinel: with sentinel, the sentinels find the master",
+                )
         return StateConfig(
             backend,
             self.field(fields, "path", path, self.string, default.path),
@@ -451,7 +461,19 @@ class _Parser:
             self.field(fields, "key_prefix", path, self.key_prefix, default.key_prefix),
             self.field(fields, "password_env", path, self.string, "") or None,
             ca_file,
+            sentinel,
         )
+
+    def sentinel(self, node: Node, path: str) -> Sentinel | None:
+        fields = self.mapping(node, path, ("hosts", "service"), ("hosts", "service"))
+        hosts = []
+        if "hosts" in fields:
+            for item, item_path in self.sequence(fields["hosts"], _sub(path, "hosts")):
+                hosts.append(self.listen(item, item_path, Listen("127.0.0.1", 26379)))
+            if not hosts:
+                self.fail(fields["hosts"], _sub(path, "hosts"), "name at least one sentinel")
+        service = self.field(fields, "service", path, self.name, "")
+        return Sentinel(tuple(hosts), service) if hosts and service else None
 
     def redis_url(self, node: Node, path: str, default: str) -> str:
         value = self.string(node, path, "")

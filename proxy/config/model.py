@@ -405,11 +405,21 @@ class StateBackend(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Sentinel:
+    """Redis Sentinel: the sentinels to ask (host, port) and the name of the master they
+    watch (`service`)."""
+
+    hosts: tuple[Listen, ...]
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
 class StateConfig:
     """The rollout state store. `memory` forgets everything on restart; `file` is one host's;
-    `redis` (at `url`, its keys named `<key_prefix>:…`, the password in the environment variable
-    `password_env`, a `rediss://` server's certificate checked against the system's authorities
-    or those in `ca_file`) is shared by every replica."""
+    `redis` (at `url`, or the master that `sentinel` names, its keys named `<key_prefix>:…`, the
+    password in the environment variable `password_env`, a `rediss://` server's certificate
+    checked against the system's authorities or those in `ca_file`) is shared by every
+    replica."""
 
     backend: StateBackend = StateBackend.FILE
     path: str = "grayscale-state.json"
@@ -417,6 +427,7 @@ class StateConfig:
     key_prefix: str = "grayscale"
     password_env: str | None = None
     ca_file: str | None = None
+    sentinel: Sentinel | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,10 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel as Sentinels
 from redis.backoff import NoBackoff
+
+from proxy.config.model import Sentinel
 
 TIMEOUT = 1.0  # seconds a Redis call may take before Redis counts as unavailable
 
@@ -32,6 +35,27 @@ def connect(url: str, password_env: str | None = None, ca_file: str | None = Non
         retry=Retry(NoBackoff(), 1),
         **tls,
     )
+
+
+def connect_sentinel(sentinel: Sentinel, password_env: str | None = None) -> Redis:
+    """A client of the master that `sentinel`'s sentinels name for its service, found anew
+    whenever a connection is made: after a failover (the old master's connection lost, or
+    answering READONLY as a replica now) the next call, retried once, reaches the new master.
+    The password (if any) is the master's; the sentinels are asked without one."""
+    password = os.environ.get(password_env) if password_env else None
+    sentinels = Sentinels(  # type: ignore[no-untyped-call]
+        [(host.host, host.port) for host in sentinel.hosts],
+        sentinel_kwargs={"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT},
+    )
+    master: Redis = sentinels.master_for(
+        sentinel.service,
+        redis_class=Redis,
+        password=password or None,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return master
 
 
 def describe(url: str) -> str:

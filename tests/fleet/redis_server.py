@@ -68,8 +68,10 @@ class RedisServer:
             ]  # fmt: skip
         return options
 
-    def start(self) -> None:
-        """Start (again) on the same port, empty; return once it answers PING."""
+    def start(self, replica_of: int | None = None) -> None:
+        """Start (again) on the same port, empty (or a replica of the Redis at port
+        `replica_of`); return once it answers PING."""
+        following = ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []
         self.process = subprocess.Popen(
             [
                 self.binary,
@@ -78,6 +80,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--loglevel", "warning",
+                *following,
                 *self._options(),
             ],
             stdout=subprocess.DEVNULL,
@@ -102,6 +105,19 @@ class RedisServer:
             sock.sendall(b"SAVE\r\n")
             assert sock.recv(16).startswith(b"+OK")
 
+    def role(self) -> bytes:
+        """The first lines of `INFO replication`."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"INFO replication\r\n")
+            return sock.recv(4096)
+
+    def replicating(self) -> bool:
+        """Whether this replica's link to its master is up."""
+        try:
+            return b"master_link_status:up" in self.role()
+        except OSError:
+            return False
+
     def ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
@@ -109,3 +125,68 @@ class RedisServer:
                 return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up either way
         except OSError:
             return False
+
+
+class SentinelSet:
+    """A Redis master, its replica and one sentinel (quorum 1) watching them as `service`:
+    `failover` asks the sentinel to swap them, `kill_master` makes it do so on its own."""
+
+    def __init__(self, binary: str, folder: Path, service: str = "grayscale") -> None:
+        self.service = service
+        self.folder = folder
+        self.servers = [RedisServer(binary), RedisServer(binary)]
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen[bytes] | None = None
+        self.binary = binary
+
+    def start(self) -> None:
+        first, second = self.servers
+        first.start()
+        second.start(replica_of=first.port)
+        config = self.folder / "sentinel.conf"
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {first.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 10000\n"
+        )
+        self.sentinel = subprocess.Popen(
+            [self.binary, str(config), "--sentinel", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while self.master_port() != first.port:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinel did not find the master")
+            time.sleep(0.05)
+        while not second.replicating():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync")
+            time.sleep(0.05)
+
+    def ask(self, command: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.sentinel_port), timeout=2) as sock:
+            sock.sendall(command)
+            return sock.recv(4096)
+
+    def master_port(self) -> int | None:
+        """The master's port, as the sentinel says."""
+        try:
+            answer = self.ask(
+                f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.service}\r\n".encode()
+            ).split(b"\r\n")
+        except OSError:
+            return None
+        return int(answer[4]) if len(answer) > 4 and answer[4].isdigit() else None
+
+    def failover(self) -> None:
+        """A planned failover (`SENTINEL FAILOVER`): the replica becomes the master."""
+        assert self.ask(f"SENTINEL FAILOVER {self.service}\r\n".encode()).startswith(b"+OK")
+
+    def kill(self) -> None:
+        for server in self.servers:
+            server.kill()
+        if self.sentinel is not None:
+            self.sentinel.kill()
+            self.sentinel.wait()
+            self.sentinel = None

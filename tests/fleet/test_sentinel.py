@@ -1,0 +1,105 @@
+"""A fleet on a Sentinel-managed Redis follows failovers without a config change or a restart:
+a planned one (`SENTINEL FAILOVER`), then the new master's death."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.fleet.conftest import Replica, ReplicaFactory
+from tests.fleet.redis_server import MISSING, SentinelSet
+from tests.fleet.test_shared_state import state_of
+from tests.integration.conftest import route_yaml, upstreams, url_of
+
+__all__ = ["upstreams"]
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip(MISSING)
+    watched = SentinelSet(binary, tmp_path)
+    watched.start()
+    try:
+        yield watched
+    finally:
+        watched.kill()
+
+
+def sentinel_config(
+    folder: Path, sentinels: SentinelSet, stable: TestServer, candidate: TestServer
+) -> Path:
+    path = folder / "fleet.yaml"
+    path.write_text(
+        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
+        "state: {backend: redis, key_prefix: t, sentinel: "
+        f'{{hosts: ["127.0.0.1:{sentinels.sentinel_port}"], service: {sentinels.service}}}}}\n'
+        "routes:\n" + route_yaml(url_of(stable), url_of(candidate), share=0.5)
+    )
+    return path
+
+
+async def within(seconds: float, check: Callable[[], Awaitable[bool]]) -> bool:
+    for _ in range(int(seconds * 10)):
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def acted(
+    session: aiohttp.ClientSession, replica: Replica, action: str, seconds: float
+) -> dict[str, object]:
+    """The answer to `action` once it is taken (an action during a failover is refused with
+    503 and changes nothing: an operator, or a script, tries again)."""
+    body: dict[str, object] = {}
+    for _ in range(int(seconds * 5)):
+        status, body = await replica.action(session, "models", action)
+        if status == 200:
+            return body
+        assert (status, body["error"]) == (503, "state_unavailable"), body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{action} never taken: {body}")
+
+
+async def test_the_fleet_follows_two_sentinel_failovers_without_a_restart(
+    tmp_path, sentinels, upstreams, replicas: ReplicaFactory
+):
+    first, second = sentinels.servers
+    config = sentinel_config(tmp_path, sentinels, *upstreams)
+    a, b = await replicas(config), await replicas(config)
+    async with aiohttp.ClientSession() as session:
+
+        async def everywhere(state: str) -> bool:
+            return all([await state_of(session, r.admin_url) == state for r in (a, b)])
+
+        assert (await acted(session, a, "pause", 2))["persisted"] is True
+        assert await within(2, lambda: everywhere("paused"))
+
+        sentinels.failover()  # planned: the replica becomes the master, the master its replica
+
+        async def swapped() -> bool:
+            return bool(sentinels.master_port() == second.port)
+
+        assert await within(10, swapped)
+        assert (await acted(session, b, "rollback", 10))["persisted"] is True
+        assert await within(3, lambda: everywhere("rolled_back"))
+        assert b"role:master" in second.role()
+
+        second.kill()  # the new master dies: the sentinel promotes the old one again
+
+        async def back() -> bool:
+            return sentinels.master_port() == first.port and b"role:master" in first.role()
+
+        assert await within(20, back)
+        body = await acted(session, a, "resume", 10)
+        assert body["persisted"] is True and body["after"] != "rolled_back", body
+        assert await within(3, lambda: everywhere(str(body["after"])))
+        assert [line for r in (a, b) for line in r.logged("ERROR")] == []
