@@ -31,6 +31,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from proxy import clock
 from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
 from proxy.ejection import Breaker
@@ -135,6 +136,7 @@ class Admin:
         self._actor_key = actor_key
         self.book = book
         self.last_reload: ReloadResult | None = None
+        self.clock_error: Callable[[], str | None] = lambda: None  # (the fleet's, if any)
         self.use(config, token)
         recorder.registry.register(CallbackCollector(self._rollout_metrics))
 
@@ -238,7 +240,7 @@ class Admin:
 
     async def status(self, request: web.Request) -> web.Response:
         """Every route: state, share now, ramp, segments, last transition, request counts."""
-        now = time.time()
+        now = clock.now()
         privileged = self._has_token(request)
         routes = [
             self.route_status(route, now, privileged=privileged)
@@ -262,6 +264,8 @@ class Admin:
             "healthy": self.controller.store_error is None,
             "error": self.controller.store_error,
             "unreadable_at_start": self.controller.load_error,
+            "clock_offset_seconds": round(-clock.offset(), 6),
+            "clock_error": self.clock_error(),
         }
         answer = {"config": config, "state": state, "routes": routes}
         if self.host is not None:
@@ -361,7 +365,7 @@ class Admin:
         }
 
     def _rollout_metrics(self) -> Iterable[GaugeMetricFamily]:
-        now = time.time()
+        now = clock.now()
         share = GaugeMetricFamily(
             "grayscale_candidate_share",
             "The candidate's share now (0..1), after pauses, overrides and rollbacks.",
@@ -400,7 +404,12 @@ class Admin:
             "grayscale_config_info", "The loaded config's hash.", labels=("hash",)
         )
         info.add_metric((self.config.digest,), 1.0)
-        return (share, state, holding, ejected, healthy, info)
+        skew = GaugeMetricFamily(
+            "grayscale_clock_offset_seconds",
+            "How far this host's clock is ahead of the fleet's (Redis's); 0 without a fleet.",
+        )
+        skew.add_metric((), -clock.offset())
+        return (share, state, holding, ejected, healthy, info, skew)
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -440,7 +449,7 @@ class Admin:
                 outcome = await self.controller.act(
                     name,
                     action,
-                    time.time(),
+                    clock.now(),
                     actor=self._actor,
                     reason=reason,
                     share=share,
@@ -457,7 +466,7 @@ class Admin:
             result = {
                 "route": name,
                 **(_transition(outcome.transition) or {}),
-                "share": self.controller.share(name, time.time()),
+                "share": self.controller.share(name, clock.now()),
                 "persisted": outcome.persisted,
             }
             if not outcome.persisted:

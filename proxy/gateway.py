@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+from proxy import clock
 from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.compare import Seen
@@ -187,7 +188,7 @@ class Gateway:
             read = await self._read(request, snapshot.config.server.max_body_bytes)
             if read is None:
                 return None
-        now = time.time()
+        now = clock.now()
         trusted_proxies = snapshot.config.server.trusted_proxies
         facts = HttpFacts(request, trusted_proxies)
         decision = decide(active, facts, self.controller.control(name, now))

@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 from redis.asyncio import Redis
 
+from proxy import clock
 from proxy.access_log import AccessLog, secret_from_env
 from proxy.admin import Admin
 from proxy.analysis.loop import Analyzer
@@ -163,7 +164,11 @@ class Server:
         self.fleet = None
         if self.redis is not None:
             self.fleet = FleetMember(
-                self.redis, config.state.key_prefix, replica_name(), self.observations
+                self.redis,
+                config.state.key_prefix,
+                replica_name(),
+                self.observations,
+                config.state.max_clock_skew,
             )
             fleet = self.fleet
             self.controller.store_checks.append(lambda: fleet.flush_error)
@@ -210,6 +215,9 @@ class Server:
             book=self.book,
             host=self.host_metrics,
         )
+        if self.fleet is not None:
+            member = self.fleet
+            self.admin.clock_error = lambda: member.clock_error
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
@@ -226,7 +234,7 @@ class Server:
 
     async def start(self, now: float | None = None) -> None:
         """Load rollout state, bind both listeners; then the proxy is ready."""
-        await self.controller.start(self.config.routes, time.time() if now is None else now)
+        await self.controller.start(self.config.routes, clock.now() if now is None else now)
         self._count_runs(self.config)
         if self.access_log is not None:
             self.access_log.start()
@@ -264,7 +272,7 @@ class Server:
         self._log_routes()
 
     def _log_routes(self) -> None:
-        now = time.time()
+        now = clock.now()
         for route in self.config.routes:
             log.info(
                 "route %s: %s -> stable %s, candidate %s (%s)",
@@ -355,7 +363,7 @@ class Server:
         Requests in flight finish on the snapshot they started with; rollouts keep their state
         unless their candidate changed.
         """
-        await self.controller.reconcile(config.routes, time.time())
+        await self.controller.reconcile(config.routes, clock.now())
         self.observations.update(_spans(config), _identities(config))
         self._count_runs(config)
         self.gateway.use(config)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from proxy import clock
 from proxy.analysis.verdict import wilson
 from proxy.compare import Seen, agree
 from proxy.config.model import Route, Shadow, TextCompare
@@ -146,7 +147,7 @@ class Shadower:
         state = self._routes.get(route.name)
         if route.shadow is None or state is None:
             return None
-        return state.status(route.shadow, self._controller.gated(route.name, time.time()))
+        return state.status(route.shadow, self._controller.gated(route.name, clock.now()))
 
     def launch(self, route: Route, candidate: Target, copy: Copy, stable: Seen) -> bool:
         """Send `copy` to the candidate in the background and compare its answer with
@@ -197,7 +198,7 @@ class Shadower:
             for tell in self.on_result:
                 tell(route.name, result)
             if result != "error" and state.gate_met(shadow):
-                await self._controller.open_gate(route.name, time.time())
+                await self._controller.open_gate(route.name, clock.now())
         finally:
             state.in_flight -= 1
 

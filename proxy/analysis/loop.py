@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy import clock
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, Step, step
 from proxy.analysis.prometheus import MetricQueries, hostname
@@ -201,7 +201,7 @@ class Analyzer:
             await asyncio.sleep(max(0.0, next_round - loop.time()))
             next_round += interval
             try:
-                await self.round(name, time.time())
+                await self.round(name, clock.now())
             except Exception:
                 log.exception("analysis round failed", extra={"route": name})
 

@@ -429,7 +429,14 @@ class _Parser:
             )
 
     def state(self, node: Node, path: str, default: StateConfig) -> StateConfig:
-        redis_fields = ("url", "key_prefix", "password_env", "ca_file", "sentinel")
+        redis_fields = (
+            "url",
+            "key_prefix",
+            "password_env",
+            "ca_file",
+            "sentinel",
+            "max_clock_skew",
+        )
         fields = self.mapping(node, path, ("backend", "path", *redis_fields))
         backend = default.backend
         if "backend" in fields:
@@ -462,6 +469,7 @@ class _Parser:
             self.field(fields, "password_env", path, self.string, "") or None,
             ca_file,
             sentinel,
+            self.field(fields, "max_clock_skew", path, self.duration, default.max_clock_skew),
         )
 
     def sentinel(self, node: Node, path: str) -> Sentinel | None:

@@ -428,6 +428,7 @@ class StateConfig:
     password_env: str | None = None
     ca_file: str | None = None
     sentinel: Sentinel | None = None
+    max_clock_skew: float = 1.0  # seconds off Redis's clock before a replica stops deciding
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,7 @@ class Decider:
         self.holder: str | None = None  # the decider's name as last seen
         self._token = f"{name}#{secrets.token_hex(8)}"  # this process's value in the lease
         self._held = False
+        self.eligible = True  # False: do not take the lease (a host clock too far off)
         self._valid_until = 0.0  # monotonic time our lease ends, counted from when we asked
         self._expires_in = RENEW_EVERY  # seconds left on the lease as last seen
         self._redis = redis
@@ -99,6 +100,13 @@ class Decider:
 
     async def attempt(self) -> bool:
         """Take the lease if it is free, renew it if it is ours; whether we hold it."""
+        if not self.eligible:
+            if self._held:
+                log.info("this replica stopped deciding for the fleet")
+                with contextlib.suppress(RedisError, OSError):
+                    await self._release(keys=[self._lease_key], args=[self._token])
+            self._held = False
+            return False
         value: str | None = None  # if Redis cannot tell: not deciding (ours lapses by itself)
         self._expires_in = RENEW_EVERY
         asked = time.monotonic()

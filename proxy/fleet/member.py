@@ -9,12 +9,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy import clock
 from proxy.analysis.sources import Unavailable
 from proxy.analysis.verdict import Clustering, Sample
 from proxy.analysis.window import LocalObservations
@@ -23,19 +25,32 @@ from proxy.fleet.observations import FLUSH_EVERY, PooledObservations
 from proxy.rollout.store import Fence
 from proxy.tasks import cancel_and_wait
 
+OFFSETS = 8  # measurements of the clock's offset kept: the one of the quickest call is used
+
 log = logging.getLogger("grayscale.analysis")
 
 
 class FleetMember:
     """The pooled observations and the decider's lease of one process."""
 
-    def __init__(self, redis: Redis, key_prefix: str, name: str, local: LocalObservations):
+    def __init__(
+        self,
+        redis: Redis,
+        key_prefix: str,
+        name: str,
+        local: LocalObservations,
+        max_clock_skew: float = 1.0,
+    ):
         self.pool = PooledObservations(local, redis, key_prefix)
         self.decider = Decider(redis, key_prefix, name)
         self.name = name
+        self._redis = redis
         self._local = local
         self._flusher: asyncio.Task[None] | None = None
         self.flush_error: str | None = None  # why this process's last flush failed, if it did
+        self.max_clock_skew = max_clock_skew
+        self.clock_error: str | None = None  # why this host's clock is not to be trusted
+        self._offsets: deque[tuple[float, float]] = deque(maxlen=OFFSETS)  # (call, offset)
 
     @property
     def holder(self) -> str | None:
@@ -105,13 +120,39 @@ class FleetMember:
             await cancel_and_wait(self._flusher)
             self._flusher = None
         with contextlib.suppress(RedisError, OSError):
-            await self.pool.flush(time.time())
+            await self.pool.flush(clock.now())
+
+    async def measure_clock(self) -> None:
+        """Measure this host's offset to Redis's clock (`proxy.clock`); a host further off
+        than `max_clock_skew` says so and gives up deciding until it is not."""
+        before = time.time()
+        seconds, microseconds = await self._redis.time()
+        after = time.time()
+        self._offsets.append((after - before, seconds + microseconds / 1e6 - (before + after) / 2))
+        offset = min(self._offsets)[1]
+        clock.set_offset(offset)
+        if abs(offset) > self.max_clock_skew:
+            if self.clock_error is None:
+                log.warning(
+                    "this host's clock is %+.3f s off the fleet's (Redis's): the ramp and the "
+                    "analysis use the fleet's, and this replica does not decide until it is "
+                    "within %g s (state.max_clock_skew)",
+                    -offset,
+                    self.max_clock_skew,
+                )
+            self.clock_error = f"this host's clock is {-offset:+.3f} s off the fleet's"
+        elif self.clock_error is not None:
+            log.info("this host's clock is within %g s of the fleet's again", self.max_clock_skew)
+            self.clock_error = None
+        self.decider.eligible = self.clock_error is None
 
     async def _flush_often(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
+            with contextlib.suppress(RedisError, OSError):  # (the flush below says it)
+                await self.measure_clock()
             try:
-                await self.pool.flush(time.time())
+                await self.pool.flush(clock.now())
             except (RedisError, OSError) as exc:  # (kept for the next flush)
                 if self.flush_error is None:
                     log.warning(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy import clock
 from proxy.config.model import Route
 from proxy.rollout.machine import (
     Action,
@@ -200,7 +200,7 @@ class RolloutController:
             local = self._rollouts.get(name)
             if local is None or local.identity != identity:  # new here: serve it on stable
                 self._rollouts[name] = _rolled_back(
-                    [self._routes[name]], time.time(), "rollout state store unavailable"
+                    [self._routes[name]], clock.now(), "rollout state store unavailable"
                 )[name]
                 self._provisional.add(name)
             raise
@@ -240,9 +240,9 @@ class RolloutController:
                 "snapshot, or failed over); writing this replica's back",
                 name,
                 rollout.revision,
-                state_of(rollout, route, time.time()).value,
+                state_of(rollout, route, clock.now()).value,
                 local.revision,
-                state_of(local, route, time.time()).value,
+                state_of(local, route, clock.now()).value,
                 extra={"route": name},
             )
             return True
@@ -252,7 +252,7 @@ class RolloutController:
             log.info(
                 "rollout of %s changed elsewhere: %s",
                 name,
-                state_of(rollout, route, time.time()).value,
+                state_of(rollout, route, clock.now()).value,
                 extra={"route": name},
             )
         return False
@@ -260,7 +260,7 @@ class RolloutController:
     async def _recovered(self) -> None:
         """The shared store answers again: line it up with what this process knows."""
         with contextlib.suppress(StateUnavailable):
-            await self.reconcile(tuple(self._routes.values()), time.time())
+            await self.reconcile(tuple(self._routes.values()), clock.now())
 
     async def close(self) -> None:
         """Stop following the store."""

@@ -91,15 +91,16 @@ class Replica:
             await self._reader
 
 
-ReplicaFactory = Callable[[Path], Awaitable[Replica]]
+ReplicaFactory = Callable[..., Awaitable[Replica]]  # (config, env=None)
 
 
 @pytest.fixture
 async def replicas() -> AsyncIterator[ReplicaFactory]:
-    """Start `grayscale serve --config PATH` processes; all are stopped after the test."""
+    """Start `grayscale serve --config PATH` processes (with `env` added to the environment);
+    all are stopped after the test."""
     started: list[Replica] = []
 
-    async def start(config: Path) -> Replica:
+    async def start(config: Path, env: dict[str, str] | None = None) -> Replica:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -109,7 +110,7 @@ async def replicas() -> AsyncIterator[ReplicaFactory]:
             str(config),
             cwd=ROOT,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "GRAYSCALE_ADMIN_TOKEN": TOKEN},
+            env={**os.environ, "GRAYSCALE_ADMIN_TOKEN": TOKEN, **(env or {})},
         )
         replica = Replica(process)
         started.append(replica)
