@@ -237,7 +237,7 @@ class RolloutController:
             log.warning(
                 "rollout of %s in the state store is older (revision %d, %s) than this "
                 "replica's (revision %d, %s): the store lost changes (restored from an older "
-                "snapshot, or failed over); writing this replica's back",
+                "snapshot, failed over) or has not taken them yet; writing this replica's back",
                 name,
                 rollout.revision,
                 state_of(rollout, route, clock.now()).value,

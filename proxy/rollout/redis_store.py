@@ -49,6 +49,7 @@ from proxy.tasks import cancel_and_wait
 log = logging.getLogger("grayscale.state")
 
 REREAD_EVERY = 1.0  # seconds between re-reads of this replica's records (if a message is missed)
+RECONNECT_EVERY = 1.0  # seconds between attempts to reach a Redis that is gone, at the most
 KEEP_FOR = 30 * 86400  # seconds a record lives without being read by a replica that has it
 RETRIES = 20  # compare-and-set attempts before a change gives up (records in fierce contention)
 
@@ -220,7 +221,7 @@ class RedisStore:
             except (RedisError, OSError, StateUnavailable) as exc:
                 self._unavailable(exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RECONNECT_EVERY)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

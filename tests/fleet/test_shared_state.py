@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from proxy.rollout.redis_store import RECONNECT_EVERY
 from tests.fleet.conftest import TOKEN, ReplicaFactory
 from tests.fleet.redis_server import RedisServer
 from tests.integration.conftest import route_yaml, upstreams, url_of
@@ -156,6 +157,7 @@ async def test_a_redis_outage_costs_no_request_and_an_emptied_redis_no_rollback(
         # Redis comes back empty (a failover to a fresh instance): the replicas write back what
         # they knew, and the route stays rolled back everywhere, for a new replica too.
         redis_server.start()
+        back = time.monotonic()
         for replica in (a, b):
             for _ in range(100):
                 if (await replica.status(session))["state"]["healthy"]:  # type: ignore[index]
@@ -163,6 +165,8 @@ async def test_a_redis_outage_costs_no_request_and_an_emptied_redis_no_rollback(
                 await asyncio.sleep(0.1)
             assert (await replica.status(session))["state"]["healthy"] is True  # type: ignore[index]
             assert len(replica.logged("state store reachable again")) == 1
+        # (reconnection is tried at least once a second: RECONNECT_EVERY, and a re-read)
+        assert time.monotonic() - back < RECONNECT_EVERY + 1.5
         c = await replicas(config)
         for replica in (a, b, c):
             assert await state_of(session, replica.admin_url) == "rolled_back"
