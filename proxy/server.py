@@ -55,7 +55,7 @@ def state_store(config: Config, redis: Redis | None = None) -> StateStore:
         where = describe(state.url)
         if state.sentinel is not None:
             where = f"redis master {state.sentinel.service} (by its sentinels)"
-        return RedisStore(redis, state.key_prefix, where)
+        return RedisStore(redis, state.key_prefix, where, state.min_replicas_ack)
     return FileStore(state.path)
 
 

@@ -436,6 +436,7 @@ class _Parser:
             "ca_file",
             "sentinel",
             "max_clock_skew",
+            "min_replicas_ack",
         )
         fields = self.mapping(node, path, ("backend", "path", *redis_fields))
         backend = default.backend
@@ -470,6 +471,9 @@ class _Parser:
             ca_file,
             sentinel,
             self.field(fields, "max_clock_skew", path, self.duration, default.max_clock_skew),
+            self.field(fields, "min_replicas_ack", path, self.count_or_zero, -1)
+            if "min_replicas_ack" in fields
+            else None,
         )
 
     def sentinel(self, node: Node, path: str) -> Sentinel | None:

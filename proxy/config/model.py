@@ -429,6 +429,8 @@ class StateConfig:
     ca_file: str | None = None
     sentinel: Sentinel | None = None
     max_clock_skew: float = 1.0  # seconds off Redis's clock before a replica stops deciding
+    min_replicas_ack: int | None = None  # replicas a rollback, pause or promotion waits for
+    # (None: one when the master has any)
 
 
 @dataclass(frozen=True, slots=True)

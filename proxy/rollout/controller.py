@@ -34,6 +34,7 @@ from proxy.rollout.store import (
     Change,
     Fence,
     LeaseLost,
+    NotReplicated,
     StateError,
     StateStore,
     StateUnavailable,
@@ -56,6 +57,7 @@ class Outcome:
     error: str | None = None
 
 
+DURABLE = frozenset({Action.ROLLBACK, Action.PAUSE, Action.PROMOTE})  # wait for replicas
 FORGET_AFTER = 30 * 86400.0  # a route out of the config this long loses its stored rollout
 
 
@@ -181,17 +183,23 @@ class RolloutController:
         return keep
 
     async def _change(
-        self, name: str, change: Change, fence: Fence | None = None
+        self, name: str, change: Change, fence: Fence | None = None, durable: bool = False
     ) -> tuple[Rollout, str | None]:
         """Apply `change` to route `name` in the store and here: the rollout it made, and the
         file's error, if any (the change is then applied here only). Raises
         `StateUnavailable`, changing nothing, when a shared store cannot be reached (`LeaseLost`
-        when `fence` is no longer held)."""
+        when `fence` is no longer held). `durable`: see `StateStore.change`; a change its
+        replicas did not acknowledge is made, with the reason as its error."""
         identity = identity_of(self._routes[name])
         reports = self._reports.get(name, 0)
         change = _counted(change)
         try:
-            changed = latest = await self._store.change(name, identity, change, fence)
+            try:
+                changed = latest = await self._store.change(name, identity, change, fence, durable)
+            except NotReplicated as exc:
+                log.warning("%s: %s", name, exc, extra={"route": name})
+                self._rollouts[name] = exc.rollout
+                return exc.rollout, str(exc)
             if self._reports.get(name, 0) != reports:
                 # A change made elsewhere was reported meanwhile, before or after ours: ask
                 # which is the latest rather than guess.
@@ -332,7 +340,7 @@ class RolloutController:
 
         async with self._lock:
             try:
-                changed, error = await self._change(name, change, fence)
+                changed, error = await self._change(name, change, fence, action in DURABLE)
             except LeaseLost:
                 raise
             except StateUnavailable as exc:

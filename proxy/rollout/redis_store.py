@@ -38,6 +38,7 @@ from proxy.rollout.store import (
     Fence,
     Follower,
     LeaseLost,
+    NotReplicated,
     Recovery,
     StateError,
     StateUnavailable,
@@ -51,6 +52,7 @@ log = logging.getLogger("grayscale.state")
 REREAD_EVERY = 1.0  # seconds between re-reads of this replica's records (if a message is missed)
 RECONNECT_EVERY = 1.0  # seconds between attempts to reach a Redis that is gone, at the most
 KEEP_FOR = 30 * 86400  # seconds a record lives without being read by a replica that has it
+WAIT_FOR = 0.5  # seconds a durable change waits for its replicas' acknowledgement
 RETRIES = 20  # compare-and-set attempts before a change gives up (records in fierce contention)
 
 # KEYS[1] the record, KEYS[2] (if fenced) the decider's lease; ARGV: expected version (0:
@@ -76,8 +78,18 @@ return 1
 class RedisStore:
     """Each route's rollout in Redis, changed by compare-and-set and followed by every replica."""
 
-    def __init__(self, redis: Redis, key_prefix: str, where: str = "redis"):
-        """`where` names the Redis in messages (see `proxy.fleet.connection.describe`)."""
+    def __init__(
+        self,
+        redis: Redis,
+        key_prefix: str,
+        where: str = "redis",
+        min_replicas_ack: int | None = None,
+    ):
+        """`where` names the Redis in messages (see `proxy.fleet.connection.describe`);
+        `min_replicas_ack`: the replicas a durable change waits for (None: one if the master
+        has any, as last seen)."""
+        self.min_replicas_ack = min_replicas_ack
+        self.replicas = 0  # the master's replicas, as last seen (`INFO replication`)
         self._redis = redis
         self._prefix = key_prefix
         self._where = where
@@ -127,13 +139,18 @@ class RedisStore:
         return loaded
 
     async def change(
-        self, name: str, identity: str, change: Change, fence: Fence | None = None
+        self,
+        name: str,
+        identity: str,
+        change: Change,
+        fence: Fence | None = None,
+        durable: bool = False,
     ) -> Rollout:
         async with self._reading:
-            return await self._change(name, identity, change, fence)
+            return await self._change(name, identity, change, fence, durable)
 
     async def _change(
-        self, name: str, identity: str, change: Change, fence: Fence | None
+        self, name: str, identity: str, change: Change, fence: Fence | None, durable: bool
     ) -> Rollout:
         key = self.key(name, identity)
         keys, fenced = [key], []
@@ -153,12 +170,24 @@ class RedisStore:
                 await self._call(self._redis.expire(key, KEEP_FOR))
                 return stored
             document = json.dumps({"version": version + 1, "rollout": encode_rollout(changed)})
-            done = await self._call(
-                self._cas(keys=keys, args=[version, document, KEEP_FOR, self._channel, *fenced]),
-                write=True,
+            acks = self._acks() if durable else 0
+            # (one connection for both: WAIT counts the replicas that have this connection's
+            # writes)
+            pipe = self._redis.pipeline(transaction=False)
+            await self._cas(
+                keys=keys, args=[version, document, KEEP_FOR, self._channel, *fenced], client=pipe
             )
+            if acks:
+                pipe.wait(acks, int(WAIT_FOR * 1000))
+            done, *acked = await self._call(pipe.execute(), write=True)
             if done == -1:
                 raise LeaseLost(f"{name}: this replica no longer holds the decider's lease")
+            if done and acked and acked[0] < acks:
+                raise NotReplicated(
+                    f"{self._where}: acknowledged by {acked[0]} of {acks} replicas within "
+                    f"{WAIT_FOR:g} s: a failover now could lose it",
+                    changed,
+                )
             if done:
                 return changed
         raise StateUnavailable(f"the record of {name} kept changing: try again")
@@ -226,10 +255,19 @@ class RedisStore:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    def _acks(self) -> int:
+        if self.min_replicas_ack is not None:
+            return self.min_replicas_ack
+        return min(self.replicas, 1)
+
     async def _reread(self) -> bool:
         """Read every followed record; True when one of them is missing or older than this
         process's. While Redis refuses writes, try one (a key of this process's that expires)
-        to learn when it takes them again."""
+        to learn when it takes them again. Count the master's replicas (see `_acks`)."""
+        if self.min_replicas_ack is None:
+            with contextlib.suppress(StateUnavailable):
+                info = await self._call(self._redis.info("replication"))
+                self.replicas = int(info.get("connected_slaves", 0))
         if self.refusing is not None:
             with contextlib.suppress(StateUnavailable):
                 probe = f"{self._prefix}:writable:{id(self)}"

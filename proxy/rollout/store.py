@@ -50,6 +50,15 @@ class StateUnavailable(Exception):
     """A shared state store cannot be reached: nothing was changed."""
 
 
+class NotReplicated(Exception):
+    """A change was made (`rollout`), but not acknowledged by the replicas asked for in time:
+    a failover now could lose it."""
+
+    def __init__(self, message: str, rollout: Rollout):
+        super().__init__(message)
+        self.rollout = rollout
+
+
 class LeaseLost(StateUnavailable):
     """A change fenced by the decider's lease was refused: this process no longer holds it
     (another replica decides now). Nothing was changed."""
@@ -85,11 +94,19 @@ class StateStore(Protocol):
         ...
 
     async def change(
-        self, name: str, identity: str, change: Change, fence: Fence | None = None
+        self,
+        name: str,
+        identity: str,
+        change: Change,
+        fence: Fence | None = None,
+        durable: bool = False,
     ) -> Rollout:
         """Replace route `name`'s rollout by `change(stored)`, atomically; the result. With
         `fence`, only while its lease is held (else `LeaseLost`); a store without leases (one
-        host's file or memory, where no lease is taken) ignores it."""
+        host's file or memory, where no lease is taken) ignores it. `durable`: a decision that
+        must survive the store's failover (a rollback, a pause, a promotion): a replicated
+        store waits for its replicas to acknowledge it, else raises `NotReplicated` (the change
+        is made, on the master only)."""
         ...
 
     async def forget(self, name: str) -> None:
@@ -125,7 +142,12 @@ class MemoryStore:
         return dict(self._rollouts)
 
     async def change(
-        self, name: str, identity: str, change: Change, fence: Fence | None = None
+        self,
+        name: str,
+        identity: str,
+        change: Change,
+        fence: Fence | None = None,
+        durable: bool = False,
     ) -> Rollout:
         self._rollouts[name] = changed = change(self._rollouts.get(name))
         return changed
@@ -162,9 +184,14 @@ class FileStore:
         return await asyncio.to_thread(self._read)
 
     async def change(
-        self, name: str, identity: str, change: Change, fence: Fence | None = None
+        self,
+        name: str,
+        identity: str,
+        change: Change,
+        fence: Fence | None = None,
+        durable: bool = False,
     ) -> Rollout:
-        return await asyncio.to_thread(self._change, name, change)
+        return await asyncio.to_thread(self._change, name, change)  # (fsync'd: durable)
 
     async def forget(self, name: str) -> None:
         await asyncio.to_thread(self._forget, name)

@@ -4,6 +4,7 @@ unreadable records, and an emptied Redis written back by the replicas that knew 
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import replace
 
 import pytest
@@ -12,9 +13,9 @@ from redis.asyncio import Redis
 from proxy.fleet.connection import connect
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, Rollout, State, identity_of
-from proxy.rollout.redis_store import RedisStore
+from proxy.rollout.redis_store import REREAD_EVERY, RedisStore
 from proxy.rollout.store import Change, Fence, LeaseLost, StateUnavailable
-from tests.fleet.redis_server import RedisServer
+from tests.fleet.redis_server import MISSING, RedisServer
 from tests.unit.test_rollout import ROUTE, T0
 
 
@@ -177,3 +178,38 @@ def test_a_bad_record_is_no_crash_for_the_parser():
     with pytest.raises(ValueError, match="version: expected a positive whole number"):
         RedisStore._parse(b'{"version": true, "rollout": {}}')
     assert RedisStore._parse(None) == (0, None)
+
+
+async def test_a_durable_change_waits_for_a_replica_and_says_when_none_acknowledged():
+    master, replica = RedisServer.find(), RedisServer.find()
+    if master is None or replica is None:
+        pytest.skip(MISSING)
+    master.start()
+    client = connect(master.url)
+    try:
+        replica.start(replica_of=master.port)
+        for _ in range(100):
+            if replica.replicating():
+                break
+            await asyncio.sleep(0.05)
+        assert replica.replicating()
+        store = RedisStore(client, "t")  # (waits for one replica when the master has any)
+        controller = RolloutController(store)
+        await controller.start([ROUTE], T0)
+        await asyncio.sleep(REREAD_EVERY + 0.3)  # (the replicas are counted at each re-read)
+        assert store.replicas == 1
+        assert (await controller.act("r", Action.PAUSE, T0 + 1, actor="op")).persisted
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)  # a replica that acknowledges nothing
+        try:
+            outcome = await controller.act("r", Action.ROLLBACK, T0 + 2, actor="op")
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        assert not outcome.persisted and "acknowledged by 0 of 1 replicas" in str(outcome.error)
+        assert controller.state("r", T0 + 2) is State.ROLLED_BACK  # made, on the master
+        assert (await store.load({"r": identity_of(ROUTE)}))["r"].status.value == "rolled_back"
+        await controller.close()
+    finally:
+        await client.aclose()
+        replica.kill()
+        master.kill()

@@ -515,7 +515,7 @@ server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.
           drain_timeout: 4s, workers: 2}}
 admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
 state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",
-         password_env: REDIS_PW, ca_file: {ca}, max_clock_skew: 2s}}
+         password_env: REDIS_PW, ca_file: {ca}, max_clock_skew: 2s, min_replicas_ack: 2}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
 outcomes: {{token_env: OT, secret_env: OS, ttl: 5m, max_batch: 10, max_names: 3}}
 routes:

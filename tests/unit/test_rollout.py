@@ -305,10 +305,10 @@ async def test_rollouts_of_routes_long_out_of_the_config_are_forgotten():
 class FlakyStore(MemoryStore):
     failing = False
 
-    async def change(self, name, identity, change, fence=None):
+    async def change(self, name, identity, change, fence=None, durable=False):
         if self.failing:
             raise StateError("disk on fire")
-        return await super().change(name, identity, change, fence)
+        return await super().change(name, identity, change, fence, durable)
 
 
 @pytest.mark.logs_errors("disk on fire")
