@@ -214,6 +214,9 @@ class Analyzer:
         run = self.controller.run(name)
         if self.controller.state(name, now) not in JUDGED:
             analysis.memory = Memory()  # (rolled back or promoted: this run is over)
+            if self.fleet is not None and not self.fleet.deciding:
+                with contextlib.suppress(Unavailable):  # the verdict that ended it, and its
+                    analysis.published = await self.fleet.latest(name) or analysis.published
             return None
         self.source.count(name, run)  # (a resume began a new run: new counts)
         if self.fleet is not None and not await self._deciding(name, analysis, run):

@@ -110,6 +110,8 @@ async def test_replicas_that_each_see_too_little_roll_back_together_with_one_web
         assert len(deciders) == 1 and None not in deciders
         assert sum(view["this_replica_decides"] for view in views) == 1
         assert all(view["last_verdict"]["result"] == "fail" for view in views)
+        # (the verdict that did it, with its action: `explain` on any replica says why)
+        assert all(view["action"] == "rollback" for view in views), views
         # The error rate is judged on the fleet's requests, the sample ratio on the decider's own
         # (a user's requests spread over replicas must not count once per replica; the verdict
         # may have come before the last requests, hence at most).
