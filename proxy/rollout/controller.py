@@ -220,6 +220,7 @@ class RolloutController:
         self._write_error = None
         self._rollouts[name] = latest
         self._provisional.discard(name)
+        self._behind.pop(name, None)  # (the store has ours: a later loss is warned of anew)
         if name in self._unrecorded:
             self._unrecorded.discard(name)
             log.info("rollback of %s recorded in the state store", name, extra={"route": name})

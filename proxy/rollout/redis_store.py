@@ -270,7 +270,7 @@ class RedisStore:
                 self.replicas = int(info.get("connected_slaves", 0))
         if self.refusing is not None:
             with contextlib.suppress(StateUnavailable):
-                probe = f"{self._prefix}:writable:{id(self)}"
+                probe = f"{self._prefix}:writable"  # (any write would do; this one expires)
                 await self._call(self._redis.set(probe, b"1", px=5000), write=True)
         keys = list(self._keys)
         if not keys:

@@ -82,6 +82,22 @@ async def until(check: Any, within: float) -> float | None:
     return None
 
 
+async def deciding_on_failures(
+    session: aiohttp.ClientSession, fleet: list[Replica]
+) -> tuple[dict[str, Any], Replica]:
+    """Send traffic to a fleet whose candidate fails, until its decider has counted two failed
+    verdicts: the analysis view then, and the replica that decides."""
+    await spread(session, fleet, 3 * MIN_REQUESTS, "u")
+
+    async def failing() -> bool:
+        return bool((await analysis_of(session, fleet[0]))["consecutive_failures"] >= 2)
+
+    assert await until(failing, 10) is not None
+    view = await analysis_of(session, fleet[0])
+    (decider,) = [r for r in fleet if view["decider"].endswith(f":{r.process.pid}")]
+    return view, decider
+
+
 async def test_replicas_that_each_see_too_little_roll_back_together_with_one_webhook(
     tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
 ):
@@ -133,14 +149,7 @@ async def test_when_the_decider_dies_mid_analysis_another_takes_over_and_finishe
     config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="12")
     fleet = [await replicas(config) for _ in range(3)]
     async with aiohttp.ClientSession() as session:
-        await spread(session, fleet, 3 * MIN_REQUESTS, "u")
-
-        async def failing() -> bool:
-            return bool((await analysis_of(session, fleet[0]))["consecutive_failures"] >= 2)
-
-        assert await until(failing, 10) is not None
-        view = await analysis_of(session, fleet[0])
-        (decider,) = [r for r in fleet if view["decider"].endswith(f":{r.process.pid}")]
+        view, decider = await deciding_on_failures(session, fleet)
         decider.process.kill()
         killed_at = time.monotonic()
         survivors = [r for r in fleet if r is not decider]
@@ -183,14 +192,7 @@ async def test_a_decider_stopped_past_its_lease_publishes_and_changes_nothing_wh
     config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="6")
     fleet = [await replicas(config) for _ in range(2)]
     async with aiohttp.ClientSession() as session:
-        await spread(session, fleet, 3 * MIN_REQUESTS, "u")
-
-        async def failing() -> bool:
-            return bool((await analysis_of(session, fleet[0]))["consecutive_failures"] >= 2)
-
-        assert await until(failing, 10) is not None
-        view = await analysis_of(session, fleet[0])
-        (stopped,) = [r for r in fleet if view["decider"].endswith(f":{r.process.pid}")]
+        view, stopped = await deciding_on_failures(session, fleet)
         (other,) = [r for r in fleet if r is not stopped]
         stopped.process.send_signal(signal.SIGSTOP)
         try:
