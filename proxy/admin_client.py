@@ -84,7 +84,9 @@ def _verdict(analysis: dict[str, Any] | None) -> str:
 
 
 def status_table(status: dict[str, Any]) -> str:
-    """The `/status` answer as a table, a route a row."""
+    """The `/status` answer as a table, a route a row. A route judged by a fleet shows the
+    counts its decider last judged, pooled over every replica, with this replica's beside them
+    (`here`, since it started)."""
     header = (
         "ROUTE",
         "STATE",
@@ -97,8 +99,19 @@ def status_table(status: dict[str, Any]) -> str:
         "LAST CHANGE",
     )
     rows = [header]
+    pooled_any = False
     for route in status["routes"]:
         counts = {v: sum(c.values()) for v, c in route["requests"].items()}
+        cells: list[str] = []
+        pooled = (route.get("analysis") or {}).get("counts") or {}
+        for variant in ("stable", "candidate"):
+            here, rate = str(counts[variant]), _rate(route["error_rate"][variant])
+            if pooled.get("pooled"):
+                pooled_any = True
+                seen = pooled[variant]
+                fleet_rate = seen["errors"] / seen["requests"] if seen["requests"] else None
+                here, rate = f"{seen['requests']} (here {here})", f"{_rate(fleet_rate)} ({rate})"
+            cells += [here, rate]
         last = route["last_transition"]
         change = "-"
         if last:
@@ -110,16 +123,19 @@ def status_table(status: dict[str, Any]) -> str:
                 route["name"],
                 route["state"],
                 f"{route['share']:.2%}",
-                str(counts["stable"]),
-                _rate(route["error_rate"]["stable"]),
-                str(counts["candidate"]),
-                _rate(route["error_rate"]["candidate"]),
+                *cells,
                 _verdict(route.get("analysis")),
                 change,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
+    table = "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+    if pooled_any:
+        table += (
+            "\n(counts: the analysis window over every replica, as the decider last judged it;"
+            " in parentheses: this replica's since it started)"
+        )
+    return table

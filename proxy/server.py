@@ -12,7 +12,6 @@ import signal
 import time
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from proxy import clock
 from proxy.access_log import AccessLog, secret_from_env
@@ -23,7 +22,13 @@ from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend
-from proxy.fleet.connection import connect, connect_sentinel, describe, replica_name
+from proxy.fleet.connection import (
+    connect,
+    connect_cluster,
+    connect_sentinel,
+    describe,
+    replica_name,
+)
 from proxy.fleet.member import FleetMember
 from proxy.gateway import Gateway
 from proxy.http.server import Listener
@@ -33,7 +38,7 @@ from proxy.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
-from proxy.rollout.redis_store import RedisStore
+from proxy.rollout.redis_store import Client, RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
 from proxy.workers import HostMetrics, Worker
 
@@ -45,7 +50,7 @@ def _url(address: object) -> str:
     return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 
 
-def state_store(config: Config, redis: Redis | None = None) -> StateStore:
+def state_store(config: Config, redis: Client | None = None) -> StateStore:
     """The state store the config asks for (`redis`: the client, for the redis backend)."""
     state = config.state
     if state.backend is StateBackend.MEMORY:
@@ -55,11 +60,13 @@ def state_store(config: Config, redis: Redis | None = None) -> StateStore:
         where = describe(state.url)
         if state.sentinel is not None:
             where = f"redis master {state.sentinel.service} (by its sentinels)"
+        elif state.cluster:
+            where = f"redis cluster of {describe(state.url).removeprefix('redis at ')}"
         return RedisStore(redis, state.key_prefix, where, state.min_replicas_ack)
     return FileStore(state.path)
 
 
-def _redis(config: Config) -> Redis | None:
+def _redis(config: Config) -> Client | None:
     """The Redis client of the fleet, when the state is kept in Redis."""
     state = config.state
     if state.backend is not StateBackend.REDIS:
@@ -68,6 +75,8 @@ def _redis(config: Config) -> Redis | None:
         log.warning("$%s is not set: connecting to Redis without a password", state.password_env)
     if state.sentinel is not None:
         return connect_sentinel(state.sentinel, state.password_env)
+    if state.cluster:
+        return connect_cluster(state.url, state.password_env, state.ca_file)
     return connect(state.url, state.password_env, state.ca_file)
 
 

@@ -27,7 +27,7 @@ from proxy.analysis.epochs import Epochs
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, Step, step
 from proxy.analysis.prometheus import MetricQueries, hostname
 from proxy.analysis.sources import Observations, SharedVerdicts, Unavailable, VerdictSink
-from proxy.analysis.verdict import Result, Verdict, analysis_share, assess
+from proxy.analysis.verdict import Result, Sample, Verdict, analysis_share, assess
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Route, Variant
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State
@@ -53,6 +53,7 @@ class RouteAnalysis:
     last: Verdict | None = None
     step: Step | None = None  # what followed the last verdict
     published: dict[str, Any] | None = None
+    counts: dict[str, Any] | None = None  # the requests and errors last judged
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def record(self, verdict: Verdict, done: Step) -> dict[str, Any]:
@@ -94,6 +95,8 @@ class RouteAnalysis:
         if self.rules.promote_after is not None:
             since = self.memory.passing_since
             view["promotes_at"] = None if since is None else since + self.rules.promote_after
+        judged = self.counts if fleet is None else (self.published or {}).get("counts")
+        view["counts"] = judged if isinstance(judged, dict) else None
         if fleet is not None:
             view["decided_by"] = (self.published or {}).get("decider")
             view["decider"] = fleet.holder
@@ -110,6 +113,19 @@ _RECORD_ONLY = (
     "why",
     "alarm",
 )
+
+
+def judged_counts(stable: Sample, candidate: Sample, at: float, pooled: bool) -> dict[str, Any]:
+    """The requests and errors a verdict is taken on, for `/status`: in the analysis window (or
+    since the run began, for the sequential method), over every replica when `pooled`."""
+    return {
+        "at": at,
+        "pooled": pooled,
+        **{
+            variant: {"requests": sample.requests, "errors": sample.errors}
+            for variant, sample in (("stable", stable), ("candidate", candidate))
+        },
+    }
 
 
 def _verdict_of(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -239,6 +255,7 @@ class Analyzer:
                     "passing_since": analysis.memory.passing_since,
                 },
                 "record": record,
+                "counts": analysis.counts,
                 "decider": self.fleet.name,
             }
             with contextlib.suppress(Unavailable):
@@ -281,12 +298,13 @@ class Analyzer:
             stable, candidate = await self.source.samples(name, now)
         except Unavailable as exc:
             return Verdict.unmeasured(now, f"cannot read the observations: {exc}", spec.method)
+        analysis.counts = judged_counts(stable, candidate, now, pooled=self.fleet is not None)
         metrics = await self.queries.checks(name, spec, analysis.hosts, now)
         recent, share = None, 1.0
         if spec.method is AnalysisMethod.SEQUENTIAL:
             if analysis.judging is None or analysis.judging[0] != run:
                 # Counts judged anew (this process, this decider): a new share of the rate.
-                fence = self._fence()
+                fence = await self._fence(name)
                 lost = self.fleet is not None and fence is None
                 number = 0 if lost else await self.controller.judge_anew(name, fence)
                 if number == 0:
@@ -303,7 +321,7 @@ class Analyzer:
 
     async def _apply(self, name: str, verdict: Verdict, done: Step, now: float) -> None:
         """Do what the policy said, once."""
-        fence = self._fence()
+        fence = await self._fence(name)
         if self.fleet is not None and fence is None:
             return  # (no longer the decider: what it saw is another's to act on)
         if done.act in (Act.HOLD, Act.CONTINUE):
@@ -327,9 +345,10 @@ class Analyzer:
         what = "rolled back" if action is Action.ROLLBACK else "promoted"
         log.warning("%s automatically: %s", what, reason, extra={"route": name})
 
-    def _fence(self) -> Fence | None:
-        """The decider's lease in a fleet (its changes are refused once the lease is lost)."""
-        return None if self.fleet is None else self.fleet.fence
+    async def _fence(self, name: str) -> Fence | None:
+        """The decider's lease on route `name` in a fleet (its changes are refused once the
+        lease is lost)."""
+        return None if self.fleet is None else await self.fleet.fence(name)
 
     def verdicts(self, name: str) -> list[dict[str, Any]] | None:
         """Route `name`'s latest verdicts with what followed, newest first (a replica that does

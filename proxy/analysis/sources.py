@@ -58,10 +58,9 @@ class SharedVerdicts(Protocol):
         """Whether this replica decides for the fleet."""
         ...
 
-    @property
-    def fence(self) -> Fence | None:
-        """The decider's lease, for the changes only the decider may make (each is refused
-        once another holds it); None when this replica does not decide."""
+    async def fence(self, route: str) -> Fence | None:
+        """The decider's lease on `route`, for the changes only the decider may make (each is
+        refused once another holds it); None when this replica does not decide."""
         ...
 
     async def publish(self, route: str, record: dict[str, Any], keep: float) -> None:

@@ -435,6 +435,7 @@ class _Parser:
             "password_env",
             "ca_file",
             "sentinel",
+            "cluster",
             "max_clock_skew",
             "min_replicas_ack",
         )
@@ -462,6 +463,19 @@ class _Parser:
                     _sub(path, "url"),
                     "either url or sentinel: with sentinel, the sentinels find the master",
                 )
+        cluster = self.field(fields, "cluster", path, self.boolean, False)
+        if cluster and sentinel is not None:
+            self.fail(
+                fields["cluster"],
+                _sub(path, "cluster"),
+                "either cluster or sentinel: a Redis Cluster fails over by itself",
+            )
+        if cluster and urlsplit(url).path.strip("/") not in ("", "0"):
+            self.fail(
+                fields.get("url", fields["cluster"]),
+                _sub(path, "url"),
+                "a Redis Cluster has database 0 only: end the url with /0 or nothing",
+            )
         return StateConfig(
             backend,
             self.field(fields, "path", path, self.string, default.path),
@@ -470,6 +484,7 @@ class _Parser:
             self.field(fields, "password_env", path, self.string, "") or None,
             ca_file,
             sentinel,
+            cluster,
             self.field(fields, "max_clock_skew", path, self.duration, default.max_clock_skew),
             self.field(fields, "min_replicas_ack", path, self.count_or_zero, -1)
             if "min_replicas_ack" in fields

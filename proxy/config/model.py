@@ -416,7 +416,8 @@ class Sentinel:
 @dataclass(frozen=True, slots=True)
 class StateConfig:
     """The rollout state store. `memory` forgets everything on restart; `file` is one host's;
-    `redis` (at `url`, or the master that `sentinel` names, its keys named `<key_prefix>:…`, the
+    `redis` (at `url`, or the master that `sentinel` names, or the Redis Cluster that `url` is a
+    node of when `cluster`; its keys named `<key_prefix>:…`, the
     password in the environment variable `password_env`, a `rediss://` server's certificate
     checked against the system's authorities or those in `ca_file`) is shared by every
     replica."""
@@ -428,6 +429,7 @@ class StateConfig:
     password_env: str | None = None
     ca_file: str | None = None
     sentinel: Sentinel | None = None
+    cluster: bool = False  # `url` is a node of a Redis Cluster (the others are found from it)
     max_clock_skew: float = 1.0  # seconds off Redis's clock before a replica stops deciding
     min_replicas_ack: int | None = None  # replicas a rollback, pause or promotion waits for
     # (None: one when the master has any)

@@ -1,5 +1,9 @@
 """The Redis connection of one process, shared by the state store, the pooled observations and
-the decider's lease."""
+the decider's lease: one Redis (at a URL, or the master its sentinels name) or a Redis Cluster.
+
+On a cluster every command and script touches the keys of one route only (their `{route}` hash
+tag puts them in one slot), or one key; the few calls that differ are beside the state store
+(`proxy.rollout.redis_store`)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel as Sentinels
 from redis.backoff import NoBackoff
 
 from proxy.config.model import Sentinel
+from proxy.rollout.redis_store import Client
 
 TIMEOUT = 1.0  # seconds a Redis call may take before Redis counts as unavailable
 
@@ -56,6 +62,25 @@ def connect_sentinel(sentinel: Sentinel, password_env: str | None = None) -> Red
         retry=Retry(NoBackoff(), 1),
     )
     return master
+
+
+def connect_cluster(
+    url: str, password_env: str | None = None, ca_file: str | None = None
+) -> Client:
+    """A client of the Redis Cluster that the node at `url` belongs to (the others are learnt
+    from it, and again when slots move or a master fails over); password and certificate as
+    for `connect`."""
+    password = os.environ.get(password_env) if password_env else None
+    tls: dict[str, Any] = {"ssl_ca_certs": ca_file} if ca_file else {}
+    cluster: RedisCluster = RedisCluster.from_url(
+        url,
+        password=password or None,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+        **tls,
+    )
+    return cluster
 
 
 def describe(url: str) -> str:

@@ -17,9 +17,14 @@ Invariants
   replica reads it for `/status`, and a new decider continues the count.
 - Fencing: a decider counts its lease from the moment it asked for it, on the monotonic clock,
   and stops deciding when that much time has passed without a renewal, before asking Redis (a
-  process stopped past its lease wakes up not deciding). Its writes check the lease in Redis in
+  process stopped past its lease wakes up not deciding). Its writes check its token in Redis in
   the same script: a verdict is published, and a rollout changed (`Fence`), only while the
-  lease holds its token, so a stale decider publishes and changes nothing.
+  route's claim holds its token, so a stale decider publishes and changes nothing.
+- A claim is the lease copied beside a route's keys (`<prefix>:decider:{route}`, in the route's
+  slot of a Redis Cluster, where a script cannot read the lease itself): the decider writes it
+  before its first change of the route and with every renewal, to expire when the lease it
+  renewed does at the latest (`PXAT` on the fleet's clock, so a claim sent late expires at
+  once). A new decider overwrites every claim before it changes anything.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ import secrets
 import time
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy import clock
+from proxy.rollout.redis_store import Client
 from proxy.rollout.store import Fence
 from proxy.tasks import cancel_and_wait
 
@@ -55,8 +61,8 @@ end
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {holder, redis.call('PTTL', KEYS[1])}
 """
-# KEYS[1] the lease, KEYS[2] the verdict; ARGV: the holder's token, the document, milliseconds
-# to keep it. 1 when published, 0 when the lease is not the holder's.
+# KEYS[1] the route's claim, KEYS[2] the verdict; ARGV: the holder's token, the document,
+# milliseconds to keep it. 1 when published, 0 when the claim is not the holder's.
 _PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
@@ -71,7 +77,7 @@ return 0
 class Decider:
     """This replica's part in choosing the decider, and the published verdicts."""
 
-    def __init__(self, redis: Redis, key_prefix: str, name: str):
+    def __init__(self, redis: Client, key_prefix: str, name: str):
         self.name = name
         self.holder: str | None = None  # the decider's name as last seen
         self._token = f"{name}#{secrets.token_hex(8)}"  # this process's value in the lease
@@ -79,6 +85,8 @@ class Decider:
         self.eligible = True  # False: do not take the lease (a host clock too far off)
         self._valid_until = 0.0  # monotonic time our lease ends, counted from when we asked
         self._expires_in = RENEW_EVERY  # seconds left on the lease as last seen
+        self._ends_at = 0.0  # when our lease ends, on the fleet's clock (our claims with it)
+        self._claimed: set[str] = set()  # the routes claimed with the lease we hold
         self._redis = redis
         self._prefix = key_prefix
         self._lease_key = f"{key_prefix}:decider"
@@ -93,10 +101,29 @@ class Decider:
         not run out since (counted from when it was asked for)."""
         return self._held and time.monotonic() < self._valid_until
 
-    @property
-    def fence(self) -> Fence | None:
-        """The lease, for changes only the decider may make; None when not deciding."""
-        return Fence(self._lease_key, self._token) if self.deciding else None
+    async def fence(self, route: str) -> Fence | None:
+        """The claim on `route` (made now if it is not yet), for the changes only the decider
+        may make; None when not deciding (or the claim cannot be made)."""
+        if not self.deciding:
+            return None
+        if route not in self._claimed:
+            with contextlib.suppress(RedisError, OSError):
+                await self._claim([route])
+        if route not in self._claimed:
+            return None
+        return Fence(self.claim_key(route), self._token)
+
+    def claim_key(self, route: str) -> str:
+        return f"{self._prefix}:decider:{{{route}}}"
+
+    async def _claim(self, routes: list[str]) -> None:
+        """Copy our lease to `routes`' claims, to expire with the lease at the latest."""
+        ends_at = int(self._ends_at * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        for route in routes:
+            pipe.set(self.claim_key(route), self._token, pxat=ends_at)
+        await pipe.execute()
+        self._claimed.update(routes)
 
     async def attempt(self) -> bool:
         """Take the lease if it is free, renew it if it is ours; whether we hold it."""
@@ -109,7 +136,7 @@ class Decider:
             return False
         value: str | None = None  # if Redis cannot tell: not deciding (ours lapses by itself)
         self._expires_in = RENEW_EVERY
-        asked = time.monotonic()
+        asked, asked_fleet = time.monotonic(), clock.now()
         with contextlib.suppress(RedisError, OSError):
             holder, left = await self._take(
                 keys=[self._lease_key], args=[self._token, int(LEASE * 1000)]
@@ -120,6 +147,14 @@ class Decider:
         held = value == self._token
         if held:
             self._valid_until = asked + self._expires_in
+            self._ends_at = asked_fleet + self._expires_in
+            renew, self._claimed = sorted(self._claimed), set()
+            try:
+                await self._claim(renew)
+            except (RedisError, OSError):
+                held = False  # (the lease lapses by itself; our claims with it)
+        else:
+            self._claimed = set()
         if held != self._held:  # (a lease that ran out unrenewed is said when Redis tells)
             log.info(
                 "%s deciding for the fleet",
@@ -157,10 +192,11 @@ class Decider:
     async def publish(self, route: str, record: dict[str, Any], keep: float) -> bool:
         """Publish the decider's latest verdict on `route` for `keep` seconds, if the lease is
         still ours; whether it was."""
-        if not self.deciding:
+        fence = await self.fence(route)
+        if fence is None:
             return False
         document = json.dumps({**record, "decider": self.name})
-        keys = [self._lease_key, self.verdict_key(route)]
+        keys = [fence.key, self.verdict_key(route)]
         if await self._publish(keys=keys, args=[self._token, document, int(keep * 1000)]):
             return True
         self._held = False  # (another holds it: the next attempt says so)

@@ -13,7 +13,6 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy import clock
@@ -22,6 +21,7 @@ from proxy.analysis.verdict import Clustering, Sample
 from proxy.analysis.window import LocalObservations
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import FLUSH_EVERY, PooledObservations
+from proxy.rollout.redis_store import Client
 from proxy.rollout.store import Fence
 from proxy.tasks import cancel_and_wait
 
@@ -35,7 +35,7 @@ class FleetMember:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         key_prefix: str,
         name: str,
         local: LocalObservations,
@@ -62,10 +62,10 @@ class FleetMember:
         """Whether this replica decides for the fleet."""
         return self.decider.deciding
 
-    @property
-    def fence(self) -> Fence | None:
-        """The decider's lease, for the changes only it may make; None when not deciding."""
-        return self.decider.fence
+    async def fence(self, route: str) -> Fence | None:
+        """The decider's claim on `route`, for the changes only it may make; None when not
+        deciding."""
+        return await self.decider.fence(route)
 
     async def publish(self, route: str, record: dict[str, Any], keep: float) -> None:
         """Publish this decider's latest record on `route`, while it holds the lease."""

@@ -6,7 +6,7 @@ Invariants
   (`LocalObservations`), and `flush` sends what they gained since the last flush, at least once
   a second. A flush that fails keeps its counts for the next one (nothing is lost to a short
   outage, nothing is counted twice: a slot's counts are sent as differences from what Redis
-  acknowledged, in one transaction).
+  acknowledged, in one transaction per route).
 - Counters are kept per route, window length, variant and time slot (the slot number is the time
   divided by the slot's length, the same in every replica), in one hash each, which expires
   once the slot has left every window: memory in Redis is bounded by the number of routes (and
@@ -30,11 +30,10 @@ import math
 import operator
 from dataclasses import astuple
 
-from redis.asyncio import Redis
-
 from proxy.analysis.histogram import SIZE
 from proxy.analysis.verdict import Moments, Sample
 from proxy.analysis.window import SLOTS, LocalObservations
+from proxy.rollout.redis_store import Client
 
 FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
 KEEP_TOTALS = 30 * 86400  # seconds the counts since a rollout began are kept after a flush
@@ -42,6 +41,7 @@ KEEP_TOTALS = 30 * 86400  # seconds the counts since a rollout began are kept af
 # requests, errors, the four weight sums, latency histogram, its w² sum, outcomes' moments by name
 _Counts = tuple[int, int, tuple[float, ...], tuple[float, ...], float, dict[str, Moments]]
 _NOTHING: _Counts = (0, 0, (0.0,) * 4, (0.0,) * SIZE, 0.0, {})
+_Where = tuple[str, str, int, str]  # route, variant, slot, rollout run
 _WEIGHTS = ("w", "w2", "ew", "ew2")
 _MOMENT_PARTS = ("n", "w", "v", "s", "t", "q")  # Moments' fields, in order
 
@@ -49,12 +49,11 @@ _MOMENT_PARTS = ("n", "w", "v", "s", "t", "q")  # Moments' fields, in order
 class PooledObservations:
     """Adds this process's observations to the fleet's, and reads the fleet's sum."""
 
-    def __init__(self, local: LocalObservations, redis: Redis, key_prefix: str):
+    def __init__(self, local: LocalObservations, redis: Client, key_prefix: str):
         self._local = local
         self._redis = redis
         self._prefix = key_prefix
-        # (route, variant, slot, rollout) -> what Redis acknowledged
-        self._sent: dict[tuple[str, str, int, str], _Counts] = {}
+        self._sent: dict[_Where, _Counts] = {}  # what Redis acknowledged
 
     def key(self, route: str, span: float, variant: str, slot: int) -> str:
         """The hash of one variant's counts in one slot of `route`'s window of `span` seconds
@@ -66,58 +65,64 @@ class PooledObservations:
 
     async def flush(self, now: float) -> int:
         """Send what the local windows gained since the last flush; the number of slots sent.
-        Raises Redis's errors (the counts are then sent next time)."""
-        pipe = self._redis.pipeline(transaction=True)  # all counted, or none
-        sending: dict[tuple[str, str, int, str], _Counts] = {}
-        live: set[tuple[str, str, int, str]] = set()
-        for route, windows in self._local.windows.items():
-            for variant, window in windows.items():
-                # seconds: past every replica's window (counts since a rollout began: 30 days)
-                keep = KEEP_TOTALS if math.isinf(window.span) else math.ceil(window.span * 2) + 10
-                generation = self._local.generation(route)
-                for slot in window.slots(now):
-                    where = (route, variant, slot.number, generation)
-                    live.add(where)
-                    counts: _Counts = (
-                        slot.requests,
-                        slot.errors,
-                        slot.weights,
-                        tuple(slot.latency),
-                        slot.latency_weight2,
-                        dict(slot.outcomes),
+        Each route's counts go in one transaction (all counted, or none; one slot of a Redis
+        Cluster). Raises Redis's errors (what was not sent is sent next time)."""
+        live: set[_Where] = set()
+        sent = 0
+        for route in list(self._local.windows):
+            sent += await self._flush_route(route, now, live)
+        self._sent = {where: counts for where, counts in self._sent.items() if where in live}
+        return sent
+
+    async def _flush_route(self, route: str, now: float, live: set[_Where]) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        sending: dict[_Where, _Counts] = {}
+        generation = self._local.generation(route)
+        for variant, window in self._local.windows[route].items():
+            # seconds: past every replica's window (counts since a rollout began: 30 days)
+            keep = KEEP_TOTALS if math.isinf(window.span) else math.ceil(window.span * 2) + 10
+            for slot in window.slots(now):
+                where = (route, variant, slot.number, generation)
+                live.add(where)
+                counts: _Counts = (
+                    slot.requests,
+                    slot.errors,
+                    slot.weights,
+                    tuple(slot.latency),
+                    slot.latency_weight2,
+                    dict(slot.outcomes),
+                )
+                sent = self._sent.get(where, _NOTHING)
+                if counts == sent:
+                    continue
+                key = self.key(route, window.span, variant, slot.number)
+                for field, count in (
+                    ("r", slot.requests - sent[0]),
+                    ("e", slot.errors - sent[1]),
+                ):
+                    if count:
+                        pipe.hincrby(key, field, count)
+                floats = [
+                    *zip(_WEIGHTS, map(operator.sub, slot.weights, sent[2]), strict=True),
+                    *((str(b), n - sent[3][b]) for b, n in enumerate(slot.latency)),
+                    ("l2", slot.latency_weight2 - sent[4]),
+                ]
+                for name, moments in slot.outcomes.items():
+                    change = astuple(moments - sent[5].get(name, Moments()))
+                    pipe.hincrby(key, f"o:n:{name}", change[0])
+                    floats += zip(
+                        (f"o:{part}:{name}" for part in _MOMENT_PARTS[1:]),
+                        change[1:],
+                        strict=True,
                     )
-                    sent = self._sent.get(where, _NOTHING)
-                    if counts == sent:
-                        continue
-                    key = self.key(route, window.span, variant, slot.number)
-                    for field, count in (
-                        ("r", slot.requests - sent[0]),
-                        ("e", slot.errors - sent[1]),
-                    ):
-                        if count:
-                            pipe.hincrby(key, field, count)
-                    floats = [
-                        *zip(_WEIGHTS, map(operator.sub, slot.weights, sent[2]), strict=True),
-                        *((str(b), n - sent[3][b]) for b, n in enumerate(slot.latency)),
-                        ("l2", slot.latency_weight2 - sent[4]),
-                    ]
-                    for name, moments in slot.outcomes.items():
-                        change = astuple(moments - sent[5].get(name, Moments()))
-                        pipe.hincrby(key, f"o:n:{name}", change[0])
-                        floats += zip(
-                            (f"o:{part}:{name}" for part in _MOMENT_PARTS[1:]),
-                            change[1:],
-                            strict=True,
-                        )
-                    for field, amount in floats:
-                        if amount:
-                            pipe.hincrbyfloat(key, field, amount)
-                    pipe.expire(key, keep)
-                    sending[where] = counts
+                for field, amount in floats:
+                    if amount:
+                        pipe.hincrbyfloat(key, field, amount)
+                pipe.expire(key, keep)
+                sending[where] = counts
         if sending:
             await pipe.execute()
-        self._sent = {where: counts for where, counts in self._sent.items() if where in live}
-        self._sent.update(sending)
+            self._sent.update(sending)
         return len(sending)
 
     async def samples(self, route: str, now: float) -> tuple[Sample, Sample]:

@@ -15,6 +15,9 @@ Invariants
   record is found missing (a failover to an empty instance, an expired key) or older than what
   the controller knows (a restore from an older snapshot, a failover that lost writes: its
   `Rollout.revision` is lower), the controller is told, and writes back what it knows.
+- On a Redis Cluster each script and transaction touches one route's keys (one slot, by the
+  `{route}` hash tag); reads of many routes are pipelines, not MGET; a durable change's WAIT is
+  sent to the node that took the change, on the same connection.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.rollout.machine import Rollout
@@ -55,10 +59,29 @@ KEEP_FOR = 30 * 86400  # seconds a record lives without being read by a replica 
 WAIT_FOR = 0.5  # seconds a durable change waits for its replicas' acknowledgement
 RETRIES = 20  # compare-and-set attempts before a change gives up (records in fierce contention)
 
-# KEYS[1] the record, KEYS[2] (if fenced) the decider's lease; ARGV: expected version (0:
-# absent), new document, its time to live, the channel to publish the change on, (if fenced)
-# the lease holder's token. 1 when set, 0 when the version had moved on, -1 when the lease is
-# not the holder's.
+Client = Redis | RedisCluster  # one Redis, or a Redis Cluster
+
+
+def same_node(client: Client, key: str) -> dict[str, ClusterNode | None]:
+    """The arguments that send a command without keys (`WAIT`) to the node holding `key`: on a
+    cluster its master; on one Redis, nothing to add."""
+    if isinstance(client, RedisCluster):
+        return {"target_nodes": client.get_node_from_key(key)}
+    return {}
+
+
+async def replicas(client: Client) -> int:
+    """The replicas of the master (on a cluster: of the master with the fewest)."""
+    if isinstance(client, RedisCluster):
+        info = await client.info("replication", target_nodes=RedisCluster.PRIMARIES)
+        return min((int(node.get("connected_slaves", 0)) for node in info.values()), default=0)
+    return int((await client.info("replication")).get("connected_slaves", 0))
+
+
+# KEYS[1] the record, KEYS[2] (if fenced) the decider's claim on the route; ARGV: expected
+# version (0: absent), new document, its time to live, the channel to publish the change on, (if
+# fenced) the lease holder's token. 1 when set, 0 when the version had moved on, -1 when the
+# claim is not the holder's.
 _COMPARE_AND_SET = """
 if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[5] then return -1 end
 local current = redis.call('GET', KEYS[1])
@@ -80,7 +103,7 @@ class RedisStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         key_prefix: str,
         where: str = "redis",
         min_replicas_ack: int | None = None,
@@ -94,7 +117,6 @@ class RedisStore:
         self._prefix = key_prefix
         self._where = where
         self._channel = f"{key_prefix}:changes"
-        self._cas = self._redis.register_script(_COMPARE_AND_SET)
         self._keys: dict[bytes, str] = {}  # followed records -> route names
         self._on_change: Follower | None = None
         self._on_recovery: Recovery | None = None
@@ -122,7 +144,7 @@ class RedisStore:
             return {}
         names = list(identities)
         keys = [self.key(name, identities[name]) for name in names]
-        values = await self._call(self._redis.mget(keys))
+        values = await self._get(keys)
         loaded: dict[str, Rollout] = {}
         self._unreadable = []
         for name, key, value in zip(names, keys, values, strict=True):
@@ -172,13 +194,14 @@ class RedisStore:
             document = json.dumps({"version": version + 1, "rollout": encode_rollout(changed)})
             acks = self._acks() if durable else 0
             # (one connection for both: WAIT counts the replicas that have this connection's
-            # writes)
+            # writes; the script by its text, as a cluster's pipelines take no EVALSHA)
             pipe = self._redis.pipeline(transaction=False)
-            await self._cas(
-                keys=keys, args=[version, document, KEEP_FOR, self._channel, *fenced], client=pipe
-            )
+            args: list[str | int] = [version, document, KEEP_FOR, self._channel, *fenced]
+            pipe.execute_command("EVAL", _COMPARE_AND_SET, len(keys), *keys, *args)
             if acks:
-                pipe.wait(acks, int(WAIT_FOR * 1000))
+                pipe.execute_command(
+                    "WAIT", acks, int(WAIT_FOR * 1000), **same_node(self._redis, key)
+                )
             done, *acked = await self._call(pipe.execute(), write=True)
             if done == -1:
                 raise LeaseLost(f"{name}: this replica no longer holds the decider's lease")
@@ -266,8 +289,7 @@ class RedisStore:
         to learn when it takes them again. Count the master's replicas (see `_acks`)."""
         if self.min_replicas_ack is None:
             with contextlib.suppress(StateUnavailable):
-                info = await self._call(self._redis.info("replication"))
-                self.replicas = int(info.get("connected_slaves", 0))
+                self.replicas = await self._call(replicas(self._redis))
         if self.refusing is not None:
             with contextlib.suppress(StateUnavailable):
                 probe = f"{self._prefix}:writable"  # (any write would do; this one expires)
@@ -276,7 +298,7 @@ class RedisStore:
         if not keys:
             return False
         async with self._reading:
-            return self._report(keys, await self._call(self._redis.mget(keys)))
+            return self._report(keys, await self._get(keys))
 
     def _report(self, keys: list[bytes], values: list[bytes | None]) -> bool:
         """Tell the controller of the records read; True when one of them is missing or older
@@ -305,6 +327,14 @@ class RedisStore:
             await self._on_recovery()
 
     # --- helpers --------------------------------------------------------------------------------
+
+    async def _get(self, keys: list[Any]) -> list[bytes | None]:
+        """The values of `keys` (one pipeline: on a cluster they are in different slots)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values: list[bytes | None] = await self._call(pipe.execute())
+        return values
 
     async def _call(self, call: Any, write: bool = False) -> Any:
         """Await a Redis call; `StateUnavailable` when Redis cannot be reached, or refuses a

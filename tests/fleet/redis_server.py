@@ -11,7 +11,11 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import redis
+from redis.crc import key_slot
 
 from tests.integration.conftest import free_port
 
@@ -29,9 +33,12 @@ class RedisServer:
         password: str | None = None,
         tls: tuple[Path, Path] | None = None,
         folder: Path | None = None,
+        cluster: bool = False,
     ) -> None:
         self.binary = binary
         self.folder = folder
+        self.cluster = cluster
+        self.bus_port = free_port() if cluster else None
         self.port = free_port()
         self.password = password
         self.tls = tls
@@ -58,6 +65,15 @@ class RedisServer:
         options = ["--requirepass", self.password] if self.password else []
         if self.folder is not None:
             options += ["--dir", str(self.folder), "--dbfilename", "dump.rdb"]
+        if self.cluster:
+            assert self.folder is not None, "a cluster node keeps its nodes.conf in its folder"
+            options += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{self.port}.conf",
+                "--cluster-node-timeout", "2000",
+                "--cluster-port", str(self.bus_port),  # (port + 10000 may not exist)
+                "--repl-diskless-sync-delay", "0",  # (a replica syncs at once)
+            ]  # fmt: skip
         if self.tls is not None:
             cert, key = self.tls
             options += [
@@ -190,3 +206,69 @@ class SentinelSet:
             self.sentinel.kill()
             self.sentinel.wait()
             self.sentinel = None
+
+
+class ClusterSet:
+    """A Redis Cluster on loopback: three masters sharing the 16,384 slots, and one replica of
+    the first (the others have none), so that a test can tell which master a command went to."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.masters = [RedisServer(binary, folder=folder, cluster=True) for _ in range(3)]
+        self.replica = RedisServer(binary, folder=folder, cluster=True)
+
+    @property
+    def url(self) -> str:
+        return self.masters[0].url
+
+    def start(self) -> None:
+        nodes = [*self.masters, self.replica]
+        for node in nodes:
+            node.start()
+        clients = [redis.Redis(port=node.port) for node in nodes]
+        try:
+            per = 16384 // len(self.masters)
+            for i, client in enumerate(clients[: len(self.masters)]):
+                last = 16383 if i == len(self.masters) - 1 else (i + 1) * per - 1
+                client.execute_command("CLUSTER ADDSLOTSRANGE", i * per, last)
+            for node in nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, node.bus_port)
+            first = clients[0].execute_command("CLUSTER MYID")
+            self._until(lambda: all(_ok(c) for c in clients), "the cluster did not form")
+            self._until(
+                lambda: _replicates(clients[-1], first), "the replica did not follow its master"
+            )
+            self._until(self.replica.replicating, "the replica did not sync")
+        finally:
+            for client in clients:
+                client.close()
+
+    def master_of(self, key: str) -> RedisServer:
+        """The master holding `key`'s slot."""
+        return self.masters[min(key_slot(key.encode()) // (16384 // 3), 2)]
+
+    @staticmethod
+    def _until(check: Callable[[], bool], failure: str) -> None:
+        deadline = time.monotonic() + 15
+        while not check():
+            if time.monotonic() > deadline:
+                raise RuntimeError(failure)
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        for node in [*self.masters, self.replica]:
+            node.kill()
+
+
+def _ok(client: redis.Redis) -> bool:
+    info = client.cluster("INFO")  # (parsed: a dict of strings)
+    return bool(info.get("cluster_state") == "ok" and str(info.get("cluster_known_nodes")) == "4")
+
+
+def _replicates(client: redis.Redis, master: bytes | str) -> bool:
+    """Make `client`'s node a replica of `master` (once the node knows it); whether it is."""
+    master = master.decode() if isinstance(master, bytes) else master
+    try:
+        client.execute_command("CLUSTER REPLICATE", master)
+    except redis.ResponseError:
+        return False  # (it does not know the master yet)
+    return True

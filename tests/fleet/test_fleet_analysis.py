@@ -137,6 +137,10 @@ async def test_replicas_that_each_see_too_little_roll_back_together_with_one_web
         own = sum(sum(counts.values()) for counts in decider["requests"].values())
         ratio = checks["sample_ratio"]
         assert 0 < ratio["stable"]["assigned"] + ratio["candidate"]["assigned"] <= own < pooled
+        # Every replica shows the counts the decider judged, pooled: not its own share of them.
+        counts = [view["counts"] for view in views]
+        assert all(c == counts[0] for c in counts) and counts[0]["pooled"], counts
+        assert sum(counts[0][v]["requests"] for v in ("stable", "candidate")) == pooled
         assert received[0]["route"] == "models"
         assert all(r.logged("ERROR") == [] for r in fleet)
 

@@ -61,6 +61,22 @@ def test_the_verdict_column_says_the_word_what_followed_and_an_alarm():
     assert "  error, hold (ALARM: 6 errors in a row)  " in rows[2]
 
 
+def test_a_fleet_route_shows_the_pooled_counts_with_this_replicas_beside_them():
+    counts = {
+        "at": 1_796_083_200.0,
+        "pooled": True,
+        "stable": {"requests": 40000, "errors": 400},
+        "candidate": {"requests": 2000, "errors": 300},
+    }
+    fleet = route("f", None) | {"analysis": {"counts": counts}}
+    alone = route("a", None) | {"analysis": {"counts": counts | {"pooled": False}}}
+    rows = status_table({"routes": [fleet, alone]}).splitlines()
+    assert "  40000 (here 12345)  1.0% (3.9%)  2000 (here 7)  15.0% (-)  " in rows[1], rows
+    assert "  12345               3.9%         7              -  " in rows[2], rows
+    assert rows[3].startswith("(counts: the analysis window over every replica"), rows
+    assert len(status_table({"routes": [alone]}).splitlines()) == 2  # (no note without a fleet)
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -465,6 +465,26 @@ def test_redis_authorities_must_be_certificates_and_only_for_tls(tmp_path):
     assert loaded.state.ca_file == str(ca)
 
 
+def test_a_cluster_is_reached_through_one_of_its_nodes_on_database_0():
+    state = "state:\n  backend: redis\n  cluster: true\n"
+    loaded = parse_config(state + "  url: redis://n1:7000\nroutes:\n" + MINIMAL_ROUTE)
+    assert loaded.state.cluster and loaded.state.url == "redis://n1:7000"
+    (found,) = errors(state + "  url: redis://n1:7000/3\nroutes:\n" + MINIMAL_ROUTE)
+    assert found == (
+        "test.yaml:4: state.url: a Redis Cluster has database 0 only: end the url with /0 or "
+        "nothing"
+    ), found
+    (found,) = errors(
+        state + "  sentinel: {hosts: [h1:26379], service: m}\nroutes:\n" + MINIMAL_ROUTE
+    )
+    assert found == (
+        "test.yaml:3: state.cluster: either cluster or sentinel: a Redis Cluster fails over by "
+        "itself"
+    ), found
+    (found,) = errors("state: {backend: file, cluster: true}\nroutes:\n" + MINIMAL_ROUTE)
+    assert found.startswith("test.yaml:1: state.cluster: only for the redis backend"), found
+
+
 def test_a_sentinel_names_its_sentinels_and_service_instead_of_a_url():
     state = "state:\n  backend: redis\n  sentinel: {hosts: [h1:26379, '[::1]:26380'], service: m}\n"
     loaded = parse_config(state + "routes:\n" + MINIMAL_ROUTE)
@@ -562,8 +582,8 @@ routes:
     ):
         assert read is not None and default is not None
         for field in dataclasses.fields(read):
-            if read is config.state and field.name == "sentinel":
-                continue  # (it excludes url: read in its own test)
+            if read is config.state and field.name in ("sentinel", "cluster"):
+                continue  # (they exclude url, or its database: read in their own tests)
             assert getattr(read, field.name) != getattr(default, field.name), field.name
     assert config.routes[0].fallback.value == "never"
     assert config.routes[0].models == ("m1", "m2") and defaults.routes[0].models == ()
