@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.asyncio.sentinel import Sentinel as Sentinels
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from proxy.config.model import Sentinel
 from proxy.rollout.redis_store import Client
@@ -43,13 +45,31 @@ def connect(url: str, password_env: str | None = None, ca_file: str | None = Non
     )
 
 
+class _Sentinels(Sentinels):
+    """Sentinels asked for the master by `SENTINEL GET-MASTER-ADDR-BY-NAME`: that names the
+    promoted replica as soon as a failover promotes it, while `SENTINEL MASTERS` (redis-py's
+    way) names the old master until the failover ends, up to ~10 s later, and the old master
+    takes writes meanwhile that it drops when it resyncs as a replica."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        for sentinel in self.sentinels:
+            try:
+                address = await sentinel.sentinel_get_master_addr_by_name(service_name)
+            except (RedisError, OSError):
+                continue  # (the next sentinel)
+            if isinstance(address, tuple | list) and len(address) == 2:
+                host, port = address
+                return host.decode() if isinstance(host, bytes) else str(host), int(port)
+        raise MasterNotFoundError(f"no sentinel names a master for {service_name!r}")
+
+
 def connect_sentinel(sentinel: Sentinel, password_env: str | None = None) -> Redis:
     """A client of the master that `sentinel`'s sentinels name for its service, found anew
     whenever a connection is made: after a failover (the old master's connection lost, or
     answering READONLY as a replica now) the next call, retried once, reaches the new master.
     The password (if any) is the master's; the sentinels are asked without one."""
     password = os.environ.get(password_env) if password_env else None
-    sentinels = Sentinels(  # type: ignore[no-untyped-call]
+    sentinels = _Sentinels(  # type: ignore[no-untyped-call]
         [(host.host, host.port) for host in sentinel.hosts],
         sentinel_kwargs={"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT},
     )

@@ -34,6 +34,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.rollout.machine import Rollout
@@ -68,6 +69,22 @@ def same_node(client: Client, key: str) -> dict[str, ClusterNode | None]:
     if isinstance(client, RedisCluster):
         return {"target_nodes": client.get_node_from_key(key)}
     return {}
+
+
+async def follow_master(client: Client) -> bool:
+    """On Sentinel, ask the sentinels which master they name now; whether it changed. After a
+    failover every connection to the old master is closed (an idle one at once, one in use
+    when it is given back), so the next call goes to the new master: the old one takes writes
+    until the sentinels demote it, up to ~10 s, and drops them when it resyncs."""
+    pool = client.connection_pool if isinstance(client, Redis) else None
+    if not isinstance(pool, SentinelConnectionPool):
+        return False
+    before = pool.master_address
+    now = await pool.get_master_address()  # type: ignore[no-untyped-call]
+    if before is None or now == before:
+        return False
+    await pool.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]
+    return True
 
 
 async def replicas(client: Client) -> int:
@@ -178,6 +195,7 @@ class RedisStore:
         keys, fenced = [key], []
         if fence is not None:
             keys, fenced = [key, fence.key], [fence.token]
+        await self._master_moved()  # (a failover just now: write to the new master)
         for attempt in range(RETRIES):
             if attempt:  # another process changed it meanwhile: let it finish, then read again
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
@@ -268,6 +286,8 @@ class RedisStore:
                         await self._read(message["data"])  # (a missing one: the next re-read)
                     if loop.time() >= next_read:
                         next_read = loop.time() + REREAD_EVERY
+                        if await self._master_moved():
+                            break  # (subscribe again, on the new master)
                         if await self._reread() and self._on_recovery is not None:
                             await self._on_recovery()  # a record vanished: write it back
             except (RedisError, OSError, StateUnavailable) as exc:
@@ -327,6 +347,16 @@ class RedisStore:
             await self._on_recovery()
 
     # --- helpers --------------------------------------------------------------------------------
+
+    async def _master_moved(self) -> bool:
+        """Whether the sentinels name a new master (see `follow_master`)."""
+        try:
+            moved = await follow_master(self._redis)
+        except (RedisError, OSError):
+            return False  # (the sentinels cannot be asked: the master may still answer)
+        if moved:
+            log.warning("%s: the sentinels name a new master: following it", self._where)
+        return moved
 
     async def _get(self, keys: list[Any]) -> list[bytes | None]:
         """The values of `keys` (one pipeline: on a cluster they are in different slots)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ class RedisServer:
         self.binary = binary
         self.folder = folder
         self.cluster = cluster
+        self._scratch = tempfile.TemporaryDirectory(prefix="grayscale-redis-")
         self.bus_port = free_port() if cluster else None
         self.port = free_port()
         self.password = password
@@ -63,8 +65,8 @@ class RedisServer:
 
     def _options(self) -> list[str]:
         options = ["--requirepass", self.password] if self.password else []
-        if self.folder is not None:
-            options += ["--dir", str(self.folder), "--dbfilename", "dump.rdb"]
+        # (a replica writes what it syncs to its folder: never the working directory)
+        options += ["--dir", str(self.folder or self._scratch.name), "--dbfilename", "dump.rdb"]
         if self.cluster:
             assert self.folder is not None, "a cluster node keeps its nodes.conf in its folder"
             options += [
