@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit mutation clean
+.PHONY: demo test test-slow lint typecheck unit mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -20,9 +20,13 @@ $(VENV)/.mutation-installed: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/grayscale demo
 
-## test: lint, type checks and the whole test suite
+## test: lint, type checks and the test suite but its slow simulations (`make test-slow`; CI runs both)
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+## test-slow: the long seeded simulations and the throughput guard (CI runs them after `make test`)
+test-slow: $(VENV)/.installed
+	$(BIN)/pytest -m slow
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

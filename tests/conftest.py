@@ -21,6 +21,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "logs_errors(*texts): the test provokes ERROR log lines containing one of these texts",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: a long seeded simulation or benchmark; not in `make test`, run by `make test-slow`",
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -14,6 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtests.loadgen import load, start_upstream
 from tests.integration.conftest import free_port
 
@@ -39,6 +41,7 @@ async def start(args: list[str], port: int) -> asyncio.subprocess.Process:
     raise AssertionError(f"{args} did not listen on {port}")
 
 
+@pytest.mark.slow
 async def test_throughput_guard(tmp_path):
     upstream, upstream_port = await start_upstream()
     base = f"http://127.0.0.1:{upstream_port}"
