@@ -11,7 +11,7 @@ from proxy import clock
 from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.compare import Seen
-from proxy.config.model import Config, Fallback, IPNetwork, Route, Upstream, Variant
+from proxy.config.model import Config, Fallback, IPNetwork, Route, ServerConfig, Upstream, Variant
 from proxy.ejection import Breaker, Ejections
 from proxy.forwarding import (
     BODY_TOO_LARGE,
@@ -169,7 +169,7 @@ class Gateway:
         table = snapshot.table
         read: ReadBody | None = None
         if table.by_model and table.needs_model(request.path):
-            read = await self._read(request, snapshot.config.server.max_body_bytes)
+            read = await self._read(request, snapshot.config.server)
             if read is None:
                 return None
             if read.error is not None and read.data:
@@ -185,7 +185,7 @@ class Gateway:
         wiring = snapshot.routes[name]
         route = wiring.route
         if read is None and wiring.reads_body:
-            read = await self._read(request, snapshot.config.server.max_body_bytes)
+            read = await self._read(request, snapshot.config.server)
             if read is None:
                 return None
         now = clock.now()
@@ -213,7 +213,7 @@ class Gateway:
         )
         if copying:
             if read is None:
-                read = await self._read(request, snapshot.config.server.max_body_bytes)
+                read = await self._read(request, snapshot.config.server)
                 if read is None:
                     return None
             exchange.capture = []
@@ -282,11 +282,13 @@ class Gateway:
         self.shadower.launch(wiring.route, wiring.targets[_CANDIDATE], copy, stable)
 
     @staticmethod
-    async def _read(request: Request, max_body: int) -> ReadBody | None:
+    async def _read(request: Request, server: ServerConfig) -> ReadBody | None:
         """The whole body, for a route that routes on or rewrites its `model`; None once the
         client has been answered 413."""
         try:
-            return ReadBody.of(await read_body(request, max_body))
+            return ReadBody.of(
+                await read_body(request, server.max_body_bytes), server.max_json_values
+            )
         except BodyTooLarge:
             failure = BODY_TOO_LARGE
             request.reply_json(failure.status, {"error": failure.error, "message": failure.detail})

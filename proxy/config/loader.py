@@ -647,6 +647,7 @@ class _Parser:
                 "admin_listen",
                 "trusted_proxies",
                 "max_body_bytes",
+                "max_json_values",
                 "client_body_timeout",
                 "send_timeout",
                 "shutdown_delay",
@@ -665,6 +666,9 @@ class _Parser:
             trusted_proxies=trusted,
             max_body_bytes=self.field(
                 fields, "max_body_bytes", path, self.count, default.max_body_bytes
+            ),
+            max_json_values=self.field(
+                fields, "max_json_values", path, self.count, default.max_json_values
             ),
             client_body_timeout=self.field(
                 fields, "client_body_timeout", path, self.duration, default.client_body_timeout

@@ -64,6 +64,7 @@ class ServerConfig:
     admin_listen: Listen = Listen("127.0.0.1", 9901)
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
+    max_json_values: int = 100_000  # values a body may hold to be read for its `model`
     client_body_timeout: float = 60.0
     send_timeout: float = 60.0
     shutdown_delay: float = 0.0

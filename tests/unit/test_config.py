@@ -161,8 +161,8 @@ def test_all_errors_reported_at_once_with_line_and_path():
     """)
     assert found == [
         "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen, "
-        "trusted_proxies, max_body_bytes, client_body_timeout, send_timeout, shutdown_delay, "
-        "drain_timeout, workers)",
+        "trusted_proxies, max_body_bytes, max_json_values, client_body_timeout, send_timeout, "
+        "shutdown_delay, drain_timeout, workers)",
         "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
         "test.yaml:4: routes[0].match.path_prefix: must start with /",
         "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
@@ -531,7 +531,8 @@ def test_every_field_of_every_section_is_read(tmp_path):
     ca, _ = self_signed(tmp_path)
     text = f"""
 server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
-          max_body_bytes: 5, client_body_timeout: 6s, send_timeout: 7s, shutdown_delay: 3s,
+          max_body_bytes: 5, max_json_values: 8, client_body_timeout: 6s,
+          send_timeout: 7s, shutdown_delay: 3s,
           drain_timeout: 4s, workers: 2}}
 admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
 state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",

@@ -16,7 +16,8 @@ VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=10,
 )
-OBJECTS = st.dictionaries(st.text(max_size=8), VALUES, max_size=5)
+NAMES = st.text(max_size=8).filter(lambda name: name.lower() != "model")
+OBJECTS = st.dictionaries(NAMES, VALUES, max_size=5)
 LAYOUTS = st.sampled_from(
     [
         {},
@@ -78,13 +79,43 @@ NOT_JSON = "the body is not valid JSON: "
         (b"{model: 1}", NOT_JSON + "expected a member name"),
         (b'{"a": tru}', NOT_JSON + "Expecting value at character 6"),
         (b'{"a": 1,}', NOT_JSON + "expected a member name"),
-        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", NOT_JSON + "nested too deeply"),
+        (b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", NOT_JSON + "nested too deeply"),
     ],
 )
 def test_what_is_not_a_json_object_with_one_model_is_refused_in_a_sentence(body, message):
     with pytest.raises(BodyError) as refused:
         ModelBody.parse(body)
     assert str(refused.value) == message
+
+
+def test_a_body_is_read_only_within_its_bound_of_values():
+    body = b'{"model": "a", "x": [1, 2, 3]}'  # `{` `:` `,` `:` `[` `,` `,`: 7
+    assert ModelBody.parse(body, max_values=7).model == "a"
+    with pytest.raises(BodyError, match=r"^the body holds more than 6 JSON values "):
+        ModelBody.parse(body, max_values=6)
+    # Punctuation inside strings is no value: counted again without the strings (escaped
+    # quotes and backslashes included) before a body is refused.
+    quoted = rb'{"model": "a,b:c[d{e\\", "x": "\",[{:\\"}'
+    assert ModelBody.parse(quoted, max_values=4).model == "a,b:c[d{e\\"
+    with pytest.raises(BodyError, match="more than 3 JSON values"):
+        ModelBody.parse(quoted, max_values=3)
+    # More strings than the bound: refused without taking them out.
+    many = b'{"model": "a"' + b', "k": "v"' * 10 + b"}"
+    with pytest.raises(BodyError, match="more than 5 JSON values"):
+        ModelBody.parse(many, max_values=5)
+    assert ReadBody.of(many, max_values=5).error is not None
+    assert ReadBody.of(many, max_values=21).error is not None  # `{` `:`, and 10 of `,` `:`
+    assert ReadBody.of(many, max_values=22).model == "a"
+
+
+def test_numbers_too_long_to_convert_and_other_spellings_of_model_are_refused():
+    with pytest.raises(BodyError, match=r"^the body holds a number that cannot be read: "):
+        ModelBody.parse(b'{"model": "a", "n": ' + b"9" * 4301 + b"}")
+    for name in ("MODEL", "Model", "mOdel"):
+        with pytest.raises(BodyError, match=f"names its model '{name}': write it 'model'"):
+            ModelBody.parse(b'{"model": "a", "' + name.encode() + b'": "b"}')
+    padded = b'{"model": "a",' + b" \n\t\r" * 100_000 + b'"x": 1}'  # (skipped at C speed)
+    assert ModelBody.parse(padded).model == "a"
 
 
 def test_a_read_body_gives_each_upstream_its_model_and_keeps_its_error():
