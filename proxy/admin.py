@@ -11,6 +11,13 @@ Invariants
   audit actor is a keyed hash of the token, never a plain hash that could be checked offline.
 - Nothing a client sends can forge an audit line: a `reason` is capped and its control
   characters escaped.
+- Every answer is strict JSON: a number that is not finite (NaN, an infinity: not JSON, and
+  refused by strict parsers and browsers) is written `null`.
+- No client holds the listener: a connection whose request head (or next request) has not come
+  within `admin.head_timeout` is closed, a body not whole within `admin.body_timeout` is
+  answered `408` and its connection closed, and beyond `admin.max_connections` open connections
+  a new one is answered `503` and closed at once, so a slow or hostile client can neither hold
+  the API nor take the process's file descriptors from the data plane.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -36,7 +45,7 @@ from proxy.analysis.loop import Analyzer
 from proxy.config.model import Config, Ramp, Route
 from proxy.ejection import Breaker
 from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
-from proxy.outcomes import InvalidBatch, OutcomeBook, parse_batch
+from proxy.outcomes import InvalidBatch, OutcomeBook, json_number, parse_batch
 from proxy.reload import ReloadResult
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
@@ -46,11 +55,14 @@ from proxy.ui import status_page, status_page_asset
 from proxy.workers import HostMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("grayscale.admin")
 
 
 MAX_REASON = 500  # characters of a `reason`
 MAX_OUTCOMES_BODY = 1024 * 1024  # bytes of one POST /outcomes
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # for probes, whatever Host they send
+_REFUSAL_LOG_INTERVAL = 60.0  # seconds between warnings that connections are being refused
+_strict_dumps = partial(json.dumps, allow_nan=False)
 
 
 def token_id(token: str, key: bytes) -> str:
@@ -99,9 +111,47 @@ def host_allowed(host: str, names: tuple[str, ...]) -> bool:
     return True
 
 
+def finite(data: Any) -> Any:
+    """`data` (JSON-ready dicts, lists and scalars) with every float that is not finite
+    replaced by None: NaN and infinities are not JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(value) for value in data]
+    return data
+
+
+def json_answer(data: Any, status: int = 200) -> web.Response:
+    """A strict JSON answer: non-finite numbers are written `null` (`finite`), and anything
+    the encoder would still write as NaN or Infinity raises instead of leaving the API."""
+    return web.json_response(finite(data), status=status, dumps=_strict_dumps)
+
+
 def error_response(status: int, error: str, message: str, **fields: str) -> web.Response:
     """A JSON error answer: ``{"error": ..., "message": ..., **fields}``."""
-    return web.json_response({"error": error, "message": message, **fields}, status=status)
+    return json_answer({"error": error, "message": message, **fields}, status=status)
+
+
+class _BodyLost(Exception):
+    """A request body that was not whole within `admin.body_timeout`, or whose client went
+    away before sending it all."""
+
+
+async def _cut(request: web.Request) -> web.Response:
+    """Answer `408` to a request whose body stopped arriving, and close its connection at once
+    (rather than wait, as aiohttp would, for the rest of a body that is not coming). A client
+    that is gone gets nothing, and leaves no traceback."""
+    answer = error_response(408, "request_timeout", "the request body stopped arriving")
+    answer.force_close()
+    try:
+        await answer.prepare(request)
+        await answer.write_eof()
+    except ConnectionError:
+        pass  # (aiohttp sees the connection closed, and lets the answer go)
+    request.protocol.force_close()  # (what was written is still sent before the close)
+    return answer
 
 
 class Admin:
@@ -219,7 +269,7 @@ class Admin:
 
     async def healthz(self, request: web.Request) -> web.Response:
         """The process is alive and its event loop answers."""
-        return web.json_response({"status": "ok"})
+        return json_answer({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         """The config is loaded and the proxy listener accepts connections. A state store that
@@ -227,8 +277,8 @@ class Admin:
         state."""
         store = "healthy" if self.controller.store_error is None else "unavailable"
         if self.ready.is_set():
-            return web.json_response({"status": "ready", "state_store": store})
-        return web.json_response({"status": "not ready", "state_store": store}, status=503)
+            return json_answer({"status": "ready", "state_store": store})
+        return json_answer({"status": "not ready", "state_store": store}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of every metric."""
@@ -271,7 +321,7 @@ class Admin:
         if self.host is not None:
             worker = self.host.worker
             answer["worker"] = {"index": worker.index, "of": worker.count, "pid": os.getpid()}
-        return web.json_response(answer)
+        return json_answer(answer)
 
     async def verdicts(self, request: web.Request) -> web.Response:
         """A route's latest verdicts, newest first, each with its inputs (sample sizes,
@@ -281,8 +331,8 @@ class Admin:
             return error_response(404, "unknown_route", f"no route named {printable(name)[:100]!r}")
         found = self.analyzer.verdicts(name)
         if found is None:
-            return web.json_response({"route": name, "analysis": False, "verdicts": []})
-        return web.json_response({"route": name, "analysis": True, "verdicts": found})
+            return json_answer({"route": name, "analysis": False, "verdicts": []})
+        return json_answer({"route": name, "analysis": True, "verdicts": found})
 
     async def outcomes(self, request: web.Request) -> web.Response:
         """Take outcomes the application reports: one or a list of `{request_id, name, value}`;
@@ -290,13 +340,17 @@ class Admin:
         denied = self._check_outcomes_token(request)
         if denied is not None:
             return denied
-        body = await _bounded_body(request, MAX_OUTCOMES_BODY)
+        try:
+            body = await _bounded_body(request, MAX_OUTCOMES_BODY, self.config.admin.body_timeout)
+        except _BodyLost:
+            return await _cut(request)
         if body is None:
             return error_response(
                 413, "body_too_large", f"at most {MAX_OUTCOMES_BODY} bytes of outcomes at once"
             )
         try:
-            document = json.loads(body)
+            # (a long integer is read as a float and refused as a value, not as a 500)
+            document = json.loads(body, parse_int=json_number)
         except (ValueError, RecursionError):
             return error_response(400, "invalid_json", "the body is not JSON")
         try:
@@ -304,16 +358,14 @@ class Admin:
             results = self.book.take(reports, time.time())
         except InvalidBatch as exc:
             answer = {"error": "invalid_outcomes", "message": str(exc), "errors": exc.errors[:20]}
-            return web.json_response(answer, status=422)
+            return json_answer(answer, status=422)
         self.recorder.count_not_taken(results)
-        return web.json_response(results)
+        return json_answer(results)
 
     async def reload(self, request: web.Request) -> web.Response:
         """Reload the config file now: 200 with the outcome, 422 with the errors if invalid."""
         result = await self._reload("api")
-        return web.json_response(
-            result.to_json(), status=422 if result.result == "invalid" else 200
-        )
+        return json_answer(result.to_json(), status=422 if result.result == "invalid" else 200)
 
     def route_status(self, route: Route, now: float, *, privileged: bool) -> dict[str, Any]:
         """The `/status` entry of one route; its salt only for a token holder (`privileged`)."""
@@ -418,7 +470,10 @@ class Admin:
             name = request.match_info["name"]
             if name not in self.controller:
                 return error_response(404, "unknown_route", f"no route named {name!r}")
-            body, problem = await _json_body(request)
+            try:
+                body, problem = await _json_body(request, self.config.admin.body_timeout)
+            except _BodyLost:
+                return await _cut(request)
             if problem is not None:
                 return problem
             reason = body.get("reason")
@@ -472,7 +527,7 @@ class Admin:
             if not outcome.persisted:
                 result["error"] = "state_not_persisted"
                 result["message"] = f"applied in this process only: {outcome.error}"
-            return web.json_response(result, status=200 if outcome.persisted else 500)
+            return json_answer(result, status=200 if outcome.persisted else 500)
 
         return self._protected(act)
 
@@ -500,6 +555,105 @@ class Admin:
         return app
 
 
+class _Connection(web.RequestHandler):
+    """One admin connection, counted among the listener's open ones until it is lost."""
+
+    def __init__(self, open_connections: set[_Connection], manager: web.Server, **options: Any):
+        super().__init__(manager, **options)
+        self._open = open_connections
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._open.discard(self)
+        super().connection_lost(exc)
+
+
+_BUSY_BODY = _strict_dumps(
+    {"error": "too_many_connections", "message": "the admin API holds admin.max_connections"}
+).encode()
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond `admin.max_connections`: told `503` and closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)  # (uvloop's are not its subclasses)
+        stream.write(_BUSY)
+        stream.close()
+
+
+class AdminListener:
+    """The admin API's listening socket, with the limits of `admin` in the config in force
+    (read as each connection opens, so a reload applies to new connections): the head and
+    idle timeout (aiohttp's keep-alive timeout, which closes a connection still waiting for a
+    whole request head), the body timeout (handlers read bodies within it; a body no handler
+    reads is drained for at most as long after the answer), and the cap on open connections."""
+
+    def __init__(self, admin: Admin):
+        self._admin = admin
+        self._runner = web.AppRunner(admin.build_app(), access_log=None, shutdown_timeout=5.0)
+        self._server: asyncio.Server | None = None
+        self._open: set[_Connection] = set()
+        self._refused = 0  # connections refused since the last warning
+        self._warned_at = -math.inf
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open (refused ones aside)."""
+        return len(self._open)
+
+    async def start(self, host: str, port: int, *, reuse_port: bool) -> tuple[str, int]:
+        """Listen on `host`:`port`; the address bound (a port 0 is chosen by the system)."""
+        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept, host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
+        found = self._server.sockets[0].getsockname()
+        return str(found[0]), int(found[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, then let the requests in flight finish (for at most 5 s)."""
+        if self._server is not None:
+            self._server.close()
+        await self._runner.cleanup()  # (which closes the connections)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _accept(self) -> asyncio.BaseProtocol:
+        limits = self._admin.config.admin
+        if len(self._open) >= limits.max_connections:
+            self._note_refusal(limits.max_connections)
+            return _Refused()
+        manager = self._runner.server
+        assert manager is not None  # (set up before the socket listens)
+        connection = _Connection(
+            self._open,
+            manager,
+            loop=asyncio.get_running_loop(),
+            keepalive_timeout=limits.head_timeout,
+            lingering_time=limits.body_timeout,
+            access_log=None,
+        )
+        self._open.add(connection)
+        return connection
+
+    def _note_refusal(self, cap: int) -> None:
+        """Warn that connections are refused, at most once a minute, with how many."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._warned_at >= _REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "the admin API holds admin.max_connections (%d): %d connection(s) refused",
+                cap,
+                self._refused,
+            )
+            self._warned_at, self._refused = now, 0
+
+
 def _bearer(request: web.Request) -> bytes | None:
     """The bearer token a request carries, as the bytes received."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -509,25 +663,37 @@ def _bearer(request: web.Request) -> bytes | None:
     return given.strip().encode("utf-8", "surrogateescape")
 
 
-async def _bounded_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None if it is longer than `limit` bytes."""
+async def _bounded_body(request: web.Request, limit: int, within: float) -> bytes | None:
+    """The whole body, or None if it is longer than `limit` bytes. Raises `_BodyLost` when it
+    is not whole within `within` seconds, or the client went away."""
     if (request.content_length or 0) > limit:
         return None
     chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except (TimeoutError, ConnectionError):
+        raise _BodyLost from None
     return b"".join(chunks)
 
 
-async def _json_body(request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
-    """The request's JSON object (empty when there is no body), or a 400 answer."""
+async def _json_body(
+    request: web.Request, within: float
+) -> tuple[dict[str, Any], web.Response | None]:
+    """The request's JSON object (empty when there is no body), or a 400 answer. Raises
+    `_BodyLost` when the body is not whole within `within` seconds, or the client went away."""
     if not request.can_read_body:
         return {}, None
     try:
-        body = await request.json()
+        async with asyncio.timeout(within):
+            text = await request.text()  # (at most the application's client_max_size)
+        body = json.loads(text)
+    except (TimeoutError, ConnectionError):
+        raise _BodyLost from None
     except (ValueError, RecursionError):  # (RecursionError: nested deeper than Python goes)
         return {}, error_response(400, "bad_request", "the body must be a JSON object")
     if not isinstance(body, dict):

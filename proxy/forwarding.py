@@ -1,8 +1,16 @@
 """Forwarding one request to an upstream and streaming the answer back, chunk by chunk.
 
-The only user of the upstream HTTP client. Request bodies are streamed to the upstream, responses
-are streamed to the client as they arrive (an SSE token stream is not coalesced), header fields
-cross as `proxy.http.headers` rules, and client errors map to a 502/504 with a JSON body.
+A request body up to a size is read before an upstream is asked (the rest, if any, streamed
+after it); answers are streamed to the client as they arrive (an SSE token stream is not
+coalesced); header fields cross as `proxy.http.headers` rules; upstream errors map to a 502/504
+with a JSON body.
+
+Invariants
+- A client's slowness is never an upstream's error: a body that stops arriving is the client's
+  408, and so is one still arriving at the exchange's `timeout`; an upstream's first-byte timer
+  starts when it has the whole request.
+- The route's `timeout` bounds the whole exchange, a client that stops reading included: it is
+  cut then, and the upstream connection let go.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from proxy.config.model import Upstream, Variant
 from proxy.http.client import Answer, Body, Origin, UpstreamClient
@@ -93,6 +102,7 @@ class Target:
     limiter: Limiter
     origin: Origin
     mint: Callable[[float, int, int], bytes]  # a new request id for this route (see labels)
+    openai: bool = False  # a model route: the proxy's own errors in OpenAI's shape
     label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
     _id_line: bytes = field(init=False)  # `label`, then the request id header's name
@@ -168,12 +178,14 @@ def answer_headers(answer: Answer, target: Target, exchange: Exchange) -> tuple[
     return b"".join(ours), event_stream
 
 
-_FAILURES = {
+_FAILURES: dict[str, tuple[Failure | None, int, str]] = {
     "connect": (Failure.CONNECT, 502, "upstream_unreachable"),
     "connect_timeout": (Failure.CONNECT, 504, "upstream_connect_timeout"),
     "timeout": (Failure.TIMEOUT, 504, "upstream_timeout"),
     "reset": (Failure.RESET, 502, "upstream_reset"),
     "protocol": (Failure.PROTOCOL, 502, "upstream_protocol_error"),
+    # the client was still sending its body when the exchange timed out: no upstream's fault
+    "request_timeout": (None, 408, "request_timeout"),
 }
 
 
@@ -222,6 +234,29 @@ async def read_body(request: Request, max_body: int) -> bytes:
         return b"".join([chunk async for chunk in limit.chunks()])
     except ValueError:
         raise BodyTooLarge from None
+
+
+async def _buffered(request: Request, limit: _BodyLimit | None, size: int) -> Body:
+    """The request body read up to `size` bytes before any upstream is asked: whole, if it ends
+    by then; else its first pieces followed by the rest as it comes. Raises `ValueError` when
+    it is over `limit` (a chunked body) and the client's `BadRequest` (408) when it stalls."""
+    pieces = request.chunks() if limit is None else limit.chunks()
+    first: list[bytes] = []
+    read = 0
+    while read < size:
+        try:
+            chunk = await anext(pieces)
+        except StopAsyncIteration:
+            return b"".join(first)
+        first.append(chunk)
+        read += len(chunk)
+    return _then(first, pieces)
+
+
+async def _then(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield b"".join(first)
+    async for chunk in rest:
+        yield chunk
 
 
 def bad_body(detail: str) -> UpstreamFailure:
@@ -273,6 +308,8 @@ async def _open(
             content_length=request.content_length,
             connect_timeout=upstream.connect_timeout,
             first_byte_timeout=min(upstream.first_byte_timeout, upstream.timeout),
+            send_timeout=upstream.timeout,
+            interim=partial(_inform, request),
         )
     except (UpstreamError, ValueError) as exc:
         target.limiter.release()
@@ -287,6 +324,13 @@ async def _open(
     return answer, sent
 
 
+def _inform(
+    request: Request, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Pass an upstream's interim answer (103 Early Hints...) on to the client."""
+    request.inform(status, answer_for_client(headers)[0], reason)
+
+
 def _note_failure(target: Target, exchange: Exchange, failure: UpstreamFailure, when: str) -> None:
     exchange.error = failure.reason
     log.warning(
@@ -296,6 +340,19 @@ def _note_failure(target: Target, exchange: Exchange, failure: UpstreamFailure, 
         failure.detail,
         extra={"route": target.route, "variant": target.variant},
     )
+
+
+def error_document(
+    status: int, code: str, message: str, openai: bool = False, **more: object
+) -> dict[str, object]:
+    """The JSON body of an answer the proxy makes itself: `{"error": code, "message": …, …}`,
+    or on a model route OpenAI's shape, which its client libraries read (`{"error":
+    {"message", "type", "code", …}}`, the type `invalid_request_error` for a 4xx, else
+    `server_error`)."""
+    if not openai:
+        return {"error": code, "message": message, **more}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "code": code, "param": None, **more}}
 
 
 def _failed(request: Request, target: Target, exchange: Exchange, failure: UpstreamFailure) -> None:
@@ -308,12 +365,14 @@ def _failed(request: Request, target: Target, exchange: Exchange, failure: Upstr
         _note_failure(target, exchange, failure, "before the answer")
     request.reply_json(
         failure.status,
-        {
-            "error": failure.error,
-            "message": failure.detail,
-            "route": target.route,
-            "variant": target.variant,
-        },
+        error_document(
+            failure.status,
+            failure.error,
+            failure.detail,
+            target.openai,
+            route=target.route,
+            variant=target.variant,
+        ),
         target.labels(exchange),
     )
 
@@ -325,6 +384,7 @@ async def forward(
     exchange: Exchange,
     *,
     max_body: int,
+    buffer_bytes: int = SMALL_BODY,
     trusted: bool = False,
     fallback: Target | None = None,
     fallback_on_5xx: bool = False,
@@ -333,6 +393,9 @@ async def forward(
     """Send `request` to `target`, stream the answer back, and note what happened in `exchange`.
 
     `trusted`: the client is one of `server.trusted_proxies`, whose forwarded headers stand.
+    `buffer_bytes`: a request body up to this size is read whole before a connection slot to
+    the upstream is taken (a larger one: its first `buffer_bytes`), so a client that sends
+    slowly holds no slot, and the upstream's first-byte timer starts when it has the request.
     `read`: the body, already read whole (on routes that route on or rewrite its `model`): each
     upstream gets it with its own `model`, if it names one.
 
@@ -362,13 +425,14 @@ async def forward(
         length = request.content_length
         if length is not None and length > max_body:
             return _failed(request, target, exchange, BODY_TOO_LARGE)
-        if length is None:
-            limit = _BodyLimit(request, max_body)
-            body = limit.chunks()
-        elif length <= SMALL_BODY:
-            body = await request.read()  # one write upstream: cheaper than streaming a few KiB
+        if length is not None and length <= buffer_bytes:
+            body = await request.read()  # (before a connection slot is taken: see `_buffered`)
         else:
-            body = request.chunks()
+            limit = _BodyLimit(request, max_body) if length is None else None
+            try:
+                body = await _buffered(request, limit, buffer_bytes)
+            except ValueError:
+                return _failed(request, target, exchange, BODY_TOO_LARGE)
     try:
         answer, sent = await _open(client, request, target, headers=headers, body=body, limit=limit)
     except _Unavailable as first:
@@ -461,14 +525,15 @@ async def _stream(
         request.start(answer.status, headers, length, answer.reason)
         exchange.status = answer.status
         upstream = target.upstream
-        async for chunk in answer.chunks(upstream.idle_timeout, sent + upstream.timeout):
+        deadline = sent + upstream.timeout  # (the whole exchange: a client not reading is cut)
+        async for chunk in answer.chunks(upstream.idle_timeout, deadline):
             if exchange.ttfb is None:
                 exchange.ttfb = time.monotonic() - sent
             if meter is not None:
                 meter.feed(chunk, time.monotonic() - sent)
             if exchange.capture is not None:
                 exchange.keep(chunk)
-            await request.write(chunk)
+            await request.write(chunk, deadline)
             exchange.bytes_out += len(chunk)
         if exchange.ttfb is None:
             exchange.ttfb = time.monotonic() - sent

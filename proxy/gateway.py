@@ -11,7 +11,16 @@ from proxy import clock
 from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.compare import Seen
-from proxy.config.model import Config, Fallback, IPNetwork, Route, ServerConfig, Upstream, Variant
+from proxy.config.model import (
+    Config,
+    Fallback,
+    IPNetwork,
+    Route,
+    ServerConfig,
+    Source,
+    Upstream,
+    Variant,
+)
 from proxy.ejection import Breaker, Ejections
 from proxy.forwarding import (
     BODY_TOO_LARGE,
@@ -19,11 +28,13 @@ from proxy.forwarding import (
     Exchange,
     Limiter,
     Target,
+    error_document,
     forward,
     read_body,
 )
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
+from proxy.http.headers import connection_named, spelled
 from proxy.http.server import Request
 from proxy.metrics import Recorder, VariantMetrics
 from proxy.model_body import ReadBody
@@ -39,13 +50,19 @@ _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 
 
 class HttpFacts:
-    """Adapts a listener request to the decision core's `RequestFacts`."""
+    """Adapts a listener request to the decision core's `RequestFacts`.
 
-    __slots__ = ("_request", "_trusted")
+    A header named in `Connection` is hop-by-hop (RFC 9110 §7.6.1): it never reaches the
+    upstream, so it is absent here too, for cohort keys and segments alike: the router and the
+    upstream see the same request."""
+
+    __slots__ = ("_hop", "_request", "_trusted")
 
     def __init__(self, request: Request, trusted: tuple[IPNetwork, ...]):
         self._request = request
         self._trusted = trusted
+        named = request.raw_values(b"connection")
+        self._hop = connection_named(named) if named else frozenset()
 
     @property
     def path(self) -> str:
@@ -57,7 +74,20 @@ class HttpFacts:
         return client_ip(self._request.remote, forwarded, self._trusted)
 
     def header(self, name: str) -> str | None:
+        if self._hop and spelled(name.lower().encode("latin-1")) in self._hop:
+            return None
         return self._request.header(name)
+
+    def repeated_key(self, route: Route) -> str | None:
+        """A cohort key header of `route` that the request sends more than once (names read
+        with `_` as `-`, as CGI servers read them), if any: the upstream would see every one,
+        the router only the first."""
+        for source in route.cohort.keys:
+            if source.source is Source.HEADER:
+                key = spelled(source.name.lower().encode("latin-1"))
+                if key not in self._hop and sum(spelled(k) == key for k in self._request.keys) > 1:
+                    return source.name
+        return None
 
     def cookie(self, name: str) -> str | None:
         return self._request.cookie(name)
@@ -142,6 +172,7 @@ class Gateway:
             self._limiter(upstream),
             Origin(upstream.url, upstream.ca_file, upstream.keepalive_timeout),
             partial(self.minter.mint, label),
+            openai=route.reads_body,
         )
 
     def _compile(self, config: Config) -> Snapshot:
@@ -169,28 +200,35 @@ class Gateway:
         table = snapshot.table
         read: ReadBody | None = None
         if table.by_model and table.needs_model(request.path):
-            read = await self._read(request, snapshot.config.server)
+            read = await self._read(request, snapshot.config.server, True)
             if read is None:
                 return None
             if read.error is not None and read.data:
                 detail = f"{read.error}; routes under this path are chosen by its model"
-                return request.reply_json(400, {"error": "invalid_json_body", "message": detail})
+                document = error_document(400, "invalid_json_body", detail, openai=True)
+                return request.reply_json(400, document)
         active = table.match(request.path, None if read is None else read.model)
         if active is None:
             self.recorder.unmatched.inc()
             what = "this path" if read is None else "this path and model"
-            document = {"error": "no_route", "message": f"no route matches {what}"}
-            return request.reply_json(404, {**document, "path": request.path})
+            document = error_document(
+                404, "no_route", f"no route matches {what}", read is not None, path=request.path
+            )
+            return request.reply_json(404, document)
         name = active.route.name
         wiring = snapshot.routes[name]
         route = wiring.route
         if read is None and wiring.reads_body:
-            read = await self._read(request, snapshot.config.server)
+            read = await self._read(request, snapshot.config.server, True)
             if read is None:
                 return None
         now = clock.now()
         trusted_proxies = snapshot.config.server.trusted_proxies
         facts = HttpFacts(request, trusted_proxies)
+        repeated = facts.repeated_key(route)
+        if repeated is not None:
+            detail = f"more than one {repeated} header: whose request it is is ambiguous"
+            return request.reply_json(400, {"error": "ambiguous_cohort_key", "message": detail})
         decision = decide(active, facts, self.controller.control(name, now))
         stable = wiring.targets[_STABLE]
         target, fallback = stable, None
@@ -213,7 +251,7 @@ class Gateway:
         )
         if copying:
             if read is None:
-                read = await self._read(request, snapshot.config.server)
+                read = await self._read(request, snapshot.config.server, route.reads_body)
                 if read is None:
                     return None
             exchange.capture = []
@@ -231,6 +269,7 @@ class Gateway:
                 target,
                 exchange,
                 max_body=snapshot.config.server.max_body_bytes,
+                buffer_bytes=snapshot.config.server.request_buffer_bytes,
                 trusted=trusted,
                 fallback=fallback,
                 fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
@@ -282,14 +321,16 @@ class Gateway:
         self.shadower.launch(wiring.route, wiring.targets[_CANDIDATE], copy, stable)
 
     @staticmethod
-    async def _read(request: Request, server: ServerConfig) -> ReadBody | None:
-        """The whole body, for a route that routes on or rewrites its `model`; None once the
-        client has been answered 413."""
+    async def _read(request: Request, server: ServerConfig, openai: bool) -> ReadBody | None:
+        """The whole body, for a route that routes on or rewrites its `model` (`openai`: its
+        errors in OpenAI's shape), or copies it to a shadow; None once the client has been
+        answered 413."""
         try:
             return ReadBody.of(
                 await read_body(request, server.max_body_bytes), server.max_json_values
             )
         except BodyTooLarge:
             failure = BODY_TOO_LARGE
-            request.reply_json(failure.status, {"error": failure.error, "message": failure.detail})
+            document = error_document(failure.status, failure.error, failure.detail, openai)
+            request.reply_json(failure.status, document)
             return None

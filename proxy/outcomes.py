@@ -2,24 +2,31 @@
 rating), joined to the variant that served each request and counted per route, variant and name.
 
 Invariants
-- Nothing is stored per request: the request id says which route, variant and rollout served it
-  (signed: see `proxy.request_id`), so any process holding the key takes any outcome.
+- Nothing is stored per request served: the request id says which route, variant and rollout
+  served it (signed: see `proxy.request_id`), so any process holding the key takes any outcome.
 - A batch is taken whole or not at all: every item is checked first (`request_id` a string,
-  `name` of letters, digits and `_ . : -`, at most 64; `value` a finite number, 1 when left
-  out); one bad item refuses the batch, naming the item and the field.
+  `name` of letters, digits and `_ . : -`, at most 64; `value` a finite number of magnitude at
+  most `MAX_MAGNITUDE`, 1 when left out); one bad item refuses the batch, naming the item and
+  the field. No number a JSON text can hold raises anything but `InvalidBatch`.
+- A value outside the `range` of the analysis check of its name (on the route its id names)
+  refuses the batch: a check's bounds rely on it.
 - An item is counted, never refused, when its id is not one of ours (`unknown`), its request is
   older than `ttl` (`expired`), its route left the config or its rollout was replaced since
   (`stale`), its request is not one the analysis compares (`not_compared`: not assigned at
-  random, or sent to stable because the candidate was ejected), or its route already has
-  `max_names` other names (`too_many_names`).
-- A value outside the `range` of the analysis check of its name (on any route) refuses the
-  batch: a check's bounds rely on it.
-- Memory is bounded by the routes times `max_names`; no I/O.
+  random, or sent to stable because the candidate was ejected), the same (request id, name)
+  was taken before, in this batch or an earlier one (`duplicate`), its route already has
+  `max_names` other names (`too_many_names`), or `max_tracked` pairs are remembered already
+  (`untracked`: one that could not be told from its repeats is not counted).
+- Each (request id, name) is counted once per process: the pairs taken are remembered, as
+  64-bit keyed hashes grouped by their request's minute, until `ttl` has passed for every
+  request of the minute. Memory is bounded by the routes times `max_names`, and `max_tracked`
+  remembered pairs; no I/O.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +36,12 @@ from proxy.rollout.machine import identity_of
 
 # Where a joined outcome goes: (what its id says, name, value, now).
 Sink = Callable[[Served, str, float, float], None]
+# What became of each report: these counts are in every answer; `REPEATS`' only when not 0.
 RESULTS = ("accepted", "unknown", "expired", "stale", "not_compared", "too_many_names")
+REPEATS = ("duplicate", "untracked")
+MAX_MAGNITUDE = 1e12  # the largest value taken either way: a million of its squares sum to 1e30
+_SLOT = 60  # seconds of request time whose remembered pairs expire together
+_LONGEST_INT = 20  # digits (and sign) of a JSON integer read as one; longer: read as a float
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +59,23 @@ class InvalidBatch(ValueError):
     def __init__(self, errors: list[str]):
         super().__init__("; ".join(errors[:3]))
         self.errors = errors
+
+
+def json_number(text: str) -> int | float:
+    """A JSON integer as `json.loads(..., parse_int=json_number)` reads it: one longer than any
+    value taken is read as a float (infinite if need be) and refused as a value, without
+    Python's costly conversion of long digit strings, which raises past 4,300 digits."""
+    return int(text) if len(text) <= _LONGEST_INT else float(text)
+
+
+def _sane(value: object) -> float | None:
+    """`value` as a float if it is a number within `MAX_MAGNITUDE` either way, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    # (an int compares with a float exactly, however large; NaN compares false)
+    if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+        return None
+    return float(value)
 
 
 def parse_batch(document: object, max_batch: int) -> list[Report]:
@@ -70,11 +99,14 @@ def parse_batch(document: object, max_batch: int) -> list[Report]:
             errors.append(f"{where}.request_id: expected the X-Grayscale-Request-Id of an answer")
         if not isinstance(name, str) or not OUTCOME_NAME.fullmatch(name):
             errors.append(f"{where}.name: expected letters, digits and _ . : - (at most 64)")
-        finite = isinstance(value, int | float) and not isinstance(value, bool)
-        if not finite or not math.isfinite(value):
-            errors.append(f"{where}.value: expected a finite number")
-        if not errors:
-            reports.append(Report(str(request_id), str(name), float(value)))
+        number = _sane(value)
+        if number is None:
+            errors.append(
+                f"{where}.value: expected a finite number between -{MAX_MAGNITUDE:g} and "
+                f"{MAX_MAGNITUDE:g}"
+            )
+        if not errors and number is not None:
+            reports.append(Report(str(request_id), str(name), number))
     if errors:
         raise InvalidBatch(errors)
     return reports
@@ -90,6 +122,10 @@ class OutcomeBook:
         self._rollouts: dict[str, bytes] = {}  # route -> its rollout's digest
         self._names: dict[str, set[str]] = {}  # route -> the names taken so far
         self._ranges: dict[tuple[str, str], tuple[float, float]] = {}  # (route, name) -> range
+        self._taken: dict[int, set[int]] = {}  # request minute -> keys of the pairs taken
+        self._tracked = 0  # pairs in `_taken`
+        self._pruned = -1  # the minute (of `now`) when `_taken` was last pruned
+        self._hash_key = os.urandom(16)  # (no one can make two pairs' keys collide)
         self.config = OutcomesConfig()
 
     def use(self, config: OutcomesConfig, routes: Sequence[Route]) -> None:
@@ -105,8 +141,9 @@ class OutcomeBook:
         self._names = {name: names for name, names in self._names.items() if name in self._rollouts}
 
     def take(self, reports: Sequence[Report], now: float) -> dict[str, int]:
-        """Take `reports` (reported at `now`); how many had each result (see `RESULTS`).
-        Raises `InvalidBatch`, taking none, when a value lies outside its check's range."""
+        """Take `reports` (reported at `now`); how many had each result (see `RESULTS` and
+        `REPEATS`). Raises `InvalidBatch`, taking none, when a value lies outside its check's
+        range."""
         read = [self._reader.read(report.request_id) for report in reports]
         errors = []
         for index, (report, served) in enumerate(zip(reports, read, strict=True)):
@@ -121,10 +158,17 @@ class OutcomeBook:
                     )
         if errors:
             raise InvalidBatch(errors)
+        self._prune(now)
         counts = dict.fromkeys(RESULTS, 0)
         for report, served in zip(reports, read, strict=True):
-            counts[self._take(report, served, now)] += 1
+            result = self._take(report, served, now)
+            counts[result] = counts.get(result, 0) + 1
         return counts
+
+    @property
+    def tracked(self) -> int:
+        """How many (request id, name) pairs are remembered."""
+        return self._tracked
 
     def _take(self, report: Report, served: Served | None, now: float) -> str:
         if served is None:
@@ -135,11 +179,34 @@ class OutcomeBook:
             return "stale"
         if served.variant is None:
             return "not_compared"
+        minute, key = int(served.at) // _SLOT, self._key(report)
+        taken = self._taken.get(minute)
+        if taken is not None and key in taken:
+            return "duplicate"
         names = self._names.setdefault(served.route, set())
-        if report.name not in names:
-            if len(names) >= self.config.max_names:
-                return "too_many_names"
-            names.add(report.name)
+        if report.name not in names and len(names) >= self.config.max_names:
+            return "too_many_names"
+        if self._tracked >= self.config.max_tracked:
+            return "untracked"
+        names.add(report.name)
+        self._taken.setdefault(minute, set()).add(key)
+        self._tracked += 1
         for sink in self._sinks:
             sink(served, report.name, report.value, now)
         return "accepted"
+
+    def _key(self, report: Report) -> int:
+        """A keyed 64-bit hash of the report's (request id, name)."""
+        pair = f"{report.name}\n{report.request_id}".encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(pair, digest_size=8, key=self._hash_key).digest()
+        return int.from_bytes(digest, "big")
+
+    def _prune(self, now: float) -> None:
+        """Forget the pairs of every minute whose requests are all older than `ttl`: their
+        repeats are `expired` now (at most once a minute)."""
+        minute = int(now) // _SLOT
+        if minute == self._pruned:
+            return
+        self._pruned = minute
+        for old in [m for m in self._taken if (m + 1) * _SLOT + self.config.ttl < now]:
+            self._tracked -= len(self._taken.pop(old))

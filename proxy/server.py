@@ -11,11 +11,9 @@ import secrets
 import signal
 import time
 
-from aiohttp import web
-
 from proxy import clock
 from proxy.access_log import AccessLog, secret_from_env
-from proxy.admin import Admin
+from proxy.admin import Admin, AdminListener
 from proxy.analysis.loop import Analyzer
 from proxy.analysis.sources import InProcess
 from proxy.analysis.webhook import RollbackNotifier
@@ -235,9 +233,7 @@ class Server:
             body_timeout=config.server.client_body_timeout,
             send_timeout=config.server.send_timeout,
         )
-        self._admin_runner = web.AppRunner(
-            self.admin.build_app(), access_log=None, shutdown_timeout=5.0
-        )
+        self.admin_listener = AdminListener(self.admin)
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -251,12 +247,9 @@ class Server:
         shared = self.worker is not None  # the ports are bound by every worker
         await self.listener.start(server.listen.host, server.listen.port, reuse_port=shared)
         self.proxy_url = _url(self.listener.address)
-        runner = self._admin_runner
-        await runner.setup()
         listen = server.admin_listen
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True, reuse_port=shared)
-        await site.start()
-        self.admin_url = _url(runner.addresses[0])
+        address = await self.admin_listener.start(listen.host, listen.port, reuse_port=shared)
+        self.admin_url = _url(address)
         await self.notifier.start()
         if self.host_metrics is not None:
             self.host_metrics.start()
@@ -313,7 +306,7 @@ class Server:
             await self.fleet.stop()  # the last observations, drained requests' included
         if self.host_metrics is not None:
             await self.host_metrics.stop()
-        await self._admin_runner.cleanup()
+        await self.admin_listener.stop()
         await self.controller.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -5,9 +5,11 @@ Invariants
 - The user's answer is never delayed, altered or failed by a shadow: the copy is sent from a
   background task after the user's answer was sent whole, with its own timeout, and whatever
   happens to it (a hang, a reset, a 5xx) only counts as a comparison `error`.
-- Bounded: at most `shadow.max_in_flight` copies of a route at once, and only on a free
-  connection slot of the candidate (it never waits for one): beyond, the copy is dropped and
-  counted. Answers are kept for comparison up to `CAPTURE` bytes (larger ones are not
+- Bounded: at most `shadow.max_in_flight` copies of a route at once, holding at most
+  `shadow.max_bytes_in_flight` bytes (each copy's request body, as the candidate gets it, and
+  stable's answer), and only on a free connection slot of the candidate (it never waits for
+  one): beyond, the copy is dropped and counted. A copy keeps those bytes only, nothing of the
+  request's parse. Answers are kept for comparison up to `CAPTURE` bytes (larger ones are not
   compared: `error`).
 - The gate (`min_agreement`) opens when the last `min_comparisons` comparisons (errors aside)
   agree at least that often, so a candidate fixed in place can still pass it; once open, it
@@ -64,7 +66,19 @@ class Copy:
     method: str
     target: bytes  # the path and query, as received
     headers: bytes  # as forwarded upstream
-    body: ReadBody | None
+    body: ReadBody | None  # (made into the candidate's bytes at launch, and let go)
+
+
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """A copy on its way: its request as the candidate gets it."""
+
+    method: str
+    target: bytes
+    headers: bytes
+    body: bytes | None
+    unreadable: bool  # the body could not be rewritten for the candidate: an `error`
+    size: int  # the bytes it holds: its body and stable's answer
 
 
 @dataclass
@@ -75,6 +89,7 @@ class RouteShadow:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))
     dropped: int = 0
     in_flight: int = 0
+    bytes_in_flight: int = 0  # the copies' request bodies and stable's answers, held
     recent: deque[bool] = field(default_factory=deque)  # the last comparisons: agreed?
 
     def count(self, result: str, shadow: Shadow) -> None:
@@ -93,6 +108,7 @@ class RouteShadow:
             "comparisons": dict(self.counts),
             "dropped": self.dropped,
             "in_flight": self.in_flight,
+            "bytes_in_flight": self.bytes_in_flight,
             "agreement": self.counts["agree"] / compared if compared else None,
             "agreement_interval": (
                 list(wilson(self.counts["agree"], compared, Z_95)) if compared else None
@@ -155,14 +171,27 @@ class Shadower:
         shadow, state = route.shadow, self._routes.get(route.name)
         if shadow is None or state is None:
             return False
-        if state.in_flight >= shadow.max_in_flight or not candidate.limiter.try_acquire():
+        try:
+            body = None if copy.body is None else copy.body.to(candidate.upstream.model) or None
+        except BodyError:
+            body, unreadable = None, True
+        else:
+            unreadable = False
+        size = len(body or b"") + len(stable.body)
+        if (
+            state.in_flight >= shadow.max_in_flight
+            or state.bytes_in_flight + size > shadow.max_bytes_in_flight
+            or not candidate.limiter.try_acquire()
+        ):
             state.dropped += 1
             for tell in self.on_result:
                 tell(route.name, "dropped")
             return False
         state.in_flight += 1
+        state.bytes_in_flight += size
+        sending = Sending(copy.method, copy.target, copy.headers, body, unreadable, size)
         task = asyncio.get_running_loop().create_task(
-            self._compare(route, state, candidate, copy, stable)
+            self._compare(route, state, candidate, sending, stable)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -175,12 +204,14 @@ class Shadower:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _compare(
-        self, route: Route, state: RouteShadow, candidate: Target, copy: Copy, stable: Seen
+        self, route: Route, state: RouteShadow, candidate: Target, copy: Sending, stable: Seen
     ) -> None:
         shadow = route.shadow
         assert shadow is not None
         try:
             try:
+                if copy.unreadable:
+                    raise BodyError("the body cannot be rewritten for the candidate")
                 async with asyncio.timeout(shadow.timeout):
                     seen = await self._ask(candidate, copy, shadow.timeout)
             except (UpstreamError, BodyError, TimeoutError, OSError):
@@ -201,11 +232,12 @@ class Shadower:
                 await self._controller.open_gate(route.name, clock.now())
         finally:
             state.in_flight -= 1
+            state.bytes_in_flight -= copy.size
 
-    async def _ask(self, candidate: Target, copy: Copy, limit: float) -> Seen | None:
+    async def _ask(self, candidate: Target, copy: Sending, limit: float) -> Seen | None:
         """The candidate's answer to the copy, or None if it is too large to compare."""
         upstream = candidate.upstream
-        body = None if copy.body is None else copy.body.to(upstream.model) or None
+        body = copy.body
         answer = await self._client.request(
             candidate.origin,
             copy.method,

@@ -11,6 +11,8 @@ Invariants
   (keep-alive) or an event with no data is not a token.
 - Output tokens are the last `usage.completion_tokens` (or `usage.output_tokens`) the answer
   carries: in a stream's final frame, or in a whole JSON answer.
+- Lines end with CRLF, LF or a lone CR, as the event-stream format allows; a CRLF split between
+  two chunks is one line end, and a line that ends with a CR ends when the CR passes.
 - Bounded: a line is buffered up to `LINE_LIMIT` bytes; a longer one is skipped whole, so a
   hostile stream costs bounded memory and time.
 """
@@ -22,27 +24,35 @@ from typing import Any
 
 LINE_LIMIT = 256 * 1024  # bytes of one event-stream line kept while it arrives
 _USAGE_KEYS = ("completion_tokens", "output_tokens")
+_LF = 10
 
 
 class StreamMeter:
     """Reads an event stream chunk by chunk; `first_token` is when its first token passed
     (the `now` given with that chunk), `output_tokens` what its usage said."""
 
-    __slots__ = ("_data", "_line", "_skipping", "first_token", "output_tokens")
+    __slots__ = ("_after_cr", "_data", "_line", "_skipping", "first_token", "output_tokens")
 
     def __init__(self) -> None:
         self._line = bytearray()
         self._data: list[bytes] = []  # the `data` lines of the event being read
         self._skipping = False  # inside a line over LINE_LIMIT
+        self._after_cr = False  # the last chunk ended with a CR: an LF next belongs to it
         self.first_token: float | None = None
         self.output_tokens: int | None = None
 
     def feed(self, chunk: bytes, now: float) -> None:
         """Read the next bytes of the stream, which passed at `now`."""
-        start = 0
+        start, size = 0, len(chunk)
+        if self._after_cr and size:
+            self._after_cr = False
+            start = 1 if chunk[0] == _LF else 0  # the LF of a CRLF: that line has ended
         while True:
             end = chunk.find(b"\n", start)
-            if end < 0:
+            cr = chunk.find(b"\r", start, size if end < 0 else end)
+            if cr >= 0:
+                end = cr
+            elif end < 0:
                 self._keep(chunk[start:])
                 return
             if self._skipping:
@@ -54,6 +64,11 @@ class StreamMeter:
             else:
                 self._end_line(chunk[start:end], now)
             start = end + 1
+            if end == cr:
+                if start == size:
+                    self._after_cr = True
+                elif chunk[start] == _LF:
+                    start += 1
 
     def _keep(self, piece: bytes) -> None:
         if self._skipping or not piece:
@@ -65,8 +80,6 @@ class StreamMeter:
             self._line += piece
 
     def _end_line(self, line: bytes, now: float) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
         if not line:
             if self._data:
                 self._event(b"\n".join(self._data), now)

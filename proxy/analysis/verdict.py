@@ -260,20 +260,37 @@ class Check:
     upper: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict; a number that is not finite (a bound whose arithmetic overflowed)
+        is None, as NaN and infinities are not JSON."""
         return {
             "check": self.name,
             "result": self.result.value,
-            "threshold": self.threshold,
-            "observed": self.observed,
-            "bound": self.bound,
-            "upper": self.upper,
-            "stable": self.stable,
-            "candidate": self.candidate,
+            "threshold": finite_or_none(self.threshold),
+            "observed": finite_or_none(self.observed),
+            "bound": finite_or_none(self.bound),
+            "upper": finite_or_none(self.upper),
+            "stable": json_ready(self.stable),
+            "candidate": json_ready(self.candidate),
             "note": self.note,
             "scope": self.scope,
-            "alpha": self.alpha,
+            "alpha": finite_or_none(self.alpha),
         }
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """`value`, or None when it is not finite."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def json_ready(value: Any) -> Any:
+    """`value` with every float in it (in dicts and lists) that is not finite made None."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +326,7 @@ class Verdict:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (numbers that are not finite: None)."""
         return {
             "at": self.at,
             "result": self.result.value,

@@ -533,7 +533,7 @@ class _Parser:
         return value
 
     def admin(self, node: Node, path: str, default: AdminConfig) -> AdminConfig:
-        fields = self.mapping(node, path, ("token_env", "protect_reads", "allowed_hosts"))
+        fields = self.mapping(node, path, [f.name for f in dataclass_fields(AdminConfig)])
         hosts: tuple[str, ...] = ()
         if "allowed_hosts" in fields:
             hosts = tuple(
@@ -546,6 +546,15 @@ class _Parser:
                 fields, "protect_reads", path, self.boolean, default.protect_reads
             ),
             allowed_hosts=hosts,
+            head_timeout=self.field(
+                fields, "head_timeout", path, self.duration, default.head_timeout
+            ),
+            body_timeout=self.field(
+                fields, "body_timeout", path, self.duration, default.body_timeout
+            ),
+            max_connections=self.field(
+                fields, "max_connections", path, self.count, default.max_connections
+            ),
         )
 
     def access_log(
@@ -569,6 +578,7 @@ class _Parser:
             ttl=self.field(fields, "ttl", path, self.duration, default.ttl),
             max_batch=self.field(fields, "max_batch", path, self.count, default.max_batch),
             max_names=self.field(fields, "max_names", path, self.count, default.max_names),
+            max_tracked=self.field(fields, "max_tracked", path, self.count, default.max_tracked),
         )
 
     def outcome_checks(
@@ -648,6 +658,8 @@ class _Parser:
                 "trusted_proxies",
                 "max_body_bytes",
                 "max_json_values",
+                "max_event_bytes",
+                "request_buffer_bytes",
                 "client_body_timeout",
                 "send_timeout",
                 "shutdown_delay",
@@ -669,6 +681,12 @@ class _Parser:
             ),
             max_json_values=self.field(
                 fields, "max_json_values", path, self.count, default.max_json_values
+            ),
+            max_event_bytes=self.field(
+                fields, "max_event_bytes", path, self.count, default.max_event_bytes
+            ),
+            request_buffer_bytes=self.field(
+                fields, "request_buffer_bytes", path, self.count, default.request_buffer_bytes
             ),
             client_body_timeout=self.field(
                 fields, "client_body_timeout", path, self.duration, default.client_body_timeout
@@ -809,6 +827,9 @@ class _Parser:
             compare=self.field(fields, "compare", path, self.compare, base.compare),
             methods=methods,
             max_in_flight=self.field(fields, "max_in_flight", path, self.count, base.max_in_flight),
+            max_bytes_in_flight=self.field(
+                fields, "max_bytes_in_flight", path, self.count, base.max_bytes_in_flight
+            ),
             timeout=self.field(fields, "timeout", path, self.duration, base.timeout),
             min_agreement=minimum,
             min_comparisons=self.field(

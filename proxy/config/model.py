@@ -65,6 +65,8 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
     max_json_values: int = 100_000  # values a body may hold to be read for its `model`
+    max_event_bytes: int = 1024 * 1024  # bytes of one stream event metered (beyond: forwarded)
+    request_buffer_bytes: int = 1024 * 1024  # of a request body, read before an upstream is asked
     client_body_timeout: float = 60.0
     send_timeout: float = 60.0
     shutdown_delay: float = 0.0
@@ -383,15 +385,17 @@ Compare = ExactCompare | JsonCompare | TextCompare
 class Shadow:
     """Dark launch: a copy of `share` of the requests stable answers (users chosen with `salt`)
     goes to the candidate after the user's answer, and the two answers are compared. At most
-    `max_in_flight` copies at once (more are dropped), each within `timeout`, only for
-    `methods`. With `min_agreement`, the ramp waits until that share of at least
-    `min_comparisons` comparisons agree."""
+    `max_in_flight` copies at once, holding at most `max_bytes_in_flight` of request bodies and
+    stable's answers (more are dropped), each within `timeout`, only for `methods`. With
+    `min_agreement`, the ramp waits until that share of at least `min_comparisons` comparisons
+    agree."""
 
     share: float
     salt: str
     compare: Compare = ExactCompare()
     methods: tuple[str, ...] = ("POST",)
     max_in_flight: int = 64
+    max_bytes_in_flight: int = 64 * 1024 * 1024
     timeout: float = 30.0
     min_agreement: float | None = None
     min_comparisons: int = 200
@@ -439,11 +443,16 @@ class StateConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """Admin API access: the bearer token's environment variable; whether reads need it too;
-    the host names it answers to besides IP addresses and `localhost` (DNS rebinding)."""
+    the host names it answers to besides IP addresses and `localhost` (DNS rebinding); and the
+    listener's limits: how long a request head (or an idle connection) and a request body may
+    take, and how many connections it holds at once."""
 
     token_env: str = "GRAYSCALE_ADMIN_TOKEN"
     protect_reads: bool = False
     allowed_hosts: tuple[str, ...] = ()
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +478,7 @@ class OutcomesConfig:
     ttl: float = 3600.0
     max_batch: int = 1000
     max_names: int = 32
+    max_tracked: int = 1_000_000  # (request id, name) pairs remembered to count each once
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,9 @@ Invariants
   upstream is never sent twice.
 - An answer is handed on only with its head complete and checked (see `connection`); its body
   ends cleanly or raises `UpstreamError`, never a silent truncation.
+- Interim answers (1xx) but 100 go to the request's `interim` callback, in the order received,
+  before its answer (requests go out without `Expect`, so a 100 is nobody's); without a callback
+  they are read and dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import urlsplit
 
-from proxy.http.connection import Connection
+from proxy.http.connection import Connection, Interim
 from proxy.http.errors import UpstreamError
 from proxy.http.pool import KEEPALIVE_TIMEOUT, Pool
 
@@ -125,14 +128,19 @@ class UpstreamClient:
         content_length: int | None,
         connect_timeout: float,
         first_byte_timeout: float,
+        send_timeout: float | None = None,
+        interim: Interim | None = None,
     ) -> Answer:
         """Send a request and wait for the answer's head.
 
-        `first_byte_timeout` bounds sending the request and waiting for the answer's head.
+        `first_byte_timeout` bounds sending the request and waiting for the answer's head; for
+        a body that streams in from a client, it starts once the whole request is sent, and
+        `send_timeout` (if given) bounds the sending: a body still arriving then is the
+        client's slowness, `UpstreamError("request_timeout")`, not the upstream's.
         `target` is the path and query, sent as given; `headers` are header lines (``Name: value``
         and CRLF each) that must not frame the body: this sets Content-Length (or chunked
         encoding for a body of unknown length). See the module's rules for when a request is
-        sent again.
+        sent again. `interim` is told of each interim answer (1xx) but 100, as it comes.
         """
         if isinstance(body, bytes):
             framing = b"Content-Length: %d\r\n" % len(body)
@@ -154,9 +162,11 @@ class UpstreamClient:
         )
         pool = self._pool(origin)
         loop = asyncio.get_running_loop()
+        streamed = body is not None and not isinstance(body, bytes)
+        sending = send_timeout if streamed and send_timeout is not None else first_byte_timeout
         for attempt in range(2):
             connection = pool.idle() or await pool.connect(connect_timeout)
-            connection.begin(method, loop.time() + first_byte_timeout)
+            connection.begin(method, loop.time() + sending, interim)
             try:
                 if body is None or isinstance(body, bytes):
                     if not connection.send(head + body if body else head):
@@ -164,8 +174,14 @@ class UpstreamClient:
                     connection.sent = True
                 else:
                     await self._stream(connection, head, body, content_length)
+                    connection.expect_head_by(loop.time() + first_byte_timeout)
                 await connection.head
             except UpstreamError as exc:
+                if streamed and not connection.sent and exc.reason == "timeout":
+                    connection.finish(reusable=False)
+                    raise UpstreamError(
+                        "request_timeout", "the request body was still arriving at the timeout"
+                    ) from None
                 if connection.answered:
                     # The upstream answered, then closed while the body was still on its way
                     # (a 413, a 401): its answer is the one to pass on.

@@ -16,9 +16,23 @@ Invariants
 - An answer is complete only when its message ended cleanly: by its length, by its last chunk,
   as a bodiless answer (HEAD, 204, 304), or, for a body delimited by the close, by an orderly
   close (FIN). A reset, or a close before the end, fails the exchange with `reset`.
-- The answer's head is bounded: MAX_HEAD bytes, MAX_FIELDS lines. A status outside 100-599, a
-  101 (we never ask to switch protocols), or a transfer coding we did not ask for is a protocol
-  error. Interim answers (1xx) are skipped; trailer fields are dropped.
+- The answer's head is bounded: MAX_HEAD bytes, MAX_FIELDS lines. A status outside 100-599, or
+  a 101 (we never ask to switch protocols), is a protocol error. Trailer fields are dropped.
+- The body is framed as llhttp frames it, or the answer is refused: `Transfer-Encoding` must be
+  exactly one `chunked` (any case), or name only `identity` (the body then ends with the close,
+  RFC 9112 §6.3); any other list (`chunked, identity`, `identity, chunked`, `chunked` twice, a
+  coding we never asked for) is a protocol error, since we could neither pass the coding on nor
+  be sure where the body ends.
+- An interim answer (1xx) ends with its head, whatever framing it claims (RFC 9110 §15.2: a 1xx
+  has no content): the bytes after its head are parsed as the next head, so a body-looking
+  payload is a protocol error, never body. Each one but a 100 (requests go out without
+  `Expect`) is handed to the exchange's `interim` callback, in order, before the final answer,
+  until the interim heads of the exchange pass MAX_HEAD bytes (later ones are read and dropped,
+  so that an upstream cannot queue without bound toward a client that does not read).
+- A reason phrase holding a control character other than HTAB (RFC 9112 §4 allows HTAB, SP,
+  VCHAR and obs-text) is replaced by an empty one, for which the standard phrase of the status
+  is sent: a client must ignore the phrase anyway, and intermediaries may rewrite it, so a stray
+  byte there is no reason to fail an otherwise valid answer, but it is never passed on.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -45,6 +60,15 @@ READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much 
 
 BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
 _FRAMING_NAME_LENGTHS = frozenset({14, 17, 10})  # Content-Length, Transfer-Encoding, Keep-Alive
+# Bytes a reason phrase may not hold: the control characters but HTAB (CR and LF end the line).
+_REASON_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
+
+Interim = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
+"""Told of an interim answer: its status, reason phrase and header fields, as received."""
+
+
+class _InterimEnded(Exception):
+    """Raised in a parser callback at the end of an interim answer's head: it has no body."""
 
 
 class Connection(asyncio.Protocol):
@@ -59,15 +83,16 @@ class Connection(asyncio.Protocol):
         "_head",
         "_head_deadline",
         "_in_head",
+        "_interim",
+        "_interim_bytes",
+        "_interim_status",
         "_loop",
         "_parser",
         "_parser_at_start",
-        "_stopped_at",
         "_timer",
         "_timer_at",
         "_trailers",
         "_waiter",
-        "_whole_head_end",
         "_writable",
         "answered",
         "complete",
@@ -100,14 +125,13 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # checks the head deadline; lazily re-armed
         self._timer_at = 0.0
         self._cutter = framing.Cutter()
-        self._whole_head_end = 0  # parsing a whole read whose head ends here (see _whole_read)
-        self._stopped_at = 0  # where an interim answer parsed in that read ends
         self._chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = True  # llhttp waits for a new message (else: a new parser)
 
-    def begin(self, method: str, head_deadline: float) -> None:
-        """Start an exchange: its answer's head must be in by `head_deadline` (loop time)."""
+    def begin(self, method: str, head_deadline: float, interim: Interim | None = None) -> None:
+        """Start an exchange: its answer's head must be in by `head_deadline` (loop time);
+        `interim` is told of the interim answers that come before it (see the module's rules)."""
         self.state = BUSY
         self.head_only = method == "HEAD"
         self.status = 0
@@ -124,6 +148,9 @@ class Connection(asyncio.Protocol):
         self.sent = False  # the whole request went out (not cut short by an early answer)
         self._in_head = True
         self._trailers = 0
+        self._interim = interim
+        self._interim_bytes = 0  # the interim heads' bytes so far
+        self._interim_status = 0
         self._head: asyncio.Future[None] = self._loop.create_future()
         self._chunks.clear()
         self._buffered = 0
@@ -159,27 +186,39 @@ class Connection(asyncio.Protocol):
             try:
                 self._parser.feed_data(framing.part(data, start, end))
             except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-                return self._parse_failed(exc)
+                if not isinstance(exc.__context__, _InterimEnded):
+                    return self._parse_failed(exc)
+                self._interim_ended()  # (a head piece ends with its head: nothing is left over)
+                if self.state != BUSY:
+                    return None
             start = end
 
     def _whole_read(self, data: bytes, head_end: int) -> int:
         """Parse a read that begins with a whole head in one go (the common case, and cheaper
         than in pieces). The parser is stopped where a message would begin after the answer (a
-        protocol error) or after an interim answer (parsed in pieces from there). Returns where
-        parsing in pieces goes on: the size of `data` when all is parsed or it failed."""
-        self._whole_head_end = head_end
+        protocol error) or at the end of an interim answer's head (what follows is parsed in
+        pieces). Returns where parsing in pieces goes on: the size of `data` when all is parsed
+        or it failed."""
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if not isinstance(exc.__context__, framing.Stop) or self.complete:
+            if not isinstance(exc.__context__, _InterimEnded):
                 self._parse_failed(exc)
                 return len(data)
-            self._parser = httptools.HttpResponseParser(self)  # llhttp stops only by failing
-            return self._stopped_at  # after an interim answer: the final one in pieces
-        finally:
-            self._whole_head_end = self._stopped_at = 0
+            self._interim_ended()
+            return head_end if self.state == BUSY else len(data)
         self._cutter.took(data, head_end)
         return len(data)
+
+    def _interim_ended(self) -> None:
+        """An interim answer's head is complete: hand it on, and read the next head."""
+        self._parser = httptools.HttpResponseParser(self)  # llhttp stops only by failing
+        cutter = self._cutter
+        self._interim_bytes += cutter.head_bytes
+        cutter.begin()
+        status, interim = self._interim_status, self._interim
+        if status != 100 and interim is not None and self._interim_bytes <= MAX_HEAD:
+            interim(status, self.reason, self.headers)
 
     def _parse_failed(self, exc: httptools.HttpParserError | httptools.HttpParserUpgrade) -> None:
         if self.complete:
@@ -213,15 +252,17 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._stopped_at or self.complete:
+        if self.complete:
             raise framing.Stop  # a message after the one awaited, in a whole read (see _whole_read)
         self._in_head, self._trailers = True, 0
+        self.reason = b""
         self.headers = []
         self.content_length = None
         self._codings = None
+        self.keepalive_hint = None
 
     def on_status(self, status: bytes) -> None:
-        self.reason = status
+        self.reason += status  # (in pieces when the status line came over several reads)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:  # a trailer field: dropped
@@ -246,10 +287,13 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:
             raise UpstreamError("protocol", f"the upstream answered with status {status}")
+        if self.reason and self.reason != self.reason.translate(None, _REASON_CONTROLS):
+            self.reason = b""  # replaced by the standard phrase (see the module's rules)
         if status < 200:
             if status == 101:
                 raise UpstreamError("protocol", "the upstream switched protocols")
-            return  # an interim answer (100 Continue, 103 Early Hints): skipped
+            self._interim_status = status
+            raise _InterimEnded  # no body, whatever its head says: the next head follows
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         bodiless = self.head_only or status in {204, 304}
@@ -263,13 +307,17 @@ class Connection(asyncio.Protocol):
 
     def _frame_body(self) -> None:
         """Set how the body ends (RFC 9112 §6.3): chunks, length, or the close."""
-        if self._codings is not None:
-            codings = [coding for coding in tokens(self._codings) if coding != b"identity"]
-            if codings == [b"chunked"]:
+        codings = self._codings
+        if codings is not None:
+            if len(codings) == 1 and codings[0].strip(b" \t").lower() == b"chunked":
                 return self._cutter.body(framing.CHUNKED)
-            if codings:  # we never ask for one (no TE header), and could not pass it on
+            # Anything else but `identity` alone is refused: we never ask for a coding (no TE
+            # header) and could not pass one on, and where llhttp ends a body under such a list
+            # (`chunked, identity`: at the close) is not where its chunks would.
+            named = tokens(codings)
+            if not named or any(coding != b"identity" for coding in named):
                 detail = b", ".join(codings).decode("latin-1")
-                raise UpstreamError("protocol", f"the upstream used a transfer coding: {detail}")
+                raise UpstreamError("protocol", f"the upstream's Transfer-Encoding is {detail!r}")
         elif self.content_length is not None:
             return self._cutter.body(framing.LENGTH, self.content_length)
         self._cutter.body(framing.UNTIL_CLOSE)
@@ -285,10 +333,6 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.status == 0:
-            self._cutter.begin()  # the end of an interim answer: the final one follows
-            self._stopped_at = self._whole_head_end  # (the interim ends with its head)
-            return
         self._parser_at_start = True
         if not self.complete:
             self._end_of_answer()
@@ -340,7 +384,10 @@ class Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> bool:
         """Write `data`; False when the upstream's side is full (wait for `drained` then)."""
-        if self.closed:
+        if self.closed:  # (by a failure of ours, such as a timeout: that is the reason)
+            cause = self._error
+            if cause is not None and cause.reason != "reset":
+                raise UpstreamError(cause.reason, cause.detail)
             raise UpstreamError("reset", "the upstream closed the connection")
         assert self.transport is not None
         self.wrote = True

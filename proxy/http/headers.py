@@ -5,10 +5,16 @@ Invariants
 - A header that is hop-by-hop (listed here, or named by `Connection`) never crosses the proxy,
   in either direction; neither does a `Content-Length` (each side frames its own body).
 - `X-Grayscale-*` fields are the proxy's: one sent by a client or by an upstream is dropped.
+- A name is compared with `_` read as `-`, as CGI and WSGI servers read it (both spellings
+  become `HTTP_X_GRAYSCALE_VARIANT`): `X_Grayscale_Variant` or `Transfer_Encoding` is dropped as
+  its dashed twin would be, and so is an underscore spelling of a field the proxy sets toward
+  the upstream (`X_Forwarded_For`...), which such a server would take for the proxy's own.
 - `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are believed only from a peer listed
   in `server.trusted_proxies`; from anyone else they are replaced (or, for `Forwarded`, dropped).
   `X-Forwarded-For` always gets the peer appended, so its last entry is one we saw.
 - Every request sent upstream carries `Via` with the protocol version it was received in.
+- An answer is an event stream when its media type is `text/event-stream`, in any case, with
+  or without parameters (RFC 9110 §8.3.1: type and subtype are case-insensitive).
 """
 
 from __future__ import annotations
@@ -49,6 +55,21 @@ def valid_host(value: bytes) -> bool:
     return valid
 
 
+def spelled(key: bytes) -> bytes:
+    """A lower-case field name as CGI and WSGI servers read it: `_` as `-`."""
+    return key.replace(b"_", b"-") if b"_" in key else key
+
+
+def connection_named(values: list[bytes]) -> frozenset[bytes]:
+    """The fields that `Connection` values name (hop-by-hop, RFC 9110 §7.6.1), `spelled`."""
+    return frozenset(spelled(token) for token in tokens(values))
+
+
+def is_event_stream(content_type: bytes) -> bool:
+    """Whether a `Content-Type` value is `text/event-stream` (any case, any parameters)."""
+    return content_type.partition(b";")[0].strip(b" \t").lower() == b"text/event-stream"
+
+
 def tokens(values: list[bytes]) -> list[bytes]:
     """The members of comma-separated list fields, lower case, without empty ones."""
     found = []
@@ -77,11 +98,10 @@ def forwarded_for_upstream(
     `X-Grayscale-*`. Added: `X-Forwarded-For` (the peer appended), `X-Forwarded-Proto` and
     `X-Forwarded-Host` (kept only from a `trusted` peer), and `Via`.
     """
-    named: set[bytes] = set()
+    named: frozenset[bytes] = frozenset()
     if b"connection" in keys:
-        for key, (_, value) in zip(keys, raw_headers, strict=True):
-            if key == b"connection":
-                named.update(tokens([value]))
+        pairs = zip(keys, raw_headers, strict=True)
+        named = connection_named([value for key, (_, value) in pairs if key == b"connection"])
     lines: list[bytes] = []
     forwarded_for = proto = host = None
     kinds = _REQUEST_KINDS
@@ -90,7 +110,7 @@ def forwarded_for_upstream(
         if kind is None:
             kind = _remember(kinds, key, _request_kind(key))
         if kind == _PASS:
-            if not named or key not in named:
+            if not named or spelled(key) not in named:
                 lines.append(b"%s: %s\r\n" % (name, value))
         elif kind == _FORWARDED_FOR:
             forwarded_for = value if forwarded_for is None else b"%s, %s" % (forwarded_for, value)
@@ -123,14 +143,17 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # names no other field
 
 
 def _request_kind(key: bytes) -> int:
-    if key in _NOT_FORWARDED or key.startswith(INTERNAL_PREFIX):
+    read = spelled(key)
+    if read in _NOT_FORWARDED or read.startswith(INTERNAL_PREFIX):
         return _DROP
-    return _BY_PROXIES.get(key, _PASS)
+    kind = _BY_PROXIES.get(read, _PASS)
+    return _DROP if kind != _PASS and read != key else kind  # `X_Forwarded_For`: never ours
 
 
 def _answer_key(name: bytes) -> tuple[bytes, bool]:
     key = name.lower()
-    return key, not (key in _NOT_ANSWERED or key.startswith(INTERNAL_PREFIX))
+    read = spelled(key)
+    return key, not (read in _NOT_ANSWERED or read.startswith(INTERNAL_PREFIX))
 
 
 # Header names repeat from request to request: what each means is worked out once. The caches
@@ -166,9 +189,9 @@ def answer_for_client(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
                 named.append(value)
             continue
         kept.append((key, b"%s: %s\r\n" % (name, value)))
-        if key == b"content-type" and value.startswith(b"text/event-stream"):
+        if key == b"content-type" and is_event_stream(value):
             event_stream = True
     if named and not (len(named) == 1 and named[0].lower() in _PLAIN_CONNECTION):
-        dropped = set(tokens(named))
-        return b"".join(line for key, line in kept if key not in dropped), event_stream
+        dropped = connection_named(named)
+        return b"".join(line for key, line in kept if spelled(key) not in dropped), event_stream
     return b"".join(line for _, line in kept), event_stream

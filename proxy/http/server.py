@@ -419,13 +419,21 @@ class Request:
         rendered lines that do not frame the body."""
         self._connection.write(self._head(status, reason, headers, length))
 
-    async def write(self, data: bytes) -> None:
-        """Send a piece of the answer's body; waits while the client reads slower."""
+    def inform(self, status: int, headers: bytes, reason: bytes = b"") -> None:
+        """Send an interim (1xx) answer ahead of the answer: to an HTTP/1.1 client only (RFC
+        9110 §15.2), and not once the answer has started or the client has gone."""
+        if self.version == "1.1" and not self.started and not self._connection.closed:
+            reason = reason or _REASONS.get(status, b"")
+            self._connection.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, headers))
+
+    async def write(self, data: bytes, deadline: float | None = None) -> None:
+        """Send a piece of the answer's body; waits while the client reads slower, until
+        `deadline` (`time.monotonic()`) at most: then the client is cut off (`ClientGone`)."""
         if not data or self._framing == "none":
             return
         if self._framing == "chunked":
             data = b"%x\r\n%s\r\n" % (len(data), data)
-        await self._connection.send(data)
+        await self._connection.send(data, deadline)
 
     def end(self) -> None:
         """The answer's body is complete."""
@@ -816,11 +824,22 @@ class _Connection(asyncio.Protocol):
             raise ClientGone("the client closed the connection")
         self.transport.write(data)
 
-    async def send(self, data: bytes) -> None:
-        """Write, then wait while the client's side is full (at most `send_timeout`)."""
+    async def send(self, data: bytes, deadline: float | None = None) -> None:
+        """Write, then wait while the client's side is full (at most `send_timeout`, and until
+        `deadline` on the monotonic clock, if given: then the connection is cut)."""
         self.write(data)
         if self._writable is not None:
-            await self._writable
+            if deadline is None:
+                await self._writable
+            else:
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        await asyncio.shield(self._writable)
+                except TimeoutError:
+                    log.info("client did not read the answer within the exchange's timeout: cut")
+                    self.closed = True
+                    if self.transport is not None:
+                        self.transport.abort()
             if self.closed:
                 raise ClientGone("the client closed the connection")
 

@@ -55,7 +55,7 @@ def stored_states(server: RedisServer) -> list[str]:
     """The states of the rollout records in `server` itself."""
     client = redis.Redis(port=server.port)
     try:
-        documents = [json.loads(client.get(key)) for key in client.keys("t:rollout:*")]
+        documents = [json.loads(client.get(key) or b"{}") for key in client.keys("t:rollout:*")]
         return [document["rollout"]["status"] for document in documents]
     finally:
         client.close()

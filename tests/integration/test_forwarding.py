@@ -49,8 +49,8 @@ async def test_two_megabyte_body_arrives_intact_and_streamed(proxy, client):
     assert not body["chunked"]
 
 
-async def test_chunked_upload_stays_chunked(proxy, client):
-    parts = [os.urandom(10_000) for _ in range(20)]
+async def test_a_chunked_upload_past_the_request_buffer_stays_chunked(proxy, client):
+    parts = [os.urandom(100_000) for _ in range(20)]  # 2 MB: past the 1 MiB read first
 
     async def gen() -> AsyncIterator[bytes]:
         for part in parts:

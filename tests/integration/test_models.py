@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.routing import bucket, threshold
 from proxy.server import Server
-from tests.integration.conftest import ProxyFactory, url_of
+from tests.integration.conftest import ProxyFactory, free_port, url_of
 from tests.integration.openai_server import ModelServer
 
 # Odd spacing, escapes and number forms, all of which must reach the upstream as written.
@@ -140,8 +140,39 @@ async def test_bodies_the_router_cannot_read_get_a_clear_4xx(gateway, model_serv
     body, status, error, message = case
     response, answer = await post(client, gateway, body)
     assert response.status == status, answer
-    assert error in str(answer.get("error")) and message in str(answer["message"]), answer
+    found = answer["error"]  # (OpenAI's shape, which its client libraries read)
+    assert isinstance(found, dict), answer
+    assert found["type"] == "invalid_request_error" and found["code"].startswith(error)
+    assert message in found["message"], answer
     assert not any(model.bodies for model, _ in model_servers.values())
+
+
+async def test_the_openai_client_reads_the_proxys_own_errors_on_a_model_route(start_proxy):
+    dead = f"http://127.0.0.1:{free_port()}"  # (nothing listens there)
+    proxy = await start_proxy(
+        "  - name: llama\n"
+        "    match: {path_prefix: /v1/, model: [llama-3-8b]}\n"
+        f'    stable: {{url: "{dead}"}}\n'
+        f'    candidate: {{url: "{dead}"}}\n'
+        '    cohort: {keys: ["header:X-User-Id"]}\n'
+    )
+    client = openai.AsyncOpenAI(base_url=f"{proxy.proxy_url}/v1", api_key="-", max_retries=0)
+    try:
+        with pytest.raises(openai.APIStatusError) as failed:
+            await client.chat.completions.create(
+                model="llama-3-8b", messages=[{"role": "user", "content": "hi"}]
+            )
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await client.chat.completions.create(
+                model="gpt-9", messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        await client.close()
+    error = failed.value
+    assert (error.status_code, error.code) == (502, "upstream_unreachable")
+    assert error.type == "server_error"
+    assert "connect" in error.message  # (was only "Error code: 502")
+    assert unknown.value.code == "no_route" and "no route matches" in unknown.value.message
 
 
 async def test_the_official_openai_client_streams_through_the_proxy(gateway, model_servers):

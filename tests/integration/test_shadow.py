@@ -195,3 +195,27 @@ async def test_the_gate_holds_the_ramp_until_enough_comparisons_agree(scorers, c
         assert 60 < variants.count("candidate") < 140  # the ramp's base: half the users
     finally:
         await server.stop()
+
+
+async def test_shadow_copies_are_bounded_in_bytes_as_well_as_in_number(scorers, client):
+    _, candidate, stable_url, candidate_url = scorers
+    candidate.hang = True
+    shadow = "{share: 1.0, max_in_flight: 64, max_bytes_in_flight: 3145728, timeout: 1s}"
+    server = await serve(stable_url, candidate_url, shadow, ramp="{base: 0}")
+    text = "good" + " " * (900 * 1024)  # a 900 KiB request: a copy holds it until it is done
+    try:
+        for i in range(16):
+            async with client.post(
+                f"{server.proxy_url}/v1/predict",
+                json={"text": text},
+                headers={"X-User-Id": f"u{i}"},
+            ) as answer:
+                assert answer.status == 200
+        seen = await shadow_status(client, server)
+        assert seen["in_flight"] == 3 and seen["dropped"] == 13  # (64 by number alone)
+        assert 2700 * 1024 < seen["bytes_in_flight"] <= 3 * 1024 * 1024
+        await asyncio.sleep(1.2)  # their timeout
+        seen = await shadow_status(client, server)
+        assert (seen["in_flight"], seen["bytes_in_flight"]) == (0, 0)
+    finally:
+        await server.stop()

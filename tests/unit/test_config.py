@@ -161,8 +161,9 @@ def test_all_errors_reported_at_once_with_line_and_path():
     """)
     assert found == [
         "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen, "
-        "trusted_proxies, max_body_bytes, max_json_values, client_body_timeout, send_timeout, "
-        "shutdown_delay, drain_timeout, workers)",
+        "trusted_proxies, max_body_bytes, max_json_values, max_event_bytes, "
+        "request_buffer_bytes, client_body_timeout, send_timeout, shutdown_delay, drain_timeout, "
+        "workers)",
         "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
         "test.yaml:4: routes[0].match.path_prefix: must start with /",
         "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
@@ -531,14 +532,16 @@ def test_every_field_of_every_section_is_read(tmp_path):
     ca, _ = self_signed(tmp_path)
     text = f"""
 server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
-          max_body_bytes: 5, max_json_values: 8, client_body_timeout: 6s,
+          max_body_bytes: 5, max_json_values: 8, max_event_bytes: 9,
+          request_buffer_bytes: 10, client_body_timeout: 6s,
           send_timeout: 7s, shutdown_delay: 3s,
           drain_timeout: 4s, workers: 2}}
-admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example]}}
+admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example], head_timeout: 2s,
+        body_timeout: 3s, max_connections: 5}}
 state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",
          password_env: REDIS_PW, ca_file: {ca}, max_clock_skew: 2s, min_replicas_ack: 2}}
 access_log: {{path: a.log, sample: 0.5, hash_secret_env: SEC}}
-outcomes: {{token_env: OT, secret_env: OS, ttl: 5m, max_batch: 10, max_names: 3}}
+outcomes: {{token_env: OT, secret_env: OS, ttl: 5m, max_batch: 10, max_names: 3, max_tracked: 7}}
 routes:
   - name: r
     match: {{path_prefix: /r, model: [m1, m2]}}
@@ -598,10 +601,11 @@ def test_shadow_comparison_reads_each_compare_mode_and_refuses_mixtures():
     assert shadow == Shadow(0.05, "r-shadow", ExactCompare(), ("POST",))
     full = shadow_of(
         "{share: 0.1, salt: s2, compare: {json: [a.b, c], tolerance: 0.5}, methods: [post, put],"
-        " max_in_flight: 3, timeout: 2s, min_agreement: 0.9, min_comparisons: 50}"
+        " max_in_flight: 3, max_bytes_in_flight: 1000, timeout: 2s, min_agreement: 0.9,"
+        " min_comparisons: 50}"
     )
     assert full == Shadow(
-        0.1, "s2", JsonCompare(("a.b", "c"), 0.5), ("POST", "PUT"), 3, 2.0, 0.9, 50
+        0.1, "s2", JsonCompare(("a.b", "c"), 0.5), ("POST", "PUT"), 3, 1000, 2.0, 0.9, 50
     )
     text = shadow_of("{share: 1, compare: {text: choices.0.message.content, min_similarity: 0.7}}")
     assert text is not None and text.compare == TextCompare("choices.0.message.content", 0.7)

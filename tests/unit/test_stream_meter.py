@@ -109,7 +109,7 @@ def test_edges_of_the_event_stream_format():
     meter = StreamMeter()  # the event's blank line arrives as "\r", then "\n"
     meter.feed(TOKEN[:-2] + b"\r\n\r", 0.0)
     meter.feed(b"\n", 1.0)
-    assert meter.first_token == 1.0
+    assert meter.first_token == 0.0  # the line ended with the CR (a lone CR ends one too)
     assert meter_of(b'data: "hello"\n\n').first_token == 0.0
     assert meter_of(b"data: 5\n\n").first_token == 0.0
     assert meter_of(b'data: ""\n\n', b"data: []\n\n", b"data: {}\n\n").first_token is None
