@@ -31,7 +31,7 @@ from proxy.http.server import Request, render
 from proxy.model_body import BodyError, ReadBody
 from proxy.outcome import Failure, FallbackReason
 from proxy.request_id import NOT_COMPARED
-from proxy.stream_meter import StreamMeter, whole_answer_tokens
+from proxy.stream_meter import EVENT_LIMIT, StreamMeter, whole_answer_tokens
 
 log = logging.getLogger("grayscale.forwarding")
 
@@ -103,6 +103,7 @@ class Target:
     origin: Origin
     mint: Callable[[float, int, int], bytes]  # a new request id for this route (see labels)
     openai: bool = False  # a model route: the proxy's own errors in OpenAI's shape
+    max_event_bytes: int = EVENT_LIMIT  # of one event of an answer's stream, metered
     label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
     _id_line: bytes = field(init=False)  # `label`, then the request id header's name
@@ -499,7 +500,7 @@ async def _whole(
     if exchange.capture is not None:
         exchange.keep(body)
     if event_stream:
-        meter = StreamMeter()
+        meter = StreamMeter(target.max_event_bytes)
         meter.feed(body, exchange.ttfb)
         exchange.ttft, exchange.output_tokens = meter.first_token, meter.output_tokens
     else:
@@ -520,7 +521,7 @@ async def _stream(
         return await _whole(request, answer, target, exchange, sent)
     headers, event_stream = answer_headers(answer, target, exchange)
     exchange.event_stream = event_stream
-    meter = StreamMeter() if event_stream else None
+    meter = StreamMeter(target.max_event_bytes) if event_stream else None
     try:
         request.start(answer.status, headers, length, answer.reason)
         exchange.status = answer.status

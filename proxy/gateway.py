@@ -163,7 +163,9 @@ class Gateway:
             self._limiters[key] = Limiter(upstream.max_connections, upstream.max_pending)
         return self._limiters[key]
 
-    def _target(self, route: Route, variant: Variant, upstream: Upstream) -> Target:
+    def _target(
+        self, route: Route, variant: Variant, upstream: Upstream, server: ServerConfig
+    ) -> Target:
         label = self.minter.label(route.name, identity_of(route))
         return Target(
             route.name,
@@ -173,6 +175,7 @@ class Gateway:
             Origin(upstream.url, upstream.ca_file, upstream.keepalive_timeout),
             partial(self.minter.mint, label),
             openai=route.reads_body,
+            max_event_bytes=server.max_event_bytes,
         )
 
     def _compile(self, config: Config) -> Snapshot:
@@ -184,8 +187,8 @@ class Gateway:
             routes[route.name] = RouteWiring(
                 route=route,
                 targets={
-                    _STABLE: self._target(route, _STABLE, route.stable),
-                    _CANDIDATE: self._target(route, _CANDIDATE, route.candidate),
+                    _STABLE: self._target(route, _STABLE, route.stable, config.server),
+                    _CANDIDATE: self._target(route, _CANDIDATE, route.candidate, config.server),
                 },
                 metrics=self.recorder.route(route.name),
                 breaker=self.ejections.breaker(route.name),

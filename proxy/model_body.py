@@ -12,9 +12,9 @@ Invariants
   `model` member gets one, first in the object.
 - Bounded work: a body is read only if it holds at most `max_values` JSON values (counted in C
   first: its punctuation outside strings, so a body that would cost more is refused before any
-  value is built). Reading it then builds at most that many values: about 1 µs and a hundred
-  bytes each at worst. Whitespace is skipped by a regular expression, never character by
-  character; a number Python cannot convert (over 4,300 digits) is a `BodyError`.
+  value is built). Reading it then builds at most that many values (measured: 1.6 µs per
+  top-level member; 80 ms for 50,000). Whitespace is skipped by a regular expression, never
+  character by character; a number Python cannot convert (over 4,300 digits) is a `BodyError`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ Invariants
   carries: in a stream's final frame, or in a whole JSON answer.
 - Lines end with CRLF, LF or a lone CR, as the event-stream format allows; a CRLF split between
   two chunks is one line end, and a line that ends with a CR ends when the CR passes.
-- Bounded: a line is buffered up to `LINE_LIMIT` bytes; a longer one is skipped whole, so a
-  hostile stream costs bounded memory and time.
+- Bounded: a line is buffered up to `LINE_LIMIT` bytes, and an event's data up to
+  `max_event_bytes` (`server.max_event_bytes`); a longer line or event is skipped whole (not
+  metered; still forwarded), so a hostile stream costs bounded memory and time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 from typing import Any
 
 LINE_LIMIT = 256 * 1024  # bytes of one event-stream line kept while it arrives
+EVENT_LIMIT = 1024 * 1024  # bytes of one event's data kept while it arrives (the default)
 _USAGE_KEYS = ("completion_tokens", "output_tokens")
 _LF = 10
 
@@ -31,11 +33,22 @@ class StreamMeter:
     """Reads an event stream chunk by chunk; `first_token` is when its first token passed
     (the `now` given with that chunk), `output_tokens` what its usage said."""
 
-    __slots__ = ("_after_cr", "_data", "_line", "_skipping", "first_token", "output_tokens")
+    __slots__ = (
+        "_after_cr",
+        "_data",
+        "_kept",
+        "_line",
+        "_skipping",
+        "first_token",
+        "max_event_bytes",
+        "output_tokens",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = EVENT_LIMIT) -> None:
+        self.max_event_bytes = max_event_bytes
         self._line = bytearray()
         self._data: list[bytes] = []  # the `data` lines of the event being read
+        self._kept = 0  # their bytes; -1: the event is over `max_event_bytes`, skipped
         self._skipping = False  # inside a line over LINE_LIMIT
         self._after_cr = False  # the last chunk ended with a CR: an LF next belongs to it
         self.first_token: float | None = None
@@ -84,10 +97,16 @@ class StreamMeter:
             if self._data:
                 self._event(b"\n".join(self._data), now)
                 self._data.clear()
+            self._kept = 0
             return
-        if line.startswith(b"data:"):
+        if line.startswith(b"data:") and self._kept >= 0:
             value = line[5:]
-            self._data.append(value[1:] if value.startswith(b" ") else value)
+            self._kept += len(value)
+            if self._kept > self.max_event_bytes:
+                self._data.clear()
+                self._kept = -1
+            else:
+                self._data.append(value[1:] if value.startswith(b" ") else value)
 
     def _event(self, data: bytes, now: float) -> None:
         if self.first_token is None:

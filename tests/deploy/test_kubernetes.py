@@ -8,18 +8,14 @@ single Redis, and a master, a replica and a sentinel through a failover."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import shutil
-import signal
 import socket
 import string
 import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -35,6 +31,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config.loader import load_config
 from proxy.config.model import Config, StateBackend
+from tests.fleet.conftest import Replica, ReplicaFactory
+from tests.fleet.test_sentinel import acted
 from tests.integration.conftest import ROOT, free_port, route_yaml, url_of
 
 K8S = ROOT / "deploy" / "kubernetes"
@@ -450,7 +448,6 @@ def test_kustomize_renders_the_operator_objects():
 
 # --- the gateway within the Redis ACL, on a real redis-server ------------------------------------
 
-TOKEN = "deploy-test-token-0123456789abcdef0123"
 PROBE_USER = ("probe", "probe-password")  # the tests' own user, to read the ACL log
 
 
@@ -550,38 +547,9 @@ def probe(port: int) -> redis.Redis:
     )
 
 
-@dataclass
-class Gateway:
-    """A `grayscale serve` process, and what it logged."""
-
-    process: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    proxy_url: str = ""
-    admin_url: str = ""
-
-    async def act(
-        self, session: aiohttp.ClientSession, action: str, within: float = 10.0
-    ) -> dict[str, Any]:
-        """The answer to `action` once taken (during a failover it is refused with 503)."""
-        deadline = time.monotonic() + within
-        while True:
-            async with session.post(
-                f"{self.admin_url}/routes/models/{action}",
-                json={},
-                headers={"Authorization": f"Bearer {TOKEN}"},
-            ) as response:
-                body: dict[str, Any] = await response.json()
-            if response.status == 200 or time.monotonic() > deadline:
-                assert response.status == 200, (body, self.lines[-10:])
-                return body
-            assert response.status == 503, (body, self.lines[-10:])
-            await asyncio.sleep(0.2)
-
-
-@contextlib.asynccontextmanager
-async def gateway(
-    folder: Path, state: dict[str, Any], upstreams: tuple[TestServer, TestServer], password: str
-) -> AsyncIterator[Gateway]:
+def gateway_config(
+    folder: Path, state: dict[str, Any], upstreams: tuple[TestServer, TestServer]
+) -> Path:
     """The gateway on `state` (its config's, pointed at the tests' Redis), with analysis: its
     replicas pool their observations and one of them publishes the verdicts."""
     config = folder / "gateway.yaml"
@@ -592,46 +560,10 @@ async def gateway(
         + route_yaml(url_of(upstreams[0]), url_of(upstreams[1]))
         + "    analysis: {interval: 500ms, window: 30s, min_requests: 20}\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--config",
-        str(config),
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GRAYSCALE_ADMIN_TOKEN": TOKEN, state["password_env"]: password},
-    )
-    served = Gateway(process)
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def read() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            served.lines.append(raw.decode(errors="replace"))
-            if "proxy listening" in served.lines[-1] and not listening.done():
-                listening.set_result(served.lines[-1])
-        if not listening.done():
-            listening.set_exception(RuntimeError("".join(served.lines)))
-
-    reader = asyncio.get_running_loop().create_task(read())
-    try:
-        line = await asyncio.wait_for(listening, 20)
-        served.proxy_url, served.admin_url = re.findall(r"http://127\.0\.0\.1:\d+", line)
-        yield served
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        await reader
+    return config
 
 
-async def decided(session: aiohttp.ClientSession, served: Gateway) -> None:
+async def decided(session: aiohttp.ClientSession, served: Replica) -> None:
     """Requests until the decider has published a verdict on the fleet's observations."""
     deadline = time.monotonic() + 15
     sent = 0
@@ -649,7 +581,7 @@ async def decided(session: aiohttp.ClientSession, served: Gateway) -> None:
         await asyncio.sleep(0.2)
 
 
-def assert_within_the_acl(ports: list[int], prefix: str, served: Gateway) -> None:
+def assert_within_the_acl(ports: list[int], prefix: str, served: Replica) -> None:
     """Redis refused the gateway nothing (its ACL log is empty), and it wrote only keys of its
     prefix."""
     for port in ports:
@@ -660,7 +592,7 @@ def assert_within_the_acl(ports: list[int], prefix: str, served: Gateway) -> Non
 
 
 async def test_the_gateway_works_within_the_acl_of_the_redis_set(
-    tmp_path, redis_processes: RedisProcesses, upstreams
+    tmp_path, redis_processes: RedisProcesses, upstreams, replicas: ReplicaFactory
 ):
     redis_container = container(SINGLE.statefulset, "redis")
     env = kubelet_env(redis_container)
@@ -670,13 +602,13 @@ async def test_the_gateway_works_within_the_acl_of_the_redis_set(
     state["url"] = url._replace(netloc=f"{url.username}@127.0.0.1:{port}").geturl()
     refs = secret_refs(container(GATEWAY / "deployment.yaml", "grayscale"))
     password = made_up(*refs[state["password_env"]])
-    async with (
-        gateway(tmp_path, state, upstreams, password) as served,
-        aiohttp.ClientSession() as session,
-    ):
+    config = gateway_config(tmp_path, state, upstreams)
+    served = await replicas(config, {state["password_env"]: password})
+    async with aiohttp.ClientSession() as session:
         await decided(session, served)
         for action in ("pause", "resume", "rollback"):
-            assert (await served.act(session, action))["persisted"] is True
+            assert (await acted(session, served, action, 10))["persisted"] is True
+    await served.stop()
     assert_within_the_acl([port], load_config(SINGLE.config).state.key_prefix, served)
     # Nothing beyond it: not the default user, not another key, not an admin command.
     with pytest.raises(redis.AuthenticationError):
@@ -704,7 +636,7 @@ def sentinel_config(env: dict[str, str], master_port: int, port: int) -> str:
 
 @pytest.mark.slow  # (a failover: about 13 s)
 async def test_the_gateway_works_within_the_acl_of_the_sentinel_set_through_a_failover(
-    tmp_path, redis_processes: RedisProcesses, upstreams
+    tmp_path, redis_processes: RedisProcesses, upstreams, replicas: ReplicaFactory
 ):
     redis_container = container(SENTINEL.statefulset, "redis")
     env = kubelet_env(redis_container)
@@ -742,16 +674,16 @@ async def test_the_gateway_works_within_the_acl_of_the_sentinel_set_through_a_fa
     state["sentinel"] = {**state["sentinel"], "hosts": [f"127.0.0.1:{sentinel_port}"]}
     refs = secret_refs(container(GATEWAY / "deployment.yaml", "grayscale"))
     password = made_up(*refs[state["password_env"]])
-    async with (
-        gateway(tmp_path, state, upstreams, password) as served,
-        aiohttp.ClientSession() as session,
-    ):
+    config = gateway_config(tmp_path, state, upstreams)
+    served = await replicas(config, {state["password_env"]: password})
+    async with aiohttp.ClientSession() as session:
         await decided(session, served)
         for action in ("pause", "resume"):  # each acknowledged by the replica
-            assert (await served.act(session, action))["persisted"] is True
+            assert (await acted(session, served, action, 10))["persisted"] is True
         # A failover: the sentinel (the user `internal`) makes the replica the master, and the
         # old master its replica.
         sentinel.execute_command("SENTINEL", "FAILOVER", master_name)
         await asyncio.to_thread(eventually, master_is(second), 20)
-        assert (await served.act(session, "rollback"))["persisted"] is True
+        assert (await acted(session, served, "rollback", 10))["persisted"] is True
+    await served.stop()
     assert_within_the_acl([first, second], load_config(SENTINEL.config).state.key_prefix, served)

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.loader import load_config
 from proxy.server import Server
 from tests.integration.conftest import ProxyFactory, eventually, route_yaml, url_of
+from tests.integration.test_outcomes import outcome_series
 
 OUTCOMES_TOKEN = "outcomes-token-0123456789abcdef0123456789"
 ADMIN_TOKEN = "admin-token-0123456789abcdef0123456789abcd"
@@ -72,19 +72,6 @@ async def report(client: aiohttp.ClientSession, server: Server, body: bytes) -> 
         f"{server.admin_url}/outcomes", data=body, headers=OUTCOMES_AUTH
     ) as answer:
         return answer.status, await answer.text()
-
-
-async def outcome_series(client: aiohttp.ClientSession, server: Server) -> dict[str, float]:
-    """The outcome series, as `name{label=value,...}` (labels sorted)."""
-    async with client.get(f"{server.admin_url}/metrics") as answer:
-        text = await answer.text()
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith(("grayscale_outcome_value", "grayscale_outcomes_not_taken")):
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                found[f"{sample.name}{{{labels}}}"] = sample.value
-    return found
 
 
 async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> None:

@@ -139,3 +139,15 @@ def test_any_split_of_the_stream_reads_the_same(cuts):
     token_end = len(ROLE) + len(b": ping\n\n") + len(TOKEN)
     holding = next(i for i, end in enumerate(bounds[1:]) if end >= token_end)
     assert (meter.first_token, meter.output_tokens) == (float(holding), 42)
+
+
+def test_an_event_over_its_bound_is_skipped_whole_and_the_next_one_read():
+    meter = StreamMeter(max_event_bytes=100)
+    huge = b"data: " + b"x" * 60 + b"\n"  # each line fits; three of them make a 180-byte event
+    meter.feed(huge * 3, 0.0)
+    assert meter._data == [] and meter.first_token is None  # nothing kept, nothing metered
+    meter.feed(b"\n" + TOKEN, 1.0)
+    assert meter.first_token == 1.0  # the next event is read as usual
+    at_bound = StreamMeter(max_event_bytes=100)
+    at_bound.feed(b"data:" + b"y" * 100 + b"\n\n", 2.0)
+    assert at_bound.first_token == 2.0  # exactly at the bound: still read
