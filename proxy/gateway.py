@@ -78,15 +78,29 @@ class HttpFacts:
             return None
         return self._request.header(name)
 
-    def repeated_key(self, route: Route) -> str | None:
-        """A cohort key header of `route` that the request sends more than once (names read
-        with `_` as `-`, as CGI servers read them), if any: the upstream would see every one,
-        the router only the first."""
-        for source in route.cohort.keys:
-            if source.source is Source.HEADER:
-                key = spelled(source.name.lower().encode("latin-1"))
-                if key not in self._hop and sum(spelled(k) == key for k in self._request.keys) > 1:
-                    return source.name
+    def repeated_key(
+        self, headers: tuple[tuple[str, bytes], ...], queries: tuple[str, ...]
+    ) -> str | None:
+        """A cohort key sent more than once, if any: the upstream would see every one, the
+        router only the first. `headers`: the header keys, each as configured and as its lower
+        case name `spelled` (a header's repeats count its spellings with `_` for `-`, as CGI
+        servers read them); `queries`: the query parameter keys."""
+        sent = self._request.keys
+        underscored: bool | None = None
+        for name, key in headers:
+            if key in self._hop:
+                continue
+            count = sent.count(key)
+            if count < 2:
+                if underscored is None:
+                    underscored = b"_" in b"".join(sent)
+                if underscored:
+                    count = sum(spelled(sent_key) == key for sent_key in sent)
+            if count > 1:
+                return name
+        for name in queries:
+            if self._request.query_repeated(name):
+                return name
         return None
 
     def cookie(self, name: str) -> str | None:
@@ -105,6 +119,8 @@ class RouteWiring:
     metrics: dict[str, VariantMetrics]  # (for the requests in flight)
     breaker: Breaker | None  # None when ejection is off
     reads_body: bool  # the route reads bodies whole (it routes on or rewrites their model)
+    header_keys: tuple[tuple[str, bytes], ...]  # cohort key headers, and as `spelled` names
+    query_keys: tuple[str, ...]  # cohort key query parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +209,14 @@ class Gateway:
                 metrics=self.recorder.route(route.name),
                 breaker=self.ejections.breaker(route.name),
                 reads_body=route.reads_body,
+                header_keys=tuple(
+                    (key.name, spelled(key.name.lower().encode("latin-1")))
+                    for key in route.cohort.keys
+                    if key.source is Source.HEADER
+                ),
+                query_keys=tuple(
+                    key.name for key in route.cohort.keys if key.source is Source.QUERY
+                ),
             )
         return Snapshot(config, RoutingTable(config.routes), routes)
 
@@ -228,9 +252,9 @@ class Gateway:
         now = clock.now()
         trusted_proxies = snapshot.config.server.trusted_proxies
         facts = HttpFacts(request, trusted_proxies)
-        repeated = facts.repeated_key(route)
+        repeated = facts.repeated_key(wiring.header_keys, wiring.query_keys)
         if repeated is not None:
-            detail = f"more than one {repeated} header: whose request it is is ambiguous"
+            detail = f"{repeated} is sent more than once: whose request it is is ambiguous"
             return request.reply_json(400, {"error": "ambiguous_cohort_key", "message": detail})
         decision = decide(active, facts, self.controller.control(name, now))
         stable = wiring.targets[_STABLE]

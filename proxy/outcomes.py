@@ -6,7 +6,7 @@ Invariants
   served it (signed: see `proxy.request_id`), so any process holding the key takes any outcome.
 - A batch is taken whole or not at all: every item is checked first (`request_id` a string,
   `name` of letters, digits and `_ . : -`, at most 64; `value` a finite number of magnitude at
-  most `MAX_MAGNITUDE`, 1 when left out); one bad item refuses the batch, naming the item and
+  most `MAX_OUTCOME`, 1 when left out); one bad item refuses the batch, naming the item and
   the field. No number a JSON text can hold raises anything but `InvalidBatch`.
 - A value outside the `range` of the analysis check of its name (on the route its id names)
   refuses the batch: a check's bounds rely on it.
@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy.config.model import OUTCOME_NAME, OutcomesConfig, Route
+from proxy.config.model import MAX_OUTCOME, OUTCOME_NAME, OutcomesConfig, Route
 from proxy.request_id import Reader, Served, rollout_digest
 from proxy.rollout.machine import identity_of
 
@@ -39,7 +39,6 @@ Sink = Callable[[Served, str, float, float], None]
 # What became of each report: these counts are in every answer; `REPEATS`' only when not 0.
 RESULTS = ("accepted", "unknown", "expired", "stale", "not_compared", "too_many_names")
 REPEATS = ("duplicate", "untracked")
-MAX_MAGNITUDE = 1e12  # the largest value taken either way: a million of its squares sum to 1e30
 _SLOT = 60  # seconds of request time whose remembered pairs expire together
 _LONGEST_INT = 20  # digits (and sign) of a JSON integer read as one; longer: read as a float
 
@@ -69,11 +68,11 @@ def json_number(text: str) -> int | float:
 
 
 def _sane(value: object) -> float | None:
-    """`value` as a float if it is a number within `MAX_MAGNITUDE` either way, else None."""
+    """`value` as a float if it is a number within `MAX_OUTCOME` either way, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     # (an int compares with a float exactly, however large; NaN compares false)
-    if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+    if not -MAX_OUTCOME <= value <= MAX_OUTCOME:
         return None
     return float(value)
 
@@ -102,8 +101,8 @@ def parse_batch(document: object, max_batch: int) -> list[Report]:
         number = _sane(value)
         if number is None:
             errors.append(
-                f"{where}.value: expected a finite number between -{MAX_MAGNITUDE:g} and "
-                f"{MAX_MAGNITUDE:g}"
+                f"{where}.value: expected a finite number between -{MAX_OUTCOME:g} and "
+                f"{MAX_OUTCOME:g}"
             )
         if not errors and number is not None:
             reports.append(Report(str(request_id), str(name), number))

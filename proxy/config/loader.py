@@ -27,6 +27,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config.model import (
+    MAX_OUTCOME,
     METRIC_PLACEHOLDER,
     METRIC_PLACEHOLDERS,
     OUTCOME_NAME,
@@ -630,6 +631,9 @@ class _Parser:
         low, high = (self.number(item, item_path, 0.0) for item, item_path in items)
         if not low < high:
             self.fail(node, path, f"expected min below max, got [{low:g}, {high:g}]")
+            return default
+        if not (low >= -MAX_OUTCOME and high <= MAX_OUTCOME):
+            self.fail(node, path, f"expected numbers between -{MAX_OUTCOME:g} and {MAX_OUTCOME:g}")
             return default
         return low, high
 

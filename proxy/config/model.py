@@ -210,6 +210,7 @@ class OnError(StrEnum):
 
 
 OUTCOME_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # an outcome's name, in configs and reports
+MAX_OUTCOME = 1e12  # the largest outcome value either way: a million of its squares sum to 1e30
 
 
 class OutcomeBasis(StrEnum):

@@ -161,6 +161,7 @@ def _answer_key(name: bytes) -> tuple[bytes, bool]:
 _HOSTS: dict[bytes, bool] = {}
 _REQUEST_KINDS: dict[bytes, int] = {}
 _ANSWER_KEYS: dict[bytes, tuple[bytes, bool]] = {}
+_EVENT_STREAMS: dict[bytes, bool] = {}  # Content-Type values: whether each is an event stream
 _CACHED = 4096
 K = TypeVar("K")
 V = TypeVar("V")
@@ -189,8 +190,11 @@ def answer_for_client(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
                 named.append(value)
             continue
         kept.append((key, b"%s: %s\r\n" % (name, value)))
-        if key == b"content-type" and is_event_stream(value):
-            event_stream = True
+        if key == b"content-type":
+            streams = _EVENT_STREAMS.get(value)
+            if streams is None:
+                streams = _remember(_EVENT_STREAMS, value, is_event_stream(value))
+            event_stream = event_stream or streams
     if named and not (len(named) == 1 and named[0].lower() in _PLAIN_CONNECTION):
         dropped = connection_named(named)
         return b"".join(line for key, line in kept if spelled(key) not in dropped), event_stream

@@ -247,7 +247,7 @@ class Request:
         self.has_body = self.chunked or bool(self.content_length)
         expect = index.get(b"expect", b"").lower() == b"100-continue"
         self._continue = expect and self.has_body and version == "1.1"
-        self._query: dict[str, str] | None = None
+        self._query: tuple[dict[str, str], frozenset[str]] | None = None
         self._cookies: dict[str, str] | None = None
         self._body = bytearray()  # what came of the body and was not yet taken
         self._pieces = 0  # how many pieces it came in
@@ -298,15 +298,28 @@ class Request:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter `name`, or None."""
+        return self._parsed_query()[0].get(name)
+
+    def query_repeated(self, name: str) -> bool:
+        """Whether query parameter `name` is given more than once."""
+        return name in self._parsed_query()[1]
+
+    def _parsed_query(self) -> tuple[dict[str, str], frozenset[str]]:
+        """The first value of each query parameter, and the parameters given more than once."""
         if self._query is None:
-            self._query = {}
+            found: dict[str, str] = {}
+            repeated = set()
             query = self.target.partition("?")[2]
             # Percent-escapes that are not UTF-8 stay distinct (as surrogate escapes), like
             # raw bytes in headers: two such user ids must not fall into one bucket.
             pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
             for key, value in pairs:
-                self._query.setdefault(key, value)
-        return self._query.get(name)
+                if key in found:
+                    repeated.add(key)
+                else:
+                    found[key] = value
+            self._query = found, frozenset(repeated)
+        return self._query
 
     def cookie(self, name: str) -> str | None:
         """The value of cookie `name`, or None."""

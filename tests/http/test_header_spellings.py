@@ -121,7 +121,7 @@ async def split(
         '    match: {path_prefix: "/"}\n'
         f'    stable: {{url: "{stable.url}", timeout: 10s, connect_timeout: 1s}}\n'
         f'    candidate: {{url: "{candidate.url}", timeout: 10s, connect_timeout: 1s}}\n'
-        f'    cohort: {{keys: ["header:X-User-Id", "cookie:uid"], salt: "{SALT}"}}\n'
+        f'    cohort: {{keys: ["header:X-User-Id", "cookie:uid", "query:user"], salt: "{SALT}"}}\n'
         f"    ramp: {{base: {SHARE}}}\n"
         "    ejection: false\n"
         '    segments: [{name: staff, when: {"header:X-User-Group": [staff]}, '
@@ -196,6 +196,18 @@ async def test_a_cohort_key_sent_twice_is_refused(split, fields: tuple[bytes, ..
     assert document["error"] == "ambiguous_cohort_key"
     assert "X-User-Id" in document["message"]
     assert stable.received == candidate.received == b""  # no upstream saw it
+
+
+async def test_a_cohort_key_query_parameter_given_twice_is_refused(split) -> None:
+    proxy, stable, candidate = split
+    twice = b"GET /x?user=a&user=b HTTP/1.1\r\nHost: models.test\r\n\r\n"
+    got = await ask(proxy.proxy_url, twice)
+    assert got.status == 400
+    document = json.loads(got.body)
+    assert (document["error"], document["message"].split()[0]) == ("ambiguous_cohort_key", "user")
+    assert stable.received == candidate.received == b""
+    others = b"GET /x?user=a&tag=1&tag=2 HTTP/1.1\r\nHost: models.test\r\n\r\n"
+    assert (await ask(proxy.proxy_url, others)).status == 200
 
 
 async def test_other_repeated_fields_and_a_lone_key_pass(split) -> None:

@@ -635,6 +635,9 @@ def test_an_outcome_checks_range_is_two_numbers_low_to_high_and_needed_per_outco
     assert analysis is not None and analysis.outcomes[0].range == (1.0, 5.0)
     click = parse_config(outcomes("{name: click, max_decrease: 0.01}")).routes[0].analysis
     assert click is not None and click.outcomes[0].range == (0.0, 1.0)
+    widest = parse_config(outcomes("{name: w, max_decrease: 1, range: [-1.0e+12, 1.0e+12]}"))
+    assert widest.routes[0].analysis is not None
+    assert widest.routes[0].analysis.outcomes[0].range == (-1e12, 1e12)
     for items, message in (
         (
             "{name: r, max_decrease: 1, per: outcome}",
@@ -652,6 +655,14 @@ def test_an_outcome_checks_range_is_two_numbers_low_to_high_and_needed_per_outco
         (
             "{name: r, max_decrease: 1, range: [0, .inf]}",
             "routes[0].analysis.outcomes[0].range[1]: expected a finite number",
+        ),
+        (
+            "{name: r, max_decrease: 1, range: [0, 1.000001e+12]}",
+            "routes[0].analysis.outcomes[0].range: expected numbers between -1e+12 and 1e+12",
+        ),
+        (
+            "{name: r, max_decrease: 1, range: [-1.000001e+12, 0]}",
+            "routes[0].analysis.outcomes[0].range: expected numbers between -1e+12 and 1e+12",
         ),
     ):
         with pytest.raises(ConfigError) as info:

@@ -10,9 +10,8 @@ import pytest
 
 from proxy.admin import finite, json_answer
 from proxy.analysis.verdict import Check, Result, Verdict
-from proxy.config.model import OutcomesConfig, Variant
+from proxy.config.model import MAX_OUTCOME, OutcomesConfig, Variant
 from proxy.outcomes import (
-    MAX_MAGNITUDE,
     RESULTS,
     InvalidBatch,
     OutcomeBook,
@@ -43,7 +42,7 @@ def strict_json(text: str) -> object:
         math.nan,
         1e200,
         -1.7e308,
-        MAX_MAGNITUDE * (1 + 1e-15),
+        MAX_OUTCOME * (1 + 1e-15),
         10**12 + 1,  # (compared exactly, not as a float)
     ],
 )
