@@ -225,7 +225,9 @@ class Recorder:
             "grayscale_outcomes_not_taken",
             "Reported outcomes not counted, by reason: unknown (not a request id of ours), "
             "expired (older than outcomes.ttl), stale (route or rollout changed), "
-            "too_many_names (outcomes.max_names).",
+            "not_compared (a request the analysis does not compare), too_many_names "
+            "(outcomes.max_names), duplicate (its request id and name already taken), "
+            "untracked (outcomes.max_tracked pairs remembered already).",
             ("reason",),
             registry=r,
         )

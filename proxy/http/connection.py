@@ -470,6 +470,7 @@ class Connection(asyncio.Protocol):
 
     def finish(self, reusable: bool) -> None:
         """End the exchange: back to the pool when it may carry another, else closed."""
+        self._interim = None  # (it holds the client's request: not kept past the exchange)
         if reusable and self.state == DONE and self.sent and self.keep_alive:
             self.state = IDLE
             self.reused = True

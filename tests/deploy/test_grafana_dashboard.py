@@ -49,6 +49,7 @@ def test_the_dashboard_is_well_formed():
         assert "$" not in expr, (where, expr)  # every variable it uses is one the test fills
 
 
+@pytest.mark.slow  # (Prometheus and the proxy under traffic for about 15 s)
 def test_every_panel_shows_data_from_a_proxy_under_traffic(tmp_path: Path):
     config = demo_config(tmp_path)
     faster = config.read_text().replace("interval: 2s, window: 10s", "interval: 500ms, window: 3s")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -397,6 +398,7 @@ def production_config(stable: str, candidate: str, *, ramp: str, min_requests: i
     )
 
 
+@pytest.mark.slow  # (a ramp with an incident on both variants: about 11 s)
 async def test_equal_candidates_survive_an_incident_on_both_while_the_share_ramps(
     upstreams, client
 ):
