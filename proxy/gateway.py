@@ -85,19 +85,12 @@ class HttpFacts:
         router only the first. `headers`: the header keys, each as configured and as its lower
         case name `spelled` (a header's repeats count its spellings with `_` for `-`, as CGI
         servers read them); `queries`: the query parameter keys."""
-        sent = self._request.keys
-        underscored: bool | None = None
-        for name, key in headers:
-            if key in self._hop:
-                continue
-            count = sent.count(key)
-            if count < 2:
-                if underscored is None:
-                    underscored = b"_" in b"".join(sent)
-                if underscored:
-                    count = sum(spelled(sent_key) == key for sent_key in sent)
-            if count > 1:
-                return name
+        request = self._request
+        sent = request.keys
+        if headers and (request.repeats or b"_" in b"".join(sent)):
+            for name, key in headers:
+                if key not in self._hop and sum(spelled(k) == key for k in sent) > 1:
+                    return name
         for name in queries:
             if self._request.query_repeated(name):
                 return name

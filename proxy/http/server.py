@@ -190,6 +190,7 @@ class Request:
         "raw_headers",
         "raw_target",
         "remote",
+        "repeats",
         "started",
         "status",
         "target",
@@ -216,6 +217,7 @@ class Request:
         self.keys: list[bytes] = []  # header names, lower case, in order
         index: dict[bytes, bytes] = {}  # the first value of each
         keys = self.keys
+        repeats = False
         for name, value in headers:
             key = name.lower()
             keys.append(key)
@@ -223,7 +225,10 @@ class Request:
                 index[key] = value
             elif key == b"host":
                 raise BadRequest(400, "bad_host", "the request has more than one Host header")
+            else:
+                repeats = True
         self._index = index
+        self.repeats = repeats  # some header name (in any case) comes more than once
         host = index.get(b"host")
         if host is None:
             if version == "1.1":
