@@ -7,20 +7,23 @@ read it with nothing stored per request: no memory grows with traffic, and an ou
 sent to a different replica or worker than the one that served the request.
 
 Invariants
-- An id is `base64url(signed || mac) "." tag count`. signed = version, the variant the request
-  was assigned (`s`, `c`, or `n` for a request the analysis does not compare: not assigned at
-  random, or sent to stable because the candidate was ejected), the time in seconds (5 bytes),
-  4 bytes of a digest of the rollout (route, candidate and salt), the candidate's share when
-  the request was assigned (2 bytes, in 65,535ths: the request's weight in the analysis), the
-  route name's length and the name, zero bytes to a multiple of 3; mac = keyed BLAKE2b of signed
-  (10 bytes); tag = 8 random hex digits per process, count = a per-process counter in decimal.
-  Without the key, what an id says (route, variant, rollout, time, share) can be neither made
-  nor changed: an end user cannot move their outcomes to the other variant. The tag and count
-  only make ids unique; changing them changes nothing an outcome is counted by.
-- The signed part is made once per second per route, variant and share, so an id costs a
-  counter and a little formatting per request.
+- An id is `base64url(signed || mac) "." nonce "." check`. signed = version, the variant the
+  request was assigned (`s`, `c`, or `n` for a request the analysis does not compare: not
+  assigned at random, or sent to stable because the candidate was ejected), the time in seconds
+  (5 bytes), 4 bytes of a digest of the rollout (route, candidate and salt), the candidate's
+  share when the request was assigned (2 bytes, in 65,535ths: the request's weight in the
+  analysis), the route name's length and the name, zero bytes to a multiple of 3; mac = keyed
+  BLAKE2b of signed (10 bytes); nonce = 8 random hex digits per process, then a per-process
+  counter in decimal; check = 12 hex digits of a keyed BLAKE2b (another personalisation) of mac
+  and nonce.
+- Without the key, what an id says (route, variant, rollout, time, share) can be neither made
+  nor changed: an end user cannot move their outcomes to the other variant. Nor can a new id be
+  made from one that was served (another nonce, or a nonce moved onto another signed part): a
+  client can report for the requests it was served, each once, and no more.
+- The signed part is made once per second per route, variant and share; each id costs a counter,
+  one keyed hash of 24 bytes or so, and a little formatting.
 - Ids are unique per process (the counter) and, with overwhelming probability, per fleet.
-- Pure apart from the tag's random bytes, taken once per process.
+- Pure apart from the nonce's random bytes, taken once per process.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from dataclasses import dataclass
 from proxy.config.model import Variant
 from proxy.routing.decide import Decision, weight_of
 
-VERSION = 3
+VERSION = 4
 _MAC = 10
+_CHECK = 6  # bytes of the nonce's check (12 hex digits)
+_NONCE_PERSON = b"grayscale-nonce"
 STABLE, CANDIDATE, NOT_COMPARED = ord("s"), ord("c"), ord("n")  # what a request was assigned
 _BY_BYTE: dict[int, Variant | None] = {
     STABLE: Variant.STABLE,
@@ -87,24 +92,25 @@ class Served:
 
 class Label:
     """The constant parts of the ids of one route, and the signed parts of the current second
-    by variant and share."""
+    (encoded, and their MAC) by variant and share."""
 
     __slots__ = ("digest", "prefixes", "second", "tail")
 
     def __init__(self, digest: bytes, tail: bytes):
         self.digest, self.tail = digest, tail
         self.second = -1
-        self.prefixes: dict[tuple[int, int], bytes] = {}
+        self.prefixes: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 
 
 class Minter:
     """Makes the ids of one process."""
 
-    __slots__ = ("_counter", "_key", "_tag")
+    __slots__ = ("_checks", "_counter", "_key", "_tag")
 
     def __init__(self, key: bytes):
         self._key = hashlib.blake2b(key=key, digest_size=_MAC)
-        self._tag = b"." + os.urandom(4).hex().encode()
+        self._checks = hashlib.blake2b(key=key, digest_size=_CHECK, person=_NONCE_PERSON)
+        self._tag = os.urandom(4).hex().encode()
         self._counter = itertools.count()
 
     def label(self, route: str, identity: str) -> Label:
@@ -119,8 +125,8 @@ class Minter:
         if second != label.second:
             label.second = second
             label.prefixes.clear()
-        prefix = label.prefixes.get((code, share))
-        if prefix is None:
+        found = label.prefixes.get((code, share))
+        if found is None:
             signed = (
                 bytes((VERSION, code))
                 + second.to_bytes(5, "big")
@@ -131,33 +137,50 @@ class Minter:
             signed += bytes(-(len(signed) + _MAC) % 3)  # whole base64 groups: ids concatenate
             mac = self._key.copy()
             mac.update(signed)
-            prefix = label.prefixes[(code, share)] = base64.urlsafe_b64encode(signed + mac.digest())
-        return b"%s%s%d" % (prefix, self._tag, next(self._counter))
+            sealed = mac.digest()
+            found = label.prefixes[(code, share)] = (
+                base64.urlsafe_b64encode(signed + sealed),
+                sealed,
+            )
+        prefix, sealed = found
+        nonce = b"%s%d" % (self._tag, next(self._counter))
+        check = self._checks.copy()
+        check.update(sealed + nonce)
+        return b"%s.%s.%s" % (prefix, nonce, check.hexdigest().encode())
 
 
 class Reader:
     """Reads the ids signed with one key."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_checks", "_key")
 
     def __init__(self, key: bytes):
         self._key = hashlib.blake2b(key=key, digest_size=_MAC)
+        self._checks = hashlib.blake2b(key=key, digest_size=_CHECK, person=_NONCE_PERSON)
 
     def read(self, request_id: str) -> Served | None:
-        """What `request_id` says, or None if it is not an id signed with our key."""
-        signature, dot, _ = request_id.partition(".")
-        if not dot or not 0 < len(request_id) <= 512 or len(signature) % 4:
+        """What `request_id` says, or None if it is not an id made with our key."""
+        signature, dot, rest = request_id.partition(".")
+        nonce, dot, check = rest.rpartition(".")
+        if not dot or not 0 < len(request_id) <= 512 or len(signature) % 4 or not nonce:
             return None
         try:
-            raw = base64.urlsafe_b64decode(signature.encode("ascii"))
+            encoded, nonce_bytes = signature.encode("ascii"), nonce.encode("ascii")
+            raw = base64.urlsafe_b64decode(encoded)
         except (binascii.Error, ValueError):
             return None
+        if base64.urlsafe_b64encode(raw) != encoded or not check.isascii():
+            return None  # only the one spelling of an id is ours: a repeat is told as such
         signed, mac = raw[:-_MAC], raw[-_MAC:]
         if len(signed) < _FIXED:
             return None
         expected = self._key.copy()
         expected.update(signed)
         if not hmac.compare_digest(expected.digest(), mac):
+            return None
+        nonce_check = self._checks.copy()
+        nonce_check.update(mac + nonce_bytes)
+        if not hmac.compare_digest(nonce_check.hexdigest(), check):
             return None
         length = signed[_FIXED - 1]
         if signed[0] != VERSION or signed[1] not in _BY_BYTE or len(signed) < _FIXED + length:

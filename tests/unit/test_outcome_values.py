@@ -145,10 +145,14 @@ def test_a_duplicate_takes_no_name_and_the_names_bound_comes_before_tracking():
 def test_pairs_are_keyed_by_the_whole_request_id_and_name():
     book = OutcomeBook(Reader(KEY), [])
     book.use(OutcomesConfig(), [ROUTE])
-    rid = served(Variant.STABLE, 100.0)
+    rid, other = served(Variant.STABLE, 100.0), served(Variant.STABLE, 100.0)
     # (the name and the id cannot be moved across their separator: names have no newline)
-    reports = [Report(rid, "a", 1.0), Report(rid + "a", "a", 1.0), Report(rid, "aa", 1.0)]
+    reports = [Report(rid, "a", 1.0), Report(other, "a", 1.0), Report(rid, "aa", 1.0)]
     assert book.take(reports, 101.0)["accepted"] == 3
+    # Another spelling of an id is no id: a repeat cannot pass for a new request.
+    respelled = [rid + "a", rid.upper(), rid[: rid.rindex(".")] + "." + "0" * 12]
+    counts = book.take([Report(spelling, "b", 1.0) for spelling in respelled], 101.0)
+    assert (counts["unknown"], counts["accepted"]) == (3, 0)
 
 
 def test_a_checks_non_finite_numbers_are_null_in_its_json():

@@ -56,7 +56,7 @@ def test_the_code_and_the_share_round_trip(code, variant, share):
 
 def test_the_codes_and_the_share_unit_are_pinned():
     assert (ord("s"), ord("c"), ord("n")) == (STABLE, CANDIDATE, NOT_COMPARED)
-    assert SHARES == 65535 and VERSION == 3
+    assert SHARES == 65535 and VERSION == 4
 
 
 def test_a_requests_weight_is_the_other_variants_share():
@@ -92,7 +92,7 @@ def test_an_id_says_its_request_was_not_compared():
     assert served is not None and served.variant is None and served.share == 0.0
 
 
-def test_the_signed_part_is_made_once_a_second_and_the_nonce_changes_nothing_it_says():
+def test_the_signed_part_is_made_once_a_second_and_each_id_has_a_nonce_of_its_own():
     minter = Minter(KEY)
     label = minter.label("r", "i")
     first, second = minter.mint(label, 10.1, STABLE, 100), minter.mint(label, 10.9, STABLE, 100)
@@ -100,23 +100,51 @@ def test_the_signed_part_is_made_once_a_second_and_the_nonce_changes_nothing_it_
     assert first != second and second.partition(b".")[0] == signed  # one signed part
     assert minter.mint(label, 11.0, STABLE, 100).partition(b".")[0] != signed
     reader = Reader(KEY)
-    other_nonce = signed + b".0123abcd42"
-    assert reader.read(other_nonce.decode()) == reader.read(first.decode())
+    assert reader.read(first.decode()) == reader.read(second.decode()) is not None
+
+
+def test_no_new_id_can_be_made_from_one_that_was_served():
+    """A client holding its ids cannot make more (to report one request many times): the nonce
+    is checked under the key, bound to its signed part, and an id has one spelling only."""
+    minter = Minter(KEY)
+    label = minter.label("r", "i")
+    served, later = minter.mint(label, 10.0, STABLE, 100), minter.mint(label, 11.0, STABLE, 100)
+    signature, nonce, check = served.decode().split(".")
+    reader = Reader(KEY)
+    assert reader.read(served.decode()) is not None
+    counter = nonce[:8] + str(int(nonce[8:]) + 1)  # the next request's nonce, unchecked
+    moved = later.decode().split(".")[0]  # this nonce and check on another signed part
+    standard = base64.b64encode(base64.urlsafe_b64decode(signature)).decode()
+    for forged in (
+        f"{signature}.{counter}.{check}",
+        f"{signature}.{nonce}1.{check}",
+        f"{moved}.{nonce}.{check}",
+        f"{signature}.{nonce}.{check.upper()}",
+        f"{signature}.{nonce}.{check[:-1]}",
+        f"{signature}.{nonce}.{check}0",
+        f"{signature}.{nonce}",
+        f"{signature}====.{nonce}.{check}",
+        f"{signature}.{nonce}.{check}.{check}",
+    ):
+        assert reader.read(forged) is None, forged
+    if standard != signature:  # ('+' or '/' where base64url has '-' or '_')
+        assert reader.read(f"{standard}.{nonce}.{check}") is None
 
 
 def test_the_signed_part_is_made_per_variant_and_share_within_a_second():
     minter = Minter(KEY)
     label = minter.label("r", "i")
-    parts = {
-        minter.mint(label, 10.0, code, share).partition(b".")[0]
+    ids = [
+        minter.mint(label, 10.0, code, share)
         for code, share in [(STABLE, 100), (CANDIDATE, 100), (STABLE, 101), (NOT_COMPARED, 0)]
-    }
+    ]
+    parts = {request_id.partition(b".")[0] for request_id in ids}
     assert len(parts) == 4
     again = minter.mint(label, 10.5, CANDIDATE, 100).partition(b".")[0]
     assert again in parts
     reader = Reader(KEY)
-    for part in parts:
-        assert reader.read((part + b".0").decode()) is not None
+    for request_id in ids:
+        assert reader.read(request_id.decode()) is not None
 
 
 def test_ids_are_unique_and_opaque():
@@ -151,15 +179,17 @@ def test_anything_else_reads_as_no_id(text):
     assert Reader(KEY).read(text) is None
 
 
-def signed_id(signed: bytes, tag: bytes = b"0123abcd7") -> str:
-    """An id made by hand around `signed`, with a correct MAC under KEY."""
+def signed_id(signed: bytes, nonce: bytes = b"0123abcd7") -> str:
+    """An id made by hand around `signed`, with a correct MAC and nonce check under KEY."""
     mac = hashlib.blake2b(signed, key=KEY, digest_size=10).digest()
-    return (base64.urlsafe_b64encode(signed + mac) + b"." + tag).decode()
+    check = hashlib.blake2b(mac + nonce, key=KEY, digest_size=6, person=b"grayscale-nonce")
+    encoded = base64.urlsafe_b64encode(signed + mac).decode()
+    return f"{encoded}.{nonce.decode('latin-1')}.{check.hexdigest()}"
 
 
 def signed_part(
     *,
-    version: int = 3,
+    version: int = 4,
     variant: bytes = b"c",
     second: int = 7,
     share: int = 0x1234,
@@ -190,8 +220,8 @@ def test_what_the_reader_takes_apart_is_pinned_field_by_field():
     not_compared = reader.read(signed_id(signed_part(variant=b"n")))
     assert not_compared is not None and not_compared.variant is None
     for wrong in (
-        signed_part(version=2),
-        signed_part(version=4),
+        signed_part(version=3),
+        signed_part(version=5),
         signed_part(variant=b"x"),
         signed_part(name=b"chat", length=9),  # names more bytes than it holds
         signed_part(name=b"\xff\xfe"),
@@ -208,13 +238,17 @@ def test_what_the_reader_takes_apart_is_pinned_field_by_field():
 def test_the_ids_shape_is_checked_before_its_signature():
     reader = Reader(KEY)
     good = signed_id(signed_part())
-    signature, _, tag = good.partition(".")
+    signature, nonce, check = good.split(".")
     assert reader.read(signature) is None  # no dot
-    assert reader.read(signature[1:] + "." + tag) is None  # not whole base64 groups
-    assert reader.read(good + ".more") is not None  # what follows the first dot is the nonce's
-    padded = good + "9" * (512 - len(good))
-    assert len(padded) == 512 and reader.read(padded) is not None
-    assert reader.read(padded + "9") is None  # longer than any id
+    assert reader.read(f"{signature}.{check}") is None  # no nonce
+    assert reader.read(f"{signature[1:]}.{nonce}.{check}") is None  # not whole base64 groups
+    assert reader.read(f"{signature}..{check}") is None  # an empty nonce
+    assert reader.read(signed_id(signed_part(), b"n.o.n.c.e")) is not None  # (the check's dot)
+    longest = signed_id(signed_part(), b"9" * (512 - len(good) + len(nonce)))
+    assert len(longest) == 512 and reader.read(longest) is not None
+    longer = signed_id(signed_part(), b"9" * (513 - len(good) + len(nonce)))
+    assert reader.read(longer) is None  # longer than any id
+    assert reader.read(signed_id(signed_part(), "é".encode())) is None  # ASCII only
 
 
 def test_the_key_and_the_ids_layout_are_pinned():
@@ -225,11 +259,14 @@ def test_the_key_and_the_ids_layout_are_pinned():
     assert len(key_of("s")) == 32 and key_of("s") != hashlib.blake2b(b"s", digest_size=32).digest()
     minter = Minter(KEY)
     first = minter.mint(minter.label("r", "i"), 1.0, CANDIDATE, 0x0102)
-    signature, _, tag = first.partition(b".")
-    assert len(tag) == 9 and tag.endswith(b"0")  # 8 hex digits, then the counter from 0
+    signature, nonce, check = first.split(b".")
+    assert len(nonce) == 9 and nonce.endswith(b"0")  # 8 hex digits, then the counter from 0
+    mac = base64.urlsafe_b64decode(signature)[-10:]
+    keyed = hashlib.blake2b(mac + nonce, key=KEY, digest_size=6, person=b"grayscale-nonce")
+    assert check == keyed.hexdigest().encode()  # 12 hex digits, lower case
     raw = base64.urlsafe_b64decode(signature)
     assert raw[:-10] == (
-        bytes((3,)) + b"c" + (1).to_bytes(5, "big") + rollout_digest("i") + b"\x01\x02\x01r"
+        bytes((4,)) + b"c" + (1).to_bytes(5, "big") + rollout_digest("i") + b"\x01\x02\x01r"
     ) + bytes(2)  # 15 bytes and the MAC's 10: two zero bytes to whole base64 groups
     long_name = "n" * 300
     served = Reader(KEY).read(minter.mint(minter.label(long_name, "i"), 1.0, STABLE, 0).decode())
