@@ -61,8 +61,11 @@ class HttpFacts:
     def __init__(self, request: Request, trusted: tuple[IPNetwork, ...]):
         self._request = request
         self._trusted = trusted
-        named = request.raw_values(b"connection")
-        self._hop = connection_named(named) if named else frozenset()
+        self._hop = (
+            connection_named(request.raw_values(b"connection"))
+            if b"connection" in request.keys
+            else frozenset()
+        )
 
     @property
     def path(self) -> str:
