@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 from loadgen import load
 
-from proxy.loop import loop_factory
+from proxy.runtime.event_loop import loop_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER = json.dumps(

@@ -163,7 +163,7 @@ def main() -> None:
     """`python loadtests/loadgen.py PORT`: serve the fixed-answer upstream on 127.0.0.1:PORT."""
     import sys  # noqa: PLC0415
 
-    from proxy.loop import loop_factory  # noqa: PLC0415
+    from proxy.runtime.event_loop import loop_factory  # noqa: PLC0415
 
     async def serve(port: int) -> None:
         server, _ = await start_upstream(port=port)

@@ -11,7 +11,7 @@ import aiohttp
 import mmh3
 from aiohttp import web
 
-from proxy.loop import loop_factory
+from proxy.runtime.event_loop import loop_factory
 
 SKIP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length"}
 

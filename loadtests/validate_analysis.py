@@ -1,5 +1,5 @@
 """The analysis's error rates and delays in the regimes production lives in, measured by seeded
-simulated rollouts (`proxy.analysis.trials`) and printed as a table.
+simulated rollouts (`proxy.tools.trials`) and printed as a table.
 
     .venv/bin/python loadtests/validate_analysis.py [--runs 200] [--workers 2] [--only TEXT]
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.analysis.trials import EQUAL, WORSE, Regime, run
 from proxy.analysis.verdict import wilson
+from proxy.tools.trials import EQUAL, WORSE, Regime, run
 
 
 def _minutes(seconds: float) -> str:

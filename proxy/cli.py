@@ -13,18 +13,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from proxy import __version__, logs
-from proxy.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
+from proxy import __version__
+from proxy.api.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_table
+from proxy.app.server import serve_until_signalled
+from proxy.app.workers import Worker, die_with_parent, supervise
 from proxy.config.loader import ConfigError, load_config, parse_duration
-from proxy.demo.run import DEMO_CONFIG, run_demo
-from proxy.explain import explain
-from proxy.loop import loop_factory
 from proxy.rollout.store import StateError
-from proxy.selftest import World
-from proxy.selftest import report as selftest_report
-from proxy.server import serve_until_signalled
-from proxy.simulate import render
-from proxy.workers import Worker, die_with_parent, supervise
+from proxy.runtime.event_loop import loop_factory
+from proxy.telemetry import logs
+from proxy.tools.demo.run import DEMO_CONFIG, run_demo
+from proxy.tools.explain import explain
+from proxy.tools.selftest import World
+from proxy.tools.selftest import report as selftest_report
+from proxy.tools.simulate import render
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:

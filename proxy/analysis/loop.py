@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy import clock
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, Step, step
 from proxy.analysis.prometheus import MetricQueries, hostname
@@ -32,7 +31,8 @@ from proxy.config.model import AnalysisMethod, AnalysisSpec, Route, Variant
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State
 from proxy.rollout.store import Fence, StateUnavailable
-from proxy.tasks import cancel_and_wait
+from proxy.runtime import clock
+from proxy.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
 JUDGED = frozenset({State.PENDING, State.RAMPING, State.COMPLETE, State.PAUSED})

@@ -19,8 +19,8 @@ from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.users import UserSample
 from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
-from proxy.outcome import Outcome
-from proxy.request_id import Served
+from proxy.records.outcome import Outcome
+from proxy.records.request_id import Served
 from proxy.routing import Reason, weight_of
 
 SLOTS = 12

@@ -39,10 +39,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from proxy import clock
 from proxy.rollout.redis_store import Client
 from proxy.rollout.store import Fence
-from proxy.tasks import cancel_and_wait
+from proxy.runtime import clock
+from proxy.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.analysis")
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from proxy import clock
 from proxy.analysis.sources import Unavailable
 from proxy.analysis.verdict import Clustering, Sample
 from proxy.analysis.window import LocalObservations
@@ -23,7 +22,8 @@ from proxy.fleet.decider import Decider
 from proxy.fleet.observations import FLUSH_EVERY, PooledObservations
 from proxy.rollout.redis_store import Client
 from proxy.rollout.store import Fence
-from proxy.tasks import cancel_and_wait
+from proxy.runtime import clock
+from proxy.runtime.tasks import cancel_and_wait
 
 OFFSETS = 8  # measurements of the clock's offset kept: the one of the quickest call is used
 
@@ -123,7 +123,7 @@ class FleetMember:
             await self.pool.flush(clock.now())
 
     async def measure_clock(self) -> None:
-        """Measure this host's offset to Redis's clock (`proxy.clock`); a host further off
+        """Measure this host's offset to Redis's clock (`proxy.runtime.clock`); a host further off
         than `max_clock_skew` says so and gives up deciding until it is not."""
         before = time.time()
         seconds, microseconds = await self._redis.time()

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy import clock
 from proxy.config.model import Route
 from proxy.rollout.machine import (
     Action,
@@ -40,6 +39,7 @@ from proxy.rollout.store import (
     StateUnavailable,
 )
 from proxy.routing import Control
+from proxy.runtime import clock
 
 log = logging.getLogger("grayscale.rollout")
 audit = logging.getLogger("grayscale.audit")

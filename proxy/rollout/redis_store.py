@@ -50,7 +50,7 @@ from proxy.rollout.store import (
     decode_rollout,
     encode_rollout,
 )
-from proxy.tasks import cancel_and_wait
+from proxy.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.state")
 

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from proxy.server import Server
 from tests.integration.conftest import PROBE, build_upstream, free_port, route_yaml, url_of
 
 TOKEN = "chaos-token"

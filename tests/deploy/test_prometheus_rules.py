@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.server import Server
+from proxy.app.server import Server
 from tests.integration.conftest import ROOT, ProxyFactory, route_yaml
 
 RULES = ROOT / "deploy" / "prometheus"

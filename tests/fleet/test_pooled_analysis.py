@@ -17,7 +17,7 @@ from proxy.fleet import decider as decider_module
 from proxy.fleet.connection import connect
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
-from proxy.request_id import Served, rollout_digest
+from proxy.records.request_id import Served, rollout_digest
 from tests.fleet.redis_server import RedisServer
 
 T0 = 1_796_083_200.0

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from proxy.server import Server
+from proxy.app.server import Server
 from tests.http.peers import RawUpstream, Script, echo_requests
 from tests.integration.conftest import ProxyFactory, client, proxy, start_proxy, upstreams
 

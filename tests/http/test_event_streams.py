@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.server import Server
-from proxy.stream_meter import StreamMeter
+from proxy.app.server import Server
+from proxy.dataplane.stream_meter import StreamMeter
 from tests.http.conftest import GatewayFactory
 from tests.http.peers import RawClient, Script, UpstreamConnection
 

@@ -15,8 +15,8 @@ from itertools import count
 
 import pytest
 
+from proxy.app.server import Server
 from proxy.routing import bucket, threshold
-from proxy.server import Server
 from tests.http.conftest import GatewayFactory, UpstreamFactory
 from tests.http.peers import Answer, RawClient, RawUpstream, Received, answer, answer_each
 from tests.integration.conftest import ProxyFactory

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.server import Server
+from proxy.app.server import Server
 from tests.http.conftest import GatewayFactory
 from tests.http.peers import (
     RawClient,

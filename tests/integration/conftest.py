@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.app.server import Server
 from proxy.config.loader import parse_config
-from proxy.server import Server
 from tests.integration.prometheus_server import MISSING as PROMETHEUS_MISSING
 from tests.integration.prometheus_server import Exporter, PrometheusServer
 

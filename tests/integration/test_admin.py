@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.routing import bucket, threshold
-from proxy.server import Server
 from tests.integration.conftest import free_port, route_yaml, url_of
 
 TOKEN = "s3cret-admin-token"

@@ -10,9 +10,9 @@ import logging
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.admin import token_id
+from proxy.api.admin import token_id
+from proxy.app.server import Server
 from proxy.config.loader import load_config, parse_config
-from proxy.server import Server
 from tests.integration.conftest import route_yaml, url_of
 
 TOKEN = "a-long-random-admin-token-0123456789abcdef"

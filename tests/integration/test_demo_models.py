@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from proxy.demo.models import STABLE_MODEL, build_model_app
+from proxy.tools.demo.models import STABLE_MODEL, build_model_app
 from tests.integration.conftest import route_yaml
 
 

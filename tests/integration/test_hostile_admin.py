@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.app.server import Server
 from proxy.config.loader import load_config
-from proxy.server import Server
 from tests.integration.conftest import ProxyFactory, eventually, route_yaml, url_of
 from tests.integration.test_outcomes import outcome_series
 

@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from proxy.server import Server
 from tests.integration.conftest import free_port, route_yaml, url_of
 from tests.integration.prometheus_server import Exporter, PrometheusServer
 

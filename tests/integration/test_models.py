@@ -12,8 +12,8 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.app.server import Server
 from proxy.routing import bucket, threshold
-from proxy.server import Server
 from tests.integration.conftest import ProxyFactory, free_port, url_of
 from tests.integration.openai_server import ModelServer
 

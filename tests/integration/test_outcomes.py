@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from proxy.server import Server
 from tests.integration.conftest import route_yaml, url_of
 
 TOKEN = "outcomes-token-0123456789abcdef0123456789"

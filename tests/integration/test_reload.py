@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app.server import Server
 from proxy.config.loader import load_config, parse_config
 from proxy.rollout.machine import Action, State
-from proxy.server import Server
 from tests.integration.conftest import (
     eventually,
     free_port,

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.server import Server
+from proxy.app.server import Server
 from tests.integration.chromium import MISSING, Browser
 from tests.integration.conftest import ProxyFactory, route_yaml, url_of
 

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from proxy.server import Server
 from tests.integration.conftest import serving
 from tests.integration.openai_server import ModelServer
 

@@ -1,5 +1,5 @@
 """The analysis's stated error rate, checked in the regimes production lives in: seeded
-simulated rollouts (`proxy.analysis.trials`) through the real recorder, ejection, request ids and
+simulated rollouts (`proxy.tools.trials`) through the real recorder, ejection, request ids and
 analysis. A fast subset of `loadtests/validate_analysis.py` (which prints the whole table):
 the regimes where plain counting failed worst, and failing candidates under ejection.
 
@@ -16,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from proxy.analysis.trials import EQUAL, WORSE, Regime, run
 from proxy.analysis.verdict import wilson
+from proxy.tools.trials import EQUAL, WORSE, Regime, run
 
 RUNS = int(os.environ.get("GRAYSCALE_TRIAL_RUNS", "12"))
 FAST_EQUAL = (

@@ -6,10 +6,10 @@ import io
 import json
 import select
 
-from proxy.access_log import AccessLog, hash_key
 from proxy.config.model import AccessLogConfig, Variant
-from proxy.outcome import Outcome
+from proxy.records.outcome import Outcome
 from proxy.routing import Decision, Reason
+from proxy.telemetry.access_log import AccessLog, hash_key
 
 
 def entry(key: str | None) -> Outcome:

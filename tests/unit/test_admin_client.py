@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from proxy.admin_client import AdminError, call, status_table
+from proxy.api.admin_client import AdminError, call, status_table
 from proxy.cli import build_parser
 
 

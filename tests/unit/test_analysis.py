@@ -48,8 +48,8 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.outcome import FallbackReason, Outcome
-from proxy.request_id import Served
+from proxy.records.outcome import FallbackReason, Outcome
+from proxy.records.request_id import Served
 from proxy.routing import Decision, Reason
 
 SPEC = AnalysisSpec(

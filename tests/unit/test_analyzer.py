@@ -26,10 +26,10 @@ from proxy.config.model import (
     Upstream,
 )
 from proxy.fleet.member import own_ratio
-from proxy.metrics import Recorder
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, State
 from proxy.rollout.store import FileStore, MemoryStore
+from proxy.telemetry.metrics import Recorder
 
 T0 = 1_796_083_200.0
 SPEC = AnalysisSpec(interval=10.0, window=60.0, min_requests=200, failures_before_rollback=3)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from proxy.compare import Seen, agree, similarity, stream_text
 from proxy.config.model import ExactCompare, JsonCompare, TextCompare
+from proxy.dataplane.compare import Seen, agree, similarity, stream_text
 
 
 def answer(document: object, status: int = 200) -> Seen:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from proxy.config.model import Ejection
-from proxy.ejection import Breaker
+from proxy.dataplane.ejection import Breaker
 
 SPEC = Ejection(consecutive_errors=3, base_time=30.0, max_time=100.0)
 EPOCH = 1_800_000_000.0  # wall-clock time as the proxy passes it: 2027-01-15

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.loop import loop_factory
+from proxy.runtime.event_loop import loop_factory
 
 
 async def test_async_tests_run_on_uvloop():

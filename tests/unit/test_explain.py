@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.explain import explain
+from proxy.tools.explain import explain
 
 FAILING: dict[str, Any] = {
     "at": 0.0,

@@ -8,9 +8,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.model import Variant
-from proxy.metrics import LATENCY_BUCKETS, Recorder
-from proxy.outcome import Failure, Outcome
+from proxy.records.outcome import Failure, Outcome
 from proxy.routing import Decision, Reason
+from proxy.telemetry.metrics import LATENCY_BUCKETS, Recorder
 
 DECISION = Decision(Variant.STABLE, Reason.BUCKET, 0.0, None, 1, "u")
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model_body import BodyError, ModelBody, ReadBody
+from proxy.dataplane.model_body import BodyError, ModelBody, ReadBody
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 VALUES = st.recursive(

@@ -10,10 +10,10 @@ import pytest
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.config.loader import parse_config
 from proxy.config.model import Route, Variant
-from proxy.ejection import Ejections
-from proxy.metrics import Recorder
-from proxy.outcome import CLIENT_CLOSED, Failure, FallbackReason, Outcome
+from proxy.dataplane.ejection import Ejections
+from proxy.records.outcome import CLIENT_CLOSED, Failure, FallbackReason, Outcome
 from proxy.routing import Decision, Reason
+from proxy.telemetry.metrics import Recorder
 
 T0 = 1_800_000_000.0
 DECISION = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.5, None, 10, "u")

@@ -8,10 +8,7 @@ import math
 
 import pytest
 
-from proxy.admin import finite, json_answer
-from proxy.analysis.verdict import Check, Result, Verdict
-from proxy.config.model import MAX_OUTCOME, OutcomesConfig, Variant
-from proxy.outcomes import (
+from proxy.analysis.outcome_reports import (
     RESULTS,
     InvalidBatch,
     OutcomeBook,
@@ -19,7 +16,10 @@ from proxy.outcomes import (
     json_number,
     parse_batch,
 )
-from proxy.request_id import Reader
+from proxy.analysis.verdict import Check, Result, Verdict
+from proxy.api.admin import finite, json_answer
+from proxy.config.model import MAX_OUTCOME, OutcomesConfig, Variant
+from proxy.records.request_id import Reader
 from tests.unit.test_outcomes import KEY, ROUTE, book_with, served
 
 INSANE = "the outcome.value: expected a finite number between -1e+12 and 1e+12"

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from proxy.analysis.outcome_reports import RESULTS, InvalidBatch, OutcomeBook, Report, parse_batch
 from proxy.config.model import (
     AnalysisSpec,
     Cohort,
@@ -18,8 +19,7 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.outcomes import RESULTS, InvalidBatch, OutcomeBook, Report, parse_batch
-from proxy.request_id import CANDIDATE, NOT_COMPARED, STABLE, Minter, Reader, Served, key_of
+from proxy.records.request_id import CANDIDATE, NOT_COMPARED, STABLE, Minter, Reader, Served, key_of
 from proxy.rollout.machine import identity_of
 
 KEY = key_of("s")

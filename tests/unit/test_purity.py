@@ -12,8 +12,9 @@ def test_the_pure_core_imports_no_io_modules():
     code = (
         "import sys\n"
         f"before = {{m for m in {FORBIDDEN!r} if m in sys.modules}}\n"
-        "import proxy.routing, proxy.routing.client_ip, proxy.model_body, proxy.stream_meter\n"
-        "import proxy.compare, proxy.request_id, proxy.outcomes, proxy.analysis.sequential\n"
+        "import proxy.routing, proxy.routing.client_ip, proxy.dataplane.model_body\n"
+        "import proxy.dataplane.stream_meter, proxy.dataplane.compare, proxy.records.request_id\n"
+        "import proxy.analysis.outcome_reports, proxy.analysis.sequential\n"
         f"print(sorted(m for m in {FORBIDDEN!r} if m in sys.modules and m not in before))\n"
     )
     result = subprocess.run(

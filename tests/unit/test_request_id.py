@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config.model import Variant
-from proxy.request_id import (
+from proxy.records.request_id import (
     CANDIDATE,
     NOT_COMPARED,
     SHARES,

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.config.loader import parse_config
 from proxy.config.model import Cohort, KeySource, Ramp, Route, Source, Upstream, Variant
-from proxy.reload import restart_required
+from proxy.config.reload import restart_required
 from proxy.rollout.controller import FORGET_AFTER, RolloutController
 from proxy.rollout.machine import (
     ALLOWED,

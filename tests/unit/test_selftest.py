@@ -14,7 +14,7 @@ from proxy.config.model import (
     OutcomeCheck,
     PrometheusSource,
 )
-from proxy.selftest import Scenario, World, report, scenarios, simulate
+from proxy.tools.selftest import Scenario, World, report, scenarios, simulate
 
 ROUTE = parse_config(
     "routes:\n"

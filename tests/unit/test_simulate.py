@@ -7,7 +7,7 @@ import pytest
 from proxy.config.loader import load_config
 from proxy.config.model import Ramp
 from proxy.routing import ramp_reaches_max
-from proxy.simulate import render
+from proxy.tools.simulate import render
 
 START = 1_796_083_200.0  # 2026-12-01T00:00:00Z
 

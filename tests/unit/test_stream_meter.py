@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.stream_meter import LINE_LIMIT, StreamMeter, whole_answer_tokens
+from proxy.dataplane.stream_meter import LINE_LIMIT, StreamMeter, whole_answer_tokens
 
 
 def frame(delta: dict[str, object] | None = None, **extra: object) -> bytes:

@@ -15,7 +15,7 @@ from proxy.analysis.users import CAPACITY, SEED, UserSample
 from proxy.analysis.verdict import Clustering, Result, Sample, sample_ratio_check
 from proxy.analysis.window import LocalObservations, Window, WindowRecorder
 from proxy.config.model import AnalysisSpec, Variant
-from proxy.outcome import Outcome
+from proxy.records.outcome import Outcome
 from proxy.routing import Decision, Reason
 from proxy.routing.bucket import bucket, threshold
 from tests.unit.test_selftest import ROUTE as SELFTEST_ROUTE

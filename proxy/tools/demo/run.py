@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from proxy.app.server import Server
 from proxy.config.model import Config, Route
-from proxy.demo.models import CANDIDATE_MODEL, STABLE_MODEL, ModelSpec, build_model_app
-from proxy.forwarding import REQUEST_ID_HEADER, VARIANT_HEADER
+from proxy.dataplane.forwarding import REQUEST_ID_HEADER, VARIANT_HEADER
 from proxy.rollout.machine import Transition
-from proxy.server import Server
+from proxy.tools.demo.models import CANDIDATE_MODEL, STABLE_MODEL, ModelSpec, build_model_app
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 USERS = 2000

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from proxy.config.model import Upstream, Variant
+from proxy.dataplane.model_body import BodyError, ReadBody
+from proxy.dataplane.stream_meter import EVENT_LIMIT, StreamMeter, whole_answer_tokens
 from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
 from proxy.http.headers import answer_for_client, forwarded_for_upstream
 from proxy.http.server import Request, render
-from proxy.model_body import BodyError, ReadBody
-from proxy.outcome import Failure, FallbackReason
-from proxy.request_id import NOT_COMPARED
-from proxy.stream_meter import EVENT_LIMIT, StreamMeter, whole_answer_tokens
+from proxy.records.outcome import Failure, FallbackReason
+from proxy.records.request_id import NOT_COMPARED
 
 log = logging.getLogger("grayscale.forwarding")
 

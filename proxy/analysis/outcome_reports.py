@@ -3,7 +3,8 @@ rating), joined to the variant that served each request and counted per route, v
 
 Invariants
 - Nothing is stored per request served: the request id says which route, variant and rollout
-  served it (signed: see `proxy.request_id`), so any process holding the key takes any outcome.
+  served it (signed: see `proxy.records.request_id`), so any process holding the key takes any
+  outcome.
 - A batch is taken whole or not at all: every item is checked first (`request_id` a string,
   `name` of letters, digits and `_ . : -`, at most 64; `value` a finite number of magnitude at
   most `MAX_OUTCOME`, 1 when left out); one bad item refuses the batch, naming the item and
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxy.config.model import MAX_OUTCOME, OUTCOME_NAME, OutcomesConfig, Route
-from proxy.request_id import Reader, Served, rollout_digest
+from proxy.records.request_id import Reader, Served, rollout_digest
 from proxy.rollout.machine import identity_of
 
 # Where a joined outcome goes: (what its id says, name, value, now).

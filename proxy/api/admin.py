@@ -40,19 +40,19 @@ from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from proxy import clock
 from proxy.analysis.loop import Analyzer
+from proxy.analysis.outcome_reports import InvalidBatch, OutcomeBook, json_number, parse_batch
+from proxy.api.ui import status_page, status_page_asset
 from proxy.config.model import Config, Ramp, Route
-from proxy.ejection import Breaker
-from proxy.metrics import CODE_CLASSES, CallbackCollector, Recorder
-from proxy.outcomes import InvalidBatch, OutcomeBook, json_number, parse_batch
-from proxy.reload import ReloadResult
+from proxy.config.reload import ReloadResult
+from proxy.dataplane.ejection import Breaker
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State, Transition, forced_variant
 from proxy.rollout.store import StateUnavailable
 from proxy.routing import current_share
-from proxy.ui import status_page, status_page_asset
-from proxy.workers import HostMetrics
+from proxy.runtime import clock
+from proxy.telemetry.host_metrics import HostMetrics
+from proxy.telemetry.metrics import CODE_CLASSES, CallbackCollector, Recorder
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("grayscale.admin")
@@ -319,8 +319,8 @@ class Admin:
         }
         answer = {"config": config, "state": state, "routes": routes}
         if self.host is not None:
-            worker = self.host.worker
-            answer["worker"] = {"index": worker.index, "of": worker.count, "pid": os.getpid()}
+            host = self.host
+            answer["worker"] = {"index": host.index, "of": host.count, "pid": os.getpid()}
         return json_answer(answer)
 
     async def verdicts(self, request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ latency, made for real) steps the policy on an inconclusive verdict, which for a
 same as any word but fail: the row of failures ends. Everywhere else the real `assess` takes
 the verdict. `every_round=True` takes it
 at every round instead, and a test finds the same rollback times both ways. With `--users-tail`
-every request is simulated instead (`proxy.analysis.trials`: heavy users need each user's
+every request is simulated instead (`proxy.tools.trials`: heavy users need each user's
 requests), which is slower.
 
 Invariants
@@ -40,7 +40,6 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from proxy.analysis import trials
 from proxy.analysis.epochs import full
 from proxy.analysis.histogram import BOUNDS, SIZE, bucket_of, value_of
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
@@ -58,9 +57,10 @@ from proxy.analysis.verdict import (
     outcome_check,
     wilson,
 )
+from proxy.app.workers import die_with_parent
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeBasis, Route
 from proxy.rollout.machine import State
-from proxy.workers import die_with_parent
+from proxy.tools import trials
 
 ERROR_RATE = 0.01  # both variants' errors when equal
 MEDIAN = 0.05  # seconds: the latency's median (log-normal)

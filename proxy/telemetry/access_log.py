@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from proxy.config.model import AccessLogConfig
-from proxy.outcome import Outcome
+from proxy.records.outcome import Outcome
 
 ATOMIC_WRITE = select.PIPE_BUF  # bytes a pipe writes at once (4096 on Linux)
 log = logging.getLogger("grayscale.access_log")

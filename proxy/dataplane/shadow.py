@@ -31,18 +31,18 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from proxy import clock
 from proxy.analysis.verdict import wilson
-from proxy.compare import Seen, agree
 from proxy.config.model import Route, Shadow, TextCompare
-from proxy.forwarding import CAPTURE, Target
+from proxy.dataplane.compare import Seen, agree
+from proxy.dataplane.forwarding import CAPTURE, Target
+from proxy.dataplane.model_body import BodyError, ReadBody
 from proxy.http.client import UpstreamClient
 from proxy.http.errors import UpstreamError
 from proxy.http.headers import answer_for_client
-from proxy.model_body import BodyError, ReadBody
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
 from proxy.routing import bucket, threshold
+from proxy.runtime import clock
 
 log = logging.getLogger("grayscale.shadow")
 

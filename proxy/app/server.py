@@ -11,15 +11,17 @@ import secrets
 import signal
 import time
 
-from proxy import clock
-from proxy.access_log import AccessLog, secret_from_env
-from proxy.admin import Admin, AdminListener
 from proxy.analysis.loop import Analyzer
+from proxy.analysis.outcome_reports import OutcomeBook
 from proxy.analysis.sources import InProcess
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
+from proxy.api.admin import Admin, AdminListener
+from proxy.app.workers import Worker
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend
+from proxy.config.reload import ConfigWatcher, ReloadResult, restart_required
+from proxy.dataplane.gateway import Gateway
 from proxy.fleet.connection import (
     connect,
     connect_cluster,
@@ -28,17 +30,16 @@ from proxy.fleet.connection import (
     replica_name,
 )
 from proxy.fleet.member import FleetMember
-from proxy.gateway import Gateway
 from proxy.http.server import Listener
-from proxy.metrics import Recorder
-from proxy.outcomes import OutcomeBook
-from proxy.reload import ConfigWatcher, ReloadResult, restart_required
-from proxy.request_id import Minter, Reader, key_of
+from proxy.records.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
 from proxy.rollout.redis_store import Client, RedisStore
 from proxy.rollout.store import FileStore, MemoryStore, StateStore
-from proxy.workers import HostMetrics, Worker
+from proxy.runtime import clock
+from proxy.telemetry.access_log import AccessLog, secret_from_env
+from proxy.telemetry.host_metrics import HostMetrics
+from proxy.telemetry.metrics import Recorder
 
 log = logging.getLogger("grayscale.server")
 
@@ -194,7 +195,9 @@ class Server:
         ]
         self.host_metrics = None
         if worker is not None:
-            self.host_metrics = HostMetrics(self.recorder.registry, worker)
+            self.host_metrics = HostMetrics(
+                self.recorder.registry, worker.folder, worker.index, worker.count
+            )
         key = request_id_key(config)
         self.book = OutcomeBook(
             Reader(key), [self.recorder.observe_outcome, self.observations.add_outcome]

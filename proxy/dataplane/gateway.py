@@ -7,10 +7,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from proxy import clock
-from proxy.access_log import AccessLog
 from proxy.analysis.window import LocalObservations, WindowRecorder
-from proxy.compare import Seen
 from proxy.config.model import (
     Config,
     Fallback,
@@ -21,8 +18,9 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.ejection import Breaker, Ejections
-from proxy.forwarding import (
+from proxy.dataplane.compare import Seen
+from proxy.dataplane.ejection import Breaker, Ejections
+from proxy.dataplane.forwarding import (
     BODY_TOO_LARGE,
     BodyTooLarge,
     Exchange,
@@ -32,19 +30,21 @@ from proxy.forwarding import (
     forward,
     read_body,
 )
+from proxy.dataplane.model_body import ReadBody
+from proxy.dataplane.shadow import Copy, Shadower, chosen
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.headers import connection_named, spelled
 from proxy.http.server import Request
-from proxy.metrics import Recorder, VariantMetrics
-from proxy.model_body import ReadBody
-from proxy.outcome import FallbackReason, Observer, Outcome
-from proxy.request_id import Minter, assignment
+from proxy.records.outcome import FallbackReason, Observer, Outcome
+from proxy.records.request_id import Minter, assignment
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
 from proxy.routing import RoutingTable, decide
 from proxy.routing.client_ip import client_ip, is_trusted
-from proxy.shadow import Copy, Shadower, chosen
+from proxy.runtime import clock
+from proxy.telemetry.access_log import AccessLog
+from proxy.telemetry.metrics import Recorder, VariantMetrics
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
 

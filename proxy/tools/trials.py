@@ -28,6 +28,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from proxy.analysis.epochs import Epochs
+from proxy.analysis.outcome_reports import OutcomeBook, Report
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
 from proxy.analysis.verdict import Verdict, analysis_share, assess
 from proxy.analysis.window import LocalObservations, WindowRecorder
@@ -43,10 +44,9 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.ejection import Breaker
-from proxy.outcome import Failure, FallbackReason, Outcome
-from proxy.outcomes import OutcomeBook, Report
-from proxy.request_id import Minter, Reader, Served, assignment, key_of
+from proxy.dataplane.ejection import Breaker
+from proxy.records.outcome import Failure, FallbackReason, Outcome
+from proxy.records.request_id import Minter, Reader, Served, assignment, key_of
 from proxy.rollout.machine import State, identity_of
 from proxy.routing import BUCKETS, Decision, Reason, bucket
 

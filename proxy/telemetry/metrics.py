@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.analysis.verdict import LATENCY_KEY, Verdict
 from proxy.config.model import Route, Variant
-from proxy.outcome import CLIENT_CLOSED, Failure, Outcome
-from proxy.request_id import Served
+from proxy.records.outcome import CLIENT_CLOSED, Failure, Outcome
+from proxy.records.request_id import Served
 from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.config.model import Ejection, Route, Variant
-from proxy.outcome import Outcome
+from proxy.records.outcome import Outcome
 
 log = logging.getLogger("grayscale.ejection")
 

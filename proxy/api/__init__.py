@@ -1,0 +1,1 @@
+"""The control surface: the admin API, its client and the status page."""

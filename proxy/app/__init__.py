@@ -1,0 +1,1 @@
+"""Wiring: one process's listeners and config, and the workers of a host."""

@@ -1,0 +1,1 @@
+"""The data plane: routing a request, forwarding it, shadow copies, ejection."""

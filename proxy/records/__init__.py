@@ -1,0 +1,1 @@
+"""What the data plane records of each request: its outcome and its signed request id."""

@@ -1,0 +1,1 @@
+"""Runtime helpers every layer may use: the clock, background tasks, the event loop."""

@@ -1,0 +1,1 @@
+"""Tools around the proxy: selftest, simulate, explain, the demo and seeded trials."""
