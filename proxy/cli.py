@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from proxy.tools.demo.run import DEMO_CONFIG, run_demo
 from proxy.tools.explain import explain
 from proxy.tools.selftest import World
 from proxy.tools.selftest import report as selftest_report
-from proxy.tools.simulate import render
+from proxy.tools.simulate import DAY, render
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -82,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--step", default="1d", metavar="DURATION", help="time between rows (default 1d)"
     )
-    simulate.add_argument("--steps", type=int, help="rows after the start (default 14)")
-    simulate.add_argument("--days", type=int, help="the same as --steps (rows are days by default)")
+    span = simulate.add_mutually_exclusive_group()
+    span.add_argument("--steps", type=int, help="rows after the start (default 14)")
+    span.add_argument(
+        "--days", type=float, help="how long to follow the ramps: as many rows as --step fits"
+    )
     simulate.add_argument("--users", type=int, default=10_000, help="synthetic users (10000)")
     simulate.add_argument(
         "--from",
@@ -233,10 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args.files)
     if args.command == "simulate":
-        steps = args.steps if args.steps is not None else args.days
-        return _simulate(
-            args.config, 14 if steps is None else steps, args.step, args.users, args.start
-        )
+        return _simulate(args)
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "status":
@@ -270,9 +271,21 @@ def _check(files: Sequence[str]) -> int:
     return status
 
 
-def _simulate(path: str, steps: int, step_text: str, users: int, start_text: str | None) -> int:
+def _simulate(args: argparse.Namespace) -> int:
+    path, steps, days, users, start_text = (
+        args.config,
+        args.steps,
+        args.days,
+        args.users,
+        args.start,
+    )
+    step_text = args.step
     step = parse_duration(step_text)
-    if steps < 0 or users < 1 or step <= 0:
+    if step > 0 and days is not None and days >= 0:
+        steps = math.floor(days * DAY / step + 1e-9)  # (--days 3 --step 1h: 72 rows after)
+    elif steps is None and days is None:
+        steps = 14
+    if steps is None or steps < 0 or users < 1 or step <= 0:
         print(
             "--steps (or --days) must be >= 0, --users >= 1, and --step a duration like 2s, "
             "1h or 1d",

@@ -133,6 +133,19 @@ def test_check_reports_every_error_and_exits_1(tmp_path):
     assert f"{bad}:2: routes[0].stable: missing required field" in lines
 
 
+def test_simulate_days_are_days_whatever_the_step():
+    hourly = grayscale(
+        "simulate", "--config", "config/example.yaml", "--days", "0.5", "--step", "1h"
+    )
+    assert hourly.returncode == 0, hourly.stderr
+    sentiment = hourly.stdout.split("route sentiment")[1].split("route chat")[0]
+    rows = [line for line in sentiment.splitlines() if re.match(r"\s+\d+\s+2026-", line)]
+    assert len(rows) == 13  # the start and 12 hourly rows: half a day
+    both = grayscale("simulate", "--config", "config/example.yaml", "--days", "3", "--steps", "5")
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr
+
+
 def test_simulate_prints_shares_day_by_day():
     result = grayscale("simulate", "--config", "config/example.yaml", "--days", "3")
     assert result.returncode == 0, result.stderr
