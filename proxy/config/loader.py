@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
@@ -141,9 +141,13 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         raise ConfigError([ConfigIssue(source, 1, "", "the file is empty")])
     parser = _Parser(source)
     config = parser.config(root, hashlib.sha256(text.encode()).hexdigest()[:12])
+    parser.report_unknown()
     if parser.issues:
         raise ConfigError(sorted(parser.issues, key=lambda issue: issue.line))
     return config
+
+
+_ANY_INDEX = re.compile(r"\[\d+\]")  # `routes[3].analysis`: the place is `routes[].analysis`
 
 
 def _sub(path: str, name: str) -> str:
@@ -157,6 +161,19 @@ class _Parser:
         self.source = source
         self.issues: list[ConfigIssue] = []
         self._constructor = SafeConstructor()
+        self._homes: dict[str, set[str]] = {}  # each field name read: where it belongs
+        self._unknown: list[tuple[int, str]] = []  # (the issue's index, the field's name)
+
+    def report_unknown(self) -> None:
+        """Say, of each unknown field, where a field of that name belongs, if the file has
+        such a place (`on_rollback` at the top: it belongs under `routes[]`)."""
+        for index, key in self._unknown:
+            homes = sorted(self._homes.get(key, ()))
+            if homes:
+                where = " or ".join(f"under {home}" if home else "at the top" for home in homes)
+                issue = self.issues[index]
+                message = f"unknown field here: {key!r} belongs {where}"
+                self.issues[index] = replace(issue, message=message)
 
     def fail(self, node: Node, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(self.source, node.start_mark.line + 1, path, message))
@@ -167,6 +184,9 @@ class _Parser:
         self, node: Node, path: str, fields: Collection[str], required: Collection[str] = ()
     ) -> dict[str, Node]:
         """The fields of a mapping node; unknown, duplicate and missing fields are reported."""
+        home = _ANY_INDEX.sub("[]", path)
+        for name in fields:
+            self._homes.setdefault(name, set()).add(home)
         if not isinstance(node, MappingNode):
             self.fail(node, path, "expected a mapping")
             return {}
@@ -178,6 +198,7 @@ class _Parser:
             elif key in found:
                 self.fail(key_node, _sub(path, key), "duplicate field")
             elif key not in fields:
+                self._unknown.append((len(self.issues), key))
                 self.fail(
                     key_node,
                     _sub(path, key),

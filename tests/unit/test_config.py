@@ -668,3 +668,20 @@ def test_an_outcome_checks_range_is_two_numbers_low_to_high_and_needed_per_outco
         with pytest.raises(ConfigError) as info:
             parse_config(outcomes(items), "c.yaml")
         assert message in str(info.value), str(info.value)
+
+
+def test_a_field_in_the_wrong_place_is_told_where_it_belongs():
+    found = errors(
+        'server: {listen: "127.0.0.1:0", workers: 1, salt: x}\n'
+        "on_rollback: {webhook: 'https://hooks.example.com'}\n"
+        "routes:\n" + MINIMAL_ROUTE + "    listen: '127.0.0.1:1'\n    nonsense: 1\n"
+    )
+    assert found == [
+        # (a shadow may have a salt too, but this file has no shadow: only its places are named)
+        "test.yaml:1: server.salt: unknown field here: 'salt' belongs under routes[].cohort",
+        "test.yaml:2: on_rollback: unknown field here: 'on_rollback' belongs under routes[]",
+        "test.yaml:9: routes[0].listen: unknown field here: 'listen' belongs under server",
+        "test.yaml:10: routes[0].nonsense: unknown field (expected one of: name, match, stable, "
+        "candidate, cohort, ramp, segments, analysis, on_rollback, fallback, ejection, shadow, "
+        "promote, on_promote)",
+    ]
