@@ -105,7 +105,9 @@ async def test_the_fleet_follows_two_sentinel_failovers_without_a_restart(
 
         assert await within(10, swapped)
         assert (await acted(session, b, "rollback", 10))["persisted"] is True
-        assert await within(3, lambda: everywhere("rolled_back"))
+        # (a replica still reading the old master sees the move at its next check, each
+        # second, then reads the new one: 2 s, and more on a loaded machine)
+        assert await within(6, lambda: everywhere("rolled_back"))
         assert b"role:master" in second.role() and b"role:master" in first.role()
         # ...written to the new master, not to the old one: that takes writes until the
         # sentinel demotes it (~10 s later), and then drops them when it resyncs.
