@@ -1,15 +1,16 @@
 # Grayscale proxy image: `docker build -t grayscale .`, then `docker run -p 8080:8080 grayscale`.
-FROM python:3.12-slim AS build
+# The Python CI tests on, and the library versions it tests (constraints.txt).
+FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY proxy ./proxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --constraint constraints.txt --wheel-dir /wheels .
 
-FROM python:3.12-slim
+FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home grayscale \
     && mkdir -p /var/lib/grayscale && chown grayscale /var/lib/grayscale
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels grayscale && rm -rf /wheels
 # The config it runs without a mount (mount a directory of your own over /etc/grayscale).
 COPY config/container.yaml /etc/grayscale/config.yaml
 COPY config/example.yaml /etc/grayscale/example.yaml

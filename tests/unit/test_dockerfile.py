@@ -92,3 +92,14 @@ def test_the_health_check_asks_the_readiness_endpoint_of_that_config():
 def test_the_license_named_in_the_package_is_there():
     assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
     assert "Apache License" in (ROOT / "LICENSE").read_text().splitlines()[0]
+
+
+def test_the_image_has_cis_python_and_the_tested_library_versions():
+    steps = instructions()
+    images = [arguments.split()[0] for keyword, arguments in steps if keyword == "FROM"]
+    assert images == ["python:3.11-slim", "python:3.11-slim"]  # as CI's Python 3.11
+    wheel = next(a for k, a in steps if k == "RUN" and "pip wheel" in a)
+    assert "--constraint constraints.txt" in wheel
+    assert any("constraints.txt" in sources for sources, _ in copies(steps))
+    install = next(a for k, a in final_stage() if k == "RUN" and "pip install" in a)
+    assert "--no-index --find-links /wheels" in install  # only the wheels built to those pins
