@@ -272,20 +272,11 @@ def _check(files: Sequence[str]) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    path, steps, days, users, start_text = (
-        args.config,
-        args.steps,
-        args.days,
-        args.users,
-        args.start,
-    )
-    step_text = args.step
-    step = parse_duration(step_text)
-    if step > 0 and days is not None and days >= 0:
-        steps = math.floor(days * DAY / step + 1e-9)  # (--days 3 --step 1h: 72 rows after)
-    elif steps is None and days is None:
-        steps = 14
-    if steps is None or steps < 0 or users < 1 or step <= 0:
+    step = parse_duration(args.step)
+    steps = 14 if args.steps is None else args.steps
+    if args.days is not None and step > 0:
+        steps = math.floor(args.days * DAY / step + 1e-9)  # (--days 3 --step 1h: 72 rows after)
+    if steps < 0 or args.users < 1 or step <= 0:
         print(
             "--steps (or --days) must be >= 0, --users >= 1, and --step a duration like 2s, "
             "1h or 1d",
@@ -293,15 +284,15 @@ def _simulate(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        config = load_config(path)
-        start = datetime.fromisoformat(start_text).timestamp() if start_text else time.time()
+        config = load_config(args.config)
+        start = datetime.fromisoformat(args.start).timestamp() if args.start else time.time()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     except ValueError:
-        print(f"--from: not an ISO 8601 time: {start_text}", file=sys.stderr)
+        print(f"--from: not an ISO 8601 time: {args.start}", file=sys.stderr)
         return 2
-    print(render(config, start, steps, users, step))
+    print(render(config, start, steps, args.users, step))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config.model import Config
+from proxy.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("grayscale.reload")
 POLL_SECONDS = 1.0
@@ -84,9 +84,7 @@ class ConfigWatcher:
     async def stop(self) -> None:
         """Stop polling."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

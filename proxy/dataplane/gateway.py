@@ -95,7 +95,7 @@ class HttpFacts:
                 if key not in self._hop and sum(spelled(k) == key for k in sent) > 1:
                     return name
         for name in queries:
-            if self._request.query_repeated(name):
+            if request.query_repeated(name):
                 return name
         return None
 

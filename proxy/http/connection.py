@@ -62,7 +62,6 @@ BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
 _FRAMING_NAME_LENGTHS = frozenset({14, 17, 10})  # Content-Length, Transfer-Encoding, Keep-Alive
 # Bytes a reason phrase may not hold: the control characters but HTAB (CR and LF end the line).
 _REASON_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
-_CLEAN_REASONS = {b"", b"OK"}  # phrases seen without one (up to 256 of them)
 
 Interim = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
 """Told of an interim answer: its status, reason phrase and header fields, as received."""
@@ -288,12 +287,8 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:
             raise UpstreamError("protocol", f"the upstream answered with status {status}")
-        reason = self.reason
-        if reason not in _CLEAN_REASONS:
-            if reason != reason.translate(None, _REASON_CONTROLS):
-                self.reason = b""  # replaced by the standard phrase (see the module's rules)
-            elif len(_CLEAN_REASONS) < 256:
-                _CLEAN_REASONS.add(reason)
+        if self.reason and self.reason != self.reason.translate(None, _REASON_CONTROLS):
+            self.reason = b""  # replaced by the standard phrase (see the module's rules)
         if status < 200:
             if status == 101:
                 raise UpstreamError("protocol", "the upstream switched protocols")

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from proxy.runtime.tasks import cancel_and_wait
 from proxy.telemetry.metrics import CODE_CLASSES, VARIANTS
 
 log = logging.getLogger("grayscale.workers")
@@ -95,9 +96,7 @@ class HostMetrics:
     async def stop(self) -> None:
         """Stop sharing, after a last write (the supervisor keeps it when this worker ends)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         with contextlib.suppress(OSError):
             self.share()
