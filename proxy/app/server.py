@@ -30,7 +30,7 @@ from proxy.fleet.connection import (
     replica_name,
 )
 from proxy.fleet.member import FleetMember
-from proxy.http.server import Listener
+from proxy.http.listener import Listener
 from proxy.records.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of

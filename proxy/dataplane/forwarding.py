@@ -29,7 +29,7 @@ from proxy.dataplane.stream_meter import EVENT_LIMIT, StreamMeter, whole_answer_
 from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
 from proxy.http.headers import answer_for_client, forwarded_for_upstream
-from proxy.http.server import Request, render
+from proxy.http.request import Request, render
 from proxy.records.outcome import Failure, FallbackReason
 from proxy.records.request_id import NOT_COMPARED
 

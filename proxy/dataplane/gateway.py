@@ -35,7 +35,7 @@ from proxy.dataplane.shadow import Copy, Shadower, chosen
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.headers import connection_named, spelled
-from proxy.http.server import Request
+from proxy.http.request import Request
 from proxy.records.outcome import FallbackReason, Observer, Outcome
 from proxy.records.request_id import Minter, assignment
 from proxy.rollout.controller import RolloutController

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.http.server import MAX_HEAD, Listener, Request, routing_path
+from proxy.http.client_connection import MAX_HEAD
+from proxy.http.listener import Listener
+from proxy.http.request import Request, routing_path
 
 
 @dataclass

@@ -1,0 +1,417 @@
+"""A request on a client connection, as its handler sees it: the head (checked when made), the
+body (streamed as it arrives, with flow control) and the methods that write the answer.
+
+Invariants
+- A `Request` exists only for a head that is valid HTTP/1.x: on HTTP/1.1 exactly one Host, and a
+  Host that is valid wherever it is sent (else 400); an origin-form target, or an absolute-form
+  http(s) one, rewritten to origin-form with its authority taken as the host (else 400); a body
+  framed by Content-Length or by exactly `chunked` (another coding before chunked: 501; chunked
+  not last, or any Transfer-Encoding on HTTP/1.0: 400).
+- The pieces of a request body that arrive before the handler takes them are joined: a body
+  sent as a million one-byte chunks costs one short Python step per chunk in the parser, not one
+  per chunk in every layer that forwards it, and goes upstream in pieces of useful size. At most
+  READ_HIGH_WATER bytes (and the rest of one read) wait: reading is paused above it.
+- `100 Continue` is sent when the body is first read, and only then.
+- Answers are framed as RFC 9112 §6 says: 204 and 304 without body or Content-Length; HEAD with
+  the Content-Length the upstream gave; otherwise Content-Length, chunked, or (HTTP/1.0) the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+from proxy.http.cookies import parse_cookies
+from proxy.http.errors import BadRequest
+from proxy.http.headers import tokens, valid_host
+
+if TYPE_CHECKING:
+    from proxy.http.client_connection import ClientConnection
+
+READ_HIGH_WATER = 256 * 1024  # pause reading from the client above this much unread body
+READ_MAX_PIECES = 4096  # or when it came in more pieces than this (each costs a Python step)
+
+Handler = Callable[["Request"], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]  # names and values as received
+
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_ENCODED_SLASH = re.compile("%2[fF]")
+_BODYLESS_STATUS = frozenset({204, 304})
+
+
+def render(headers: list[tuple[str, str]]) -> bytes:
+    """Header lines as sent: ``Name: value`` and CRLF, each."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def routing_path(target: str) -> str:
+    """The path a request is routed by: percent-decoded (except encoded slashes), dot segments
+    resolved, without the query. The target is forwarded as received."""
+    path = target.partition("?")[0]
+    if not path.startswith("/"):
+        return ""  # `*` (OPTIONS): no path to route by
+    if "%" in path:
+        path = "%2F".join(unquote(part) for part in _ENCODED_SLASH.split(path))
+    if "/." in path:
+        trailing = path.endswith(("/", "/.", "/.."))
+        path = posixpath.normpath(path).replace("//", "/")
+        path = path + "/" if trailing and path != "/" else path
+    return path
+
+
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """An absolute-form target (`http://host/path?query`) as origin-form, and its authority."""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise _bad_target() from None
+    if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
+        raise _bad_target()
+    start = target.index(b"//") + 2
+    end = min((i for i in (target.find(c, start) for c in b"/?#") if i >= 0), default=len(target))
+    authority, rest = target[start:end], target[end:]
+    return (rest if rest[:1] == b"/" else b"/" + rest), authority
+
+
+def _bad_target() -> BadRequest:
+    return BadRequest(400, "bad_request", "the request target must be a path or an http(s) URL")
+
+
+class _Clock:
+    """The Date header's value, formatted at most once a second."""
+
+    second = -1
+    value = ""
+
+    @classmethod
+    def date(cls) -> str:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second, cls.value = now, formatdate(now, usegmt=True)
+        return cls.value
+
+
+class Request:
+    """One request on a connection: its head (checked), its body (read once, as it arrives),
+    and the methods that answer it (`reply` whole, or `start`, `write`... `end`)."""
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_continue",
+        "_cookies",
+        "_error",
+        "_framing",
+        "_index",
+        "_pieces",
+        "_query",
+        "_waiter",
+        "authority",
+        "body_bytes",
+        "body_complete",
+        "chunked",
+        "content_length",
+        "done",
+        "has_body",
+        "keep_alive",
+        "keys",
+        "method",
+        "path",
+        "raw_headers",
+        "raw_target",
+        "remote",
+        "repeats",
+        "started",
+        "status",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        connection: ClientConnection,
+        method: str,
+        target: bytes,
+        *,
+        version: str,
+        headers: RawHeaders,
+        keep_alive: bool,
+    ):
+        """Check the head (raising `BadRequest`) and take in what it says."""
+        self._connection = connection
+        self.method = method
+        self.version = version
+        self.raw_headers = headers
+        self.keep_alive = keep_alive
+        self.remote = connection.remote
+        self.keys: list[bytes] = []  # header names, lower case, in order
+        index: dict[bytes, bytes] = {}  # the first value of each
+        keys = self.keys
+        repeats = False
+        for name, value in headers:
+            key = name.lower()
+            keys.append(key)
+            if key not in index:
+                index[key] = value
+            elif key == b"host":
+                raise BadRequest(400, "bad_host", "the request has more than one Host header")
+            else:
+                repeats = True
+        self._index = index
+        self.repeats = repeats  # some header name (in any case) comes more than once
+        host = index.get(b"host")
+        if host is None:
+            if version == "1.1":
+                raise BadRequest(400, "bad_host", "an HTTP/1.1 request needs a Host header")
+        elif not valid_host(host):
+            raise BadRequest(400, "bad_host", "the Host header is not a valid host[:port]")
+        if target[:1] == b"/":
+            self.authority = host  # the host the client asked for
+        elif target == b"*" and method == "OPTIONS":
+            self.authority = host
+        else:
+            target, self.authority = _origin_form(target)
+        self.raw_target = target  # origin-form: path and query, as received
+        self.target = _text(target)
+        self.path = routing_path(self.target)
+        self.chunked = False
+        if b"transfer-encoding" in index:
+            self.chunked = self._chunked_framing()
+        length = index.get(b"content-length")  # llhttp accepts digits only, and one length
+        self.content_length = None if self.chunked or length is None else int(length)
+        self.has_body = self.chunked or bool(self.content_length)
+        expect = index.get(b"expect", b"").lower() == b"100-continue"
+        self._continue = expect and self.has_body and version == "1.1"
+        self._query: tuple[dict[str, str], frozenset[str]] | None = None
+        self._cookies: dict[str, str] | None = None
+        self._body = bytearray()  # what came of the body and was not yet taken
+        self._pieces = 0  # how many pieces it came in
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+        self.body_complete = not self.has_body
+        self.body_bytes = 0
+        self.started = False  # the answer's head was sent
+        self.done = False  # the whole answer was sent
+        self.status = 0
+        self._framing = ""  # how the answer's body is sent: "length", "chunked", "close", "none"
+
+    def _chunked_framing(self) -> bool:
+        """Whether Transfer-Encoding frames the body as chunks; raises when the framing cannot
+        be trusted (RFC 9112 §6.1, §6.3)."""
+        if self.version == "1.0":
+            raise BadRequest(400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0")
+        if b"content-length" in self._index:
+            raise BadRequest(400, "bad_request", "both Content-Length and Transfer-Encoding")
+        codings = tokens(self.raw_values(b"transfer-encoding"))
+        if codings == [b"chunked"]:
+            return True
+        if codings and codings[-1] == b"chunked":
+            raise BadRequest(
+                501, "not_implemented", "transfer codings other than chunked are not supported"
+            )
+        raise BadRequest(
+            400, "bad_request", "the body's length is unknown: Transfer-Encoding must be chunked"
+        )
+
+    # --- what the request says ----------------------------------------------------------------
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        value = self._index.get(name.lower().encode("latin-1"))
+        return None if value is None else _text(value)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name` (case-insensitive), in order."""
+        return [_text(value) for value in self.raw_values(name.lower().encode("latin-1"))]
+
+    def raw_values(self, key: bytes) -> list[bytes]:
+        """Every value of the header whose lower-case name is `key`, as received."""
+        if key not in self._index:
+            return []
+        pairs = zip(self.keys, self.raw_headers, strict=True)
+        return [value for k, (_, value) in pairs if k == key]
+
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter `name`, or None."""
+        return self._parsed_query()[0].get(name)
+
+    def query_repeated(self, name: str) -> bool:
+        """Whether query parameter `name` is given more than once."""
+        return name in self._parsed_query()[1]
+
+    def _parsed_query(self) -> tuple[dict[str, str], frozenset[str]]:
+        """The first value of each query parameter, and the parameters given more than once."""
+        if self._query is None:
+            found: dict[str, str] = {}
+            repeated = set()
+            query = self.target.partition("?")[2]
+            # Percent-escapes that are not UTF-8 stay distinct (as surrogate escapes), like
+            # raw bytes in headers: two such user ids must not fall into one bucket.
+            pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+            for key, value in pairs:
+                if key in found:
+                    repeated.add(key)
+                else:
+                    found[key] = value
+            self._query = found, frozenset(repeated)
+        return self._query
+
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie `name`, or None."""
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.header_values("cookie"))
+        return self._cookies.get(name)
+
+    # --- the body -----------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        connection = self._connection
+        if connection.discarding:
+            return
+        body = self._body
+        body += data
+        self._pieces += 1
+        if len(body) > READ_HIGH_WATER or self._pieces > READ_MAX_PIECES:
+            connection.pause_reading()
+        if self._waiter is not None:
+            self._wake()
+
+    def _finish_body(self, error: Exception | None = None) -> None:
+        if error is None:
+            self.body_complete = True
+        elif not self.body_complete and self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives (once: the pieces are not kept)."""
+        if self._continue:
+            self._continue = False
+            self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._body:
+                data = bytes(self._body)
+                self._body.clear()
+                self._pieces = 0
+                self._connection.resume_reading()
+                yield data
+            elif self.body_complete:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                self._waiter = loop.create_future()
+                try:
+                    async with asyncio.timeout(self._connection.listener.body_timeout):
+                        await self._waiter
+                except TimeoutError:
+                    raise BadRequest(
+                        408, "request_timeout", "the request body stopped arriving"
+                    ) from None
+                finally:
+                    self._waiter = None
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        if self.body_complete and not self._continue:  # all here already: no need to wait
+            data = bytes(self._body)
+            self._body.clear()
+            self._connection.resume_reading()
+            return data
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    def _head(self, status: int, reason: bytes, headers: bytes, length: int | None) -> bytes:
+        """The answer's head, framed for `length` body bytes (None: unknown)."""
+        keep = self._connection.keeps_alive(self)
+        if status in _BODYLESS_STATUS:
+            framing, self._framing = b"", "none"
+        elif self.method == "HEAD":
+            framing = b"" if length is None else b"Content-Length: %d\r\n" % length
+            self._framing = "none"
+        elif length is not None:
+            framing, self._framing = b"Content-Length: %d\r\n" % length, "length"
+        elif self.version == "1.1":
+            framing, self._framing = b"Transfer-Encoding: chunked\r\n", "chunked"
+        else:
+            framing, self._framing, keep = b"", "close", False
+        self.started, self.status = True, status
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"")), headers]
+        parts.append(framing)
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+            self.keep_alive = False
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def reply(self, status: int, headers: bytes, body: bytes, reason: bytes = b"") -> None:
+        """Send a whole answer. `headers` are rendered lines (see `render`) that do not frame the
+        body: the framing is set here."""
+        head = self._head(status, reason, headers, len(body))
+        self._connection.write(head + body if self._framing == "length" else head)
+        self.done = True
+
+    def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
+        """Send a JSON answer made here (with a Date header); `headers` are more rendered lines."""
+        ours = render(
+            [("Content-Type", "application/json; charset=utf-8"), ("Date", _Clock.date())]
+        )
+        self.reply(status, headers + ours, json.dumps(document).encode())
+
+    def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
+        """Send the head of an answer whose body follows through `write`: `length` bytes, or
+        of unknown length (chunked, or up to the close for an HTTP/1.0 client). `headers` are
+        rendered lines that do not frame the body."""
+        self._connection.write(self._head(status, reason, headers, length))
+
+    def inform(self, status: int, headers: bytes, reason: bytes = b"") -> None:
+        """Send an interim (1xx) answer ahead of the answer: to an HTTP/1.1 client only (RFC
+        9110 §15.2), and not once the answer has started or the client has gone."""
+        if self.version == "1.1" and not self.started and not self._connection.closed:
+            reason = reason or REASONS.get(status, b"")
+            self._connection.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, headers))
+
+    async def write(self, data: bytes, deadline: float | None = None) -> None:
+        """Send a piece of the answer's body; waits while the client reads slower, until
+        `deadline` (`time.monotonic()`) at most: then the client is cut off (`ClientGone`)."""
+        if not data or self._framing == "none":
+            return
+        if self._framing == "chunked":
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        await self._connection.send(data, deadline)
+
+    def end(self) -> None:
+        """The answer's body is complete."""
+        if self._framing == "chunked":
+            self._connection.write(b"0\r\n\r\n")
+        self.done = True
+
+    def abort(self) -> None:
+        """Cut the client connection: an answer that cannot be completed must look incomplete."""
+        self.keep_alive = False
+        self._connection.close()
