@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.analysis.verdict import wilson
+from proxy.analysis.intervals import wilson
 from proxy.tools.trials import EQUAL, WORSE, Regime, run
 
 

@@ -19,6 +19,8 @@ from proxy.api.admin_client import DEFAULT_ADMIN_URL, AdminError, call, status_t
 from proxy.app.server import serve_until_signalled
 from proxy.app.workers import Worker, die_with_parent, supervise
 from proxy.config.loader import ConfigError, load_config, parse_duration
+from proxy.config.model import Listen, LoadOptions
+from proxy.config.values import LISTEN_FORM, parse_listen
 from proxy.rollout.store import StateError
 from proxy.runtime.event_loop import loop_factory
 from proxy.telemetry import logs
@@ -46,10 +48,25 @@ def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     )
 
 
+def _listen(text: str) -> Listen:
+    """A `HOST:PORT` argument."""
+    found = parse_listen(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(LISTEN_FORM)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, defaults=False)
+    expand = argparse.ArgumentParser(add_help=False)
+    expand.add_argument(
+        "--expand-env",
+        action="store_true",
+        help="replace ${NAME} and ${NAME:-default} in the config's values with environment "
+        "variables ($$ is a dollar sign); a reload reads the same environment",
+    )
     parser = argparse.ArgumentParser(
         prog="grayscale",
         description="Gradual-release gateway for machine-learning model endpoints.",
@@ -59,13 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", parents=[common], help="run the proxy", description="Run the proxy for a config."
+        "serve",
+        parents=[common, expand],
+        help="run the proxy",
+        description="Run the proxy for a config.",
     )
     serve.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
+    serve.add_argument(
+        "--listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="the proxy's address, in place of the config's server.listen (kept on reloads)",
+    )
+    serve.add_argument(
+        "--admin-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="the admin API's address, in place of server.admin_listen (kept on reloads)",
+    )
 
     check = commands.add_parser(
         "check",
-        parents=[common],
+        parents=[common, expand],
         help="validate config files",
         description="Validate config files; print every error and exit 1 if any is invalid.",
     )
@@ -73,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser(
         "simulate",
-        parents=[common],
+        parents=[common, expand],
         help="print each route's share step by step",
         description="Print each route's and segment's candidate share step by step (a day by "
         "default), check it against the buckets of synthetic user ids, and say when each ramp "
@@ -118,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selftest = commands.add_parser(
         "selftest",
-        parents=[common],
+        parents=[common, expand],
         help="measure what a route's analysis settings buy: false rollbacks and detection",
         description="Run each analysed route's analysis (the real checks and decision policy, on "
         "a simulated clock) on simulated traffic: how often equal candidates are rolled back, and "
@@ -235,11 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     if args.command == "check":
-        return _check(args.files)
+        return _check(args.files, LoadOptions(args.expand_env))
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, LoadOptions(args.expand_env, args.listen, args.admin_listen))
     if args.command == "status":
         return _status(args.admin, args.token_env)
     if args.command == "selftest":
@@ -258,11 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
 
-def _check(files: Sequence[str]) -> int:
+def _check(files: Sequence[str], options: LoadOptions) -> int:
     status = 0
     for path in files:
         try:
-            config = load_config(path)
+            config = load_config(path, options)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = 1
@@ -284,7 +316,7 @@ def _simulate(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, LoadOptions(args.expand_env))
         start = datetime.fromisoformat(args.start).timestamp() if args.start else time.time()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -308,7 +340,7 @@ def _status(base: str, token_env: str) -> int:
 
 def _selftest(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, LoadOptions(args.expand_env))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -399,9 +431,9 @@ def _act(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(path: str) -> int:
+def _serve(path: str, options: LoadOptions) -> int:
     try:
-        config = load_config(path)
+        config = load_config(path, options)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

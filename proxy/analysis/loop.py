@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.analysis.assessment import analysis_share, assess
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, Step, step
 from proxy.analysis.prometheus import MetricQueries, hostname
 from proxy.analysis.sources import Observations, SharedVerdicts, Unavailable, VerdictSink
-from proxy.analysis.verdict import Result, Sample, Verdict, analysis_share, assess
+from proxy.analysis.verdict import Result, Sample, Verdict
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Route, Variant
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, IllegalTransition, State

@@ -330,7 +330,7 @@ class Server:
         """
         async with self._reload_lock:
             try:
-                config = load_config(self.config.source)
+                config = load_config(self.config.source, self.config.options)
                 if self.worker is not None:
                     config = self.worker.config(config)
             except ConfigError as exc:

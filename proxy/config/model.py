@@ -1,8 +1,8 @@
 """Immutable, validated configuration objects.
 
-The YAML loader (`proxy.config.loader`) is the only producer of these objects; everything else
-reads them. All durations are seconds, all times are POSIX timestamps (UTC), all shares are
-fractions in [0, 1].
+The YAML loader (`proxy.config.loader`, with its section readers) is the only producer of these
+objects but `LoadOptions`, which the command line gives it; everything else reads them. All
+durations are seconds, all times are POSIX timestamps (UTC), all shares are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -483,8 +483,20 @@ class OutcomesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How a file is read, as the command line says: `${NAME}` replaced from the environment
+    (`expand_env`), and listen addresses in place of the file's. Kept with the config, so that
+    a reload reads the file the same way."""
+
+    expand_env: bool = False
+    listen: Listen | None = None
+    admin_listen: Listen | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """A whole, valid configuration file; `digest` identifies its text."""
+    """A whole, valid configuration file; `digest` identifies its text, `options` how it was
+    read."""
 
     routes: tuple[Route, ...]
     server: ServerConfig = ServerConfig()
@@ -494,3 +506,4 @@ class Config:
     outcomes: OutcomesConfig = OutcomesConfig()
     source: str = field(default="<memory>", compare=False)
     digest: str = field(default="", compare=False)
+    options: LoadOptions = field(default=LoadOptions(), compare=False)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from proxy.analysis.verdict import wilson
+from proxy.analysis.intervals import wilson
 from proxy.config.model import Route, Shadow, TextCompare
 from proxy.dataplane.compare import Seen, agree
 from proxy.dataplane.forwarding import CAPTURE, Target

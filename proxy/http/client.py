@@ -24,9 +24,9 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import urlsplit
 
-from proxy.http.connection import Connection, Interim
 from proxy.http.errors import UpstreamError
 from proxy.http.pool import KEEPALIVE_TIMEOUT, Pool
+from proxy.http.upstream_connection import Interim, UpstreamConnection
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -37,7 +37,7 @@ Body = bytes | AsyncIterable[bytes] | None
 class Answer:
     """An upstream's answer: status, headers, and a body read with `chunks` or `read`."""
 
-    def __init__(self, connection: Connection):
+    def __init__(self, connection: UpstreamConnection):
         self._connection = connection
         self.status = connection.status
         self.reason = connection.reason
@@ -198,7 +198,10 @@ class UpstreamClient:
 
     @staticmethod
     async def _stream(
-        connection: Connection, head: bytes, body: AsyncIterable[bytes], content_length: int | None
+        connection: UpstreamConnection,
+        head: bytes,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
     ) -> None:
         """Send the head, then the body as it comes, until it ends or the upstream answers."""
         await connection.write(head)
@@ -221,7 +224,9 @@ class UpstreamClient:
         self._pools.clear()
 
 
-def _may_send_again(connection: Connection, error: UpstreamError, method: str, body: Body) -> bool:
+def _may_send_again(
+    connection: UpstreamConnection, error: UpstreamError, method: str, body: Body
+) -> bool:
     """Whether a failed request may be sent once more, on a new connection."""
     if not connection.reused or connection.received or error.reason != "reset":
         return False  # not a stale keep-alive connection: the upstream did see it, or failed

@@ -15,8 +15,8 @@ import asyncio
 import ssl
 from collections import deque
 
-from proxy.http.connection import Connection
 from proxy.http.errors import UpstreamError
+from proxy.http.upstream_connection import UpstreamConnection
 
 KEEPALIVE_TIMEOUT = 4.0  # below the 5 s of uvicorn, Node.js and most servers' idle timeouts
 
@@ -33,10 +33,10 @@ class Pool:
     ):
         self.host, self.port, self.tls = host, port, tls
         self.keepalive_timeout = keepalive_timeout
-        self._idle: deque[Connection] = deque()  # oldest first
+        self._idle: deque[UpstreamConnection] = deque()  # oldest first
         self._loop = asyncio.get_running_loop()
 
-    def put(self, connection: Connection) -> None:
+    def put(self, connection: UpstreamConnection) -> None:
         """Keep an idle connection for reuse, unless it may not be kept at all."""
         timeout = self.keepalive_timeout
         if connection.keepalive_hint is not None:
@@ -47,7 +47,7 @@ class Pool:
         connection.expires = self._loop.time() + timeout
         self._idle.append(connection)
 
-    def idle(self) -> Connection | None:
+    def idle(self) -> UpstreamConnection | None:
         """An idle connection that is open and not expired, if there is one."""
         idle = self._idle
         if not idle:
@@ -61,12 +61,12 @@ class Pool:
                 return connection
         return None
 
-    async def connect(self, connect_timeout: float) -> Connection:
+    async def connect(self, connect_timeout: float) -> UpstreamConnection:
         """A new connection, ready for an exchange."""
         try:
             async with asyncio.timeout(connect_timeout):
                 _, protocol = await self._loop.create_connection(
-                    lambda: Connection(self),
+                    lambda: UpstreamConnection(self),
                     self.host,
                     self.port,
                     ssl=self.tls,

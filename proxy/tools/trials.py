@@ -27,10 +27,11 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 
+from proxy.analysis.assessment import analysis_share, assess
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.outcome_reports import OutcomeBook, Report
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
-from proxy.analysis.verdict import Verdict, analysis_share, assess
+from proxy.analysis.verdict import Verdict
 from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.config.model import (
     AnalysisSpec,

@@ -79,7 +79,7 @@ def parse_requests(data: bytes) -> tuple[list[Received], bytes]:
     return requests, b""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class PeerConnection(asyncio.Protocol):
     """One connection to a `RawUpstream`: the bytes it received, and ways to answer."""
 
     def __init__(self, upstream: RawUpstream):
@@ -152,7 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-Script = Callable[[UpstreamConnection, int], Coroutine[Any, Any, None]]
+Script = Callable[[PeerConnection, int], Coroutine[Any, Any, None]]
 
 
 def answer(body: bytes = b"ok", status: int = 200, headers: bytes = b"") -> bytes:
@@ -160,7 +160,7 @@ def answer(body: bytes = b"ok", status: int = 200, headers: bytes = b"") -> byte
     return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n%s" % (status, len(body), headers, body)
 
 
-async def answer_each(connection: UpstreamConnection, reply: Callable[[Received], bytes]) -> None:
+async def answer_each(connection: PeerConnection, reply: Callable[[Received], bytes]) -> None:
     """Send `reply(request)` for each request, until the connection closes."""
     while True:
         try:
@@ -170,7 +170,7 @@ async def answer_each(connection: UpstreamConnection, reply: Callable[[Received]
         connection.send(reply(request))
 
 
-async def echo_requests(connection: UpstreamConnection, index: int) -> None:
+async def echo_requests(connection: PeerConnection, index: int) -> None:
     """Answer each request with a body naming its method and target, keep-alive."""
     await answer_each(connection, lambda r: answer(f"{r.method} {r.target}".encode()))
 
@@ -180,7 +180,7 @@ class RawUpstream:
 
     def __init__(self, script: Script = echo_requests):
         self.script = script
-        self.connections: list[UpstreamConnection] = []
+        self.connections: list[PeerConnection] = []
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._accepted = asyncio.Event()
@@ -188,16 +188,16 @@ class RawUpstream:
 
     async def start(self) -> RawUpstream:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: UpstreamConnection(self), "127.0.0.1", 0)
+        self._server = await loop.create_server(lambda: PeerConnection(self), "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
 
-    def start_script(self, connection: UpstreamConnection) -> None:
+    def start_script(self, connection: PeerConnection) -> None:
         index = len(self.connections) - 1
         self._accepted.set()
         self._tasks.append(asyncio.get_running_loop().create_task(self.script(connection, index)))
 
-    async def connection(self, index: int, within: float = 5.0) -> UpstreamConnection:
+    async def connection(self, index: int, within: float = 5.0) -> PeerConnection:
         """The `index`-th connection accepted, once it is."""
         async with asyncio.timeout(within):
             while len(self.connections) <= index:

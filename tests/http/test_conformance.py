@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from tests.http.conftest import GatewayFactory
-from tests.http.peers import Answer, RawClient, UpstreamConnection, answer, echo_requests
+from tests.http.peers import Answer, PeerConnection, RawClient, answer, echo_requests
 
 GET = b"GET %s HTTP/1.1\r\nHost: models.test\r\n\r\n"
 
@@ -41,7 +41,7 @@ async def refused(gateway: GatewayFactory, payload: bytes) -> int:
 
 
 async def test_an_answer_the_upstream_sends_while_idle_is_never_taken_for_the_next_one(gateway):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         if index == 0:
             await connection.head()
             connection.send(answer(b"for /a"))
@@ -62,7 +62,7 @@ async def test_an_answer_the_upstream_sends_while_idle_is_never_taken_for_the_ne
 
 
 async def test_two_answers_in_one_read_are_not_merged_into_one(gateway):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         extra = answer(b"second", headers=b"X-Second: 1\r\n") if index == 0 else b""
         connection.send(answer(f"for {request.target}".encode(), headers=b"X-First: 1\r\n") + extra)
@@ -79,7 +79,7 @@ async def test_two_answers_in_one_read_are_not_merged_into_one(gateway):
 async def test_an_early_answer_then_an_answer_to_the_unread_body_reaches_nobody(gateway):
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         if index == 0:
             await connection.head()  # answers at once, never reads the body...
             connection.send(answer(b"early"))
@@ -104,9 +104,7 @@ async def test_an_early_answer_then_an_answer_to_the_unread_body_reaches_nobody(
 # --- 2. No request is sent twice -------------------------------------------------------------
 
 
-async def closes_after_reading_the_second_request(
-    connection: UpstreamConnection, index: int
-) -> None:
+async def closes_after_reading_the_second_request(connection: PeerConnection, index: int) -> None:
     request = await connection.request()
     connection.send(answer(f"for {request.target}".encode()))
     if index == 0:
@@ -143,7 +141,7 @@ async def test_an_idempotent_request_is_retried_once_on_a_new_connection(gateway
 
 @pytest.mark.parametrize("ending", ["reset", "close"])
 async def test_a_close_delimited_answer_is_complete_only_when_closed_in_order(gateway, ending):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
         await asyncio.sleep(0.05)
@@ -162,7 +160,7 @@ async def test_a_close_delimited_answer_is_complete_only_when_closed_in_order(ga
 
 
 async def test_an_identity_transfer_coding_is_read_to_the_close(gateway):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nwhole ")
         await asyncio.sleep(0.05)
@@ -320,7 +318,7 @@ async def test_the_head_limits_count_every_byte_and_every_line(gateway, head):
     ],
 )
 async def test_an_upstream_head_beyond_the_limits_is_a_502(gateway, head):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(head)
 
@@ -331,7 +329,7 @@ async def test_an_upstream_head_beyond_the_limits_is_a_502(gateway, head):
 
 
 async def test_a_client_that_stops_reading_is_cut_off_and_frees_its_upstream_slot(gateway):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         if request.target == "/endless":
             connection.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -379,7 +377,7 @@ async def test_pipelined_requests_before_a_malformed_one_are_answered(gateway):
 
 
 async def test_an_upstream_cannot_forge_the_variant_or_route_headers(gateway):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(
             answer(headers=b"X-Grayscale-Variant: candidate\r\nX-Grayscale-Route: other\r\n")
@@ -398,7 +396,7 @@ async def test_a_client_leaving_before_the_answer_is_counted_quietly(gateway):
     analysis = "    analysis: {interval: 1m, window: 1h}\n"
     waiting = asyncio.Event()
 
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         waiting.set()
         await connection.closed.wait()
@@ -434,7 +432,7 @@ async def test_a_request_in_another_http_version_is_505(gateway, head):
 
 @pytest.mark.parametrize("length", [b"0", b"100000"])
 async def test_a_204_never_carries_content_length(gateway, length):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(b"HTTP/1.1 204 No Content\r\nContent-Length: %s\r\n\r\n" % length)
 
@@ -448,7 +446,7 @@ async def test_a_204_never_carries_content_length(gateway, length):
     [b"HTTP/1.1 099 Odd", b"HTTP/1.1 600 Odd", b"HTTP/1.1 101 Switching\r\nUpgrade: websocket"],
 )
 async def test_a_status_outside_100_to_599_or_a_protocol_switch_is_a_502(gateway, status_line):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.dataplane.stream_meter import StreamMeter
 from tests.http.conftest import GatewayFactory
-from tests.http.peers import RawClient, Script, UpstreamConnection
+from tests.http.peers import PeerConnection, RawClient, Script
 
 ROLE = b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}'
 TOKEN = b'data: {"choices": [{"delta": {"content": "Hello"}}]}'
@@ -25,7 +25,7 @@ DELAY = 0.3  # between the role frame and the first token
 def streaming(content_type: bytes, end: bytes) -> Script:
     """A script that streams ROLE at once and TOKEN after DELAY, lines ended by `end`."""
 
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(
             b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -15,7 +15,7 @@ import json
 import pytest
 
 from tests.http.conftest import GatewayFactory
-from tests.http.peers import Answer, RawClient, Script, UpstreamConnection, answer
+from tests.http.peers import Answer, PeerConnection, RawClient, Script, answer
 
 GET = b"GET /x HTTP/1.1\r\nHost: models.test\r\n\r\n"
 FINAL = answer(b"ok", headers=b"X-Final: 1\r\n")
@@ -25,7 +25,7 @@ def sending(*parts: bytes, pieces: bool) -> Script:
     """A script that answers each request with `parts`: in one write, or one write each with a
     pause between them (separate reads on the proxy's side)."""
 
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         while True:
             try:
                 await connection.request(within=30)

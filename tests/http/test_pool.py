@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import UpstreamError
-from tests.http.peers import UpstreamConnection, answer, echo_requests
+from tests.http.peers import PeerConnection, answer, echo_requests
 
 
 async def fetch(
@@ -48,7 +48,7 @@ async def client() -> AsyncIterator[UpstreamClient]:
 
 
 async def test_bytes_arriving_on_an_idle_connection_close_it(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         connection.send(answer(request.target.encode()))
         if index == 0:
@@ -77,7 +77,7 @@ async def test_a_connection_idle_past_its_keepalive_timeout_is_not_reused(raw_up
 
 
 async def test_the_upstreams_keep_alive_timeout_is_honoured(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         while True:
             request = await connection.request(within=30)
             connection.send(answer(request.target.encode(), headers=b"Keep-Alive: timeout=1\r\n"))
@@ -91,7 +91,7 @@ async def test_the_upstreams_keep_alive_timeout_is_honoured(raw_upstream, client
 
 
 async def test_cancelled_before_the_head_the_connection_is_closed_quietly(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         if request.target == "/slow":
             await connection.closed.wait()
@@ -112,7 +112,7 @@ async def test_cancelled_before_the_head_the_connection_is_closed_quietly(raw_up
 
 
 async def test_a_connection_is_reused_after_a_head_answer(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         while True:
             request = await connection.request(within=30)
             if request.method == "HEAD":  # the length a GET would have, and no body
@@ -129,7 +129,7 @@ async def test_a_connection_is_reused_after_a_head_answer(raw_upstream, client):
 
 
 async def test_a_head_answer_followed_by_a_body_poisons_the_connection(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         if request.method == "HEAD":
             connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody")
@@ -144,7 +144,7 @@ async def test_a_head_answer_followed_by_a_body_poisons_the_connection(raw_upstr
 
 
 async def test_interim_answers_are_skipped(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         while True:
             request = await connection.request(within=30)
             connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -162,7 +162,7 @@ async def test_interim_answers_are_skipped(raw_upstream, client):
 
 @pytest.mark.parametrize("way", ["header", "silently"])
 async def test_an_upstream_that_closes_after_every_answer(raw_upstream, client, way):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         close = b"Connection: close\r\n" if way == "header" else b""
         connection.send(answer(request.target.encode(), headers=close))
@@ -177,7 +177,7 @@ async def test_an_upstream_that_closes_after_every_answer(raw_upstream, client, 
 
 
 async def test_a_silent_upstream_times_out_and_its_connection_is_not_reused(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         request = await connection.request()
         if request.target != "/silent":
             connection.send(answer(b"late answer"))
@@ -199,7 +199,7 @@ async def test_a_reused_connection_times_out_by_its_own_deadline(
     """One head-deadline timer serves a connection's exchanges: the second one's deadline is
     its own, not the first's."""
 
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         await connection.request()
         connection.send(answer())
         await connection.closed.wait()  # silent from then on
@@ -218,7 +218,7 @@ async def test_a_reused_connection_times_out_by_its_own_deadline(
 
 
 async def test_interim_and_final_answers_in_one_read(raw_upstream, client):
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         while True:
             request = await connection.request(within=30)
             connection.send(
@@ -273,7 +273,7 @@ async def test_an_answer_split_anywhere_arrives_whole_and_alone(raw_upstream, ca
         body, framing, chunks, trailer
     )
 
-    async def script(connection: UpstreamConnection, index: int) -> None:
+    async def script(connection: PeerConnection, index: int) -> None:
         while True:
             try:
                 await connection.request(within=30)

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from proxy.app.server import Server
 from tests.http.conftest import GatewayFactory
 from tests.http.peers import (
+    PeerConnection,
     RawClient,
     RawUpstream,
     Received,
-    UpstreamConnection,
     answer,
     answer_each,
 )
@@ -107,7 +107,7 @@ def description(request: Received) -> bytes:
     return answer(text)
 
 
-async def describe(connection: UpstreamConnection, index: int) -> None:
+async def describe(connection: PeerConnection, index: int) -> None:
     await answer_each(connection, description)
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from proxy.analysis.verdict import wilson
+from proxy.analysis.intervals import wilson
 from proxy.tools.trials import EQUAL, WORSE, Regime, run
 
 RUNS = int(os.environ.get("GRAYSCALE_TRIAL_RUNS", "12"))

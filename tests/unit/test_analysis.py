@@ -11,6 +11,7 @@ from statistics import NormalDist
 
 import pytest
 
+from proxy.analysis.assessment import assess, checks_of
 from proxy.analysis.histogram import (
     BOUNDS,
     SIZE,
@@ -22,17 +23,9 @@ from proxy.analysis.histogram import (
     upper_edge,
     value_of,
 )
+from proxy.analysis.intervals import wilson
 from proxy.analysis.metric_check import Reading, metric_check
-from proxy.analysis.verdict import (
-    Clustering,
-    Moments,
-    Result,
-    Sample,
-    Verdict,
-    assess,
-    checks_of,
-    wilson,
-)
+from proxy.analysis.verdict import Clustering, Moments, Result, Sample, Verdict
 from proxy.analysis.window import SLOTS, LocalObservations, Window, WindowRecorder
 from proxy.config.model import (
     AnalysisMethod,

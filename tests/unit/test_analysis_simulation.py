@@ -13,8 +13,9 @@ import os
 import random
 from dataclasses import dataclass
 
+from proxy.analysis.assessment import assess
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
-from proxy.analysis.verdict import Result, assess
+from proxy.analysis.verdict import Result
 from proxy.analysis.window import Window
 from proxy.config.model import AnalysisMethod, AnalysisSpec
 from proxy.rollout.machine import State

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from proxy.analysis.assessment import analysis_share
 from proxy.analysis.histogram import SIZE, bucket_of, value_of
 from proxy.analysis.loop import Analyzer
 from proxy.analysis.sources import Unavailable
-from proxy.analysis.verdict import Clustering, Result, Sample, analysis_share
+from proxy.analysis.verdict import Clustering, Result, Sample
 from proxy.config.model import (
     AnalysisMethod,
     AnalysisSpec,

@@ -6,8 +6,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config.loader import ConfigError, parse_config
-from proxy.config.model import Config
+from proxy.config.loader import AS_WRITTEN, ConfigError, parse_config
+from proxy.config.model import Config, LoadOptions
 
 FIELDS = [
     "server",
@@ -84,9 +84,25 @@ documents = st.recursive(
 )
 
 
-def check(text: str) -> None:
+# Values for `--expand-env`: set, unset and defaulted variables, dollars, and broken references.
+expanding_scalars = st.one_of(
+    scalars,
+    st.sampled_from(
+        ["${PATH}", "${GRAYSCALE_FUZZ_UNSET}", "${GRAYSCALE_FUZZ_UNSET:-7}", "$$", "$", "${x"]
+    ),
+    st.text(alphabet="${}:-_aZ09. ", max_size=12),
+)
+expanding_documents = st.recursive(
+    expanding_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)),
+    max_leaves=25,
+)
+EXPAND = LoadOptions(expand_env=True)
+
+
+def check(text: str, options: LoadOptions = AS_WRITTEN) -> None:
     try:
-        assert isinstance(parse_config(text, "fuzz.yaml"), Config)
+        assert isinstance(parse_config(text, "fuzz.yaml", options), Config)
     except ConfigError as exc:
         assert exc.issues and all(issue.file == "fuzz.yaml" for issue in exc.issues)
 
@@ -107,3 +123,15 @@ def test_generated_routes(document: object) -> None:
 @given(text=st.text(max_size=200))
 def test_arbitrary_text(text: str) -> None:
     check(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=expanding_documents)
+def test_generated_documents_with_environment_substitution(document: object) -> None:
+    check(yaml.safe_dump(document), EXPAND)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet="${}:-_aZ09. \n&*!|'\"[],#", max_size=200))
+def test_arbitrary_text_with_environment_substitution(text: str) -> None:
+    check(text, EXPAND)

@@ -7,21 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from proxy.analysis.assessment import TOTAL_SHARE, assess
+from proxy.analysis.checks import error_rate_check, latency_check, outcome_check
 from proxy.analysis.epochs import EPOCH_LENGTH, Epochs
 from proxy.analysis.histogram import SIZE, bucket_of, quantile_bounds
+from proxy.analysis.intervals import Bounds
 from proxy.analysis.sequential import z_always
-from proxy.analysis.verdict import (
-    TOTAL_SHARE,
-    Bounds,
-    Clustering,
-    Moments,
-    Result,
-    Sample,
-    assess,
-    error_rate_check,
-    latency_check,
-    outcome_check,
-)
+from proxy.analysis.verdict import Clustering, Moments, Result, Sample
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
 
 SPEC = AnalysisSpec(min_requests=100)

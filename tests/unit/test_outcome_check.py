@@ -8,16 +8,12 @@ from statistics import NormalDist, pvariance
 
 import pytest
 
+from proxy.analysis.assessment import assess
+from proxy.analysis.checks import outcome_check
+from proxy.analysis.intervals import Bounds
+from proxy.analysis.sample_ratio import sample_ratio_check
 from proxy.analysis.sequential import z_always
-from proxy.analysis.verdict import (
-    Bounds,
-    Moments,
-    Result,
-    Sample,
-    assess,
-    outcome_check,
-    sample_ratio_check,
-)
+from proxy.analysis.verdict import Moments, Result, Sample
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeBasis, OutcomeCheck
 
 N0 = 100  # min_requests: the always-valid bound's information is a size over it

@@ -14,7 +14,9 @@ from proxy.config.model import (
     OutcomeCheck,
     PrometheusSource,
 )
-from proxy.tools.selftest import Scenario, World, report, scenarios, simulate
+from proxy.tools.selftest import report, scenarios
+from proxy.tools.selftest_rounds import simulate
+from proxy.tools.selftest_traffic import Scenario, World
 
 ROUTE = parse_config(
     "routes:\n"

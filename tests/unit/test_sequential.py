@@ -11,11 +11,12 @@ from statistics import NormalDist
 
 import pytest
 
+from proxy.analysis.assessment import analysis_share, assess
 from proxy.analysis.epochs import Epochs
 from proxy.analysis.histogram import SIZE, bucket_of, quantile_bounds
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
 from proxy.analysis.sequential import margin, z_always
-from proxy.analysis.verdict import Moments, Result, Sample, Verdict, analysis_share, assess
+from proxy.analysis.verdict import Moments, Result, Sample, Verdict
 from proxy.analysis.window import LocalObservations
 from proxy.config.model import AnalysisMethod, AnalysisSpec, OutcomeCheck
 from proxy.rollout.machine import State

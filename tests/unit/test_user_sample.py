@@ -11,8 +11,9 @@ from dataclasses import replace
 import mmh3
 import pytest
 
+from proxy.analysis.sample_ratio import sample_ratio_check
 from proxy.analysis.users import CAPACITY, SEED, UserSample
-from proxy.analysis.verdict import Clustering, Result, Sample, sample_ratio_check
+from proxy.analysis.verdict import Clustering, Result, Sample
 from proxy.analysis.window import LocalObservations, Window, WindowRecorder
 from proxy.config.model import AnalysisSpec, Variant
 from proxy.records.outcome import Outcome

@@ -1,10 +1,17 @@
-"""One keep-alive HTTP/1.1 connection to an upstream, as a small state machine (h11's idea).
+"""One keep-alive HTTP/1.1 connection to an upstream, as a state machine whose transition table
+is the code (h11's idea): every change of state goes through `_move`, and a change the table
+does not hold raises `IllegalTransition` (a bug of ours, never a peer's doing).
 
 States:
+- IDLE: not in an exchange: new, or back in the pool between exchanges.
 - BUSY: an exchange is in progress: its request is being sent, its answer read.
 - DONE: the answer ended cleanly; its consumer may still be reading what was buffered.
-- IDLE: back in the pool between exchanges.
-- CLOSED.
+- CLOSED: for good.
+
+Transitions (`TRANSITIONS`): IDLE -begin-> BUSY -answered-> DONE -reuse-> IDLE; `close` from
+IDLE, BUSY or DONE, and `lost` (the transport went away) from any state, to CLOSED. Within an
+exchange, flags record what happened (`answered`, `complete`, `received`, `wrote`, `sent`,
+`keep_alive`): facts about the exchange that decide the moves, not states of their own.
 
 Invariants
 - The parser is fed only while BUSY, and never beyond the end of the answer (see `framing`). A
@@ -59,6 +66,19 @@ MAX_FIELDS = 100  # header lines in an answer's head (or trailer lines)
 READ_HIGH_WATER = 256 * 1024  # pause reading from the upstream above this much unread answer
 
 BUSY, DONE, IDLE, CLOSED = "busy", "done", "idle", "closed"
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (IDLE, "begin"): BUSY,
+    (BUSY, "answered"): DONE,
+    (DONE, "reuse"): IDLE,
+    (IDLE, "close"): CLOSED,
+    (BUSY, "close"): CLOSED,
+    (DONE, "close"): CLOSED,
+    (IDLE, "lost"): CLOSED,
+    (BUSY, "lost"): CLOSED,
+    (DONE, "lost"): CLOSED,
+    (CLOSED, "lost"): CLOSED,
+}
+"""(state, event) -> the next state; any other pair is `IllegalTransition`."""
 _FRAMING_NAME_LENGTHS = frozenset({14, 17, 10})  # Content-Length, Transfer-Encoding, Keep-Alive
 # Bytes a reason phrase may not hold: the control characters but HTAB (CR and LF end the line).
 _REASON_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
@@ -67,11 +87,15 @@ Interim = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
 """Told of an interim answer: its status, reason phrase and header fields, as received."""
 
 
+class IllegalTransition(RuntimeError):
+    """A change of state the table does not hold: a bug in the code driving the connection."""
+
+
 class _InterimEnded(Exception):
     """Raised in a parser callback at the end of an interim answer's head: it has no body."""
 
 
-class Connection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream; one exchange at a time."""
 
     __slots__ = (
@@ -132,7 +156,7 @@ class Connection(asyncio.Protocol):
     def begin(self, method: str, head_deadline: float, interim: Interim | None = None) -> None:
         """Start an exchange: its answer's head must be in by `head_deadline` (loop time);
         `interim` is told of the interim answers that come before it (see the module's rules)."""
-        self.state = BUSY
+        self._move("begin")
         self.head_only = method == "HEAD"
         self.status = 0
         self.reason = b""
@@ -241,7 +265,7 @@ class Connection(asyncio.Protocol):
                 self._end_of_answer()  # an orderly close ends a body delimited by the close
             else:
                 self._fail(UpstreamError("reset", "the upstream closed the connection"))
-        self.state = CLOSED
+        self._move("lost")
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -339,9 +363,16 @@ class Connection(asyncio.Protocol):
 
     # --- exchange -----------------------------------------------------------------------------
 
+    def _move(self, event: str) -> None:
+        """Take the transition `event` from the current state (see `TRANSITIONS`)."""
+        state = TRANSITIONS.get((self.state, event))
+        if state is None:
+            raise IllegalTransition(f"{event!r} in state {self.state!r}")
+        self.state = state
+
     def _end_of_answer(self) -> None:
         self.complete = True
-        self.state = DONE
+        self._move("answered")
         self._cutter.done()
         self._wake()
 
@@ -372,7 +403,7 @@ class Connection(asyncio.Protocol):
         if self.state == BUSY and self._error is None:
             self._error = UpstreamError("reset", "the connection was closed")
             self._wake()
-        self.state = CLOSED
+        self._move("close")
         if self.transport.get_write_buffer_size():
             self.transport.abort()
         else:
@@ -472,7 +503,7 @@ class Connection(asyncio.Protocol):
         """End the exchange: back to the pool when it may carry another, else closed."""
         self._interim = None  # (it holds the client's request: not kept past the exchange)
         if reusable and self.state == DONE and self.sent and self.keep_alive:
-            self.state = IDLE
+            self._move("reuse")
             self.reused = True
             self.pool.put(self)
         else:
