@@ -40,7 +40,7 @@ typecheck: $(VENV)/.installed
 mutation: $(VENV)/.mutation-installed
 	rm -rf mutants
 	nice -n 19 $(BIN)/mutmut run $(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS))
-	@echo "Surviving mutants (the equivalent ones are listed in README.md, under Development):"
+	@echo "Surviving mutants (the equivalent ones are listed in docs/development.md, under Mutation testing):"
 	@$(BIN)/mutmut results
 	@$(BIN)/mutmut results --all true | awk '{ n[$$NF]++; t++ } END { \
 		for (s in n) printf "%s %d\n", s, n[s]; \

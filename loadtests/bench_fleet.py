@@ -40,11 +40,12 @@ from bench_proxy import (
 from redis import Redis
 
 from proxy.analysis.window import LocalObservations
-from proxy.fleet.connection import cancel_and_wait, connect
+from proxy.fleet.connection import connect
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
 from proxy.rollout.machine import Rollout
 from proxy.rollout.redis_store import RedisStore
+from proxy.runtime.tasks import cancel_and_wait
 
 ONE = "one process, file state"
 TWO = "two workers, file state"
