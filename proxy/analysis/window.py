@@ -19,8 +19,8 @@ from proxy.analysis.histogram import SIZE, bucket_of
 from proxy.analysis.users import UserSample
 from proxy.analysis.verdict import Moments, Sample
 from proxy.config.model import LatencyMeasure, Route, Variant
-from proxy.records.outcome import Outcome
 from proxy.records.request_id import Served
+from proxy.records.request_outcome import RequestOutcome
 from proxy.routing import Reason, weight_of
 
 SLOTS = 12
@@ -302,7 +302,7 @@ class WindowRecorder:
         """Follow a (new) config: which routes are analysed, on which latency."""
         self._latency = {r.name: r.analysis.latency for r in routes if r.analysis is not None}
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: RequestOutcome) -> None:
         measure = self._latency.get(outcome.route)
         observations = self._observations
         windows = observations.windows.get(outcome.route)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.config.model import Ejection, Route, Variant
-from proxy.records.outcome import Outcome
+from proxy.records.request_outcome import RequestOutcome
 
 log = logging.getLogger("grayscale.ejection")
 
@@ -92,7 +92,7 @@ class Ejections:
         """The breaker of `route`, None when its ejection is off."""
         return self._current.get(route)
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: RequestOutcome) -> None:
         """Count the candidate's success or failure, when it was asked."""
         breaker = self._current.get(outcome.route)
         if breaker is None:

@@ -30,8 +30,8 @@ from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
 from proxy.http.headers import answer_for_client, forwarded_for_upstream
 from proxy.http.request import Request, render
-from proxy.records.outcome import Failure, FallbackReason
 from proxy.records.request_id import NOT_COMPARED
+from proxy.records.request_outcome import Failure, FallbackReason
 
 log = logging.getLogger("grayscale.forwarding")
 
@@ -123,7 +123,7 @@ class Target:
 @dataclass(slots=True)
 class Exchange:
     """A forwarded request while it is in flight; `forward` fills it in as it goes, and the
-    gateway makes its `Outcome` from it at the end."""
+    gateway makes its `RequestOutcome` from it at the end."""
 
     variant: Variant  # the variant being asked (stable after a fallback)
     assigned: int = NOT_COMPARED  # what the request id says was assigned (`request_id` codes)

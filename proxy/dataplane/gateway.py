@@ -36,8 +36,8 @@ from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.headers import connection_named, spelled
 from proxy.http.request import Request
-from proxy.records.outcome import FallbackReason, Observer, Outcome
 from proxy.records.request_id import Minter, assignment
+from proxy.records.request_outcome import FallbackReason, Observer, RequestOutcome
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
 from proxy.routing import RoutingTable, decide
@@ -305,26 +305,26 @@ class Gateway:
             raise
         finally:
             counted.in_flight -= 1
-            outcome = Outcome(  # (in field order: a tuple made positionally is made fastest)
-                now,
-                name,
-                request.method,
-                decision,
-                exchange.variant,
-                exchange.status,
-                exchange.error,
-                exchange.refused,
-                time.monotonic() - started,
-                exchange.ttfb,
-                request.body_bytes,
-                exchange.bytes_out,
-                exchange.fallback,
-                exchange.candidate_error,
-                exchange.candidate_status,
-                exchange.ttft,
-                exchange.output_tokens,
-                exchange.request_id,
-                out,
+            outcome = RequestOutcome(
+                at=now,
+                route=name,
+                method=request.method,
+                decision=decision,
+                variant=exchange.variant,
+                status=exchange.status,
+                error=exchange.error,
+                refused=exchange.refused,
+                duration=time.monotonic() - started,
+                ttfb=exchange.ttfb,
+                bytes_in=request.body_bytes,
+                bytes_out=exchange.bytes_out,
+                fallback=exchange.fallback,
+                candidate_error=exchange.candidate_error,
+                candidate_status=exchange.candidate_status,
+                ttft=exchange.ttft,
+                output_tokens=exchange.output_tokens,
+                request_id=exchange.request_id,
+                candidate_out=out,
             )
             for record in self._recorders:
                 record(outcome)

@@ -49,7 +49,7 @@ RollbackListener = Callable[[Route, Transition, dict[str, Any] | None], None]
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class ActionResult:
     """The result of an action: the transition, and whether it reached the state store."""
 
     transition: Transition
@@ -317,7 +317,7 @@ class RolloutController:
         keep_share: bool = False,
         details: dict[str, Any] | None = None,
         fence: Fence | None = None,
-    ) -> Outcome:
+    ) -> ActionResult:
         """Apply `action` to route `name`; raises `IllegalTransition` or KeyError.
 
         Rollback listeners are called with the transition and `details` (e.g. the verdict).
@@ -366,7 +366,7 @@ class RolloutController:
             elif action is Action.PROMOTE:
                 for listener in self.promotion_listeners:
                     listener(route, transition, details)
-        return Outcome(transition, persisted=error is None, error=error)
+        return ActionResult(transition, persisted=error is None, error=error)
 
     def _roll_back_here(
         self, name: str, change: Change, exc: StateUnavailable

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from proxy.config.model import AccessLogConfig
-from proxy.records.outcome import Outcome
+from proxy.records.request_outcome import RequestOutcome
 
 ATOMIC_WRITE = select.PIPE_BUF  # bytes a pipe writes at once (4096 on Linux)
 log = logging.getLogger("grayscale.access_log")
@@ -89,7 +89,7 @@ class AccessLog:
         )
         self._thread.start()
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: RequestOutcome) -> None:
         """Queue the line of a finished request, if it is sampled (an `Observer`); never blocks."""
         if self.config.sample < 1.0 and self._rand() >= self.config.sample:
             return
@@ -105,7 +105,7 @@ class AccessLog:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def line(self, outcome: Outcome) -> str:
+    def line(self, outcome: RequestOutcome) -> str:
         """The JSON line of a finished request."""
         d = outcome.decision
         return json.dumps(

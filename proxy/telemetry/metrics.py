@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.analysis.verdict import LATENCY_KEY, Verdict
 from proxy.config.model import Route, Variant
-from proxy.records.outcome import CLIENT_CLOSED, Failure, Outcome
 from proxy.records.request_id import Served
+from proxy.records.request_outcome import CLIENT_CLOSED, Failure, RequestOutcome
 from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
@@ -105,7 +105,7 @@ class VariantMetrics:
         pairs = [(le, a - b + c) for (le, a), (_, b), (_, c) in zip(ttfb, apart, ttft, strict=True)]
         return pairs, self.ttfb.sum - self.ttfb_apart.sum + self.ttft_apart.sum
 
-    def observe(self, outcome: Outcome) -> None:
+    def observe(self, outcome: RequestOutcome) -> None:
         """Count one finished request."""
         error, status = outcome.error, outcome.status
         if error is not None:
@@ -315,7 +315,7 @@ class Recorder:
             bound = self._routes[name] = {variant: VariantMetrics() for variant in VARIANTS}
         return bound
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: RequestOutcome) -> None:
         """Count a finished request (an `Observer`). A candidate that failed before stable
         answered in its place counts too: its upstream error, or its replayed 5xx."""
         variants = self._routes.get(outcome.route)

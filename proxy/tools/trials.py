@@ -13,8 +13,8 @@ back, if it was. Seeded: the same regime and seed give the same answer.
 
 Invariants
 - Pure: no I/O, no clock, no sleeping; randomness from `random.Random(seed)` only.
-- Requests go through the recorder as `Outcome`s, exactly as the gateway makes them, so what a
-  trial measures is what the proxy would count.
+- Requests go through the recorder as `RequestOutcome`s, exactly as the gateway makes them, so
+  what a trial measures is what the proxy would count.
 - The share follows the regime's schedule whatever the policy says of holding (as if it never
   held): a held ramp would hide the regimes where the share moves. Its rollbacks end the run.
 """
@@ -46,8 +46,8 @@ from proxy.config.model import (
     Variant,
 )
 from proxy.dataplane.ejection import Breaker
-from proxy.records.outcome import Failure, FallbackReason, Outcome
 from proxy.records.request_id import Minter, Reader, Served, assignment, key_of
+from proxy.records.request_outcome import Failure, FallbackReason, RequestOutcome
 from proxy.rollout.machine import State, identity_of
 from proxy.routing import BUCKETS, Decision, Reason, bucket
 
@@ -247,13 +247,13 @@ def run(regime: Regime, seed: int) -> float | None:
                 breaker.record(not failed, at)
             latency = slow * MEDIAN * math.exp(0.5 * rng.gauss(0.0, 1.0))
             request_id = minter.mint(label, at, *assignment(decision, out))
-            outcome = Outcome(
-                at,
-                ROUTE,
-                "POST",
-                decision,
-                served,
-                500 if failed else 200,
+            outcome = RequestOutcome(
+                at=at,
+                route=ROUTE,
+                method="POST",
+                decision=decision,
+                variant=served,
+                status=500 if failed else 200,
                 duration=latency,
                 ttfb=latency,
                 fallback=fallback,

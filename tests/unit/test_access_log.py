@@ -7,20 +7,20 @@ import json
 import select
 
 from proxy.config.model import AccessLogConfig, Variant
-from proxy.records.outcome import Outcome
+from proxy.records.request_outcome import RequestOutcome
 from proxy.routing import Decision, Reason
 from proxy.telemetry.access_log import AccessLog, hash_key
 
 
-def entry(key: str | None) -> Outcome:
+def entry(key: str | None) -> RequestOutcome:
     decision = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.2, "eu", 42, key)
-    return Outcome(
-        1_796_083_200.0,
-        "r",
-        "GET",
-        decision,
-        Variant.CANDIDATE,
-        200,
+    return RequestOutcome(
+        at=1_796_083_200.0,
+        route="r",
+        method="GET",
+        decision=decision,
+        variant=Variant.CANDIDATE,
+        status=200,
         duration=0.0123,
         ttfb=0.004,
         bytes_in=10,

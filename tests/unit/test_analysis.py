@@ -41,8 +41,8 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.records.outcome import FallbackReason, Outcome
 from proxy.records.request_id import Served
+from proxy.records.request_outcome import FallbackReason, RequestOutcome
 from proxy.routing import Decision, Reason
 
 SPEC = AnalysisSpec(
@@ -904,13 +904,13 @@ def test_the_recorder_feeds_the_latency_the_route_judges():
     recorder.use(list(routes.values()))
     for route in routes.values():
         recorder.record(
-            Outcome(
-                1000.0,
-                route.name,
-                "POST",
-                DECISION,
-                Variant.STABLE,
-                200,
+            RequestOutcome(
+                at=1000.0,
+                route=route.name,
+                method="POST",
+                decision=DECISION,
+                variant=Variant.STABLE,
+                status=200,
                 duration=3.0,
                 ttfb=0.01,
                 ttft=0.5,
@@ -963,9 +963,39 @@ def test_the_recorder_counts_random_assignments_for_both_variants():
     recorder.use([replace(ROUTE_FOR_WINDOWS, analysis=AnalysisSpec())])
     share = Decision(Variant.STABLE, Reason.BUCKET, 0.3, None, 9000, "u")
     pinned = Decision(Variant.CANDIDATE, Reason.PINNED, 0.3, "staff", None, "s")
-    recorder.record(Outcome(1000.0, "r", "GET", share, Variant.STABLE, 200, duration=0.01))
-    recorder.record(Outcome(1000.0, "r", "GET", pinned, Variant.CANDIDATE, 200, duration=0.01))
-    recorder.record(Outcome(1001.0, "r", "GET", share, Variant.STABLE, 200, duration=0.01))
+    recorder.record(
+        RequestOutcome(
+            at=1000.0,
+            route="r",
+            method="GET",
+            decision=share,
+            variant=Variant.STABLE,
+            status=200,
+            duration=0.01,
+        )
+    )
+    recorder.record(
+        RequestOutcome(
+            at=1000.0,
+            route="r",
+            method="GET",
+            decision=pinned,
+            variant=Variant.CANDIDATE,
+            status=200,
+            duration=0.01,
+        )
+    )
+    recorder.record(
+        RequestOutcome(
+            at=1001.0,
+            route="r",
+            method="GET",
+            decision=share,
+            variant=Variant.STABLE,
+            status=200,
+            duration=0.01,
+        )
+    )
     stable, candidate = observations.samples("r", 1002.0)
     assert stable.assigned == 2 and stable.expected == pytest.approx(1.4)
     assert candidate.assigned == 0 and candidate.expected == pytest.approx(0.6)
@@ -988,19 +1018,29 @@ def test_while_the_candidate_is_ejected_no_request_is_measured_but_each_counts_a
     candidate_user = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.3, None, 10, "v")
     for decision in (stable_user, candidate_user):
         recorder.record(
-            Outcome(
-                1000.0,
-                "r",
-                "GET",
-                decision,
-                Variant.STABLE,
-                200,
+            RequestOutcome(
+                at=1000.0,
+                route="r",
+                method="GET",
+                decision=decision,
+                variant=Variant.STABLE,
+                status=200,
                 duration=0.01,
                 fallback=FallbackReason.EJECTED if decision is candidate_user else None,
                 candidate_out=True,
             )
         )
-    recorder.record(Outcome(1001.0, "r", "GET", stable_user, Variant.STABLE, 500, duration=0.01))
+    recorder.record(
+        RequestOutcome(
+            at=1001.0,
+            route="r",
+            method="GET",
+            decision=stable_user,
+            variant=Variant.STABLE,
+            status=500,
+            duration=0.01,
+        )
+    )
     stable, candidate = observations.samples("r", 1002.0)
     assert (stable.assigned, candidate.assigned) == (2, 1)  # the sample-ratio check sees all
     assert (stable.requests, stable.errors, candidate.requests) == (1, 1, 0)  # measured: one
@@ -1018,7 +1058,17 @@ def test_the_recorder_weighs_a_candidates_request_one_less_the_share_and_stables
         (to_candidate, Variant.CANDIDATE, 200),
         (to_candidate._replace(share=0.4), Variant.CANDIDATE, 500),
     ):
-        recorder.record(Outcome(1000.0, "r", "GET", decision, variant, status, duration=0.01))
+        recorder.record(
+            RequestOutcome(
+                at=1000.0,
+                route="r",
+                method="GET",
+                decision=decision,
+                variant=variant,
+                status=status,
+                duration=0.01,
+            )
+        )
     stable, candidate = observations.samples("r", 1001.0)
     assert stable.requests == candidate.requests == 2
     # stable: two requests at share 0.3, one an error; the candidate: at 0.1 and at 0.4, the

@@ -8,15 +8,17 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config.model import Variant
-from proxy.records.outcome import Failure, Outcome
+from proxy.records.request_outcome import Failure, RequestOutcome
 from proxy.routing import Decision, Reason
 from proxy.telemetry.metrics import LATENCY_BUCKETS, Recorder
 
 DECISION = Decision(Variant.STABLE, Reason.BUCKET, 0.0, None, 1, "u")
 
 
-def outcome(variant: Variant, status: int | None, **fields: Any) -> Outcome:
-    return Outcome(0.0, "r", "GET", DECISION, variant, status, **fields)
+def outcome(variant: Variant, status: int | None, **fields: Any) -> RequestOutcome:
+    return RequestOutcome(
+        at=0.0, route="r", method="GET", decision=DECISION, variant=variant, status=status, **fields
+    )
 
 
 def samples(recorder: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -11,7 +11,7 @@ from proxy.analysis.window import LocalObservations, WindowRecorder
 from proxy.config.loader import parse_config
 from proxy.config.model import Route, Variant
 from proxy.dataplane.ejection import Ejections
-from proxy.records.outcome import CLIENT_CLOSED, Failure, FallbackReason, Outcome
+from proxy.records.request_outcome import CLIENT_CLOSED, Failure, FallbackReason, RequestOutcome
 from proxy.routing import Decision, Reason
 from proxy.telemetry.metrics import Recorder
 
@@ -27,8 +27,10 @@ def routes(extra: str = "") -> tuple[Route, ...]:
     ).routes
 
 
-def outcome(variant: Variant, status: int | None, **fields: Any) -> Outcome:
-    return Outcome(T0, "r", "POST", DECISION, variant, status, **fields)
+def outcome(variant: Variant, status: int | None, **fields: Any) -> RequestOutcome:
+    return RequestOutcome(
+        at=T0, route="r", method="POST", decision=DECISION, variant=variant, status=status, **fields
+    )
 
 
 def test_the_outcome_says_its_code_and_whether_it_failed():
@@ -95,9 +97,17 @@ def test_windows_count_errors_and_latency_but_not_what_the_proxy_refused():
 AT_A_QUARTER = Decision(Variant.CANDIDATE, Reason.BUCKET, 0.25, None, 10, "u")
 
 
-def assigned(variant: Variant, status: int | None, **fields: Any) -> Outcome:
+def assigned(variant: Variant, status: int | None, **fields: Any) -> RequestOutcome:
     """A request assigned to the candidate at a share of 0.25 (weight 0.75)."""
-    return Outcome(T0, "r", "POST", AT_A_QUARTER, variant, status, **fields)
+    return RequestOutcome(
+        at=T0,
+        route="r",
+        method="POST",
+        decision=AT_A_QUARTER,
+        variant=variant,
+        status=status,
+        **fields,
+    )
 
 
 @pytest.mark.parametrize(
@@ -164,7 +174,17 @@ def test_an_ejected_request_counts_as_assigned_to_the_candidate_and_is_measured_
 )
 def test_requests_not_assigned_at_random_are_neither_measured_nor_tested(decision):
     observations, windows = analysed()
-    windows.record(Outcome(T0, "r", "POST", decision, decision.variant, 200, duration=0.1))
+    windows.record(
+        RequestOutcome(
+            at=T0,
+            route="r",
+            method="POST",
+            decision=decision,
+            variant=decision.variant,
+            status=200,
+            duration=0.1,
+        )
+    )
     for sample in observations.samples("r", T0 + 10):
         assert (sample.requests, sample.weight, sum(sample.latency)) == (0, 0.0, 0.0)
         assert (sample.assigned, sample.expected, sample.users) == (0, 0.0, 0)
@@ -181,7 +201,17 @@ def test_requests_not_assigned_at_random_are_neither_measured_nor_tested(decisio
 def test_a_random_assignment_at_share_zero_or_one_is_tested_but_not_measured(decision, counted):
     """Nothing to compare with: the other variant gets none of them (and a weight of 0)."""
     observations, windows = analysed()
-    windows.record(Outcome(T0, "r", "POST", decision, decision.variant, 503, duration=0.1))
+    windows.record(
+        RequestOutcome(
+            at=T0,
+            route="r",
+            method="POST",
+            decision=decision,
+            variant=decision.variant,
+            status=503,
+            duration=0.1,
+        )
+    )
     stable, candidate = observations.samples("r", T0 + 10)
     for sample in (stable, candidate):
         assert (sample.requests, sample.errors, sample.weight) == (0, 0, 0.0)

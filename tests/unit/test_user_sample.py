@@ -16,7 +16,7 @@ from proxy.analysis.users import CAPACITY, SEED, UserSample
 from proxy.analysis.verdict import Clustering, Result, Sample
 from proxy.analysis.window import LocalObservations, Window, WindowRecorder
 from proxy.config.model import AnalysisSpec, Variant
-from proxy.records.outcome import Outcome
+from proxy.records.request_outcome import RequestOutcome
 from proxy.routing import Decision, Reason
 from proxy.routing.bucket import bucket, threshold
 from tests.unit.test_selftest import ROUTE as SELFTEST_ROUTE
@@ -148,7 +148,17 @@ def simulate(seed: int, *, share: float = 0.1, lost: float = 0.0) -> tuple[Sampl
         decision = Decision(variant, Reason.BUCKET, share, None, b, key)
         for _ in range(min(int(rng.paretovariate(1.2)), 2_000)):
             at = rng.uniform(0, 3600)
-            recorder.record(Outcome(at, "r", "GET", decision, variant, 200, duration=0.01))
+            recorder.record(
+                RequestOutcome(
+                    at=at,
+                    route="r",
+                    method="GET",
+                    decision=decision,
+                    variant=variant,
+                    status=200,
+                    duration=0.01,
+                )
+            )
     return observations.samples("r", 3600.0)
 
 
@@ -348,7 +358,17 @@ def clustered(seed: int, together: bool) -> tuple[Clustering, Clustering]:
                 failing, slow = rng.random() < 0.1, rng.random() < 0.1
             status, duration = 500 if failing else 200, 0.1 if slow else 0.01
             at = user * 10.0 + i
-            recorder.record(Outcome(at, "r", "GET", decision, variant, status, duration=duration))
+            recorder.record(
+                RequestOutcome(
+                    at=at,
+                    route="r",
+                    method="GET",
+                    decision=decision,
+                    variant=variant,
+                    status=status,
+                    duration=duration,
+                )
+            )
     stable, candidate = observations.samples("r", 4000.0)
     return stable.clustering, candidate.clustering
 

@@ -43,7 +43,7 @@ class FallbackReason(StrEnum):
     EJECTED = "ejected"
 
 
-class Outcome(NamedTuple):
+class RequestOutcome(NamedTuple):
     """One finished request (a tuple: made for every request, it must be cheap to make)."""
 
     at: float  # wall time of its arrival
@@ -87,4 +87,4 @@ class Observer(Protocol):
 
     `record` runs on the event loop for every request: it must be quick and never wait."""
 
-    def record(self, outcome: Outcome) -> None: ...
+    def record(self, outcome: RequestOutcome) -> None: ...
