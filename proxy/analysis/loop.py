@@ -2,7 +2,8 @@
 
 A round gathers (the samples, the custom metrics), assesses (`verdict.assess`), steps the policy
 (`policy.step`) and applies what it says once (hold, release, roll back, promote). What is
-remembered between rounds is the policy's `Memory` and the epochs of one rollout run.
+remembered between rounds is the policy's `Memory`, the epochs of one rollout run, and the
+route's `Timeline` (each round's share and figures, for the status page's charts).
 
 Invariants
 - Nothing here knows where observations live: `sources.Observations` gives them, and raises
@@ -10,6 +11,10 @@ Invariants
 - A round acts once: the ramp's hold is set, or the rollout rolled back or promoted.
 - In a fleet, only the decider judges; the others read its published record. A replica that
   begins deciding continues the fleet's memory of the same run.
+- A round that judges adds its point to the route's timeline (with figures when its
+  observations could be read), and so does a round in a state not judged (its share and state
+  alone); a replica that does not decide keeps, while the state is judged, the points the
+  decider publishes with its records.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from proxy.analysis.epochs import Epochs
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, Step, step
 from proxy.analysis.prometheus import MetricQueries, hostname
 from proxy.analysis.sources import Observations, SharedVerdicts, Unavailable, VerdictSink
+from proxy.analysis.timeline import Figures, Timeline
 from proxy.analysis.verdict import Result, Sample, Verdict
 from proxy.config.model import AnalysisMethod, AnalysisSpec, Route, Variant
 from proxy.rollout.controller import RolloutController
@@ -56,6 +62,11 @@ class RouteAnalysis:
     published: dict[str, Any] | None = None
     counts: dict[str, Any] | None = None  # the requests and errors last judged
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    timeline: Timeline = field(init=False)
+    seen: tuple[Figures, Figures] | None = None  # the figures of the round being judged
+
+    def __post_init__(self) -> None:
+        self.timeline = Timeline(self.spec)
 
     def record(self, verdict: Verdict, done: Step) -> dict[str, Any]:
         """A verdict with what the policy remembered and did on it."""
@@ -78,6 +89,9 @@ class RouteAnalysis:
             latest = (self.published or {}).get("record")
         latest = latest if isinstance(latest, dict) else {}
         view: dict[str, Any] = {
+            "method": self.spec.method.value,
+            "confidence": self.spec.confidence,
+            "latency_quantile": self.spec.latency_quantile,
             "interval_seconds": self.spec.interval,
             "window_seconds": self.spec.window,
             "min_requests": self.spec.min_requests,
@@ -229,11 +243,14 @@ class Analyzer:
         if analysis is None or name not in self.controller:
             return None  # (the route left the config, or its analysis did)
         run = self.controller.run(name)
-        if self.controller.state(name, now) not in JUDGED:
+        state = self.controller.state(name, now)
+        if state not in JUDGED:
             analysis.memory = Memory()  # (rolled back or promoted: this run is over)
             if self.fleet is not None and not self.fleet.deciding:
                 with contextlib.suppress(Unavailable):  # the verdict that ended it, and its
                     analysis.published = await self.fleet.latest(name) or analysis.published
+                analysis.timeline.follow((analysis.published or {}).get("point"))
+            analysis.timeline.add(now, state.value, self.controller.share(name, now))
             return None
         self.source.count(name, run)  # (a resume began a new run: new counts)
         if self.fleet is not None and not await self._deciding(name, analysis, run):
@@ -246,6 +263,9 @@ class Analyzer:
         analysis.last, analysis.step = verdict, done
         record = analysis.record(verdict, done)
         analysis.history.appendleft(record)
+        point = analysis.timeline.add(
+            now, ramp.state.value, ramp.share, verdict.result.value, analysis.seen
+        )
         if self.fleet is not None:
             analysis.published = {
                 "at": now,
@@ -257,6 +277,7 @@ class Analyzer:
                 },
                 "record": record,
                 "counts": analysis.counts,
+                "point": point.to_json(),
                 "decider": self.fleet.name,
             }
             with contextlib.suppress(Unavailable):
@@ -282,6 +303,7 @@ class Analyzer:
             analysis.last, analysis.memory = None, Memory()
             with contextlib.suppress(Unavailable):  # (else the last one read stays)
                 analysis.published = await self.fleet.latest(name)
+            analysis.timeline.follow((analysis.published or {}).get("point"))
             return False
         if analysis.last is None:  # deciding from now on: continue the fleet's memory
             published: dict[str, Any] = {}
@@ -295,11 +317,13 @@ class Analyzer:
     async def _verdict(self, name: str, analysis: RouteAnalysis, run: str, now: float) -> Verdict:
         """Gather and assess: the round's verdict, an error when its data could not be read."""
         spec = analysis.spec
+        analysis.seen = None
         try:
             stable, candidate = await self.source.samples(name, now)
         except Unavailable as exc:
             return Verdict.unmeasured(now, f"cannot read the observations: {exc}", spec.method)
         analysis.counts = judged_counts(stable, candidate, now, pooled=self.fleet is not None)
+        analysis.seen = analysis.timeline.figures(now, stable, candidate)
         metrics = await self.queries.checks(name, spec, analysis.hosts, now)
         recent, share = None, 1.0
         if spec.method is AnalysisMethod.SEQUENTIAL:
@@ -364,6 +388,12 @@ class Analyzer:
                 return []
             return [record | {"decided_by": published.get("decider")}]
         return list(analysis.history)
+
+    def timeline(self, name: str) -> dict[str, Any] | None:
+        """Route `name`'s last hour of rounds (`Timeline.to_json`), or None when it has no
+        analysis."""
+        analysis = self.routes.get(name)
+        return None if analysis is None else analysis.timeline.to_json()
 
     def status(self, route: Route) -> dict[str, Any] | None:
         """The `/status` view of `route`'s analysis, or None when it has none."""

@@ -16,7 +16,8 @@ from proxy.analysis.outcome_reports import OutcomeBook
 from proxy.analysis.sources import InProcess
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
-from proxy.api.admin import Admin, AdminListener
+from proxy.api.admin import Admin
+from proxy.api.listener import AdminListener
 from proxy.app.workers import Worker
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend

@@ -96,6 +96,10 @@ class Browser:
         elif method == "Runtime.consoleAPICalled" and params["type"] == "error":
             self.errors.append(str(params["args"]))
 
+    async def use_timezone(self, zone: str) -> None:
+        """Run the page in time zone `zone` (an IANA name), whatever the machine's."""
+        await self.call("Emulation.setTimezoneOverride", timezoneId=zone)
+
     async def open(self, url: str) -> None:
         await self.call("Page.navigate", url=url)
         await self.until("document.readyState === 'complete'")

@@ -10,7 +10,7 @@ import logging
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.api.admin import token_id
+from proxy.api.access import token_id
 from proxy.app.server import Server
 from proxy.config.loader import load_config, parse_config
 from tests.integration.conftest import route_yaml, url_of

@@ -17,7 +17,7 @@ from proxy.analysis.outcome_reports import (
     parse_batch,
 )
 from proxy.analysis.verdict import Check, Result, Verdict
-from proxy.api.admin import finite, json_answer
+from proxy.api.answers import finite, json_answer
 from proxy.config.model import MAX_OUTCOME, OutcomesConfig, Variant
 from proxy.records.request_id import Reader
 from tests.unit.test_outcomes import KEY, ROUTE, book_with, served

@@ -1,6 +1,7 @@
-"""The live status page, `GET /ui` on the admin listener: three static files shipped in the
-package (no external assets), a page that reads `/status` and `/routes/{name}/verdicts` like
-any other client and redraws itself every two seconds.
+"""The live status page, `GET /ui` on the admin listener: static files shipped in the package
+(no external assets), a page that reads `/status`, `/routes/{name}/verdicts` and
+`/routes/{name}/timeline` like any other client and redraws itself every two seconds, its charts
+drawn as inline SVG by its own script.
 
 Invariants
 - The files carry no data: the rollouts' state reaches a browser only through the JSON API,
@@ -18,7 +19,13 @@ from importlib.resources import files
 
 from aiohttp import web
 
-_TYPES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
+_TYPES = {
+    "index.html": "text/html",
+    "format.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+}
 _FILES = {name: (files(__package__) / name).read_bytes() for name in _TYPES}
 _HEADERS = {
     "Content-Security-Policy": (
@@ -44,7 +51,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 async def status_page_asset(request: web.Request) -> web.Response:
-    """`GET /ui/{asset}`: its script and style sheet."""
+    """`GET /ui/{asset}`: its scripts and style sheet."""
     name = request.match_info["asset"]
     if name not in _TYPES or name == "index.html":
         raise web.HTTPNotFound(text="no such file\n")

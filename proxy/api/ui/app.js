@@ -1,10 +1,12 @@
-// Grayscale's status page: reads /status and each route's /routes/{name}/verdicts every 2 s and
-// draws them. Everything from the API is inserted as text (textContent), never as markup.
+// Grayscale's status page: reads /status and, for each analysed route, its verdicts and its last
+// hour of analysis rounds (/routes/{name}/verdicts, /routes/{name}/timeline) every 2 s, and draws
+// them. Everything from the API is inserted as text (textContent), never as markup.
 "use strict";
 
 const REFRESH_MS = 2000;
 const TOKEN_KEY = "grayscale-admin-token";
-const SVG = "http://www.w3.org/2000/svg";
+const HOUR = 3600;
+const VARIANTS = ["stable", "candidate"];
 
 function h(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -19,18 +21,6 @@ function h(tag, props, ...children) {
   return node;
 }
 
-function s(tag, attrs, text) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-const percent = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)} %`);
-const ms = (v) => (v === null || v === undefined ? "–" : `${(v * 1000).toFixed(0)} ms`);
-const time = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "–");
-const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
-
 async function get(path) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
@@ -41,42 +31,6 @@ async function get(path) {
   }
   if (!answer.ok) throw new Error(`${path}: HTTP ${answer.status}`);
   return answer.json();
-}
-
-function rampCurve(route, now) {
-  // The ramp's share over wall time from its start, as it goes on if not held again.
-  const ramp = route.ramp;
-  const held = route.rollout.held_seconds || 0;
-  const start = (ramp.start ?? route.rollout.started_at) + held;
-  const fixed = ["rolled_back", "promoted"].includes(route.state) || route.share_override !== null;
-  const shareAt = (t) => fixed ? route.share :
-    Math.min(ramp.max, Math.max(0, ramp.base + (ramp.slope * (t - start)) / ramp.per_seconds));
-  const reaches = ramp.reaches_max_at;
-  const end = Math.max(now, reaches || now) + Math.max(60, 0.15 * (Math.max(now, reaches || now) - start));
-  const width = 600, height = 170, left = 36, right = 10, top = 12, bottom = 22;
-  const x = (t) => left + ((t - start) / Math.max(1, end - start)) * (width - left - right);
-  const y = (v) => top + (1 - v) * (height - top - bottom);
-  const svg = s("svg", { class: "ramp", viewBox: `0 0 ${width} ${height}`, role: "img",
-    "aria-label": `ramp of ${route.name}` });
-  for (const v of [0, 0.5, 1]) {
-    svg.append(s("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), stroke: "#e5e7eb" }));
-    svg.append(s("text", { x: 4, y: y(v) + 4 }, `${v * 100}%`));
-  }
-  const points = [];
-  for (let i = 0; i <= 120; i++) {
-    const t = start + ((end - start) * i) / 120;
-    points.push(`${x(t).toFixed(1)},${y(shareAt(t)).toFixed(1)}`);
-  }
-  svg.append(s("polyline", { class: "curve", points: points.join(" ") }));
-  svg.append(s("line", { class: "now", x1: x(now), x2: x(now), y1: top, y2: height - bottom }));
-  svg.append(s("text", { x: x(now) + 4, y: height - 6 }, "now"));
-  svg.append(s("circle", { class: "dot", cx: x(now), cy: y(route.share), r: 4 }));
-  if (reaches && reaches > now) {
-    svg.append(s("line", { class: "max", x1: x(reaches), x2: x(reaches), y1: top, y2: height - bottom }));
-    svg.append(s("text", { x: Math.min(x(reaches) + 4, width - 120), y: top + 10 },
-      `max ${Math.round(ramp.max * 100)}% at ${time(reaches)}`));
-  }
-  return svg;
 }
 
 function latencyOf(route) {
@@ -90,12 +44,12 @@ function latencyOf(route) {
 
 function variants(route) {
   const latency = latencyOf(route);
-  const rows = ["stable", "candidate"].map((variant) => {
+  const rows = VARIANTS.map((variant) => {
     const counts = route.requests[variant] || {};
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     return h("tr", { "data-variant": variant },
       h("td", { class: `variant-${variant}` }, variant),
-      h("td", { class: "num" }, total.toLocaleString()),
+      h("td", { class: "num" }, total.toLocaleString("en")),
       h("td", { class: "num" }, percent(route.error_rate[variant])),
       h("td", { class: "num" }, ms(latency[variant])),
       h("td", { class: "muted" }, route[variant]));
@@ -104,12 +58,90 @@ function variants(route) {
     h("th", {}, "error rate"), h("th", {}, "latency (last verdict)"), h("th", {}, "upstream")), rows);
 }
 
+function rampWords(route, now) {
+  const ramp = route.ramp;
+  const reaches = ramp.reaches_max_at;
+  const held = route.rollout.held_seconds;
+  return `base ${percent(ramp.base)}, +${percent(ramp.slope)} ${per(ramp.per_seconds)}, ` +
+    `max ${percent(ramp.max)}` + (reaches && reaches > now ? `; reaches max at ${utcMoment(reaches)}` : "") +
+    (held > 0 ? `; held for ${duration(held)} so far` : "") +
+    (route.share_override !== null ? `; share set by hand to ${percent(route.share_override)}` : "");
+}
+
+const OVERRIDES = { rolled_back: "the rollback", promoted: "the promotion" };
+
+function segmentWords(segment) {
+  // What a segment serves now: a rolled-back or promoted rollout overrides every segment.
+  const own = segment.variant ? `pin to ${segment.variant}` : "own ramp";
+  if (segment.forced) {
+    const serves = segment.share >= 1 ? "candidate" : "stable";
+    return `${serves} — ${OVERRIDES[segment.forced] || segment.forced} overrides its ${own}`;
+  }
+  if (segment.variant) return `pinned to ${segment.variant}`;
+  return `${percent(segment.share)} to the candidate (its own ramp)`;
+}
+
+function legend() {
+  return h("span", { class: "legend" }, VARIANTS.map((variant) =>
+    h("span", { class: `key ${variant}` }, variant)));
+}
+
+function timelineCharts(route, timeline, now) {
+  // The last hour of analysis rounds: error rate and latency per variant, and the share.
+  const shown = timeline.points.filter((p) => p.at >= now - HOUR);
+  if (!shown.length) return h("p", { class: "muted" }, "No analysis round yet.");
+  const from = Math.min(shown[0].at, now - 60);
+  const marks = (route.history || []).map((t) => ({ at: t.at, text: t.action }));
+  const of = (pick) => VARIANTS.map((key) =>
+    ({ key, values: shown.map((p) => [p.at, p[key] ? pick(p[key]) : null]) }));
+  const rate = (f) => (f.requests ? f.errors / f.requests : null);
+  const latency = (f) => f.latency_seconds;
+  const highest = (series) => Math.max(0, ...series.flatMap((l) => l.values.map(([, v]) => v || 0)));
+  const rates = of(rate);
+  const latencies = of(latency);
+  const q = `p${Number((timeline.latency_quantile * 100).toFixed(2))}`;
+  const covers = timeline.method === "sequential"
+    ? `each point: the requests of its round (${duration(timeline.covers_seconds)})`
+    : `each point: the analysis window (${duration(timeline.covers_seconds)}) up to its round`;
+  return h("div", { "data-field": "timeline" },
+    h("div", { class: "charts" },
+      h("figure", {}, h("figcaption", {}, "Error rate"),
+        timeChart({ name: "error_rate", label: `error rate per variant of ${route.name}`, from, to: now,
+          series: rates, top: Math.max(0.01, 1.2 * highest(rates)), shown: (v) => percent(v), marks })),
+      h("figure", {}, h("figcaption", {}, `Latency ${q}`),
+        timeChart({ name: "latency", label: `latency per variant of ${route.name}`, from, to: now,
+          series: latencies, top: Math.max(0.01, 1.2 * highest(latencies)), shown: ms, marks })),
+      h("figure", {}, h("figcaption", {}, "Candidate's share"),
+        timeChart({ name: "share", label: `candidate's share of ${route.name}`, from, to: now,
+          series: [{ key: "candidate", values: shown.map((p) => [p.at, p.share]) }], top: 1,
+          shown: (v) => percent(v, 0), marks }))),
+    h("p", { class: "muted" }, legend(),
+      ` ${covers}; a round every ${duration(timeline.interval_seconds)}; the last hour at most.`));
+}
+
+function checksTable(route) {
+  const analysis = route.analysis;
+  const verdict = analysis && analysis.last_verdict;
+  if (!verdict) return h("p", { class: "muted" }, "No verdict yet.");
+  if (!verdict.checks.length) return h("p", { class: "muted" }, verdict.note || "No check made.");
+  return h("table", { "data-field": "checks" },
+    h("tr", {}, h("th", {}, "check"), h("th", {}, "result"), h("th", {}, "bound"), h("th", {}, "limit")),
+    verdict.checks.map((check) => {
+      const words = checkWords(check, analysis.latency_quantile);
+      return h("tr", { "data-check": check.check },
+        h("td", {}, words.name),
+        h("td", { class: check.result }, check.result),
+        h("td", {}, words.bound),
+        h("td", {}, words.limit));
+    }));
+}
+
 function verdictTable(verdicts) {
   if (!verdicts.length) return h("p", { class: "muted" }, "No verdict yet.");
   return h("table", { "data-field": "verdicts" },
     h("tr", {}, h("th", {}, "at"), h("th", {}, "result"), h("th", {}, "then"), h("th", {}, "checks")),
     verdicts.slice(0, 8).map((v) => h("tr", {},
-      h("td", { class: "num" }, time(v.at)),
+      h("td", { class: "num" }, utcTime(v.at)),
       h("td", { class: v.result }, v.result),
       h("td", {}, [v.action || "", v.why ? h("span", { class: "muted" }, ` (${v.why})`) : null]),
       h("td", {}, v.checks.filter((c) => c.result !== "pass")
@@ -122,18 +154,25 @@ function historyTable(history) {
     h("tr", {}, h("th", {}, "at"), h("th", {}, "action"), h("th", {}, "by"), h("th", {}, "state"),
       h("th", {}, "reason")),
     history.slice(0, 8).map((t) => h("tr", {},
-      h("td", { class: "num" }, when(t.at)),
+      h("td", { class: "num" }, utcMoment(t.at)),
       h("td", {}, t.action),
       h("td", {}, t.actor),
       h("td", {}, `${t.before} → ${t.after}`),
       h("td", {}, t.reason || ""))));
 }
 
-function routeSection(route, verdicts, now) {
+function analysisWords(analysis) {
+  return `every ${duration(analysis.interval_seconds)}, ${analysis.method} at ` +
+    `${percent(analysis.confidence, 0)} confidence; ${analysis.consecutive_failures} of ` +
+    `${analysis.failures_before_rollback} failures, ${analysis.errors_in_a_row} of ` +
+    `${analysis.max_errors_in_a_row} errors in a row (then ${analysis.on_error})` +
+    (analysis.promotes_at ? `; promotes at ${utcMoment(analysis.promotes_at)}` : "");
+}
+
+function routeSection(route, verdicts, timeline, now) {
   const analysis = route.analysis;
   const ejection = route.ejection;
   const shadow = route.shadow;
-  const reaches = route.ramp.reaches_max_at;
   return h("section", { class: "route", "data-route": route.name },
     h("div", { class: "head" },
       h("h2", {}, route.name),
@@ -142,35 +181,38 @@ function routeSection(route, verdicts, now) {
       h("span", { class: "muted" }, `to the candidate · ${route.path_prefix}`),
       analysis && analysis.holding ? h("span", { class: "alert" }, "ramp held by the analysis") : null,
       ejection && ejection.ejected ? h("span", { class: "alert", "data-field": "ejected" },
-        `candidate ejected until ${time(ejection.until)}`) : null),
+        `candidate ejected until ${utcTime(ejection.until)}`) : null),
     h("div", { class: "grid" },
       h("div", {},
         h("h3", {}, "Ramp"),
         rampCurve(route, now),
-        h("p", { class: "muted" },
-          `base ${percent(route.ramp.base)}, +${percent(route.ramp.slope)} per ${route.ramp.per_seconds} s, ` +
-          `max ${percent(route.ramp.max)}` + (reaches && reaches > now ? `; reaches max at ${when(reaches)}` : "") +
-          (route.share_override !== null ? `; share set by hand to ${percent(route.share_override)}` : "")),
-        h("h3", {}, "Traffic"),
+        h("p", { class: "muted", "data-field": "ramp" }, rampWords(route, now)),
+        h("h3", {}, "Traffic since the start"),
         variants(route)),
       h("div", {},
         h("h3", {}, "Segments"),
         route.segments.length
-          ? h("ul", {}, route.segments.map((seg) => h("li", {}, seg.name, ": ",
-              seg.variant ? `pinned to ${seg.variant}` : percent(seg.share))))
+          ? h("ul", { "data-field": "segments" }, route.segments.map((seg) =>
+              h("li", {}, `${seg.name}: ${segmentWords(seg)}`)))
           : h("p", { class: "muted" }, "None."),
         shadow ? [h("h3", {}, "Shadow"), h("p", {},
           `${percent(shadow.agreement)} of ${(shadow.comparisons.agree || 0) + (shadow.comparisons.differ || 0)} comparisons agree` +
           (shadow.gate ? `; gate ${shadow.gate.open ? "open" : "closed"}` : ""))] : null,
         h("h3", {}, "Analysis"),
-        analysis ? h("p", { class: analysis.alarm ? "alert" : "muted" },
-          `every ${analysis.interval_seconds} s, ${analysis.consecutive_failures} of ` +
-          `${analysis.failures_before_rollback} failures, ${analysis.errors_in_a_row} of ` +
-          `${analysis.max_errors_in_a_row} errors in a row (then ${analysis.on_error})`)
-          : h("p", { class: "muted" }, "None."))),
-    analysis ? [h("h3", {}, "Recent verdicts"), verdictTable(verdicts)] : null,
+        analysis ? h("p", { class: analysis.alarm ? "alert" : "muted", "data-field": "analysis" },
+          analysisWords(analysis)) : h("p", { class: "muted" }, "None."))),
+    analysis ? [
+      h("h3", {}, "The last hour"), timelineCharts(route, timeline, now),
+      h("h3", {}, `Checks of the last verdict${analysis.last_verdict ? `, at ${utcTime(analysis.last_verdict.at)}` : ""}`),
+      checksTable(route),
+      h("h3", {}, "Recent verdicts"), verdictTable(verdicts)] : null,
     h("h3", {}, "Actions"),
     historyTable(route.history || []));
+}
+
+async function analysed(route, what, empty) {
+  if (!route.analysis) return empty;
+  return get(`routes/${encodeURIComponent(route.name)}/${what}`);
 }
 
 async function refresh() {
@@ -178,15 +220,16 @@ async function refresh() {
   try {
     const status = await get("status");
     const now = Date.now() / 1000;
-    const verdicts = await Promise.all(status.routes.map((route) =>
-      route.analysis ? get(`routes/${encodeURIComponent(route.name)}/verdicts`).then((v) => v.verdicts)
-        : Promise.resolve([])));
-    const sections = status.routes.map((route, i) => routeSection(route, verdicts[i], now));
+    const found = await Promise.all(status.routes.map((route) => Promise.all([
+      analysed(route, "verdicts", { verdicts: [] }),
+      analysed(route, "timeline", { points: [] })])));
+    const sections = status.routes.map((route, i) =>
+      routeSection(route, found[i][0].verdicts, found[i][1], now));
     document.getElementById("routes").replaceChildren(...sections);
     const store = status.state.healthy ? "state store healthy" : `state store unavailable: ${status.state.error}`;
     document.getElementById("summary").textContent =
       `${status.routes.length} route${status.routes.length === 1 ? "" : "s"} · ${store} · config ${status.config.hash.slice(0, 12)}`;
-    document.getElementById("updated").textContent = `Updated ${new Date().toLocaleTimeString()}.`;
+    document.getElementById("updated").textContent = `Updated ${utcTime(now)}.`;
     problem.hidden = true;
     document.getElementById("login").hidden = true;
   } catch (error) {
