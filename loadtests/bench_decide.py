@@ -26,7 +26,7 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.routing import ActiveRoute, Control, bucket, decide
+from proxy.routing import ActiveRoute, RolloutTerms, bucket, decide
 
 
 class Facts:
@@ -88,7 +88,7 @@ def scenarios(n: int) -> dict[str, Callable[[], None]]:
     now = 1_796_083_200.0
     plain = ActiveRoute.of(route(()))
     segmented = ActiveRoute.of(route(SEGMENTS))
-    control = Control(now, now)
+    control = RolloutTerms(now, now)
 
     def floor() -> None:
         for f in users:

@@ -184,9 +184,9 @@ class Analyzer:
         self.routes: dict[str, RouteAnalysis] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
-        self.update(routes)
+        self.use(routes)
 
-    def update(self, routes: Sequence[Route]) -> None:
+    def use(self, routes: Sequence[Route]) -> None:
         """Follow a (new) config: routes whose analysis is unchanged keep their history."""
         previous = self.routes
         self.routes = {}

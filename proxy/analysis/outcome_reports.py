@@ -112,7 +112,7 @@ def parse_batch(document: object, max_batch: int) -> list[Report]:
     return reports
 
 
-class OutcomeBook:
+class ReportedOutcomes:
     """Joins reported outcomes to the variants that served their requests, and hands each to
     the sinks (metrics, analysis windows)."""
 

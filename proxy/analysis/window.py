@@ -192,9 +192,9 @@ class LocalObservations:
         self.references: dict[str, float] = {}  # route -> latency above which a request is slow
         self._identities: dict[str, str] = {}
         self._runs: dict[str, str] = {}  # route -> the rollout run counted (`count`)
-        self.update(spans, identities)
+        self.use(spans, identities)
 
-    def update(self, spans: dict[str, float], identities: dict[str, str] | None = None) -> None:
+    def use(self, spans: dict[str, float], identities: dict[str, str] | None = None) -> None:
         """Follow a new config: windows of unchanged span and rollout keep what they observed
         (a new rollout starts its counts anew)."""
         identities = identities or {}

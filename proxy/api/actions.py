@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.analysis.outcome_reports import InvalidBatch, OutcomeBook, json_number, parse_batch
+from proxy.analysis.outcome_reports import InvalidBatch, ReportedOutcomes, json_number, parse_batch
 from proxy.api.access import Access, Handler
 from proxy.api.answers import error_response, json_answer, printable, unknown_route
 from proxy.api.bodies import BodyLost, bounded_body, cut, json_body
@@ -52,7 +52,7 @@ class Actions:
         access: Access,
         controller: RolloutController,
         recorder: Recorder,
-        book: OutcomeBook,
+        book: ReportedOutcomes,
         reload: Callable[[str], Awaitable[ReloadResult]],
     ):
         self.access = access

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from proxy.analysis.loop import Analyzer
-from proxy.analysis.outcome_reports import OutcomeBook
+from proxy.analysis.outcome_reports import ReportedOutcomes
 from proxy.api.access import Access
 from proxy.api.actions import Actions
 from proxy.api.answers import json_answer, unknown_route
@@ -54,7 +54,7 @@ class Admin:
         breaker: Callable[[str], Breaker | None],
         shadows: Callable[[Route], dict[str, Any] | None],
         actor_key: bytes,
-        book: OutcomeBook,
+        book: ReportedOutcomes,
         host: HostMetrics | None = None,
     ):
         """With `host` (one of several workers), `/metrics` and the counts in `/status` are

@@ -29,7 +29,7 @@ from proxy.config.reload import ReloadResult
 from proxy.dataplane.ejection import Breaker
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Transition
-from proxy.routing import Control, current_share
+from proxy.routing import RolloutTerms, current_share
 from proxy.runtime import clock
 from proxy.telemetry.host_metrics import HostMetrics
 from proxy.telemetry.metrics import CODE_CLASSES, Recorder
@@ -135,7 +135,7 @@ def route_entry(
     }
 
 
-def _segment(segment: Segment, control: Control, state: str) -> dict[str, Any]:
+def _segment(segment: Segment, control: RolloutTerms, state: str) -> dict[str, Any]:
     """A segment's entry: its pinned `variant` (None for one with its own ramp), the
     candidate's `share` in it now, and `forced`: the rollout state that sends every request
     one way (None while the segment decides)."""

@@ -12,7 +12,7 @@ import signal
 import time
 
 from proxy.analysis.loop import Analyzer
-from proxy.analysis.outcome_reports import OutcomeBook
+from proxy.analysis.outcome_reports import ReportedOutcomes
 from proxy.analysis.sources import InProcess
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
@@ -200,7 +200,7 @@ class Server:
                 self.recorder.registry, worker.folder, worker.index, worker.count
             )
         key = request_id_key(config)
-        self.book = OutcomeBook(
+        self.book = ReportedOutcomes(
             Reader(key), [self.recorder.observe_outcome, self.observations.add_outcome]
         )
         self.book.use(config.outcomes, config.routes)
@@ -370,13 +370,13 @@ class Server:
         unless their candidate changed.
         """
         await self.controller.reconcile(config.routes, clock.now())
-        self.observations.update(_spans(config), _identities(config))
+        self.observations.use(_spans(config), _identities(config))
         self._count_runs(config)
         self.gateway.use(config)
         self.listener.body_timeout = config.server.client_body_timeout
         self.listener.send_timeout = config.server.send_timeout
-        self.recorder.keep_routes({route.name for route in config.routes})
-        self.analyzer.update(config.routes)
+        self.recorder.use({route.name for route in config.routes})
+        self.analyzer.use(config.routes)
         self.book.use(config.outcomes, config.routes)
         self.admin.use(config, _admin_token(config))
         self.config = config

@@ -31,7 +31,7 @@ _MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
-class Seen:
+class ComparedAnswer:
     """One answer as compared: status, body, and whether it was an event stream."""
 
     status: int
@@ -39,7 +39,7 @@ class Seen:
     event_stream: bool = False
 
 
-def agree(compare: Compare, stable: Seen, candidate: Seen) -> bool:
+def agree(compare: Compare, stable: ComparedAnswer, candidate: ComparedAnswer) -> bool:
     """Whether `candidate` agrees with `stable` under `compare`."""
     if stable.status != candidate.status:
         return False
@@ -71,7 +71,7 @@ def field_at(document: Any, path: str) -> Any:
     return value
 
 
-def text_of(seen: Seen, path: str) -> str:
+def text_of(seen: ComparedAnswer, path: str) -> str:
     """The text an answer carries: at `path` in a JSON body, or an event stream's content."""
     if seen.event_stream:
         return stream_text(seen.body)

@@ -18,7 +18,7 @@ from proxy.config.model import (
     Upstream,
     Variant,
 )
-from proxy.dataplane.compare import Seen
+from proxy.dataplane.compare import ComparedAnswer
 from proxy.dataplane.ejection import Breaker, Ejections
 from proxy.dataplane.forwarding import (
     BODY_TOO_LARGE,
@@ -31,7 +31,7 @@ from proxy.dataplane.forwarding import (
     read_body,
 )
 from proxy.dataplane.model_body import ReadBody
-from proxy.dataplane.shadow import Copy, Shadower, chosen
+from proxy.dataplane.shadow import Shadower, ShadowRequest, chosen
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.headers import connection_named, spelled
@@ -339,8 +339,8 @@ class Gateway:
         """Send a shadow copy of `request`, which stable answered, to the candidate."""
         if exchange.status is None or exchange.capture is None:
             return
-        copy = Copy(request.method, request.raw_target, exchange.forwarded, read)
-        stable = Seen(exchange.status, b"".join(exchange.capture), exchange.event_stream)
+        copy = ShadowRequest(request.method, request.raw_target, exchange.forwarded, read)
+        stable = ComparedAnswer(exchange.status, b"".join(exchange.capture), exchange.event_stream)
         self.shadower.launch(wiring.route, wiring.targets[_CANDIDATE], copy, stable)
 
     @staticmethod

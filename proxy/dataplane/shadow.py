@@ -33,7 +33,7 @@ from typing import Any
 
 from proxy.analysis.intervals import wilson
 from proxy.config.model import Route, Shadow, TextCompare
-from proxy.dataplane.compare import Seen, agree
+from proxy.dataplane.compare import ComparedAnswer, agree
 from proxy.dataplane.forwarding import CAPTURE, Target
 from proxy.dataplane.model_body import BodyError, ReadBody
 from proxy.http.client import UpstreamClient
@@ -60,7 +60,7 @@ def chosen(shadow: Shadow, key: str | None, draw: float) -> bool:
 
 
 @dataclass
-class Copy:
+class ShadowRequest:
     """What a shadow copy needs of its request, taken before the user's exchange ends."""
 
     method: str
@@ -165,7 +165,9 @@ class Shadower:
             return None
         return state.status(route.shadow, self._controller.gated(route.name, clock.now()))
 
-    def launch(self, route: Route, candidate: Target, copy: Copy, stable: Seen) -> bool:
+    def launch(
+        self, route: Route, candidate: Target, copy: ShadowRequest, stable: ComparedAnswer
+    ) -> bool:
         """Send `copy` to the candidate in the background and compare its answer with
         `stable`'s; False when dropped (too many in flight, or no free connection)."""
         shadow, state = route.shadow, self._routes.get(route.name)
@@ -204,7 +206,12 @@ class Shadower:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _compare(
-        self, route: Route, state: RouteShadow, candidate: Target, copy: Sending, stable: Seen
+        self,
+        route: Route,
+        state: RouteShadow,
+        candidate: Target,
+        copy: Sending,
+        stable: ComparedAnswer,
     ) -> None:
         shadow = route.shadow
         assert shadow is not None
@@ -234,7 +241,7 @@ class Shadower:
             state.in_flight -= 1
             state.bytes_in_flight -= copy.size
 
-    async def _ask(self, candidate: Target, copy: Sending, limit: float) -> Seen | None:
+    async def _ask(self, candidate: Target, copy: Sending, limit: float) -> ComparedAnswer | None:
         """The candidate's answer to the copy, or None if it is too large to compare."""
         upstream = candidate.upstream
         body = copy.body
@@ -257,6 +264,6 @@ class Shadower:
                     return None
                 kept.append(chunk)
             _, event_stream = answer_for_client(answer.headers)
-            return Seen(answer.status, b"".join(kept), event_stream)
+            return ComparedAnswer(answer.status, b"".join(kept), event_stream)
         finally:
             answer.release()

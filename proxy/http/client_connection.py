@@ -30,7 +30,7 @@ import httptools
 
 from proxy.http import framing
 from proxy.http.errors import BadRequest, ClientGone
-from proxy.http.framing import CHUNKED, DONE, LENGTH, Cutter
+from proxy.http.framing import CHUNKED, DONE, LENGTH, MessageBounds
 from proxy.http.request import REASONS, RawHeaders, Request
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body_after_head",
-        "_cutter",
+        "_bounds",
         "_headers",
         "_held",
         "_idle_since",
@@ -116,7 +116,7 @@ class ClientConnection(asyncio.Protocol):
         self.discarding = False  # dropping the rest of an answered request's body
         self._loop = asyncio.get_running_loop()
         self._parser = _request_parser(self)
-        self._cutter = Cutter()
+        self._bounds = MessageBounds()
         self._held = bytearray()  # what the client sent past the request being answered
         self._request: Request | None = None  # the request being answered
         self._parsing: Request | None = None  # the request whose body is arriving
@@ -151,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
-        if self._cutter.mode == DONE:  # sent ahead of the answer in progress: later
+        if self._bounds.mode == DONE:  # sent ahead of the answer in progress: later
             self._hold(data)
         else:
             self._consume(data)
@@ -185,19 +185,19 @@ class ClientConnection(asyncio.Protocol):
 
     def _consume(self, data: bytes) -> None:
         """Parse `data`, no further than the end of the current request; hold the rest."""
-        cutter = self._cutter
+        bounds = self._bounds
         start, size = 0, len(data)
-        head_end = cutter.whole_head(data, MAX_HEAD)
+        head_end = bounds.whole_head(data, MAX_HEAD)
         if head_end:
             start = self._whole_read(data, head_end)
             if start < 0:
                 return
         while start < size:
-            if cutter.mode == DONE:
+            if bounds.mode == DONE:
                 self._hold(data[start:])
                 return
-            end = cutter.piece(data, start)
-            if cutter.head_bytes > MAX_HEAD:
+            end = bounds.piece(data, start)
+            if bounds.head_bytes > MAX_HEAD:
                 self._refuse(BadRequest(431, "head_too_large", "the request head is too large"))
                 return
             try:
@@ -219,14 +219,14 @@ class ClientConnection(asyncio.Protocol):
         self._whole_head_end = head_end
         try:
             self._parser.feed_data(data)
-            if self._cutter.mode == LENGTH:
-                self._cutter.left -= len(data) - head_end  # what came of the body
+            if self._bounds.mode == LENGTH:
+                self._bounds.left -= len(data) - head_end  # what came of the body
             goes_on = len(data)
         except httptools.HttpParserUpgrade as exc:
             self._fresh_parser()
             goes_on = int(exc.args[0])
         except httptools.HttpParserError as exc:
-            if not isinstance(exc.__context__, framing.Stop) and self._cutter.mode != DONE:
+            if not isinstance(exc.__context__, framing.Stop) and self._bounds.mode != DONE:
                 self._refuse(_refusal(exc, self._parser.get_method()))
                 return -1
             # Stopped, or a whole request followed by bytes that are not one (they wait): llhttp
@@ -252,8 +252,8 @@ class ClientConnection(asyncio.Protocol):
         if self._body_after_head:
             self._body_after_head = False
             self._synthetic = True
-            mode, head = self._cutter.mode, _BODY_HEADS[self._cutter.mode]
-            self._parser.feed_data(head % self._cutter.left if mode == LENGTH else head)
+            mode, head = self._bounds.mode, _BODY_HEADS[self._bounds.mode]
+            self._parser.feed_data(head % self._bounds.left if mode == LENGTH else head)
 
     def _dispatch(self, request: Request) -> None:
         self._parsed = None
@@ -288,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._synthetic:
             return
-        if self._whole_head_end and self._cutter.mode == DONE:
+        if self._whole_head_end and self._bounds.mode == DONE:
             raise framing.Stop  # the next request: it waits until this one is answered
         self._in_head, self._trailers = True, 0
         self._target.clear()
@@ -333,9 +333,9 @@ class ClientConnection(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
         )
         if request.chunked:
-            self._cutter.body(CHUNKED)
+            self._bounds.body(CHUNKED)
         elif request.content_length:
-            self._cutter.body(LENGTH, request.content_length)
+            self._bounds.body(LENGTH, request.content_length)
         self._parsing = request if request.has_body else None
         self._parsed = request
         self._body_after_head = request.has_body and parser.should_upgrade()
@@ -353,7 +353,7 @@ class ClientConnection(asyncio.Protocol):
         if self._body_after_head:
             return  # llhttp skipped the body; it is parsed next (see `_fresh_parser`)
         self._synthetic = False
-        self._cutter.done()
+        self._bounds.done()
         if self._parsing is not None:
             self._parsing._finish_body()
             self._parsing = None
@@ -393,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _next_message(self) -> None:
         """Go on with what the client sent after the request just answered."""
-        self._cutter.begin()
+        self._bounds.begin()
         self.resume_reading()
         if self._held:
             held = bytes(self._held)

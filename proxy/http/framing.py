@@ -3,8 +3,8 @@
 llhttp parses whatever it is given, message after message. Both sides of the proxy must instead
 stop at the end of the message they wait for: the server answers one request before it parses
 the next, and the upstream client must never parse bytes an upstream sent after its answer as
-the answer to something else. A `Cutter` tells where the next piece ends, so that the parser is
-fed one message at a time and the bytes after it stay unparsed.
+the answer to something else. `MessageBounds` tells where the next piece ends, so that the
+parser is fed one message at a time and the bytes after it stay unparsed.
 
 Invariants
 - A piece never extends past the end of the current message. A head piece ends at the blank
@@ -16,7 +16,7 @@ Invariants
 - A read that begins with a whole head may be parsed in one go (the common case, and cheaper):
   the parser is then stopped, by raising `Stop` in its callbacks, where it would begin a message
   after the awaited one, so that the position where parsing goes on is still known.
-- The cutter knows nothing of HTTP beyond this; the parser's callbacks set the mode.
+- `MessageBounds` knows nothing of HTTP beyond this; the parser's callbacks set the mode.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def part(data: bytes, start: int, end: int) -> bytes | memoryview:
     return data[start:end] if end - start <= 4096 else memoryview(data)[start:end]
 
 
-class Cutter:
+class MessageBounds:
     """Where the next piece of a byte stream ends, for the message in progress."""
 
     __slots__ = ("_tail", "head_bytes", "left", "mode")

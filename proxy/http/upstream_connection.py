@@ -99,10 +99,10 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream; one exchange at a time."""
 
     __slots__ = (
+        "_bounds",
         "_buffered",
         "_chunks",
         "_codings",
-        "_cutter",
         "_error",
         "_head",
         "_head_deadline",
@@ -148,7 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._writable.set()
         self._timer: asyncio.TimerHandle | None = None  # checks the head deadline; lazily re-armed
         self._timer_at = 0.0
-        self._cutter = framing.Cutter()
+        self._bounds = framing.MessageBounds()
         self._chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = True  # llhttp waits for a new message (else: a new parser)
@@ -183,7 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._parser_at_start:  # after a HEAD answer llhttp still waits for its body
             self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = False
-        self._cutter.begin()
+        self._bounds.begin()
         self.expect_head_by(head_deadline)
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -196,16 +196,16 @@ class UpstreamConnection(asyncio.Protocol):
         if self.state != BUSY:
             return self._poison("outside an exchange" if self.state == IDLE else "after the answer")
         self.received = True
-        cutter = self._cutter
+        bounds = self._bounds
         start, size = 0, len(data)
-        head_end = cutter.whole_head(data, MAX_HEAD)
+        head_end = bounds.whole_head(data, MAX_HEAD)
         if head_end:
             start = self._whole_read(data, head_end)
         while start < size:
-            if cutter.mode == framing.DONE:
+            if bounds.mode == framing.DONE:
                 return self._poison("after the answer")
-            end = cutter.piece(data, start)
-            if cutter.head_bytes > MAX_HEAD:
+            end = bounds.piece(data, start)
+            if bounds.head_bytes > MAX_HEAD:
                 return self._fail(UpstreamError("protocol", "the answer's head is too large"))
             try:
                 self._parser.feed_data(framing.part(data, start, end))
@@ -231,15 +231,15 @@ class UpstreamConnection(asyncio.Protocol):
                 return len(data)
             self._interim_ended()
             return head_end if self.state == BUSY else len(data)
-        self._cutter.took(data, head_end)
+        self._bounds.took(data, head_end)
         return len(data)
 
     def _interim_ended(self) -> None:
         """An interim answer's head is complete: hand it on, and read the next head."""
         self._parser = httptools.HttpResponseParser(self)  # llhttp stops only by failing
-        cutter = self._cutter
-        self._interim_bytes += cutter.head_bytes
-        cutter.begin()
+        bounds = self._bounds
+        self._interim_bytes += bounds.head_bytes
+        bounds.begin()
         status, interim = self._interim_status, self._interim
         if status != 100 and interim is not None and self._interim_bytes <= MAX_HEAD:
             interim(status, self.reason, self.headers)
@@ -261,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer.cancel()
         self._writable.set()
         if self.state == BUSY:  # the upstream closed the connection (we did not)
-            if self.answered and self._cutter.mode == framing.UNTIL_CLOSE and exc is None:
+            if self.answered and self._bounds.mode == framing.UNTIL_CLOSE and exc is None:
                 self._end_of_answer()  # an orderly close ends a body delimited by the close
             else:
                 self._fail(UpstreamError("reset", "the upstream closed the connection"))
@@ -334,7 +334,7 @@ class UpstreamConnection(asyncio.Protocol):
         codings = self._codings
         if codings is not None:
             if len(codings) == 1 and codings[0].strip(b" \t").lower() == b"chunked":
-                return self._cutter.body(framing.CHUNKED)
+                return self._bounds.body(framing.CHUNKED)
             # Anything else but `identity` alone is refused: we never ask for a coding (no TE
             # header) and could not pass one on, and where llhttp ends a body under such a list
             # (`chunked, identity`: at the close) is not where its chunks would.
@@ -343,8 +343,8 @@ class UpstreamConnection(asyncio.Protocol):
                 detail = b", ".join(codings).decode("latin-1")
                 raise UpstreamError("protocol", f"the upstream's Transfer-Encoding is {detail!r}")
         elif self.content_length is not None:
-            return self._cutter.body(framing.LENGTH, self.content_length)
-        self._cutter.body(framing.UNTIL_CLOSE)
+            return self._bounds.body(framing.LENGTH, self.content_length)
+        self._bounds.body(framing.UNTIL_CLOSE)
         self.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
@@ -373,7 +373,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _end_of_answer(self) -> None:
         self.complete = True
         self._move("answered")
-        self._cutter.done()
+        self._bounds.done()
         self._wake()
 
     def _wake(self) -> None:

@@ -38,7 +38,7 @@ from proxy.rollout.store import (
     StateStore,
     StateUnavailable,
 )
-from proxy.routing import Control
+from proxy.routing import RolloutTerms
 from proxy.runtime import clock
 
 log = logging.getLogger("grayscale.rollout")
@@ -149,7 +149,9 @@ class RolloutController:
             error = None
             for route in routes:
                 try:
-                    error = (await self._change(route.name, self._keeper(route, now)))[1] or error
+                    error = (await self._change(route.name, self._reconciling(route, now)))[
+                        1
+                    ] or error
                 except StateUnavailable as exc:  # lined up when the store answers again
                     error = error or str(exc)
             for name, rollout in list(self._rollouts.items()):
@@ -161,7 +163,7 @@ class RolloutController:
         await self._store.follow(identities, self._changed_elsewhere, self._recovered)
         return error
 
-    def _keeper(self, route: Route, now: float) -> Change:
+    def _reconciling(self, route: Route, now: float) -> Change:
         """The change that lines up the stored rollout of `route` with what this process knows."""
         identity = identity_of(route)
         local = self._rollouts.get(route.name)
@@ -290,10 +292,10 @@ class RolloutController:
         """Which run of route `name`'s rollout is current (`machine.run_of`)."""
         return run_of(self._rollouts[name])
 
-    def control(self, name: str, now: float) -> Control:
+    def control(self, name: str, now: float) -> RolloutTerms:
         """What the rollout of route `name` says about decisions at `now`."""
         rollout = self._rollouts[name]
-        return Control(
+        return RolloutTerms(
             rollout.started_at, rollout.clock(now), forced_variant(rollout), rollout.share_override
         )
 

@@ -5,7 +5,7 @@ and the config types.
 """
 
 from proxy.routing.bucket import BUCKETS, bucket, threshold
-from proxy.routing.decide import Control, Decision, Reason, current_share, decide, weight_of
+from proxy.routing.decide import Decision, Reason, RolloutTerms, current_share, decide, weight_of
 from proxy.routing.facts import RequestFacts
 from proxy.routing.ramp import ramp_reaches_max, ramp_share
 from proxy.routing.segments import CompiledSegment, compile_condition
@@ -15,10 +15,10 @@ __all__ = [
     "BUCKETS",
     "ActiveRoute",
     "CompiledSegment",
-    "Control",
     "Decision",
     "Reason",
     "RequestFacts",
+    "RolloutTerms",
     "RoutingTable",
     "bucket",
     "compile_condition",

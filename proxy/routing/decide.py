@@ -30,7 +30,7 @@ _BUCKET, _PINNED, _NO_KEY, _RANDOM = Reason.BUCKET, Reason.PINNED, Reason.NO_KEY
 _ROLLOUT = Reason.ROLLOUT
 
 
-class Control(NamedTuple):
+class RolloutTerms(NamedTuple):
     """The rollout's say in a decision.
 
     `started_at` is when the rollout began (the start of ramps without one); `clock` is the ramps'
@@ -78,7 +78,7 @@ class Decision(NamedTuple):
 def decide(
     active: ActiveRoute,
     facts: RequestFacts,
-    control: Control,
+    control: RolloutTerms,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
     """Decide the variant for a request on `active` under the rollout's `control`.

@@ -350,8 +350,8 @@ class Recorder:
             if reason != "accepted" and count:
                 self.outcomes_not_taken.labels(reason).inc(count)
 
-    def keep_routes(self, names: set[str]) -> None:
-        """Stop exporting the series of routes not in `names` (they left the config): a route
+    def use(self, names: set[str]) -> None:
+        """Follow a new config: stop exporting the series of routes not in `names`; a route
         that comes back starts its counters again, which Prometheus reads as a reset."""
         for name in set(self._routes) - names:
             del self._routes[name]

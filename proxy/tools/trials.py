@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from proxy.analysis.assessment import analysis_share, assess
 from proxy.analysis.epochs import Epochs
-from proxy.analysis.outcome_reports import OutcomeBook, Report
+from proxy.analysis.outcome_reports import Report, ReportedOutcomes
 from proxy.analysis.policy import Act, Memory, Ramp, Rules, step
 from proxy.analysis.verdict import Verdict
 from proxy.analysis.window import LocalObservations, WindowRecorder
@@ -187,14 +187,14 @@ def run(regime: Regime, seed: int) -> float | None:
     key = key_of(f"trial-{seed}")
     minter, reader = Minter(key), Reader(key)
     label = minter.label(ROUTE, identity_of(route))
-    book: OutcomeBook | None = None
+    book: ReportedOutcomes | None = None
     analysis = _Analysis(spec, route, 1)
 
     def sink(served: Served, name: str, value: float, now: float) -> None:
         analysis.observations.add_outcome(served, name, value, now)
 
     if regime.conversion is not None:
-        book = OutcomeBook(reader, [sink])
+        book = ReportedOutcomes(reader, [sink])
         book.use(OutcomesConfig(ttl=regime.hours * 3600.0 + 1.0), [route])
     pending: list[tuple[float, int, str]] = []  # (when reported, tiebreak, request id)
     horizon = regime.hours * 3600.0

@@ -121,7 +121,7 @@ async def test_counts_since_a_rollout_began_are_pooled_per_rollout(redis_server)
         _, candidate = await pools[0].samples("r", T0 + 2 * 86_400)
         assert (candidate.requests, candidate.errors) == (12, 1)
         # A new candidate on the route: its counts start from nothing, in the fleet too.
-        replicas[0].update({"r": math.inf}, {"r": "candidate-2"})
+        replicas[0].use({"r": math.inf}, {"r": "candidate-2"})
         observe(replicas[0], T0 + 3 * 86_400, "candidate", 2)
         await pools[0].flush(T0 + 3 * 86_400)
         _, candidate = await pools[0].samples("r", T0 + 3 * 86_400)
@@ -160,7 +160,7 @@ async def test_a_new_run_or_candidate_is_judged_on_its_own_requests_in_every_win
         _, candidate = await pools[1].samples("r", T0 + 8)
         assert (candidate.requests, candidate.errors) == (10, 0)
         for local in replicas:  # a new candidate, run 1 of its own
-            local.update({"r": 60.0}, {"r": "candidate-2"})
+            local.use({"r": 60.0}, {"r": "candidate-2"})
             local.count("r", "candidate-2@1")
         observe(replicas[0], T0 + 9, "candidate", 2)
         await pools[0].flush(T0 + 10)

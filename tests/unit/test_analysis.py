@@ -823,7 +823,7 @@ def test_local_observations_per_route_and_variant():
 def test_observations_keep_windows_of_unchanged_span_across_updates():
     observations = LocalObservations({"a": 30.0, "b": 30.0})
     a, b = observations.windows["a"], observations.windows["b"]
-    observations.update({"a": 30.0, "b": 60.0, "c": 10.0})
+    observations.use({"a": 30.0, "b": 60.0, "c": 10.0})
     assert observations.windows["a"] is a
     assert observations.windows["b"] is not b
     assert set(observations.windows) == {"a", "b", "c"}

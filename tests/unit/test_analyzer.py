@@ -179,10 +179,10 @@ async def test_update_keeps_history_of_unchanged_analyses_only():
     source.pair = (good(), bad())
     await analyzer.round("r", T0 + 10)
     kept = analyzer.routes["r"]
-    analyzer.update([ROUTE, other, replace(ROUTE, name="plain", analysis=None)])
+    analyzer.use([ROUTE, other, replace(ROUTE, name="plain", analysis=None)])
     assert analyzer.routes["r"] is kept and kept.memory.failures == 1
     assert set(analyzer.routes) == {"r", "o"}
-    analyzer.update([replace(ROUTE, analysis=replace(SPEC, min_requests=50))])
+    analyzer.use([replace(ROUTE, analysis=replace(SPEC, min_requests=50))])
     assert analyzer.routes["r"] is not kept and analyzer.routes["r"].memory.failures == 0
     assert set(analyzer.routes) == {"r"}
 
@@ -246,7 +246,7 @@ async def test_a_new_candidate_is_a_first_analysis_again():
     assert analyzer.status(sequential)["analysis_number"] == 1  # type: ignore[index]
     candidate = replace(sequential, candidate=Upstream("http://127.0.0.1:3"))
     await controller.reconcile([candidate], T0 + 11)
-    analyzer.update([candidate])
+    analyzer.use([candidate])
     await analyzer.round("r", T0 + 20)
     assert controller.rollout("r").judged == 1
     assert analyzer.status(candidate)["analysis_number"] == 1  # type: ignore[index]

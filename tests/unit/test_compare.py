@@ -7,24 +7,24 @@ import json
 import pytest
 
 from proxy.config.model import ExactCompare, JsonCompare, TextCompare
-from proxy.dataplane.compare import Seen, agree, similarity, stream_text
+from proxy.dataplane.compare import ComparedAnswer, agree, similarity, stream_text
 
 
-def answer(document: object, status: int = 200) -> Seen:
-    return Seen(status, json.dumps(document).encode())
+def answer(document: object, status: int = 200) -> ComparedAnswer:
+    return ComparedAnswer(status, json.dumps(document).encode())
 
 
-def sse(*tokens: str) -> Seen:
+def sse(*tokens: str) -> ComparedAnswer:
     frames = [{"choices": [{"delta": {"role": "assistant", "content": ""}}]}]
     frames += [{"choices": [{"delta": {"content": token}}]} for token in tokens]
     body = b"".join(b"data: " + json.dumps(f).encode() + b"\n\n" for f in frames)
-    return Seen(200, body + b"data: [DONE]\n\n", event_stream=True)
+    return ComparedAnswer(200, body + b"data: [DONE]\n\n", event_stream=True)
 
 
 def test_exact_needs_the_same_status_and_bytes():
-    assert agree(ExactCompare(), Seen(200, b"a"), Seen(200, b"a"))
-    assert not agree(ExactCompare(), Seen(200, b"a"), Seen(200, b"a "))
-    assert not agree(ExactCompare(), Seen(200, b"a"), Seen(201, b"a"))
+    assert agree(ExactCompare(), ComparedAnswer(200, b"a"), ComparedAnswer(200, b"a"))
+    assert not agree(ExactCompare(), ComparedAnswer(200, b"a"), ComparedAnswer(200, b"a "))
+    assert not agree(ExactCompare(), ComparedAnswer(200, b"a"), ComparedAnswer(201, b"a"))
 
 
 def test_json_compares_the_named_fields_numbers_within_the_tolerance():
@@ -34,7 +34,7 @@ def test_json_compares_the_named_fields_numbers_within_the_tolerance():
     assert not agree(compare, stable, answer({"predictions": [{"label": "pos", "score": 0.97}]}))
     assert not agree(compare, stable, answer({"predictions": [{"label": "neg", "score": 0.91}]}))
     assert not agree(compare, stable, answer({"predictions": [{"label": "pos"}]}))  # missing
-    assert not agree(compare, stable, Seen(200, b"not json"))
+    assert not agree(compare, stable, ComparedAnswer(200, b"not json"))
     assert not agree(
         compare, stable, answer({"predictions": [{"label": "pos", "score": 0.91}]}, 500)
     )
@@ -70,7 +70,9 @@ def test_a_long_text_is_compared_over_its_first_words_only():
 
 
 def test_boundaries_and_edges_are_exact():
-    assert not agree(JsonCompare(("a",)), Seen(200, b"x"), Seen(200, b"x"))  # no JSON at all
+    assert not agree(
+        JsonCompare(("a",)), ComparedAnswer(200, b"x"), ComparedAnswer(200, b"x")
+    )  # no JSON at all
     assert agree(JsonCompare(("n",), tolerance=0.5), answer({"n": 1.0}), answer({"n": 1.5}))
     assert agree(JsonCompare(("items.1",)), answer({"items": [0]}), answer({"items": [5]}))
     assert similarity("a b", "a c") == 0.5
@@ -81,7 +83,7 @@ def test_boundaries_and_edges_are_exact():
     # Long texts with a frequent word: difflib's junk heuristic would hide it, and is off.
     assert similarity("x " + "w " * 250, "w " * 250 + "x") == pytest.approx(500 / 502)
     # One side not JSON agrees with nothing, even on a field the other side lacks.
-    assert not agree(JsonCompare(("a",)), answer({"x": 1}), Seen(200, b"nope"))
+    assert not agree(JsonCompare(("a",)), answer({"x": 1}), ComparedAnswer(200, b"nope"))
 
 
 def test_stream_texts_of_every_kind():

@@ -26,9 +26,9 @@ from proxy.config.model import (
 from proxy.routing import (
     ActiveRoute,
     CompiledSegment,
-    Control,
     Decision,
     Reason,
+    RolloutTerms,
     bucket,
     compile_condition,
     decide,
@@ -193,7 +193,7 @@ EU = Segment("eu", when=(REGION,), ramp=Ramp(base=0.0))
 def test_bucket_decides_against_the_share():
     route = make_route(share=0.5)
     for uid in (f"user-{i}" for i in range(200)):
-        d = decide(ActiveRoute.of(route), user(uid), Control(NOW, NOW))
+        d = decide(ActiveRoute.of(route), user(uid), RolloutTerms(NOW, NOW))
         expected = Variant.CANDIDATE if bucket("salt-1", uid) < 5000 else Variant.STABLE
         assert (d.variant, d.reason, d.bucket, d.segment) == (
             expected,
@@ -206,7 +206,9 @@ def test_bucket_decides_against_the_share():
 
 def test_pinned_segment_wins_over_bucket_and_share():
     route = make_route(share=0.0, segments=(STAFF,))
-    d = decide(ActiveRoute.of(route), user("anyone", **{"X-Group": "staff"}), Control(NOW, NOW))
+    d = decide(
+        ActiveRoute.of(route), user("anyone", **{"X-Group": "staff"}), RolloutTerms(NOW, NOW)
+    )
     assert (d.variant, d.reason, d.segment, d.bucket) == (
         Variant.CANDIDATE,
         Reason.PINNED,
@@ -217,22 +219,31 @@ def test_pinned_segment_wins_over_bucket_and_share():
 
 def test_deny_list_pins_stable_even_at_full_share():
     route = make_route(share=1.0, segments=(DENY,))
-    assert decide(ActiveRoute.of(route), user("vip-1"), Control(NOW, NOW)).variant is Variant.STABLE
     assert (
-        decide(ActiveRoute.of(route), user("vip-2"), Control(NOW, NOW)).variant is Variant.CANDIDATE
+        decide(ActiveRoute.of(route), user("vip-1"), RolloutTerms(NOW, NOW)).variant
+        is Variant.STABLE
+    )
+    assert (
+        decide(ActiveRoute.of(route), user("vip-2"), RolloutTerms(NOW, NOW)).variant
+        is Variant.CANDIDATE
     )
 
 
 def test_segment_ramp_replaces_route_share():
     route = make_route(share=1.0, segments=(EU,))
-    d = decide(ActiveRoute.of(route), user("u", **{"X-Region": "eu-west-1"}), Control(NOW, NOW))
+    d = decide(
+        ActiveRoute.of(route), user("u", **{"X-Region": "eu-west-1"}), RolloutTerms(NOW, NOW)
+    )
     assert (d.variant, d.segment, d.share) == (Variant.STABLE, "eu", 0.0)
-    assert decide(ActiveRoute.of(route), user("u"), Control(NOW, NOW)).variant is Variant.CANDIDATE
+    assert (
+        decide(ActiveRoute.of(route), user("u"), RolloutTerms(NOW, NOW)).variant
+        is Variant.CANDIDATE
+    )
 
 
 def test_segment_order_decides_overlaps():
     route = make_route(segments=(DENY, STAFF))
-    d = decide(ActiveRoute.of(route), user("vip-1", **{"X-Group": "staff"}), Control(NOW, NOW))
+    d = decide(ActiveRoute.of(route), user("vip-1", **{"X-Group": "staff"}), RolloutTerms(NOW, NOW))
     assert (d.variant, d.segment) == (Variant.STABLE, "deny")
 
 
@@ -246,7 +257,9 @@ def test_segment_order_decides_overlaps():
     ],
 )
 def test_requests_without_key(share, missing, expected, reason):
-    d = decide(ActiveRoute.of(make_route(share=share, missing=missing)), Facts(), Control(NOW, NOW))
+    d = decide(
+        ActiveRoute.of(make_route(share=share, missing=missing)), Facts(), RolloutTerms(NOW, NOW)
+    )
     assert (d.variant, d.reason, d.bucket) == (expected, reason, None)
 
 
@@ -254,7 +267,8 @@ def test_missing_random_splits_keyless_requests_by_share():
     route = make_route(share=0.3, missing=Missing.RANDOM)
     rng = random.Random(1)
     decisions = [
-        decide(ActiveRoute.of(route), Facts(), Control(NOW, NOW), rng.random) for _ in range(20000)
+        decide(ActiveRoute.of(route), Facts(), RolloutTerms(NOW, NOW), rng.random)
+        for _ in range(20000)
     ]
     assert all(d.reason is Reason.RANDOM for d in decisions)
     share = sum(d.variant is Variant.CANDIDATE for d in decisions) / len(decisions)
@@ -267,7 +281,7 @@ def test_same_user_same_variant_every_time():
         assert (
             len(
                 {
-                    decide(ActiveRoute.of(route), user(uid), Control(NOW, NOW)).variant
+                    decide(ActiveRoute.of(route), user(uid), RolloutTerms(NOW, NOW)).variant
                     for _ in range(50)
                 }
             )
@@ -278,22 +292,26 @@ def test_same_user_same_variant_every_time():
 def test_rollout_start_applies_to_ramps_without_start():
     route = make_route(share=1.0)
     assert (
-        decide(ActiveRoute.of(route), user("u"), Control(NOW, NOW - 1)).variant is Variant.STABLE
+        decide(ActiveRoute.of(route), user("u"), RolloutTerms(NOW, NOW - 1)).variant
+        is Variant.STABLE
     )  # not started yet
-    assert decide(ActiveRoute.of(route), user("u"), Control(NOW, NOW)).variant is Variant.CANDIDATE
+    assert (
+        decide(ActiveRoute.of(route), user("u"), RolloutTerms(NOW, NOW)).variant
+        is Variant.CANDIDATE
+    )
 
 
 @pytest.mark.parametrize("forced", [Variant.STABLE, Variant.CANDIDATE])
 def test_forced_variant_beats_segments_and_keys(forced):
     route = ActiveRoute.of(make_route(share=0.5, segments=(STAFF, DENY)))
     for facts in (user("vip-1"), user("x", **{"X-Group": "staff"}), Facts(), user("u-7")):
-        d = decide(route, facts, Control(NOW, NOW, forced=forced))
+        d = decide(route, facts, RolloutTerms(NOW, NOW, forced=forced))
         assert (d.variant, d.reason, d.segment) == (forced, Reason.ROLLOUT, None)
 
 
 def test_share_override_replaces_route_ramp_but_not_segments():
     route = ActiveRoute.of(make_route(share=0.0, segments=(STAFF, EU)))
-    control = Control(NOW, NOW, share=1.0)
+    control = RolloutTerms(NOW, NOW, share=1.0)
     assert decide(route, user("u"), control).variant is Variant.CANDIDATE
     eu = decide(route, user("u", **{"X-Region": "eu-west-1"}), control)
     assert (eu.variant, eu.segment) == (Variant.STABLE, "eu")  # the segment's own ramp (0%)
@@ -302,14 +320,14 @@ def test_share_override_replaces_route_ramp_but_not_segments():
 
 def test_ramp_clock_drives_the_share():
     route = ActiveRoute.of(replace(make_route(), ramp=Ramp(base=0.0, slope=1.0, per=100.0)))
-    assert decide(route, user("u"), Control(NOW, NOW + 50)).share == pytest.approx(0.5)
-    assert decide(route, user("u"), Control(NOW - 100, NOW + 50)).share == 1.0
+    assert decide(route, user("u"), RolloutTerms(NOW, NOW + 50)).share == pytest.approx(0.5)
+    assert decide(route, user("u"), RolloutTerms(NOW - 100, NOW + 50)).share == 1.0
 
 
 def test_decision_keeps_the_key_for_hashing_only_when_there_is_one():
     route = ActiveRoute.of(make_route())
-    assert decide(route, user("alice"), Control(NOW, NOW)).key == "alice"
-    assert decide(route, Facts(), Control(NOW, NOW)).key is None
+    assert decide(route, user("alice"), RolloutTerms(NOW, NOW)).key == "alice"
+    assert decide(route, Facts(), RolloutTerms(NOW, NOW)).key is None
 
 
 # --- exact decisions at the edges -------------------------------------------------------------
@@ -329,14 +347,14 @@ def test_buckets_of_the_edge_users_are_pinned():
 
 def test_a_user_whose_bucket_equals_the_threshold_stays_on_stable():
     route = ActiveRoute.of(make_route(share=0.5))
-    assert decide(route, user(AT_HALF), Control(NOW, NOW)) == Decision(
+    assert decide(route, user(AT_HALF), RolloutTerms(NOW, NOW)) == Decision(
         Variant.STABLE, Reason.BUCKET, 0.5, None, 5000, AT_HALF
     )
 
 
 def test_a_user_whose_bucket_is_one_below_the_threshold_gets_the_candidate():
     route = ActiveRoute.of(make_route(share=0.5))
-    assert decide(route, user(BELOW_HALF), Control(NOW, NOW)) == Decision(
+    assert decide(route, user(BELOW_HALF), RolloutTerms(NOW, NOW)) == Decision(
         Variant.CANDIDATE, Reason.BUCKET, 0.5, None, 4999, BELOW_HALF
     )
 
@@ -344,7 +362,7 @@ def test_a_user_whose_bucket_is_one_below_the_threshold_gets_the_candidate():
 @pytest.mark.parametrize(("forced", "share"), [(Variant.CANDIDATE, 1.0), (Variant.STABLE, 0.0)])
 def test_a_forced_variant_reports_a_share_of_one_or_zero_and_keeps_the_key_unhashed(forced, share):
     route = ActiveRoute.of(make_route(share=0.5, segments=(STAFF,)))
-    assert decide(route, user("u-7"), Control(NOW, NOW, forced=forced)) == Decision(
+    assert decide(route, user("u-7"), RolloutTerms(NOW, NOW, forced=forced)) == Decision(
         forced, Reason.ROLLOUT, share, None, None, "u-7"
     )
 
@@ -358,21 +376,21 @@ def test_a_pinned_segment_reports_a_share_of_one_or_zero_and_keeps_the_key_unhas
 ):
     route = ActiveRoute.of(make_route(share=0.5, segments=(segment,)))
     facts = user("vip-1", **{"X-Group": "staff"})
-    assert decide(route, facts, Control(NOW, NOW)) == Decision(
+    assert decide(route, facts, RolloutTerms(NOW, NOW)) == Decision(
         variant, Reason.PINNED, share, segment.name, None, "vip-1"
     )
 
 
 def test_a_keyless_request_in_a_segment_at_full_share_gets_the_candidate_under_that_segment():
     route = ActiveRoute.of(make_route(share=0.0, segments=(EU_FULL,)))
-    assert decide(route, Facts(headers=FROM_EU), Control(NOW, NOW)) == Decision(
+    assert decide(route, Facts(headers=FROM_EU), RolloutTerms(NOW, NOW)) == Decision(
         Variant.CANDIDATE, Reason.NO_KEY, 1.0, "eu"
     )
 
 
 def test_a_keyless_request_in_a_segment_ramp_goes_to_stable_under_that_segment():
     route = ActiveRoute.of(make_route(share=1.0, segments=(EU_HALF,)))
-    assert decide(route, Facts(headers=FROM_EU), Control(NOW, NOW)) == Decision(
+    assert decide(route, Facts(headers=FROM_EU), RolloutTerms(NOW, NOW)) == Decision(
         Variant.STABLE, Reason.NO_KEY, 0.5, "eu"
     )
 
@@ -384,5 +402,5 @@ def test_a_keyless_request_in_a_segment_ramp_goes_to_stable_under_that_segment()
 def test_a_random_draw_equal_to_the_threshold_goes_to_stable(drawn, bucket_drawn, variant):
     """Under `missing: random` the draw is a bucket too: candidate iff below the threshold."""
     route = ActiveRoute.of(make_route(share=0.0, segments=(EU_HALF,), missing=Missing.RANDOM))
-    decision = decide(route, Facts(headers=FROM_EU), Control(NOW, NOW), lambda: drawn)
+    decision = decide(route, Facts(headers=FROM_EU), RolloutTerms(NOW, NOW), lambda: drawn)
     assert decision == Decision(variant, Reason.RANDOM, 0.5, "eu", bucket_drawn)

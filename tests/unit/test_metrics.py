@@ -113,7 +113,7 @@ def test_routes_that_left_the_config_are_no_longer_exported():
         recorder.fallbacks.labels(route, "connect").inc()
         recorder.rollbacks.labels(route, "operator").inc()
         recorder.analysis_requests.labels(route, "candidate").set(5)
-    recorder.keep_routes({"kept"})
+    recorder.use({"kept"})
     routes = {dict(labels).get("route") for _, labels in samples(recorder)}
     assert "gone" not in routes and "kept" in routes
     m = samples(recorder)

@@ -11,8 +11,8 @@ import pytest
 from proxy.analysis.outcome_reports import (
     RESULTS,
     InvalidBatch,
-    OutcomeBook,
     Report,
+    ReportedOutcomes,
     json_number,
     parse_batch,
 )
@@ -143,7 +143,7 @@ def test_a_duplicate_takes_no_name_and_the_names_bound_comes_before_tracking():
 
 
 def test_pairs_are_keyed_by_the_whole_request_id_and_name():
-    book = OutcomeBook(Reader(KEY), [])
+    book = ReportedOutcomes(Reader(KEY), [])
     book.use(OutcomesConfig(), [ROUTE])
     rid, other = served(Variant.STABLE, 100.0), served(Variant.STABLE, 100.0)
     # (the name and the id cannot be moved across their separator: names have no newline)

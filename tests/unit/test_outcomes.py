@@ -6,7 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.analysis.outcome_reports import RESULTS, InvalidBatch, OutcomeBook, Report, parse_batch
+from proxy.analysis.outcome_reports import (
+    RESULTS,
+    InvalidBatch,
+    Report,
+    ReportedOutcomes,
+    parse_batch,
+)
 from proxy.config.model import (
     AnalysisSpec,
     Cohort,
@@ -50,13 +56,13 @@ Joined = tuple[str, Variant | None, float, str, float, float]
 
 def book_with(
     config: OutcomesConfig | None = None, routes: tuple[Route, ...] = (ROUTE,)
-) -> tuple[OutcomeBook, list[Joined]]:
+) -> tuple[ReportedOutcomes, list[Joined]]:
     taken: list[Joined] = []
 
     def sink(what: Served, name: str, value: float, now: float) -> None:
         taken.append((what.route, what.variant, what.weight, name, value, now))
 
-    book = OutcomeBook(Reader(KEY), [sink])
+    book = ReportedOutcomes(Reader(KEY), [sink])
     book.use(config or OutcomesConfig(), list(routes))
     return book, taken
 
@@ -160,7 +166,7 @@ def test_a_batch_reads_one_object_or_a_list_with_value_one_by_default():
 
 def test_names_are_bounded_per_route_and_kept_across_reloads():
     other = replace(ROUTE, name="other")
-    book = OutcomeBook(Reader(KEY), [])
+    book = ReportedOutcomes(Reader(KEY), [])
     book.use(OutcomesConfig(max_names=1), [ROUTE, other])
     assert book.take([Report(served(Variant.STABLE, 10.0), "a", 1.0)], 11.0)["accepted"] == 1
     assert book.take([Report(served(Variant.STABLE, 10.0, other), "b", 1.0)], 11.0)["accepted"]
@@ -172,7 +178,7 @@ def test_names_are_bounded_per_route_and_kept_across_reloads():
 
 
 def test_a_book_that_follows_no_config_yet_takes_nothing():
-    book = OutcomeBook(Reader(KEY), [])
+    book = ReportedOutcomes(Reader(KEY), [])
     assert book.take([Report(served(Variant.STABLE, 10.0), "a", 1.0)], 11.0)["stale"] == 1
 
 

@@ -452,9 +452,9 @@ def test_the_verdict_uses_the_always_valid_bounds_with_method_sequential():
 def test_a_new_rollout_starts_its_counts_since_the_beginning_anew():
     observations = LocalObservations({"r": math.inf}, {"r": "candidate-1"})
     observations.windows["r"]["candidate"].add(1.0, 1.0, True, None)
-    observations.update({"r": math.inf}, {"r": "candidate-1"})  # a reload: kept
+    observations.use({"r": math.inf}, {"r": "candidate-1"})  # a reload: kept
     assert observations.samples("r", 1e9)[1].requests == 1  # everything since it began
-    observations.update({"r": math.inf}, {"r": "candidate-2"})
+    observations.use({"r": math.inf}, {"r": "candidate-2"})
     assert observations.samples("r", 1e9)[1].requests == 0
 
 

@@ -424,9 +424,9 @@ def test_a_user_seen_exactly_one_window_ago_is_still_in_it():
 def test_a_reload_keeps_the_user_sample_and_a_new_rollout_starts_one():
     observations = LocalObservations({"r": math.inf}, {"r": "one"})
     sample = observations.users["r"]
-    observations.update({"r": math.inf}, {"r": "one"})
+    observations.use({"r": math.inf}, {"r": "one"})
     assert observations.users["r"] is sample
-    observations.update({"r": math.inf}, {"r": "two"})
+    observations.use({"r": math.inf}, {"r": "two"})
     assert observations.users["r"] is not sample
 
 
