@@ -40,9 +40,9 @@ from bench_proxy import (
 from redis import Redis
 
 from proxy.analysis.window import LocalObservations
-from proxy.fleet.connection import connect
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
+from proxy.fleet.redis_connection import connect
 from proxy.rollout.machine import Rollout
 from proxy.rollout.redis_store import RedisStore
 from proxy.runtime.tasks import cancel_and_wait

@@ -2,7 +2,7 @@
 
 One pure function, `step`: what the analysis remembers of a rollout, a verdict, the rollout as
 it stands and the route's rules in; what it remembers next and what to do out. The analysis loop
-(`proxy.analysis.loop`), `grayscale selftest` and the simulations (`proxy.tools.trials`) all
+(`proxy.analysis.analyzer`), `grayscale selftest` and the simulations (`proxy.tools.trials`) all
 step this one, so the figures they measure are those of the policy that runs.
 
 Invariants

@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from proxy.analysis.loop import Analyzer
+from proxy.analysis.analyzer import Analyzer
 from proxy.analysis.outcome_reports import ReportedOutcomes
 from proxy.api.access import Access
 from proxy.api.actions import Actions

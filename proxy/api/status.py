@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from proxy.analysis.loop import Analyzer
+from proxy.analysis.analyzer import Analyzer
 from proxy.config.model import Config, Ramp, Route, Segment, Variant
 from proxy.config.reload import ReloadResult
 from proxy.dataplane.ejection import Breaker

@@ -11,7 +11,7 @@ import secrets
 import signal
 import time
 
-from proxy.analysis.loop import Analyzer
+from proxy.analysis.analyzer import Analyzer
 from proxy.analysis.outcome_reports import ReportedOutcomes
 from proxy.analysis.sources import InProcess
 from proxy.analysis.webhook import RollbackNotifier
@@ -23,14 +23,14 @@ from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend
 from proxy.config.reload import ConfigWatcher, ReloadResult, restart_required
 from proxy.dataplane.gateway import Gateway
-from proxy.fleet.connection import (
+from proxy.fleet.member import FleetMember
+from proxy.fleet.redis_connection import (
     connect,
     connect_cluster,
     connect_sentinel,
     describe,
     replica_name,
 )
-from proxy.fleet.member import FleetMember
 from proxy.http.listener import Listener
 from proxy.records.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController

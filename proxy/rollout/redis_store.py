@@ -125,7 +125,7 @@ class RedisStore:
         where: str = "redis",
         min_replicas_ack: int | None = None,
     ):
-        """`where` names the Redis in messages (see `proxy.fleet.connection.describe`);
+        """`where` names the Redis in messages (see `proxy.fleet.redis_connection.describe`);
         `min_replicas_ack`: the replicas a durable change waits for (None: one if the master
         has any, as last seen)."""
         self.min_replicas_ack = min_replicas_ack

@@ -16,9 +16,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.analysis.window import LocalObservations
-from proxy.fleet.connection import connect_cluster
 from proxy.fleet.decider import LEASE, Decider
 from proxy.fleet.observations import PooledObservations
+from proxy.fleet.redis_connection import connect_cluster
 from proxy.rollout.machine import Rollout
 from proxy.rollout.redis_store import RedisStore, replicas
 from proxy.rollout.store import Change, Fence, LeaseLost, NotReplicated

@@ -14,9 +14,9 @@ from proxy.analysis.verdict import Moments
 from proxy.analysis.window import LocalObservations
 from proxy.config.model import Variant
 from proxy.fleet import decider as decider_module
-from proxy.fleet.connection import connect
 from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
+from proxy.fleet.redis_connection import connect
 from proxy.records.request_id import Served, rollout_digest
 from tests.fleet.redis_server import RedisServer
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from redis.asyncio import Redis
 
-from proxy.fleet.connection import connect
+from proxy.fleet.redis_connection import connect
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, Rollout, State, identity_of
 from proxy.rollout.redis_store import REREAD_EVERY, RedisStore

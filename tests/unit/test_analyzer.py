@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from proxy.analysis.analyzer import Analyzer
 from proxy.analysis.assessment import analysis_share
 from proxy.analysis.histogram import SIZE, bucket_of, value_of
-from proxy.analysis.loop import Analyzer
 from proxy.analysis.sources import Unavailable
 from proxy.analysis.verdict import Clustering, Result, Sample
 from proxy.config.model import (
