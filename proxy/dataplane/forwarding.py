@@ -15,16 +15,16 @@ Invariants
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 from proxy.config.model import Upstream, Variant
+from proxy.dataplane.limiter import Limiter, Overloaded
 from proxy.dataplane.model_body import BodyError, ReadBody
+from proxy.dataplane.request_body import BodyLimit, buffered
 from proxy.dataplane.stream_meter import EVENT_LIMIT, StreamMeter, whole_answer_tokens
 from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
@@ -39,57 +39,6 @@ VARIANT_HEADER = "X-Grayscale-Variant"
 ROUTE_HEADER = "X-Grayscale-Route"
 FALLBACK_HEADER = "X-Grayscale-Fallback"
 REQUEST_ID_HEADER = "X-Grayscale-Request-Id"
-
-
-class Overloaded(Exception):
-    """No connection slot to the upstream came free in time."""
-
-
-class Limiter:
-    """At most `max_active` exchanges with one upstream; at most `max_pending` more may wait."""
-
-    __slots__ = ("_waiters", "active", "max_active", "max_pending")
-
-    def __init__(self, max_active: int, max_pending: int):
-        self.max_active, self.max_pending = max_active, max_pending
-        self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_acquire(self) -> bool:
-        """Take a slot if one is free now."""
-        if self.active < self.max_active and not self._waiters:
-            self.active += 1
-            return True
-        return False
-
-    async def acquire(self, wait: float) -> None:
-        """Take a slot, waiting at most `wait` seconds in line; raises `Overloaded`."""
-        if self.try_acquire():
-            return
-        if len(self._waiters) >= self.max_pending:
-            raise Overloaded
-        slot = asyncio.get_running_loop().create_future()
-        self._waiters.append(slot)
-        try:
-            async with asyncio.timeout(wait):
-                await slot
-        except BaseException as exc:  # timed out, or the request was cancelled
-            if slot.done() and not slot.cancelled():
-                self.release()  # handed a slot just as the wait ended: pass it on
-            elif slot in self._waiters:
-                self._waiters.remove(slot)
-            if isinstance(exc, TimeoutError):
-                raise Overloaded from None
-            raise
-
-    def release(self) -> None:
-        """Give a slot back: to the first waiter still in line, else free it."""
-        while self._waiters:
-            slot = self._waiters.popleft()
-            if not slot.done():
-                slot.set_result(None)  # the slot passes on: `active` stays
-                return
-        self.active -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,66 +168,9 @@ class _Unavailable(Exception):
         self.failure = failure
 
 
-class BodyTooLarge(Exception):
-    """A request body is larger than `server.max_body_bytes`."""
-
-
-async def read_body(request: Request, max_body: int) -> bytes:
-    """The whole request body, at most `max_body` bytes (else `BodyTooLarge`)."""
-    length = request.content_length
-    if length is not None and length > max_body:
-        raise BodyTooLarge
-    if not request.has_body:
-        return b""
-    limit = _BodyLimit(request, max_body)
-    try:
-        return b"".join([chunk async for chunk in limit.chunks()])
-    except ValueError:
-        raise BodyTooLarge from None
-
-
-async def _buffered(request: Request, limit: _BodyLimit | None, size: int) -> Body:
-    """The request body read up to `size` bytes before any upstream is asked: whole, if it ends
-    by then; else its first pieces followed by the rest as it comes. Raises `ValueError` when
-    it is over `limit` (a chunked body) and the client's `BadRequest` (408) when it stalls."""
-    pieces = request.chunks() if limit is None else limit.chunks()
-    first: list[bytes] = []
-    read = 0
-    while read < size:
-        try:
-            chunk = await anext(pieces)
-        except StopAsyncIteration:
-            return b"".join(first)
-        first.append(chunk)
-        read += len(chunk)
-    return _then(first, pieces)
-
-
-async def _then(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield b"".join(first)
-    async for chunk in rest:
-        yield chunk
-
-
 def bad_body(detail: str) -> UpstreamFailure:
     """The answer to a body the route cannot read (not a JSON object with one `model`)."""
     return UpstreamFailure(None, 400, "invalid_json_body", detail)
-
-
-class _BodyLimit:
-    """A request body streamed through, failing once it passes `limit` bytes."""
-
-    def __init__(self, request: Request, limit: int):
-        self.request, self.limit, self.exceeded = request, limit, False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self.request.chunks():
-            seen += len(chunk)
-            if seen > self.limit:
-                self.exceeded = True
-                raise ValueError("request body too large")
-            yield chunk
 
 
 async def _open(
@@ -288,7 +180,7 @@ async def _open(
     *,
     headers: bytes,
     body: Body,
-    limit: _BodyLimit | None,
+    limit: BodyLimit | None,
 ) -> tuple[Answer, float]:
     """Take a connection slot and send the request; the answer (its head read) and when it was
     sent. On failure the slot is given back and `_Unavailable` raised."""
@@ -415,7 +307,7 @@ async def forward(
         version=request.version.encode(),
         trusted=trusted,
     )
-    limit: _BodyLimit | None = None
+    limit: BodyLimit | None = None
     body: Body = None
     if read is not None:
         try:
@@ -427,11 +319,13 @@ async def forward(
         if length is not None and length > max_body:
             return _failed(request, target, exchange, BODY_TOO_LARGE)
         if length is not None and length <= buffer_bytes:
-            body = await request.read()  # (before a connection slot is taken: see `_buffered`)
+            body = (
+                await request.read()
+            )  # (before a connection slot is taken: see `request_body.buffered`)
         else:
-            limit = _BodyLimit(request, max_body) if length is None else None
+            limit = BodyLimit(request, max_body) if length is None else None
             try:
-                body = await _buffered(request, limit, buffer_bytes)
+                body = await buffered(request, limit, buffer_bytes)
             except ValueError:
                 return _failed(request, target, exchange, BODY_TOO_LARGE)
     try:

@@ -20,17 +20,10 @@ from proxy.config.model import (
 )
 from proxy.dataplane.compare import ComparedAnswer
 from proxy.dataplane.ejection import Breaker, Ejections
-from proxy.dataplane.forwarding import (
-    BODY_TOO_LARGE,
-    BodyTooLarge,
-    Exchange,
-    Limiter,
-    Target,
-    error_document,
-    forward,
-    read_body,
-)
+from proxy.dataplane.forwarding import BODY_TOO_LARGE, Exchange, Target, error_document, forward
+from proxy.dataplane.limiter import Limiter
 from proxy.dataplane.model_body import ReadBody
+from proxy.dataplane.request_body import BodyTooLarge, read_body
 from proxy.dataplane.shadow import Shadower, ShadowRequest, chosen
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest

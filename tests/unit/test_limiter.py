@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.dataplane.forwarding import Limiter, Overloaded
+from proxy.dataplane.limiter import Limiter, Overloaded
 
 
 async def test_slots_are_taken_at_once_until_none_is_free():

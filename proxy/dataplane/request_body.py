@@ -1,0 +1,72 @@
+"""Reading a client's request body before (or while) an upstream is asked.
+
+Invariants
+- A body is never taken past its limit: `BodyLimit` fails at the first byte over it, and
+  `read_body` refuses a declared length over it before reading anything.
+- `buffered` reads at most `size` bytes (and the rest of one piece) ahead of the upstream: a
+  slow client's body is read before an upstream slot is taken, a large one is streamed on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from proxy.http.client import Body
+from proxy.http.request import Request
+
+
+class BodyTooLarge(Exception):
+    """A request body is larger than `server.max_body_bytes`."""
+
+
+async def read_body(request: Request, max_body: int) -> bytes:
+    """The whole request body, at most `max_body` bytes (else `BodyTooLarge`)."""
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise BodyTooLarge
+    if not request.has_body:
+        return b""
+    limit = BodyLimit(request, max_body)
+    try:
+        return b"".join([chunk async for chunk in limit.chunks()])
+    except ValueError:
+        raise BodyTooLarge from None
+
+
+async def buffered(request: Request, limit: BodyLimit | None, size: int) -> Body:
+    """The request body read up to `size` bytes before any upstream is asked: whole, if it ends
+    by then; else its first pieces followed by the rest as it comes. Raises `ValueError` when
+    it is over `limit` (a chunked body) and the client's `BadRequest` (408) when it stalls."""
+    pieces = request.chunks() if limit is None else limit.chunks()
+    first: list[bytes] = []
+    read = 0
+    while read < size:
+        try:
+            chunk = await anext(pieces)
+        except StopAsyncIteration:
+            return b"".join(first)
+        first.append(chunk)
+        read += len(chunk)
+    return _then(first, pieces)
+
+
+async def _then(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield b"".join(first)
+    async for chunk in rest:
+        yield chunk
+
+
+class BodyLimit:
+    """A request body streamed through, failing once it passes `limit` bytes."""
+
+    def __init__(self, request: Request, limit: int):
+        self.request, self.limit, self.exceeded = request, limit, False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.chunks():
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise ValueError("request body too large")
+            yield chunk
