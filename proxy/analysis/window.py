@@ -272,7 +272,7 @@ class LocalObservations:
 
     def add_outcome(self, served: Served, name: str, value: float, now: float) -> None:
         """Count a reported outcome in its route's window with its request's weight, if the
-        route is analysed and the request compared (an outcome book's sink)."""
+        route is analysed and the request compared (a sink of the reported outcomes)."""
         windows = self.windows.get(served.route)
         if windows is not None and served.variant is not None:
             windows[served.variant].add_outcome(now, name, value, served.weight)

@@ -167,7 +167,7 @@ class Server:
         )
         if config.access_log is not None:
             self.access_log = AccessLog(
-                config.access_log, secret, on_drop=self.recorder.access_log_dropped.inc
+                config.access_log, secret, on_drop=self.recorder.count_access_log_drop
             )
         self.observations = LocalObservations(_spans(config), _identities(config))
         self.fleet = None
@@ -339,7 +339,7 @@ class Server:
                 for error in errors:
                     log.error("reload refused, the running config stays: %s", error)
                 result = ReloadResult(time.time(), trigger, "invalid", self.config.digest, errors)
-                self.recorder.config_reloads.labels("failure").inc()
+                self.recorder.count_config_reload(applied=False)
             else:
                 outcome = "unchanged" if config.digest == self.config.digest else "applied"
                 restart = restart_required(self.started_with, config)
@@ -349,7 +349,7 @@ class Server:
                     await self.apply(config)
                     log.info("config %s applied (%s)", config.digest, trigger)
                 result = ReloadResult(time.time(), trigger, outcome, config.digest, (), restart)
-                self.recorder.config_reloads.labels("success").inc()
+                self.recorder.count_config_reload(applied=True)
             self.last_reload = result
             self.admin.last_reload = result
         if trigger == "api" and self.worker is not None:

@@ -225,7 +225,7 @@ class Gateway:
                 return request.reply_json(400, document)
         active = table.match(request.path, None if read is None else read.model)
         if active is None:
-            self.recorder.unmatched.inc()
+            self.recorder.count_unmatched()
             what = "this path" if read is None else "this path and model"
             document = error_document(
                 404, "no_route", f"no route matches {what}", read is not None, path=request.path

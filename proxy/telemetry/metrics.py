@@ -199,7 +199,9 @@ class _PerRequestCollector(Collector):
 
 
 class Recorder:
-    """All of Grayscale's metrics on one registry (a fresh one unless given)."""
+    """All of Grayscale's metrics on one registry (a fresh one unless given). The parts of the
+    proxy tell it what happened through its methods; the Prometheus objects stay inside, and
+    only `/metrics` reads the registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -207,7 +209,7 @@ class Recorder:
         self._routes: dict[str, dict[str, VariantMetrics]] = {}
         self._outcomes: dict[tuple[str, str, str], list[float]] = {}  # -> [count, sum]
         r.register(_PerRequestCollector(self._routes, self._outcomes))
-        self.shadow_comparisons = Counter(
+        self._shadow_comparisons = Counter(
             "grayscale_shadow_comparisons",
             "Shadow copies of stable's requests sent to the candidate, by the comparison of the "
             "two answers: agree, differ, error (the candidate failed, timed out or answered "
@@ -215,13 +217,13 @@ class Recorder:
             ("route", "result"),
             registry=r,
         )
-        self.shadow_dropped = Counter(
+        self._shadow_dropped = Counter(
             "grayscale_shadow_dropped",
             "Shadow copies not sent: shadow.max_in_flight reached or no free candidate connection.",
             ("route",),
             registry=r,
         )
-        self.outcomes_not_taken = Counter(
+        self._outcomes_not_taken = Counter(
             "grayscale_outcomes_not_taken",
             "Reported outcomes not counted, by reason: unknown (not a request id of ours), "
             "expired (older than outcomes.ttl), stale (route or rollout changed), "
@@ -231,74 +233,74 @@ class Recorder:
             ("reason",),
             registry=r,
         )
-        self.unmatched = Counter(
+        self._unmatched = Counter(
             "grayscale_unmatched_requests", "Requests that matched no route (404).", registry=r
         )
-        self.access_log_dropped = Counter(
+        self._access_log_dropped = Counter(
             "grayscale_access_log_dropped_lines",
             "Access log lines dropped because the writer fell behind.",
             registry=r,
         )
-        self.verdicts = Counter(
+        self._verdicts = Counter(
             "grayscale_analysis_verdicts",
             "Analysis results per check (error_rate, latency, outcome:..., metric:..., "
             "sample_ratio, overall): pass, fail, suspect, inconclusive, error.",
             ("route", "check", "result"),
             registry=r,
         )
-        self.analysis_error_rate = Gauge(
+        self._analysis_error_rate = Gauge(
             "grayscale_analysis_error_rate",
             "Error rate in the last analysis window.",
             ("route", "variant"),
             registry=r,
         )
-        self.analysis_latency = Gauge(
+        self._analysis_latency = Gauge(
             "grayscale_analysis_latency_quantile_seconds",
             "The compared latency quantile in the last analysis window.",
             ("route", "variant"),
             registry=r,
         )
-        self.analysis_requests = Gauge(
+        self._analysis_requests = Gauge(
             "grayscale_analysis_window_requests",
             "Requests in the last analysis window.",
             ("route", "variant"),
             registry=r,
         )
-        self.analysis_errors = Gauge(
+        self._analysis_errors = Gauge(
             "grayscale_analysis_errors_in_a_row",
             "Verdicts in a row that could not be measured (Prometheus or the fleet's store "
             "unreachable, a broken split); see analysis.max_errors_in_a_row and on_error.",
             ("route",),
             registry=r,
         )
-        self.analysis_metric = Gauge(
+        self._analysis_metric = Gauge(
             "grayscale_analysis_metric_value",
             "The last value of a custom metric check's query.",
             ("route", "metric", "variant"),
             registry=r,
         )
-        self.fallbacks = Counter(
+        self._fallbacks = Counter(
             "grayscale_fallbacks",
             "Requests for the candidate served by stable: connect (unreachable), overloaded "
             "(no free connection), 5xx (replayed), ejected (outlier ejection).",
             ("route", "reason"),
             registry=r,
         )
-        self.config_reloads = Counter(
+        self._config_reloads = Counter(
             "grayscale_config_reloads",
             "Config reloads: success (applied or unchanged) or failure (invalid, not applied).",
             ("result",),
             registry=r,
         )
         for result in ("success", "failure"):
-            self.config_reloads.labels(result)
-        self.rollbacks = Counter(
+            self._config_reloads.labels(result)
+        self._rollbacks = Counter(
             "grayscale_rollbacks",
             "Rollbacks, by trigger: analysis (automatic) or operator.",
             ("route", "trigger"),
             registry=r,
         )
-        self.promotions = Counter(
+        self._promotions = Counter(
             "grayscale_promotions",
             "Promotions, by trigger: analysis (automatic, promote.after) or operator.",
             ("route", "trigger"),
@@ -307,6 +309,18 @@ class Recorder:
         Gauge("grayscale_build_info", "Grayscale's version.", ("version",), registry=r).labels(
             __version__
         ).set(1)
+
+    def count_unmatched(self) -> None:
+        """A request matched no route."""
+        self._unmatched.inc()
+
+    def count_access_log_drop(self) -> None:
+        """The access log writer fell behind and dropped a line."""
+        self._access_log_dropped.inc()
+
+    def count_config_reload(self, applied: bool) -> None:
+        """A reload of the config file: applied (or unchanged), or refused as invalid."""
+        self._config_reloads.labels("success" if applied else "failure").inc()
 
     def route(self, name: str) -> dict[str, VariantMetrics]:
         """The counts of route `name`, per variant (created on first use, kept after)."""
@@ -323,7 +337,7 @@ class Recorder:
             return  # the route left the config while the request was in flight
         variants[outcome.variant].observe(outcome)
         if outcome.fallback is not None:
-            self.fallbacks.labels(outcome.route, outcome.fallback).inc()
+            self._fallbacks.labels(outcome.route, outcome.fallback).inc()
         candidate = variants[Variant.CANDIDATE]
         if outcome.candidate_error is not None:
             candidate.errors[outcome.candidate_error] += 1
@@ -331,7 +345,7 @@ class Recorder:
             candidate.requests[code_class(None, outcome.candidate_status)] += 1
 
     def observe_outcome(self, served: Served, name: str, value: float, _now: float) -> None:
-        """Count a reported outcome (an outcome book's sink)."""
+        """Count a reported outcome (a sink of the reported outcomes)."""
         variant = "" if served.variant is None else served.variant.value
         counted = self._outcomes.setdefault((served.route, variant, name), [0, 0.0])
         counted[0] += 1
@@ -340,15 +354,15 @@ class Recorder:
     def count_shadow(self, route: str, result: str) -> None:
         """Count a shadow comparison's result, or a dropped copy (a shadower's listener)."""
         if result == "dropped":
-            self.shadow_dropped.labels(route).inc()
+            self._shadow_dropped.labels(route).inc()
         else:
-            self.shadow_comparisons.labels(route, result).inc()
+            self._shadow_comparisons.labels(route, result).inc()
 
     def count_not_taken(self, results: dict[str, int]) -> None:
         """Count the outcomes of a batch that were not taken, by reason."""
         for reason, count in results.items():
             if reason != "accepted" and count:
-                self.outcomes_not_taken.labels(reason).inc(count)
+                self._outcomes_not_taken.labels(reason).inc(count)
 
     def use(self, names: set[str]) -> None:
         """Follow a new config: stop exporting the series of routes not in `names`; a route
@@ -358,17 +372,17 @@ class Recorder:
         for key in [key for key in self._outcomes if key[0] not in names]:
             del self._outcomes[key]
         per_route: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
-            (self.fallbacks, ("route", "reason")),
-            (self.verdicts, ("route", "check", "result")),
-            (self.analysis_error_rate, ("route", "variant")),
-            (self.analysis_latency, ("route", "variant")),
-            (self.analysis_requests, ("route", "variant")),
-            (self.analysis_metric, ("route", "metric", "variant")),
-            (self.analysis_errors, ("route",)),
-            (self.rollbacks, ("route", "trigger")),
-            (self.promotions, ("route", "trigger")),
-            (self.shadow_comparisons, ("route", "result")),
-            (self.shadow_dropped, ("route",)),
+            (self._fallbacks, ("route", "reason")),
+            (self._verdicts, ("route", "check", "result")),
+            (self._analysis_error_rate, ("route", "variant")),
+            (self._analysis_latency, ("route", "variant")),
+            (self._analysis_requests, ("route", "variant")),
+            (self._analysis_metric, ("route", "metric", "variant")),
+            (self._analysis_errors, ("route",)),
+            (self._rollbacks, ("route", "trigger")),
+            (self._promotions, ("route", "trigger")),
+            (self._shadow_comparisons, ("route", "result")),
+            (self._shadow_dropped, ("route",)),
         )
         for metric, labels in per_route:
             gone = {
@@ -383,34 +397,34 @@ class Recorder:
     def observe_verdict(self, route: str, verdict: Verdict, errors_in_a_row: int) -> None:
         """Count an analysis verdict and export what it observed, and how many verdicts in a
         row could not be measured."""
-        self.verdicts.labels(route, "overall", verdict.result.value).inc()
-        self.analysis_errors.labels(route).set(errors_in_a_row)
+        self._verdicts.labels(route, "overall", verdict.result.value).inc()
+        self._analysis_errors.labels(route).set(errors_in_a_row)
         for check in verdict.checks:
-            self.verdicts.labels(route, check.name, check.result.value).inc()
+            self._verdicts.labels(route, check.name, check.result.value).inc()
             for variant, seen in (("stable", check.stable), ("candidate", check.candidate)):
                 if check.name.startswith("metric:"):
                     metric = check.name.removeprefix("metric:")
                     if seen["value"] is not None:
-                        self.analysis_metric.labels(route, metric, variant).set(seen["value"])
+                        self._analysis_metric.labels(route, metric, variant).set(seen["value"])
                     else:  # (no stale value: the series goes until the query answers again)
                         with contextlib.suppress(KeyError):
-                            self.analysis_metric.remove(route, metric, variant)
+                            self._analysis_metric.remove(route, metric, variant)
                     continue
-                self.analysis_requests.labels(route, variant).set(seen["requests"])
+                self._analysis_requests.labels(route, variant).set(seen["requests"])
                 if seen["error_rate"] is not None:
-                    self.analysis_error_rate.labels(route, variant).set(seen["error_rate"])
+                    self._analysis_error_rate.labels(route, variant).set(seen["error_rate"])
                 if LATENCY_KEY in seen:
-                    self.analysis_latency.labels(route, variant).set(seen[LATENCY_KEY])
+                    self._analysis_latency.labels(route, variant).set(seen[LATENCY_KEY])
 
     def count_rollback(self, route: Route, transition: Transition, _: object) -> None:
         """Count a rollback (a controller rollback listener)."""
         trigger = "analysis" if transition.actor == "analysis" else "operator"
-        self.rollbacks.labels(route.name, trigger).inc()
+        self._rollbacks.labels(route.name, trigger).inc()
 
     def count_promotion(self, route: Route, transition: Transition, _: object) -> None:
         """Count a promotion (a controller promotion listener)."""
         trigger = "analysis" if transition.actor == "analysis" else "operator"
-        self.promotions.labels(route.name, trigger).inc()
+        self._promotions.labels(route.name, trigger).inc()
 
     def counts(self, route: str) -> dict[str, dict[str, int]]:
         """Requests per variant and code class so far, for `/status`."""

@@ -2,7 +2,7 @@
 
 A trial sends simulated users' requests through the real parts that decide and count them: the
 sticky bucket and threshold of the routing core, the candidate's ejection breaker, the fallback
-to stable, the analysis windows' recorder, request ids and the outcome book, and the analysis
+to stable, the analysis windows' recorder, request ids and the reported outcomes, and the analysis
 itself (epochs, checks, their share of the error rate) and the decision policy
 (`proxy.analysis.policy.step`). What is simulated is
 only the world around them: users and how often they come, the share over time, errors, latency,

@@ -108,7 +108,12 @@ async def test_consecutive_failures_roll_back_with_the_verdict():
     assert transition.reason.startswith("analysis: error_rate 0.2 (bound")
     ((name, _, details),) = notified
     assert name == "r" and details["result"] == "fail"
-    assert recorder.rollbacks.labels("r", "analysis")._value.get() == 1
+    assert (
+        recorder.registry.get_sample_value(
+            "grayscale_rollbacks_total", {"route": "r", "trigger": "analysis"}
+        )
+        == 1
+    )
     assert await analyzer.round("r", T0 + 40) is None  # rolled back: nothing left to judge
 
 
@@ -309,7 +314,10 @@ async def test_rounds_that_cannot_be_measured_hold_then_follow_on_error():
     assert first is not None and first.result is Result.ERROR and first.checks == ()
     assert first.note == "cannot read the observations: redis at 127.0.0.1:6379: Connection refused"
     assert controller.holding("r") and controller.state("r", T0 + 10) is State.RAMPING
-    assert recorder.analysis_errors.labels("r")._value.get() == 1
+    assert (
+        recorder.registry.get_sample_value("grayscale_analysis_errors_in_a_row", {"route": "r"})
+        == 1
+    )
     await analyzer.round("r", T0 + 20)
     assert controller.state("r", T0 + 20) is State.ROLLED_BACK
     assert controller.rollout("r").last.reason == (
@@ -331,7 +339,10 @@ async def test_on_error_hold_keeps_holding_loudly_and_a_measured_verdict_ends_th
     )
     assert status["alarm"] is True and controller.holding("r")
     assert controller.state("r", T0 + 50) is State.RAMPING
-    assert recorder.analysis_errors.labels("r")._value.get() == 5
+    assert (
+        recorder.registry.get_sample_value("grayscale_analysis_errors_in_a_row", {"route": "r"})
+        == 5
+    )
     source.broken, source.pair = None, (good(1000), good(1000))
     verdict = await analyzer.round("r", T0 + 60)
     assert verdict is not None and verdict.result is Result.PASS

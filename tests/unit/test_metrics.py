@@ -7,8 +7,10 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config.model import Variant
-from proxy.records.request_outcome import Failure, RequestOutcome
+from proxy.config.loader import parse_config
+from proxy.config.model import Route, Variant
+from proxy.records.request_outcome import Failure, FallbackReason, RequestOutcome
+from proxy.rollout.machine import Action, State, Transition
 from proxy.routing import Decision, Reason
 from proxy.telemetry.metrics import LATENCY_BUCKETS, Recorder
 
@@ -19,6 +21,15 @@ def outcome(variant: Variant, status: int | None, **fields: Any) -> RequestOutco
     return RequestOutcome(
         at=0.0, route="r", method="GET", decision=DECISION, variant=variant, status=status, **fields
     )
+
+
+def route_named(name: str) -> Route:
+    (route,) = parse_config(
+        f"routes:\n  - name: {name}\n    match: {{path_prefix: /}}\n"
+        '    stable: {url: "http://127.0.0.1:1"}\n    candidate: {url: "http://127.0.0.1:2"}\n'
+        '    cohort: {keys: ["header:U"]}\n'
+    ).routes
+    return route
 
 
 def samples(recorder: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -108,11 +119,13 @@ def test_requests_errors_and_in_flight_per_route_and_variant():
 
 def test_routes_that_left_the_config_are_no_longer_exported():
     recorder = Recorder()
+    rollback = Transition(Action.ROLLBACK, 0.0, "alice", State.RAMPING, State.ROLLED_BACK)
     for route in ("kept", "gone"):
-        recorder.route(route)["stable"].observe(outcome(Variant.STABLE, 200))
-        recorder.fallbacks.labels(route, "connect").inc()
-        recorder.rollbacks.labels(route, "operator").inc()
-        recorder.analysis_requests.labels(route, "candidate").set(5)
+        recorder.route(route)  # (as the gateway does for each route of the config)
+        recorder.record(
+            outcome(Variant.STABLE, 200, fallback=FallbackReason.CONNECT)._replace(route=route)
+        )
+        recorder.count_rollback(route_named(route), rollback, None)
     recorder.use({"kept"})
     routes = {dict(labels).get("route") for _, labels in samples(recorder)}
     assert "gone" not in routes and "kept" in routes
