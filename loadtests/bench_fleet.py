@@ -1,6 +1,6 @@
 """Grayscale as a fleet, side by side in one run: two workers against one process, and the
 per-request cost of sharing state and observations through Redis; then what one replica asks
-of Redis, for the capacity estimate in the README.
+of Redis, for the capacity estimate in docs/replicas.md.
 
     .venv/bin/python loadtests/bench_fleet.py [--duration 5] [--rounds 3] [--connections 32]
 

@@ -1,6 +1,6 @@
 """The analysis loop: every interval, each analysed route is judged and the policy's step applied.
 
-A round gathers (the samples, the custom metrics), assesses (`verdict.assess`), steps the policy
+A round gathers (the samples, the custom metrics), assesses (`assessment.assess`), steps the policy
 (`policy.step`) and applies what it says once (hold, release, roll back, promote). What is
 remembered between rounds is the policy's `Memory`, the epochs of one rollout run, and the
 route's `Timeline` (each round's share and figures, for the status page's charts).

@@ -9,8 +9,8 @@ Invariants
   out closed before any byte of an answer came, and either nothing of it was written or it is
   idempotent and its body can be sent again (RFC 9110 §9.2.2). A POST that may have reached the
   upstream is never sent twice.
-- An answer is handed on only with its head complete and checked (see `upstream_connection`); its body
-  ends cleanly or raises `UpstreamError`, never a silent truncation.
+- An answer is handed on only with its head complete and checked (see `upstream_connection`);
+  its body ends cleanly or raises `UpstreamError`, never a silent truncation.
 - Interim answers (1xx) but 100 go to the request's `interim` callback, in the order received,
   before its answer (requests go out without `Expect`, so a 100 is nobody's); without a callback
   they are read and dropped.
