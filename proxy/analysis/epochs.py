@@ -10,7 +10,7 @@ Invariants:
   dilute a change again.) Epoch boundaries depend on request counts only,
   never on errors, latencies or outcomes, so each epoch's bound stays valid at any look.
 - Epochs are numbered from 1; epoch k spends `(1 - TOTAL_SHARE) / (k (k + 1))` of the error
-  rate (`proxy.analysis.verdict.assess`), which sums to at most the rest over all epochs.
+  rate (`proxy.analysis.assessment.assess`), which sums to at most the rest over all epochs.
 - The first epoch starts at the counts first given (a process that begins deciding mid-rollout
   judges what is new from then on); counts that went down (a new rollout: they start anew)
   start the epochs anew, from 1.
@@ -22,7 +22,7 @@ from typing import Any
 
 from proxy.analysis.verdict import Sample
 
-EPOCH_LENGTH = 16  # times min_requests per variant (measured against 8 and 32: README)
+EPOCH_LENGTH = 16  # times min_requests per variant (measured against 8 and 32: see above)
 
 
 def full(stable_requests: Any, candidate_requests: Any, min_requests: int) -> Any:

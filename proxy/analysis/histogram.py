@@ -94,7 +94,7 @@ def quantile_bounds(
 ) -> tuple[float, float | None]:
     """A confidence interval of the `q`-quantile: the lower edge of the bucket at level
     `q - below` and the upper edge of the one at `q + above`, with `below` and `above` the
-    spreads of the empirical distribution function at the quantile (see `verdict.latency_check`).
+    spreads of the empirical distribution function at the quantile (see `checks.latency_check`).
     The upper bound is None when its level lies beyond the observations or in the open bucket:
     then there are too few of them to bound the quantile from above. `running`: the
     `cumulative` weights, if already made."""

@@ -416,7 +416,7 @@ class RolloutController:
     async def judge_anew(self, name: str, fence: Fence | None = None) -> int:
         """Count one more analysis judging route `name`'s rollout from fresh counts (a process
         that starts, or a new decider) and return its number, from 1: the analysis spends its
-        error rate over these (see `proxy.analysis.verdict.assess`). 0 when a shared store
+        error rate over these (see `proxy.analysis.assessment.assess`). 0 when a shared store
         cannot be reached, or `fence` is no longer held (no verdict is taken then); a state file
         that cannot be written keeps the count in this process, as it does every change."""
 

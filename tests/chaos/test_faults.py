@@ -16,7 +16,10 @@ from aiohttp.test_utils import TestServer
 from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from tests.integration.conftest import PROBE, build_upstream, free_port, route_yaml, url_of
+from tests.support.configs import route_yaml
+from tests.support.ports import free_port
+from tests.support.upstream import PROBE, build_upstream, url_of
+from tests.support.waiting import eventually
 
 TOKEN = "chaos-token"
 
@@ -70,10 +73,12 @@ async def test_killed_candidate_users_are_served_by_stable_within_one_request(cl
         before = await users_on(client, server.proxy_url, [f"u{i}" for i in range(100)])
         on_candidate = [uid for uid, _, variant, _ in before if variant == "candidate"]
         assert on_candidate
+        answered = candidate.app[PROBE].requests
         load = asyncio.create_task(
             users_on(client, server.proxy_url, [f"bg{i}" for i in range(300)])
         )
-        await asyncio.sleep(0.05)
+        # (the load is under way: the candidate answered some of it)
+        assert await eventually(lambda: candidate.app[PROBE].requests > answered + 5, within=5)
         await candidate.close()  # killed mid-run
         after = await users_on(client, server.proxy_url, on_candidate)
         # Unreachable at first, then ejected after five connect errors: stable answers either way.
@@ -104,11 +109,13 @@ async def test_failing_candidate_is_ejected_with_growing_back_off(upstreams, cli
         assert ejection["ejected"] and ejection["ejections"] == 1
         async with client.get(server.admin_url + "/metrics") as resp:
             assert 'grayscale_candidate_ejected{route="models"} 1.0' in await resp.text()
-        await asyncio.sleep(0.6)  # the first ejection lasts 0.5 s; the candidate gets a chance
+        breaker = server.gateway.breaker("models")
+        assert breaker is not None
+        # (the first ejection lasts 0.5 s; then the candidate gets a chance)
+        assert await eventually(lambda: not breaker.ejected(time.time()), within=2)
         again = await users_on(client, server.proxy_url, ["a", "b", "c", "d"])
         assert [s for _, s, _, _ in again[:3]] == [500, 500, 500]
-        breaker = server.gateway.breaker("models")
-        assert breaker is not None and breaker.ejections == 2
+        assert breaker.ejections == 2
         assert breaker.until - time.time() > 0.7  # the second ejection lasts twice as long
     finally:
         await server.stop()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.chaos.stalls import watching
-from tests.integration.conftest import serve_subprocess, url_of
+from tests.support.proxies import serve_subprocess
+from tests.support.stall_watch import watching
+from tests.support.upstream import url_of
 
 MiB = 1024 * 1024
 HOSTILE = {

@@ -6,8 +6,10 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from tests.chaos.stalls import watching
-from tests.integration.conftest import route_yaml, serve_subprocess, serving
+from tests.support.configs import route_yaml
+from tests.support.proxies import serve_subprocess
+from tests.support.stall_watch import watching
+from tests.support.upstream import serving
 
 
 async def endless_event(request: web.Request) -> web.StreamResponse:

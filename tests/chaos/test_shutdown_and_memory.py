@@ -9,7 +9,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.integration.conftest import route_yaml, serve_subprocess, url_of
+from tests.support.configs import route_yaml
+from tests.support.proxies import serve_subprocess
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,9 +54,12 @@ async def test_sigterm_lets_100_streams_in_flight_finish(upstreams, tmp_path):
         streams = [asyncio.create_task(stream(i)) for i in range(100)]
         await asyncio.wait_for(started.wait(), timeout=20)
         process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        async with session.get(admin_url + "/readyz") as resp:
-            assert resp.status == 503  # draining: not ready for new work
+
+        async def draining() -> bool:  # (not ready for new work)
+            async with session.get(admin_url + "/readyz") as resp:
+                return resp.status == 503
+
+        assert await eventually(draining, within=5)
         bodies = await asyncio.gather(*streams, return_exceptions=True)
     code = await asyncio.wait_for(process.wait(), timeout=30)
     assert code == 0

@@ -11,18 +11,25 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from tests.integration.conftest import route_yaml, serving, url_of
+from tests.support.configs import route_yaml
+from tests.support.upstream import serving, url_of
+from tests.support.waiting import eventually
 
 
-async def trickle(port: int, head: bytes, pieces: Sequence[bytes], every: float) -> bytes:
-    """Send `head`, then each of `pieces` `every` seconds apart; the answer (until the close)."""
+async def trickle(
+    port: int, head: bytes, pieces: Sequence[bytes], every: float, sent: list[int] | None = None
+) -> bytes:
+    """Send `head`, then each of `pieces` `every` seconds apart (appending 1 to `sent` after
+    each); the answer (until the close)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head)
         for piece in pieces:
-            await asyncio.sleep(every)
+            await asyncio.sleep(every)  # (a slow client: the pause is the point)
             writer.write(piece)
             await writer.drain()
+            if sent is not None:
+                sent.append(1)
         return await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
@@ -95,13 +102,21 @@ async def test_a_slow_upload_holds_no_upstream_connection(upstreams, start_proxy
     )
     proxy = await start_proxy(routes)
     port = int(proxy.proxy_url.rsplit(":", 1)[1])
+    sent: list[list[int]] = [[] for _ in range(4)]
     uploads = [
         asyncio.create_task(
-            trickle(port, head("/up", b"Transfer-Encoding: chunked\r\n"), chunked(b"y" * 12), 0.1)
+            trickle(
+                port,
+                head("/up", b"Transfer-Encoding: chunked\r\n"),
+                chunked(b"y" * 12),
+                0.1,
+                sent[i],
+            )
         )
-        for _ in range(4)
+        for i in range(4)
     ]
-    await asyncio.sleep(0.3)  # the uploads have begun, and are far from done
+    # (the uploads have begun, and are far from done: 13 pieces each)
+    assert await eventually(lambda: all(len(pieces) >= 2 for pieces in sent), within=5)
     async with (
         aiohttp.ClientSession() as session,
         session.get(proxy.proxy_url + "/victim") as response,

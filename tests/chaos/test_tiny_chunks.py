@@ -12,8 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from tests.chaos.stalls import watching
-from tests.integration.conftest import serve_subprocess, url_of
+from tests.support.proxies import serve_subprocess
+from tests.support.stall_watch import watching
+from tests.support.upstream import url_of
 
 MiB = 1024 * 1024
 TICKS = os.sysconf("SC_CLK_TCK")

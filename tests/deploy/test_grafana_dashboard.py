@@ -9,15 +9,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ROOT
-from tests.integration.prometheus_server import MISSING, PrometheusServer
-from tests.integration.test_cli import demo_config
+from tests.support.configs import demo_config
+from tests.support.paths import ROOT
+from tests.support.prometheus_server import MISSING, PrometheusServer
+from tests.support.waiting import eventually_blocking
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "grayscale.json"
 VARIABLES = {"$route": ".*", "$__rate_interval": "30s"}
@@ -50,6 +50,7 @@ def test_the_dashboard_is_well_formed():
 
 
 @pytest.mark.slow  # (Prometheus and the proxy under traffic for about 15 s)
+@pytest.mark.timeout(180)  # (Prometheus's start: up to 30 s to be ready, 30 to scrape)
 def test_every_panel_shows_data_from_a_proxy_under_traffic(tmp_path: Path):
     config = demo_config(tmp_path)
     faster = config.read_text().replace("interval: 2s, window: 10s", "interval: 500ms, window: 3s")
@@ -71,14 +72,16 @@ def test_every_panel_shows_data_from_a_proxy_under_traffic(tmp_path: Path):
     try:
         server.start()  # (about 5 s: its first scrape of the demo)
         dashboard = json.loads(DASHBOARD.read_text())
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline:  # until the rollback is in Prometheus
-            if server.query('grayscale_rollout_state{state="rolled_back"} == 1'):
-                break
-            time.sleep(0.5)
-        time.sleep(2)
-        empty = [where for where, expr in expressions(dashboard) if not server.query(expr)]
-        assert empty == [], empty
+        rolled_back = 'grayscale_rollout_state{state="rolled_back"} == 1'
+        assert eventually_blocking(lambda: server.query(rolled_back), 25, every=0.5)
+        empty: list[str] = []
+
+        def every_panel_shows_data() -> bool:  # (a rate needs two scrapes after its change)
+            nonlocal empty
+            empty = [where for where, expr in expressions(dashboard) if not server.query(expr)]
+            return not empty
+
+        assert eventually_blocking(every_panel_shows_data, 10, every=0.5), empty
         for annotation in dashboard["annotations"]["list"]:
             expr = annotation["expr"]
             for name, value in VARIABLES.items():

@@ -1,9 +1,9 @@
 """deploy/kubernetes/: every manifest is valid against the schemas of a current Kubernetes
-release (offline, `kubernetes-validate`), the configs in them load, the pods run as the README
-promises (non-root, read-only, probes, secrets), the gateway, its Redis, the Redis's ACL and
-NetworkPolicy agree with each other, and `kubectl kustomize` renders each set where kubectl is
-present. Where redis-server is installed, the gateway runs within the Redis ACL of each set: a
-single Redis, and a master, a replica and a sentinel through a failover."""
+release (offline, `kubernetes-validate`), the configs in them load, the pods run as
+docs/deploying.md promises (non-root, read-only, probes, secrets), the gateway, its Redis, the
+Redis's ACL and NetworkPolicy agree with each other, and `kubectl kustomize` renders each set
+where kubectl is present. Where redis-server is installed, the gateway runs within the Redis
+ACL of each set: a single Redis, and a master, a replica and a sentinel through a failover."""
 
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config.loader import load_config
 from proxy.config.model import Config, StateBackend
-from tests.fleet.conftest import Replica, ReplicaFactory
-from tests.fleet.test_sentinel import acted
-from tests.integration.conftest import ROOT, free_port, route_yaml, url_of
+from tests.support.configs import route_yaml
+from tests.support.fleet import acted
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.replicas import Replica, ReplicaFactory
+from tests.support.upstream import url_of
+from tests.support.waiting import wait_until
 
 K8S = ROOT / "deploy" / "kubernetes"
 GATEWAY = K8S / "gateway"
@@ -483,13 +487,6 @@ def answers(port: int) -> bool:
         return False
 
 
-def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{check.__name__}: not within {within} s"
-        time.sleep(0.05)
-
-
 @dataclass
 class RedisProcesses:
     """redis-server processes on free loopback ports, each in a folder of its own; all killed
@@ -510,7 +507,11 @@ class RedisProcesses:
                 stdout=subprocess.DEVNULL,
             )
         )
-        eventually(lambda: answers(port) or self.started[-1].poll() is not None)
+        wait_until(
+            lambda: answers(port) or self.started[-1].poll() is not None,
+            10,
+            f"redis-server {args} did not answer",
+        )
         assert self.started[-1].poll() is None, f"redis-server {args} exited"
         return port
 
@@ -635,6 +636,7 @@ def sentinel_config(env: dict[str, str], master_port: int, port: int) -> str:
 
 
 @pytest.mark.slow  # (a failover: about 13 s)
+@pytest.mark.timeout(120)
 async def test_the_gateway_works_within_the_acl_of_the_sentinel_set_through_a_failover(
     tmp_path, redis_processes: RedisProcesses, upstreams, replicas: ReplicaFactory
 ):
@@ -669,7 +671,8 @@ async def test_the_gateway_works_within_the_acl_of_the_sentinel_set_through_a_fa
 
         return check
 
-    eventually(master_is(first), within=20)  # the replica logged in as the user `internal`
+    # (the replica logged in as the user `internal`)
+    wait_until(master_is(first), 20, "no master with its replica in sync")
     state: dict[str, Any] = yaml.safe_load(SENTINEL.config.read_text())["state"]
     state["sentinel"] = {**state["sentinel"], "hosts": [f"127.0.0.1:{sentinel_port}"]}
     refs = secret_refs(container(GATEWAY / "deployment.yaml", "grayscale"))
@@ -683,7 +686,7 @@ async def test_the_gateway_works_within_the_acl_of_the_sentinel_set_through_a_fa
         # A failover: the sentinel (the user `internal`) makes the replica the master, and the
         # old master its replica.
         sentinel.execute_command("SENTINEL", "FAILOVER", master_name)
-        await asyncio.to_thread(eventually, master_is(second), 20)
+        await asyncio.to_thread(wait_until, master_is(second), 20, "no failover")
         assert (await acted(session, served, "rollback", 10))["persisted"] is True
     await served.stop()
     assert_within_the_acl([first, second], load_config(SENTINEL.config).state.key_prefix, served)

@@ -12,7 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app.server import Server
-from tests.integration.conftest import ROOT, ProxyFactory, route_yaml
+from tests.support.configs import route_yaml
+from tests.support.paths import ROOT
+from tests.support.proxies import ProxyFactory
 
 RULES = ROOT / "deploy" / "prometheus"
 MISSING = "promtool is not installed (Debian: apt-get install prometheus)"

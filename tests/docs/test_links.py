@@ -8,7 +8,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.docs.markdown import PAGES, ROOT, Link, anchors, links, slug
+from tests.support.markdown_pages import PAGES, Link, anchors, links, slug
+from tests.support.paths import ROOT
 
 LINKS = [link for page in PAGES for link in links(page)]
 EXTERNAL = ("http://", "https://", "mailto:")

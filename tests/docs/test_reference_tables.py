@@ -7,7 +7,8 @@ import argparse
 import re
 
 from proxy.cli import build_parser
-from tests.docs.markdown import ROOT, tables
+from tests.support.markdown_pages import tables
+from tests.support.paths import ROOT
 from tests.unit.test_layers import LAYERS
 
 

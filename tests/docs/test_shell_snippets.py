@@ -5,7 +5,12 @@ Quick and safe commands are run (`grayscale check`, `grayscale simulate`, `--hel
 are checked without being run, each against what it depends on:
 
 - `grayscale ...` (or `python -m proxy ...`): parsed by the real argument parser, so a command or
-  a flag the CLI lacks fails; a file it names must exist;
+  a flag the CLI lacks fails; a file it names must exist, or be a config the same page shows (a
+  `yaml` or `yaml expand-env` block whose first line is `# FILE`), which is then loaded as the
+  command would load it: with its `--expand-env`, `--listen` and `--admin-listen`, the variables
+  set before it (`REPLICA=a grayscale serve ...`) and every other variable the config names
+  unset; a variable set before it is one the product reads, or, with `--expand-env`, one its
+  config names;
 - `make TARGET`: `make -n TARGET` succeeds;
 - `curl URL`: every flag is one curl knows; a URL on the demo's proxy port is a path the demo
   config routes, one on its admin port a method and path the admin API serves (a route named
@@ -44,14 +49,18 @@ import yaml
 
 from proxy.app.server import Server
 from proxy.cli import build_parser
-from proxy.config.loader import load_config
+from proxy.config.loader import ConfigError, load_config, parse_config
+from proxy.config.model import LoadOptions
 from proxy.routing.table import RoutingTable
 from proxy.tools.demo.run import DEMO_CONFIG
-from tests.docs.markdown import PAGES, ROOT, Block, blocks
+from tests.docs.configs import shown_configs, use_environment, variables
+from tests.docs.test_yaml_snippets import completed
+from tests.support.markdown_pages import PAGES, Block, blocks
+from tests.support.paths import ROOT
 
 RUN = {"check", "simulate"}  # grayscale commands quick and safe enough to run here
 PYTHONS = {"python", "python3", ".venv/bin/python"}
-SEPARATORS = {"|", "||", "&&", ";"}
+SEPARATORS = {"|", "||", "&&", ";", "&"}
 ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 
@@ -146,10 +155,12 @@ def test_the_pages_have_commands_to_check():
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=Command.id)
-async def test_a_snippet_command_works(command: Command, pytestconfig: pytest.Config):
+async def test_a_snippet_command_works(
+    command: Command, pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch
+):
     program, *args = command.argv
     if (cli := grayscale_args(command.argv)) is not None:
-        check_grayscale(command, cli)
+        check_grayscale(command, cli, monkeypatch)
     elif program in PYTHONS:
         check_script(command, args)
     elif program == "make":
@@ -197,8 +208,20 @@ def parse_grayscale(command: Command, args: list[str]) -> argparse.Namespace | N
         return None
 
 
-def check_grayscale(command: Command, args: list[str]) -> None:
-    """Parsed by the CLI's own parser with every flag spelled in full; run if quick and safe."""
+def config_paths(parsed: argparse.Namespace) -> list[str]:
+    """The config files a parsed command names."""
+    named = [*getattr(parsed, "files", []), getattr(parsed, "config", None)]
+    return [path for path in named if path is not None]
+
+
+def in_repository(path: str) -> bool:
+    """Whether `path` is a file of the repository (relative to its root)."""
+    return not Path(path).is_absolute() and (ROOT / path).is_file()
+
+
+def check_grayscale(command: Command, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed by the CLI's own parser with every flag spelled in full; its files exist or are
+    shown, and load as it would load them; run if quick and safe."""
     parsed = parse_grayscale(command, args)
     if parsed is None:
         return
@@ -210,14 +233,45 @@ def check_grayscale(command: Command, args: list[str]) -> None:
     }
     for flag in (arg.partition("=")[0] for arg in args if arg.startswith("--")):
         assert flag in known, f"{command.where()}: grayscale {parsed.command} has no {flag} as such"
+    shown = shown_configs(command.block.page)
+    texts = [
+        (ROOT / path).read_text() if in_repository(path) else shown[path].text
+        for path in config_paths(parsed)
+        if in_repository(path) or path in shown
+    ]
+    expand = getattr(parsed, "expand_env", False)
+    for name, _ in command.env:
+        named = expand and any(name in variables(text) for text in texts)
+        assert named or product_reads(name), (
+            f"{command.where()}: ${name} is read neither by the product nor, with --expand-env, "
+            "by the config"
+        )
     if not command.runnable:
         return
-    for path in [*getattr(parsed, "files", []), getattr(parsed, "config", None)]:
-        if path is not None:
-            assert (ROOT / path).is_file(), f"{command.where()}: {path}: no such file"
-    if parsed.command in RUN:
+    for path in config_paths(parsed):
+        assert in_repository(path) or path in shown, f"{command.where()}: {path}: no such file"
+        if path in shown and shown[path].label != "yaml invalid":
+            load_shown(command, parsed, shown[path], monkeypatch)
+    if runs_here(args):
         returncode, stderr = ran(tuple(args))
         assert returncode == 0, f"{command.where()}: exit {returncode}: {stderr}"
+
+
+def load_shown(
+    command: Command, parsed: argparse.Namespace, block: Block, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config `block` loads as `command` would load it: its flags, the variables it sets."""
+    options = LoadOptions(
+        getattr(parsed, "expand_env", False),
+        getattr(parsed, "listen", None),
+        getattr(parsed, "admin_listen", None),
+    )
+    with monkeypatch.context() as patched:
+        use_environment(patched, block.text, dict(command.env))
+        try:
+            parse_config(completed(block), block.where(), options)
+        except ConfigError as exc:
+            pytest.fail(f"{command.where()}: the config of {block.where()} is refused:\n{exc}")
 
 
 _RUNS: dict[tuple[str, ...], subprocess.Popen[str]] = {}
@@ -232,13 +286,21 @@ def _every_run_ends() -> Iterator[None]:
             process.communicate(timeout=60)
 
 
+def runs_here(args: list[str]) -> bool:
+    """Whether `grayscale ARGS` is run here: a quick and safe command on the repository's files
+    (one on a config a page shows is loaded in the test's process instead)."""
+    if not args or args[0] not in RUN or "--help" in args:
+        return False
+    return all(in_repository(path) for path in config_paths(build_parser().parse_args(args)))
+
+
 def ran(args: tuple[str, ...]) -> tuple[int, str]:
     """The exit status and error output of `grayscale ARGS`. The first call starts every
     runnable grayscale command of the pages at once, each once; each call waits for its own."""
     if not _RUNS:
         for command in COMMANDS:
             rest = grayscale_args(command.argv)
-            if command.runnable and rest and rest[0] in RUN and tuple(rest) not in _RUNS:
+            if command.runnable and rest and runs_here(rest) and tuple(rest) not in _RUNS:
                 _RUNS[tuple(rest)] = subprocess.Popen(
                     [sys.executable, "-m", "proxy", *rest],
                     cwd=ROOT,
@@ -498,7 +560,10 @@ def check_kubectl(command: Command, args: list[str]) -> None:
 @cache
 def product_reads(name: str) -> bool:
     """Whether the product's code names the environment variable `name`."""
-    return any(f'"{name}"' in path.read_text() for path in (ROOT / "proxy").rglob("*.py"))
+    return any(
+        f'"{name}"' in text or f"'{name}'" in text
+        for text in (path.read_text() for path in (ROOT / "proxy").rglob("*.py"))
+    )
 
 
 def check_export(command: Command, args: list[str]) -> None:

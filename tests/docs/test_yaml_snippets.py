@@ -1,7 +1,7 @@
 """Every YAML snippet of README.md and docs/*.md loads with Grayscale's own loader, and every
 table of defaults says what the loader does.
 
-Every fenced block carries a label: `yaml`, `yaml invalid`, `sh` or `text`.
+Every fenced block carries a label: `yaml`, `yaml expand-env`, `yaml invalid`, `sh` or `text`.
 
 A `yaml` block is a Grayscale config, whole or a piece of one, and is parsed as written by
 `proxy.config.loader.parse_config`, so the loader's own rules (unknown fields, repeated keys,
@@ -14,8 +14,17 @@ values) apply to it:
   of a route, indented into that minimal route, which then brings only the required fields the
   piece leaves out (`name`, `match`, `stable`, `candidate`, `cohort`).
 
+A `yaml expand-env` block is a config written for `--expand-env` (`${NAME}`,
+`${NAME:-default}`, `$$`): it is completed as a `yaml` block is and parsed with substitution on
+(`LoadOptions(expand_env=True)`), in the environment `SNIPPET_ENVIRONMENT` below: its variables
+are set, and every other variable the block names is unset, so that a default it gives is what
+is read. It must name at least one variable (else it is a `yaml` block).
+
 A `yaml invalid` block is a config the loader must refuse, and the `text` block right after it
-shows `$ grayscale check NAME` and then exactly the loader's errors for it read as file NAME.
+shows `$ grayscale check NAME` and then exactly the loader's errors for it read as file NAME. The
+command may give `--expand-env` and set variables before it (`$ PORT=80 grayscale check
+--expand-env NAME`): the block is then read so, those variables set and every other it names
+unset.
 
 A table headed `| field | default | meaning |` or `| setting | default | what it does |` states
 defaults: on each row whose field is one dotted name and whose default is one literal in
@@ -32,9 +41,13 @@ import pytest
 import yaml
 
 from proxy.config.loader import ConfigError, parse_config
-from tests.docs.markdown import PAGES, Block, blocks, tables
+from proxy.config.model import LoadOptions
+from tests.docs.configs import check_command, use_environment, variables
+from tests.support.markdown_pages import PAGES, Block, blocks, tables
 
-LABELS = {"yaml", "yaml invalid", "sh", "text"}
+LABELS = {"yaml", "yaml expand-env", "yaml invalid", "sh", "text"}
+# The environment a `yaml expand-env` block is read in (every other variable it names: unset).
+SNIPPET_ENVIRONMENT = {"REDIS_HOST": "redis.internal", "GRAYSCALE_REPLICA": "a"}
 TOP_LEVEL = {"server", "state", "admin", "access_log", "outcomes"}
 ROUTE_FIELDS = {
     "name",
@@ -119,17 +132,35 @@ def test_a_yaml_snippet_loads(block: Block):
         pytest.fail(f"{block.where()}: the loader refuses this snippet:\n{exc}")
 
 
+@pytest.mark.parametrize("block", of_label("yaml expand-env"), ids=Block.where)
+def test_an_expand_env_snippet_loads_with_the_environment_substituted(
+    block: Block, monkeypatch: pytest.MonkeyPatch
+):
+    assert variables(block.text), f"{block.where()}: it names no variable: label it yaml"
+    use_environment(monkeypatch, block.text, SNIPPET_ENVIRONMENT)
+    try:
+        parse_config(completed(block), block.where(), LoadOptions(expand_env=True))
+    except ConfigError as exc:
+        pytest.fail(f"{block.where()}: the loader refuses this snippet:\n{exc}")
+
+
 @pytest.mark.parametrize("block", of_label("yaml invalid"), ids=Block.where)
-def test_an_invalid_snippet_is_refused_with_the_errors_shown(block: Block):
+def test_an_invalid_snippet_is_refused_with_the_errors_shown(
+    block: Block, monkeypatch: pytest.MonkeyPatch
+):
     following = BLOCKS[BLOCKS.index(block) + 1]
     assert following.label == "text", (
         f"{block.where()}: the errors shown must follow in a text block"
     )
-    command, *shown = following.text.splitlines()
-    assert command.startswith("$ grayscale check "), f"{following.where()}: {command!r}"
-    name = command.removeprefix("$ grayscale check ")
+    command = check_command(following)
+    _, *shown = following.text.splitlines()
+    assert command is not None, f"{following.where()}: open with $ grayscale check NAME"
+    environ, args = command
+    *flags, name = args
+    assert set(flags) <= {"--expand-env"}, f"{following.where()}: check {flags} here"
+    use_environment(monkeypatch, block.text, environ)
     with pytest.raises(ConfigError) as refused:
-        parse_config(block.text, name)
+        parse_config(block.text, name, LoadOptions(expand_env="--expand-env" in flags))
     assert str(refused.value).splitlines() == shown
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.fleet.conftest import ReplicaFactory
-from tests.fleet.test_shared_state import fleet_config
-from tests.integration.conftest import upstreams
-
-__all__ = ["upstreams"]
+from tests.support.fleet import fleet_config
+from tests.support.replicas import ReplicaFactory
+from tests.support.waiting import eventually
 
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 AHEAD = {
@@ -40,7 +38,12 @@ async def test_a_replica_with_a_skewed_clock_ramps_on_the_fleets_clock_and_does_
     fair = await replicas(config)
     ahead = await replicas(config, AHEAD)
     async with aiohttp.ClientSession() as session:
-        await asyncio.sleep(2.5)  # (the clock is measured once a second)
+
+        async def measured() -> bool:  # (the clock is measured once a second)
+            state = (await ahead.status(session))["state"]
+            return 29.5 < state["clock_offset_seconds"] < 30.5  # type: ignore[index, no-any-return]
+
+        assert await eventually(measured, within=5)
         for _ in range(10):
             shares = [(await r.status(session))["routes"][0]["share"] for r in (fair, ahead)]  # type: ignore[index]
             # 30 s ahead on its own clock would put it 30 points higher; on the fleet's it is

@@ -13,36 +13,47 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis
 from aiohttp.test_utils import TestServer
 
 from proxy.analysis.window import LocalObservations
-from proxy.fleet.decider import LEASE, Decider
+from proxy.fleet import decider as decider_module
+from proxy.fleet.decider import Decider
 from proxy.fleet.observations import PooledObservations
 from proxy.fleet.redis_connection import connect_cluster
 from proxy.rollout.machine import Rollout
 from proxy.rollout.redis_store import RedisStore, replicas
 from proxy.rollout.store import Change, Fence, LeaseLost, NotReplicated
-from tests.fleet.conftest import ReplicaFactory
-from tests.fleet.redis_server import MISSING, ClusterSet
-from tests.fleet.test_fleet_analysis import analysis_of, spread, until
-from tests.fleet.test_pooled_analysis import T0
-from tests.fleet.test_redis_store import held_for
-from tests.integration.conftest import PROBE, route_yaml, upstreams, url_of, webhook
+from tests.support.configs import route_yaml
+from tests.support.fleet import analysis_of, held_for, spread
+from tests.support.redis_server import MISSING, ClusterSet
+from tests.support.replicas import ReplicaFactory
+from tests.support.rollouts import T0
+from tests.support.upstream import PROBE, url_of
+from tests.support.waiting import until
 
-__all__ = ["upstreams", "webhook"]
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ClusterSet]:
+@pytest.fixture(scope="module")
+def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    """One cluster for the module's tests (it takes 2 s to form)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip(MISSING)
-    nodes = ClusterSet(binary, tmp_path)
+    nodes = ClusterSet(binary, tmp_path_factory.mktemp("cluster"))
     try:
         nodes.start()
         yield nodes
     finally:
         nodes.kill()
+
+
+@pytest.fixture
+def cluster(cluster_nodes: ClusterSet) -> ClusterSet:
+    """The module's cluster, emptied: each test starts from nothing."""
+    for master in cluster_nodes.masters:
+        with redis.Redis(port=master.port) as client:
+            client.flushall()
+    return cluster_nodes
 
 
 def one_route_per_master(cluster: ClusterSet) -> list[str]:
@@ -60,7 +71,10 @@ def started(seconds: float) -> Change:
     return change
 
 
-async def test_records_leases_and_counts_span_the_masters_each_route_in_its_slot(cluster):
+async def test_records_leases_and_counts_span_the_masters_each_route_in_its_slot(
+    cluster, monkeypatch
+):
+    monkeypatch.setattr(decider_module, "LEASE", 1.5)  # (a lease to see lapse: shorter)
     client = connect_cluster(cluster.url)
     replicated, alone, third = routes = one_route_per_master(cluster)
     store = RedisStore(client, "t")
@@ -90,10 +104,13 @@ async def test_records_leases_and_counts_span_the_masters_each_route_in_its_slot
         assert (await b.latest(third) or {}).get("decider") == "a"
         with pytest.raises(LeaseLost):  # (a token that is not the claim's)
             await store.change(third, "id", held_for(3.0), Fence(fence.key, "b#0"))
+
         # Claims expire with the lease they copy: a stopped decider's lapse, and its
         # successor claims each route anew before it changes it.
-        await asyncio.sleep(LEASE + 0.2)
-        assert await client.get(fence.key) is None
+        async def lapsed() -> bool:
+            return await client.get(fence.key) is None
+
+        assert await until(lapsed, within=decider_module.LEASE + 2, every=0.05) is not None
         assert await b.attempt()
         assert await a.publish(third, {"result": "fail"}, 10) is False
         fence_b = await b.fence(third)
@@ -143,7 +160,8 @@ async def test_a_fleet_on_a_cluster_rolls_back_once_and_shares_an_operators_paus
     hook, received = webhook
     upstreams[1].app[PROBE].error_rate = 0.5
     first, second, _ = one_route_per_master(cluster)
-    fleet = [await replicas(cluster_fleet(tmp_path, cluster, upstreams, hook)) for _ in range(2)]
+    config = cluster_fleet(tmp_path, cluster, upstreams, hook)
+    fleet = [await replicas(config) for _ in range(2)]
     async with aiohttp.ClientSession() as session:
         assert (await fleet[0].action(session, second, "pause"))[0] == 200
         await spread(session, fleet, 150, "u")
@@ -155,7 +173,7 @@ async def test_a_fleet_on_a_cluster_rolls_back_once_and_shares_an_operators_paus
 
         took = await until(settled, 10)
         assert took is not None, [await r.status(session) for r in fleet]
-        await asyncio.sleep(1)  # time for any second webhook
+        await asyncio.sleep(1)  # (an absence: time for any second webhook to show up)
         assert len(received) == 1 and received[0]["route"] == first, received
         views = [await analysis_of(session, r) for r in fleet]
         assert {view["decided_by"] for view in views} == {views[0]["decider"]}

@@ -7,79 +7,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestServer
+import pytest
 from redis.asyncio import Redis
 
 from proxy.fleet.decider import LEASE
-from tests.fleet.conftest import Replica, ReplicaFactory
-from tests.fleet.redis_server import RedisServer
-from tests.fleet.test_shared_state import variant
-from tests.integration.conftest import PROBE, route_yaml, upstreams, url_of, webhook
+from tests.support.fleet import MIN_REQUESTS, analysed_fleet, analysis_of, spread, variant
+from tests.support.replicas import Replica, ReplicaFactory
+from tests.support.upstream import PROBE
+from tests.support.waiting import eventually, until
 
-__all__ = ["upstreams", "webhook"]
-MIN_REQUESTS = 60
-
-
-def analysed_fleet(
-    folder: Path,
-    redis: RedisServer,
-    upstreams: tuple[TestServer, TestServer],
-    hook: str,
-    **spec: str,
-) -> Path:
-    stable, candidate = upstreams
-    analysis = {
-        "interval": "500ms",
-        "window": "30s",
-        "min_requests": str(MIN_REQUESTS),
-        "failures_before_rollback": "2",
-        **spec,
-    }
-    path = folder / "fleet.yaml"
-    path.write_text(
-        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
-        f'state: {{backend: redis, url: "{redis.url}", key_prefix: "t"}}\n'
-        "routes:\n"
-        + route_yaml(url_of(stable), url_of(candidate))
-        + "    analysis: {"
-        + ", ".join(f"{k}: {v}" for k, v in analysis.items())
-        + "}\n    ejection: false\n"
-        + f'    on_rollback: {{webhook: "{hook}", timeout: 2s}}\n'
-    )
-    return path
-
-
-async def spread(
-    session: aiohttp.ClientSession, fleet: list[Replica], count: int, tag: str
-) -> None:
-    """`count` requests from distinct users, spread evenly over the replicas."""
-
-    async def one(i: int) -> None:
-        url = fleet[i % len(fleet)].proxy_url + "/v1/predict"
-        async with session.get(url, headers={"X-User-Id": f"{tag}-{i}"}) as response:
-            await response.read()
-
-    for start in range(0, count, 10):
-        await asyncio.gather(*(one(i) for i in range(start, min(count, start + 10))))
-
-
-async def analysis_of(session: aiohttp.ClientSession, replica: Replica) -> dict[str, Any]:
-    route = (await replica.status(session))["routes"][0]  # type: ignore[index]
-    return {**route["analysis"], "state": route["state"], "requests": route["requests"]}
-
-
-async def until(check: Any, within: float) -> float | None:
-    """Seconds until the coroutine function `check` returns true, or None after `within`."""
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        if await check():
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    return None
+# (MIN_REQUESTS, analysed_fleet, spread and until are still imported from here by
+# test_fleet_timeline.py: they live in tests/support)
+__all__ = ["MIN_REQUESTS", "analysed_fleet", "spread", "until"]
 
 
 async def deciding_on_failures(
@@ -115,7 +57,7 @@ async def test_replicas_that_each_see_too_little_roll_back_together_with_one_web
         took = await until(all_rolled_back, 10)
         assert took is not None, [await analysis_of(session, r) for r in fleet]
         print(f"\npooled analysis rolled the fleet back {took:.2f} s after the traffic")
-        await asyncio.sleep(2)  # time for any second webhook to show up
+        await asyncio.sleep(2)  # (an absence: time for any second webhook to show up)
         assert len(received) == 1, received
         views = [await analysis_of(session, r) for r in fleet]
         for view in views:
@@ -145,12 +87,14 @@ async def test_replicas_that_each_see_too_little_roll_back_together_with_one_web
         assert all(r.logged("ERROR") == [] for r in fleet)
 
 
+@pytest.mark.slow  # (a lease lapses, then the count goes on: about 10 s)
+@pytest.mark.timeout(120)
 async def test_when_the_decider_dies_mid_analysis_another_takes_over_and_finishes_it(
     tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
 ):
     hook, received = webhook
     upstreams[1].app[PROBE].error_rate = 0.5
-    config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="12")
+    config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="8")
     fleet = [await replicas(config) for _ in range(3)]
     async with aiohttp.ClientSession() as session:
         view, decider = await deciding_on_failures(session, fleet)
@@ -181,10 +125,12 @@ async def test_when_the_decider_dies_mid_analysis_another_takes_over_and_finishe
             return all(v["state"] == "rolled_back" for v in views)
 
         assert await until(rolled_back, 12) is not None  # the count went on past the takeover
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # (an absence: time for any second webhook to show up)
         assert len(received) == 1, received
 
 
+@pytest.mark.slow  # (a lease lapses, then a woken replica is watched: about 10 s)
+@pytest.mark.timeout(120)
 async def test_a_decider_stopped_past_its_lease_publishes_and_changes_nothing_when_it_wakes(
     tmp_path, redis_server, upstreams, webhook, replicas: ReplicaFactory
 ):
@@ -239,7 +185,13 @@ async def test_a_redis_out_of_memory_passes_nothing_and_loses_no_rollback(
             full = [len(r.lines) for r in fleet]
             upstreams[1].app[PROBE].error_rate = 0.3
             await spread(session, fleet, 2 * MIN_REQUESTS, "during")
-            await asyncio.sleep(2.5)  # flushes fail; rounds come and go
+
+            async def unhealthy() -> bool:
+                states = [(await r.status(session))["state"] for r in fleet]
+                return not any(state["healthy"] for state in states)  # type: ignore[index]
+
+            assert await eventually(unhealthy, within=5)  # (their flushes failed)
+            await asyncio.sleep(1.0)  # (time passing: analysis rounds, every 500 ms, come and go)
             for replica in fleet:
                 async with session.get(f"{replica.admin_url}/readyz") as response:
                     assert (await response.json())["state_store"] == "unavailable"

@@ -10,12 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.fleet.conftest import ReplicaFactory
-from tests.fleet.redis_server import MISSING, RedisServer
-from tests.fleet.test_shared_state import eventually_state, fleet_config, state_of, variant
-from tests.integration.conftest import upstreams
-
-__all__ = ["upstreams"]  # (a fixture)
+from tests.support.fleet import eventually_state, fleet_config, state_of, variant
+from tests.support.redis_server import MISSING, RedisServer
+from tests.support.replicas import ReplicaFactory
 
 
 @pytest.fixture

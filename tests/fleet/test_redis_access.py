@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.fleet.conftest import Replica, ReplicaFactory
-from tests.fleet.redis_server import MISSING, RedisServer
-from tests.integration.conftest import route_yaml, self_signed, upstreams, url_of
-
-__all__ = ["upstreams"]
+from tests.support.configs import route_yaml
+from tests.support.redis_server import MISSING, RedisServer
+from tests.support.replicas import Replica, ReplicaFactory
+from tests.support.tls import self_signed
+from tests.support.upstream import url_of
 
 PASSWORD = "redis-pw-5f0c9e2a7d"
 VARIABLE = "GRAYSCALE_TEST_REDIS_PASSWORD"

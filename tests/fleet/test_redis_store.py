@@ -14,9 +14,11 @@ from proxy.fleet.redis_connection import connect
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import Action, Rollout, State, identity_of
 from proxy.rollout.redis_store import REREAD_EVERY, RedisStore
-from proxy.rollout.store import Change, Fence, LeaseLost, StateUnavailable
-from tests.fleet.redis_server import MISSING, RedisServer
-from tests.unit.test_rollout import ROUTE, T0
+from proxy.rollout.store import Fence, LeaseLost, StateUnavailable
+from tests.support.fleet import held_for
+from tests.support.redis_server import MISSING, RedisServer
+from tests.support.rollouts import ROUTE, T0
+from tests.support.waiting import eventually
 
 
 async def test_concurrent_changes_from_two_stores_lose_none(redis_server: RedisServer):
@@ -36,14 +38,6 @@ async def test_concurrent_changes_from_two_stores_lose_none(redis_server: RedisS
         for store, client in zip(stores, clients, strict=True):
             await store.close()
             await client.aclose()
-
-
-def held_for(seconds: float) -> Change:
-    def change(stored: Rollout | None) -> Rollout:
-        assert stored is not None
-        return replace(stored, held=seconds)
-
-    return change
 
 
 async def test_a_fenced_change_is_made_only_while_the_lease_holds_its_token(
@@ -142,7 +136,11 @@ async def test_connections_killed_by_redis_are_replaced_and_the_next_action_succ
     controller = RolloutController(RedisStore(client, "t"))
     try:
         await controller.start([ROUTE], T0)
-        await asyncio.sleep(0.2)  # (the follower subscribed: its connection is killed too)
+
+        async def subscribed() -> bool:  # (the follower's connection is killed too)
+            return bool((await raw.pubsub_numsub("t:changes"))[0][1])
+
+        assert await eventually(subscribed, within=5)
         assert await raw.client_kill_filter(_type="normal", skipme=True) >= 1
         outcome = await controller.act("r", Action.PAUSE, T0 + 1, actor="op")
         assert outcome.persisted and controller.store_error is None
@@ -159,10 +157,8 @@ async def test_an_emptied_redis_gets_back_what_the_replicas_knew(redis_server: R
         await first.start([ROUTE], T0)
         await first.act("r", Action.ROLLBACK, T0 + 1, actor="op", reason="bad")
         await raw.flushall()
-        for _ in range(40):  # re-read once a second: the missing record is written back
-            if await raw.keys("*"):
-                break
-            await asyncio.sleep(0.05)
+        # (re-read once a second: the missing record is written back)
+        assert await eventually(lambda: raw.keys("*"), within=REREAD_EVERY + 2)
         second = RolloutController(RedisStore(raw, "t"))
         await second.start([ROUTE], T0 + 5)
         assert second.state("r", T0 + 5) is State.ROLLED_BACK
@@ -188,16 +184,12 @@ async def test_a_durable_change_waits_for_a_replica_and_says_when_none_acknowled
     client = connect(master.url)
     try:
         replica.start(replica_of=master.port)
-        for _ in range(100):
-            if replica.replicating():
-                break
-            await asyncio.sleep(0.05)
-        assert replica.replicating()
+        assert await eventually(master.acknowledged, within=5)
         store = RedisStore(client, "t")  # (waits for one replica when the master has any)
         controller = RolloutController(store)
         await controller.start([ROUTE], T0)
-        await asyncio.sleep(REREAD_EVERY + 0.3)  # (the replicas are counted at each re-read)
-        assert store.replicas == 1
+        # (the replicas are counted at each re-read)
+        assert await eventually(lambda: store.replicas == 1, within=REREAD_EVERY + 2)
         assert (await controller.act("r", Action.PAUSE, T0 + 1, actor="op")).persisted
         assert replica.process is not None
         replica.process.send_signal(signal.SIGSTOP)  # a replica that acknowledges nothing

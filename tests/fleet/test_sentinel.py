@@ -3,10 +3,9 @@ a planned one (`SENTINEL FAILOVER`), then the new master's death."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -14,12 +13,12 @@ import pytest
 import redis
 from aiohttp.test_utils import TestServer
 
-from tests.fleet.conftest import Replica, ReplicaFactory
-from tests.fleet.redis_server import MISSING, RedisServer, SentinelSet
-from tests.fleet.test_shared_state import state_of
-from tests.integration.conftest import route_yaml, upstreams, url_of
-
-__all__ = ["upstreams"]
+from tests.support.configs import route_yaml
+from tests.support.fleet import acted, state_of
+from tests.support.redis_server import MISSING, RedisServer, SentinelSet
+from tests.support.replicas import ReplicaFactory
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -61,29 +60,6 @@ def stored_states(server: RedisServer) -> list[str]:
         client.close()
 
 
-async def within(seconds: float, check: Callable[[], Awaitable[bool]]) -> bool:
-    for _ in range(int(seconds * 10)):
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
-async def acted(
-    session: aiohttp.ClientSession, replica: Replica, action: str, seconds: float
-) -> dict[str, object]:
-    """The answer to `action` once it is taken (an action during a failover is refused with
-    503 and changes nothing: an operator, or a script, tries again)."""
-    body: dict[str, object] = {}
-    for _ in range(int(seconds * 5)):
-        status, body = await replica.action(session, "models", action)
-        if status == 200:
-            return body
-        assert (status, body["error"]) == (503, "state_unavailable"), body
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{action} never taken: {body}")
-
-
 async def test_the_fleet_follows_two_sentinel_failovers_without_a_restart(
     tmp_path, sentinels, upstreams, replicas: ReplicaFactory
 ):
@@ -96,18 +72,18 @@ async def test_the_fleet_follows_two_sentinel_failovers_without_a_restart(
             return all([await state_of(session, r.admin_url) == state for r in (a, b)])
 
         assert (await acted(session, a, "pause", 2))["persisted"] is True
-        assert await within(2, lambda: everywhere("paused"))
+        assert await eventually(lambda: everywhere("paused"), within=2)
 
         sentinels.failover()  # planned: the replica becomes the master, the master its replica
 
         async def swapped() -> bool:
             return bool(sentinels.master_port() == second.port)
 
-        assert await within(10, swapped)
+        assert await eventually(swapped, within=10)
         assert (await acted(session, b, "rollback", 10))["persisted"] is True
         # (a replica still reading the old master sees the move at its next check, each
         # second, then reads the new one: 2 s, and more on a loaded machine)
-        assert await within(6, lambda: everywhere("rolled_back"))
+        assert await eventually(lambda: everywhere("rolled_back"), within=6)
         assert b"role:master" in second.role() and b"role:master" in first.role()
         # ...written to the new master, not to the old one: that takes writes until the
         # sentinel demotes it (~10 s later), and then drops them when it resyncs.
@@ -118,8 +94,8 @@ async def test_the_fleet_follows_two_sentinel_failovers_without_a_restart(
         async def back() -> bool:
             return sentinels.master_port() == first.port and b"role:master" in first.role()
 
-        assert await within(20, back)
+        assert await eventually(back, within=20)
         body = await acted(session, a, "resume", 10)
         assert body["persisted"] is True and body["after"] != "rolled_back", body
-        assert await within(3, lambda: everywhere(str(body["after"])))
+        assert await eventually(lambda: everywhere(str(body["after"])), within=3)
         assert [line for r in (a, b) for line in r.logged("ERROR")] == []

@@ -5,40 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from functools import partial
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
 from proxy.rollout.redis_store import RECONNECT_EVERY
-from tests.fleet.conftest import TOKEN, ReplicaFactory
-from tests.fleet.redis_server import RedisServer
-from tests.integration.conftest import route_yaml, upstreams, url_of
-
-__all__ = ["upstreams"]
-
-
-def fleet_config(
-    folder: Path, redis: RedisServer, stable: TestServer, candidate: TestServer, share: float = 1.0
-) -> Path:
-    path = folder / "fleet.yaml"
-    path.write_text(
-        'server: {listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0"}\n'
-        f'state: {{backend: redis, url: "{redis.url}", key_prefix: "t"}}\n'
-        "routes:\n" + route_yaml(url_of(stable), url_of(candidate), share=share)
-    )
-    return path
-
-
-async def variant(session: aiohttp.ClientSession, proxy_url: str, user: str) -> str:
-    async with session.get(f"{proxy_url}/echo", headers={"X-User-Id": user}) as response:
-        assert response.status == 200
-        return str((await response.json())["upstream"])
-
-
-async def state_of(session: aiohttp.ClientSession, admin_url: str) -> str:
-    async with session.get(f"{admin_url}/status") as response:
-        return str((await response.json())["routes"][0]["state"])
+from tests.support.fleet import eventually_state, fleet_config, state_of, variant
+from tests.support.replicas import TOKEN, Replica, ReplicaFactory
+from tests.support.waiting import eventually, until
 
 
 async def test_a_rollback_on_one_replica_reaches_the_others_within_a_second(
@@ -49,20 +23,18 @@ async def test_a_rollback_on_one_replica_reaches_the_others_within_a_second(
     async with aiohttp.ClientSession() as session:
         for replica in fleet:
             assert await variant(session, replica.proxy_url, "u1") == "candidate"
-        started = time.monotonic()
         status, body = await fleet[0].action(session, "models", "rollback", reason="bad scores")
         assert (status, body["after"]) == (200, "rolled_back"), body
-        reached: dict[int, float] = {}
-        while len(reached) < 2 and time.monotonic() - started < 5:
-            for i in (1, 2):
-                if i not in reached and await state_of(session, fleet[i].admin_url) == (
-                    "rolled_back"
-                ):
-                    reached[i] = time.monotonic() - started
-            await asyncio.sleep(0.01)
-        print(f"\nrollback reached the other replicas after {sorted(reached.values())} s")
-        assert sorted(reached) == [1, 2], reached
-        assert max(reached.values()) < 1.0
+
+        async def rolled_back(replica: Replica) -> bool:
+            return await state_of(session, replica.admin_url) == "rolled_back"
+
+        reached = await asyncio.gather(
+            *(until(partial(rolled_back, replica), within=5, every=0.01) for replica in fleet[1:])
+        )
+        print(f"\nrollback reached the other replicas after {reached} s")
+        assert None not in reached, reached
+        assert max(t for t in reached if t is not None) < 1.0
         for replica in fleet:
             assert await variant(session, replica.proxy_url, "u1") == "stable"
             assert replica.logged("ERROR") == []
@@ -98,21 +70,14 @@ async def test_actions_on_two_replicas_at_once_are_both_applied_or_refused(
     print(f"\nraces: {outcomes}")
 
 
-async def eventually_state(session: aiohttp.ClientSession, admin_url: str, state: str) -> bool:
-    """Whether the replica's route shows `state` within a second."""
-    for _ in range(100):
-        if await state_of(session, admin_url) == state:
-            return True
-        await asyncio.sleep(0.01)
-    return False
-
-
 async def test_the_ramp_starts_once_for_the_whole_fleet(
     tmp_path, redis_server, upstreams, replicas: ReplicaFactory
 ):
     stable, candidate = upstreams
     config = fleet_config(tmp_path, redis_server, stable, candidate, share=0.1)
     first = await replicas(config)
+    # (time passing is the point: a second replica that started a ramp of its own would show
+    # a start at least this much later)
     await asyncio.sleep(1.1)
     second = await replicas(config)
     async with aiohttp.ClientSession() as session:
@@ -150,7 +115,9 @@ async def test_a_redis_outage_costs_no_request_and_an_emptied_redis_no_rollback(
                 assert (await response.json())["state_store"] == "unavailable"
             async with session.get(f"{replica.admin_url}/metrics") as response:
                 assert "grayscale_state_store_healthy 0.0" in await response.text()
-        await asyncio.sleep(2.5)  # reconnection attempts: logged once per outage, not each time
+        # (time passing is the point: reconnection attempts, at least one a second, are
+        # logged once per outage, not each time)
+        await asyncio.sleep(2 * RECONNECT_EVERY + 0.2)
         for replica in (a, b):
             assert len(replica.logged("state store unavailable")) == 1, replica.lines
 
@@ -159,11 +126,11 @@ async def test_a_redis_outage_costs_no_request_and_an_emptied_redis_no_rollback(
         redis_server.start()
         back = time.monotonic()
         for replica in (a, b):
-            for _ in range(100):
-                if (await replica.status(session))["state"]["healthy"]:  # type: ignore[index]
-                    break
-                await asyncio.sleep(0.1)
-            assert (await replica.status(session))["state"]["healthy"] is True  # type: ignore[index]
+
+            async def healthy(replica: Replica = replica) -> bool:
+                return (await replica.status(session))["state"]["healthy"] is True  # type: ignore[index]
+
+            assert await eventually(healthy, within=10, every=0.05)
             assert len(replica.logged("state store reachable again")) == 1
         # (reconnection is tried at least once a second: RECONNECT_EVERY, and a re-read)
         assert time.monotonic() - back < RECONNECT_EVERY + 1.5

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.fleet.conftest import TOKEN, Replica, ReplicaFactory
-from tests.fleet.redis_server import RedisServer
-from tests.integration.conftest import route_yaml, upstreams, url_of
-
-__all__ = ["upstreams"]
+from tests.support.configs import route_yaml
+from tests.support.redis_server import RedisServer
+from tests.support.replicas import TOKEN, Replica, ReplicaFactory
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually, until
 
 
 def workers_config(
@@ -74,19 +74,27 @@ async def test_two_workers_serve_one_port_and_a_rollback_reaches_both_within_a_s
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert status == 200, body
-    started = time.monotonic()
-    while time.monotonic() - started < 3:
+
+    async def applied_in_both() -> bool:
         workers = await status_by_worker(host)
         states = {w["routes"][0]["state"] for w in workers.values()}  # type: ignore[index]
-        if len(workers) == 2 and states == {"rolled_back"}:
-            break
-        await asyncio.sleep(0.02)
-    took = time.monotonic() - started
-    print(f"\nrollback applied in both workers after {took:.2f} s")
-    assert took < 1.0
+        return len(workers) == 2 and states == {"rolled_back"}
+
+    took = await until(applied_in_both, within=3)
+    print(f"\nrollback applied in both workers after {took} s")
+    assert took is not None and took < 1.0
     for i in range(30):
         _, answer = await fresh("GET", f"{host.proxy_url}/echo", headers={"X-User-Id": f"u{i}"})
         assert answer["upstream"] == "stable"
+
+
+async def counted_by_both(host: Replica, sent: int) -> bool:
+    """Whether each worker's `/status` counts the `sent` requests of the host (each worker
+    shares its figures with the others once a second)."""
+    workers = await status_by_worker(host)
+    requests = [w["routes"][0]["requests"] for w in workers.values()]  # type: ignore[index]
+    counts = [sum(sum(by_class.values()) for by_class in r.values()) for r in requests]
+    return counts == [sent, sent]
 
 
 async def test_metrics_count_every_request_once_whichever_worker_answers(
@@ -99,7 +107,7 @@ async def test_metrics_count_every_request_once_whichever_worker_answers(
         for i in range(sent):
             async with session.get(f"{host.proxy_url}/echo", headers={"X-User-Id": f"u{i}"}) as r:
                 assert r.status == 200
-    await asyncio.sleep(1)  # every worker has shared its figures since
+    assert await eventually(lambda: counted_by_both(host, sent), within=5)
     totals = set()
     pids = set()
     for _ in range(10):
@@ -128,20 +136,19 @@ async def test_a_worker_that_dies_is_restarted_and_its_counts_stay(
         for i in range(40):
             async with session.get(f"{host.proxy_url}/echo", headers={"X-User-Id": f"u{i}"}):
                 pass
-    await asyncio.sleep(1)
+    assert await eventually(lambda: counted_by_both(host, 40), within=5)
     victim = next(iter(await status_by_worker(host)))
     os.kill(victim, signal.SIGKILL)
-    for _ in range(100):
-        if host.logged(f"(pid {victim}) exited with status -9; starting it again"):
-            break
-        await asyncio.sleep(0.05)
-    assert host.logged(f"(pid {victim}) exited with status -9; starting it again")
-    for _ in range(100):
+    restarted = f"(pid {victim}) exited with status -9; starting it again"
+    assert await eventually(lambda: host.logged(restarted), within=5)
+    workers: dict[int, dict[str, object]] = {}
+
+    async def replaced() -> bool:
+        nonlocal workers
         workers = await status_by_worker(host, within=1)
-        if len(workers) == 2 and victim not in workers:
-            break
-        await asyncio.sleep(0.1)
-    assert len(workers) == 2 and victim not in workers
+        return len(workers) == 2 and victim not in workers
+
+    assert await eventually(replaced, within=10, every=0.1), workers
     requests = next(iter(workers.values()))["routes"][0]["requests"]  # type: ignore[index]
     assert sum(sum(by_class.values()) for by_class in requests.values()) == 40
 
@@ -157,15 +164,26 @@ async def test_sighup_and_an_api_reload_reach_every_worker_and_sigterm_stops_the
         "POST", f"{host.admin_url}/reload", headers={"Authorization": f"Bearer {TOKEN}"}
     )
     assert status == 200
-    for _ in range(40):
+    hashes: set[object] = set()
+
+    async def reloaded() -> bool:
+        nonlocal hashes
         hashes = {w["config"]["hash"] for w in (await status_by_worker(host)).values()}  # type: ignore[index]
-        if len(hashes) == 1 and hashes != before:
-            break
-        await asyncio.sleep(0.05)
-    assert len(hashes) == 1 and hashes != before
+        return len(hashes) == 1 and hashes != before
+
+    assert await eventually(reloaded, within=2), hashes
+    signalled = time.time()
     host.process.send_signal(signal.SIGHUP)  # forwarded: each worker reloads (nothing new)
-    await asyncio.sleep(0.5)
-    assert len(host.logged("config")) >= 0
+
+    async def reloaded_on_the_signal() -> bool:
+        workers = await status_by_worker(host)
+        last = [w["config"]["last_reload"] for w in workers.values()]  # type: ignore[index]
+        return len(last) == 2 and all(
+            r["trigger"] == "signal" and r["result"] == "unchanged" and r["at"] >= signalled
+            for r in last
+        )
+
+    assert await eventually(reloaded_on_the_signal, within=5)
     host.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(host.process.wait(), 15) == 0
     assert len(host.logged("grayscale.server: stopped")) == 2  # each worker drained, stopped

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from proxy.app.server import Server
-from tests.http.peers import RawUpstream, Script, echo_requests
-from tests.integration.conftest import ProxyFactory, client, proxy, start_proxy, upstreams
-
-__all__ = ["client", "proxy", "start_proxy", "upstreams"]
-
-UpstreamFactory = Callable[..., Awaitable[RawUpstream]]
-GatewayFactory = Callable[..., Awaitable[tuple[Server, RawUpstream]]]
+from tests.support.configs import one_route
+from tests.support.proxies import ProxyFactory
+from tests.support.raw_peers import (
+    GatewayFactory,
+    RawUpstream,
+    Script,
+    UpstreamFactory,
+    echo_requests,
+)
 
 
 @pytest.fixture
@@ -29,20 +31,6 @@ async def raw_upstream() -> AsyncIterator[UpstreamFactory]:
     yield start
     for upstream in started:
         await upstream.stop()
-
-
-def one_route(url: str, *, upstream: str = "", extra: str = "") -> str:
-    """A route for every path whose stable and candidate are both `url` (share 0: stable);
-    `upstream` adds fields to both upstreams, `extra` lines to the route."""
-    fields = f'url: "{url}", timeout: 10s, connect_timeout: 1s{upstream}'
-    return (
-        "  - name: models\n"
-        '    match: {path_prefix: "/"}\n'
-        f"    stable: {{{fields}}}\n"
-        f"    candidate: {{{fields}}}\n"
-        '    cohort: {keys: ["header:X-User-Id"], salt: "models-salt"}\n'
-        "    ramp: {base: 0.0}\n" + extra
-    )
 
 
 @pytest.fixture

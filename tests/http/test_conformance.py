@@ -2,7 +2,7 @@
 
 Each test drives the whole proxy (listener, forwarding, upstream client) and checks both what the
 client got and the exact bytes the upstream received. A numbered section per rule of the HTTP
-behaviour the README states.
+behaviour docs/http.md states.
 """
 
 from __future__ import annotations
@@ -13,8 +13,15 @@ import socket
 
 import pytest
 
-from tests.http.conftest import GatewayFactory
-from tests.http.peers import Answer, PeerConnection, RawClient, answer, echo_requests
+from tests.support.raw_peers import (
+    Answer,
+    GatewayFactory,
+    PeerConnection,
+    RawClient,
+    answer,
+    echo_requests,
+)
+from tests.support.waiting import eventually
 
 GET = b"GET %s HTTP/1.1\r\nHost: models.test\r\n\r\n"
 
@@ -54,7 +61,8 @@ async def test_an_answer_the_upstream_sends_while_idle_is_never_taken_for_the_ne
     proxy, upstream = await gateway(script)
     client, first = await one_exchange(proxy.proxy_url, GET % b"/a")
     assert first.body == b"for /a"
-    await asyncio.sleep(0.3)  # the stray answer arrives while the connection is idle
+    # (the stray answer arrives while the connection is idle: the proxy drops the connection)
+    await asyncio.wait_for(upstream.connections[0].closed.wait(), 5)
     await client.send(GET % b"/b")
     second = await client.answer()
     assert (second.body, second.values("x-stray")) == (b"for /b", [])
@@ -88,14 +96,15 @@ async def test_an_early_answer_then_an_answer_to_the_unread_body_reaches_nobody(
         else:
             await echo_requests(connection, index)
 
-    proxy, _upstream = await gateway(script)
+    proxy, upstream = await gateway(script)
     post = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
         len(smuggled),
         smuggled,
     )
     client, first = await one_exchange(proxy.proxy_url, post)
     assert first.body == b"early"
-    await asyncio.sleep(0.3)
+    # (the second answer arrives after the first: the proxy drops the connection)
+    await asyncio.wait_for(upstream.connections[0].closed.wait(), 5)
     for _ in range(3):
         await client.send(GET % b"/b")
         assert (await client.answer()).body == b"GET /b"
@@ -407,11 +416,16 @@ async def test_a_client_leaving_before_the_answer_is_counted_quietly(gateway):
     await asyncio.wait_for(waiting.wait(), 5)
     client.close()
     await asyncio.wait_for((await upstream.connection(0)).closed.wait(), 5)
-    await asyncio.sleep(0.1)
-    counted = proxy.recorder.registry.get_sample_value(
-        "grayscale_requests_total", {"route": "models", "variant": "stable", "code_class": "4xx"}
-    )
-    assert counted == 1  # counted (as 499, a 4xx), and nothing was logged at ERROR
+
+    def counted() -> float | None:
+        labels = {"route": "models", "variant": "stable", "code_class": "4xx"}
+        value: float | None = proxy.recorder.registry.get_sample_value(
+            "grayscale_requests_total", labels
+        )
+        return value
+
+    assert await eventually(lambda: counted() is not None, within=5)
+    assert counted() == 1  # counted (as 499, a 4xx), and nothing was logged at ERROR
 
 
 # --- 10. Versions, bodiless statuses, status range, Via -----------------------------------------

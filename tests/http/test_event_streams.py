@@ -14,8 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app.server import Server
 from proxy.dataplane.stream_meter import StreamMeter
-from tests.http.conftest import GatewayFactory
-from tests.http.peers import PeerConnection, RawClient, Script
+from tests.support.raw_peers import GatewayFactory, PeerConnection, RawClient, Script
 
 ROLE = b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}'
 TOKEN = b'data: {"choices": [{"delta": {"content": "Hello"}}]}'
@@ -77,7 +76,8 @@ async def test_the_media_type_is_read_in_any_case(gateway: GatewayFactory, conte
     proxy = await stream_through(gateway, content_type, b"\n")
     count, total = await first_token_seconds(proxy)
     assert count == 1
-    assert DELAY <= total < DELAY + 0.25, total  # the token's time, not the role frame's
+    # the token's time, not the role frame's (a timer may fire a millisecond early)
+    assert DELAY - 0.01 <= total < DELAY + 0.25, total
 
 
 @pytest.mark.parametrize("end", [b"\r", b"\r\n", b"\n"], ids=["cr", "crlf", "lf"])
@@ -85,7 +85,7 @@ async def test_every_line_end_of_the_format_is_read(gateway: GatewayFactory, end
     proxy = await stream_through(gateway, b"text/event-stream", end)
     count, total = await first_token_seconds(proxy)
     assert count == 1
-    assert DELAY <= total < DELAY + 0.25, total
+    assert DELAY - 0.01 <= total < DELAY + 0.25, total  # (a timer may fire a little early)
 
 
 async def test_another_media_type_that_begins_alike_is_not_an_event_stream(

@@ -17,9 +17,17 @@ import pytest
 
 from proxy.app.server import Server
 from proxy.routing import bucket, threshold
-from tests.http.conftest import GatewayFactory, UpstreamFactory
-from tests.http.peers import Answer, RawClient, RawUpstream, Received, answer, answer_each
-from tests.integration.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
+from tests.support.raw_peers import (
+    Answer,
+    GatewayFactory,
+    RawClient,
+    RawUpstream,
+    Received,
+    UpstreamFactory,
+    answer,
+    answer_each,
+)
 
 SALT = "spellings-salt"
 SHARE = 0.5

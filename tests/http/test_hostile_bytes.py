@@ -14,8 +14,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.routing import bucket, threshold
-from tests.http.peers import RawClient
-from tests.integration.conftest import Served, serve_subprocess, url_of
+from tests.support.proxies import Served, serve_subprocess
+from tests.support.raw_peers import RawClient
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually
 
 SHARE = 0.5
 
@@ -99,10 +101,10 @@ async def test_every_byte_above_0x7f_in_header_cookie_and_query_keys(served, tmp
         assert status == 400, hex(byte)  # a raw byte in the target is malformed
         routed += 3
     log = tmp_path / "access.log"
-    for _ in range(100):  # the access log is written five times a second
-        if log.exists() and len(log.read_text().splitlines()) >= routed:
-            break
-        await asyncio.sleep(0.05)
+    # (the access log is written five times a second)
+    assert await eventually(
+        lambda: log.exists() and len(log.read_text().splitlines()) >= routed, within=5
+    )
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(entries) == routed  # no request went missing from the access log
     assert all(entry["status"] == 200 for entry in entries)

@@ -14,8 +14,14 @@ import json
 
 import pytest
 
-from tests.http.conftest import GatewayFactory
-from tests.http.peers import Answer, PeerConnection, RawClient, Script, answer
+from tests.support.raw_peers import (
+    Answer,
+    GatewayFactory,
+    PeerConnection,
+    RawClient,
+    Script,
+    answer,
+)
 
 GET = b"GET /x HTTP/1.1\r\nHost: models.test\r\n\r\n"
 FINAL = answer(b"ok", headers=b"X-Final: 1\r\n")

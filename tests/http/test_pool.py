@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import UpstreamError
-from tests.http.peers import PeerConnection, answer, echo_requests
+from tests.support.raw_peers import PeerConnection, answer, echo_requests
+from tests.support.waiting import eventually
 
 
 async def fetch(
@@ -40,6 +41,11 @@ async def fetch(
         got.release()
 
 
+def no_open_idle_connection(client: UpstreamClient) -> bool:
+    """Whether every connection the client keeps for reuse has been closed."""
+    return all(c.closed for pool in client._pools.values() for c in pool._idle)
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[UpstreamClient]:
     client = UpstreamClient()
@@ -59,7 +65,8 @@ async def test_bytes_arriving_on_an_idle_connection_close_it(raw_upstream, clien
     upstream = await raw_upstream(script)
     origin = Origin(upstream.url)
     assert (await fetch(client, origin, b"/a"))[2] == b"/a"
-    await asyncio.sleep(0.2)
+    # (the stray bytes arrive while the connection is idle: the client closes it)
+    await asyncio.wait_for(upstream.connections[0].closed.wait(), 5)
     assert (await fetch(client, origin, b"/b"))[2] == b"/b"
     assert len(upstream.connections) == 2
     assert upstream.connections[0].closed.is_set()
@@ -70,7 +77,7 @@ async def test_a_connection_idle_past_its_keepalive_timeout_is_not_reused(raw_up
     origin = Origin(upstream.url, keepalive_timeout=0.2)
     await fetch(client, origin, b"/a")
     await fetch(client, origin, b"/b")  # at once: reused
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # (time passing: past the keep-alive timeout)
     await fetch(client, origin, b"/c")  # idle too long: a new connection
     assert [len(c.requests) for c in upstream.connections] == [2, 1]
     assert upstream.connections[0].closed.is_set()
@@ -171,7 +178,8 @@ async def test_an_upstream_that_closes_after_every_answer(raw_upstream, client, 
     upstream = await raw_upstream(script)
     origin = Origin(upstream.url)
     for i in range(5):
-        await asyncio.sleep(0.02)  # the close reaches us before the next request (else: retried)
+        # (the close reaches us before the next request; else it is retried)
+        assert await eventually(lambda: no_open_idle_connection(client), within=5)
         assert (await fetch(client, origin, b"/%d" % i))[2] == b"/%d" % i
     assert [len(c.requests) for c in upstream.connections] == [1] * 5
 
@@ -207,7 +215,7 @@ async def test_a_reused_connection_times_out_by_its_own_deadline(
     upstream = await raw_upstream(script)
     origin = Origin(upstream.url)
     assert (await fetch(client, origin, b"/", first_byte_timeout=first))[2] == b"ok"
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # (time passing: the first deadline, if kept, would come early)
     started = time.monotonic()
     with pytest.raises(UpstreamError) as failure:
         await asyncio.wait_for(fetch(client, origin, b"/", first_byte_timeout=second), 8)

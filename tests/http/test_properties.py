@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.app.server import Server
-from tests.http.conftest import GatewayFactory
-from tests.http.peers import (
+from tests.support.raw_peers import (
+    GatewayFactory,
     PeerConnection,
     RawClient,
     RawUpstream,

@@ -19,7 +19,7 @@ from proxy.http.upstream_connection import (
     IllegalTransition,
     UpstreamConnection,
 )
-from tests.http.peers import RawUpstream
+from tests.support.raw_peers import RawUpstream
 
 STATES = (IDLE, BUSY, DONE, CLOSED)
 EVENTS = ("begin", "answered", "reuse", "close", "lost")

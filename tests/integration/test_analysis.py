@@ -18,10 +18,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from tests.integration.conftest import PROBE, ROOT, route_yaml, url_of
+from tests.support.configs import route_yaml
+from tests.support.paths import ROOT
+from tests.support.upstream import PROBE, url_of
+from tests.support.waiting import eventually
 
 INTERVAL = 0.5
 FAILURES = 3
+
+
+def in_flight(server: Server) -> float:
+    """The requests the proxy is forwarding now, to either variant."""
+    registry = server.recorder.registry
+    return sum(
+        registry.get_sample_value(
+            "grayscale_in_flight_requests", {"route": "models", "variant": variant}
+        )
+        or 0.0
+        for variant in ("stable", "candidate")
+    )
 
 
 def analysed_config(
@@ -110,17 +125,15 @@ async def test_candidate_with_ten_percent_errors_is_rolled_back_fast_and_for_goo
         # Failed verdicts from the first round on: FAILURES rounds, plus one for scheduling.
         print(f"\nrolled back {elapsed:.2f} s after the bad traffic began")
         assert elapsed <= FAILURES * INTERVAL + INTERVAL + 0.5, elapsed
-        await asyncio.sleep(0.2)  # requests decided before the rollback finish
+        assert await eventually(lambda: in_flight(server) == 0)  # (decided before the rollback)
         seen_by_candidate = candidate.app[PROBE].requests
         after = await drive(client, server, 1.0)
         assert set(after) == {"stable"}
         assert candidate.app[PROBE].requests == seen_by_candidate
         last = server.controller.rollout("models").last
         assert last.actor == "analysis" and last.reason.startswith("analysis: error_rate")
-        for _ in range(50):  # the webhook's retry comes after 0.5 s
-            if len(received) >= 2:
-                break
-            await asyncio.sleep(0.1)
+        # (the webhook's retry comes after 0.5 s)
+        assert await eventually(lambda: len(received) >= 2, within=5)
         assert len(received) == 2 and received[0] == received[1]
         payload = received[1]
         assert (payload["event"], payload["route"], payload["actor"]) == (
@@ -173,8 +186,16 @@ async def test_candidate_equal_to_stable_is_not_rolled_back(upstreams, client):
     text = analysed_config(url_of(stable), url_of(candidate), analysis=limits)
     server = Server(parse_config(text))
     await server.start()
+
+    def passed_four_times() -> bool:
+        labels = {"route": "models", "check": "overall", "result": "pass"}
+        passes = server.recorder.registry.get_sample_value(
+            "grayscale_analysis_verdicts_total", labels
+        )
+        return (passes or 0) >= 4
+
     try:
-        await drive(client, server, 4.0)
+        await drive(client, server, 10.0, until=passed_four_times)
         assert server.controller.state("models", time.time()) is State.RAMPING
         analysis = server.analyzer.routes["models"]
         assert analysis.last is not None and analysis.last.result.value == "pass"
@@ -209,7 +230,7 @@ async def test_thin_traffic_holds_the_ramp_and_never_rolls_back(upstreams, clien
         assert server.controller.holding("models")
         share = server.controller.share("models", now)
         assert share < 0.4  # unheld, the ramp would be past 0.6 by now
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # (time passing: the ramp's slope is 0.2 a second, held)
         assert server.controller.share("models", time.time()) == share
         async with client.get(server.admin_url + "/status") as resp:
             analysis = (await resp.json())["routes"][0]["analysis"]
@@ -247,10 +268,7 @@ async def test_a_candidate_that_passes_at_its_max_for_promote_after_is_promoted_
         last = server.controller.rollout("models").last
         assert last.actor == "analysis" and "every verdict passed" in (last.reason or "")
         assert set(await drive(client, server, 0.5)) == {"candidate"}
-        for _ in range(30):
-            if received:
-                break
-            await asyncio.sleep(0.1)
+        assert await eventually(lambda: received, within=3)
         assert [(p["event"], p["actor"], p["verdict"]["result"]) for p in received] == [
             ("promote", "analysis", "pass")
         ]
@@ -273,8 +291,12 @@ async def test_a_failing_candidate_is_never_promoted(upstreams, client):
     server = Server(parse_config(text))
     await server.start()
     try:
-        await drive(client, server, 3)
-        assert server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        def rolled_back() -> bool:
+            return server.controller.state("models", time.time()) is State.ROLLED_BACK
+
+        await drive(client, server, 10, until=rolled_back)
+        assert rolled_back()
         assert all(t.action.value != "promote" for t in server.controller.rollout("models").history)
     finally:
         await server.stop()
@@ -341,9 +363,14 @@ async def test_a_sample_ratio_mismatch_holds_the_ramp_and_rolls_nothing_back(ups
                         await answer.read()
 
         await asyncio.gather(*(user() for _ in range(8)))
-        await asyncio.sleep(INTERVAL * 2)
+
+        def judged() -> bool:  # (on the requests above: a round every INTERVAL)
+            verdict = server.analyzer.routes["models"].last
+            return verdict is not None and verdict.result.value == "error"
+
+        assert await eventually(judged, within=INTERVAL * 4), server.analyzer.routes["models"].last
         verdict = server.analyzer.routes["models"].last
-        assert verdict is not None and verdict.result.value == "error", verdict
+        assert verdict is not None
         assert (
             verdict.checks[-1].name == "sample_ratio" and verdict.checks[-1].result.value == "fail"
         )
@@ -362,7 +389,7 @@ async def test_the_sequential_method_rolls_back_a_bad_candidate_on_everything_si
 ):
     stable, candidate = upstreams
     candidate.app[PROBE].error_rate = 0.3
-    text = analysed_config(url_of(stable), url_of(candidate)).replace(
+    text = analysed_config(url_of(stable), url_of(candidate), analysis="window: 1s").replace(
         "failures_before_rollback", "method: sequential, failures_before_rollback"
     )
     server = Server(parse_config(text))
@@ -378,8 +405,8 @@ async def test_the_sequential_method_rolls_back_a_bad_candidate_on_everything_si
         assert rolled_back()
         verdict = server.analyzer.routes["models"].last
         assert verdict is not None and verdict.method.value == "sequential"
-        # Its counts are everything since the rollout began: a 2 s window would have emptied.
-        await asyncio.sleep(2.5)
+        # Its counts are everything since the rollout began: a 1 s window would have emptied.
+        await asyncio.sleep(1.5)  # (time passing: past the window)
         _, candidate_sample = server.observations.samples("models", time.time())
         assert candidate_sample.requests >= verdict.checks[0].candidate["requests"] > 0
     finally:
@@ -399,6 +426,7 @@ def production_config(stable: str, candidate: str, *, ramp: str, min_requests: i
 
 
 @pytest.mark.slow  # (a ramp with an incident on both variants: about 11 s)
+@pytest.mark.timeout(90)
 async def test_equal_candidates_survive_an_incident_on_both_while_the_share_ramps(
     upstreams, client
 ):
@@ -418,7 +446,7 @@ async def test_equal_candidates_survive_an_incident_on_both_while_the_share_ramp
     try:
 
         async def incident() -> None:
-            await asyncio.sleep(6.0)
+            await asyncio.sleep(6.0)  # (time passing: the incident's schedule)
             for upstream in upstreams:
                 upstream.app[PROBE].error_rate = 0.2
             await asyncio.sleep(2.5)
@@ -486,7 +514,7 @@ async def test_a_candidate_failing_half_its_requests_is_rolled_back_though_it_is
             async with client.get(server.proxy_url + "/v1/p", headers={"X-User-Id": uid}) as r:
                 await r.read()
                 fallbacks.append(r.headers.get("X-Grayscale-Fallback", ""))
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # (one user after another, at a steady pace)
         assert "ejected" in fallbacks  # (the ejection took the candidate's users to stable)
         assert rolled_back()
         assert candidate.app[PROBE].requests == 35  # all it saw before the ejection

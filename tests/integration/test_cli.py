@@ -9,15 +9,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.integration.conftest import free_port, route_yaml, serve_subprocess, url_of
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.configs import demo_config, route_yaml
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.proxies import serve_subprocess
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually_blocking
 
 
 def grayscale(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -31,11 +33,13 @@ def grayscale(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
     )
 
 
-def test_help_for_every_command():
-    for command in ("serve", "check", "simulate", "demo", "selftest", "explain"):
-        result = grayscale(command, "--help")
-        assert result.returncode == 0
-        assert f"usage: grayscale {command}" in result.stdout
+async def test_help_for_every_command():
+    commands = ("serve", "check", "simulate", "demo", "selftest", "explain")
+    env = dict(os.environ)
+    results = await asyncio.gather(*(run_cli(command, "--help", env=env) for command in commands))
+    for command, (code, out, _) in zip(commands, results, strict=True):
+        assert code == 0
+        assert f"usage: grayscale {command}" in out
 
 
 def test_selftest_prints_the_figures_of_the_example_configs_analysed_route():
@@ -90,18 +94,17 @@ def test_selftest_workers_end_when_it_is_killed():
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
         workers: set[int] = set()
-        while len(workers) < 2 and time.monotonic() < deadline:
+
+        def started() -> bool:
+            nonlocal workers
             workers = {pid for pid in children(process.pid) if "spawn_main" in cmdline(pid)}
-            time.sleep(0.1)
-        assert len(workers) >= 2, "no worker processes started"
+            return len(workers) >= 2
+
+        assert eventually_blocking(started, 20, every=0.1), "no worker processes started"
         process.kill()  # (no chance to clean up: a CI step's timeout)
         process.wait()
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(pid) for pid in workers)
+        assert eventually_blocking(lambda: not any(alive(pid) for pid in workers), 10, every=0.1)
     finally:
         process.kill()
 
@@ -211,16 +214,8 @@ def test_serve_refuses_invalid_config(tmp_path):
     assert "routes: at least one route is needed" in result.stderr
 
 
-def demo_config(tmp_path: Path) -> Path:
-    """The bundled demo config on free ports."""
-    demo = (ROOT / "config" / "demo.yaml").read_text()
-    for old in ("8080", "9901", "9001", "9002"):
-        demo = demo.replace(f"127.0.0.1:{old}", f"127.0.0.1:{free_port()}")
-    config = tmp_path / "demo.yaml"
-    config.write_text(demo)
-    return config
-
-
+@pytest.mark.slow  # (the demo for 12 s: a rollback on the way)
+@pytest.mark.timeout(90)
 def test_demo_shows_the_split_and_the_automatic_rollback(tmp_path):
     config = demo_config(tmp_path)
     faster = config.read_text().replace("interval: 2s, window: 10s", "interval: 500ms, window: 3s")
@@ -267,8 +262,8 @@ async def test_demo_stops_cleanly_on_ctrl_c(tmp_path):
 
     async def first_report() -> None:
         assert process.stdout is not None
-        while not re.search(rb"sentiment\s+\w+\s+share", await process.stdout.readline()):
-            pass
+        while not re.search(rb"sentiment\s+\w+\s+share", line := await process.stdout.readline()):
+            assert line, "the demo ended before its first report"
 
     try:
         await asyncio.wait_for(first_report(), timeout=20)
@@ -339,9 +334,11 @@ async def test_status_and_actions_against_a_running_proxy(upstreams, start_proxy
     assert "set_share by token:" in out and "paused" in out
 
     no_token = {k: v for k, v in env.items() if k != "GRAYSCALE_ADMIN_TOKEN"}
-    code, _, err = await run_cli("pause", "models", env=no_token)
+    (code, _, err), (bad_code, _, bad_err), (gone_code, _, gone_err) = await asyncio.gather(
+        run_cli("pause", "models", env=no_token),
+        run_cli("pause", "models", env={**env, "GRAYSCALE_ADMIN_TOKEN": "bad"}),
+        run_cli("status", "--admin", f"http://127.0.0.1:{free_port()}", env=env),
+    )  # (none of them changes anything: run side by side)
     assert code == 2 and "set $GRAYSCALE_ADMIN_TOKEN" in err
-    code, _, err = await run_cli("pause", "models", env={**env, "GRAYSCALE_ADMIN_TOKEN": "bad"})
-    assert code == 1 and "403" in err
-    code, _, err = await run_cli("status", "--admin", f"http://127.0.0.1:{free_port()}", env=env)
-    assert code == 1 and "cannot reach the admin API" in err
+    assert bad_code == 1 and "403" in bad_err
+    assert gone_code == 1 and "cannot reach the admin API" in gone_err

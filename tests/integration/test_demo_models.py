@@ -5,16 +5,29 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy.tools.demo.models import STABLE_MODEL, build_model_app
-from tests.integration.conftest import route_yaml
+from tests.support.configs import route_yaml
+from tests.support.waiting import eventually
 
 
 async def test_a_client_hanging_up_mid_stream_prints_no_traceback(start_proxy):
     """`curl ... | head -c 100` leaves a token stream early; the proxy then drops its upstream
     request, and the model server must not print a traceback (the suite fails any test that
     logged at ERROR, which is where aiohttp puts a handler's traceback)."""
-    model = web.AppRunner(build_model_app(STABLE_MODEL), access_log=None)  # as the demo runs it
+    app = build_model_app(STABLE_MODEL)
+    finished: list[str] = []
+
+    @web.middleware
+    async def count_finished(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            finished.append(request.path)
+
+    app.middlewares.append(count_finished)
+    model = web.AppRunner(app, access_log=None)  # as the demo runs it
     await model.setup()
     await web.TCPSite(model, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{model.addresses[0][1]}"
@@ -30,6 +43,7 @@ async def test_a_client_hanging_up_mid_stream_prints_no_traceback(start_proxy):
             )
             await asyncio.wait_for(reader.readuntil(b"data:"), 5)
             writer.close()
-        await asyncio.sleep(0.5)  # the streams' next writes find their clients gone
+        # (the streams' next writes find their clients gone, and their handlers end)
+        assert await eventually(lambda: len(finished) == 3, within=5), finished
     finally:
         await model.cleanup()

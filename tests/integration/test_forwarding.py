@@ -13,16 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.integration.conftest import (
-    GZIP_BODY,
-    PROBE,
-    UpstreamProbe,
-    build_upstream,
-    free_port,
-    route_yaml,
-    self_signed,
-    url_of,
-)
+from tests.support.configs import route_yaml
+from tests.support.ports import free_port
+from tests.support.tls import self_signed
+from tests.support.upstream import GZIP_BODY, PROBE, UpstreamProbe, build_upstream, url_of
 
 
 def probe_of(server: TestServer) -> UpstreamProbe:

@@ -17,8 +17,11 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app.server import Server
 from proxy.config.loader import load_config
-from tests.integration.conftest import ProxyFactory, eventually, route_yaml, url_of
 from tests.integration.test_outcomes import outcome_series
+from tests.support.configs import route_yaml
+from tests.support.proxies import ProxyFactory
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually
 
 OUTCOMES_TOKEN = "outcomes-token-0123456789abcdef0123456789"
 ADMIN_TOKEN = "admin-token-0123456789abcdef0123456789abcd"

@@ -354,7 +354,7 @@ async def test_a_body_nobody_reads_is_not_buffered_without_bound(serve):
         try:
             accepted += sock.send(block)
         except BlockingIOError:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # (a moment to read; still full: it stopped reading)
             try:
                 accepted += sock.send(block)
             except BlockingIOError:

@@ -19,8 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from tests.integration.conftest import free_port, route_yaml, url_of
-from tests.integration.prometheus_server import Exporter, PrometheusServer
+from tests.support.configs import route_yaml
+from tests.support.ports import free_port
+from tests.support.prometheus_server import Exporter, PrometheusServer
+from tests.support.upstream import url_of
 
 INTERVAL = 0.5
 
@@ -195,9 +197,10 @@ async def hanging(request: web.Request) -> web.Response:
 
 
 async def test_an_unreachable_or_misbehaving_prometheus_is_an_error_with_its_reason(
-    upstreams: tuple[TestServer, TestServer],
+    upstreams: tuple[TestServer, TestServer], monkeypatch: pytest.MonkeyPatch
 ):
     stable, candidate = upstreams
+    monkeypatch.setenv("GS_TEST_PROM_TOKEN", "s3cret-token")
     seen: list[str | None] = []
 
     async def gateway_error(request: web.Request) -> web.Response:
@@ -220,21 +223,27 @@ async def test_an_unreachable_or_misbehaving_prometheus_is_an_error_with_its_rea
             "HTTP 502 without a query API answer",
         ),
     }
-    try:
-        for name, (source, problem) in cases.items():
-            metrics = [{"name": name, "query": "up", "max": 1}]
-            text = config(url_of(stable), url_of(candidate), source, metrics)
-            with pytest.MonkeyPatch.context() as env:
-                env.setenv("GS_TEST_PROM_TOKEN", "s3cret-token")
-                server = await started(text)
-                try:
-                    await rounds(server, 2)
-                    check = last_checks(server)[f"metric:{name}"]
-                finally:
-                    await server.stop()
+
+    async def judged(name: str, source: str) -> tuple[dict[str, Any], State]:
+        """The check's last result with Prometheus at `source`, and the route's state."""
+        metrics = [{"name": name, "query": "up", "max": 1}]
+        server = await started(config(url_of(stable), url_of(candidate), source, metrics))
+        try:
+            await rounds(server, 2)
+            return last_checks(server)[f"metric:{name}"], server.controller.state(
+                "models", time.time()
+            )
+        finally:
+            await server.stop()
+
+    try:  # (a proxy for each case, side by side)
+        results = await asyncio.gather(
+            *(judged(name, source) for name, (source, _) in cases.items())
+        )
+        for (_, problem), (check, state) in zip(cases.values(), results, strict=True):
             assert check["result"] == "error" and check["candidate"]["failed"] is True
             assert check["candidate"]["problem"].startswith(problem), check
-            assert server.controller.state("models", time.time()) is not State.ROLLED_BACK
+            assert state is not State.ROLLED_BACK
         assert seen and set(seen) == {"Bearer s3cret-token"}
     finally:
         await peer.close()

@@ -14,8 +14,10 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app.server import Server
 from proxy.routing import bucket, threshold
-from tests.integration.conftest import ProxyFactory, free_port, url_of
-from tests.integration.openai_server import ModelServer
+from tests.support.openai_server import ModelServer
+from tests.support.ports import free_port
+from tests.support.proxies import ProxyFactory
+from tests.support.upstream import url_of
 
 # Odd spacing, escapes and number forms, all of which must reach the upstream as written.
 BODY = (

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from tests.integration.conftest import route_yaml, url_of
+from tests.support.configs import route_yaml
+from tests.support.upstream import url_of
 
 TOKEN = "outcomes-token-0123456789abcdef0123456789"
 ADMIN = "admin-token-0123456789abcdef0123456789abcd"

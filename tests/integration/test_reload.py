@@ -16,13 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.loader import load_config, parse_config
 from proxy.rollout.machine import Action, State
-from tests.integration.conftest import (
-    eventually,
-    free_port,
-    route_yaml,
-    serve_subprocess,
-    url_of,
-)
+from tests.support.configs import route_yaml
+from tests.support.ports import free_port
+from tests.support.proxies import serve_subprocess
+from tests.support.upstream import url_of
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "reload-token"
@@ -104,7 +102,7 @@ async def test_fifty_reloads_under_load_drop_nothing(upstreams, client, tmp_path
     current = "a"
     try:
         for i in range(50):
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.03)  # (traffic between two reloads: the point of the test)
             if i % 5 == 4:
                 path.write_text(broken[i % 2])
                 expected = None
@@ -123,7 +121,7 @@ async def test_fifty_reloads_under_load_drop_nothing(upstreams, client, tmp_path
             results.append(outcome)
             if outcome == "applied":
                 swaps.append((time.monotonic(), expected or "?"))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # (traffic on the last config too)
     finally:
         done.set()
         await asyncio.gather(*workers)
@@ -294,6 +292,7 @@ async def test_sighup_reloads_a_running_proxy(upstreams, client, tmp_path):
         line = b""
         while b"applied" not in line:
             line = await served.next_line()
+            assert line, "grayscale serve ended its log without applying the config"
         assert b"(signal)" in line or b"(file)" in line
         async with client.get(served.proxy_url + "/x", headers={"X-User-Id": "u"}) as resp:
             assert resp.headers["X-Grayscale-Variant"] == "candidate"

@@ -17,7 +17,10 @@ import pytest
 from proxy.app.server import Server
 from proxy.config.loader import load_config
 from proxy.config.model import Listen, LoadOptions
-from tests.integration.conftest import Served, free_port, route_yaml, serve_subprocess, url_of
+from tests.support.configs import route_yaml
+from tests.support.ports import free_port
+from tests.support.proxies import Served, serve_subprocess
+from tests.support.upstream import url_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +46,7 @@ async def lines_until_applied(served: Served) -> list[bytes]:
     """The log lines up to the one saying a changed config was applied."""
     lines = [await served.next_line()]
     while b"applied" not in lines[-1]:
+        assert lines[-1], b"".join(lines)  # (the end of its log: it exited)
         lines.append(await served.next_line())
     return lines
 

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from tests.integration.conftest import serving
+from tests.support.upstream import serving
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -93,13 +94,29 @@ async def shadow_status(client: aiohttp.ClientSession, server: Server) -> dict[s
 
 
 async def until_compared(client: aiohttp.ClientSession, server: Server, n: int) -> dict[str, Any]:
+    """The shadow's status once it has compared `n` answers."""
     seen: dict[str, Any] = {}
-    for _ in range(300):
+
+    async def compared() -> bool:
+        nonlocal seen
         seen = await shadow_status(client, server)
-        if sum(seen["comparisons"].values()) >= n:
-            return seen
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"fewer than {n} comparisons: {seen}")
+        return bool(sum(seen["comparisons"].values()) >= n)
+
+    assert await eventually(compared, within=6), f"fewer than {n} comparisons: {seen}"
+    return seen
+
+
+async def until_settled(client: aiohttp.ClientSession, server: Server) -> dict[str, Any]:
+    """The shadow's status once no copy is in flight any more."""
+    seen: dict[str, Any] = {}
+
+    async def settled() -> bool:
+        nonlocal seen
+        seen = await shadow_status(client, server)
+        return bool(seen["in_flight"] == 0)
+
+    assert await eventually(settled, within=5), f"copies still in flight: {seen}"
+    return seen
 
 
 async def test_the_agreement_rate_on_a_seeded_set_of_equal_and_different_answers(scorers, client):
@@ -150,8 +167,7 @@ async def test_a_shadow_upstream_that_hangs_does_not_change_the_users_latency(sc
                 latencies[name].append(took)
         seen = await shadow_status(client, shadowed)
         assert seen["in_flight"] == 8 and seen["dropped"] == 52  # bounded, the rest dropped
-        await asyncio.sleep(1.2)  # their timeout
-        seen = await shadow_status(client, shadowed)
+        seen = await until_settled(client, shadowed)  # (their timeout: 1 s)
     finally:
         await plain.stop()
         await shadowed.stop()
@@ -189,8 +205,9 @@ async def test_the_gate_holds_the_ramp_until_enough_comparisons_agree(scorers, c
                 break
         seen = await shadow_status(client, server)
         assert seen["gate"]["open"] is True and seen["gate"]["recent_agreement"] >= 0.95
-        await asyncio.sleep(0.01)
-        assert server.controller.state("scorer", time.time()) is State.RAMPING
+        assert await eventually(
+            lambda: server.controller.state("scorer", time.time()) is State.RAMPING, within=2
+        )
         variants = [(await predict(client, server, "fine", f"w{i}"))[1] for i in range(200)]
         assert 60 < variants.count("candidate") < 140  # the ramp's base: half the users
     finally:
@@ -214,8 +231,7 @@ async def test_shadow_copies_are_bounded_in_bytes_as_well_as_in_number(scorers, 
         seen = await shadow_status(client, server)
         assert seen["in_flight"] == 3 and seen["dropped"] == 13  # (64 by number alone)
         assert 2700 * 1024 < seen["bytes_in_flight"] <= 3 * 1024 * 1024
-        await asyncio.sleep(1.2)  # their timeout
-        seen = await shadow_status(client, server)
+        seen = await until_settled(client, server)  # (their timeout: 1 s)
         assert (seen["in_flight"], seen["bytes_in_flight"]) == (0, 0)
     finally:
         await server.stop()

@@ -7,7 +7,8 @@ import asyncio
 import aiohttp
 
 from proxy.routing import bucket, threshold
-from tests.integration.conftest import route_yaml, url_of
+from tests.support.configs import route_yaml
+from tests.support.upstream import url_of
 
 USERS = 10_000
 

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app.server import Server
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import State
-from tests.integration.conftest import serving
-from tests.integration.openai_server import ModelServer
+from tests.support.openai_server import ModelServer
+from tests.support.upstream import serving
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -161,7 +161,8 @@ async def test_the_analysis_judges_time_to_first_token(pair):
                         return
                     await chat(client, server, f"user-{rng.randrange(10**6)}")
 
-            await asyncio.gather(*(user() for _ in range(8)))
+            # (some 300 requests of each variant prove it: 24 users send them in 3 s)
+            await asyncio.gather(*(user() for _ in range(24)))
     finally:
         await server.stop()
     rollout = server.controller.rollout("chat")

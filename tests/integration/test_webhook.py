@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestServer
 from proxy.analysis.webhook import RollbackNotifier
 from proxy.config.loader import parse_config
 from proxy.rollout.machine import Action, State, Transition
-from tests.integration.conftest import route_yaml, url_of
+from tests.support.configs import route_yaml
+from tests.support.upstream import url_of
 
 
 async def test_a_redirect_is_not_followed_and_the_path_is_never_logged(caplog):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.loadgen import load, start_upstream
-from tests.integration.conftest import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = 1.2  # measured 2.0-3.3x on the 2-core CI machine kind; a hot path half as fast fails
@@ -41,7 +41,8 @@ async def start(args: list[str], port: int) -> asyncio.subprocess.Process:
     raise AssertionError(f"{args} did not listen on {port}")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # (a benchmark: about 8 s)
+@pytest.mark.timeout(120)
 async def test_throughput_guard(tmp_path):
     upstream, upstream_port = await start_upstream()
     base = f"http://127.0.0.1:{upstream_port}"

@@ -3,7 +3,7 @@ a bad one is caught.
 
     GRAYSCALE_SIM_RUNS=2000 .venv/bin/python -m pytest tests/unit/test_analysis_simulation.py -s
 
-runs more seeds and prints the measured rates (the README quotes such a run).
+runs more seeds and prints the measured rates (docs/analysis.md quotes such a run).
 """
 
 from __future__ import annotations

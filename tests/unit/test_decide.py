@@ -35,7 +35,7 @@ from proxy.routing import (
 )
 from proxy.routing.cohort import cohort_key
 from proxy.routing.segments import match_segment
-from tests.unit.facts import Facts, user
+from tests.support.request_facts import Facts, user
 
 NOW = 1_796_083_200.0
 HEADER_UID = KeySource(Source.HEADER, "X-User-Id")

@@ -369,7 +369,7 @@ def test_a_candidate_as_good_as_stable_with_few_expected_clicks_fails_at_most_th
     # 265 requests at stable's 2 %: 5.3 clicks expected, and fewer by chance look like a drop.
     # The exact chance, over every count the candidate can have, that one look fails it. The
     # always-valid bound keeps the rate (about 1.3 %); the fixed one, whose variance is taken at
-    # the candidate's own low mean, does not at so few events (9.9 %: the README says so).
+    # the candidate's own low mean, does not at so few events (9.9 %: docs/analysis.md says so).
     stable = clicks(1_000_000, 20_000)  # 2 %, well measured
     check = OutcomeCheck("click", max_decrease=0.0)
     n, rate = 265, 0.02

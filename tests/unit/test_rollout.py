@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 
 from proxy.config.loader import parse_config
-from proxy.config.model import Cohort, KeySource, Ramp, Route, Source, Upstream, Variant
+from proxy.config.model import Ramp, Upstream, Variant
 from proxy.config.reload import restart_required
 from proxy.rollout.controller import FORGET_AFTER, RolloutController
 from proxy.rollout.machine import (
@@ -29,17 +29,8 @@ from proxy.rollout.machine import (
     state_of,
 )
 from proxy.rollout.store import FileStore, MemoryStore, StateError, decode, encode
-
-T0 = 1_796_083_200.0
-HOUR = 3600.0
-ROUTE = Route(
-    name="r",
-    path_prefix="/",
-    stable=Upstream("http://127.0.0.1:1"),
-    candidate=Upstream("http://127.0.0.1:2"),
-    cohort=Cohort((KeySource(Source.HEADER, "X-User-Id"),), "salt"),
-    ramp=Ramp(base=0.1, slope=0.1, per=HOUR, max=0.5),  # 10 % at start, 50 % after 4 h
-)
+from tests.support.rollouts import HOUR, ROUTE, T0
+from tests.support.waiting import eventually
 
 
 def fresh() -> Rollout:
@@ -378,11 +369,8 @@ async def test_processes_sharing_a_state_file_lose_no_update_and_follow_each_oth
     assert sorted(t.actor for t in stored.history) == ["a", "b"]
     try:
         await first.act("r", Action.ROLLBACK, T0 + 20, actor="a")
-        for _ in range(30):  # followed by polling the file twice a second
-            if second.state("r", T0 + 21) is State.ROLLED_BACK:
-                break
-            await asyncio.sleep(0.1)
-        assert second.state("r", T0 + 21) is State.ROLLED_BACK
+        # (followed by polling the file twice a second)
+        assert await eventually(lambda: second.state("r", T0 + 21) is State.ROLLED_BACK, within=3)
     finally:
         for controller in (first, second):
             await controller.close()

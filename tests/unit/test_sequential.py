@@ -354,7 +354,8 @@ def test_the_screen_changes_no_rollback_of_either_method():
     assert found[True] == found[False] == ((0, 10), (227, 669, 83), (448, 448, 23))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # (120 simulated rollouts of an hour: about 13 s)
+@pytest.mark.timeout(180)
 def test_equal_candidates_over_long_runs_stay_below_the_stated_rate_where_fixed_does_not():
     # 120 rollouts of an hour, 5 requests a second per variant, 1 % errors on both sides, a
     # verdict every second: 3,600 looks each. No increase allowed: equal candidates are right at
@@ -405,7 +406,8 @@ def test_a_candidate_with_five_more_points_of_errors_is_still_caught_within_minu
     assert sequential[20] >= fixed[20]  # the guarantee costs some delay
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # (simulated hours: about 6 s)
+@pytest.mark.timeout(120)
 def test_a_candidate_that_turns_bad_late_is_caught_by_the_epochs():
     # Equal for two hours (36,000 good requests each), then 5 more points of errors.
     delays = [seconds_to_roll_back(seed, 5, (0.06, 0.01), onset=7200) for seed in range(20)]
@@ -416,7 +418,7 @@ def test_a_candidate_that_turns_bad_late_is_caught_by_the_epochs():
         f"{total_only[-1]}; fixed {fixed[10]}, {fixed[-1]}"
     )
     # Within 20 minutes every time (the error rate split between the two checks and the
-    # correction for rare errors cost the worst case about 4 of them: README); the median
+    # correction for rare errors cost the worst case about 4 of them: docs/analysis.md); the median
     # within 10 minutes, where the counts since the start alone take more than 40.
     assert with_epochs[-1] <= 1200
     assert with_epochs[10] <= 600 and total_only[10] > 2400

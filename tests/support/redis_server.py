@@ -11,14 +11,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
+from itertools import count
 from pathlib import Path
 
 import redis
 from redis.crc import key_slot
 
-from tests.integration.conftest import free_port
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 MISSING = "redis-server is not installed (Debian: apt-get install redis-server)"
 
@@ -67,6 +67,8 @@ class RedisServer:
         options = ["--requirepass", self.password] if self.password else []
         # (a replica writes what it syncs to its folder: never the working directory)
         options += ["--dir", str(self.folder or self._scratch.name), "--dbfilename", "dump.rdb"]
+        # (a replica syncs at once, not after the 5 s a master waits for more replicas to come)
+        options += ["--repl-diskless-sync-delay", "0"]
         if self.cluster:
             assert self.folder is not None, "a cluster node keeps its nodes.conf in its folder"
             options += [
@@ -74,7 +76,6 @@ class RedisServer:
                 "--cluster-config-file", f"nodes-{self.port}.conf",
                 "--cluster-node-timeout", "2000",
                 "--cluster-port", str(self.bus_port),  # (port + 10000 may not exist)
-                "--repl-diskless-sync-delay", "0",  # (a replica syncs at once)
             ]  # fmt: skip
         if self.tls is not None:
             cert, key = self.tls
@@ -103,11 +104,14 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not self.ping():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited ({process.returncode}), port {self.port}")
+            return self.ping()
+
+        wait_until(answers, 10, f"redis-server did not start on port {self.port}", every=0.02)
 
     def kill(self) -> None:
         """Kill it at once, as a crash would."""
@@ -135,6 +139,21 @@ class RedisServer:
             return b"master_link_status:up" in self.role()
         except OSError:
             return False
+
+    def acknowledged(self, key: str = "probe") -> bool:
+        """Whether a replica acknowledges a write to this master (of `key`, then deleted) within
+        0.2 s: what a durable change waits for. (A replica whose link is up is not there yet:
+        after a sync, the master streams writes to it from its first acknowledgement on, up to
+        a second later.)"""
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=2)
+        try:
+            client.set(key, 1)
+            client.delete(key)
+            return int(client.execute_command("WAIT", 1, 200)) >= 1
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
 
     def ping(self) -> bool:
         try:
@@ -172,15 +191,8 @@ class SentinelSet:
             [self.binary, str(config), "--sentinel", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while self.master_port() != first.port:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sentinel did not find the master")
-            time.sleep(0.05)
-        while not second.replicating():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the replica did not sync")
-            time.sleep(0.05)
+        wait_until(lambda: self.master_port() == first.port, 10, "the sentinel found no master")
+        wait_until(first.acknowledged, 10, "the replica did not sync")
 
     def ask(self, command: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", self.sentinel_port), timeout=2) as sock:
@@ -223,6 +235,7 @@ class ClusterSet:
         return self.masters[0].url
 
     def start(self) -> None:
+        first = self.masters[0]
         nodes = [*self.masters, self.replica]
         for node in nodes:
             node.start()
@@ -234,12 +247,15 @@ class ClusterSet:
                 client.execute_command("CLUSTER ADDSLOTSRANGE", i * per, last)
             for node in nodes[1:]:
                 clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, node.bus_port)
-            first = clients[0].execute_command("CLUSTER MYID")
-            self._until(lambda: all(_ok(c) for c in clients), "the cluster did not form")
-            self._until(
-                lambda: _replicates(clients[-1], first), "the replica did not follow its master"
+            first_id = clients[0].execute_command("CLUSTER MYID")
+            wait_until(lambda: all(_ok(c) for c in clients), 15, "the cluster did not form")
+            wait_until(
+                lambda: _replicates(clients[-1], first_id),
+                15,
+                "the replica did not follow its master",
             )
-            self._until(self.replica.replicating, "the replica did not sync")
+            probe = next(key for i in count() if self.master_of(key := f"probe{i}") is first)
+            wait_until(lambda: first.acknowledged(probe), 15, "the replica did not sync")
         finally:
             for client in clients:
                 client.close()
@@ -247,14 +263,6 @@ class ClusterSet:
     def master_of(self, key: str) -> RedisServer:
         """The master holding `key`'s slot."""
         return self.masters[min(key_slot(key.encode()) // (16384 // 3), 2)]
-
-    @staticmethod
-    def _until(check: Callable[[], bool], failure: str) -> None:
-        deadline = time.monotonic() + 15
-        while not check():
-            if time.monotonic() > deadline:
-                raise RuntimeError(failure)
-            time.sleep(0.05)
 
     def kill(self) -> None:
         for node in [*self.masters, self.replica]:

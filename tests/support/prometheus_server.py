@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,14 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+
 MISSING = "prometheus is not installed (Debian: apt-get install prometheus)"
 SCRAPE_INTERVAL = 0.25  # seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+START_WITHIN = 30.0  # seconds to be ready, then as many to have scraped every target
 
 
 class Exporter:
@@ -81,7 +77,7 @@ class PrometheusServer:
         self.folder = folder
         self.targets = targets
         self.job = job
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,7 +89,7 @@ class PrometheusServer:
         return None if binary is None else cls(binary, folder, targets, job)
 
     def start(self) -> None:
-        """Start, and return once the targets have been scraped (about 5 s)."""
+        """Start, and return once it is ready and has scraped its targets (about 5 s)."""
         config = self.folder / "prometheus.yml"
         interval = f"{SCRAPE_INTERVAL * 1000:.0f}ms"
         config.write_text(
@@ -106,29 +102,47 @@ class PrometheusServer:
                 }
             )
         )
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.folder / "prometheus.log").open("wb"),
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.folder / "prometheus.log").read_text()
-                raise RuntimeError(f"prometheus exited:\n{log}")
-            try:
-                if len(self.query(f'up{{job="{self.job}"}} == 1')) == len(self.targets):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("prometheus did not scrape its targets within 30 s")
+        log = self.folder / "prometheus.log"
+        with log.open("wb") as stderr:  # (the process keeps its own copy of the descriptor)
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.folder / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        # Ready first: until then it refuses connections, then answers 503 while it opens its
+        # storage and loads its config; only then are queries answered.
+        wait_until(self._ready, START_WITHIN, "prometheus was not ready", every=0.1)
+        wait_until(self._scraped, START_WITHIN, "prometheus did not scrape its targets", every=0.1)
+
+    def _running(self) -> None:
+        """Raise, with what it logged, if the process has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = (self.folder / "prometheus.log").read_text()
+            raise RuntimeError(f"prometheus exited ({self.process.returncode}):\n{log}")
+
+    def _ready(self) -> bool:
+        """Whether `/-/ready` answers 200 (a refused connection, a 503 or a timeout: not yet)."""
+        self._running()
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as answer:
+                return int(answer.status) == 200
+        except OSError:  # (URLError and HTTPError are OSErrors; so are a refusal and a timeout)
+            return False
+
+    def _scraped(self) -> bool:
+        """Whether every target has been scraped (`up == 1`)."""
+        self._running()
+        try:
+            return len(self.query(f'up{{job="{self.job}"}} == 1')) == len(self.targets)
+        except OSError:
+            return False
 
     def query(self, expression: str) -> list[dict[str, Any]]:
         """The result of an instant query (a vector's series); a query Prometheus refuses
@@ -138,6 +152,8 @@ class PrometheusServer:
             with urllib.request.urlopen(f"{self.url}/api/v1/query", data, timeout=5) as answer:
                 body = json.load(answer)
         except urllib.error.HTTPError as error:
+            if error.code >= 500:  # (not refused: not answered; e.g. 503 while starting)
+                raise
             raise ValueError(f"{expression}: {error.read().decode()}") from error
         result: list[dict[str, Any]] = body["data"]["result"]
         return result

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import h11
+
+from proxy.app.server import Server
 
 
 class Fields:
@@ -89,6 +91,8 @@ class PeerConnection(asyncio.Protocol):
         self.closed = asyncio.Event()  # the proxy closed the connection (or its side of it)
         self._arrived = asyncio.Event()
         self._taken = 0  # requests already handed to the script
+        self._parsed: list[Received] = []  # the complete requests parsed so far...
+        self._consumed = 0  # ...from this many bytes of `received`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -111,7 +115,16 @@ class PeerConnection(asyncio.Protocol):
     @property
     def requests(self) -> list[Received]:
         """The complete requests received so far."""
-        return parse_requests(bytes(self.received))[0]
+        return list(self._parse())
+
+    def _parse(self) -> list[Received]:
+        """The complete requests received so far, each parsed once (a request is parsed on its
+        own, so parsing on from the end of the last one finds what parsing it all would)."""
+        if len(self.received) > self._consumed:
+            found, rest = parse_requests(bytes(self.received[self._consumed :]))
+            self._parsed += found
+            self._consumed = len(self.received) - len(rest)
+        return self._parsed
 
     async def until(self, predicate: Callable[[bytes], bool], within: float = 5.0) -> None:
         """Wait until the bytes received satisfy `predicate`."""
@@ -131,9 +144,9 @@ class PeerConnection(asyncio.Protocol):
     async def request(self, within: float = 5.0) -> Received:
         """Wait for the next complete request."""
         index = self._taken
-        await self.until(lambda data: len(parse_requests(data)[0]) > index, within)
+        await self.until(lambda data: len(self._parse()) > index, within)
         self._taken += 1
-        return parse_requests(bytes(self.received))[0][index]
+        return self._parse()[index]
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -315,3 +328,7 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.close()
+
+
+UpstreamFactory = Callable[..., Awaitable[RawUpstream]]  # (script=echo_requests)
+GatewayFactory = Callable[..., Awaitable[tuple[Server, RawUpstream]]]  # (script, *, path, ...)
