@@ -11,6 +11,9 @@ Invariants
   new connections.
 - A malformed request is logged in one line at INFO, never with a traceback that echoes what
   the client sent.
+- With TLS, a connection is the API's only once its handshake is done (`proxy.http.tls`), and
+  counts toward `admin.max_connections` from then on; a failed handshake is told to
+  `on_refused` (reason `tls_handshake`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from proxy.api.admin import Admin
 from proxy.api.answers import strict_dumps
+from proxy.http.listener import Refused, unheard
+from proxy.http.tls import ServerTls
 
 log = logging.getLogger("grayscale.admin")
 
@@ -86,9 +91,13 @@ class AdminListener:
     whole request head), the body timeout (handlers read bodies within it; a body no handler
     reads is drained for at most as long after the answer), and the cap on open connections."""
 
-    def __init__(self, admin: Admin):
+    def __init__(self, admin: Admin, tls: ServerTls | None = None, on_refused: Refused = unheard):
+        """`tls`: the listener's TLS (None: clear text); `on_refused`: told of each failed TLS
+        handshake."""
         _quiet_bad_requests()
         self._admin = admin
+        self.tls = tls
+        self._on_refused = on_refused
         self._runner = web.AppRunner(admin.build_app(), access_log=None, shutdown_timeout=5.0)
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
@@ -105,7 +114,11 @@ class AdminListener:
         await self._runner.setup()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._accept, host, port, reuse_address=True, reuse_port=reuse_port or None
+            self._accept if self.tls is None else self._secure_accept,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         found = self._server.sockets[0].getsockname()
         return str(found[0]), int(found[1])
@@ -114,9 +127,18 @@ class AdminListener:
         """Stop accepting, then let the requests in flight finish (for at most 5 s)."""
         if self._server is not None:
             self._server.close()
+        if self.tls is not None:
+            self.tls.abort()
         await self._runner.cleanup()  # (which closes the connections)
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _secure_accept(self) -> asyncio.BaseProtocol:
+        assert self.tls is not None
+        return self.tls.protocol(lambda _alpn: self._accept(), self._handshake_failed)
+
+    def _handshake_failed(self, peer: str | None, detail: str) -> None:
+        self._on_refused("tls_handshake", peer, f"admin API: {detail}")
 
     def _accept(self) -> asyncio.BaseProtocol:
         limits = self._admin.config.admin

@@ -1,4 +1,14 @@
-"""Running the proxy and admin listeners for a config, and reloading it."""
+"""Running the proxy and admin listeners for a config, and reloading it.
+
+Invariants
+- Every reload that reads a valid file (applied or unchanged) reads the certificate files
+  again: new connections get what they hold now, open ones keep theirs. With `watch`, a change
+  to a certificate file reloads as a change to the config file does.
+- Turning a listener's TLS on or off takes a restart (the reload says so); its certificate,
+  key and minimum version change on reload.
+- Each refused connection or request head, on either listener, is counted and (rate-limited)
+  logged by one `RefusalLog`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import math
 import os
 import secrets
 import signal
+import ssl
 import time
 
 from proxy.analysis.analyzer import Analyzer
@@ -18,6 +29,7 @@ from proxy.analysis.webhook import RollbackNotifier
 from proxy.analysis.window import LocalObservations
 from proxy.api.admin import Admin
 from proxy.api.listener import AdminListener
+from proxy.app.certificates import CertificateWatcher
 from proxy.app.workers import Worker
 from proxy.config.loader import ConfigError, load_config
 from proxy.config.model import AccessLogConfig, AnalysisMethod, Config, StateBackend
@@ -32,6 +44,7 @@ from proxy.fleet.redis_connection import (
     replica_name,
 )
 from proxy.http.listener import Listener
+from proxy.http.tls import ServerTls
 from proxy.records.request_id import Minter, Reader, key_of
 from proxy.rollout.controller import RolloutController
 from proxy.rollout.machine import identity_of
@@ -41,13 +54,24 @@ from proxy.runtime import clock
 from proxy.telemetry.access_log import AccessLog, secret_from_env
 from proxy.telemetry.host_metrics import HostMetrics
 from proxy.telemetry.metrics import Recorder
+from proxy.telemetry.refusals import RefusalLog
 
 log = logging.getLogger("grayscale.server")
 
 
-def _url(address: object) -> str:
+def _url(address: object, tls: bool) -> str:
     host, port = address[:2] if isinstance(address, tuple) else ("?", 0)
-    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+    where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return f"https://{where}" if tls else f"http://{where}"
+
+
+def _tls_switched(running: Config, new: Config) -> tuple[str, ...]:
+    """The listeners whose TLS `new` turns on or off (which takes a restart)."""
+    fields = {
+        "server.tls": (running.server.tls, new.server.tls),
+        "server.admin_tls": (running.server.admin_tls, new.server.admin_tls),
+    }
+    return tuple(name for name, (old, now) in fields.items() if (old is None) != (now is None))
 
 
 def state_store(config: Config, redis: Client | None = None) -> StateStore:
@@ -232,12 +256,21 @@ class Server:
         self.last_reload: ReloadResult | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher = ConfigWatcher(config.source, self.reload_from_file) if watch else None
+        self._certificates = CertificateWatcher(lambda: self.config, self.reload_from_file)
+        self.refusals = RefusalLog(self.recorder)
+        tls, admin_tls = config.server.tls, config.server.admin_tls
         self.listener = Listener(
             self.gateway.handle,
             body_timeout=config.server.client_body_timeout,
             send_timeout=config.server.send_timeout,
+            http2=config.server.http2,
+            http2_max_streams=config.server.http2_max_streams,
+            tls=None if tls is None else ServerTls(tls, config.server.http2),
+            on_refused=self.refusals,
         )
-        self.admin_listener = AdminListener(self.admin)
+        self.admin_listener = AdminListener(
+            self.admin, None if admin_tls is None else ServerTls(admin_tls), self.refusals
+        )
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -250,10 +283,10 @@ class Server:
         server = self.config.server
         shared = self.worker is not None  # the ports are bound by every worker
         await self.listener.start(server.listen.host, server.listen.port, reuse_port=shared)
-        self.proxy_url = _url(self.listener.address)
+        self.proxy_url = _url(self.listener.address, self.listener.tls is not None)
         listen = server.admin_listen
         address = await self.admin_listener.start(listen.host, listen.port, reuse_port=shared)
-        self.admin_url = _url(address)
+        self.admin_url = _url(address, self.admin_listener.tls is not None)
         await self.notifier.start()
         if self.host_metrics is not None:
             self.host_metrics.start()
@@ -262,6 +295,7 @@ class Server:
         self.analyzer.start()
         if self._watcher is not None:
             self._watcher.start()
+            self._certificates.start()
         self.ready.set()
         log.info(
             "proxy listening on %s, admin on %s%s",
@@ -299,6 +333,7 @@ class Server:
             await asyncio.sleep(delay)
         if self._watcher is not None:
             await self._watcher.stop()
+        await self._certificates.stop()
         await self.analyzer.stop()
         if self.fleet is not None:
             await self.fleet.decider.stop()  # another replica decides from now on
@@ -343,11 +378,13 @@ class Server:
             else:
                 outcome = "unchanged" if config.digest == self.config.digest else "applied"
                 restart = restart_required(self.started_with, config)
+                restart += _tls_switched(self.started_with, config)
                 for name in restart:
                     log.warning("%s changed: it takes effect only after a restart", name)
                 if outcome == "applied":
                     await self.apply(config)
                     log.info("config %s applied (%s)", config.digest, trigger)
+                self._renew_certificates(config)
                 result = ReloadResult(time.time(), trigger, outcome, config.digest, (), restart)
                 self.recorder.count_config_reload(applied=True)
             self.last_reload = result
@@ -355,6 +392,20 @@ class Server:
         if trigger == "api" and self.worker is not None:
             self.worker.ask_for_reload()  # the other workers too
         return result
+
+    def _renew_certificates(self, config: Config) -> None:
+        """Read the certificate files of `config` again, for the connections to come."""
+        listeners = (
+            ("server.tls", self.listener.tls, config.server.tls),
+            ("server.admin_tls", self.admin_listener.tls, config.server.admin_tls),
+        )
+        for name, held, tls in listeners:
+            if held is not None and tls is not None:
+                try:
+                    held.use(tls)
+                except (OSError, ssl.SSLError) as exc:  # (changed since the file was checked)
+                    log.warning("%s did not load, the previous certificate stays: %s", name, exc)
+        self.gateway.client.renew_tls()
 
     def _count_runs(self, config: Config) -> None:
         """Count each route's requests toward its rollout's current run (the analysis keeps
@@ -375,6 +426,10 @@ class Server:
         self.gateway.use(config)
         self.listener.body_timeout = config.server.client_body_timeout
         self.listener.send_timeout = config.server.send_timeout
+        self.listener.http2 = config.server.http2
+        self.listener.http2_max_streams = config.server.http2_max_streams
+        if self.listener.tls is not None:
+            self.listener.tls.http2 = config.server.http2  # (ALPN's offer: from the next renewal)
         self.recorder.use({route.name for route in config.routes})
         self.analyzer.use(config.routes)
         self.book.use(config.outcomes, config.routes)

@@ -49,6 +49,23 @@ class Listen:
         return f"{host}:{self.port}"
 
 
+class TlsVersion(StrEnum):
+    """The oldest TLS version a listener accepts."""
+
+    TLS_1_2 = "1.2"
+    TLS_1_3 = "1.3"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS on a listener: its certificate chain and private key (PEM files, read again on every
+    reload) and the oldest version it accepts."""
+
+    cert_file: str
+    key_file: str
+    min_version: TlsVersion = TlsVersion.TLS_1_2
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Listeners, trusted proxies, request limits and shutdown timing.
@@ -57,7 +74,9 @@ class ServerConfig:
     takes no part of an answer for `send_timeout` is cut off. On SIGTERM the proxy reports
     not-ready, keeps accepting for `shutdown_delay` (so load balancers notice), stops accepting,
     and lets requests in flight finish for `drain_timeout`. `workers` processes serve the same
-    ports.
+    ports. With `http2`, a connection that opens with the HTTP/2 preface is served as HTTP/2
+    (h2c with prior knowledge), at most `http2_max_streams` streams at once. With `tls` (and
+    `admin_tls`), the proxy's (and the admin API's) listener speaks only TLS.
     """
 
     listen: Listen = Listen("127.0.0.1", 8080)
@@ -72,6 +91,10 @@ class ServerConfig:
     shutdown_delay: float = 0.0
     drain_timeout: float = 30.0
     workers: int = 1
+    http2: bool = False  # HTTP/2 with prior knowledge on `listen`, beside HTTP/1.x
+    http2_max_streams: int = 100  # streams open at once on one HTTP/2 connection
+    tls: ListenerTls | None = None  # TLS on `listen`
+    admin_tls: ListenerTls | None = None  # TLS on `admin_listen`
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +106,10 @@ class Upstream:
     `max_connections` requests are in flight to it; `max_pending` more may wait for a slot, and
     beyond that requests are refused with 503. A connection idle for `keepalive_timeout` is not
     reused (0: never reused). An https upstream's certificate is checked against the system's
-    authorities, or those in `ca_file`. With `model`, the JSON body's `model` is rewritten to it
-    on the way to this upstream (a candidate that names its model differently).
+    authorities, or those in `ca_file`, for `server_name` (sent as SNI) or else the URL's host;
+    the proxy shows it `client_cert_file` with `client_key_file` when it asks for a client
+    certificate (mutual TLS). With `model`, the JSON body's `model` is rewritten to it on the way
+    to this upstream (a candidate that names its model differently).
     """
 
     url: str
@@ -96,6 +121,9 @@ class Upstream:
     max_pending: int = 512
     keepalive_timeout: float = 4.0
     ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    server_name: str | None = None
     model: str | None = None
 
 

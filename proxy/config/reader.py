@@ -34,7 +34,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proxy.config.errors import ConfigIssue, field_path
-from proxy.config.model import IPNetwork, KeySource, Listen, Source
+from proxy.config.model import IPNetwork, KeySource, Listen, Source, TlsVersion
 from proxy.config.values import LISTEN_FORM, parse_duration, parse_listen
 
 T = TypeVar("T")
@@ -43,6 +43,31 @@ E = TypeVar("E", bound=StrEnum)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ANY_INDEX = re.compile(r"\[\d+\]")  # `routes[3].analysis`: the place is `routes[].analysis`
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def _no_passphrase() -> bytes:
+    """The passphrase offered for a private key: none (else OpenSSL would ask on the terminal)."""
+    return b""
+
+
+def _chain_problem(cert: str, key: str) -> tuple[bool, str] | None:
+    """What stops a certificate chain and its key from loading, and whether the key is at fault
+    (else the certificate); None when they load."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, _no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return True, f"this key does not match the certificate in {cert}"
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+        except ssl.SSLError:
+            return False, f"not a PEM certificate chain: {cert}"
+        return True, f"not a PEM private key (or one protected by a passphrase): {key}"
+    except OSError as exc:
+        return Path(cert).is_file(), f"cannot read it: {exc.strerror or exc}"
+    return None
 
 
 class Reader:
@@ -280,6 +305,50 @@ class Reader:
             except (ssl.SSLError, OSError) as exc:
                 self.fail(node, path, f"not a file of PEM certificate authorities: {exc}")
                 return default
+        return value
+
+    def certificate_and_key(
+        self, fields: dict[str, Node], path: str, names: tuple[str, str]
+    ) -> tuple[str, str] | None:
+        """The PEM files of a certificate chain and its private key that fields `names`
+        (certificate, key) name, both or neither; loaded to check them, so that a pair that
+        cannot be used is a config error rather than a failure at the first connection."""
+        cert_name, key_name = names
+        cert = self.field(fields, cert_name, path, self.readable_file, None)
+        key = self.field(fields, key_name, path, self.readable_file, None)
+        if (cert_name in fields) != (key_name in fields):
+            given, missing = (cert_name, key_name) if cert_name in fields else (key_name, cert_name)
+            self.fail(fields[given], field_path(path, missing), f"needed with {given}")
+            return None
+        if cert is None or key is None:
+            return None
+        problem = _chain_problem(cert, key)
+        if problem is not None:
+            key_at_fault, message = problem
+            name = key_name if key_at_fault else cert_name
+            self.fail(fields[name], field_path(path, name), message)
+            return None
+        return cert, key
+
+    def tls_version(self, node: Node, path: str, default: TlsVersion) -> TlsVersion:
+        """A TLS version, `1.2` or `1.3`, read as written (YAML would make a number of it)."""
+        text = node.value if isinstance(node, ScalarNode) else None
+        for version in TlsVersion:
+            if text == version.value:
+                return version
+        self.fail(node, path, f"expected one of: {', '.join(TlsVersion)}")
+        return default
+
+    def host_name(self, node: Node, path: str, default: str | None) -> str | None:
+        """A DNS name or an IP address."""
+        value = self.string(node, path, "")
+        if not value:
+            return default
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(value))
+        if not _HOST_NAME.match(value):
+            self.fail(node, path, "expected a host name like model.internal, or an IP address")
+            return default
         return value
 
     def readable_file(self, node: Node, path: str, default: str | None) -> str | None:

@@ -306,6 +306,7 @@ async def forward(
         authority=request.authority,
         version=request.version.encode(),
         trusted=trusted,
+        secure=request.secure,
     )
     limit: BodyLimit | None = None
     body: Body = None

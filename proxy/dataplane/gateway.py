@@ -177,7 +177,7 @@ class Gateway:
             variant,
             upstream,
             self._limiter(upstream),
-            Origin(upstream.url, upstream.ca_file, upstream.keepalive_timeout),
+            Origin.of(upstream),
             partial(self.minter.mint, label),
             openai=route.reads_body,
             max_event_bytes=server.max_event_bytes,

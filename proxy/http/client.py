@@ -14,24 +14,34 @@ Invariants
 - Interim answers (1xx) but 100 go to the request's `interim` callback, in the order received,
   before its answer (requests go out without `Expect`, so a 100 is nobody's); without a callback
   they are read and dropped.
+- An https upstream's certificate is checked for its `server_name` (sent as SNI; the URL's host
+  unless the config names another), against `ca_file` or the system's authorities; its client
+  certificate, if any, is shown when asked. `renew_tls` reads their files again for the
+  connections made from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import urlsplit
 
+from proxy.config.model import Upstream
 from proxy.http.errors import UpstreamError
 from proxy.http.pool import KEEPALIVE_TIMEOUT, Pool
+from proxy.http.tls import no_passphrase
 from proxy.http.upstream_connection import Interim, UpstreamConnection
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 Body = bytes | AsyncIterable[bytes] | None
+ClientCert = tuple[str, str]  # the PEM files of a client certificate chain and its key
+
+log = logging.getLogger("grayscale.upstream")
 
 
 class Answer:
@@ -80,16 +90,26 @@ class Answer:
 
 class Origin:
     """A parsed upstream base URL: where to connect, the Host header, a path prefix, and for
-    https the authorities that may vouch for its certificate (`ca_file`, else the system's)."""
+    https the authorities that may vouch for its certificate (`ca_file`, else the system's),
+    the name it is checked for (`server_name`, else the URL's host) and the client certificate
+    shown when it asks for one."""
 
     def __init__(
-        self, url: str, ca_file: str | None = None, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+        self,
+        url: str,
+        ca_file: str | None = None,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        *,
+        client_cert: ClientCert | None = None,
+        server_name: str | None = None,
     ):
         parts = urlsplit(url)
         self.keepalive_timeout = keepalive_timeout
         self.tls = parts.scheme == "https"
         self.ca_file = ca_file
+        self.client_cert = client_cert
         self.host = parts.hostname or ""
+        self.server_name = server_name or self.host
         self.port = parts.port or (443 if self.tls else 80)
         default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -102,20 +122,69 @@ class Origin:
         self.prefix = parts.path.rstrip("/")
         self.raw_prefix = self.prefix.encode("utf-8", "surrogateescape")
 
+    @classmethod
+    def of(cls, upstream: Upstream) -> Origin:
+        """The origin of an upstream as configured."""
+        client_cert = None
+        if upstream.client_cert_file and upstream.client_key_file:
+            client_cert = (upstream.client_cert_file, upstream.client_key_file)
+        return cls(
+            upstream.url,
+            upstream.ca_file,
+            upstream.keepalive_timeout,
+            client_cert=client_cert,
+            server_name=upstream.server_name,
+        )
+
+
+def client_context(origin: Origin) -> ssl.SSLContext:
+    """A TLS context for `origin`: its authorities, and its client certificate, read now
+    (`OSError` or `ssl.SSLError` when they do not load)."""
+    context = ssl.create_default_context(cafile=origin.ca_file)
+    if origin.client_cert is not None:
+        context.load_cert_chain(*origin.client_cert, no_passphrase)
+    return context
+
 
 class UpstreamClient:
     """Sends requests to upstreams over pooled keep-alive connections."""
 
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, int, bool, str | None, float], Pool] = {}
+        self._pools: dict[tuple[object, ...], Pool] = {}
+        self._secure: list[tuple[Origin, Pool]] = []  # the https pools, each with its origin
 
     def _pool(self, origin: Origin) -> Pool:
-        key = (origin.host, origin.port, origin.tls, origin.ca_file, origin.keepalive_timeout)
+        key = (
+            origin.host,
+            origin.port,
+            origin.tls,
+            origin.ca_file,
+            origin.client_cert,
+            origin.server_name,
+            origin.keepalive_timeout,
+        )
         pool = self._pools.get(key)
         if pool is None:
-            tls = ssl.create_default_context(cafile=origin.ca_file) if origin.tls else None
-            pool = self._pools[key] = Pool(origin.host, origin.port, tls, origin.keepalive_timeout)
+            tls = client_context(origin) if origin.tls else None
+            pool = Pool(origin.host, origin.port, tls, origin.keepalive_timeout, origin.server_name)
+            self._pools[key] = pool
+            if tls is not None:
+                self._secure.append((origin, pool))
         return pool
+
+    def renew_tls(self) -> None:
+        """Read the https upstreams' certificate files again: the connections made from now on
+        use what they hold (open ones keep their session). A pool whose files no longer load
+        keeps the context it has, and says so."""
+        for origin, pool in self._secure:
+            try:
+                pool.tls = client_context(origin)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning(
+                    "the certificate files of %s did not load, the previous stay: %s",
+                    origin.host_header,
+                    exc,
+                )
 
     async def request(
         self,
@@ -222,6 +291,7 @@ class UpstreamClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        self._secure.clear()
 
 
 def _may_send_again(

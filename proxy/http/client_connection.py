@@ -10,7 +10,9 @@ Invariants
   505); at most MAX_HEAD bytes in all and MAX_FIELDS lines (431), a target of at most MAX_TARGET
   bytes (414). CONNECT is refused (405). `Upgrade` is ignored (RFC 9110 §7.8): the request is
   served as plain HTTP, its body included.
-- A refused head is answered, then the connection closed: nothing after it is parsed.
+- A refused head is answered (but a TLS handshake, which could not read the answer), then the
+  connection closed: nothing after it is parsed. Each refused head is told to the listener's
+  `on_refused` once, with its reason.
 - Request trailers are read and dropped: never taken for headers.
 - A write to a client that stops reading waits at most `send_timeout`; then the connection is
   cut, so a reader that stalls cannot hold its upstream connection.
@@ -31,7 +33,8 @@ import httptools
 from proxy.http import framing
 from proxy.http.errors import BadRequest, ClientGone
 from proxy.http.framing import CHUNKED, DONE, LENGTH, MessageBounds
-from proxy.http.request import REASONS, RawHeaders, Request
+from proxy.http.h2_server import PREFACE, ServerH2Connection
+from proxy.http.request import REASONS, H1Request, RawHeaders, answer
 
 if TYPE_CHECKING:
     from proxy.http.listener import Listener
@@ -53,14 +56,32 @@ _BODY_HEADS = {
 }
 
 
-def _refusal(exc: httptools.HttpParserError, method: bytes) -> BadRequest:
+TLS_RECORD = b"\x16\x03"  # how a TLS handshake opens (a ClientHello): no HTTP method does
+_TLS = "tls_on_clear_text"  # the refusal of a TLS handshake, which is closed, never answered
+# The reason a refused head is told to `Listener.on_refused` under, by its error ("malformed"
+# for any other; "http2" for the HTTP/2 preface, whatever its error).
+_REASONS = {
+    _TLS: "tls",
+    "http_version_not_supported": "version",
+    "method_not_allowed": "method",
+    "uri_too_long": "too_large",
+    "header_too_large": "too_large",
+    "head_too_large": "too_large",
+    "too_many_headers": "too_large",
+}
+
+
+def _refusal(exc: httptools.HttpParserError, method: bytes, fed: bytes) -> BadRequest:
     """What to answer a request the parser failed on (a `BadRequest` raised in a callback, or a
-    malformed request); an exception of ours that was not one is a bug, raised again."""
+    malformed request), `fed` the bytes it was given from the request's start on; an exception
+    of ours that was not one is a bug, raised again."""
     cause = exc.__context__
     if isinstance(cause, BadRequest):
         return cause
     if isinstance(exc, httptools.HttpParserCallbackError):
         raise exc
+    if isinstance(exc, httptools.HttpParserInvalidMethodError) and fed.startswith(TLS_RECORD):
+        return BadRequest(400, _TLS, "a TLS handshake on the clear-text port: use http://")
     if method == b"PRI":  # the HTTP/2 connection preface
         return BadRequest(505, "http_version_not_supported", "HTTP/2 is not served: use HTTP/1.1")
     return BadRequest(400, "bad_request", f"malformed request: {exc}")
@@ -80,6 +101,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_body_after_head",
         "_bounds",
+        "_first",
+        "_fresh",
         "_headers",
         "_held",
         "_idle_since",
@@ -114,13 +137,15 @@ class ClientConnection(asyncio.Protocol):
         self.remote: str | None = None
         self.closed = False
         self.discarding = False  # dropping the rest of an answered request's body
+        self._fresh = True  # nothing received yet (an HTTP/2 preface would come first)
+        self._first = b""  # the first bytes, while too few to tell
         self._loop = asyncio.get_running_loop()
         self._parser = _request_parser(self)
         self._bounds = MessageBounds()
         self._held = bytearray()  # what the client sent past the request being answered
-        self._request: Request | None = None  # the request being answered
-        self._parsing: Request | None = None  # the request whose body is arriving
-        self._parsed: Request | None = None  # a head just parsed, handed on once it checks out
+        self._request: H1Request | None = None  # the request being answered
+        self._parsing: H1Request | None = None  # the request whose body is arriving
+        self._parsed: H1Request | None = None  # a head just parsed, handed on once it checks out
         self._task: asyncio.Task[None] | None = None  # answers this connection's requests
         self._next: asyncio.Future[None] | None = None  # set while waiting for a request
         self._writable: asyncio.Future[None] | None = None
@@ -151,6 +176,15 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
+        if self._fresh:  # the connection's first bytes: an HTTP/2 preface, or HTTP/1.x
+            data = self._first + data
+            if self.listener.http2 and len(data) < 3 and PREFACE.startswith(data):
+                self._first = data  # (too little to tell an HTTP/2 preface from a method)
+                return
+            self._fresh = False
+            if self.listener.http2 and data[:3] == PREFACE[:3]:
+                self._to_http2(data)
+                return
         if self._bounds.mode == DONE:  # sent ahead of the answer in progress: later
             self._hold(data)
         else:
@@ -168,6 +202,17 @@ class ClientConnection(asyncio.Protocol):
             self._writable.set_result(None)
         if self._task is not None:
             self._task.cancel()  # nobody is left to answer: stop the work for this request
+
+    def _to_http2(self, data: bytes) -> None:
+        """Hand the connection to HTTP/2: it opened with the preface (what is not the preface
+        is refused there, as a connection error)."""
+        self._cancel_timer()
+        self.listener.connections.discard(self)
+        assert self.transport is not None
+        successor = ServerH2Connection(self.listener, self.listener.http2_max_streams)
+        self.transport.set_protocol(successor)
+        successor.connection_made(self.transport)
+        successor.data_received(data)
 
     def pause_writing(self) -> None:
         self._writable = self._loop.create_future()
@@ -205,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
             except httptools.HttpParserUpgrade:
                 self._fresh_parser()
             except httptools.HttpParserError as exc:
-                self._refuse(_refusal(exc, self._parser.get_method()))
+                self._refuse(_refusal(exc, self._parser.get_method(), data[start:end]))
                 return
             if self._parsed is not None:  # a head was parsed, and nothing was wrong with it
                 self._dispatch(self._parsed)
@@ -227,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
             goes_on = int(exc.args[0])
         except httptools.HttpParserError as exc:
             if not isinstance(exc.__context__, framing.Stop) and self._bounds.mode != DONE:
-                self._refuse(_refusal(exc, self._parser.get_method()))
+                self._refuse(_refusal(exc, self._parser.get_method(), data))
                 return -1
             # Stopped, or a whole request followed by bytes that are not one (they wait): llhttp
             # stops only by failing, so a new parser goes on.
@@ -255,7 +300,7 @@ class ClientConnection(asyncio.Protocol):
             mode, head = self._bounds.mode, _BODY_HEADS[self._bounds.mode]
             self._parser.feed_data(head % self._bounds.left if mode == LENGTH else head)
 
-    def _dispatch(self, request: Request) -> None:
+    def _dispatch(self, request: H1Request) -> None:
         self._parsed = None
         self._request = request
         if self._next is not None:
@@ -264,7 +309,9 @@ class ClientConnection(asyncio.Protocol):
             self._task = self._loop.create_task(self._serve())
 
     def _refuse(self, refused: BadRequest) -> None:
-        """Stop parsing: answer the refusal now, or fail the body of the request in progress."""
+        """Stop parsing: answer the refusal of a head now (and tell the listener), or fail the
+        body of the request in progress. A TLS handshake is not answered (its client could not
+        read an answer in clear text): its connection is closed."""
         self._stopped = True
         self.pause_reading()
         if self._parsed is not None:  # its head's framing turned out wrong: the whole is refused
@@ -274,7 +321,13 @@ class ClientConnection(asyncio.Protocol):
             if self.discarding:
                 self.close()
             return
-        log.info("request refused (%d): %s", refused.status, refused.message)
+        log.debug("request refused (%d): %s", refused.status, refused.message)
+        preface = self._parser.get_method() == b"PRI"
+        reason = "http2" if preface else _REASONS.get(refused.error, "malformed")
+        self.listener.on_refused(reason, self.remote, refused.message)
+        if refused.error == _TLS:
+            self.close()
+            return
         body = json.dumps({"error": refused.error, "message": refused.message}).encode()
         self.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
@@ -324,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method().decode("latin-1")
         if method == "CONNECT":
             raise BadRequest(405, "method_not_allowed", "CONNECT is not served: not a proxy")
-        request = Request(
+        request = H1Request(
             self,
             method,
             bytes(self._target),
@@ -400,30 +453,10 @@ class ClientConnection(asyncio.Protocol):
             self._held.clear()
             self._consume(held)
 
-    async def _answer(self, request: Request) -> None:
-        try:
-            await self.listener.handler(request)
-        except (asyncio.CancelledError, ClientGone):
-            raise
-        except BadRequest as exc:  # the request's body turned out malformed, or stalled
-            if not request.started:
-                request.reply_json(exc.status, {"error": exc.error, "message": exc.message})
-            else:
-                request.abort()
-            return
-        except Exception:
-            log.exception("unexpected error answering %s", request.method)
-            if not request.started:
-                request.reply_json(500, {"error": "internal", "message": "internal proxy error"})
-            else:
-                request.abort()
-            return
-        if not request.started:
-            request.reply_json(500, {"error": "internal", "message": "no answer was made"})
-        elif not request.done:
-            request.abort()
+    async def _answer(self, request: H1Request) -> None:
+        await answer(self.listener.handler, request)
 
-    def keeps_alive(self, request: Request) -> bool:
+    def keeps_alive(self, request: H1Request) -> bool:
         """Whether the connection stays open after `request`'s answer."""
         return (
             request.keep_alive
@@ -432,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
             and not self._stopped
         )
 
-    def _linger_or_close(self, request: Request) -> None:
+    def _linger_or_close(self, request: H1Request) -> None:
         waits_for_continue = request._continue and request.body_bytes == 0
         if request.body_complete or waits_for_continue or self._stopped:
             self.close()  # nothing more to read, or a client that sends nothing until told
@@ -492,6 +525,13 @@ class ClientConnection(asyncio.Protocol):
     def idle(self) -> bool:
         """No request is being answered."""
         return self._request is None
+
+    def busy(self) -> list[asyncio.Task[None]]:
+        """The task answering a request now, if one is."""
+        return [] if self._task is None or self.idle else [self._task]
+
+    def drain(self) -> None:
+        """Nothing to announce on HTTP/1.1: the connection closes after its answer."""
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

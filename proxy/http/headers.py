@@ -89,14 +89,16 @@ def forwarded_for_upstream(
     authority: bytes | None,
     version: bytes,
     trusted: bool,
+    secure: bool = False,
 ) -> bytes:
     """The request header lines to send upstream, from the client's (`keys` are their names in
     lower case, `raw_headers` as received).
 
     Dropped: hop-by-hop fields, `Host` (the upstream's own is set by the client), `Content-Length`
     (the client frames the body), `Expect` (the proxy answers `100-continue` itself) and
-    `X-Grayscale-*`. Added: `X-Forwarded-For` (the peer appended), `X-Forwarded-Proto` and
-    `X-Forwarded-Host` (kept only from a `trusted` peer), and `Via`.
+    `X-Grayscale-*`. Added: `X-Forwarded-For` (the peer appended), `X-Forwarded-Proto` (`https` when
+    the client's connection is `secure`) and `X-Forwarded-Host` (each kept only from a `trusted`
+    peer), and `Via`.
     """
     named: frozenset[bytes] = frozenset()
     if b"connection" in keys:
@@ -123,7 +125,7 @@ def forwarded_for_upstream(
     chain = b"%s, %s" % (forwarded_for, peer) if forwarded_for else peer
     lines.append(b"X-Forwarded-For: %s\r\n" % chain)
     if proto is None:
-        lines.append(b"X-Forwarded-Proto: http\r\n")
+        lines.append(b"X-Forwarded-Proto: https\r\n" if secure else b"X-Forwarded-Proto: http\r\n")
     if host is None and authority:
         lines.append(b"X-Forwarded-Host: %s\r\n" % authority)
     lines.append(b"Via: %s %s\r\n" % (version, VIA_NAME))

@@ -7,6 +7,8 @@ Invariants
   `Keep-Alive: timeout` less a second, is closed rather than reused: reusing it would race the
   upstream closing it, and a request lost in that race may not be sent again (RFC 9110 §9.2.2).
 - The most recently used connection is handed out first, so the others can expire.
+- A TLS connection is made with the context `tls` holds when it is made, its server's
+  certificate checked for `server_name` (also sent as SNI).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ class Pool:
         port: int,
         tls: ssl.SSLContext | None,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        server_name: str | None = None,
     ):
+        """`server_name`: the name the server's certificate is checked for (`host` if None)."""
         self.host, self.port, self.tls = host, port, tls
+        self.server_name = server_name or host
         self.keepalive_timeout = keepalive_timeout
         self._idle: deque[UpstreamConnection] = deque()  # oldest first
         self._loop = asyncio.get_running_loop()
@@ -70,13 +75,21 @@ class Pool:
                     self.host,
                     self.port,
                     ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
+                    server_hostname=self.server_name if self.tls else None,
                 )
         except TimeoutError:
             raise UpstreamError("connect_timeout", "cannot connect in time") from None
         except OSError as exc:
-            raise UpstreamError("connect", f"cannot connect: {exc.strerror or exc}") from None
+            raise UpstreamError("connect", f"cannot connect: {self._why(exc)}") from None
         return protocol
+
+    def _why(self, error: OSError) -> str:
+        """Why a connection could not be made, for an operator."""
+        if self.tls is not None and isinstance(error, ConnectionResetError) and not error.args:
+            # (an end of file in the handshake: the upstream refused it, as a server does that
+            # wants a client certificate and was shown none)
+            return "the upstream closed the connection during the TLS handshake"
+        return str(error.strerror or error)
 
     def close(self) -> None:
         """Close every idle connection."""

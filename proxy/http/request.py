@@ -18,8 +18,10 @@ Invariants
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
+import logging
 import posixpath
 import re
 import time
@@ -32,11 +34,13 @@ from urllib.parse import parse_qsl, unquote
 import httptools
 
 from proxy.http.cookies import parse_cookies
-from proxy.http.errors import BadRequest
+from proxy.http.errors import BadRequest, ClientGone
 from proxy.http.headers import tokens, valid_host
 
 if TYPE_CHECKING:
     from proxy.http.client_connection import ClientConnection
+
+log = logging.getLogger("grayscale.listener")
 
 READ_HIGH_WATER = 256 * 1024  # pause reading from the client above this much unread body
 READ_MAX_PIECES = 4096  # or when it came in more pieces than this (each costs a Python step)
@@ -56,7 +60,26 @@ def render(headers: list[tuple[str, str]]) -> bytes:
     )
 
 
-def _text(value: bytes) -> str:
+def index_headers(headers: RawHeaders) -> tuple[list[bytes], dict[bytes, bytes], bool]:
+    """The lower-case names in order, the first value of each, and whether a name repeats;
+    raises `BadRequest` for a second Host."""
+    keys: list[bytes] = []
+    index: dict[bytes, bytes] = {}
+    repeats = False
+    for name, value in headers:
+        key = name.lower()
+        keys.append(key)
+        if key not in index:
+            index[key] = value
+        elif key == b"host":
+            raise BadRequest(400, "bad_host", "the request has more than one Host header")
+        else:
+            repeats = True
+    return keys, index, repeats
+
+
+def text(value: bytes) -> str:
+    """Header bytes as text, every byte kept (undecodable ones as surrogate escapes)."""
     return value.decode("utf-8", "surrogateescape")
 
 
@@ -107,29 +130,27 @@ class _Clock:
         return cls.value
 
 
-class Request:
-    """One request on a connection: its head (checked), its body (read once, as it arrives),
-    and the methods that answer it (`reply` whole, or `start`, `write`... `end`)."""
+def http_date() -> str:
+    """The Date header's value for now (RFC 9110 §5.6.7)."""
+    return _Clock.date()
+
+
+class Request(abc.ABC):
+    """One request, whatever carried it (an HTTP/1.1 message, `H1Request`, or an HTTP/2 stream,
+    `h2_server.H2Request`): what it says (method, target, header fields as received; its query
+    and cookies, read on demand), its body, and the methods that answer it (`reply` whole, or
+    `start`, `write`... `end`). Subclasses fill the fields in and carry the bytes."""
 
     __slots__ = (
-        "_body",
-        "_connection",
-        "_continue",
         "_cookies",
-        "_error",
-        "_framing",
         "_index",
-        "_pieces",
         "_query",
-        "_waiter",
         "authority",
         "body_bytes",
         "body_complete",
-        "chunked",
         "content_length",
         "done",
         "has_body",
-        "keep_alive",
         "keys",
         "method",
         "path",
@@ -137,10 +158,165 @@ class Request:
         "raw_target",
         "remote",
         "repeats",
+        "secure",
         "started",
         "status",
         "target",
         "version",
+    )
+
+    method: str
+    version: str  # "1.0", "1.1" or "2"
+    raw_headers: RawHeaders  # as received (HTTP/2: lower case, pseudo-header fields left out)
+    keys: list[bytes]  # header names, lower case, in order
+    _index: dict[bytes, bytes]  # the first value of each
+    repeats: bool  # some header name (in any case) comes more than once
+    authority: bytes | None  # the host the client asked for
+    raw_target: bytes  # origin-form: path and query, as received
+    target: str
+    path: str  # see `routing_path`
+    remote: str | None
+    secure: bool  # it came over TLS
+    has_body: bool
+    content_length: int | None
+    body_bytes: int  # received so far
+    body_complete: bool
+    started: bool  # the answer's head was sent
+    done: bool  # the whole answer was sent
+    status: int
+    _query: tuple[dict[str, str], frozenset[str]] | None
+    _cookies: dict[str, str] | None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        value = self._index.get(name.lower().encode("latin-1"))
+        return None if value is None else text(value)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name` (case-insensitive), in order."""
+        return [text(value) for value in self.raw_values(name.lower().encode("latin-1"))]
+
+    def raw_values(self, key: bytes) -> list[bytes]:
+        """Every value of the header whose lower-case name is `key`, as received."""
+        if key not in self._index:
+            return []
+        pairs = zip(self.keys, self.raw_headers, strict=True)
+        return [value for k, (_, value) in pairs if k == key]
+
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter `name`, or None."""
+        return self._parsed_query()[0].get(name)
+
+    def query_repeated(self, name: str) -> bool:
+        """Whether query parameter `name` is given more than once."""
+        return name in self._parsed_query()[1]
+
+    def _parsed_query(self) -> tuple[dict[str, str], frozenset[str]]:
+        """The first value of each query parameter, and the parameters given more than once."""
+        if self._query is None:
+            found: dict[str, str] = {}
+            repeated = set()
+            query = self.target.partition("?")[2]
+            # Percent-escapes that are not UTF-8 stay distinct (as surrogate escapes), like
+            # raw bytes in headers: two such user ids must not fall into one bucket.
+            pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+            for key, value in pairs:
+                if key in found:
+                    repeated.add(key)
+                else:
+                    found[key] = value
+            self._query = found, frozenset(repeated)
+        return self._query
+
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie `name`, or None."""
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.header_values("cookie"))
+        return self._cookies.get(name)
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives (once: the pieces are not kept)."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """The whole body."""
+
+    @abc.abstractmethod
+    def reply(self, status: int, headers: bytes, body: bytes, reason: bytes = b"") -> None:
+        """Send a whole answer. `headers` are rendered lines (see `render`) that do not frame the
+        body: the framing is set here."""
+
+    def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
+        """Send a JSON answer made here (with a Date header); `headers` are more rendered lines."""
+        ours = render([("Content-Type", "application/json; charset=utf-8"), ("Date", http_date())])
+        self.reply(status, headers + ours, json.dumps(document).encode())
+
+    @abc.abstractmethod
+    def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
+        """Send the head of an answer whose body follows through `write`: `length` bytes, or
+        of unknown length. `headers` are rendered lines that do not frame the body."""
+
+    @abc.abstractmethod
+    def inform(self, status: int, headers: bytes, reason: bytes = b"") -> None:
+        """Send an interim (1xx) answer ahead of the answer, where the client can take one."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes, deadline: float | None = None) -> None:
+        """Send a piece of the answer's body; waits while the client reads slower, until
+        `deadline` (`time.monotonic()`) at most: then the client is cut off (`ClientGone`)."""
+
+    @abc.abstractmethod
+    def end(self, trailers: RawHeaders | None = None) -> None:
+        """The answer's body is complete; `trailers` follow it where the protocol carries
+        them (HTTP/2), else they are dropped."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Cut the answer off: one that cannot be completed must look incomplete."""
+
+
+async def answer(handler: Handler, request: Request) -> None:
+    """Run `handler` for `request`, and make sure it is answered: a `BadRequest` raised once
+    its body turned out malformed or stalled gets its status; any other failure a 500 (logged);
+    a handler that made no answer, a 500; an answer begun and not ended is cut off."""
+    try:
+        await handler(request)
+    except (asyncio.CancelledError, ClientGone):
+        raise
+    except BadRequest as exc:
+        if not request.started:
+            request.reply_json(exc.status, {"error": exc.error, "message": exc.message})
+        else:
+            request.abort()
+        return
+    except Exception:
+        log.exception("unexpected error answering %s", request.method)
+        if not request.started:
+            request.reply_json(500, {"error": "internal", "message": "internal proxy error"})
+        else:
+            request.abort()
+        return
+    if not request.started:
+        request.reply_json(500, {"error": "internal", "message": "no answer was made"})
+    elif not request.done:
+        request.abort()
+
+
+class H1Request(Request):
+    """A request on an HTTP/1.x connection: its head (checked), its body (read once, as it
+    arrives), and its answer written to the connection."""
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_continue",
+        "_error",
+        "_framing",
+        "_pieces",
+        "_waiter",
+        "chunked",
+        "keep_alive",
     )
 
     def __init__(
@@ -160,21 +336,9 @@ class Request:
         self.raw_headers = headers
         self.keep_alive = keep_alive
         self.remote = connection.remote
-        self.keys: list[bytes] = []  # header names, lower case, in order
-        index: dict[bytes, bytes] = {}  # the first value of each
-        keys = self.keys
-        repeats = False
-        for name, value in headers:
-            key = name.lower()
-            keys.append(key)
-            if key not in index:
-                index[key] = value
-            elif key == b"host":
-                raise BadRequest(400, "bad_host", "the request has more than one Host header")
-            else:
-                repeats = True
+        self.secure = connection.listener.tls is not None
+        self.keys, index, self.repeats = index_headers(headers)
         self._index = index
-        self.repeats = repeats  # some header name (in any case) comes more than once
         host = index.get(b"host")
         if host is None:
             if version == "1.1":
@@ -188,7 +352,7 @@ class Request:
         else:
             target, self.authority = _origin_form(target)
         self.raw_target = target  # origin-form: path and query, as received
-        self.target = _text(target)
+        self.target = text(target)
         self.path = routing_path(self.target)
         self.chunked = False
         if b"transfer-encoding" in index:
@@ -228,55 +392,6 @@ class Request:
         raise BadRequest(
             400, "bad_request", "the body's length is unknown: Transfer-Encoding must be chunked"
         )
-
-    # --- what the request says ----------------------------------------------------------------
-
-    def header(self, name: str) -> str | None:
-        """The first value of header `name` (case-insensitive), or None."""
-        value = self._index.get(name.lower().encode("latin-1"))
-        return None if value is None else _text(value)
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of header `name` (case-insensitive), in order."""
-        return [_text(value) for value in self.raw_values(name.lower().encode("latin-1"))]
-
-    def raw_values(self, key: bytes) -> list[bytes]:
-        """Every value of the header whose lower-case name is `key`, as received."""
-        if key not in self._index:
-            return []
-        pairs = zip(self.keys, self.raw_headers, strict=True)
-        return [value for k, (_, value) in pairs if k == key]
-
-    def query(self, name: str) -> str | None:
-        """The first value of query parameter `name`, or None."""
-        return self._parsed_query()[0].get(name)
-
-    def query_repeated(self, name: str) -> bool:
-        """Whether query parameter `name` is given more than once."""
-        return name in self._parsed_query()[1]
-
-    def _parsed_query(self) -> tuple[dict[str, str], frozenset[str]]:
-        """The first value of each query parameter, and the parameters given more than once."""
-        if self._query is None:
-            found: dict[str, str] = {}
-            repeated = set()
-            query = self.target.partition("?")[2]
-            # Percent-escapes that are not UTF-8 stay distinct (as surrogate escapes), like
-            # raw bytes in headers: two such user ids must not fall into one bucket.
-            pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
-            for key, value in pairs:
-                if key in found:
-                    repeated.add(key)
-                else:
-                    found[key] = value
-            self._query = found, frozenset(repeated)
-        return self._query
-
-    def cookie(self, name: str) -> str | None:
-        """The value of cookie `name`, or None."""
-        if self._cookies is None:
-            self._cookies = parse_cookies(self.header_values("cookie"))
-        return self._cookies.get(name)
 
     # --- the body -----------------------------------------------------------------------------
 
@@ -376,13 +491,6 @@ class Request:
         self._connection.write(head + body if self._framing == "length" else head)
         self.done = True
 
-    def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
-        """Send a JSON answer made here (with a Date header); `headers` are more rendered lines."""
-        ours = render(
-            [("Content-Type", "application/json; charset=utf-8"), ("Date", _Clock.date())]
-        )
-        self.reply(status, headers + ours, json.dumps(document).encode())
-
     def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
         """Send the head of an answer whose body follows through `write`: `length` bytes, or
         of unknown length (chunked, or up to the close for an HTTP/1.0 client). `headers` are
@@ -405,8 +513,8 @@ class Request:
             data = b"%x\r\n%s\r\n" % (len(data), data)
         await self._connection.send(data, deadline)
 
-    def end(self) -> None:
-        """The answer's body is complete."""
+    def end(self, trailers: RawHeaders | None = None) -> None:
+        """The answer's body is complete (trailers are dropped: not sent on HTTP/1.1)."""
         if self._framing == "chunked":
             self._connection.write(b"0\r\n\r\n")
         self.done = True

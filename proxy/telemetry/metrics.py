@@ -5,7 +5,8 @@ kept per route and variant and updated on the event loop without locks; a collec
 into metric families when scraped. The rarer events use prometheus-client's own metrics.
 
 Labels are bounded by the config: route names, the two variants, five code classes and five
-error reasons. Never a user id, a segment value or a raw path.
+error reasons; or by the code: the reasons of refusals. Never a user id, a segment value or a raw
+path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.analysis.verdict import LATENCY_KEY, Verdict
 from proxy.config.model import Route, Variant
+from proxy.http.listener import REFUSAL_REASONS
 from proxy.records.request_id import Served
 from proxy.records.request_outcome import CLIENT_CLOSED, Failure, RequestOutcome
 from proxy.rollout.machine import Transition
@@ -294,6 +296,18 @@ class Recorder:
         )
         for result in ("success", "failure"):
             self._config_reloads.labels(result)
+        self._refused = Counter(
+            "grayscale_refused",
+            "Connections and request heads refused before any route saw them, by reason: http2 "
+            "(the HTTP/2 preface while server.http2 is off), tls (a TLS handshake on a "
+            "clear-text port), version (an HTTP version not served), malformed, too_large (the "
+            "head or a part of it), method (CONNECT), tls_handshake (a failed TLS handshake on "
+            "the proxy's or the admin API's port).",
+            ("reason",),
+            registry=r,
+        )
+        for reason in REFUSAL_REASONS:
+            self._refused.labels(reason)
         self._rollbacks = Counter(
             "grayscale_rollbacks",
             "Rollbacks, by trigger: analysis (automatic) or operator.",
@@ -317,6 +331,10 @@ class Recorder:
     def count_access_log_drop(self) -> None:
         """The access log writer fell behind and dropped a line."""
         self._access_log_dropped.inc()
+
+    def count_refused(self, reason: str) -> None:
+        """A connection or request head was refused, for `reason` (one of REFUSAL_REASONS)."""
+        self._refused.labels(reason).inc()
 
     def count_config_reload(self, applied: bool) -> None:
         """A reload of the config file: applied (or unchanged), or refused as invalid."""

@@ -29,7 +29,7 @@ from proxy.config.model import (
     UserIdCondition,
     Variant,
 )
-from tests.integration.conftest import self_signed
+from tests.support.tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSUE_EXAMPLE = """\
@@ -163,7 +163,7 @@ def test_all_errors_reported_at_once_with_line_and_path():
         "test.yaml:1: server.admin_lisen: unknown field (expected one of: listen, admin_listen, "
         "trusted_proxies, max_body_bytes, max_json_values, max_event_bytes, "
         "request_buffer_bytes, client_body_timeout, send_timeout, shutdown_delay, drain_timeout, "
-        "workers)",
+        "workers, http2, http2_max_streams, tls, admin_tls)",
         "test.yaml:1: server.listen: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
         "test.yaml:4: routes[0].match.path_prefix: must start with /",
         "test.yaml:5: routes[0].stable.url: expected an http(s) URL like http://127.0.0.1:9001",
@@ -529,13 +529,15 @@ def test_booleans_need_quotes_but_numbers_become_strings():
 
 
 def test_every_field_of_every_section_is_read(tmp_path):
-    ca, _ = self_signed(tmp_path)
+    ca, key = self_signed(tmp_path)
+    pair = f"cert_file: {ca}, key_file: {key}"
     text = f"""
 server: {{listen: "0.0.0.0:1", admin_listen: "0.0.0.0:2", trusted_proxies: ["10.0.0.0/8"],
           max_body_bytes: 5, max_json_values: 8, max_event_bytes: 9,
           request_buffer_bytes: 10, client_body_timeout: 6s,
           send_timeout: 7s, shutdown_delay: 3s,
-          drain_timeout: 4s, workers: 2}}
+          drain_timeout: 4s, workers: 2, http2: true, http2_max_streams: 7,
+          tls: {{{pair}, min_version: "1.3"}}, admin_tls: {{{pair}}}}}
 admin: {{token_env: TOK, protect_reads: true, allowed_hosts: [Admin.Example], head_timeout: 2s,
         body_timeout: 3s, max_connections: 5}}
 state: {{backend: redis, path: x.json, url: "rediss://r:6380/2", key_prefix: "gs:eu",
@@ -547,7 +549,8 @@ routes:
     match: {{path_prefix: /r, model: [m1, m2]}}
     stable: {{url: "https://a:1", connect_timeout: 1s, first_byte_timeout: 2s, idle_timeout: 3s,
               timeout: 4s, max_connections: 5, max_pending: 6, keepalive_timeout: 9s,
-              ca_file: {ca}, model: m2}}
+              ca_file: {ca}, model: m2, client_cert_file: {ca}, client_key_file: {key},
+              server_name: a.internal}}
     candidate: {{url: "http://b:1"}}
     cohort: {{keys: ["header:U"], salt: s, missing: random}}
     ramp: {{start: "2026-01-01T00:00:00Z", base: 0.1, slope: 0.2, per: 1h, max: 0.9}}

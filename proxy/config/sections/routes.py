@@ -154,8 +154,13 @@ class RouteReader(AnalysisReader, ShadowReader, SegmentReader):
         """A route's `stable` or `candidate`."""
         base = Upstream(default.url)
         fields = self.mapping(node, path, [f.name for f in dataclass_fields(Upstream)], ("url",))
+        url = self.field(fields, "url", path, self.upstream_url, default.url)
+        client = self.certificate_and_key(fields, path, ("client_cert_file", "client_key_file"))
+        for name in ("client_cert_file", "client_key_file", "server_name"):
+            if name in fields and url.startswith("http://"):
+                self.fail(fields[name], field_path(path, name), "only for an https:// url")
         return Upstream(
-            url=self.field(fields, "url", path, self.upstream_url, default.url),
+            url=url,
             connect_timeout=self.field(
                 fields, "connect_timeout", path, self.duration, base.connect_timeout
             ),
@@ -174,6 +179,9 @@ class RouteReader(AnalysisReader, ShadowReader, SegmentReader):
                 fields, "keepalive_timeout", path, self.duration_or_zero, base.keepalive_timeout
             ),
             ca_file=self.field(fields, "ca_file", path, self.ca_file, None),
+            client_cert_file=client[0] if client else None,
+            client_key_file=client[1] if client else None,
+            server_name=self.field(fields, "server_name", path, self.host_name, None),
             model=self.field(fields, "model", path, self.string, "") or None,
         )
 

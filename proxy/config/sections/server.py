@@ -4,6 +4,7 @@
 Invariants
 - Every field of each section is read, or else the default of its model class is kept.
 - `server.workers` is at most 256, and more than one only where the OS has SO_REUSEPORT.
+- A listener's TLS certificate and key load together (checked here, at every load and reload).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from dataclasses import fields as dataclass_fields
 from yaml.nodes import Node
 
 from proxy.config.errors import field_path
-from proxy.config.model import AccessLogConfig, AdminConfig, IPNetwork, OutcomesConfig, ServerConfig
+from proxy.config.model import (
+    AccessLogConfig,
+    AdminConfig,
+    IPNetwork,
+    ListenerTls,
+    OutcomesConfig,
+    ServerConfig,
+    TlsVersion,
+)
 from proxy.config.reader import Reader
 
 MAX_WORKERS = 256
@@ -41,6 +50,10 @@ class ServerReader(Reader):
                 "shutdown_delay",
                 "drain_timeout",
                 "workers",
+                "http2",
+                "http2_max_streams",
+                "tls",
+                "admin_tls",
             ),
         )
         trusted: tuple[IPNetwork, ...] = ()
@@ -77,7 +90,26 @@ class ServerReader(Reader):
                 fields, "drain_timeout", path, self.duration, default.drain_timeout
             ),
             workers=self.field(fields, "workers", path, self.workers, default.workers),
+            http2=self.field(fields, "http2", path, self.boolean, default.http2),
+            http2_max_streams=self.field(
+                fields, "http2_max_streams", path, self.count, default.http2_max_streams
+            ),
+            tls=self.field(fields, "tls", path, self.listener_tls, default.tls),
+            admin_tls=self.field(fields, "admin_tls", path, self.listener_tls, default.admin_tls),
         )
+
+    def listener_tls(
+        self, node: Node, path: str, default: ListenerTls | None
+    ) -> ListenerTls | None:
+        """A listener's `tls` (`server.tls`, `server.admin_tls`)."""
+        fields = self.mapping(
+            node, path, ("cert_file", "key_file", "min_version"), ("cert_file", "key_file")
+        )
+        pair = None
+        if "cert_file" in fields and "key_file" in fields:  # (else one is reported missing)
+            pair = self.certificate_and_key(fields, path, ("cert_file", "key_file"))
+        min_version = self.field(fields, "min_version", path, self.tls_version, TlsVersion.TLS_1_2)
+        return default if pair is None else ListenerTls(*pair, min_version)
 
     def workers(self, node: Node, path: str, default: int) -> int:
         """The number of worker processes."""
