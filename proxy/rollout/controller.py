@@ -12,6 +12,7 @@ from typing import Any
 from proxy.config.model import Route
 from proxy.rollout.machine import (
     Action,
+    IllegalTransition,
     Rollout,
     State,
     Status,
@@ -87,7 +88,8 @@ class RolloutController:
         self.rollback_listeners: list[RollbackListener] = []
         self.promotion_listeners: list[RollbackListener] = []  # (called like the above)
         self._write_error: str | None = None  # the last write's error, None when it worked
-        self._unrecorded: set[str] = set()  # routes rolled back here that the store lacks yet
+        # routes rolled back here that the store lacks yet: the rollback's transition
+        self._unrecorded: dict[str, Transition] = {}
         self.load_error: str | None = None  # why the state could not be read at start
         # other users of the shared store (the fleet's pooled observations): why they fail
         self.store_checks: list[Callable[[], str | None]] = []
@@ -194,7 +196,7 @@ class RolloutController:
         replicas did not acknowledge is made, with the reason as its error."""
         identity = identity_of(self._routes[name])
         reports = self._reports.get(name, 0)
-        change = _counted(change)
+        change = _counted(self._keeping_rollback(name, change))
         try:
             try:
                 changed = latest = await self._store.change(name, identity, change, fence, durable)
@@ -223,10 +225,38 @@ class RolloutController:
         self._rollouts[name] = latest
         self._provisional.discard(name)
         self._behind.pop(name, None)  # (the store has ours: a later loss is warned of anew)
-        if name in self._unrecorded:
-            self._unrecorded.discard(name)
+        if self._unrecorded.pop(name, None) is not None:
             log.info("rollback of %s recorded in the state store", name, extra={"route": name})
         return changed, None
+
+    def _keeping_rollback(self, name: str, change: Change) -> Change:
+        """`change`, made on top of the rollback of route `name` that this process applied
+        and the store lacks yet (`_roll_back_here`), whatever record the store holds now: a
+        record written meanwhile by a replica that knew nothing of the rollback has the
+        revision the rollback has, or a later one, and must not make it lost."""
+        rollback = self._unrecorded.get(name)
+        if rollback is None:
+            return change
+        route = self._routes[name]
+
+        def on_top(stored: Rollout | None) -> Rollout:
+            if (
+                stored is not None
+                and stored.identity == identity_of(route)
+                and stored.status is not Status.ROLLED_BACK
+            ):
+                with contextlib.suppress(IllegalTransition):
+                    stored = apply(
+                        stored,
+                        route,
+                        Action.ROLLBACK,
+                        rollback.at,
+                        actor=rollback.actor,
+                        reason=rollback.reason,
+                    )
+            return change(stored)
+
+        return on_top
 
     def _changed_elsewhere(self, name: str, rollout: Rollout) -> bool:
         """Adopt a record read from the store, unless it is older than this process's (then
@@ -235,6 +265,10 @@ class RolloutController:
         if route is None or rollout.identity != identity_of(route):
             return False
         self._reports[name] = self._reports.get(name, 0) + 1
+        if name in self._unrecorded:
+            if rollout.status is not Status.ROLLED_BACK:
+                return True  # (not adopted: written back with the rollback made here on top)
+            del self._unrecorded[name]  # (rolled back in the store too, by another replica)
         local = self._rollouts.get(name)
         if (
             local is not None
@@ -373,12 +407,14 @@ class RolloutController:
     def _roll_back_here(
         self, name: str, change: Change, exc: StateUnavailable
     ) -> tuple[Rollout, str]:
-        """A rollback the store cannot take now, applied in this process at once: its revision
-        is past the store's record, so this process writes it back as soon as the store takes
-        writes again (the re-read every second finds the store's record older: see
-        `_changed_elsewhere`) and never adopts the older one meanwhile."""
+        """A rollback the store cannot take now, applied in this process at once and kept
+        until the store has it: this process never adopts a record that is not rolled back
+        meanwhile (see `_changed_elsewhere`), and its next write, the write-back at the re-read
+        every second included, makes the rollback on top of whatever the store holds then
+        (`_keeping_rollback`)."""
         self._rollouts[name] = changed = _counted(change)(self._rollouts[name])
-        self._unrecorded.add(name)
+        assert changed.last is not None
+        self._unrecorded[name] = changed.last
         log.warning(
             "rollback of %s applied in this process; the state store cannot take it now (%s): "
             "written as soon as it can",

@@ -176,7 +176,7 @@ async def test_a_redis_out_of_memory_passes_nothing_and_loses_no_rollback(
     # writes again.
     hook, _ = webhook
     config = analysed_fleet(tmp_path, redis_server, upstreams, hook, failures_before_rollback="50")
-    fleet = [await replicas(config) for _ in range(2)]
+    fleet = list(await asyncio.gather(*(replicas(config) for _ in range(2))))
     redis = Redis.from_url(redis_server.url)
     async with aiohttp.ClientSession() as session:
         try:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from proxy.fleet.redis_connection import connect
 from proxy.rollout.controller import RolloutController
-from proxy.rollout.machine import Action, Rollout, State, identity_of
+from proxy.rollout.machine import Action, Rollout, State, Status, identity_of
 from proxy.rollout.redis_store import REREAD_EVERY, RedisStore
 from proxy.rollout.store import Fence, LeaseLost, StateUnavailable
 from tests.support.fleet import held_for
@@ -205,3 +205,51 @@ async def test_a_durable_change_waits_for_a_replica_and_says_when_none_acknowled
         await client.aclose()
         replica.kill()
         master.kill()
+
+
+async def test_a_rollback_made_while_redis_refuses_writes_is_not_lost_to_a_race_after(
+    redis_server: RedisServer,
+):
+    # Redis refuses writes (out of memory); an operator rolls back on replica A, which applies
+    # it at once and writes it when Redis takes writes again. Replica B, knowing nothing of it,
+    # writes first (a new analysis judging the run): its record has the revision A's rollback
+    # has. A must record its rollback on top of B's change, not take B's record for the latest.
+    raw = Redis.from_url(redis_server.url)
+    clients = [connect(redis_server.url) for _ in range(2)]
+    a, b = (RolloutController(RedisStore(client, "t")) for client in clients)
+    key = RedisStore(raw, "t").key("r", identity_of(ROUTE))
+
+    async def stored_record() -> Rollout | None:
+        value = await raw.get(key)
+        assert not isinstance(value, str)
+        return RedisStore._parse(value)[1]
+
+    try:
+        await a.start([ROUTE], T0)
+        await b.start([ROUTE], T0)
+        await raw.config_set("maxmemory", "1")
+        outcome = await a.act("r", Action.ROLLBACK, T0 + 1, actor="op", reason="bad")
+        assert not outcome.persisted and a.state("r", T0 + 1) is State.ROLLED_BACK
+        rolled_back = a.rollout("r")
+        await raw.config_set("maxmemory", "0")
+        assert await b.judge_anew("r") == 1  # (B's first write after the outage)
+        stored = await stored_record()
+        assert stored is not None and stored.revision == rolled_back.revision
+
+        async def recorded() -> bool:
+            stored = await stored_record()
+            return stored is not None and stored.status is Status.ROLLED_BACK
+
+        assert await eventually(recorded, within=2 * REREAD_EVERY + 3)
+        stored = await stored_record()
+        assert stored is not None and stored.judged == 1  # (B's change kept under it)
+        assert a.state("r", T0 + 2) is State.ROLLED_BACK
+        assert await eventually(lambda: a.store_error is None, within=3)
+        assert await eventually(lambda: b.state("r", T0 + 2) is State.ROLLED_BACK, within=3)
+    finally:
+        await raw.config_set("maxmemory", "0")
+        for controller in (a, b):
+            await controller.close()
+        for client in clients:
+            await client.aclose()
+        await raw.aclose()
