@@ -350,6 +350,7 @@ class Server:
         if self.redis is not None:
             await self.redis.aclose()
         self.gateway.client.close()
+        self.gateway.h2.close()
         await self.notifier.close()
         if self.access_log is not None:
             self.access_log.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -125,6 +125,44 @@ class Upstream:
     client_key_file: str | None = None
     server_name: str | None = None
     model: str | None = None
+    http2: bool = False  # spoken to in HTTP/2 (h2c for http://, ALPN h2 for https://): gRPC
+
+
+class GrpcStatus(IntEnum):
+    """The status codes of gRPC (grpc/doc/statuscodes.md)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+# The codes a server's fault gives (those gRPC maps from HTTP 5xx, and DEADLINE_EXCEEDED): a call
+# that ends with one counts as an error of the variant that answered it; the others are the
+# caller's (INVALID_ARGUMENT, NOT_FOUND...) or a choice (CANCELLED).
+GRPC_ERROR_CODES = frozenset(
+    {
+        GrpcStatus.UNKNOWN,
+        GrpcStatus.DEADLINE_EXCEEDED,
+        GrpcStatus.UNIMPLEMENTED,
+        GrpcStatus.INTERNAL,
+        GrpcStatus.UNAVAILABLE,
+        GrpcStatus.DATA_LOSS,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +413,8 @@ class Route:
     ejection: Ejection | None = Ejection()
     models: tuple[str, ...] = ()
     shadow: Shadow | None = None
+    websocket: bool = True  # WebSocket upgrades are tunnelled to the chosen variant
+    grpc_error_codes: frozenset[GrpcStatus] = GRPC_ERROR_CODES
 
     @property
     def reads_body(self) -> bool:

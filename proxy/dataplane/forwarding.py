@@ -21,14 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from proxy.config.model import Upstream, Variant
+from proxy.config.model import GRPC_ERROR_CODES, GrpcStatus, Upstream, Variant
 from proxy.dataplane.limiter import Limiter, Overloaded
 from proxy.dataplane.model_body import BodyError, ReadBody
 from proxy.dataplane.request_body import BodyLimit, buffered
 from proxy.dataplane.stream_meter import EVENT_LIMIT, StreamMeter, whole_answer_tokens
+from proxy.http import grpc
 from proxy.http.client import Answer, Body, Origin, UpstreamClient
 from proxy.http.errors import ClientGone, UpstreamError
-from proxy.http.headers import answer_for_client, forwarded_for_upstream
+from proxy.http.h2_client import H2Answer, H2Client
+from proxy.http.headers import (
+    HOP_BY_HOP,
+    INTERNAL_PREFIX,
+    answer_for_client,
+    forwarded_for_upstream,
+)
 from proxy.http.request import Request, render
 from proxy.records.request_id import NOT_COMPARED
 from proxy.records.request_outcome import Failure, FallbackReason
@@ -53,6 +60,8 @@ class Target:
     mint: Callable[[float, int, int], bytes]  # a new request id for this route (see labels)
     openai: bool = False  # a model route: the proxy's own errors in OpenAI's shape
     max_event_bytes: int = EVENT_LIMIT  # of one event of an answer's stream, metered
+    h2: H2Client | None = None  # the upstream is spoken to in HTTP/2 (else HTTP/1.1)
+    grpc_errors: frozenset[GrpcStatus] = GRPC_ERROR_CODES  # a call's statuses that are errors
     label: bytes = field(init=False)  # the header lines that say which route and variant answered
 
     _id_line: bytes = field(init=False)  # `label`, then the request id header's name
@@ -93,6 +102,16 @@ class Exchange:
     capture: list[bytes] | None = None  # the answer's body, kept (for a shadow comparison)
     forwarded: bytes = b""  # the header lines sent upstream (a shadow copy sends them too)
     captured: int = 0  # its size; past CAPTURE the capture is dropped (None)
+    call: bool = False  # the request is a gRPC call
+    call_timeout: float | None = None  # the call's own deadline (`grpc-timeout`), in seconds
+    grpc_status: GrpcStatus | None = None  # the status that ended the call
+
+    def timeout(self, upstream: Upstream) -> float:
+        """How long the exchange with `upstream` may take: its `timeout`, or less if the gRPC
+        call's deadline is sooner."""
+        if self.call_timeout is None or self.call_timeout >= upstream.timeout:
+            return upstream.timeout
+        return self.call_timeout
 
     def keep(self, chunk: bytes) -> None:
         """Keep a piece of the answer's body, if asked to, up to `CAPTURE` bytes."""
@@ -115,7 +134,9 @@ class UpstreamFailure:
     detail: str
 
 
-def answer_headers(answer: Answer, target: Target, exchange: Exchange) -> tuple[bytes, bool]:
+def answer_headers(
+    answer: Answer | H2Answer, target: Target, exchange: Exchange
+) -> tuple[bytes, bool]:
     """The upstream's answer header lines for the client, plus ours; whether it is an event
     stream."""
     lines, event_stream = answer_for_client(answer.headers)
@@ -181,9 +202,11 @@ async def _open(
     headers: bytes,
     body: Body,
     limit: BodyLimit | None,
-) -> tuple[Answer, float]:
-    """Take a connection slot and send the request; the answer (its head read) and when it was
-    sent. On failure the slot is given back and `_Unavailable` raised."""
+    allowed: float,
+) -> tuple[Answer | H2Answer, float]:
+    """Take a connection slot and send the request (over HTTP/2 when `target.h2`), allowing
+    the exchange `allowed` seconds; the answer (its head read) and when it was sent. On failure
+    the slot is given back and `_Unavailable` raised."""
     upstream = target.upstream
     if not target.limiter.try_acquire():
         try:
@@ -192,7 +215,7 @@ async def _open(
             raise _Unavailable(OVERLOADED) from None
     sent = time.monotonic()
     try:
-        answer = await client.request(
+        answer = await (client if target.h2 is None else target.h2).request(
             target.origin,
             request.method,
             target=request.raw_target,
@@ -200,8 +223,8 @@ async def _open(
             body=body,
             content_length=request.content_length,
             connect_timeout=upstream.connect_timeout,
-            first_byte_timeout=min(upstream.first_byte_timeout, upstream.timeout),
-            send_timeout=upstream.timeout,
+            first_byte_timeout=min(upstream.first_byte_timeout, allowed),
+            send_timeout=allowed,
             interim=partial(_inform, request),
         )
     except (UpstreamError, ValueError) as exc:
@@ -299,6 +322,9 @@ async def forward(
     client connection is closed without completing the body, so the client sees the failure.
     """
     exchange.variant = target.variant
+    if request.version == "2" and grpc.is_call(request.field(b"content-type")):
+        exchange.call = True
+        exchange.call_timeout = grpc.deadline(request.field(b"grpc-timeout"))
     exchange.forwarded = headers = forwarded_for_upstream(
         request.keys,
         request.raw_headers,
@@ -330,7 +356,15 @@ async def forward(
             except ValueError:
                 return _failed(request, target, exchange, BODY_TOO_LARGE)
     try:
-        answer, sent = await _open(client, request, target, headers=headers, body=body, limit=limit)
+        answer, sent = await _open(
+            client,
+            request,
+            target,
+            headers=headers,
+            body=body,
+            limit=limit,
+            allowed=exchange.timeout(target.upstream),
+        )
     except _Unavailable as first:
         reason = first.failure.reason
         if fallback is None or reason is None or reason not in _RETRYABLE:
@@ -345,7 +379,13 @@ async def forward(
                 return _failed(request, target, exchange, bad_body(str(exc)))
         try:
             answer, sent = await _open(
-                client, request, target, headers=headers, body=body, limit=limit
+                client,
+                request,
+                target,
+                headers=headers,
+                body=body,
+                limit=limit,
+                allowed=exchange.timeout(target.upstream),
             )
         except _Unavailable as second:
             return _failed(request, target, exchange, second.failure)
@@ -364,7 +404,13 @@ async def forward(
         exchange.variant = target.variant
         try:
             answer, sent = await _open(
-                client, request, target, headers=headers, body=None, limit=None
+                client,
+                request,
+                target,
+                headers=headers,
+                body=None,
+                limit=None,
+                allowed=exchange.timeout(target.upstream),
             )
         except _Unavailable as second:
             return _failed(request, target, exchange, second.failure)
@@ -381,12 +427,12 @@ async def forward(
 
 
 async def _whole(
-    request: Request, answer: Answer, target: Target, exchange: Exchange, sent: float
+    request: Request, answer: Answer | H2Answer, target: Target, exchange: Exchange, sent: float
 ) -> None:
     """Read a small answer whole and send it at once; a failure is still a clean 502/504."""
     upstream = target.upstream
     try:
-        body = await answer.read(upstream.idle_timeout, sent + upstream.timeout)
+        body = await answer.read(upstream.idle_timeout, sent + exchange.timeout(upstream))
     except UpstreamError as exc:
         return _failed(request, target, exchange, classify(exc))
     exchange.ttfb = time.monotonic() - sent
@@ -402,17 +448,48 @@ async def _whole(
         exchange.ttft = exchange.ttfb
         if b"_tokens" in body:  # (a quick look first: most answers are not a model's usage)
             exchange.output_tokens = whole_answer_tokens(body)
+    if exchange.call:  # (a trailers-only answer: the status is in its head)
+        _ended(target, exchange, grpc.status_of(answer.headers))
     request.reply(answer.status, headers, body, answer.reason)
     exchange.status = answer.status
     exchange.bytes_out = len(body)
 
 
+def _ended(target: Target, exchange: Exchange, status: GrpcStatus | None) -> None:
+    """Note the status that ended a gRPC call: one of the route's `grpc_error_codes` is an
+    error of the variant that answered (an answer without one is UNKNOWN, as clients read it)."""
+    exchange.grpc_status = status = GrpcStatus.UNKNOWN if status is None else status
+    if status in target.grpc_errors and exchange.error is None:
+        exchange.error = Failure.GRPC_STATUS
+
+
+def _trailers(answer: Answer | H2Answer) -> list[tuple[bytes, bytes]] | None:
+    """The answer's trailers for the client (an HTTP/2 answer's; hop-by-hop and the proxy's
+    own names left out)."""
+    if not isinstance(answer, H2Answer):
+        return None
+    return [
+        (name, value)
+        for name, value in answer.trailers
+        if name not in HOP_BY_HOP and not name.startswith(INTERNAL_PREFIX)
+    ]
+
+
 async def _stream(
-    request: Request, answer: Answer, target: Target, exchange: Exchange, sent: float
+    request: Request,
+    answer: Answer | H2Answer,
+    target: Target,
+    exchange: Exchange,
+    sent: float,
 ) -> None:
-    """Stream `answer` to the client chunk by chunk (a small answer of known size in one go)."""
+    """Stream `answer` to the client chunk by chunk (a small answer of known size in one go,
+    unless trailers may follow it)."""
     length = answer.content_length
-    if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+    if request.method != "HEAD" and (
+        answer.complete and not answer.trailers  # (all in: a trailers-only gRPC answer...)
+        if isinstance(answer, H2Answer)
+        else length is not None and length <= SMALL_BODY
+    ):
         return await _whole(request, answer, target, exchange, sent)
     headers, event_stream = answer_headers(answer, target, exchange)
     exchange.event_stream = event_stream
@@ -421,7 +498,8 @@ async def _stream(
         request.start(answer.status, headers, length, answer.reason)
         exchange.status = answer.status
         upstream = target.upstream
-        deadline = sent + upstream.timeout  # (the whole exchange: a client not reading is cut)
+        # (the whole exchange, or the gRPC call's deadline: a client not reading is cut)
+        deadline = sent + exchange.timeout(upstream)
         async for chunk in answer.chunks(upstream.idle_timeout, deadline):
             if exchange.ttfb is None:
                 exchange.ttfb = time.monotonic() - sent
@@ -433,12 +511,21 @@ async def _stream(
             exchange.bytes_out += len(chunk)
         if exchange.ttfb is None:
             exchange.ttfb = time.monotonic() - sent
-        request.end()
+        trailers = _trailers(answer)
+        if exchange.call:
+            _ended(target, exchange, grpc.status_of(trailers or answer.headers))
+        request.end(trailers)
     except ClientGone:
         pass  # the client went away mid-answer: closing the answer ends the upstream request
     except UpstreamError as exc:
-        _note_failure(target, exchange, classify(exc), "mid-answer")
-        request.abort()
+        failure = classify(exc)
+        _note_failure(target, exchange, failure, "mid-answer")
+        if exchange.call:  # (a status the client can read, rather than a reset stream)
+            status = grpc.status_for_http(failure.status)
+            exchange.grpc_status = status
+            request.end(grpc.status_fields(status, failure.detail))
+        else:
+            request.abort()
     finally:
         if meter is None:
             exchange.ttft = exchange.ttfb

@@ -25,8 +25,10 @@ from proxy.dataplane.limiter import Limiter
 from proxy.dataplane.model_body import ReadBody
 from proxy.dataplane.request_body import BodyTooLarge, read_body
 from proxy.dataplane.shadow import Shadower, ShadowRequest, chosen
+from proxy.dataplane.websocket import is_upgrade, tunnel
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
+from proxy.http.h2_client import H2Client
 from proxy.http.headers import connection_named, spelled
 from proxy.http.request import Request
 from proxy.records.request_id import Minter, assignment
@@ -143,6 +145,7 @@ class Gateway:
         self.minter = minter
         self.recorder = recorder
         self.client = UpstreamClient()
+        self.h2 = H2Client()  # for the upstreams spoken to in HTTP/2 (`http2: true`)
         self.windows = WindowRecorder(observations)
         self.ejections = Ejections()
         observers: list[Observer] = [recorder, self.windows, self.ejections]
@@ -181,6 +184,8 @@ class Gateway:
             partial(self.minter.mint, label),
             openai=route.reads_body,
             max_event_bytes=server.max_event_bytes,
+            h2=self.h2 if upstream.http2 else None,
+            grpc_errors=route.grpc_error_codes,
         )
 
     def _compile(self, config: Config) -> Snapshot:
@@ -279,6 +284,9 @@ class Gateway:
         counted = wiring.metrics[target.variant]
         counted.in_flight += 1
         try:
+            if route.websocket and is_upgrade(request):  # (its outcome is the handshake's)
+                await tunnel(request, target, exchange, fallback=fallback, trusted=trusted)
+                return None
             await forward(
                 request,
                 self.client,
@@ -318,6 +326,7 @@ class Gateway:
                 output_tokens=exchange.output_tokens,
                 request_id=exchange.request_id,
                 candidate_out=out,
+                grpc_status=exchange.grpc_status,
             )
             for record in self._recorders:
                 record(outcome)

@@ -38,7 +38,7 @@ import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
-from proxy.http.client import BODYLESS_METHODS, Body, Origin
+from proxy.http.client import BODYLESS_METHODS, Body, Origin, client_context
 from proxy.http.errors import UpstreamError
 from proxy.http.h2_stream import Fields, H2Stream, StreamRefused
 from proxy.http.h2_upstream_connection import H2UpstreamConnection
@@ -121,8 +121,12 @@ class H2Pool:
         port: int,
         tls: ssl.SSLContext | None,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        server_name: str | None = None,
     ):
+        """`server_name`: the name a TLS upstream's certificate is checked for (and sent as
+        SNI); `host` unless given."""
         self.host, self.port, self.tls = host, port, tls
+        self.server_name = server_name or host
         self.keepalive_timeout = keepalive_timeout
         self._connections: list[H2UpstreamConnection] = []  # oldest first
         self._connecting: asyncio.Task[H2UpstreamConnection] | None = None
@@ -162,7 +166,7 @@ class H2Pool:
                     self.host,
                     self.port,
                     ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
+                    server_hostname=self.server_name if self.tls else None,
                 )
                 await asyncio.shield(connection.ready)  # the upstream's SETTINGS
         except TimeoutError:
@@ -198,26 +202,30 @@ class H2Client:
     """Sends requests to upstreams over HTTP/2, many streams to a connection."""
 
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, int, ssl.SSLContext | None, float], H2Pool] = {}
-        self._contexts: dict[str | None, ssl.SSLContext] = {}
+        self._pools: dict[tuple[object, ...], H2Pool] = {}
 
     def pool(self, origin: Origin, tls: ssl.SSLContext | None = None) -> H2Pool:
         """The pool for `origin`; for https, over `tls` (ALPN set to h2 on it: a context given
-        here is then for HTTP/2 only), else over one that trusts `origin.ca_file` (or the
-        system's authorities)."""
-        context: ssl.SSLContext | None = None
-        if origin.tls:
-            context = tls or self._contexts.get(origin.ca_file)
-            if context is None:
-                context = ssl.create_default_context(cafile=origin.ca_file)
-                self._contexts[origin.ca_file] = context
-        key = (origin.host, origin.port, context, origin.keepalive_timeout)
+        here is then for HTTP/2 only), else over one made from the origin's authorities and
+        client certificate (`client.client_context`), read when the pool is made."""
+        key = (
+            origin.host,
+            origin.port,
+            origin.tls,
+            origin.ca_file,
+            origin.client_cert,
+            origin.server_name,
+            origin.keepalive_timeout,
+            tls,
+        )
         pool = self._pools.get(key)
         if pool is None:
-            if context is not None:
+            context: ssl.SSLContext | None = None
+            if origin.tls:
+                context = tls or client_context(origin)
                 context.set_alpn_protocols(["h2"])
             pool = self._pools[key] = H2Pool(
-                origin.host, origin.port, context, origin.keepalive_timeout
+                origin.host, origin.port, context, origin.keepalive_timeout, origin.server_name
             )
         return pool
 

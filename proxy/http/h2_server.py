@@ -42,6 +42,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from proxy.http import grpc
 from proxy.http.errors import BadRequest, ClientGone
 from proxy.http.headers import HOP_BY_HOP, valid_host
 from proxy.http.request import (
@@ -67,6 +68,17 @@ INITIAL_WINDOW = READ_HIGH_WATER  # what a client may send on a stream before it
 _BODYLESS_STATUS = frozenset({204, 304})
 _NOT_SENT = HOP_BY_HOP | {b"content-length", b"host"}  # (Content-Length: set here, if known)
 _PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+
+
+def _message(document: object) -> str:
+    """The message of an error document the proxy made (its own shape, or OpenAI's)."""
+    if isinstance(document, dict):
+        error = document.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(document.get("message"), str):
+            return str(document["message"])
+    return "the proxy could not answer the call"
 
 
 class H2Request(Request):
@@ -203,14 +215,27 @@ class H2Request(Request):
 
     def reply(self, status: int, headers: bytes, body: bytes, reason: bytes = b"") -> None:
         """Send a whole answer (`headers`: rendered lines, as for HTTP/1.1; `reason` unused:
-        HTTP/2 has none)."""
+        HTTP/2 has none). Without a body it is one header block that ends the stream (what
+        gRPC calls a trailers-only answer)."""
+        if not body or self.method == "HEAD" or status in _BODYLESS_STATUS:
+            self.started, self.status, self.done = True, status, True
+            fields = self._fields(status, headers, len(body))
+            self._connection.send_head(self.sid, fields, end_stream=True)
+            self._connection.pump(self)  # (which retires the stream)
+            return
         self.start(status, headers, len(body))
         if body and self.method != "HEAD" and status not in _BODYLESS_STATUS:
             self._queue += body
         self.end()
 
     def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
-        """Send a JSON answer made here (with a Date header); `headers` are more rendered lines."""
+        """Send a JSON answer made here (with a Date header); `headers` are more rendered lines.
+        To a gRPC call, the same is said as a gRPC status (see `grpc`)."""
+        if grpc.is_call(self._index.get(b"content-type")):
+            code = grpc.status_for_http(status)
+            ours = grpc.trailers_only(code, _message(document))
+            self.reply(200, headers + ours + b"date: %s\r\n" % http_date().encode(), b"")
+            return
         ours = render([("Content-Type", "application/json; charset=utf-8"), ("Date", http_date())])
         self.reply(status, headers + ours, json.dumps(document).encode())
 
@@ -420,11 +445,11 @@ class ServerH2Connection(asyncio.Protocol):
 
     # --- frames out ---------------------------------------------------------------------------
 
-    def send_head(self, sid: int, fields: RawHeaders) -> None:
-        """Send a header block (a 1xx, or the answer's head)."""
+    def send_head(self, sid: int, fields: RawHeaders, end_stream: bool = False) -> None:
+        """Send a header block (a 1xx, or the answer's head; `end_stream`: the whole answer)."""
         if self.closed or sid not in self._streams:
             raise ClientGone("the client closed the stream")
-        self._h2.send_headers(sid, fields)
+        self._h2.send_headers(sid, fields, end_stream=end_stream)
         self._flush()
 
     def pump(self, request: H2Request) -> None:

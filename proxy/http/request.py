@@ -36,6 +36,7 @@ import httptools
 from proxy.http.cookies import parse_cookies
 from proxy.http.errors import BadRequest, ClientGone
 from proxy.http.headers import tokens, valid_host
+from proxy.http.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from proxy.http.client_connection import ClientConnection
@@ -192,6 +193,10 @@ class Request(abc.ABC):
         value = self._index.get(name.lower().encode("latin-1"))
         return None if value is None else text(value)
 
+    def field(self, key: bytes) -> bytes | None:
+        """The first value of the header whose lower-case name is `key`, as received."""
+        return self._index.get(key)
+
     def header_values(self, name: str) -> list[str]:
         """Every value of header `name` (case-insensitive), in order."""
         return [text(value) for value in self.raw_values(name.lower().encode("latin-1"))]
@@ -317,6 +322,7 @@ class H1Request(Request):
         "_waiter",
         "chunked",
         "keep_alive",
+        "tunnel",
     )
 
     def __init__(
@@ -374,6 +380,7 @@ class H1Request(Request):
         self.done = False  # the whole answer was sent
         self.status = 0
         self._framing = ""  # how the answer's body is sent: "length", "chunked", "close", "none"
+        self.tunnel: Tunnel | None = None  # after a switch of protocols (see `switch`)
 
     def _chunked_framing(self) -> bool:
         """Whether Transfer-Encoding frames the body as chunks; raises when the framing cannot
@@ -523,3 +530,26 @@ class H1Request(Request):
         """Cut the client connection: an answer that cannot be completed must look incomplete."""
         self.keep_alive = False
         self._connection.close()
+
+    def switch(
+        self,
+        headers: bytes,
+        upstream: asyncio.Transport,
+        *,
+        idle_timeout: float,
+        from_upstream: bytes = b"",
+    ) -> None:
+        """Answer `101 Switching Protocols` with `headers` (rendered lines), then copy bytes
+        both ways between the client and `upstream` (`from_upstream` first toward the client):
+        the connection is a `Tunnel` from now on, which it serves once the handler returns."""
+        transport, held = self._connection.hand_over()
+        self.started = self.done = True
+        self.status, self.keep_alive = 101, False
+        head = b"HTTP/1.1 101 Switching Protocols\r\n%s\r\n" % headers
+        self.tunnel = Tunnel(
+            transport,
+            upstream,
+            idle_timeout=idle_timeout,
+            to_client=head + from_upstream,
+            to_upstream=held,
+        )

@@ -32,6 +32,7 @@ class Failure(StrEnum):
     RESET = "reset"  # the connection closed before the answer was complete
     PROTOCOL = "protocol"  # the answer was not valid HTTP/1.1
     OVERLOADED = "overloaded"  # no free connection slot in time
+    GRPC_STATUS = "grpc_status"  # a gRPC call ended with a status of the route's grpc_error_codes
 
 
 class FallbackReason(StrEnum):
@@ -65,6 +66,7 @@ class RequestOutcome(NamedTuple):
     output_tokens: int | None = None  # as the answer's `usage` said, if it did
     request_id: bytes | None = None  # the `X-Grayscale-Request-Id` the answer carried
     candidate_out: bool = False  # the candidate was ejected when the request was assigned
+    grpc_status: int | None = None  # the status that ended a gRPC call, if it was one
 
     @property
     def code(self) -> int:

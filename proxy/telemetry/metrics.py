@@ -35,7 +35,7 @@ from proxy.rollout.machine import Transition
 
 VARIANTS = ("stable", "candidate")
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
-ERROR_REASONS = ("connect", "timeout", "reset", "protocol", "overloaded")
+ERROR_REASONS = tuple(reason.value for reason in Failure)  # connect ... grpc_status
 # Model latency spans a few milliseconds (a tabular scorer) to a minute (a long LLM answer).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BOUNDS = (*(repr(bound) for bound in LATENCY_BUCKETS), "+Inf")  # as prometheus-client writes `le`
@@ -148,7 +148,8 @@ class _PerRequestCollector(Collector):
         errors = CounterMetricFamily(
             "grayscale_upstream_errors",
             "Upstream exchanges that failed, by reason: connect, timeout, reset, protocol, "
-            "overloaded (no free connection slot).",
+            "overloaded (no free connection slot), grpc_status (a gRPC call ended with one of the "
+            "route's grpc_error_codes).",
             labels=("route", "variant", "reason"),
         )
         duration = HistogramMetricFamily(

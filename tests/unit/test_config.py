@@ -10,11 +10,13 @@ import pytest
 
 from proxy.config.loader import ConfigError, load_config, parse_config
 from proxy.config.model import (
+    GRPC_ERROR_CODES,
     AnalysisMethod,
     AttributeCondition,
     ClientIpCondition,
     Comparison,
     ExactCompare,
+    GrpcStatus,
     JsonCompare,
     KeySource,
     Listen,
@@ -550,7 +552,7 @@ routes:
     stable: {{url: "https://a:1", connect_timeout: 1s, first_byte_timeout: 2s, idle_timeout: 3s,
               timeout: 4s, max_connections: 5, max_pending: 6, keepalive_timeout: 9s,
               ca_file: {ca}, model: m2, client_cert_file: {ca}, client_key_file: {key},
-              server_name: a.internal}}
+              server_name: a.internal, http2: true}}
     candidate: {{url: "http://b:1"}}
     cohort: {{keys: ["header:U"], salt: s, missing: random}}
     ramp: {{start: "2026-01-01T00:00:00Z", base: 0.1, slope: 0.2, per: 1h, max: 0.9}}
@@ -565,6 +567,8 @@ routes:
     on_rollback: {{webhook: "http://h:1/x", timeout: 2s, attempts: 5}}
     fallback: never
     ejection: {{consecutive_errors: 7, base_time: 1s, max_time: 2s}}
+    websocket: false
+    grpc_error_codes: [UNAVAILABLE, 13]
 """
     config = parse_config(text)
     defaults = parse_config(
@@ -593,6 +597,9 @@ routes:
                 continue  # (they exclude url, or its database: read in their own tests)
             assert getattr(read, field.name) != getattr(default, field.name), field.name
     assert config.routes[0].fallback.value == "never"
+    assert not config.routes[0].websocket and defaults.routes[0].websocket
+    assert config.routes[0].grpc_error_codes == {GrpcStatus.UNAVAILABLE, GrpcStatus.INTERNAL}
+    assert defaults.routes[0].grpc_error_codes == GRPC_ERROR_CODES
     assert config.routes[0].models == ("m1", "m2") and defaults.routes[0].models == ()
 
 
@@ -686,5 +693,5 @@ def test_a_field_in_the_wrong_place_is_told_where_it_belongs():
         "test.yaml:9: routes[0].listen: unknown field here: 'listen' belongs under server",
         "test.yaml:10: routes[0].nonsense: unknown field (expected one of: name, match, stable, "
         "candidate, cohort, ramp, segments, analysis, on_rollback, fallback, ejection, shadow, "
-        "promote, on_promote)",
+        "promote, on_promote, websocket, grpc_error_codes)",
     ]

@@ -17,9 +17,11 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from proxy.config.errors import field_path
 from proxy.config.model import (
+    GRPC_ERROR_CODES,
     Cohort,
     Ejection,
     Fallback,
+    GrpcStatus,
     KeySource,
     Missing,
     Promotion,
@@ -60,6 +62,8 @@ class RouteReader(AnalysisReader, ShadowReader, SegmentReader):
                 "shadow",
                 "promote",
                 "on_promote",
+                "websocket",
+                "grpc_error_codes",
             ),
             required=("name", "match", "stable", "candidate", "cohort"),
         )
@@ -86,11 +90,19 @@ class RouteReader(AnalysisReader, ShadowReader, SegmentReader):
             for item, item_path in self.sequence(fields["segments"], segments_path):
                 segments.append(self.segment(item, item_path, ramp))
             self.unique(fields["segments"], segments_path, [(s.name, "name") for s in segments])
+        stable = self.field(fields, "stable", path, self.upstream, placeholder)
+        candidate = self.field(fields, "candidate", path, self.upstream, placeholder)
+        if "shadow" in fields and candidate.http2:
+            self.fail(
+                fields["shadow"],
+                field_path(path, "shadow"),
+                "not supported with an http2 candidate (shadow copies go over HTTP/1.1)",
+            )
         return Route(
             name=name,
             path_prefix=prefix,
-            stable=self.field(fields, "stable", path, self.upstream, placeholder),
-            candidate=self.field(fields, "candidate", path, self.upstream, placeholder),
+            stable=stable,
+            candidate=candidate,
             cohort=self.field(fields, "cohort", path, self.cohort, Cohort((), name)),
             ramp=ramp,
             segments=tuple(segments),
@@ -110,7 +122,30 @@ class RouteReader(AnalysisReader, ShadowReader, SegmentReader):
             ),
             promote=self.promotion(fields, path),
             on_promote=self.field(fields, "on_promote", path, self.rollback_hook, None),
+            websocket=self.field(fields, "websocket", path, self.boolean, True),
+            grpc_error_codes=self.field(
+                fields, "grpc_error_codes", path, self.grpc_codes, GRPC_ERROR_CODES
+            ),
         )
+
+    def grpc_codes(
+        self, node: Node, path: str, default: frozenset[GrpcStatus]
+    ) -> frozenset[GrpcStatus]:
+        """gRPC status codes, by name (`UNAVAILABLE`) or number (14); `[]` for none."""
+        codes: set[GrpcStatus] = set()
+        for item, item_path in self.sequence(node, path):
+            value = self.scalar(item, item_path)
+            code = None
+            if isinstance(value, str) and value.upper() in GrpcStatus.__members__:
+                code = GrpcStatus[value.upper()]
+            elif isinstance(value, int) and not isinstance(value, bool):
+                code = next((c for c in GrpcStatus if c.value == value), None)
+            if code is None or code is GrpcStatus.OK:
+                names = ", ".join(c.name for c in GrpcStatus if c is not GrpcStatus.OK)
+                self.fail(item, item_path, f"expected a gRPC status code other than OK: {names}")
+            else:
+                codes.add(code)
+        return frozenset(codes)
 
     def promotion(self, fields: dict[str, Node], path: str) -> Promotion | None:
         """The route's `promote`; None without one."""
@@ -183,6 +218,7 @@ class RouteReader(AnalysisReader, ShadowReader, SegmentReader):
             client_key_file=client[1] if client else None,
             server_name=self.field(fields, "server_name", path, self.host_name, None),
             model=self.field(fields, "model", path, self.string, "") or None,
+            http2=self.field(fields, "http2", path, self.boolean, False),
         )
 
     def upstream_url(self, node: Node, path: str, default: str) -> str:
