@@ -407,6 +407,7 @@ class Server:
                 except (OSError, ssl.SSLError) as exc:  # (changed since the file was checked)
                     log.warning("%s did not load, the previous certificate stays: %s", name, exc)
         self.gateway.client.renew_tls()
+        self.gateway.h2.renew_tls()
 
     def _count_runs(self, config: Config) -> None:
         """Count each route's requests toward its rollout's current run (the analysis keeps

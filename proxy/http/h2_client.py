@@ -34,6 +34,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -49,6 +50,8 @@ from proxy.http.upstream_connection import Interim
 _NOT_SENT = HOP_BY_HOP | {b"host", b"content-length"}
 _AUTHORITIES = 1024  # Host values remembered as `:authority` bytes (one per upstream origin)
 _authorities: dict[str, bytes] = {}
+
+log = logging.getLogger("grayscale.upstream")
 
 
 class H2Answer:
@@ -203,6 +206,7 @@ class H2Client:
 
     def __init__(self) -> None:
         self._pools: dict[tuple[object, ...], H2Pool] = {}
+        self._secure: list[tuple[Origin, H2Pool]] = []  # https pools with contexts made here
 
     def pool(self, origin: Origin, tls: ssl.SSLContext | None = None) -> H2Pool:
         """The pool for `origin`; for https, over `tls` (ALPN set to h2 on it: a context given
@@ -222,12 +226,28 @@ class H2Client:
         if pool is None:
             context: ssl.SSLContext | None = None
             if origin.tls:
-                context = tls or client_context(origin)
+                context = tls or _h2_context(origin)
                 context.set_alpn_protocols(["h2"])
             pool = self._pools[key] = H2Pool(
                 origin.host, origin.port, context, origin.keepalive_timeout, origin.server_name
             )
+            if origin.tls and tls is None:
+                self._secure.append((origin, pool))
         return pool
+
+    def renew_tls(self) -> None:
+        """Read the https upstreams' certificate files again, for the connections made from
+        now on (as `UpstreamClient.renew_tls`; a pool whose files no longer load keeps its
+        context, and says so)."""
+        for origin, pool in self._secure:
+            try:
+                pool.tls = _h2_context(origin)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning(
+                    "the certificate files of %s did not load, the previous stay: %s",
+                    origin.host_header,
+                    exc,
+                )
 
     async def request(
         self,
@@ -282,6 +302,14 @@ class H2Client:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        self._secure.clear()
+
+
+def _h2_context(origin: Origin) -> ssl.SSLContext:
+    """A TLS context for an HTTP/2 `origin`: its authorities and client certificate, ALPN h2."""
+    context = client_context(origin)
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def request_fields(

@@ -126,6 +126,7 @@ class AccessLog:
                 "output_tokens": outcome.output_tokens,
                 "bytes_in": outcome.bytes_in,
                 "bytes_out": outcome.bytes_out,
+                "grpc_status": outcome.grpc_status,
             }
         )
 

@@ -378,6 +378,7 @@ async def test_access_log_hashes_users_and_never_writes_raw_ids(
         "output_tokens",
         "bytes_in",
         "bytes_out",
+        "grpc_status",
     }
     assert (first["route"], first["method"], first["status"], first["reason"]) == (
         "models",
