@@ -16,8 +16,11 @@ from proxy.app.server import Server
 from proxy.config.loader import load_config
 from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import UpstreamError
+from proxy.http.h2_client import H2Client
 from tests.support.certificates import Authority, Pem, serial_of
 from tests.support.configs import one_route, proxy_config
+from tests.support.h2_upstream import H2Upstream
+from tests.support.h2_upstream import whole as h2_whole
 
 NAME = "model.internal"  # the only name on the upstream's certificate
 
@@ -159,3 +162,44 @@ def serial_of_pem(pem: Pem) -> int:
     """The serial number of the first certificate in `pem`'s chain."""
     der = ssl.PEM_cert_to_DER_cert(pem.cert.read_text())
     return serial_of(der)
+
+
+async def test_an_http2_upstream_gets_the_client_certificate_and_the_server_name(pki):
+    # The HTTP/2 client (gRPC upstreams) takes the same TLS settings as the HTTP/1.1 one.
+    servers, _, _, client_pem = pki
+    h2 = await H2Upstream(tls=requires_client_certificates(pki, ssl.TLSVersion.TLSv1_3)).start()
+    client = H2Client()
+    try:
+        named = Origin(
+            h2.url,
+            str(servers.ca_file),
+            client_cert=(str(client_pem.cert), str(client_pem.key)),
+            server_name=NAME,
+        )
+        answer = await client.request(
+            named,
+            "GET",
+            target=b"/h2",
+            headers=b"",
+            body=None,
+            content_length=None,
+            connect_timeout=5,
+            first_byte_timeout=5,
+        )
+        assert (answer.status, await h2_whole(answer)) == (200, b"GET /h2 0")
+        anonymous = Origin(h2.url, str(servers.ca_file), server_name=NAME)
+        with pytest.raises(UpstreamError):
+            await client.request(
+                anonymous,
+                "GET",
+                target=b"/h2",
+                headers=b"",
+                body=None,
+                content_length=None,
+                connect_timeout=5,
+                first_byte_timeout=5,
+            )
+        assert len(h2.requests) == 1
+    finally:
+        client.close()
+        await h2.stop()
