@@ -9,6 +9,8 @@ Invariants
 - A client's slowness is never an upstream's error: a body that stops arriving is the client's
   408, and so is one still arriving at the exchange's `timeout`; an upstream's first-byte timer
   starts when it has the whole request.
+- A gRPC call's request stream is sent as it comes, from its first message, and may be silent
+  or long: only the exchange's timeout (or the call's deadline) bounds it.
 - The route's `timeout` bounds the whole exchange, a client that stops reading included: it is
   cut then, and the upstream connection let go.
 """
@@ -341,6 +343,10 @@ async def forward(
             body = read.to(target.upstream.model) if read.data else None
         except BodyError as exc:
             return _failed(request, target, exchange, bad_body(str(exc)))
+    elif exchange.call:
+        # A call's messages go as they come (a bidirectional stream waits for each answer
+        # before it sends on), unbounded here: the upstream bounds its messages.
+        body = request.chunks(patient=True)
     elif request.has_body:
         length = request.content_length
         if length is not None and length > max_body:

@@ -240,8 +240,10 @@ class Request(abc.ABC):
         return self._cookies.get(name)
 
     @abc.abstractmethod
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The body, piece by piece as it arrives (once: the pieces are not kept)."""
+    def chunks(self, patient: bool = False) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives (once: the pieces are not kept). A body that
+        stops arriving for the listener's body timeout is the client's 408, unless `patient`
+        (a stream of messages, silent as long as it likes: its exchange's timeout bounds it)."""
 
     @abc.abstractmethod
     async def read(self) -> bytes:
@@ -426,8 +428,9 @@ class H1Request(Request):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, piece by piece as it arrives (once: the pieces are not kept)."""
+    async def chunks(self, patient: bool = False) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives (once: the pieces are not kept; see
+        `Request.chunks`)."""
         if self._continue:
             self._continue = False
             self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -446,7 +449,9 @@ class H1Request(Request):
             else:
                 self._waiter = loop.create_future()
                 try:
-                    async with asyncio.timeout(self._connection.listener.body_timeout):
+                    async with asyncio.timeout(
+                        None if patient else self._connection.listener.body_timeout
+                    ):
                         await self._waiter
                 except TimeoutError:
                     raise BadRequest(
