@@ -284,7 +284,8 @@ class Gateway:
         counted = wiring.metrics[target.variant]
         counted.in_flight += 1
         try:
-            if route.websocket and is_upgrade(request):  # (its outcome is the handshake's)
+            if route.websocket and not target.upstream.http2 and is_upgrade(request):
+                # (the outcome is the handshake's; the tunnel goes on after it is recorded)
                 await tunnel(request, target, exchange, fallback=fallback, trusted=trusted)
                 return None
             await forward(

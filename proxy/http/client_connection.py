@@ -8,8 +8,9 @@ Invariants
   cannot harm the ones before it.
 - A handler sees only a head that is valid HTTP/1.x (see `request`): version 1.0 or 1.1 (else
   505); at most MAX_HEAD bytes in all and MAX_FIELDS lines (431), a target of at most MAX_TARGET
-  bytes (414). CONNECT is refused (405). `Upgrade` is ignored (RFC 9110 §7.8): the request is
-  served as plain HTTP, its body included.
+  bytes (414). CONNECT is refused (405). `Upgrade` is ignored here (RFC 9110 §7.8): the request
+  is served as plain HTTP, its body included, unless its handler switches protocols (a
+  WebSocket: `H1Request.switch`); the connection is then a `tunnel.Tunnel`, busy until it ends.
 - A refused head is answered (but a TLS handshake, which could not read the answer), then the
   connection closed: nothing after it is parsed. Each refused head is told to the listener's
   `on_refused` once, with its reason.
@@ -455,6 +456,30 @@ class ClientConnection(asyncio.Protocol):
 
     async def _answer(self, request: H1Request) -> None:
         await answer(self.listener.handler, request)
+        tunnel = request.tunnel
+        if tunnel is not None:  # protocols switched: the connection is the tunnel's until it ends
+            try:
+                await asyncio.shield(tunnel.done)
+            finally:
+                tunnel.close()  # (the drain is over: cut)
+                self.closed = True
+                self.listener.connections.discard(self)
+
+    def hand_over(self) -> tuple[asyncio.Transport, bytes]:
+        """Give the connection up to a tunnel (`H1Request.switch`): its transport, reading
+        resumed, and what the client sent after the request's head. Nothing is parsed here any
+        more; the connection still counts as busy until the tunnel ends (see `_answer`)."""
+        if self.closed or self.transport is None:
+            raise ClientGone("the client closed the connection")
+        self._cancel_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._stopped = True
+        held = bytes(self._held)
+        self._held.clear()
+        self.resume_reading()
+        return self.transport, held
 
     def keeps_alive(self, request: H1Request) -> bool:
         """Whether the connection stays open after `request`'s answer."""
