@@ -391,7 +391,14 @@ class ServerH2Connection(asyncio.Protocol):
         self.remote: str | None = None
         self.closed = False
         self._loop = asyncio.get_running_loop()
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # What we send is made valid where it is made (`H2Request._fields`: lower-case names,
+            # trimmed values, no connection-specific fields), not checked again field by field.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self._h2 = _H2(config)
         self._h2.local_settings = h2.settings.Settings(
             client=False,

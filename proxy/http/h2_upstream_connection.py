@@ -73,7 +73,13 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._keepalive_timeout = keepalive_timeout
         self._tls = tls
         self._loop = asyncio.get_running_loop()
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            # (the request's fields are made valid by `h2_client.request_fields`)
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.local_settings = h2.settings.Settings(
             client=True,
