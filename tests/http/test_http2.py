@@ -151,6 +151,29 @@ async def test_over_tls_alpn_chooses_h2_and_the_upstream_hears_https(
     assert done.stdout.startswith(b"HTTP/2 200") and done.stdout.endswith(b"GET /c")
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_openssl_s_client_is_offered_h2_and_shown_the_certificate(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    authority = Authority(tmp_path)
+    server, _ = await gateway(server=tls_server(authority, http2=True))
+    host, port = base(server).removeprefix("https://").rsplit(":", 1)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            *("openssl", "s_client", "-connect", f"{host}:{port}", "-alpn", "h2,http/1.1"),
+            *("-CAfile", str(authority.ca_file), "-verify_return_error"),
+        ],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    said = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, said
+    assert "ALPN protocol: h2" in said and "Verify return code: 0 (ok)" in said, said
+
+
 async def test_over_tls_without_http2_alpn_keeps_to_http11(
     gateway: GatewayFactory, tmp_path: Path
 ) -> None:
