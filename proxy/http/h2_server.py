@@ -14,9 +14,8 @@ Invariants
 - At most `max_streams` streams are open at once (SETTINGS_MAX_CONCURRENT_STREAMS); a stream
   over the limit is refused (RST_STREAM REFUSED_STREAM) and the connection goes on.
 - Where RFC 9113 asks for a stream error, only that stream is reset and the connection's other
-  streams go on: a malformed request (a field h2 refuses, a Content-Length that the DATA does
-  not match: PROTOCOL_ERROR), a WINDOW_UPDATE of 0 on a stream (PROTOCOL_ERROR). A header
-  block that does not decode is a connection error COMPRESSION_ERROR (its HPACK context is lost).
+  streams go on (`h2_state`): a malformed request (PROTOCOL_ERROR), a WINDOW_UPDATE of 0 on a
+  stream. A header block that does not decode is a connection error COMPRESSION_ERROR.
 - A request body is flow-controlled by what its handler takes: WINDOW_UPDATE is sent for data
   once taken, or at once for data nobody will read, so a slow handler slows the client down
   rather than filling memory (at most INITIAL_WINDOW bytes per stream wait).
@@ -46,19 +45,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
-from h2.frame_buffer import FrameBuffer
-from hpack import HPACKError, OversizedHeaderListError
-from hyperframe.frame import (
-    DataFrame,
-    Frame,
-    GoAwayFrame,
-    HeadersFrame,
-    RstStreamFrame,
-    WindowUpdateFrame,
-)
+from hyperframe.frame import GoAwayFrame
 
 from proxy.http import grpc
 from proxy.http.errors import BadRequest, ClientGone
+from proxy.http.h2_state import ServerH2State
 from proxy.http.headers import HOP_BY_HOP, valid_host
 from proxy.http.request import (
     READ_HIGH_WATER,
@@ -94,90 +85,6 @@ def _message(document: object) -> str:
         if isinstance(document.get("message"), str):
             return str(document["message"])
     return "the proxy could not answer the call"
-
-
-class _Frames(FrameBuffer):
-    """h2's frame buffer, but a WINDOW_UPDATE of 0 on a stream comes out as a frame (hyperframe
-    refuses it, and h2 would make that a connection error, where RFC 9113 §6.9 asks for a
-    stream error)."""
-
-    def __next__(self) -> Frame:
-        data = self._data
-        if len(data) >= 13 and data[3] == 0x8 and data[:3] == b"\x00\x00\x04":
-            sid = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-            if sid and not int.from_bytes(data[9:13], "big") & 0x7FFFFFFF:
-                del data[:13]
-                frame = self._update_header_buffer(WindowUpdateFrame(sid))  # (mid-block: error)
-                return frame if frame is not None else self.__next__()
-        return super().__next__()
-
-
-class _H2(h2.connection.H2Connection):
-    """h2's connection, with RFC 9113's stream errors kept to their stream (h2 makes each of
-    them a connection error, which RFC 9113 §5.4.1 allows but which would end every other
-    stream of the connection): see the module's invariants."""
-
-    def __init__(self, config: h2.config.H2Configuration):
-        super().__init__(config=config)
-        self.incoming_buffer = _Frames(server=True)
-
-    def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
-        sid = frame.stream_id
-        if isinstance(frame, WindowUpdateFrame) and sid and not frame.window_increment:
-            if not self._open(sid):  # (an idle stream: a connection error)
-                raise h2.exceptions.ProtocolError("WINDOW_UPDATE of 0 on a stream not open")
-            return self._stream_error(sid, "WINDOW_UPDATE of 0 on the stream")
-        try:
-            return super()._receive_frame(frame)
-        except h2.exceptions.TooManyStreamsError:
-            return self._refuse(frame)
-        except h2.exceptions.InvalidBodyLengthError as exc:
-            if not self._open(sid):
-                raise
-            if isinstance(frame, DataFrame):  # (not told to the listener: back to the window)
-                self.acknowledge_received_data(frame.flow_controlled_length, sid)
-            return self._stream_error(sid, str(exc))
-        except h2.exceptions.ProtocolError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, HPACKError) and not isinstance(cause, OversizedHeaderListError):
-                exc.error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR  # (RFC 9113 §4.3)
-                raise
-            malformed = type(exc) is h2.exceptions.ProtocolError and isinstance(frame, HeadersFrame)
-            if malformed and self._open(sid):  # (decoded, then refused by h2: §8.1.1)
-                return self._stream_error(sid, str(exc))
-            raise
-
-    def _open(self, sid: int) -> bool:
-        stream = self.streams.get(sid)
-        return stream is not None and not stream.closed
-
-    def _stream_error(self, sid: int, why: str) -> list[h2.events.Event]:
-        """Reset stream `sid` with PROTOCOL_ERROR, and tell the listener it is gone."""
-        log.info("HTTP/2 stream error on stream %d: %s", sid, why)
-        self.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        return [h2.events.StreamReset(stream_id=sid, error_code=1, remote_reset=False)]
-
-    def _refuse(self, frame: Frame) -> list[h2.events.Event]:
-        """A new stream over SETTINGS_MAX_CONCURRENT_STREAMS: refused, and its header block
-        decoded all the same, to keep the HPACK context (RFC 9113 §5.1.2)."""
-        sid = frame.stream_id
-        if not isinstance(frame, HeadersFrame) or sid % 2 == 0:
-            raise h2.exceptions.ProtocolError("a new stream must have an odd id")
-        if sid <= self.highest_inbound_stream_id:
-            raise h2.exceptions.StreamIDTooLowError(sid, self.highest_inbound_stream_id)
-        try:
-            self.decoder.decode(frame.data, raw=True)
-        except HPACKError as exc:
-            error = h2.exceptions.ProtocolError(f"Error decoding header block: {exc}")
-            error.error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
-            raise error from exc
-        self.highest_inbound_stream_id = sid
-        self._closed_streams[sid] = h2.stream.StreamClosedBy.SEND_RST_STREAM
-        refused = RstStreamFrame(sid)
-        refused.error_code = h2.errors.ErrorCodes.REFUSED_STREAM
-        self._prepare_for_sending([refused])
-        log.info("HTTP/2 stream %d refused: over the streams' limit", sid)
-        return []
 
 
 class H2Request(Request):
@@ -399,7 +306,7 @@ class ServerH2Connection(asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self._h2 = _H2(config)
+        self._h2 = ServerH2State(config)
         self._h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
