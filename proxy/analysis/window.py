@@ -322,8 +322,10 @@ class WindowRecorder:
             user, new = users.see(decision.key, now)
         windows[_STABLE].expect(now, 1.0 - share, assigned is _STABLE, new)
         windows[_CANDIDATE].expect(now, share, assigned is _CANDIDATE, new)
-        if outcome.candidate_out or not decision.compared:
-            return  # (not measured; at a share of 0 or 1 there is nothing to compare with)
+        if outcome.candidate_out or outcome.overloaded or not decision.compared:
+            # Not measured: the candidate ejected, or a full queue (the proxy's doing, not a
+            # variant's); at a share of 0 or 1 there is nothing to compare with.
+            return
         latency = None
         if assigned is _CANDIDATE and outcome.candidate_failed:
             error = True

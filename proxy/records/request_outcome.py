@@ -9,6 +9,9 @@ Invariants
   `candidate_status` says how the candidate failed (unreachable, or a 5xx replayed); `refused`
   marks a request the proxy answered itself before any upstream saw it (a body over
   `server.max_body_bytes`).
+- Overload is nobody's failure: the proxy's own 503 when an upstream's slots and queue are full
+  (`Failure.OVERLOADED`) is counted in the metrics, as the client saw it, but never `failed` nor
+  `candidate_failed`, so it neither counts against a variant in the analysis nor ejects it.
 - This module imports neither the HTTP code nor the analysis: whoever observes outcomes can be
   tested without sockets.
 """
@@ -74,14 +77,28 @@ class RequestOutcome(NamedTuple):
         return CLIENT_CLOSED if self.status is None else self.status
 
     @property
+    def overloaded(self) -> bool:
+        """Whether an upstream's slots and queue were full: the proxy answered 503 itself, or
+        sent the candidate's request to stable."""
+        return self.error is Failure.OVERLOADED or self.candidate_error is Failure.OVERLOADED
+
+    @property
     def failed(self) -> bool:
-        """Whether the answering variant failed: an upstream failure or a 5xx."""
-        return self.error is not None or (self.status is not None and self.status >= 500)
+        """Whether the answering variant failed: an upstream failure or a 5xx. The proxy's own
+        overload answer is nobody's failure: the upstream was never asked."""
+        error = self.error
+        if error is not None:
+            return error is not Failure.OVERLOADED
+        return self.status is not None and self.status >= 500
 
     @property
     def candidate_failed(self) -> bool:
-        """Whether the candidate failed this request, stable answering in its place."""
-        return self.candidate_error is not None or self.candidate_status is not None
+        """Whether the candidate failed this request, stable answering in its place (a
+        candidate out of free slots did not fail: it was never asked)."""
+        error = self.candidate_error
+        return (error is not None and error is not Failure.OVERLOADED) or (
+            self.candidate_status is not None
+        )
 
 
 class Observer(Protocol):

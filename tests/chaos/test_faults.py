@@ -154,6 +154,38 @@ async def test_connection_limits_refuse_with_503_beyond_the_queue(upstreams, sta
     assert sorted(statuses) == [200, 200, 200, 503, 503, 503]
 
 
+async def test_a_candidate_out_of_slots_is_not_ejected(
+    upstreams, start_proxy, client
+):
+    # Overload is the proxy's own answer, not the candidate's failure: a flood that fills the
+    # candidate's queue must not eject it and move all its traffic onto stable (the analysis
+    # side: tests/unit/test_observers.py).
+    stable, candidate = upstreams
+    candidate.app[PROBE].delay = 0.3
+    routes = route_yaml(url_of(stable), url_of(candidate), share=1.0).replace(
+        f'candidate: {{url: "{url_of(candidate)}", timeout: 10s, connect_timeout: 1s}}',
+        f'candidate: {{url: "{url_of(candidate)}", timeout: 10s, connect_timeout: 1s, '
+        "max_connections: 2, max_pending: 0}",
+        1,
+    ) + (
+        "    fallback: never\n"
+        "    ejection: {consecutive_errors: 3, base_time: 30s}\n"
+    )
+    proxy = await start_proxy(routes)
+
+    async def one(user: str) -> int:
+        async with client.get(proxy.proxy_url + "/x", headers={"X-User-Id": user}) as resp:
+            await resp.read()
+            return int(resp.status)
+
+    statuses = await asyncio.gather(*(one(f"u{i}") for i in range(12)))
+    assert sorted(statuses) == [200] * 2 + [503] * 10
+    breaker = proxy.gateway.breaker("models")
+    assert breaker is not None and not breaker.ejected(time.time()) and breaker.ejections == 0
+    async with client.get(proxy.proxy_url + "/x", headers={"X-User-Id": "after"}) as resp:
+        assert (resp.status, resp.headers["X-Grayscale-Variant"]) == (200, "candidate")
+
+
 async def test_idle_and_first_byte_timeouts(upstreams, start_proxy, client):
     stable, candidate = upstreams
     routes = route_yaml(url_of(stable), url_of(candidate), share=0.0).replace(

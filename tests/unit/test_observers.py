@@ -114,7 +114,6 @@ def assigned(variant: Variant, status: int | None, **fields: Any) -> RequestOutc
     "fallback",
     [
         {"fallback": FallbackReason.CONNECT, "candidate_error": Failure.CONNECT},
-        {"fallback": FallbackReason.OVERLOADED, "candidate_error": Failure.OVERLOADED},
         {"fallback": FallbackReason.FIVE_XX, "candidate_status": 503},
     ],
 )
@@ -139,6 +138,27 @@ def test_a_fallback_after_the_candidate_failed_is_one_candidate_error_and_nothin
         0,
         0.75,
     )
+
+
+@pytest.mark.parametrize(
+    "overload",
+    [
+        # the candidate's slots full: stable answered in its place
+        {"variant": Variant.STABLE, "status": 200, "fallback": FallbackReason.OVERLOADED}
+        | {"candidate_error": Failure.OVERLOADED},
+        # the candidate's slots full, no fallback: the proxy's own 503
+        {"variant": Variant.CANDIDATE, "status": 503, "error": Failure.OVERLOADED},
+    ],
+)
+def test_overload_is_nobodys_failure_counted_as_assigned_and_measured_for_neither(overload):
+    observations, windows = analysed()
+    variant, status = overload.pop("variant"), overload.pop("status")
+    outcome = assigned(variant, status, duration=0.2, **overload)
+    assert outcome.overloaded and not outcome.failed and not outcome.candidate_failed
+    windows.record(outcome)
+    stable, candidate = observations.samples("r", T0 + 10)
+    assert (candidate.requests, candidate.errors, stable.requests) == (0, 0, 0)
+    assert (candidate.assigned, stable.assigned) == (1, 0)  # (the sample-ratio check sees it)
 
 
 def test_an_ejected_request_counts_as_assigned_to_the_candidate_and_is_measured_for_neither():
@@ -235,6 +255,9 @@ def test_windows_ignore_routes_without_analysis():
         ([outcome(Variant.CANDIDATE, 503), outcome(Variant.CANDIDATE, 200)] * 2, False),
         ([outcome(Variant.STABLE, 503)] * 2, False),  # stable's failures are not the candidate's
         ([outcome(Variant.CANDIDATE, None)] * 2, False),  # nor are clients that left
+        # nor the proxy's own overload answers, with or without a fallback
+        ([outcome(Variant.CANDIDATE, 503, error=Failure.OVERLOADED)] * 2, False),
+        ([outcome(Variant.STABLE, 200, candidate_error=Failure.OVERLOADED)] * 2, False),
     ],
 )
 def test_ejection_counts_only_the_candidates_own_failures(seen, ejected):
