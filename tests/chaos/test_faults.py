@@ -154,9 +154,7 @@ async def test_connection_limits_refuse_with_503_beyond_the_queue(upstreams, sta
     assert sorted(statuses) == [200, 200, 200, 503, 503, 503]
 
 
-async def test_a_candidate_out_of_slots_is_not_ejected(
-    upstreams, start_proxy, client
-):
+async def test_a_candidate_out_of_slots_is_not_ejected(upstreams, start_proxy, client):
     # Overload is the proxy's own answer, not the candidate's failure: a flood that fills the
     # candidate's queue must not eject it and move all its traffic onto stable (the analysis
     # side: tests/unit/test_observers.py).
@@ -167,10 +165,7 @@ async def test_a_candidate_out_of_slots_is_not_ejected(
         f'candidate: {{url: "{url_of(candidate)}", timeout: 10s, connect_timeout: 1s, '
         "max_connections: 2, max_pending: 0}",
         1,
-    ) + (
-        "    fallback: never\n"
-        "    ejection: {consecutive_errors: 3, base_time: 30s}\n"
-    )
+    ) + ("    fallback: never\n    ejection: {consecutive_errors: 3, base_time: 30s}\n")
     proxy = await start_proxy(routes)
 
     async def one(user: str) -> int:
