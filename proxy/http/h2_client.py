@@ -41,6 +41,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from proxy.http.client import BODYLESS_METHODS, Body, Origin, client_context
 from proxy.http.errors import UpstreamError
+from proxy.http.h2_fields import field
 from proxy.http.h2_stream import Fields, H2Stream, StreamRefused
 from proxy.http.h2_upstream_connection import H2UpstreamConnection
 from proxy.http.headers import HOP_BY_HOP, connection_named
@@ -342,7 +343,7 @@ def request_fields(
         name, colon, value = line.partition(b":")
         if colon:
             key = name.strip().lower()
-            lines.append((key, value.strip(b" \t")))
+            lines.append(field(key, value.strip(b" \t")))
             if key == b"connection":
                 named.append(value)
     dropped = _NOT_SENT | connection_named(named) if named else _NOT_SENT

@@ -49,6 +49,7 @@ from hyperframe.frame import GoAwayFrame
 
 from proxy.http import grpc
 from proxy.http.errors import BadRequest, ClientGone
+from proxy.http.h2_fields import Encoder, field
 from proxy.http.h2_state import ServerH2State
 from proxy.http.headers import HOP_BY_HOP, valid_host
 from proxy.http.request import (
@@ -215,7 +216,7 @@ class H2Request(Request):
                 continue
             key = name.strip().lower()
             if key not in _NOT_SENT:
-                fields.append((key, value.strip()))
+                fields.append(field(key, value.strip()))
         if length is not None and status not in _BODYLESS_STATUS:
             fields.append((b"content-length", b"%d" % length))
         return fields
@@ -307,6 +308,7 @@ class ServerH2Connection(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self._h2 = ServerH2State(config)
+        self._h2.encoder = Encoder()
         self._h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

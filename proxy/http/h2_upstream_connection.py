@@ -43,6 +43,7 @@ from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import Frame, GoAwayFrame
 
 from proxy.http.errors import UpstreamError
+from proxy.http.h2_fields import Encoder
 from proxy.http.h2_stream import Fields, H2Stream, StreamRefused
 from proxy.http.upstream_connection import Interim
 
@@ -81,6 +82,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.encoder = Encoder()
         self._h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h2.errors
 import pytest
+from hpack import NeverIndexedHeaderTuple
 
 from proxy.http.errors import UpstreamError
 from proxy.http.h2_client import H2Client
@@ -514,3 +515,22 @@ async def test_a_tls_upstream_that_does_not_choose_h2_is_refused(
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_credentials_and_long_values_never_enter_the_compression_context(
+    client: H2Client, start: Start
+) -> None:
+    # One upstream connection carries many users' requests: a credential indexed in HPACK's
+    # dynamic table would let a request learn another's by how well its own compresses.
+    upstream = await start()
+    token = b"Bearer " + b"t" * 10
+    headers = b"Authorization: %s\r\nCookie: s=1\r\nX-Short: v\r\nX-Id: %s\r\n" % (token, b"i" * 60)
+    for _ in range(2):
+        await whole(await ask(client, upstream, headers=headers))
+    for received in upstream.requests:
+        kinds = {name: type(pair) for name, pair in ((p[0], p) for p in received.headers)}
+        assert kinds[b"authorization"] is NeverIndexedHeaderTuple
+        assert kinds[b"cookie"] is NeverIndexedHeaderTuple
+        assert kinds[b"x-id"] is NeverIndexedHeaderTuple  # (longer than LONG_VALUE)
+        assert kinds[b"x-short"] is not NeverIndexedHeaderTuple
+        assert received.header(b"authorization") == token
