@@ -34,6 +34,7 @@ from bench_proxy import (
     measure,
     process,
     serve,
+    tree_cpu,
     upstream_peers,
     wait_for_port,
 )
@@ -52,16 +53,6 @@ TWO = "two workers, file state"
 ANALYSED = "analysis, file state"
 POOLED = "analysis, redis (pooled)"
 ANALYSIS = "    analysis: {interval: 5s, window: 30s, min_requests: 50}\n"
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its children (a supervisor and its workers)."""
-    total = cpu_seconds(pid)
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        for child in children.read_text().split():
-            total += tree_cpu(int(child))
-    return total
 
 
 def config(

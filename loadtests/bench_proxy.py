@@ -72,9 +72,26 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), or of one `thread` of it."""
+    stat = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (a supervisor and its workers, nginx's master and its
+    workers)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            pids += tree_pids(int(child))
+    return pids
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process and its descendants."""
+    return sum(cpu_seconds(each) for each in tree_pids(pid))
 
 
 def rss_mib(pid: int) -> float:
@@ -99,35 +116,48 @@ def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess
 
 
 def serve(
-    config: Path, port: int, root: Path = ROOT
+    config: Path, port: int, root: Path = ROOT, prefix: tuple[str, ...] = ()
 ) -> AbstractContextManager[subprocess.Popen[bytes]]:
-    """`grayscale serve --config CONFIG` of the checkout at `root`, listening on `port`."""
+    """`grayscale serve --config CONFIG` of the checkout at `root`, listening on `port`; `prefix`
+    goes before the command (e.g. `taskset -c 0`)."""
     return process(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(config)], port, cwd=root
+        [*prefix, sys.executable, "-m", "proxy", "serve", "--config", str(config)], port, cwd=root
     )
 
 
-def nginx_conf(folder: Path, upstream_ports: tuple[int, int], proxy_port: int) -> Path:
-    conf = folder / "nginx.conf"
+def nginx_file(folder: Path, name: str, http: str) -> Path:
+    """An nginx config of one worker (pid and error log in `folder`) whose `http` block holds
+    `http`; no access log, keep-alive connections kept for a million requests."""
+    conf = folder / f"{name}.conf"
     conf.write_text(f"""
 worker_processes 1;
-pid {folder}/nginx.pid;
-error_log {folder}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+pid {folder}/{name}.pid;
+error_log {folder}/{name}-error.log warn;
+events {{ worker_connections 16384; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
-  upstream stable {{ server 127.0.0.1:{upstream_ports[0]}; keepalive 64; }}
+{http}}}
+""")
+    return conf
+
+
+def nginx_answer(port: int, extra: str = "") -> str:
+    """An nginx server on `port` answering every request `return 200` with `ANSWER`."""
+    return f"""  server {{
+    listen 127.0.0.1:{port};{extra}
+    location / {{ return 200 '{ANSWER}'; }}
+  }}
+"""
+
+
+def nginx_split(upstream_ports: tuple[int, int], proxy_port: int, candidate: str = "10%") -> str:
+    """nginx as the reference proxy on `proxy_port`: `split_clients` on X-User-Id sends
+    `candidate` of the users to the second port, upstream keep-alive."""
+    return f"""  upstream stable {{ server 127.0.0.1:{upstream_ports[0]}; keepalive 64; }}
   upstream candidate {{ server 127.0.0.1:{upstream_ports[1]}; keepalive 64; }}
-  split_clients "${{http_x_user_id}}" $variant {{ 10% candidate; * stable; }}
-  server {{
-    listen 127.0.0.1:{upstream_ports[0]};
-    location / {{ return 200 '{ANSWER}'; }}
-  }}
-  server {{
-    listen 127.0.0.1:{upstream_ports[1]};
-    location / {{ return 200 '{ANSWER}'; }}
-  }}
+  split_clients "${{http_x_user_id}}" $variant {{ {candidate} candidate; * stable; }}
   server {{
     listen 127.0.0.1:{proxy_port};
     location / {{
@@ -136,36 +166,59 @@ http {{
       proxy_set_header Connection "";
     }}
   }}
-}}
-""")
-    return conf
+"""
 
 
-def grayscale_yaml(
-    port: int,
+def nginx_conf(folder: Path, upstream_ports: tuple[int, int], proxy_port: int) -> Path:
+    """One nginx: the two fixed-answer upstreams and the split_clients proxy."""
+    servers = nginx_answer(upstream_ports[0]) + nginx_answer(upstream_ports[1])
+    return nginx_file(folder, "nginx", servers + nginx_split(upstream_ports, proxy_port))
+
+
+def grayscale_route(
+    name: str,
     upstreams: tuple[int, int],
     *,
-    route: str = "bench",
-    sections: str = "",
+    prefix: str = "/",
     upstream_extra: str = "",
     route_extra: str = "",
 ) -> str:
-    """A Grayscale config listening on `port` with one route to the two upstream ports."""
+    """One route of a Grayscale config: `prefix` to the two upstream ports, split by X-User-Id."""
     return (
-        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
-        f"state: {{backend: memory}}\n{sections}routes:\n"
-        f"  - name: {route}\n    match: {{path_prefix: /}}\n"
+        f"  - name: {name}\n    match: {{path_prefix: {prefix}}}\n"
         f'    stable: {{url: "http://127.0.0.1:{upstreams[0]}"{upstream_extra}}}\n'
         f'    candidate: {{url: "http://127.0.0.1:{upstreams[1]}"{upstream_extra}}}\n'
         '    cohort: {keys: ["header:X-User-Id"], salt: "s"}\n' + route_extra
     )
 
 
-def grayscale_conf(folder: Path, upstreams: tuple[int, int], port: int, features: bool) -> Path:
-    """The benchmark's Grayscale config: features off, or analysis and a sampled access log."""
+def grayscale_yaml(
+    port: int,
+    upstreams: tuple[int, int],
+    *,
+    sections: str = "",
+    routes: str | None = None,
+    route: str = "bench",
+    **route_options: str,
+) -> str:
+    """A Grayscale config listening on `port` with one route to the two upstream ports (named
+    `route`, made by `grayscale_route` with `route_options`), or with the `routes` given."""
+    if routes is None:
+        routes = grayscale_route(route, upstreams, **route_options)
+    return (
+        f'server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{free_port()}"}}\n'
+        f"state: {{backend: memory}}\n{sections}routes:\n" + routes
+    )
+
+
+def grayscale_conf(
+    folder: Path, upstreams: tuple[int, int], port: int, features: bool, share: float = 0.1
+) -> Path:
+    """The benchmark's Grayscale config: features off, or analysis and a sampled access log;
+    `share` of the users go to the candidate."""
     folder.mkdir(exist_ok=True)
     conf = folder / ("grayscale-on.yaml" if features else "grayscale-off.yaml")
-    ramp = "    ramp: {base: 0.1}\n"
+    ramp = f"    ramp: {{base: {share}}}\n"
     if features:
         text = grayscale_yaml(
             port,
@@ -209,22 +262,25 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
+def wrk_command(
+    port: int, seconds: float, connections: int, script: Path, timeout: float = 2.0
+) -> list[str]:
+    """`wrk -t1` with `connections` for `seconds` against `port`, running the Lua `script`."""
+    return [
+        *("wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"),
+        *("--timeout", f"{timeout:g}s", "-s", str(script), f"http://127.0.0.1:{port}"),
+    ]
+
+
 def _wrk(port: int, name: str, seconds: float, connections: int, script: Path) -> Run:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(seconds))}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    command = wrk_command(port, seconds, connections, script)
+    return parse_wrk(
+        subprocess.run(command, capture_output=True, text=True, check=True).stdout, name
+    )
+
+
+def parse_wrk(out: str, name: str) -> Run:
+    """The rate, p50, p99 and errors (non-2xx/3xx answers, socket errors) of wrk's output."""
     try:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
         # the distribution's lines only: "52.50%" may end a line of the thread stats too
