@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -142,13 +142,18 @@ def answer_headers(
     """The upstream's answer header lines for the client, plus ours; whether it is an event
     stream."""
     lines, event_stream = answer_for_client(answer.headers)
-    ours = [lines, target.labels(exchange)]
+    lines += target.labels(exchange)
     if exchange.fallback is not None:
-        ours.append(b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), exchange.fallback.encode()))
+        lines += _FALLBACK_LINES[exchange.fallback]
     if event_stream:
         # Tell buffering proxies in front of us (nginx and the like) to pass events through.
-        ours.append(b"X-Accel-Buffering: no\r\n")
-    return b"".join(ours), event_stream
+        lines += b"X-Accel-Buffering: no\r\n"
+    return lines, event_stream
+
+
+_FALLBACK_LINES = {
+    reason: b"%s: %s\r\n" % (FALLBACK_HEADER.encode(), reason.encode()) for reason in FallbackReason
+}
 
 
 _FAILURES: dict[str, tuple[Failure | None, int, str]] = {
@@ -452,8 +457,7 @@ async def _whole(
         exchange.ttft, exchange.output_tokens = meter.first_token, meter.output_tokens
     else:
         exchange.ttft = exchange.ttfb
-        if b"_tokens" in body:  # (a quick look first: most answers are not a model's usage)
-            exchange.output_tokens = whole_answer_tokens(body)
+        exchange.output_tokens = whole_answer_tokens(body)  # (parsed only if it names them)
     if exchange.call:  # (a trailers-only answer: the status is in its head)
         _ended(target, exchange, grpc.status_of(answer.headers))
     request.reply(answer.status, headers, body, answer.reason)
@@ -481,22 +485,34 @@ def _trailers(answer: Answer | H2Answer) -> list[tuple[bytes, bytes]] | None:
     ]
 
 
-async def _stream(
+def _stream(
     request: Request,
     answer: Answer | H2Answer,
     target: Target,
     exchange: Exchange,
     sent: float,
-) -> None:
+) -> Coroutine[None, None, None]:
     """Stream `answer` to the client chunk by chunk (a small answer of known size in one go,
-    unless trailers may follow it)."""
+    unless trailers may follow it). (A plain function: one coroutine fewer per request.)"""
     length = answer.content_length
     if request.method != "HEAD" and (
         answer.complete and not answer.trailers  # (all in: a trailers-only gRPC answer...)
         if isinstance(answer, H2Answer)
         else length is not None and length <= SMALL_BODY
     ):
-        return await _whole(request, answer, target, exchange, sent)
+        return _whole(request, answer, target, exchange, sent)
+    return _chunks(request, answer, target, exchange, sent)
+
+
+async def _chunks(
+    request: Request,
+    answer: Answer | H2Answer,
+    target: Target,
+    exchange: Exchange,
+    sent: float,
+) -> None:
+    """Stream `answer` to the client as its pieces arrive."""
+    length = answer.content_length
     headers, event_stream = answer_headers(answer, target, exchange)
     exchange.event_stream = event_stream
     meter = StreamMeter(target.max_event_bytes) if event_stream else None

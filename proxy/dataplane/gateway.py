@@ -30,7 +30,7 @@ from proxy.http.client import Origin, UpstreamClient
 from proxy.http.errors import BadRequest
 from proxy.http.h2_client import H2Client
 from proxy.http.headers import connection_named, spelled
-from proxy.http.request import Request
+from proxy.http.request import Request, text
 from proxy.records.request_id import Minter, assignment
 from proxy.records.request_outcome import FallbackReason, Observer, RequestOutcome
 from proxy.rollout.controller import RolloutController
@@ -42,6 +42,10 @@ from proxy.telemetry.access_log import AccessLog
 from proxy.telemetry.metrics import Recorder, VariantMetrics
 
 _STABLE, _CANDIDATE = Variant.STABLE, Variant.CANDIDATE
+_EJECTED = FallbackReason.EJECTED
+
+
+_FIELD_KEYS: dict[str, bytes] = {}  # header names as configured, lower case in bytes
 
 
 class HttpFacts:
@@ -72,9 +76,15 @@ class HttpFacts:
         return client_ip(self._request.remote, forwarded, self._trusted)
 
     def header(self, name: str) -> str | None:
-        if self._hop and spelled(name.lower().encode("latin-1")) in self._hop:
+        key = _FIELD_KEYS.get(name)
+        if key is None:  # (names come from the config: each is lowered once)
+            key = name.lower().encode("latin-1")
+            if len(_FIELD_KEYS) < 1024:
+                _FIELD_KEYS[name] = key
+        if self._hop and spelled(key) in self._hop:
             return None
-        return self._request.header(name)
+        value = self._request.field(key)
+        return None if value is None else text(value)
 
     def repeated_key(
         self, headers: tuple[tuple[str, bytes], ...], queries: tuple[str, ...]
@@ -110,6 +120,8 @@ class RouteWiring:
     metrics: dict[str, VariantMetrics]  # (for the requests in flight)
     breaker: Breaker | None  # None when ejection is off
     reads_body: bool  # the route reads bodies whole (it routes on or rewrites their model)
+    falls_back: bool  # a candidate's request may go to stable (`fallback` is not `never`)
+    fallback_on_5xx: bool  # ...and so may one the candidate answered with a 5xx
     header_keys: tuple[tuple[str, bytes], ...]  # cohort key headers, and as `spelled` names
     query_keys: tuple[str, ...]  # cohort key query parameters
 
@@ -203,6 +215,8 @@ class Gateway:
                 metrics=self.recorder.route(route.name),
                 breaker=self.ejections.breaker(route.name),
                 reads_body=route.reads_body,
+                falls_back=route.fallback is not Fallback.NEVER,
+                fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
                 header_keys=tuple(
                     (key.name, spelled(key.name.lower().encode("latin-1")))
                     for key in route.cohort.keys
@@ -259,10 +273,10 @@ class Gateway:
         exchange.assigned, exchange.share = assignment(decision, out)
         if decision.variant is _CANDIDATE:
             if out:
-                exchange.fallback = FallbackReason.EJECTED
+                exchange.fallback = _EJECTED
             else:
                 target = wiring.targets[_CANDIDATE]
-                fallback = None if route.fallback is Fallback.NEVER else stable
+                fallback = stable if wiring.falls_back else None
         shadow = route.shadow
         copying = (
             shadow is not None
@@ -297,7 +311,7 @@ class Gateway:
                 buffer_bytes=snapshot.config.server.request_buffer_bytes,
                 trusted=trusted,
                 fallback=fallback,
-                fallback_on_5xx=route.fallback is Fallback.ON_CONNECT_ERROR_OR_5XX,
+                fallback_on_5xx=wiring.fallback_on_5xx,
                 read=read,
             )
             if copying and exchange.capture is not None and exchange.error is None:

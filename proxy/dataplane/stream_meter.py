@@ -10,7 +10,10 @@ Invariants
   other text stream) other than `[DONE]`. A role-only first frame, an empty delta, a comment
   (keep-alive) or an event with no data is not a token.
 - Output tokens are the last `usage.completion_tokens` (or `usage.output_tokens`) the answer
-  carries: in a stream's final frame, or in a whole JSON answer.
+  carries: in a stream's final frame, or in a whole JSON answer. JSON is parsed for them only
+  where those names are written (`names_output_tokens`): after a stream's first token, only its
+  frames that name them; of a whole answer, only one that names them (an embedding's or a
+  tokenizer's `prompt_tokens` and `total_tokens` alone are no reason to parse it).
 - Lines end with CRLF, LF or a lone CR, as the event-stream format allows; a CRLF split between
   two chunks is one line end, and a line that ends with a CR ends when the CR passes.
 - Bounded: a line is buffered up to `LINE_LIMIT` bytes, and an event's data up to
@@ -122,7 +125,7 @@ class StreamMeter:
             if carries_token(document):
                 self.first_token = now
             self._usage(document)
-        elif b"_tokens" in data:  # only a frame with usage is worth parsing after the first
+        elif names_output_tokens(data):  # only a frame with usage is worth parsing after the first
             try:
                 self._usage(json.loads(data))
             except (ValueError, RecursionError):
@@ -171,9 +174,20 @@ def output_tokens(document: Any) -> int | None:
     return None
 
 
+def names_output_tokens(data: bytes) -> bool:
+    """Whether `data` writes a name `output_tokens` reads (`completion_tokens`, `output_tokens`):
+    one pass over it, so that JSON without them is never parsed for them."""
+    at = data.find(b"_tokens")
+    while at >= 0:
+        if data.endswith(b"completion", 0, at) or data.endswith(b"output", 0, at):
+            return True
+        at = data.find(b"_tokens", at + 7)
+    return False
+
+
 def whole_answer_tokens(body: bytes) -> int | None:
     """The output tokens of a whole (not streamed) JSON answer, if its `usage` says."""
-    if b"_tokens" not in body:
+    if not names_output_tokens(body):
         return None
     try:
         return output_tokens(json.loads(body))

@@ -178,7 +178,8 @@ def _remember(cache: dict[K, V], key: K, value: V) -> V:
 def answer_for_client(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
     """An upstream's answer header lines for the client (hop-by-hop fields, `Content-Length` and
     `X-Grayscale-*` dropped), and whether the answer is an event stream."""
-    kept: list[tuple[bytes, bytes]] = []  # (lower-case name, line)
+    lines: list[bytes] = []
+    kept: list[bytes] = []  # the lower-case name of each line
     named: list[bytes] = []
     event_stream = False
     keys = _ANSWER_KEYS
@@ -191,7 +192,8 @@ def answer_for_client(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
             if key == b"connection":
                 named.append(value)
             continue
-        kept.append((key, b"%s: %s\r\n" % (name, value)))
+        lines.append(b"%s: %s\r\n" % (name, value))
+        kept.append(key)
         if key == b"content-type":
             streams = _EVENT_STREAMS.get(value)
             if streams is None:
@@ -199,5 +201,6 @@ def answer_for_client(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
             event_stream = event_stream or streams
     if named and not (len(named) == 1 and named[0].lower() in _PLAIN_CONNECTION):
         dropped = connection_named(named)
-        return b"".join(line for key, line in kept if spelled(key) not in dropped), event_stream
-    return b"".join(line for _, line in kept), event_stream
+        pairs = zip(kept, lines, strict=True)
+        return b"".join([line for key, line in pairs if spelled(key) not in dropped]), event_stream
+    return b"".join(lines), event_stream

@@ -14,6 +14,9 @@ Invariants
 - `100 Continue` is sent when the body is first read, and only then.
 - Answers are framed as RFC 9112 §6 says: 204 and 304 without body or Content-Length; HEAD with
   the Content-Length the upstream gave; otherwise Content-Length, chunked, or (HTTP/1.0) the close.
+- An answer's head is written together with its body when that is at hand: a whole answer in
+  one write, a streamed one with its first piece if that is written before the event loop's
+  next turn. A head is never held back waiting for a body still to come.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ RawHeaders = list[tuple[bytes, bytes]]  # names and values as received
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _ENCODED_SLASH = re.compile("%2[fF]")
 _BODYLESS_STATUS = frozenset({204, 304})
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}  # by status and reason (b"": the standard's)
+_STATUS_LINES_KEPT = 256  # (an upstream's reason phrases are its own: the cache stays bounded)
 
 
 def render(headers: list[tuple[str, str]]) -> bytes:
@@ -118,16 +123,21 @@ def _bad_target() -> BadRequest:
 
 
 class _Clock:
-    """The Date header's value, formatted at most once a second."""
+    """The Date header's value, and the header lines of a JSON answer made here, made at most
+    once a second."""
 
     second = -1
     value = ""
+    json_lines = b""
 
     @classmethod
     def date(cls) -> str:
         now = int(time.time())
         if now != cls.second:
             cls.second, cls.value = now, formatdate(now, usegmt=True)
+            cls.json_lines = render(
+                [("Content-Type", "application/json; charset=utf-8"), ("Date", cls.value)]
+            )
         return cls.value
 
 
@@ -256,8 +266,8 @@ class Request(abc.ABC):
 
     def reply_json(self, status: int, document: object, headers: bytes = b"") -> None:
         """Send a JSON answer made here (with a Date header); `headers` are more rendered lines."""
-        ours = render([("Content-Type", "application/json; charset=utf-8"), ("Date", http_date())])
-        self.reply(status, headers + ours, json.dumps(document).encode())
+        _Clock.date()
+        self.reply(status, headers + _Clock.json_lines, json.dumps(document).encode())
 
     @abc.abstractmethod
     def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
@@ -321,6 +331,7 @@ class H1Request(Request):
         "_error",
         "_framing",
         "_pieces",
+        "_unsent",
         "_waiter",
         "chunked",
         "keep_alive",
@@ -382,6 +393,7 @@ class H1Request(Request):
         self.done = False  # the whole answer was sent
         self.status = 0
         self._framing = ""  # how the answer's body is sent: "length", "chunked", "close", "none"
+        self._unsent = b""  # the answer's head, made by `start` and not yet written
         self.tunnel: Tunnel | None = None  # after a switch of protocols (see `switch`)
 
     def _chunked_framing(self) -> bool:
@@ -471,8 +483,11 @@ class H1Request(Request):
 
     # --- the answer ---------------------------------------------------------------------------
 
-    def _head(self, status: int, reason: bytes, headers: bytes, length: int | None) -> bytes:
-        """The answer's head, framed for `length` body bytes (None: unknown)."""
+    def _head(
+        self, status: int, reason: bytes, headers: bytes, length: int | None, body: bytes = b""
+    ) -> bytes:
+        """The answer's head, framed for `length` body bytes (None: unknown), followed by `body`
+        if the framing sends one."""
         keep = self._connection.keeps_alive(self)
         if status in _BODYLESS_STATUS:
             framing, self._framing = b"", "none"
@@ -486,28 +501,48 @@ class H1Request(Request):
         else:
             framing, self._framing, keep = b"", "close", False
         self.started, self.status = True, status
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b"")), headers]
-        parts.append(framing)
         if not keep:
-            parts.append(b"Connection: close\r\n")
+            framing += b"Connection: close\r\n\r\n"
             self.keep_alive = False
         elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            framing += b"Connection: keep-alive\r\n\r\n"
+        else:
+            framing += b"\r\n"
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b""))
+            if len(_STATUS_LINES) < _STATUS_LINES_KEPT:
+                _STATUS_LINES[(status, reason)] = line
+        if body and self._framing == "length":
+            return b"".join((line, headers, framing, body))
+        return b"".join((line, headers, framing))
 
     def reply(self, status: int, headers: bytes, body: bytes, reason: bytes = b"") -> None:
-        """Send a whole answer. `headers` are rendered lines (see `render`) that do not frame the
-        body: the framing is set here."""
-        head = self._head(status, reason, headers, len(body))
-        self._connection.write(head + body if self._framing == "length" else head)
+        """Send a whole answer, head and body in one write. `headers` are rendered lines (see
+        `render`) that do not frame the body: the framing is set here."""
+        self._connection.write(self._head(status, reason, headers, len(body), body))
         self.done = True
 
     def start(self, status: int, headers: bytes, length: int | None, reason: bytes = b"") -> None:
         """Send the head of an answer whose body follows through `write`: `length` bytes, or
         of unknown length (chunked, or up to the close for an HTTP/1.0 client). `headers` are
-        rendered lines that do not frame the body."""
-        self._connection.write(self._head(status, reason, headers, length))
+        rendered lines that do not frame the body.
+
+        The head goes out with the body's first piece, in one write, when that piece is written
+        before the event loop's next turn (it was already in); else on its own at that turn, so
+        the client never waits for the head while the body is slow to come."""
+        if self._connection.closed:
+            raise ClientGone("the client closed the connection")
+        self._unsent = self._head(status, reason, headers, length)
+        asyncio.get_running_loop().call_soon(self._send_head)
+
+    def _send_head(self) -> None:
+        """Send the head that `start` made, if no piece of the body took it along."""
+        head = self._unsent
+        if head:
+            self._unsent = b""
+            if not self._connection.closed:
+                self._connection.write(head)
 
     def inform(self, status: int, headers: bytes, reason: bytes = b"") -> None:
         """Send an interim (1xx) answer ahead of the answer: to an HTTP/1.1 client only (RFC
@@ -521,19 +556,30 @@ class H1Request(Request):
         `deadline` (`time.monotonic()`) at most: then the client is cut off (`ClientGone`)."""
         if not data or self._framing == "none":
             return
-        if self._framing == "chunked":
+        head = self._unsent
+        if head:  # (the first piece: the head goes with it)
+            self._unsent = b""
+            if self._framing == "chunked":
+                data = b"%s%x\r\n%s\r\n" % (head, len(data), data)
+            else:
+                data = head + data
+        elif self._framing == "chunked":
             data = b"%x\r\n%s\r\n" % (len(data), data)
         await self._connection.send(data, deadline)
 
     def end(self, trailers: RawHeaders | None = None) -> None:
         """The answer's body is complete (trailers are dropped: not sent on HTTP/1.1)."""
-        if self._framing == "chunked":
-            self._connection.write(b"0\r\n\r\n")
+        last = b"0\r\n\r\n" if self._framing == "chunked" else b""
+        if self._unsent:
+            last, self._unsent = self._unsent + last, b""
+        if last:
+            self._connection.write(last)
         self.done = True
 
     def abort(self) -> None:
         """Cut the client connection: an answer that cannot be completed must look incomplete."""
         self.keep_alive = False
+        self._send_head()
         self._connection.close()
 
     def switch(

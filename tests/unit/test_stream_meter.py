@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.dataplane.stream_meter import LINE_LIMIT, StreamMeter, whole_answer_tokens
+from proxy.dataplane.stream_meter import (
+    LINE_LIMIT,
+    StreamMeter,
+    names_output_tokens,
+    whole_answer_tokens,
+)
 
 
 def frame(delta: dict[str, object] | None = None, **extra: object) -> bytes:
@@ -123,6 +128,44 @@ def test_whole_answers_give_their_usage():
     assert whole_answer_tokens(json.dumps(answer).encode()) == 5
     assert whole_answer_tokens(b'{"ok": true}') is None
     assert whole_answer_tokens(b'not json "completion_tokens"') is None
+    anthropic = {"content": [{"text": "hi"}], "usage": {"input_tokens": 3, "output_tokens": 7}}
+    assert whole_answer_tokens(json.dumps(anthropic).encode()) == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b'{"usage": {"completion_tokens": 5}}', True),
+        (b'{"usage": {"output_tokens": 5}}', True),
+        (b'{"usage": {"prompt_tokens": 5, "total_tokens": 5}, "x": "completion_tokens"}', True),
+        (b"completion_tokens", True),  # at the very start
+        (b'{"usage": {"prompt_tokens": 5, "total_tokens": 5}}', False),  # an embedding's
+        (b'{"usage": {"input_tokens": 5}}', False),
+        (b'{"completion": 1, "_tokens": 2}', False),
+        (b"_tokens", False),
+        (b"", False),
+    ],
+)
+def test_what_names_output_tokens(data, named):
+    assert names_output_tokens(data) is named
+
+
+def test_an_answer_without_output_token_names_is_not_parsed(monkeypatch):
+    """An embedding's usage (`prompt_tokens`, `total_tokens`) never says output tokens: such an
+    answer, however large, is not parsed; one that names them is, and counts."""
+    parsed = []
+    real = json.loads
+
+    def loads(data: bytes) -> object:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(json, "loads", loads)
+    embedding = {"data": [{"embedding": [0.5] * 1000}], "usage": {"prompt_tokens": 4}}
+    assert whole_answer_tokens(json.dumps(embedding).encode()) is None
+    assert parsed == []
+    assert whole_answer_tokens(b'{"usage": {"completion_tokens": 2}}') == 2
+    assert len(parsed) == 1
 
 
 STREAM = ROLE + b": ping\n\n" + TOKEN + frame({"content": " world"}) + USAGE + DONE
