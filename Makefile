@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint typecheck unit mutation clean
+.PHONY: demo test test-slow test-compiled compiled pure lint typecheck unit mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -21,12 +21,29 @@ demo: $(VENV)/.installed
 	$(BIN)/grayscale demo
 
 ## test: lint, type checks and the test suite but its slow simulations (`make test-slow`; CI runs both)
+## Both run the pure Python modules, even after `make compiled` (GRAYSCALE_PURE=1).
 test: lint typecheck
-	$(BIN)/pytest -m "not slow"
+	GRAYSCALE_PURE=1 $(BIN)/pytest -m "not slow"
 
 ## test-slow: the long seeded simulations and the throughput guard (CI runs them after `make test`)
 test-slow: $(VENV)/.installed
-	$(BIN)/pytest -m slow
+	GRAYSCALE_PURE=1 $(BIN)/pytest -m slow
+
+## compiled: compile the hot modules with mypyc (setup.py), in place beside their sources; until
+## `make pure` removes them, they run instead of the sources (unless GRAYSCALE_PURE=1)
+compiled: $(VENV)/.installed
+	GRAYSCALE_COMPILE=1 PIP_CONSTRAINT=$(CURDIR)/constraints.txt \
+		$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/grayscale --version
+
+## pure: remove the compiled modules (`make compiled`): the sources run again
+pure:
+	rm -rf build grayscale__mypyc.*.so
+	find proxy -name '*.so' -delete
+
+## test-compiled: the HTTP, integration and chaos tests on the compiled modules (CI runs them last)
+test-compiled: compiled
+	$(BIN)/pytest -m "not slow" tests/http tests/integration tests/chaos tests/unit/test_compiled.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -46,5 +63,5 @@ mutation: $(VENV)/.mutation-installed
 		for (s in n) printf "%s %d\n", s, n[s]; \
 		printf "mutation score: %.1f %% (%d of %d killed)\n", 100 * n["killed"] / t, n["killed"], t }'
 
-clean:
+clean: pure
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis mutants

@@ -1,7 +1,7 @@
 """Grayscale against direct, nginx and a minimal aiohttp proxy, side by side in one run.
 
     .venv/bin/python loadtests/bench_proxy.py [--duration 5] [--rounds 3] [--quick]
-                                              [--baseline DIR]
+                                              [--baseline DIR] [--pure-baseline]
 
 Uses `wrk` and `nginx` (Debian packages `wrk`, `nginx-light`) when installed: nginx as the
 upstreams and as the split_clients reference, wrk as the load generator. Without them the
@@ -10,7 +10,8 @@ left out. Each configuration runs in turn, round after round, so
 machine noise hits all of them alike; the table shows medians over rounds and ratios. Results go
 to `loadtests/results/<time>.json` as well. With `--baseline DIR` (another checkout of the
 project, e.g. `git worktree add /tmp/before <commit>`), that version's Grayscale runs in the same
-rounds too, so a change's cost is measured side by side.
+rounds too, so a change's cost is measured side by side; `--baseline . --pure-baseline` runs
+this checkout's sources as the baseline, to measure its compiled build (`make compiled`).
 """
 
 from __future__ import annotations
@@ -116,12 +117,21 @@ def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess
 
 
 def serve(
-    config: Path, port: int, root: Path = ROOT, prefix: tuple[str, ...] = ()
+    config: Path,
+    port: int,
+    root: Path = ROOT,
+    prefix: tuple[str, ...] = (),
+    pure: bool = False,
 ) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """`grayscale serve --config CONFIG` of the checkout at `root`, listening on `port`; `prefix`
-    goes before the command (e.g. `taskset -c 0`)."""
+    goes before the command (e.g. `taskset -c 0`); `pure`: its Python sources, should it be
+    compiled."""
+    env = {**os.environ, "GRAYSCALE_PURE": "1"} if pure else None
     return process(
-        [*prefix, sys.executable, "-m", "proxy", "serve", "--config", str(config)], port, cwd=root
+        [*prefix, sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+        port,
+        cwd=root,
+        env=env,
     )
 
 
@@ -460,6 +470,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another checkout whose Grayscale runs alongside"
     )
+    parser.add_argument(
+        "--pure-baseline",
+        action="store_true",
+        help="run the baseline with GRAYSCALE_PURE=1: `--baseline . --pure-baseline` after "
+        "`make compiled` measures the compiled build against its sources",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds, args.memory_requests, args.slow_clients = 2.0, 1, 0, 0
@@ -516,7 +532,9 @@ def main() -> None:
             for name, features in ((BASE_OFF, False), (BASE_ON, True)):
                 port = free_port()
                 conf = grayscale_conf(folder / "baseline", upstreams, port, features)
-                proc = stack.enter_context(serve(conf, port, args.baseline.resolve()))
+                proc = stack.enter_context(
+                    serve(conf, port, args.baseline.resolve(), pure=args.pure_baseline)
+                )
                 targets[name] = (port, proc.pid)
         for name, (port, pid) in targets.items():  # warm up
             run_on(port, name, 1, args.connections, pid)

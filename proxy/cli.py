@@ -24,11 +24,14 @@ from proxy.config.values import LISTEN_FORM, parse_listen
 from proxy.rollout.store import StateError
 from proxy.runtime.event_loop import loop_factory
 from proxy.telemetry import logs
+from proxy.telemetry.metrics import COMPILED
 from proxy.tools.demo.run import DEMO_CONFIG, run_demo
 from proxy.tools.explain import explain
 from proxy.tools.selftest import World
 from proxy.tools.selftest import report as selftest_report
 from proxy.tools.simulate import DAY, render
+
+BUILD = "compiled" if COMPILED else "pure Python"  # told by --version
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gradual-release gateway for machine-learning model endpoints.",
     )
     _add_common(parser, defaults=True)
-    parser.add_argument("--version", action="version", version=f"grayscale {__version__}")
+    parser.add_argument("--version", action="version", version=f"grayscale {__version__} ({BUILD})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(

@@ -53,7 +53,7 @@ from proxy.rollout.store import FileStore, MemoryStore, StateStore
 from proxy.runtime import clock
 from proxy.telemetry.access_log import AccessLog, secret_from_env
 from proxy.telemetry.host_metrics import HostMetrics
-from proxy.telemetry.metrics import Recorder
+from proxy.telemetry.metrics import COMPILED, Recorder
 from proxy.telemetry.refusals import RefusalLog
 
 log = logging.getLogger("grayscale.server")
@@ -298,9 +298,10 @@ class Server:
             self._certificates.start()
         self.ready.set()
         log.info(
-            "proxy listening on %s, admin on %s%s",
+            "proxy listening on %s, admin on %s (%s)%s",
             self.proxy_url,
             self.admin_url,
+            "compiled" if COMPILED else "pure Python",
             "" if self.worker is None else f" (worker {self.worker.index})",
         )
         if _exposed_admin(self.config):

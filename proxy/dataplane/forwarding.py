@@ -366,6 +366,7 @@ async def forward(
                 body = await buffered(request, limit, buffer_bytes)
             except ValueError:
                 return _failed(request, target, exchange, BODY_TOO_LARGE)
+    first: _Unavailable | None = None
     try:
         answer, sent = await _open(
             client,
@@ -376,7 +377,9 @@ async def forward(
             limit=limit,
             allowed=exchange.timeout(target.upstream),
         )
-    except _Unavailable as first:
+    except _Unavailable as failed:
+        first = failed  # (handled below: compiled, no await may wait inside an `except`)
+    if first is not None:
         reason = first.failure.reason
         if fallback is None or reason is None or reason not in _RETRYABLE:
             return _failed(request, target, exchange, first.failure)

@@ -47,13 +47,26 @@ async def buffered(request: Request, limit: BodyLimit | None, size: int) -> Body
             return b"".join(first)
         first.append(chunk)
         read += len(chunk)
-    return _then(first, pieces)
+    return _Then(b"".join(first), pieces)
 
 
-async def _then(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield b"".join(first)
-    async for chunk in rest:
-        yield chunk
+class _Then:
+    """A body's first pieces read ahead (joined), then the rest as it comes. (This and `_Limited`
+    are iterator classes rather than async generators, which mypyc cannot compile.)"""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes]):
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Then:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        return await anext(self._rest)
 
 
 class BodyLimit:
@@ -62,11 +75,23 @@ class BodyLimit:
     def __init__(self, request: Request, limit: int):
         self.request, self.limit, self.exceeded = request, limit, False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self.request.chunks():
-            seen += len(chunk)
-            if seen > self.limit:
-                self.exceeded = True
-                raise ValueError("request body too large")
-            yield chunk
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _Limited(self, self.request.chunks())
+
+
+class _Limited:
+    """`BodyLimit.chunks`: the request's pieces, `ValueError` once past the limit."""
+
+    def __init__(self, limit: BodyLimit, pieces: AsyncIterator[bytes]):
+        self._limit, self._pieces, self._seen = limit, pieces, 0
+
+    def __aiter__(self) -> _Limited:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self._pieces)
+        self._seen += len(chunk)
+        if self._seen > self._limit.limit:
+            self._limit.exceeded = True
+            raise ValueError("request body too large")
+        return chunk

@@ -54,9 +54,14 @@ class Answer:
         self.headers = connection.headers
         self.content_length = connection.content_length
 
-    async def chunks(self, idle_timeout: float, deadline: float) -> AsyncIterator[bytes]:
+    def chunks(self, idle_timeout: float, deadline: float) -> AsyncIterator[bytes]:
         """The body as it arrives. `idle_timeout` bounds the silence between two pieces, and
         `deadline` (`time.monotonic()`) the whole answer."""
+        return _Chunks(self, idle_timeout, deadline)
+
+    async def _next_chunk(self, idle_timeout: float, deadline: float) -> bytes | None:
+        """The body's next piece, None at its end: `chunks`' step (an iterator class rather than
+        an async generator, which mypyc cannot compile)."""
         connection = self._connection
         while True:
             data = connection.next_chunk()
@@ -68,9 +73,7 @@ class Answer:
                 except TimeoutError:
                     raise UpstreamError("timeout", "the upstream did not answer in time") from None
                 continue
-            if not data:
-                return
-            yield data
+            return data or None
 
     async def read(self, idle_timeout: float, deadline: float) -> bytes:
         """The whole body."""
@@ -86,6 +89,22 @@ class Answer:
     def release(self) -> None:
         """Done with the answer: a complete answer's connection may be reused."""
         self._connection.finish(reusable=self._connection.complete)
+
+
+class _Chunks:
+    """`Answer.chunks`: its body's pieces, each one `_next_chunk`."""
+
+    def __init__(self, answer: Answer, idle_timeout: float, deadline: float):
+        self._answer, self._idle_timeout, self._deadline = answer, idle_timeout, deadline
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self._answer._next_chunk(self._idle_timeout, self._deadline)
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 class Origin:

@@ -17,6 +17,12 @@ class ClientGone(ConnectionResetError):
     """The client closed the connection, or was cut off for not reading."""
 
 
+class IllegalTransition(RuntimeError):
+    """A change of state an upstream connection's table does not hold: a bug in the code driving
+    the connection (proxy.http.upstream_connection; here, as a compiled module cannot subclass
+    RuntimeError)."""
+
+
 class UpstreamError(Exception):
     """An exchange with an upstream failed: `reason` is connect, connect_timeout, timeout, reset
     or protocol."""

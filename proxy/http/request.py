@@ -31,10 +31,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, unquote
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from proxy.http.cookies import parse_cookies
 from proxy.http.errors import BadRequest, ClientGone
@@ -107,7 +108,7 @@ def routing_path(target: str) -> str:
 def _origin_form(target: bytes) -> tuple[bytes, bytes]:
     """An absolute-form target (`http://host/path?query`) as origin-form, and its authority."""
     try:
-        url = httptools.parse_url(target)
+        url: Any = httptools.parse_url(target)  # (fields may be None, whatever its stub says)
     except httptools.HttpParserInvalidURLError:
         raise _bad_target() from None
     if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
@@ -126,9 +127,9 @@ class _Clock:
     """The Date header's value, and the header lines of a JSON answer made here, made at most
     once a second."""
 
-    second = -1
-    value = ""
-    json_lines = b""
+    second: ClassVar[int] = -1
+    value: ClassVar[str] = ""
+    json_lines: ClassVar[bytes] = b""
 
     @classmethod
     def date(cls) -> str:
@@ -146,6 +147,7 @@ def http_date() -> str:
     return _Clock.date()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (H2Request, not compiled)
 class Request(abc.ABC):
     """One request, whatever carried it (an HTTP/1.1 message, `H1Request`, or an HTTP/2 stream,
     `h2_server.H2Request`): what it says (method, target, header fields as received; its query
@@ -440,9 +442,14 @@ class H1Request(Request):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def chunks(self, patient: bool = False) -> AsyncIterator[bytes]:
+    def chunks(self, patient: bool = False) -> AsyncIterator[bytes]:
         """The body, piece by piece as it arrives (once: the pieces are not kept; see
         `Request.chunks`)."""
+        return _Chunks(self, patient)
+
+    async def _next_chunk(self, patient: bool) -> bytes | None:
+        """The body's next piece, None at its end: `chunks`' step (an iterator class rather than
+        an async generator, which mypyc cannot compile)."""
         if self._continue:
             self._continue = False
             self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -453,9 +460,9 @@ class H1Request(Request):
                 self._body.clear()
                 self._pieces = 0
                 self._connection.resume_reading()
-                yield data
+                return data
             elif self.body_complete:
-                return
+                return None
             elif self._error is not None:
                 raise self._error
             else:
@@ -604,3 +611,19 @@ class H1Request(Request):
             to_client=head + from_upstream,
             to_upstream=held,
         )
+
+
+class _Chunks:
+    """`H1Request.chunks`: its body's pieces, each one `_next_chunk`."""
+
+    def __init__(self, request: H1Request, patient: bool):
+        self._request, self._patient = request, patient
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self._request._next_chunk(self._patient)
+        if data is None:
+            raise StopAsyncIteration
+        return data

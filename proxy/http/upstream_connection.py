@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.http import framing
-from proxy.http.errors import UpstreamError
+from proxy.http.errors import IllegalTransition, UpstreamError
 from proxy.http.headers import tokens
 
 if TYPE_CHECKING:
@@ -85,10 +85,6 @@ _REASON_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
 
 Interim = Callable[[int, bytes, list[tuple[bytes, bytes]]], None]
 """Told of an interim answer: its status, reason phrase and header fields, as received."""
-
-
-class IllegalTransition(RuntimeError):
-    """A change of state the table does not hold: a bug in the code driving the connection."""
 
 
 class _InterimEnded(Exception):

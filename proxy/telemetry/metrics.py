@@ -33,6 +33,9 @@ from proxy.records.request_id import Served
 from proxy.records.request_outcome import CLIENT_CLOSED, Failure, RequestOutcome
 from proxy.rollout.machine import Transition
 
+# Whether the hot modules run compiled (mypyc, `make compiled`; all or none of them, this one
+# among them) or as Python (`pip install -e .`, or GRAYSCALE_PURE=1).
+COMPILED = not __file__.endswith(".py")
 VARIANTS = ("stable", "candidate")
 CODE_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 ERROR_REASONS = tuple(reason.value for reason in Failure)  # connect ... grpc_status
@@ -321,9 +324,12 @@ class Recorder:
             ("route", "trigger"),
             registry=r,
         )
-        Gauge("grayscale_build_info", "Grayscale's version.", ("version",), registry=r).labels(
-            __version__
-        ).set(1)
+        Gauge(
+            "grayscale_build_info",
+            "Grayscale's version, and whether its hot modules are compiled (mypyc).",
+            ("version", "compiled"),
+            registry=r,
+        ).labels(__version__, "true" if COMPILED else "false").set(1)
 
     def count_unmatched(self) -> None:
         """A request matched no route."""

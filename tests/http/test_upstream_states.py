@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from proxy.http.errors import IllegalTransition
 from proxy.http.pool import Pool
 from proxy.http.upstream_connection import (
     BUSY,
@@ -16,7 +17,6 @@ from proxy.http.upstream_connection import (
     DONE,
     IDLE,
     TRANSITIONS,
-    IllegalTransition,
     UpstreamConnection,
 )
 from tests.support.raw_peers import RawUpstream
