@@ -140,6 +140,16 @@ class Origin:
         self.host_line = b"Host: %s\r\n" % host_bytes
         self.prefix = parts.path.rstrip("/")
         self.raw_prefix = self.prefix.encode("utf-8", "surrogateescape")
+        # what tells two origins' pools apart (made once: a pool is looked up per request)
+        self.key = (
+            self.host,
+            self.port,
+            self.tls,
+            ca_file,
+            client_cert,
+            self.server_name,
+            keepalive_timeout,
+        )
 
     @classmethod
     def of(cls, upstream: Upstream) -> Origin:
@@ -156,13 +166,29 @@ class Origin:
         )
 
 
-def client_context(origin: Origin) -> ssl.SSLContext:
+def client_context(origin: Origin, alpn: list[str] | None = None) -> ssl.SSLContext:
     """A TLS context for `origin`: its authorities, and its client certificate, read now
-    (`OSError` or `ssl.SSLError` when they do not load)."""
+    (`OSError` or `ssl.SSLError` when they do not load); offering `alpn`, if given."""
     context = ssl.create_default_context(cafile=origin.ca_file)
     if origin.client_cert is not None:
         context.load_cert_chain(*origin.client_cert, no_passphrase)
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
     return context
+
+
+def renewed_context(origin: Origin, alpn: list[str] | None = None) -> ssl.SSLContext | None:
+    """`client_context` read again for a renewal; None, said in a warning, when the files no
+    longer load (the context in use then stays)."""
+    try:
+        return client_context(origin, alpn)
+    except (OSError, ssl.SSLError) as exc:
+        log.warning(
+            "the certificate files of %s did not load, the previous stay: %s",
+            origin.host_header,
+            exc,
+        )
+        return None
 
 
 class UpstreamClient:
@@ -173,15 +199,7 @@ class UpstreamClient:
         self._secure: list[tuple[Origin, Pool]] = []  # the https pools, each with its origin
 
     def _pool(self, origin: Origin) -> Pool:
-        key = (
-            origin.host,
-            origin.port,
-            origin.tls,
-            origin.ca_file,
-            origin.client_cert,
-            origin.server_name,
-            origin.keepalive_timeout,
-        )
+        key = origin.key
         pool = self._pools.get(key)
         if pool is None:
             tls = client_context(origin) if origin.tls else None
@@ -196,14 +214,7 @@ class UpstreamClient:
         use what they hold (open ones keep their session). A pool whose files no longer load
         keeps the context it has, and says so."""
         for origin, pool in self._secure:
-            try:
-                pool.tls = client_context(origin)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning(
-                    "the certificate files of %s did not load, the previous stay: %s",
-                    origin.host_header,
-                    exc,
-                )
+            pool.tls = renewed_context(origin) or pool.tls
 
     async def request(
         self,

@@ -34,12 +34,11 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
-from proxy.http.client import BODYLESS_METHODS, Body, Origin, client_context
+from proxy.http.client import BODYLESS_METHODS, Body, Origin, client_context, renewed_context
 from proxy.http.errors import UpstreamError
 from proxy.http.h2_fields import field
 from proxy.http.h2_stream import Fields, H2Stream, StreamRefused
@@ -51,8 +50,7 @@ from proxy.http.upstream_connection import Interim
 _NOT_SENT = HOP_BY_HOP | {b"host", b"content-length"}
 _AUTHORITIES = 1024  # Host values remembered as `:authority` bytes (one per upstream origin)
 _authorities: dict[str, bytes] = {}
-
-log = logging.getLogger("grayscale.upstream")
+_ALPN = ["h2"]  # what a TLS connection to an HTTP/2 upstream offers
 
 
 class H2Answer:
@@ -213,22 +211,15 @@ class H2Client:
         """The pool for `origin`; for https, over `tls` (ALPN set to h2 on it: a context given
         here is then for HTTP/2 only), else over one made from the origin's authorities and
         client certificate (`client.client_context`), read when the pool is made."""
-        key = (
-            origin.host,
-            origin.port,
-            origin.tls,
-            origin.ca_file,
-            origin.client_cert,
-            origin.server_name,
-            origin.keepalive_timeout,
-            tls,
-        )
+        key = (origin.key, tls)
         pool = self._pools.get(key)
         if pool is None:
             context: ssl.SSLContext | None = None
-            if origin.tls:
-                context = tls or _h2_context(origin)
-                context.set_alpn_protocols(["h2"])
+            if tls is not None:
+                context = tls
+                context.set_alpn_protocols(_ALPN)
+            elif origin.tls:
+                context = client_context(origin, _ALPN)
             pool = self._pools[key] = H2Pool(
                 origin.host, origin.port, context, origin.keepalive_timeout, origin.server_name
             )
@@ -241,14 +232,7 @@ class H2Client:
         now on (as `UpstreamClient.renew_tls`; a pool whose files no longer load keeps its
         context, and says so)."""
         for origin, pool in self._secure:
-            try:
-                pool.tls = _h2_context(origin)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning(
-                    "the certificate files of %s did not load, the previous stay: %s",
-                    origin.host_header,
-                    exc,
-                )
+            pool.tls = renewed_context(origin, _ALPN) or pool.tls
 
     async def request(
         self,
@@ -304,13 +288,6 @@ class H2Client:
             pool.close()
         self._pools.clear()
         self._secure.clear()
-
-
-def _h2_context(origin: Origin) -> ssl.SSLContext:
-    """A TLS context for an HTTP/2 `origin`: its authorities and client certificate, ALPN h2."""
-    context = client_context(origin)
-    context.set_alpn_protocols(["h2"])
-    return context
 
 
 def request_fields(
