@@ -8,7 +8,7 @@ from proxy.routing.bucket import BUCKETS, bucket, threshold
 from proxy.routing.decide import Decision, Reason, RolloutTerms, current_share, decide, weight_of
 from proxy.routing.facts import RequestFacts
 from proxy.routing.ramp import ramp_reaches_max, ramp_share
-from proxy.routing.segments import CompiledSegment, compile_condition
+from proxy.routing.segments import CompiledSegment, SegmentIndex, compile_condition
 from proxy.routing.table import ActiveRoute, RoutingTable
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "RequestFacts",
     "RolloutTerms",
     "RoutingTable",
+    "SegmentIndex",
     "bucket",
     "compile_condition",
     "current_share",

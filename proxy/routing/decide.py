@@ -12,7 +12,6 @@ from proxy.routing.bucket import BUCKETS, bucket, threshold
 from proxy.routing.cohort import cohort_key
 from proxy.routing.facts import RequestFacts
 from proxy.routing.ramp import ramp_share
-from proxy.routing.segments import match_segment
 from proxy.routing.table import ActiveRoute
 
 
@@ -93,7 +92,8 @@ def decide(
         forced = 1.0 if control.forced is _CANDIDATE else 0.0
         return Decision(control.forced, _ROLLOUT, forced, None, None, key)
     name = None
-    segment = match_segment(active.segments, facts, key) if active.segments else None
+    segments = active.segments
+    segment = segments.match(facts, key) if segments is not None else None
     if segment is None:
         share = (
             control.share

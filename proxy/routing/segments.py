@@ -1,4 +1,13 @@
-"""Segment rules, compiled once per config into plain predicates; first match wins."""
+"""Segment rules, compiled once per config into plain predicates; first match wins.
+
+Invariants: `SegmentIndex.match` answers what trying every segment in order would (the first
+segment, in config order, whose `when` conditions all hold and no `unless` condition does). Its
+cost per request grows with the number of distinct attributes the segments are keyed on and the
+segments that could match, not with the number of segments: each segment is filed under one of
+its `when` conditions that is an equality (a header, cookie or query value, or the user id), and
+only the segments filed under the request's own values, plus those with no such condition, are
+tried.
+"""
 
 from __future__ import annotations
 
@@ -97,11 +106,74 @@ class CompiledSegment:
         return not any(condition(facts, key) for condition in self.unless)
 
 
-def match_segment(
-    segments: Sequence[CompiledSegment], facts: RequestFacts, key: str | None
-) -> CompiledSegment | None:
-    """The first segment that matches, or None."""
-    for segment in segments:
-        if segment.matches(facts, key):
-            return segment
-    return None
+Reader = Callable[[RequestFacts, str | None], str | None]
+"""Reads the attribute an index is keyed on: (request facts, cohort key or None) -> value."""
+
+
+def _reader(condition: Condition) -> tuple[tuple[str, str], Reader] | None:
+    """What `condition` is an equality on (its identity, and how to read it), or None when it is
+    not one (a path prefix or a client address)."""
+    if isinstance(condition, UserIdCondition):
+        return ("user", ""), lambda facts, key: key
+    if not isinstance(condition, AttributeCondition):
+        return None
+    name = condition.key.name
+    if condition.key.source is Source.HEADER:
+        return ("header", name.lower()), lambda facts, key: facts.header(name)
+    if condition.key.source is Source.COOKIE:
+        return ("cookie", name), lambda facts, key: facts.cookie(name)
+    return ("query", name), lambda facts, key: facts.query(name)
+
+
+def _values(condition: Condition) -> frozenset[str]:
+    assert isinstance(condition, (AttributeCondition, UserIdCondition))
+    return condition.ids if isinstance(condition, UserIdCondition) else condition.values
+
+
+class SegmentIndex:
+    """A route's segments, compiled and indexed; `match` finds the first that matches."""
+
+    __slots__ = ("_keyed", "_rest", "segments")
+
+    def __init__(self, segments: Sequence[Segment]):
+        """Compile and index `segments` (in config order)."""
+        self.segments = tuple(CompiledSegment.of(s) for s in segments)
+        keyed: dict[tuple[str, str], tuple[Reader, dict[str, list[int]]]] = {}
+        rest: list[int] = []
+        for position, segment in enumerate(segments):
+            filed = next(
+                ((found, c) for c in segment.when if (found := _reader(c)) is not None), None
+            )
+            if filed is None:
+                rest.append(position)
+                continue
+            (identity, reader), condition = filed
+            table = keyed.setdefault(identity, (reader, {}))[1]
+            for value in _values(condition):
+                table.setdefault(value, []).append(position)
+        self._keyed = tuple(
+            (reader, {value: tuple(found) for value, found in table.items()})
+            for reader, table in keyed.values()
+        )
+        self._rest = tuple(rest)
+
+    def match(self, facts: RequestFacts, key: str | None) -> CompiledSegment | None:
+        """The first segment (in config order) that matches, or None."""
+        segments = self.segments
+        best = len(segments)
+        for reader, table in self._keyed:
+            value = reader(facts, key)
+            if value is not None:
+                for position in table.get(value, ()):
+                    if position >= best:
+                        break
+                    if segments[position].matches(facts, key):
+                        best = position
+                        break
+        for position in self._rest:
+            if position >= best:
+                break
+            if segments[position].matches(facts, key):
+                best = position
+                break
+        return segments[best] if best < len(segments) else None

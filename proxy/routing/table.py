@@ -6,20 +6,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from proxy.config.model import Route
-from proxy.routing.segments import CompiledSegment
+from proxy.routing.segments import SegmentIndex
 
 
 @dataclass(frozen=True, slots=True)
 class ActiveRoute:
-    """A route ready for decisions: its segments compiled."""
+    """A route ready for decisions: its segments compiled and indexed (None when it has none)."""
 
     route: Route
-    segments: tuple[CompiledSegment, ...]
+    segments: SegmentIndex | None
 
     @classmethod
     def of(cls, route: Route) -> ActiveRoute:
         """Compile `route`."""
-        return cls(route, tuple(CompiledSegment.of(s) for s in route.segments))
+        return cls(route, SegmentIndex(route.segments) if route.segments else None)
 
 
 class RoutingTable:

@@ -25,16 +25,15 @@ from proxy.config.model import (
 )
 from proxy.routing import (
     ActiveRoute,
-    CompiledSegment,
     Decision,
     Reason,
     RolloutTerms,
+    SegmentIndex,
     bucket,
     compile_condition,
     decide,
 )
 from proxy.routing.cohort import cohort_key
-from proxy.routing.segments import match_segment
 from tests.support.request_facts import Facts, user
 
 NOW = 1_796_083_200.0
@@ -132,10 +131,10 @@ def test_segment_needs_all_when_and_no_unless():
         ramp=Ramp(base=0.2),
     )
     eu = {"X-Region": "eu-west-1"}
-    compiled = [CompiledSegment.of(seg)]
-    assert match_segment(compiled, Facts(headers=eu), "u1") is compiled[0]
-    assert match_segment(compiled, Facts(headers=eu), "ops") is None
-    assert match_segment(compiled, Facts(), "u1") is None
+    index = SegmentIndex([seg])
+    assert index.match(Facts(headers=eu), "u1") is index.segments[0]
+    assert index.match(Facts(headers=eu), "ops") is None
+    assert index.match(Facts(), "u1") is None
 
 
 @pytest.mark.parametrize(
@@ -165,18 +164,18 @@ def test_an_unless_condition_on_a_header_excludes_matching_requests():
         unless=(AttributeCondition(KeySource(Source.HEADER, "X-Group"), frozenset({"staff"})),),
         ramp=Ramp(base=0.2),
     )
-    compiled = [CompiledSegment.of(seg)]
+    index = SegmentIndex([seg])
     eu = {"X-Region": "eu-west-1"}
-    assert match_segment(compiled, Facts(headers=eu), "u1") is compiled[0]
-    assert match_segment(compiled, Facts(headers={**eu, "X-Group": "staff"}), "u1") is None
+    assert index.match(Facts(headers=eu), "u1") is index.segments[0]
+    assert index.match(Facts(headers={**eu, "X-Group": "staff"}), "u1") is None
 
 
 def test_first_matching_segment_wins():
     first = Segment("a", when=(REGION,), variant=Variant.STABLE)
     second = Segment("b", when=(REGION,), variant=Variant.CANDIDATE)
-    compiled = [CompiledSegment.of(first), CompiledSegment.of(second)]
-    found = match_segment(compiled, Facts(headers={"X-Region": "eu-2"}), None)
-    assert found is compiled[0]
+    index = SegmentIndex([first, second])
+    assert index.match(Facts(headers={"X-Region": "eu-2"}), None) is index.segments[0]
+    assert index.match(Facts(headers={"X-Region": "us"}), None) is None
 
 
 # --- decide -----------------------------------------------------------------------------------
