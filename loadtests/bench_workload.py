@@ -69,6 +69,8 @@ NGINX = "nginx split_clients"
 HAPROXY = "haproxy balance hdr(X-User-Id)"
 OFF = "grayscale, features off"
 ON = "grayscale, analysis + 10% access log"
+OFF_PURE = "grayscale pure, features off"  # GRAYSCALE_PURE=1 beside a compiled build
+ON_PURE = "grayscale pure, analysis + 10% log"
 SIZES = {"1 KB": 1024, "100 KB": 100 * 1024, "10 MB": 10 * 1024 * 1024}
 
 LUA = """
@@ -287,9 +289,10 @@ def start_proxy(
     else:
         if config is None:
             config = grayscale_conf(
-                folder / f"g{port}", upstreams, port, name == ON, workload.share
+                folder / f"g{port}", upstreams, port, name in (ON, ON_PURE), workload.share
             )
-        proc = stack.enter_context(serve(config, port, prefix=pin))
+        pure = name in (OFF_PURE, ON_PURE)
+        proc = stack.enter_context(serve(config, port, prefix=pin, pure=pure))
     return Target(name, port, proc.pid, python=name not in (NGINX, HAPROXY))
 
 
@@ -393,6 +396,18 @@ def comparison_table(results: dict[str, list[Cell]]) -> list[str]:
             f"{sum(c.errors for c in cells):>8}  {rounds}"
         )
     return lines
+
+
+def compiled() -> bool:
+    """Whether the checkout's modules are compiled (`make compiled`)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return "compiled" in out
 
 
 def load_average() -> str:
@@ -637,7 +652,8 @@ def main() -> None:
     raise_open_files()
     folder = Path(tempfile.mkdtemp(prefix="grayscale-workload-"))
     began = load_average()
-    report: dict[str, object] = {"args": vars(args)}
+    build_compiled = compiled()
+    report: dict[str, object] = {"args": vars(args), "compiled": build_compiled}
     if args.growth:
         rows = growth(folder, found, args.rounds or 1, args.duration)
         lines = growth_table(rows)
@@ -646,11 +662,14 @@ def main() -> None:
         lines = suspects(folder, found, args.rounds or 3, args.duration)
     else:
         names = [n for n, tool in ((NGINX, "nginx"), (HAPROXY, "haproxy")) if tool in found]
-        results = side_by_side(folder, ISSUE, [*names, OFF, ON], args.rounds or 5, args.duration)
+        names += [OFF, ON, OFF_PURE, ON_PURE] if build_compiled else [OFF, ON]
+        results = side_by_side(folder, ISSUE, names, args.rounds or 5, args.duration)
         lines = [f"{ISSUE.label}; wrk -t1 -c{ISSUE.connections}, proxies on CPU 0", ""]
         lines += comparison_table(results)
         report["runs"] = {k: [asdict(c) for c in v] for k, v in results.items()}
-    lines.append(f"\nload average {began} before, {load_average()} after")
+    build = "compiled (make compiled)" if build_compiled else "pure Python (make pure)"
+    lines.append(f"\nGrayscale's build: {build}")
+    lines.append(f"load average {began} before, {load_average()} after")
     print("\n".join(lines))
     report["table"] = lines
     out = ROOT / "loadtests" / "results"
