@@ -72,13 +72,14 @@ _REASONS = {
 }
 
 
-def _refusal(exc: httptools.HttpParserError, method: bytes, fed: bytes) -> BadRequest:
-    """What to answer a request the parser failed on (a `BadRequest` raised in a callback, or a
-    malformed request), `fed` the bytes it was given from the request's start on; an exception
-    of ours that was not one is a bug, raised again."""
-    cause = exc.__context__
-    if isinstance(cause, BadRequest):
-        return cause
+def _refusal(
+    exc: httptools.HttpParserError, raised: Exception | None, method: bytes, fed: bytes
+) -> BadRequest:
+    """What to answer a request the parser failed on (`raised`: what a callback raised, a
+    `BadRequest`, or None for a malformed request), `fed` the bytes it was given from the
+    request's start on; an exception of ours that was not one is a bug, raised again."""
+    if isinstance(raised, BadRequest):
+        return raised
     if isinstance(exc, httptools.HttpParserCallbackError):
         raise exc
     if isinstance(exc, httptools.HttpParserInvalidMethodError) and fed.startswith(TLS_RECORD):
@@ -114,6 +115,7 @@ class ClientConnection(asyncio.Protocol):
         "_parser",
         "_parsing",
         "_paused",
+        "_raised",
         "_request",
         "_send_timer",
         "_stopped",
@@ -162,6 +164,9 @@ class ClientConnection(asyncio.Protocol):
         self._body_after_head = False  # a body is still to be parsed by a fresh parser
         self._synthetic = False  # parsing the head that carries it to that parser
         self._whole_head_end = 0  # parsing a whole read whose head ends here (see _whole_read)
+        # What a callback raised to stop llhttp, which the parser's own error follows: kept here,
+        # not read from that error's `__context__` (which a compiled build does not set alike).
+        self._raised: Exception | None = None
         self._stopped_at = 0  # where the request parsed in that read ends
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -251,7 +256,8 @@ class ClientConnection(asyncio.Protocol):
             except httptools.HttpParserUpgrade:
                 self._fresh_parser()
             except httptools.HttpParserError as exc:
-                self._refuse(_refusal(exc, self._parser.get_method(), data[start:end]))
+                raised, self._raised = self._raised, None
+                self._refuse(_refusal(exc, raised, self._parser.get_method(), data[start:end]))
                 return
             if self._parsed is not None:  # a head was parsed, and nothing was wrong with it
                 self._dispatch(self._parsed)
@@ -272,8 +278,9 @@ class ClientConnection(asyncio.Protocol):
             self._fresh_parser()
             goes_on = int(exc.args[0])
         except httptools.HttpParserError as exc:
-            if not isinstance(exc.__context__, framing.Stop) and self._bounds.mode != DONE:
-                self._refuse(_refusal(exc, self._parser.get_method(), data))
+            raised, self._raised = self._raised, None
+            if not isinstance(raised, framing.Stop) and self._bounds.mode != DONE:
+                self._refuse(_refusal(exc, raised, self._parser.get_method(), data))
                 return -1
             # Stopped, or a whole request followed by bytes that are not one (they wait): llhttp
             # stops only by failing, so a new parser goes on.
@@ -339,11 +346,18 @@ class ClientConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def _stop(self, exc: Exception) -> Exception:
+        """`exc`, noted as what stops the parser: a callback raises what this returns."""
+        self._raised = exc
+        return exc
+
     def on_message_begin(self) -> None:
         if self._synthetic:
             return
         if self._whole_head_end and self._bounds.mode == DONE:
-            raise framing.Stop  # the next request: it waits until this one is answered
+            raise self._stop(
+                framing.Stop()
+            )  # the next request: it waits until this one is answered
         self._in_head, self._trailers = True, 0
         self._target.clear()
         self._headers = []
@@ -353,39 +367,50 @@ class ClientConnection(asyncio.Protocol):
             return
         self._target += url
         if len(self._target) > MAX_TARGET:
-            raise BadRequest(414, "uri_too_long", "the request target is too long")
+            raise self._stop(BadRequest(414, "uri_too_long", "the request target is too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) + len(value) > MAX_FIELD:
-            raise BadRequest(431, "header_too_large", "a request header is too large")
+            raise self._stop(BadRequest(431, "header_too_large", "a request header is too large"))
         if self._in_head:
             self._headers.append((name, value))  # (their number is checked with the head)
         elif not self._synthetic:  # a trailer field, after a chunked body: read and dropped
             self._trailers += 1
             if self._trailers > MAX_FIELDS:
-                raise BadRequest(431, "too_many_headers", "the request has too many trailers")
+                raise self._stop(
+                    BadRequest(431, "too_many_headers", "the request has too many trailers")
+                )
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
             return
         self._in_head = False
         if len(self._headers) > MAX_FIELDS:
-            raise BadRequest(431, "too_many_headers", "the request has too many header lines")
+            raise self._stop(
+                BadRequest(431, "too_many_headers", "the request has too many header lines")
+            )
         parser = self._parser
         version = parser.get_http_version()
         if version not in {"1.1", "1.0"}:
-            raise BadRequest(505, "http_version_not_supported", f"HTTP/{version} is not served")
+            raise self._stop(
+                BadRequest(505, "http_version_not_supported", f"HTTP/{version} is not served")
+            )
         method = parser.get_method().decode("latin-1")
         if method == "CONNECT":
-            raise BadRequest(405, "method_not_allowed", "CONNECT is not served: not a proxy")
-        request = H1Request(
-            self,
-            method,
-            bytes(self._target),
-            version=version,
-            headers=self._headers,
-            keep_alive=parser.should_keep_alive(),
-        )
+            raise self._stop(
+                BadRequest(405, "method_not_allowed", "CONNECT is not served: not a proxy")
+            )
+        try:
+            request = H1Request(
+                self,
+                method,
+                bytes(self._target),
+                version=version,
+                headers=self._headers,
+                keep_alive=parser.should_keep_alive(),
+            )
+        except BadRequest as exc:
+            raise self._stop(exc) from None
         if request.chunked:
             self._bounds.body(CHUNKED)
         elif request.content_length:
@@ -397,7 +422,9 @@ class ClientConnection(asyncio.Protocol):
             self._stopped_at = self._whole_head_end + (request.content_length or 0)
             if request.chunked and not self._body_after_head:
                 self._body_after_head = True
-                raise framing.Stop  # where a chunked body ends is not known: it goes in pieces
+                raise self._stop(
+                    framing.Stop()
+                )  # where a chunked body ends is not known: it goes in pieces
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:

@@ -53,6 +53,9 @@ class UpgradeConnection(asyncio.Protocol):
         self._body = bytearray()
         self._complete = False
         self._error: UpstreamError | None = None
+        # What a callback raised to stop llhttp (not read from the parser error's `__context__`,
+        # which a compiled build does not set alike).
+        self._raised: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -76,9 +79,9 @@ class UpgradeConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
         except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, UpstreamError):
-                self._fail(cause)
+            raised, self._raised = self._raised, None
+            if raised is not None:
+                self._fail(raised)
             elif self.status == 101:
                 self._fail(UpstreamError("protocol", "a 101 that names no protocol"))
             else:
@@ -103,6 +106,11 @@ class UpgradeConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def _stop(self, exc: UpstreamError) -> UpstreamError:
+        """`exc`, noted as what stops the parser: a callback raises what this returns."""
+        self._raised = exc
+        return exc
+
     def on_message_begin(self) -> None:
         self.headers = []  # (after an interim answer, the next one)
 
@@ -112,18 +120,18 @@ class UpgradeConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         if len(self.headers) > MAX_FIELDS:
-            raise UpstreamError("protocol", "the answer has too many header lines")
+            raise self._stop(UpstreamError("protocol", "the answer has too many header lines"))
 
     def on_headers_complete(self) -> None:
         self.status = status = self._parser.get_status_code()
         if not 100 <= status <= 599:
-            raise UpstreamError("protocol", f"an answer with status {status}")
+            raise self._stop(UpstreamError("protocol", f"an answer with status {status}"))
         if status < 200:
             return  # an interim answer (dropped), or a 101 (its parser stops: see above)
         self._head = True
         codings = tokens([v for n, v in self.headers if n.lower() == b"transfer-encoding"])
         if codings and codings != [b"chunked"] and set(codings) != {b"identity"}:
-            raise UpstreamError("protocol", "a transfer coding that was not asked for")
+            raise self._stop(UpstreamError("protocol", "a transfer coding that was not asked for"))
         framed = codings == [b"chunked"] or any(
             n.lower() == b"content-length" for n, _ in self.headers
         )
@@ -132,7 +140,9 @@ class UpgradeConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body += body
         if len(self._body) > MAX_BODY:
-            raise UpstreamError("protocol", "the answer refusing the upgrade is too large")
+            raise self._stop(
+                UpstreamError("protocol", "the answer refusing the upgrade is too large")
+            )
 
     def on_message_complete(self) -> None:
         if self._head:

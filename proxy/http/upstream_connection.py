@@ -109,6 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_loop",
         "_parser",
         "_parser_at_start",
+        "_raised",
         "_timer",
         "_timer_at",
         "_trailers",
@@ -148,6 +149,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
         self._parser_at_start = True  # llhttp waits for a new message (else: a new parser)
+        # What a callback raised to stop llhttp, which the parser's own error follows: kept here,
+        # not read from that error's `__context__` (which a compiled build does not set alike).
+        self._raised: Exception | None = None
 
     def begin(self, method: str, head_deadline: float, interim: Interim | None = None) -> None:
         """Start an exchange: its answer's head must be in by `head_deadline` (loop time);
@@ -206,8 +210,9 @@ class UpstreamConnection(asyncio.Protocol):
             try:
                 self._parser.feed_data(framing.part(data, start, end))
             except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-                if not isinstance(exc.__context__, _InterimEnded):
-                    return self._parse_failed(exc)
+                raised, self._raised = self._raised, None
+                if not isinstance(raised, _InterimEnded):
+                    return self._parse_failed(exc, raised)
                 self._interim_ended()  # (a head piece ends with its head: nothing is left over)
                 if self.state != BUSY:
                     return None
@@ -222,8 +227,9 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if not isinstance(exc.__context__, _InterimEnded):
-                self._parse_failed(exc)
+            raised, self._raised = self._raised, None
+            if not isinstance(raised, _InterimEnded):
+                self._parse_failed(exc, raised)
                 return len(data)
             self._interim_ended()
             return head_end if self.state == BUSY else len(data)
@@ -240,14 +246,18 @@ class UpstreamConnection(asyncio.Protocol):
         if status != 100 and interim is not None and self._interim_bytes <= MAX_HEAD:
             interim(status, self.reason, self.headers)
 
-    def _parse_failed(self, exc: httptools.HttpParserError | httptools.HttpParserUpgrade) -> None:
+    def _parse_failed(
+        self,
+        exc: httptools.HttpParserError | httptools.HttpParserUpgrade,
+        raised: Exception | None,
+    ) -> None:
+        """The parser failed on the answer: `raised` is what a callback raised to stop it."""
         if self.complete:
             return self._poison("after the answer")
         if isinstance(exc, httptools.HttpParserUpgrade):
             return self._fail(UpstreamError("protocol", "the upstream switched protocols"))
-        failure = exc.__context__
-        if isinstance(failure, UpstreamError):
-            return self._fail(failure)
+        if isinstance(raised, UpstreamError):
+            return self._fail(raised)
         if isinstance(exc, httptools.HttpParserCallbackError):
             raise exc
         return self._fail(UpstreamError("protocol", f"bad upstream answer: {exc}"))
@@ -271,9 +281,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def _stop(self, exc: Exception) -> Exception:
+        """`exc`, noted as what stops the parser: a callback raises what this returns."""
+        self._raised = exc
+        return exc
+
     def on_message_begin(self) -> None:
         if self.complete:
-            raise framing.Stop  # a message after the one awaited, in a whole read (see _whole_read)
+            raise self._stop(
+                framing.Stop()
+            )  # a message after the one awaited, in a whole read (see _whole_read)
         self._in_head, self._trailers = True, 0
         self.reason = b""
         self.headers = []
@@ -288,7 +305,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._in_head:  # a trailer field: dropped
             self._trailers += 1
             if self._trailers > MAX_FIELDS:
-                raise UpstreamError("protocol", "the answer has too many trailer lines")
+                raise self._stop(UpstreamError("protocol", "the answer has too many trailer lines"))
             return
         if len(name) in _FRAMING_NAME_LENGTHS:
             key = name.lower()
@@ -303,17 +320,21 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         if len(self.headers) > MAX_FIELDS:  # (the head's size bounds them meanwhile)
-            raise UpstreamError("protocol", "the answer has too many header lines")
+            raise self._stop(UpstreamError("protocol", "the answer has too many header lines"))
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:
-            raise UpstreamError("protocol", f"the upstream answered with status {status}")
+            raise self._stop(
+                UpstreamError("protocol", f"the upstream answered with status {status}")
+            )
         if self.reason and self.reason != self.reason.translate(None, _REASON_CONTROLS):
             self.reason = b""  # replaced by the standard phrase (see the module's rules)
         if status < 200:
             if status == 101:
-                raise UpstreamError("protocol", "the upstream switched protocols")
+                raise self._stop(UpstreamError("protocol", "the upstream switched protocols"))
             self._interim_status = status
-            raise _InterimEnded  # no body, whatever its head says: the next head follows
+            raise self._stop(
+                _InterimEnded()
+            )  # no body, whatever its head says: the next head follows
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         bodiless = self.head_only or status in {204, 304}
@@ -337,7 +358,9 @@ class UpstreamConnection(asyncio.Protocol):
             named = tokens(codings)
             if not named or any(coding != b"identity" for coding in named):
                 detail = b", ".join(codings).decode("latin-1")
-                raise UpstreamError("protocol", f"the upstream's Transfer-Encoding is {detail!r}")
+                raise self._stop(
+                    UpstreamError("protocol", f"the upstream's Transfer-Encoding is {detail!r}")
+                )
         elif self.content_length is not None:
             return self._bounds.body(framing.LENGTH, self.content_length)
         self._bounds.body(framing.UNTIL_CLOSE)
@@ -345,7 +368,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
-            raise framing.Stop  # a body after a HEAD answer: a protocol error
+            raise self._stop(framing.Stop())  # a body after a HEAD answer: a protocol error
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > READ_HIGH_WATER and self.transport is not None:
