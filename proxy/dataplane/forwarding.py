@@ -189,13 +189,6 @@ _RETRYABLE = {
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-class _Unavailable(Exception):
-    """An upstream could not be asked or did not answer; no byte reached the client."""
-
-    def __init__(self, failure: UpstreamFailure):
-        self.failure = failure
-
-
 def bad_body(detail: str) -> UpstreamFailure:
     """The answer to a body the route cannot read (not a JSON object with one `model`)."""
     return UpstreamFailure(None, 400, "invalid_json_body", detail)
@@ -205,21 +198,22 @@ async def _open(
     client: UpstreamClient,
     request: Request,
     target: Target,
+    exchange: Exchange,
     *,
     headers: bytes,
     body: Body,
     limit: BodyLimit | None,
-    allowed: float,
-) -> tuple[Answer | H2Answer, float]:
-    """Take a connection slot and send the request (over HTTP/2 when `target.h2`), allowing
-    the exchange `allowed` seconds; the answer (its head read) and when it was sent. On failure
-    the slot is given back and `_Unavailable` raised."""
+) -> tuple[Answer | H2Answer, float] | UpstreamFailure:
+    """Take a connection slot and send the request (over HTTP/2 when `target.h2`), within the
+    exchange's time on this upstream: the answer (its head read) and when it was sent, or why
+    not (the slot given back; no byte reached the client)."""
     upstream = target.upstream
+    allowed = exchange.timeout(upstream)
     if not target.limiter.try_acquire():
         try:
             await target.limiter.acquire(upstream.connect_timeout)
         except Overloaded:
-            raise _Unavailable(OVERLOADED) from None
+            return OVERLOADED
     sent = time.monotonic()
     try:
         answer = await (client if target.h2 is None else target.h2).request(
@@ -237,10 +231,10 @@ async def _open(
     except (UpstreamError, ValueError) as exc:
         target.limiter.release()
         if limit is not None and limit.exceeded:
-            raise _Unavailable(BODY_TOO_LARGE) from exc
+            return BODY_TOO_LARGE
         if isinstance(exc, ValueError):
             raise
-        raise _Unavailable(classify(exc)) from exc
+        return classify(exc)
     except BaseException:
         target.limiter.release()
         raise
@@ -366,23 +360,11 @@ async def forward(
                 body = await buffered(request, limit, buffer_bytes)
             except ValueError:
                 return _failed(request, target, exchange, BODY_TOO_LARGE)
-    first: _Unavailable | None = None
-    try:
-        answer, sent = await _open(
-            client,
-            request,
-            target,
-            headers=headers,
-            body=body,
-            limit=limit,
-            allowed=exchange.timeout(target.upstream),
-        )
-    except _Unavailable as failed:
-        first = failed  # (handled below: compiled, no await may wait inside an `except`)
-    if first is not None:
-        reason = first.failure.reason
+    opened = await _open(client, request, target, exchange, headers=headers, body=body, limit=limit)
+    if isinstance(opened, UpstreamFailure):
+        reason = opened.reason
         if fallback is None or reason is None or reason not in _RETRYABLE:
-            return _failed(request, target, exchange, first.failure)
+            return _failed(request, target, exchange, opened)
         exchange.candidate_error, exchange.fallback = reason, _RETRYABLE[reason]
         target = fallback
         exchange.variant = target.variant
@@ -391,18 +373,12 @@ async def forward(
                 body = read.to(target.upstream.model)
             except BodyError as exc:
                 return _failed(request, target, exchange, bad_body(str(exc)))
-        try:
-            answer, sent = await _open(
-                client,
-                request,
-                target,
-                headers=headers,
-                body=body,
-                limit=limit,
-                allowed=exchange.timeout(target.upstream),
-            )
-        except _Unavailable as second:
-            return _failed(request, target, exchange, second.failure)
+        opened = await _open(
+            client, request, target, exchange, headers=headers, body=body, limit=limit
+        )
+        if isinstance(opened, UpstreamFailure):
+            return _failed(request, target, exchange, opened)
+    answer, sent = opened
     if (
         fallback is not None
         and fallback_on_5xx
@@ -416,18 +392,12 @@ async def forward(
         exchange.candidate_status, exchange.fallback = answer.status, FallbackReason.FIVE_XX
         target = fallback
         exchange.variant = target.variant
-        try:
-            answer, sent = await _open(
-                client,
-                request,
-                target,
-                headers=headers,
-                body=None,
-                limit=None,
-                allowed=exchange.timeout(target.upstream),
-            )
-        except _Unavailable as second:
-            return _failed(request, target, exchange, second.failure)
+        opened = await _open(
+            client, request, target, exchange, headers=headers, body=None, limit=None
+        )
+        if isinstance(opened, UpstreamFailure):
+            return _failed(request, target, exchange, opened)
+        answer, sent = opened
     if limit is not None and limit.exceeded:
         # The body passed the limit on its way: the upstream saw a cut-off request.
         answer.release()
