@@ -29,6 +29,7 @@ from proxy.config.model import AccessLogConfig
 from proxy.records.request_outcome import RequestOutcome
 
 ATOMIC_WRITE = select.PIPE_BUF  # bytes a pipe writes at once (4096 on Linux)
+USERS_KEPT = 65536  # user hashes remembered (a line hashes only users not seen lately)
 log = logging.getLogger("grayscale.access_log")
 QUEUE_LIMIT = 65536
 FLUSH_SECONDS = 0.2
@@ -38,7 +39,28 @@ def hash_key(secret: bytes, route: str, key: str) -> str:
     """The keyed hash written in place of a cohort key, per route (a user's lines in two routes
     cannot be linked), over the bytes received like the bucket's hash."""
     data = f"{route}\x00{key}".encode("utf-8", "surrogateescape")
-    return hmac.new(secret, data, hashlib.sha256).hexdigest()[:16]
+    return hmac.digest(secret, data, hashlib.sha256).hex()[:16]
+
+
+class _Stamps:
+    """Times as ISO 8601 with milliseconds in UTC, as `datetime.isoformat` writes them; the
+    date and time of day made once per second."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, at: float) -> str:
+        second = int(at)
+        micro = round((at - second) * 1e6)  # (as `datetime.fromtimestamp` rounds: half even)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._text}.{micro // 1000:03d}+00:00"
 
 
 def secret_from_env(name: str, *, quiet: bool = False) -> bytes:
@@ -75,6 +97,9 @@ class AccessLog:
         self._rand = rand
         self._limit = limit
         self._queue: deque[str] = deque()
+        self._users: dict[tuple[str, str], str] = {}  # (route, cohort key) -> its hash
+        self._stamp = _Stamps()
+        self._encode = json.JSONEncoder(check_circular=False).encode
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -108,16 +133,16 @@ class AccessLog:
     def line(self, outcome: RequestOutcome) -> str:
         """The JSON line of a finished request."""
         d = outcome.decision
-        return json.dumps(
+        return self._encode(
             {
-                "time": datetime.fromtimestamp(outcome.at, UTC).isoformat(timespec="milliseconds"),
+                "time": self._stamp(outcome.at),
                 "request_id": None if outcome.request_id is None else outcome.request_id.decode(),
                 "route": outcome.route,
                 "method": outcome.method,
                 "variant": d.variant.value,
                 "reason": d.reason.value,
                 "segment": d.segment,
-                "user": None if d.key is None else hash_key(self._secret, outcome.route, d.key),
+                "user": None if d.key is None else self._user(outcome.route, d.key),
                 "status": outcome.code,
                 "error": outcome.error,
                 "duration_ms": round(outcome.duration * 1000, 3),
@@ -129,6 +154,15 @@ class AccessLog:
                 "grpc_status": outcome.grpc_status,
             }
         )
+
+    def _user(self, route: str, key: str) -> str:
+        """The hash of cohort key `key` on `route`, remembered for the users seen lately."""
+        found = self._users.get((route, key))
+        if found is None:
+            if len(self._users) >= USERS_KEPT:
+                self._users.clear()
+            found = self._users[route, key] = hash_key(self._secret, route, key)
+        return found
 
     def _write(self, stream: IO[str]) -> None:
         try:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import select
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config.model import AccessLogConfig, Variant
 from proxy.records.request_outcome import RequestOutcome
 from proxy.routing import Decision, Reason
-from proxy.telemetry.access_log import AccessLog, hash_key
+from proxy.telemetry.access_log import USERS_KEPT, AccessLog, _Stamps, hash_key
 
 
 def entry(key: str | None) -> RequestOutcome:
@@ -83,3 +89,29 @@ def test_lines_are_written_whole_in_writes_no_other_process_can_split(tmp_path):
     assert all(len(w.encode()) <= select.PIPE_BUF and w.endswith("\n") for w in writes)
     lines = "".join(writes).splitlines()
     assert len(lines) == 500 and all(json.loads(line)["route"] == "r" for line in lines)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False)
+    | st.integers(0, 4_102_444_800).map(lambda s: s + 0.9999995)
+    | st.integers(0, 4_102_444_800).map(lambda s: s + 0.0005)
+)
+def test_a_line_s_time_is_what_datetime_writes(at):
+    stamp = _Stamps()
+    expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    assert stamp(at) == expected
+    assert stamp(at) == expected  # (the second's text, made once, is reused)
+
+
+def test_the_user_hash_is_hmac_sha256_of_route_and_key():
+    expected = hmac.new(b"k1", b"r\x00alice", hashlib.sha256).hexdigest()[:16]
+    assert hash_key(b"k1", "r", "alice") == expected
+
+
+def test_user_hashes_are_remembered_up_to_a_bound():
+    log = AccessLog(AccessLogConfig(), b"k1", on_drop=lambda: None)
+    for index in range(USERS_KEPT + 10):
+        user = f"user-{index}"
+        assert json.loads(log.line(entry(user)))["user"] == hash_key(b"k1", "r", user)
+    assert len(log._users) == 10  # cleared when full, then filled again
