@@ -117,8 +117,8 @@ class Upstream:
     first_byte_timeout: float = 60.0
     idle_timeout: float = 60.0
     timeout: float = 300.0
-    max_connections: int = 512
-    max_pending: int = 512
+    max_connections: int = 1024  # (Envoy's circuit breaker defaults)
+    max_pending: int = 1024
     keepalive_timeout: float = 4.0
     ca_file: str | None = None
     client_cert_file: str | None = None
