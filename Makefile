@@ -41,9 +41,9 @@ pure:
 	rm -rf build grayscale__mypyc.*.so
 	find proxy -name '*.so' -delete
 
-## test-compiled: the HTTP, integration and chaos tests on the compiled modules (CI runs them last)
+## test-compiled: `make test`'s tests on the compiled modules (CI runs them last)
 test-compiled: compiled
-	$(BIN)/pytest -m "not slow" tests/http tests/integration tests/chaos tests/unit/test_compiled.py
+	$(BIN)/pytest -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
