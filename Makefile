@@ -38,7 +38,7 @@ compiled: $(VENV)/.installed
 
 ## pure: remove the compiled modules (`make compiled`): the sources run again
 pure:
-	rm -rf build grayscale__mypyc.*.so
+	rm -rf build grayscale__mypyc.*.so  # (the shared library where it was built before)
 	find proxy -name '*.so' -delete
 
 ## test-compiled: `make test`'s tests on the compiled modules (CI runs them last)
@@ -51,6 +51,7 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
+	$(BIN)/mypy loadtests  # (apart: its scripts import each other as top-level modules)
 
 ## mutation: mutmut over the pure decision code, judged by tests/unit (minutes; not part of test).
 ## Starts from scratch each time; MUTATION_JOBS=N caps the worker processes (default: one a core).

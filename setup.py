@@ -48,6 +48,8 @@ ext_modules = []
 if os.environ.get("GRAYSCALE_COMPILE") == "1":
     from mypyc.build import mypycify
 
-    ext_modules = mypycify(COMPILED, opt_level="3", group_name="grayscale")
+    # (the shared library goes inside the package, `proxy/grayscale__mypyc.*.so`, where an editable
+    # install finds it as it finds the package)
+    ext_modules = mypycify(COMPILED, opt_level="3", group_name="proxy.grayscale")
 
 setup(ext_modules=ext_modules)

@@ -103,7 +103,7 @@ async def replicas_demand(redis_url: str, redis_pid: int, count: int, seconds: f
         client = connect(redis_url)
         local = LocalObservations({"bench": 60.0})
         store = RedisStore(client, "sim")
-        await store.follow({"bench": "identity"}, lambda name, rollout: None, _nothing)
+        await store.follow({"bench": "identity"}, lambda name, rollout: False, _nothing)
         decider = Decider(client, "sim", f"replica-{i}")
         members.append((client, local, PooledObservations(local, client, "sim"), store, decider))
     if members:
@@ -115,7 +115,7 @@ async def replicas_demand(redis_url: str, redis_pid: int, count: int, seconds: f
             now = time.time()
             for variant in ("stable", "candidate"):
                 for _ in range(200):
-                    local.windows["bench"][variant].add(now, False, rng.uniform(0.01, 0.2))
+                    local.windows["bench"][variant].add(now, 1.0, False, rng.uniform(0.01, 0.2))
             await pool.flush(now)
             if await decider.attempt():
                 await pool.samples("bench", now)
@@ -211,16 +211,16 @@ def main() -> None:
         busy = redis_demand(client, redis_proc.pid, lambda s: run(POOLED, s), 10)
         connections = len(client.client_list()) - 1  # the pooled proxy's; not this one
         client.close()
-        for proc in (targets[name][1] for name in targets):  # the proxies leave the machine
-            os.kill(proc, signal.SIGSTOP)
+        for _, pid in targets.values():  # the proxies leave the machine
+            os.kill(pid, signal.SIGSTOP)
         fleet = {
             n: asyncio.run(replicas_demand(redis_url, redis_proc.pid, n, 10)) for n in args.replicas
         }
-        for proc in (targets[name][1] for name in targets):
-            os.kill(proc, signal.SIGCONT)
+        for _, pid in targets.values():
+            os.kill(pid, signal.SIGCONT)
 
     def med(name: str, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in results[name])
+        return float(statistics.median(getattr(r, field) for r in results[name]))
 
     def us_per_request(name: str) -> float:
         return statistics.median(

@@ -335,9 +335,11 @@ def upstream_peers(
 ) -> tuple[list[AbstractContextManager[subprocess.Popen[bytes]]], str]:
     """The upstreams (and with nginx, its split_clients proxy on `nginx_proxy`) to start, and
     the name of the direct configuration: nginx when installed, else loadgen.py's upstream."""
+    peers: list[AbstractContextManager[subprocess.Popen[bytes]]]
     if shutil.which("nginx") is not None:
         conf = nginx_conf(folder, upstreams, nginx_proxy)
-        return [process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy)], DIRECT_NGINX
+        peers = [process(["nginx", "-c", str(conf), "-g", "daemon off;"], nginx_proxy)]
+        return peers, DIRECT_NGINX
     loadgen = str(ROOT / "loadtests" / "loadgen.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     peers = [process([sys.executable, loadgen, str(port)], port, env=env) for port in upstreams]
@@ -423,14 +425,14 @@ def slow_clients(folder: Path, clients: int) -> dict[str, float]:
     return asyncio.run(measure())
 
 
-def streaming(folder: Path) -> dict[str, object]:
+def streaming(folder: Path) -> dict[str, float]:
     """Added delay per SSE event through Grayscale, and whether events were coalesced."""
     upstream = free_port()
     port = free_port()
     conf = folder / "grayscale-sse.yaml"
     conf.write_text(grayscale_yaml(port, (upstream, upstream), route="sse"))
 
-    async def measure() -> dict[str, object]:
+    async def measure() -> dict[str, float]:
         runner = await sse_upstream(upstream)
         try:
             direct = await sse_delays(None, f"http://127.0.0.1:{upstream}", 200)
@@ -561,7 +563,7 @@ def main() -> None:
     slow = slow_clients(folder, args.slow_clients) if args.slow_clients else {}
 
     def med(name: str, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in results[name])
+        return float(statistics.median(getattr(r, field) for r in results[name]))
 
     def cpu_per_request(name: str) -> float | None:
         """Median CPU microseconds (user + system) the proxy spent per request."""

@@ -1,6 +1,6 @@
 """The compiled build (setup.py, `make compiled`): the modules it compiles with mypyc stay
 compilable and behave as their sources, and GRAYSCALE_PURE=1 runs the sources of a compiled
-build. (`make test-compiled` runs the HTTP, integration and chaos tests on the compiled build.)"""
+build. (`make test-compiled` runs all of `make test`'s tests on the compiled build.)"""
 
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ def _waits(node: ast.AST) -> list[int]:
 def test_no_compiled_coroutine_waits_while_handling_an_exception(path):
     """A compiled coroutine (or generator) suspended inside an `except` (or a `finally`) leaves
     its exception set as the one being handled while other code runs on the loop: every
-    exception raised meanwhile gets it as `__context__`, and the parsers' callback errors are
-    read by theirs (`client_connection._refusal`, `upstream_connection`, `upgrade`). Nor can
-    mypyc compile an async generator (a class with `__anext__` instead)."""
+    exception raised meanwhile gets it as `__context__` (which is why no code reads another
+    exception's `__context__`: the parsers keep what their callbacks raised). Nor can mypyc
+    compile an async generator (a class with `__anext__` instead)."""
     tree = ast.parse((ROOT / path).read_text(), path)
     waiting, generators = [], []
     for node in ast.walk(tree):
@@ -99,3 +99,36 @@ def test_a_build_is_compiled_whole_or_not_at_all():
         check=True,
     ).stdout
     assert version.strip().endswith("(compiled)" if compiled else "(pure Python)")
+
+
+def test_the_installed_command_runs_from_any_directory(tmp_path):
+    """An editable compiled install (`make compiled`) finds its shared library inside the
+    package, as it finds the package: not only from the checkout's root."""
+    command = Path(sys.executable).parent / "grayscale"
+    if not command.exists():
+        pytest.skip(f"{command} is not installed (make installs it)")
+    compiled = _run(pure=False)[0] == "True"
+    env = _environment(pure=False)
+    env.pop("PYTHONPATH")
+    version = subprocess.run(
+        [str(command), "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip().endswith("(compiled)" if compiled else "(pure Python)")
+
+
+def test_no_module_reads_another_exception_s_context():
+    """`__context__` is set differently by compiled code (see above): what a parser callback
+    raised is kept by the connection instead."""
+    readers = [
+        f"{path}:{node.lineno}"
+        for path in sorted(ROOT.glob("proxy/**/*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr == "__context__"
+    ]
+    assert readers == []
