@@ -5,9 +5,11 @@ h2 turns every stream error RFC 9113 names into a connection error, which §5.4.
 which ends every other stream of the connection.
 
 Invariants
-- A malformed request (a header block h2 decodes and then refuses, a Content-Length its DATA
+- A malformed request (a header block that breaks RFC 9113 §8.2 or §8.3, checked here in one
+  pass by `h2_malformed` rather than by h2's slower chain of checks; a Content-Length its DATA
   does not match) resets only its stream with PROTOCOL_ERROR, and is told to the connection as
-  a `StreamReset`; refused DATA goes back to the connection's window.
+  a `StreamReset` in place of the stream's other events; refused DATA goes back to the
+  connection's window.
 - A WINDOW_UPDATE of 0 on an open stream resets that stream (§6.9); on an idle one it is a
   connection error.
 - A stream over SETTINGS_MAX_CONCURRENT_STREAMS gets REFUSED_STREAM, its header block decoded
@@ -28,6 +30,8 @@ import h2.stream
 from h2.frame_buffer import FrameBuffer
 from hpack import HPACKError, OversizedHeaderListError
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+
+from proxy.http.h2_malformed import malformed
 
 log = logging.getLogger("grayscale.listener")
 
@@ -54,6 +58,7 @@ class ServerH2State(h2.connection.H2Connection):
     stream of the connection): see the module's invariants."""
 
     def __init__(self, config: h2.config.H2Configuration):
+        config.validate_inbound_headers = False  # (checked by `_checked` instead)
         super().__init__(config=config)
         self.incoming_buffer = _Frames(server=True)
 
@@ -64,7 +69,7 @@ class ServerH2State(h2.connection.H2Connection):
                 raise h2.exceptions.ProtocolError("WINDOW_UPDATE of 0 on a stream not open")
             return self._stream_error(sid, "WINDOW_UPDATE of 0 on the stream")
         try:
-            return super()._receive_frame(frame)
+            events = super()._receive_frame(frame)
         except h2.exceptions.TooManyStreamsError:
             return self._refuse(frame)
         except h2.exceptions.InvalidBodyLengthError as exc:
@@ -78,10 +83,24 @@ class ServerH2State(h2.connection.H2Connection):
             if isinstance(cause, HPACKError) and not isinstance(cause, OversizedHeaderListError):
                 exc.error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR  # (RFC 9113 §4.3)
                 raise
-            malformed = type(exc) is h2.exceptions.ProtocolError and isinstance(frame, HeadersFrame)
-            if malformed and self._open(sid):  # (decoded, then refused by h2: §8.1.1)
+            refused = type(exc) is h2.exceptions.ProtocolError and isinstance(frame, HeadersFrame)
+            if refused and self._open(sid):  # (decoded, then refused by h2: §8.1.1)
                 return self._stream_error(sid, str(exc))
             raise
+        return self._checked(events) if isinstance(frame, HeadersFrame) else events
+
+    def _checked(self, events: list[h2.events.Event]) -> list[h2.events.Event]:
+        """A header block's events, with a malformed request's (or trailers') replaced by the
+        reset of its stream."""
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived | h2.events.TrailersReceived):
+                trailers = isinstance(event, h2.events.TrailersReceived)
+                why = malformed(event.headers or [], trailers)
+                if why is not None:
+                    sid = event.stream_id
+                    kept = [e for e in events if getattr(e, "stream_id", None) != sid]
+                    return kept + self._stream_error(sid, f"malformed request: {why}")
+        return events
 
     def _open(self, sid: int) -> bool:
         stream = self.streams.get(sid)

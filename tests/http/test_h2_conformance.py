@@ -417,6 +417,8 @@ async def test_5_5_an_unknown_frame_type_is_ignored(gateway: GatewayFactory) -> 
         pytest.param(("transfer-encoding", "chunked"), id="transfer-encoding"),
         pytest.param(("keep-alive", "timeout=5"), id="keep-alive"),
         pytest.param(("te", "gzip"), id="te other than trailers"),
+        pytest.param(("x-note", "spaced "), id="a value ending in a space"),
+        pytest.param(("host", "elsewhere"), id="host other than the authority"),
     ],
 )
 async def test_8_2_a_malformed_field_is_a_stream_error_and_never_forwarded(
