@@ -98,6 +98,8 @@ class ServerH2State(h2.connection.H2Connection):
                 why = malformed(event.headers or [], trailers)
                 if why is not None:
                     sid = event.stream_id
+                    if not self._open(sid):  # (trailers that closed it: as h2 would have)
+                        raise h2.exceptions.ProtocolError(f"malformed request: {why}")
                     kept = [e for e in events if getattr(e, "stream_id", None) != sid]
                     return kept + self._stream_error(sid, f"malformed request: {why}")
         return events

@@ -29,7 +29,8 @@ from proxy.config.model import AccessLogConfig
 from proxy.records.request_outcome import RequestOutcome
 
 ATOMIC_WRITE = select.PIPE_BUF  # bytes a pipe writes at once (4096 on Linux)
-USERS_KEPT = 65536  # user hashes remembered (a line hashes only users not seen lately)
+USERS_KEPT = 65536  # user hashes remembered (a line hashes only users not seen lately)...
+KEPT_KEY_CHARS = 256  # ...of keys no longer than this (a client chooses its key's size)
 log = logging.getLogger("grayscale.access_log")
 QUEUE_LIMIT = 65536
 FLUSH_SECONDS = 0.2
@@ -156,7 +157,10 @@ class AccessLog:
         )
 
     def _user(self, route: str, key: str) -> str:
-        """The hash of cohort key `key` on `route`, remembered for the users seen lately."""
+        """The hash of cohort key `key` on `route`, remembered for the users seen lately (when
+        the key is short: memory stays bounded whatever keys clients send)."""
+        if len(key) > KEPT_KEY_CHARS:
+            return hash_key(self._secret, route, key)
         found = self._users.get((route, key))
         if found is None:
             if len(self._users) >= USERS_KEPT:

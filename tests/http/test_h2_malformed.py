@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import StreamReset
 from h2.exceptions import ProtocolError
 from h2.utilities import HeaderValidationFlags, validate_headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.http.h2_malformed import malformed
+from proxy.http.h2_state import ServerH2State
 
 GOOD = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
 
@@ -96,3 +101,38 @@ def test_a_block_is_malformed_exactly_when_h2_refuses_it(block, trailers):
 def test_what_makes_a_block_malformed_is_said(block, trailers, why):
     assert malformed(block, trailers) == why
     assert h2_refuses(block, trailers) is (why is not None)
+
+
+def _served(trailers: list[tuple[bytes, bytes]], answered_first: bool):
+    """The server's events (or error) for a request whose trailers are `trailers`, sent while
+    the stream is open or after the server ended it with its answer."""
+    server = ServerH2State(H2Configuration(client_side=False, header_encoding=None))
+    client = H2Connection(
+        H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+    )
+    server.initiate_connection()
+    client.initiate_connection()
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.send_headers(1, [(b":method", b"POST"), *GOOD[1:]])
+    server.receive_data(client.data_to_send())
+    if answered_first:
+        server.send_headers(1, [(b":status", b"200")], end_stream=True)
+        client.receive_data(server.data_to_send())
+    client.send_headers(1, trailers, end_stream=True)
+    return server, client.data_to_send()
+
+
+@pytest.mark.parametrize("trailers", [[(b"connection", b"x")], [(b":path", b"/x")]])
+def test_malformed_trailers_reset_their_open_stream_and_are_a_connection_error_once_it_closed(
+    trailers,
+):
+    server, sent = _served(trailers, answered_first=False)
+    assert [type(e) for e in server.receive_data(sent)] == [StreamReset]
+    server, sent = _served(trailers, answered_first=True)
+    with pytest.raises(ProtocolError) as raised:
+        server.receive_data(sent)
+    assert raised.value.error_code == ErrorCodes.PROTOCOL_ERROR

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from proxy.config.model import AccessLogConfig, Variant
 from proxy.records.request_outcome import RequestOutcome
 from proxy.routing import Decision, Reason
-from proxy.telemetry.access_log import USERS_KEPT, AccessLog, _Stamps, hash_key
+from proxy.telemetry.access_log import KEPT_KEY_CHARS, USERS_KEPT, AccessLog, _Stamps, hash_key
 
 
 def entry(key: str | None) -> RequestOutcome:
@@ -115,3 +115,11 @@ def test_user_hashes_are_remembered_up_to_a_bound():
         user = f"user-{index}"
         assert json.loads(log.line(entry(user)))["user"] == hash_key(b"k1", "r", user)
     assert len(log._users) == 10  # cleared when full, then filled again
+
+
+def test_long_keys_are_hashed_but_not_remembered():
+    log = AccessLog(AccessLogConfig(), b"k1", on_drop=lambda: None)
+    for size in (KEPT_KEY_CHARS, KEPT_KEY_CHARS + 1):
+        user = "u" * size
+        assert json.loads(log.line(entry(user)))["user"] == hash_key(b"k1", "r", user)
+    assert list(log._users) == [("r", "u" * KEPT_KEY_CHARS)]
