@@ -300,7 +300,9 @@ class Gateway:
         try:
             if route.websocket and not target.upstream.http2 and is_upgrade(request):
                 # (the outcome is the handshake's; the tunnel goes on after it is recorded)
-                await tunnel(request, target, exchange, fallback=fallback, trusted=trusted)
+                await tunnel(
+                    request, self.client, target, exchange, fallback=fallback, trusted=trusted
+                )
                 return None
             await forward(
                 request,

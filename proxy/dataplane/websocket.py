@@ -37,6 +37,7 @@ from proxy.dataplane.forwarding import (
     classify,
     error_document,
 )
+from proxy.http.client import UpstreamClient
 from proxy.http.errors import UpstreamError
 from proxy.http.headers import answer_for_client, connection_named, forwarded_for_upstream, tokens
 from proxy.http.request import H1Request, Request
@@ -91,11 +92,14 @@ def upstream_head(request: H1Request, target: Target, trusted: bool) -> bytes:
     )
 
 
-async def _ask(request: H1Request, target: Target, trusted: bool) -> UpgradeConnection:
+async def _ask(
+    request: H1Request, client: UpstreamClient, target: Target, trusted: bool
+) -> UpgradeConnection:
     upstream = target.upstream
     return await ask_upgrade(
         target.origin,
         upstream_head(request, target, trusted),
+        tls=client.tls(target.origin) if target.origin.tls else None,
         connect_timeout=upstream.connect_timeout,
         first_byte_timeout=min(upstream.first_byte_timeout, upstream.timeout),
     )
@@ -124,6 +128,7 @@ def _failed(request: Request, target: Target, exchange: Exchange, failure: Upstr
 
 async def tunnel(
     request: H1Request,
+    client: UpstreamClient,
     target: Target,
     exchange: Exchange,
     *,
@@ -136,7 +141,7 @@ async def tunnel(
     exchange.variant = target.variant
     sent = time.monotonic()
     try:
-        connection = await _ask(request, target, trusted)
+        connection = await _ask(request, client, target, trusted)
     except UpstreamError as exc:
         failure = classify(exc)
         if fallback is None or failure.reason is not Failure.CONNECT:
@@ -146,7 +151,7 @@ async def tunnel(
         exchange.variant = target.variant
         sent = time.monotonic()
         try:
-            connection = await _ask(request, target, trusted)
+            connection = await _ask(request, client, target, trusted)
         except UpstreamError as again:
             return _failed(request, target, exchange, classify(again))
     exchange.ttfb = time.monotonic() - sent

@@ -209,6 +209,12 @@ class UpstreamClient:
                 self._secure.append((origin, pool))
         return pool
 
+    def tls(self, origin: Origin) -> ssl.SSLContext | None:
+        """The TLS context connections to `origin` are made with now (None for http): its
+        pool's, made once and renewed with `renew_tls`, for connections made outside the pool
+        (WebSocket tunnels)."""
+        return self._pool(origin).tls
+
     def renew_tls(self) -> None:
         """Read the https upstreams' certificate files again: the connections made from now on
         use what they hold (open ones keep their session). A pool whose files no longer load

@@ -4,8 +4,9 @@ handed to a `tunnel.Tunnel` (a `101`), or the answer's body is read whole and it
 
 Invariants
 - The connection is new, never taken from a pool nor put back in one; an https upstream's is
-  made as a pooled one would be (`client.client_context`: `ca_file` or the system's
-  authorities, the client certificate, `server_name` checked and sent as SNI).
+  made with its pool's TLS context (`UpstreamClient.tls`: `ca_file` or the system's
+  authorities, the client certificate; made once, renewed with the files), `server_name`
+  checked and sent as SNI.
 - The answer's head is bounded (MAX_HEAD bytes, MAX_FIELDS lines) and must come within the
   first-byte timeout; interim answers other than `101` are read and dropped. A status outside
   100-599 is a protocol error.
@@ -25,7 +26,7 @@ from typing import cast
 
 import httptools
 
-from proxy.http.client import Origin, client_context
+from proxy.http.client import Origin
 from proxy.http.errors import UpstreamError
 from proxy.http.headers import tokens
 from proxy.http.upstream_connection import MAX_FIELDS, MAX_HEAD
@@ -209,13 +210,18 @@ class UpgradeConnection(asyncio.Protocol):
 
 
 async def ask_upgrade(
-    origin: Origin, head: bytes, *, connect_timeout: float, first_byte_timeout: float
+    origin: Origin,
+    head: bytes,
+    *,
+    tls: ssl.SSLContext | None,
+    connect_timeout: float,
+    first_byte_timeout: float,
 ) -> UpgradeConnection:
-    """Connect to `origin` (a new connection), send the request `head` and read the answer's
-    head; `UpstreamError` (connect, connect_timeout, timeout, reset, protocol) if that fails."""
+    """Connect to `origin` (a new connection, over TLS with `tls` when given), send the request
+    `head` and read the answer's head; `UpstreamError` (connect, connect_timeout, timeout,
+    reset, protocol) if that fails."""
     loop = asyncio.get_running_loop()
     try:
-        tls = client_context(origin) if origin.tls else None
         async with asyncio.timeout(connect_timeout):
             _, connection = await loop.create_connection(
                 UpgradeConnection,

@@ -130,6 +130,26 @@ async def test_renew_tls_reads_the_client_certificate_again_for_new_connections(
     client.close()
 
 
+async def test_connections_outside_the_pool_share_its_tls_context_and_its_renewal(pki):
+    """A WebSocket tunnel's connection is made with the pool's context: built once (loading a
+    system store takes milliseconds), renewed with it."""
+    servers, _, _, client_pem = pki
+    client = UpstreamClient()
+    origin = Origin(
+        "https://127.0.0.1:1",
+        str(servers.ca_file),
+        client_cert=(str(client_pem.cert), str(client_pem.key)),
+        server_name=NAME,
+    )
+    first = client.tls(origin)
+    assert first is not None and client.tls(origin) is first
+    client.renew_tls()
+    renewed = client.tls(origin)
+    assert renewed is not None and renewed is not first
+    assert client.tls(Origin("http://127.0.0.1:1")) is None
+    client.close()
+
+
 async def test_through_the_proxy_with_and_without_the_client_certificate(pki, client, tmp_path):
     servers, _, _, client_pem = pki
     async with upstream(requires_client_certificates(pki, ssl.TLSVersion.TLSv1_2)) as url:
