@@ -95,8 +95,9 @@ def redis_demand(
 async def replicas_demand(redis_url: str, redis_pid: int, count: int, seconds: float) -> float:
     """Redis's CPU (ms per second) while `count` replicas with one analysed route each keep
     up their part: the state store following its record (subscribed, re-read every second), the
-    decider's lease, and a flush a second of observations (a busy route: about 20 latency
-    buckets and both variants change each second). One of them decides and reads the pool."""
+    decider's lease, and a flush a second of observations (a busy route: about 90 latency
+    buckets and both variants change each second, with the weights of a 10 % share: 0.1 for
+    stable's requests, 0.9 for the candidate's). One of them decides and reads the pool."""
     members = []
     rng = random.Random(1)
     for i in range(count):
@@ -113,9 +114,10 @@ async def replicas_demand(redis_url: str, redis_pid: int, count: int, seconds: f
         await asyncio.sleep(rng.random())  # spread over the second, as real replicas are
         while True:
             now = time.time()
-            for variant in ("stable", "candidate"):
+            for variant, weight in (("stable", 0.1), ("candidate", 0.9)):
+                window = local.windows["bench"][variant]
                 for _ in range(200):
-                    local.windows["bench"][variant].add(now, 1.0, False, rng.uniform(0.01, 0.2))
+                    window.add(now, weight, False, rng.uniform(0.01, 0.2))
             await pool.flush(now)
             if await decider.attempt():
                 await pool.samples("bench", now)

@@ -8,13 +8,20 @@ Invariants
   outage, nothing is counted twice: a slot's counts are sent as differences from what Redis
   acknowledged, in one transaction per route).
 - Counters are kept per route, window length, variant and time slot (the slot number is the time
-  divided by the slot's length, the same in every replica), in one hash each, which expires
-  once the slot has left every window: memory in Redis is bounded by the number of routes (and
-  of outcome names, bounded per route). A hash holds the compared requests (`r`) and errors
-  (`e`), the sums of their weights (`w`, `w2`, and over errors `ew`, `ew2`), the latency
-  histogram of weights (a field per bucket) with its sum of squared weights (`l2`), and per
-  outcome name its count and weighted sums (`o:n:`, `o:w:`, `o:v:`, `o:s:`, `o:t:`, `o:q:`: see
-  `Moments`). The keys say `obs3`: a replica that counted otherwise never adds to them.
+  divided by the slot's length, the same in every replica), and expire once the slot has left
+  every window: memory in Redis is bounded by the number of routes (and of outcome names,
+  bounded per route). A slot's counts are one string of signed 64-bit integers, added to by one
+  `BITFIELD` a flush however many of them changed (Redis parses one command, not one per
+  field): the compared requests and errors, then the sums of weights in billionths (`w`, `w²`,
+  over errors `w` and `w²`, the latency histogram's `w²`, then the histogram of weights, a
+  bucket each). A replica sends the differences of its cumulative sums rounded to billionths,
+  so rounding never accumulates over flushes. Each sum is two words, its low `LOW_BITS` bits
+  and the rest: what one process adds to a low word stays below 2^40, so no word overflows
+  before 8 million processes have added to one key. Beside it, a hash holds per outcome name
+  its count and weighted sums (`n:`, `w:`, `v:`, `s:`, `t:`, `q:`, see `Moments`; floats, as
+  the reported values are arbitrary).
+- The keys say `obs4`: a replica of a build that counted otherwise (`obs3`: floats in one hash)
+  never adds to them, nor they to its.
 - Every key names the rollout run its counts belong to (`LocalObservations.generation`: the
   candidate and the run): a new candidate, or a resume after a rollback, is judged on its own
   requests only, never on its predecessor's.
@@ -28,22 +35,29 @@ from __future__ import annotations
 
 import math
 import operator
+import struct
 from dataclasses import astuple
+from itertools import chain
 
 from proxy.analysis.histogram import SIZE
 from proxy.analysis.verdict import Moments, Sample
-from proxy.analysis.window import SLOTS, LocalObservations
+from proxy.analysis.window import SLOTS, LocalObservations, Slot
 from proxy.rollout.redis_store import Client
 
 FLUSH_EVERY = 1.0  # seconds between flushes of this process's observations
 KEEP_TOTALS = 30 * 86400  # seconds the counts since a rollout began are kept after a flush
+NANOS = 10**9  # billionths in a unit of weight: the resolution of the pooled weight sums
+LOW_BITS = 40  # bits of a sum's low word (1,099 units of weight): its high word rarely changes
 
 # requests, errors, the four weight sums, latency histogram, its w² sum, outcomes' moments by name
 _Counts = tuple[int, int, tuple[float, ...], tuple[float, ...], float, dict[str, Moments]]
 _NOTHING: _Counts = (0, 0, (0.0,) * 4, (0.0,) * SIZE, 0.0, {})
 _Where = tuple[str, str, int, str]  # route, variant, slot, rollout run
-_WEIGHTS = ("w", "w2", "ew", "ew2")
+_WEIGHTED = 5 + SIZE  # w, w², w and w² over errors, the histogram's w², the histogram
+_INTEGERS = 2 + 2 * _WEIGHTED  # requests, errors, then each weighted sum's low and high words
+_LOW = (1 << LOW_BITS) - 1
 _MOMENT_PARTS = ("n", "w", "v", "s", "t", "q")  # Moments' fields, in order
+_PARTS = {f"{part}:".encode(): index for index, part in enumerate(_MOMENT_PARTS)}
 
 
 class PooledObservations:
@@ -56,12 +70,12 @@ class PooledObservations:
         self._sent: dict[_Where, _Counts] = {}  # what Redis acknowledged
 
     def key(self, route: str, span: float, variant: str, slot: int) -> str:
-        """The hash of one variant's counts in one slot of `route`'s window of `span` seconds
-        (`total` for a window without end: the counts since the run began), in the rollout run
-        that the local windows count toward."""
+        """The counts of one variant in one slot of `route`'s window of `span` seconds (`total`
+        for a window without end: the counts since the run began), in the rollout run that the
+        local windows count toward; its outcomes are in the hash named this and `:outcomes`."""
         span_name = "total" if math.isinf(span) else f"{span:g}"
         run = self._local.generation(route)
-        return f"{self._prefix}:obs3:{{{route}}}:{run}:{span_name}:{variant}:{slot}"
+        return f"{self._prefix}:obs4:{{{route}}}:{run}:{span_name}:{variant}:{slot}"
 
     async def flush(self, now: float) -> int:
         """Send what the local windows gained since the last flush; the number of slots sent.
@@ -96,29 +110,19 @@ class PooledObservations:
                 if counts == sent:
                     continue
                 key = self.key(route, window.span, variant, slot.number)
-                for field, count in (
-                    ("r", slot.requests - sent[0]),
-                    ("e", slot.errors - sent[1]),
-                ):
-                    if count:
-                        pipe.hincrby(key, field, count)
-                floats = [
-                    *zip(_WEIGHTS, map(operator.sub, slot.weights, sent[2]), strict=True),
-                    *((str(b), n - sent[3][b]) for b, n in enumerate(slot.latency)),
-                    ("l2", slot.latency_weight2 - sent[4]),
-                ]
-                for name, moments in slot.outcomes.items():
-                    change = astuple(moments - sent[5].get(name, Moments()))
-                    pipe.hincrby(key, f"o:n:{name}", change[0])
-                    floats += zip(
-                        (f"o:{part}:{name}" for part in _MOMENT_PARTS[1:]),
-                        change[1:],
-                        strict=True,
-                    )
-                for field, amount in floats:
-                    if amount:
-                        pipe.hincrbyfloat(key, field, amount)
-                pipe.expire(key, keep)
+                if increments := _increments(slot, sent):
+                    pipe.execute_command("BITFIELD", key, *increments)
+                    pipe.expire(key, keep)
+                if slot.outcomes != sent[5]:
+                    outcomes = f"{key}:outcomes"
+                    for name, moments in slot.outcomes.items():
+                        change = astuple(moments - sent[5].get(name, Moments()))
+                        if change[0]:
+                            pipe.hincrby(outcomes, f"n:{name}", change[0])
+                        for part, amount in zip(_MOMENT_PARTS[1:], change[1:], strict=True):
+                            if amount:
+                                pipe.hincrbyfloat(outcomes, f"{part}:{name}", amount)
+                    pipe.expire(outcomes, keep)
                 sending[where] = counts
         if sending:
             await pipe.execute()
@@ -134,45 +138,61 @@ class PooledObservations:
         pipe = self._redis.pipeline(transaction=False)
         for variant in ("stable", "candidate"):
             for slot in slots:
-                pipe.hgetall(self.key(route, span, variant, slot))
-        hashes = await pipe.execute()
-        return _sum(hashes[:SLOTS]), _sum(hashes[SLOTS:])
+                key = self.key(route, span, variant, slot)
+                pipe.get(key)
+                pipe.hgetall(f"{key}:outcomes")
+        replies = await pipe.execute()
+        strings, hashes = replies[::2], replies[1::2]
+        return _sum(strings[:SLOTS], hashes[:SLOTS]), _sum(strings[SLOTS:], hashes[SLOTS:])
 
 
-def _sum(hashes: list[dict[bytes, bytes]]) -> Sample:
-    requests = errors = 0
-    weights = dict.fromkeys((name.encode() for name in _WEIGHTS), 0.0)
-    latency = [0.0] * SIZE
-    latency_weight2 = 0.0
+def _increments(slot: Slot, sent: _Counts) -> list[str | int]:
+    """The `BITFIELD` operations that add what `slot` gained since `sent` to its counts."""
+    operations: list[str | int] = []
+    for index, count in enumerate((slot.requests - sent[0], slot.errors - sent[1])):
+        if count:
+            operations += ("INCRBY", "i64", f"#{index}", count)
+    weighted = chain(slot.weights, (slot.latency_weight2,), slot.latency)
+    was = chain(sent[2], (sent[4],), sent[3])
+    for field, (now, before) in enumerate(zip(weighted, was, strict=True)):
+        if now == before:
+            continue
+        billionths, billionths_before = round(now * NANOS), round(before * NANOS)
+        for index, change in (
+            (2 + 2 * field, (billionths & _LOW) - (billionths_before & _LOW)),
+            (3 + 2 * field, (billionths >> LOW_BITS) - (billionths_before >> LOW_BITS)),
+        ):
+            if change:
+                operations += ("INCRBY", "i64", f"#{index}", change)
+    return operations
+
+
+def _sum(strings: list[bytes | None], hashes: list[dict[bytes, bytes]]) -> Sample:
+    """The sum of slots' counts (`BITFIELD` strings) and outcomes (hashes)."""
+    integers = [0] * _INTEGERS
+    for counts in strings:
+        if counts:
+            values = struct.unpack(f">{len(counts) // 8}q", counts)  # i64s, big-endian
+            integers[: len(values)] = map(operator.add, integers, values)
+    weighted = [
+        ((high << LOW_BITS) + low) / NANOS
+        for low, high in zip(integers[2::2], integers[3::2], strict=True)
+    ]
     parts: dict[str, list[float]] = {}  # name -> Moments' fields
     for fields in hashes:
         for field, value in fields.items():
-            if field == b"r":
-                requests += int(value)
-            elif field == b"e":
-                errors += int(value)
-            elif field in weights:
-                weights[field] += float(value)
-            elif field == b"l2":
-                latency_weight2 += float(value)
-            elif field.startswith(b"o:"):
-                part, name = _PARTS.get(field[2:4], 0), field[4:].decode()
+            if (part := _PARTS.get(field[:2])) is not None:
+                name = field[2:].decode()
                 parts.setdefault(name, [0.0] * len(_MOMENT_PARTS))[part] += float(value)
-            elif field.isdigit() and (bucket := int(field)) < SIZE:
-                latency[bucket] += float(value)
-    outcomes = {name: Moments(int(values[0]), *values[1:]) for name, values in parts.items()}
-    w, w2, ew, ew2 = weights.values()
+    w, w2, ew, ew2, latency_weight2 = weighted[:5]
     return Sample(
-        requests,
-        errors,
+        integers[0],
+        integers[1],
         w,
         w2,
         ew,
         ew2,
-        tuple(latency),
+        tuple(weighted[5:]),
         latency_weight2,
-        outcomes,
+        {name: Moments(int(values[0]), *values[1:]) for name, values in parts.items()},
     )
-
-
-_PARTS = {f"{part}:".encode(): index for index, part in enumerate(_MOMENT_PARTS)}

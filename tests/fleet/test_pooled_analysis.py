@@ -9,12 +9,12 @@ import pytest
 from redis.exceptions import RedisError
 
 from proxy.analysis.histogram import bucket_of
-from proxy.analysis.verdict import Moments
+from proxy.analysis.verdict import Moments, Sample
 from proxy.analysis.window import LocalObservations
 from proxy.config.model import Variant
 from proxy.fleet import decider as decider_module
 from proxy.fleet.decider import Decider
-from proxy.fleet.observations import PooledObservations
+from proxy.fleet.observations import LOW_BITS, PooledObservations
 from proxy.fleet.redis_connection import connect
 from proxy.records.request_id import Served, rollout_digest
 from tests.support.redis_server import RedisServer
@@ -126,7 +126,7 @@ async def test_counts_since_a_rollout_began_are_pooled_per_rollout(redis_server)
         _, candidate = await pools[0].samples("r", T0 + 3 * 86_400)
         assert candidate.requests == 2
         key = pools[0].key("r", math.inf, "candidate", 0)
-        assert key.startswith("t:obs3:{r}:") and ":total:" in key  # (no other format adds to it)
+        assert key.startswith("t:obs4:{r}:") and ":total:" in key  # (no other format adds to it)
         assert 0 < await client.ttl(key) <= 30 * 86_400
     finally:
         await client.aclose()
@@ -182,6 +182,125 @@ async def test_a_flush_that_fails_is_sent_whole_next_time_and_never_twice(redis_
         redis_server.start()  # empty: what the first flush sent is gone with the old instance
         assert await pool.flush(T0 + 2) == 1
         assert (await pool.samples("r", T0 + 2))[0].requests == 7
+    finally:
+        await client.aclose()
+
+
+WEIGHTED = ("weight", "weight2", "error_weight", "error_weight2", "latency_weight2")
+
+
+def counts(sample: Sample) -> tuple[float, ...]:
+    """`sample`'s requests, errors, weight sums and latency histogram, in a row."""
+    return (
+        sample.requests,
+        sample.errors,
+        *(getattr(sample, n) for n in WEIGHTED),
+        *sample.latency,
+    )
+
+
+def summed(samples: list[Sample]) -> tuple[float, ...]:
+    """The `counts` of `samples` added up, as the fleet's sample should hold them."""
+    return tuple(map(math.fsum, zip(*map(counts, samples), strict=True)))
+
+
+async def test_the_fleets_weight_sums_are_the_local_windows_to_a_billionth(redis_server):
+    # Weights with no exact binary or decimal form, errors and latencies in many buckets, over
+    # several flushes a slot and slots moving on: each replica's slot is rounded to a billionth
+    # once, whatever its number of flushes (half a billionth at most per replica and slot).
+    client = connect(redis_server.url)
+    replicas = [LocalObservations({"r": 60.0}) for _ in range(2)]
+    pools = [PooledObservations(local, client, "t") for local in replicas]
+    weights = (1 / 3, 0.1, 2 / 7, 0.9, 1e-7)
+    try:
+        for step in range(12):
+            now = T0 + step * 1.5
+            for i, local in enumerate(replicas):
+                for n, weight in enumerate(weights):
+                    windows = local.windows["r"]
+                    windows["candidate"].add(now, weight, (n + step) % 3 == i, 0.01 * (n + 1))
+                    windows["stable"].add(now, 1 - weight, False, 0.3 + step + n)
+            assert [await pool.flush(now) for pool in pools] == [2, 2]
+        now = T0 + 18
+        fleet = await pools[1].samples("r", now)
+        slots = len(replicas[0].windows["r"]["stable"].slots(now))
+        assert slots == 4
+        for variant, sample in zip(("stable", "candidate"), fleet, strict=True):
+            own = summed([replica.windows["r"][variant].sample(now) for replica in replicas])
+            assert counts(sample) == pytest.approx(own, rel=0, abs=0.5e-9 * 2 * slots)
+        assert fleet[1].errors > 0 and fleet[1].latency_weight2 > 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_flush_that_redis_refuses_is_sent_in_full_once_the_next_time(redis_server):
+    client = connect(redis_server.url)
+    local = LocalObservations({"r": 60.0})
+    pool = PooledObservations(local, client, "t")
+    try:
+        observe(local, T0, "candidate", 10, errors=2, weight=1 / 3)
+        await pool.flush(T0)
+        observe(local, T0 + 1, "candidate", 7, errors=1, weight=2 / 3)
+        await client.config_set("maxmemory", "1")  # the transaction is refused whole
+        with pytest.raises(RedisError):
+            await pool.flush(T0 + 1)
+        await client.config_set("maxmemory", "0")
+        _, candidate = await pool.samples("r", T0 + 1)
+        assert candidate.requests == 10 and candidate.weight == pytest.approx(10 / 3, abs=1e-9)
+        assert await pool.flush(T0 + 2) == 1  # what was refused, once
+        assert await pool.flush(T0 + 3) == 0
+        _, candidate = await pool.samples("r", T0 + 3)
+        expected = local.windows["r"]["candidate"].sample(T0 + 3)
+        assert (candidate.requests, candidate.errors) == (17, 3)
+        assert counts(candidate) == pytest.approx(counts(expected), rel=0, abs=1e-9)
+    finally:
+        await client.config_set("maxmemory", "0")
+        await client.aclose()
+
+
+async def test_rounding_does_not_drift_over_ten_thousand_flushes(redis_server):
+    # Each flush adds a request of weight 1/3 to the one slot of the counts since the run began:
+    # the differences sent are of the rounded cumulative sum, so the pooled sum stays within a
+    # billionth of the local one. 3,333 units of weight also carry into the high words (a low
+    # word holds 2^40 billionths, about 1,099 units) and leave each low word below 2^40.
+    client = connect(redis_server.url)
+    local = LocalObservations({"r": math.inf})
+    pool = PooledObservations(local, client, "t")
+    window = local.windows["r"]["candidate"]
+    try:
+        for i in range(10_000):
+            window.add(T0 + i, 1 / 3, False, 0.02)
+            await pool.flush(T0 + i)
+        _, candidate = await pool.samples("r", T0 + 10_000)
+        assert candidate.requests == 10_000
+        assert candidate.weight == pytest.approx(10_000 / 3, rel=0, abs=1e-6)
+        local_sample = window.sample(T0 + 10_000)
+        assert counts(candidate) == pytest.approx(counts(local_sample), rel=0, abs=1e-9)
+        key = pool.key("r", math.inf, "candidate", 0)
+        low, high = await client.bitfield(key).get("i64", "#2").get("i64", "#3").execute()
+        assert (high, 0 <= low < 2**LOW_BITS) == (3, True)
+    finally:
+        await client.aclose()
+
+
+async def test_every_key_carries_the_routes_hash_tag_its_run_and_an_expiry(redis_server):
+    client = connect(redis_server.url)
+    local = LocalObservations({"r": 60.0, "s": math.inf}, {"r": "c-1", "s": "c-2"})
+    pool = PooledObservations(local, client, "t")
+    try:
+        for route in ("r", "s"):
+            local.windows[route]["stable"].add(T0, 0.5, True, None)
+            local.windows[route]["candidate"].add(T0, 0.5, False, 0.02)
+            local.windows[route]["candidate"].add_outcome(T0, "click", 1.0, 0.5)
+        assert await pool.flush(T0) == 4
+        keys = sorted(key.decode() for key in await client.keys("*"))
+        assert len(keys) == 6  # counts of 2 variants and outcomes of 1, in each of 2 routes
+        for key in keys:
+            route = "r" if key.startswith("t:obs4:{r}:") else "s"
+            assert key.startswith(f"t:obs4:{{{route}}}:{local.generation(route)}:")
+            assert 0 < await client.ttl(key) <= (130 if route == "r" else 30 * 86_400)
+        _, candidate = await pool.samples("s", T0 + 86_400)
+        assert candidate.outcomes["click"] == Moments.of(1.0, 0.5)
     finally:
         await client.aclose()
 
