@@ -80,33 +80,59 @@ class Target:
         return self._id_line + request_id + b"\r\n"
 
 
-@dataclass(slots=True)
 class Exchange:
     """A forwarded request while it is in flight; `forward` fills it in as it goes, and the
     gateway makes its `RequestOutcome` from it at the end."""
 
-    variant: Variant  # the variant being asked (stable after a fallback)
-    assigned: int = NOT_COMPARED  # what the request id says was assigned (`request_id` codes)
-    share: int = 0  # ...and at which share, in 65,535ths
-    status: int | None = None  # the status sent to the client, once the answer started
-    error: Failure | None = None  # why the answering upstream failed
-    refused: bool = False  # answered by the proxy before any upstream saw it
-    ttfb: float | None = None  # seconds from sending upstream to the answer body's first byte
-    bytes_out: int = 0  # answer body bytes written to the client
-    fallback: FallbackReason | None = None  # why the request went to stable instead
-    candidate_error: Failure | None = None  # the candidate's failure, when stable answered
-    candidate_status: int | None = None  # the candidate's 5xx, when stable answered again
-    ttft: float | None = None  # seconds from sending upstream to the first token (event
-    # streams: the first event with content; other answers: the body's first byte)
-    output_tokens: int | None = None  # the answer's `usage`, if it says
-    request_id: bytes | None = None  # the id on the answer
-    event_stream: bool = False  # whether the answer is an event stream
-    capture: list[bytes] | None = None  # the answer's body, kept (for a shadow comparison)
-    forwarded: bytes = b""  # the header lines sent upstream (a shadow copy sends them too)
-    captured: int = 0  # its size; past CAPTURE the capture is dropped (None)
-    call: bool = False  # the request is a gRPC call
-    call_timeout: float | None = None  # the call's own deadline (`grpc-timeout`), in seconds
-    grpc_status: GrpcStatus | None = None  # the status that ended the call
+    __slots__ = (
+        "assigned",
+        "bytes_out",
+        "call",
+        "call_timeout",
+        "candidate_error",
+        "candidate_status",
+        "capture",
+        "captured",
+        "error",
+        "event_stream",
+        "fallback",
+        "forwarded",
+        "grpc_status",
+        "output_tokens",
+        "refused",
+        "request_id",
+        "share",
+        "status",
+        "ttfb",
+        "ttft",
+        "variant",
+    )
+
+    def __init__(self, variant: Variant):
+        self.variant = variant  # the variant being asked (stable after a fallback)
+        # what the request id says was assigned (`request_id` codes), and at which share, in
+        # 65,535ths
+        self.assigned, self.share = NOT_COMPARED, 0
+        self.status: int | None = None  # the status sent to the client, once the answer started
+        self.error: Failure | None = None  # why the answering upstream failed
+        self.refused = False  # answered by the proxy before any upstream saw it
+        self.ttfb: float | None = None  # seconds from sending upstream to the body's first byte
+        self.bytes_out = 0  # answer body bytes written to the client
+        self.fallback: FallbackReason | None = None  # why the request went to stable instead
+        self.candidate_error: Failure | None = None  # the candidate's, when stable answered
+        self.candidate_status: int | None = None  # the candidate's 5xx, when stable answered
+        # seconds from sending upstream to the first token (event streams: the first event with
+        # content; other answers: the body's first byte)
+        self.ttft: float | None = None
+        self.output_tokens: int | None = None  # the answer's `usage`, if it says
+        self.request_id: bytes | None = None  # the id on the answer
+        self.event_stream = False  # whether the answer is an event stream
+        self.capture: list[bytes] | None = None  # the answer's body, kept (for a shadow copy)
+        self.forwarded = b""  # the header lines sent upstream (a shadow copy sends them too)
+        self.captured = 0  # its size; past CAPTURE the capture is dropped (None)
+        self.call = False  # the request is a gRPC call
+        self.call_timeout: float | None = None  # the call's own deadline (`grpc-timeout`), s
+        self.grpc_status: GrpcStatus | None = None  # the status that ended the call
 
     def timeout(self, upstream: Upstream) -> float:
         """How long the exchange with `upstream` may take: its `timeout`, or less if the gRPC
