@@ -18,6 +18,11 @@ Invariants
   is silent for the upstream's `idle_timeout` or the proxy stops (not the route's `timeout`: a
   WebSocket lives long). A `101` for anything else is a `502`. Any other answer is passed on
   whole, and the client connection closed after it.
+- A tunnel holds one of its upstream's `max_connections` slots from its handshake to its end,
+  as a forwarded request holds one for its exchange: at most `max_connections` tunnels and
+  requests in all, `max_pending` more waiting up to `connect_timeout`, then `503
+  upstream_overloaded` (the candidate's falls back to stable as a request's would). The slot is
+  given back exactly once, when the handshake fails or the tunnel ends.
 - The handshake is one request outcome, recorded as soon as it is over (the tunnel's life and
   bytes are not metered): the status the client got (`101` a success); a failure to reach the
   upstream, `502`/`504` with the usual JSON and its `Failure` counted for the variant.
@@ -31,12 +36,14 @@ from typing import TypeGuard
 
 from proxy.dataplane.forwarding import (
     FALLBACK_HEADER,
+    OVERLOADED,
     Exchange,
     Target,
     UpstreamFailure,
     classify,
     error_document,
 )
+from proxy.dataplane.limiter import Overloaded
 from proxy.http.client import UpstreamClient
 from proxy.http.errors import UpstreamError
 from proxy.http.headers import answer_for_client, connection_named, forwarded_for_upstream, tokens
@@ -105,6 +112,33 @@ async def _ask(
     )
 
 
+async def _open(
+    request: H1Request, client: UpstreamClient, target: Target, trusted: bool
+) -> UpgradeConnection | UpstreamFailure:
+    """Take a connection slot of `target`'s and ask it to switch: the answer's head (the slot
+    then held by the caller), or why not (the slot given back, if one was taken)."""
+    limiter = target.limiter
+    if not limiter.try_acquire():
+        try:
+            await limiter.acquire(target.upstream.connect_timeout)
+        except Overloaded:
+            return OVERLOADED
+    try:
+        return await _ask(request, client, target, trusted)
+    except UpstreamError as exc:
+        limiter.release()
+        return classify(exc)
+    except BaseException:
+        limiter.release()
+        raise
+
+
+_FALLS_BACK = {
+    Failure.CONNECT: FallbackReason.CONNECT,
+    Failure.OVERLOADED: FallbackReason.OVERLOADED,
+}
+
+
 def _failed(request: Request, target: Target, exchange: Exchange, failure: UpstreamFailure) -> None:
     """Answer with JSON: the upstream could not answer the handshake."""
     exchange.variant, exchange.status = target.variant, failure.status
@@ -140,20 +174,19 @@ async def tunnel(
     or the proxy's `502`/`504`. `exchange` is filled in for the handshake's outcome."""
     exchange.variant = target.variant
     sent = time.monotonic()
-    try:
-        connection = await _ask(request, client, target, trusted)
-    except UpstreamError as exc:
-        failure = classify(exc)
-        if fallback is None or failure.reason is not Failure.CONNECT:
-            return _failed(request, target, exchange, failure)
-        exchange.candidate_error, exchange.fallback = failure.reason, FallbackReason.CONNECT
+    opened = await _open(request, client, target, trusted)
+    if isinstance(opened, UpstreamFailure):
+        reason = opened.reason
+        if fallback is None or reason is None or reason not in _FALLS_BACK:
+            return _failed(request, target, exchange, opened)
+        exchange.candidate_error, exchange.fallback = reason, _FALLS_BACK[reason]
         target = fallback
         exchange.variant = target.variant
         sent = time.monotonic()
-        try:
-            connection = await _ask(request, client, target, trusted)
-        except UpstreamError as again:
-            return _failed(request, target, exchange, classify(again))
+        opened = await _open(request, client, target, trusted)
+        if isinstance(opened, UpstreamFailure):
+            return _failed(request, target, exchange, opened)
+    connection = opened
     exchange.ttfb = time.monotonic() - sent
     tunnelled = False
     try:
@@ -170,6 +203,9 @@ async def tunnel(
                 from_upstream=rest,
             )
             tunnelled = True
+            assert request.tunnel is not None
+            limiter = target.limiter
+            request.tunnel.done.add_done_callback(lambda _: limiter.release())
             exchange.status = 101
             return None
         body = await connection.read(target.upstream.idle_timeout)
@@ -178,6 +214,7 @@ async def tunnel(
     finally:
         if not tunnelled:
             connection.close()
+            target.limiter.release()
     request.keep_alive = False  # it asked to switch and was refused: no more requests on it
     request.reply(connection.status, _answer_lines(connection, target, exchange), body)
     exchange.status, exchange.bytes_out = connection.status, len(body)

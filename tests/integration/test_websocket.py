@@ -231,6 +231,59 @@ async def test_a_candidate_down_falls_back_to_stable(
         assert await ws.recv() == "stable"
 
 
+async def test_a_tunnel_holds_a_connection_slot_of_its_upstream_until_it_ends(
+    ws_server: Serving, start_proxy: ProxyFactory
+) -> None:
+    """Tunnels count toward `max_connections` as requests do: beyond them (and `max_pending`
+    waiting), `503 upstream_overloaded`; the slot comes back when the tunnel ends."""
+    stable = await ws_server("stable")
+    url = ws_url(stable)
+    limits = ", max_connections: 1, max_pending: 0, connect_timeout: 1s"
+    routes = route_yaml(url, url, share=0.0).replace(", connect_timeout: 1s", limits)
+    proxy = await start_proxy(routes)
+    async with client(proxy) as first:
+        await first.send("who")
+        assert await first.recv() == "stable"
+        with pytest.raises(InvalidStatus) as refused:
+            async with client(proxy, user="bob"):
+                pass
+        response = refused.value.response
+        assert response.status_code == 503 and b"upstream_overloaded" in response.body
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(proxy.proxy_url + "/chat") as plain,
+        ):
+            assert plain.status == 503  # a request shares the slots
+
+    async def served_again() -> bool:
+        try:
+            async with client(proxy, user="carol") as again:
+                await again.send("who")
+                return await again.recv() == "stable"
+        except InvalidStatus:  # (the slot not given back yet)
+            return False
+
+    assert await eventually(served_again)
+
+
+async def test_a_candidate_out_of_slots_falls_back_to_stable(
+    ws_server: Serving, start_proxy: ProxyFactory
+) -> None:
+    stable, candidate = await ws_server("stable"), await ws_server("candidate")
+    routes = route_yaml(ws_url(stable), ws_url(candidate), share=1.0).replace(
+        f'candidate: {{url: "{ws_url(candidate)}", timeout: 10s, connect_timeout: 1s',
+        f'candidate: {{url: "{ws_url(candidate)}", timeout: 10s, connect_timeout: 1s, '
+        "max_connections: 1, max_pending: 0",
+    )
+    proxy = await start_proxy(routes)
+    async with client(proxy) as first, client(proxy, user="bob") as second:
+        assert second.response is not None
+        assert second.response.headers["X-Grayscale-Fallback"] == "overloaded"
+        for ws, variant in ((first, "candidate"), (second, "stable")):
+            await ws.send("who")
+            assert await ws.recv() == variant
+
+
 async def test_a_close_from_the_client_reaches_the_server_promptly(
     ws_server: Serving, start_proxy: ProxyFactory
 ) -> None:
