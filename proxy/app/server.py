@@ -429,8 +429,7 @@ class Server:
         self.gateway.use(config)
         self.listener.body_timeout = config.server.client_body_timeout
         self.listener.send_timeout = config.server.send_timeout
-        self.listener.http2 = config.server.http2
-        self.listener.http2_max_streams = config.server.http2_max_streams
+        self.listener.use_http2(config.server.http2, config.server.http2_max_streams)
         if self.listener.tls is not None:
             self.listener.tls.http2 = config.server.http2  # (ALPN's offer: from the next renewal)
         self.recorder.use({route.name for route in config.routes})

@@ -85,6 +85,16 @@ class Listener:
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
 
+    def use_http2(self, on: bool, max_streams: int) -> None:
+        """Serve HTTP/2 (with `max_streams` streams at once) on the connections opened from now
+        on, or not. Turned off, the HTTP/2 connections open are sent GOAWAY: their streams in
+        progress finish, then they close, and their clients come back over HTTP/1.1."""
+        was, self.http2, self.http2_max_streams = self.http2, on, max_streams
+        if was and not on:
+            for connection in list(self.connections):
+                if isinstance(connection, ServerH2Connection):
+                    connection.drain()
+
     def _connection(self) -> ClientConnection:
         return ClientConnection(self)
 
