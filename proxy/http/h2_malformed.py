@@ -1,11 +1,15 @@
-"""Whether an HTTP/2 request's header block is malformed (RFC 9113 §8.2 and §8.3), in one pass.
+"""Whether an HTTP/2 header block is malformed (RFC 9113 §8.2 and §8.3), in one pass: a
+request's, as the proxy's HTTP/2 listener takes it, and an answer's, as its HTTP/2 upstream
+client does.
 
 h2 checks the same rules with a chain of seven generators per header block, about a quarter of
-the CPU of an HTTP/2 request through the proxy; the server side checks them here instead.
+the CPU of an HTTP/2 request through the proxy; both sides check them here instead.
 
 Invariants
 - `malformed(fields, trailers)` is None exactly when h2's own inbound validation of a request's
-  header block (or of its trailers) passes (tested against it as the oracle), else why not.
+  header block (or of its trailers) passes, and `malformed_answer(fields, trailers)` exactly
+  when its validation of an answer's (an interim one included) does (both tested against it as
+  the oracle); else they say why not.
 - Nothing here reads anything but the fields given: no I/O, no state.
 """
 
@@ -23,45 +27,73 @@ _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 )
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_PSEUDO = _REQUEST_PSEUDO | {b":status"}
+
+Fields = Sequence[tuple[bytes, bytes]]
 
 
-def malformed(fields: Sequence[tuple[bytes, bytes]], trailers: bool) -> str | None:
+def malformed(fields: Fields, trailers: bool) -> str | None:
     """Why a request's header block (`trailers`: its trailer block) is malformed, or None."""
+    why, pseudo, host = _checked(fields, hosts=not trailers)
+    if why is not None:
+        return why
+    if trailers:
+        return "a pseudo-header in trailers" if pseudo else None
+    if b":status" in pseudo:
+        return "the pseudo-header b':status' in a request"
+    return _request_pseudo(pseudo, host)
+
+
+def malformed_answer(fields: Fields, trailers: bool) -> str | None:
+    """Why an answer's header block (`trailers`: its trailer block) is malformed, or None."""
+    why, pseudo, _ = _checked(fields, hosts=False)
+    if why is not None:
+        return why
+    if trailers:
+        return "a pseudo-header in trailers" if pseudo else None
+    if b":status" not in pseudo:
+        return "no :status"
+    if not pseudo.keys() <= {b":status"}:
+        return "a request's pseudo-header in an answer"
+    return None
+
+
+def _checked(fields: Fields, hosts: bool) -> tuple[str | None, dict[bytes, bytes], bytes | None]:
+    """The rules of every field (§8.2), then the pseudo-headers and (`hosts`) the one `Host`
+    seen: (why the block is malformed or None, its pseudo-headers, its `Host`)."""
     pseudo: dict[bytes, bytes] = {}
     regular = False
     host: bytes | None = None
     for name, value in fields:
         if not name:
-            return "a field with an empty name"
+            return "a field with an empty name", pseudo, host
         if _BAD_NAME.search(name, 1 if name[0] == 0x3A else 0):
-            return f"an invalid field name {name!r}"
+            return f"an invalid field name {name!r}", pseudo, host
         if value and (
             _BAD_VALUE.search(value)
             or value[0] in _EDGE_WHITESPACE
             or value[-1] in _EDGE_WHITESPACE
         ):
-            return f"an invalid value of {name!r}"
+            return f"an invalid value of {name!r}", pseudo, host
         if name[0] == 0x3A:
             if name in pseudo:
-                return f"{name!r} twice"
+                return f"{name!r} twice", pseudo, host
             if regular:
-                return f"{name!r} after a regular field"
-            if name not in _REQUEST_PSEUDO:
-                return f"the pseudo-header {name!r} in a request"
+                return f"{name!r} after a regular field", pseudo, host
+            if name not in _PSEUDO:
+                return f"the pseudo-header {name!r}", pseudo, host
             pseudo[name] = value
             continue
         regular = True
         if name in _CONNECTION_SPECIFIC:
-            return f"the connection-specific field {name!r}"
+            return f"the connection-specific field {name!r}", pseudo, host
         if name == b"te" and value.lower() != b"trailers":
-            return f"TE: {value!r}"
-        if name == b"host" and not trailers:
+            return f"TE: {value!r}", pseudo, host
+        if hosts and name == b"host":
             if host is not None:
-                return "Host twice"
+                return "Host twice", pseudo, host
             host = value
-    if trailers:
-        return "a pseudo-header in trailers" if pseudo else None
-    return _request_pseudo(pseudo, host)
+    return None, pseudo, host
 
 
 def _request_pseudo(pseudo: dict[bytes, bytes], host: bytes | None) -> str | None:

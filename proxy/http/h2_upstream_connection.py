@@ -19,7 +19,8 @@ Invariants
   once they are released. RST_STREAM fails its stream alone with `reset` (REFUSED_STREAM:
   `StreamRefused`); after a complete answer it only stops the request body (RFC 9113 §8.1).
 - A lost connection fails every stream whose answer is not complete with `reset`; a frame h2
-  refuses fails them with `protocol`, after the GOAWAY h2 wrote.
+  refuses, or a malformed header block (`h2_malformed.malformed_answer`, checked here in one
+  pass rather than by h2), fails them with `protocol`, after a GOAWAY PROTOCOL_ERROR.
 - A stream released before both its directions ended is reset (CANCEL); the connection stays.
 - An answer's head holds at most MAX_FIELDS fields and a status of 200-599 (1xx: interim, and
   101 a protocol error); interim heads are handed on until their fields pass MAX_HEAD bytes.
@@ -44,6 +45,7 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from proxy.http.errors import UpstreamError
 from proxy.http.h2_fields import Encoder
+from proxy.http.h2_malformed import malformed_answer
 from proxy.http.h2_stream import Fields, H2Stream, StreamRefused
 from proxy.http.upstream_connection import Interim
 
@@ -80,6 +82,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             # (the request's fields are made valid by `h2_client.request_fields`)
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,  # (checked by `_feed`: see the module's rules)
         )
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.encoder = Encoder()
@@ -182,6 +185,12 @@ class H2UpstreamConnection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             self._flush()  # (the GOAWAY h2 made)
             self._broken("protocol", f"bad HTTP/2 from the upstream: {exc}")
+            return False
+        why = _malformed(events)
+        if why is not None:  # (as h2's own check would: a connection error)
+            self._h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._flush()
+            self._broken("protocol", f"bad HTTP/2 from the upstream: {why}")
             return False
         for event in events:
             self._handle(event)
@@ -467,6 +476,23 @@ class H2UpstreamConnection(asyncio.Protocol):
             self._h2.close_connection()
             self._flush()
         self._broken("reset", "the connection was closed")
+
+
+_HEADS = (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)
+
+
+def _malformed(events: list[h2.events.Event]) -> str | None:
+    """Why a header block among `events` is malformed (RFC 9113 §8.2, §8.3), or None."""
+    for event in events:
+        if isinstance(event, _HEADS):
+            why = malformed_answer(event.headers or [], trailers=False)
+        elif isinstance(event, h2.events.TrailersReceived):
+            why = malformed_answer(event.headers or [], trailers=True)
+        else:
+            continue
+        if why is not None:
+            return f"a malformed header block on stream {event.stream_id}: {why}"
+    return None
 
 
 def _split(fields: Fields) -> tuple[int, Fields]:

@@ -534,3 +534,26 @@ async def test_credentials_and_long_values_never_enter_the_compression_context(
         assert kinds[b"x-id"] is NeverIndexedHeaderTuple  # (longer than LONG_VALUE)
         assert kinds[b"x-short"] is not NeverIndexedHeaderTuple
         assert received.header(b"authorization") == token
+
+
+@pytest.mark.parametrize(
+    ("head", "trailers", "said"),
+    [
+        ([(b"connection", b"close")], (), "connection-specific"),
+        ([(b"X-Upper", b"1")], (), "invalid field name"),
+        ([], [(b":status", b"200")], "pseudo-header in trailers"),
+    ],
+)
+async def test_a_malformed_answer_is_a_protocol_error_of_the_connection(
+    client: H2Client, start: Start, head, trailers, said
+) -> None:
+    async def malformed(exchange: Exchange) -> None:
+        config = exchange.connection.h2.config  # (h2 would refuse to send these)
+        config.validate_outbound_headers = config.normalize_outbound_headers = False
+        exchange.answer(200, head)
+        exchange.end(trailers)
+
+    upstream = await start(malformed)
+    with pytest.raises(UpstreamError) as failed:
+        await whole(await ask(client, upstream))
+    assert failed.value.reason == "protocol" and said in failed.value.detail

@@ -1,5 +1,5 @@
-"""The one-pass check of HTTP/2 request header blocks against h2's own inbound validation
-(the oracle): the same blocks are malformed, on random blocks near the rules' edges."""
+"""The one-pass checks of HTTP/2 header blocks, requests' and answers', against h2's own inbound
+validation (the oracle): the same blocks are malformed, on random blocks near the rules' edges."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http.h2_malformed import malformed
+from proxy.http.h2_malformed import malformed, malformed_answer
 from proxy.http.h2_state import ServerH2State
 
 GOOD = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
 
 
-def h2_refuses(fields: list[tuple[bytes, bytes]], trailers: bool) -> bool:
+def h2_refuses(fields: list[tuple[bytes, bytes]], trailers: bool, answer: bool = False) -> bool:
     flags = HeaderValidationFlags(
-        is_client=False, is_trailer=trailers, is_response_header=False, is_push_promise=False
+        is_client=answer,
+        is_trailer=trailers,
+        is_response_header=answer and not trailers,
+        is_push_promise=False,
     )
     try:
         list(validate_headers(fields, flags))
@@ -32,7 +35,8 @@ def h2_refuses(fields: list[tuple[bytes, bytes]], trailers: bool) -> bool:
 
 names = st.sampled_from(
     [
-        b":method", b":scheme", b":path", b":authority", b":protocol", b":status", b":custom",
+        b":method", b":scheme", b":path", b":authority", b":protocol", b":status", b":status",
+        b":custom",
         b":", b"", b"host", b"te", b"connection", b"keep-alive", b"upgrade",
         b"transfer-encoding", b"proxy-connection", b"x-a", b"X-A", b"x a", b"x:a", b"x\x7fa",
         b"x\xc3\xa9", b"cookie", b"content-length",
@@ -42,6 +46,7 @@ values = st.sampled_from(
     [
         b"", b"GET", b"CONNECT", b"POST", b"http", b"/", b"a", b"b", b"trailers", b"Trailers",
         b"gzip", b" a", b"a ", b"\ta", b"a\t", b"a\r\nb", b"a\x00", b"a\nb", b"a b", b"websocket",
+        b"200", b"103",
     ]
 )  # fmt: skip
 fields = st.tuples(names, values)
@@ -67,6 +72,55 @@ def blocks(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
 @given(blocks(), st.booleans())
 def test_a_block_is_malformed_exactly_when_h2_refuses_it(block, trailers):
     assert (malformed(block, trailers) is not None) == h2_refuses(block, trailers)
+
+
+ANSWER = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
+    """A valid answer's fields, changed a little, as `blocks` changes a request's."""
+    block = list(ANSWER) + draw(st.lists(st.tuples(st.just(b"x-a"), values)))
+    for _ in range(draw(st.integers(0, 3))):
+        where = min(draw(st.integers(0, len(block))), max(len(block) - 1, 0))
+        action = draw(st.sampled_from(["insert", "drop", "replace"]))
+        if action == "insert" or not block:
+            block.insert(where, draw(fields))
+        elif action == "drop":
+            del block[where]
+        else:
+            block[where] = draw(fields)
+    return block
+
+
+@settings(max_examples=3000, deadline=None)
+@given(answers(), st.booleans())
+def test_an_answer_is_malformed_exactly_when_h2_refuses_it(block, trailers):
+    assert (malformed_answer(block, trailers) is not None) == h2_refuses(
+        block, trailers, answer=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("block", "trailers", "why"),
+    [
+        (ANSWER, False, None),
+        ([(b"grpc-status", b"0")], True, None),
+        ([(b"content-type", b"x")], False, "no :status"),
+        ([*ANSWER, (b":path", b"/")], False, "b':path' after a regular field"),
+        ([(b":path", b"/"), *ANSWER], False, "a request's pseudo-header in an answer"),
+        ([(b":status", b"200")], True, "a pseudo-header in trailers"),
+        ([*ANSWER, (b"host", b"a"), (b"host", b"b")], False, None),
+        (
+            [*ANSWER, (b"connection", b"close")],
+            False,
+            "the connection-specific field b'connection'",
+        ),
+    ],
+)
+def test_what_makes_an_answer_malformed_is_said(block, trailers, why):
+    assert malformed_answer(block, trailers) == why
+    assert h2_refuses(block, trailers, answer=True) is (why is not None)
 
 
 @pytest.mark.parametrize(
