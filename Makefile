@@ -20,7 +20,8 @@ $(VENV)/.mutation-installed: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/grayscale demo
 
-## test: lint, type checks and the test suite but its slow simulations (`make test-slow`; CI runs both)
+## test: lint, type checks and the test suite but its slow simulations (`make test-slow`; CI runs
+## both, and `make test-compiled`)
 ## Both run the pure Python modules, even after `make compiled` (GRAYSCALE_PURE=1).
 test: lint typecheck
 	GRAYSCALE_PURE=1 $(BIN)/pytest -m "not slow"
