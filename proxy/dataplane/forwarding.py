@@ -208,11 +208,21 @@ BODY_TOO_LARGE = UpstreamFailure(
 SMALL_BODY = 64 * 1024  # bodies up to this size are read whole rather than streamed
 CAPTURE = 1024 * 1024  # bytes of an answer kept for a shadow comparison
 # Failures of a request that never reached the upstream, and what a fallback then says.
-_RETRYABLE = {
+FALLS_BACK = {  # the failures a candidate's request goes to stable after, and why
     Failure.CONNECT: FallbackReason.CONNECT,
     Failure.OVERLOADED: FallbackReason.OVERLOADED,
 }
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def waited_for_slot(target: Target) -> bool:
+    """Wait in line for one of `target`'s connection slots, up to its `connect_timeout`: whether
+    one came (the caller's then, to release); after a `try_acquire` that found none free."""
+    try:
+        await target.limiter.acquire(target.upstream.connect_timeout)
+    except Overloaded:
+        return False
+    return True
 
 
 def bad_body(detail: str) -> UpstreamFailure:
@@ -235,11 +245,8 @@ async def _open(
     not (the slot given back; no byte reached the client)."""
     upstream = target.upstream
     allowed = exchange.timeout(upstream)
-    if not target.limiter.try_acquire():
-        try:
-            await target.limiter.acquire(upstream.connect_timeout)
-        except Overloaded:
-            return OVERLOADED
+    if not target.limiter.try_acquire() and not await waited_for_slot(target):
+        return OVERLOADED
     sent = time.monotonic()
     try:
         answer = await (client if target.h2 is None else target.h2).request(
@@ -389,9 +396,9 @@ async def forward(
     opened = await _open(client, request, target, exchange, headers=headers, body=body, limit=limit)
     if isinstance(opened, UpstreamFailure):
         reason = opened.reason
-        if fallback is None or reason is None or reason not in _RETRYABLE:
+        if fallback is None or reason is None or reason not in FALLS_BACK:
             return _failed(request, target, exchange, opened)
-        exchange.candidate_error, exchange.fallback = reason, _RETRYABLE[reason]
+        exchange.candidate_error, exchange.fallback = reason, FALLS_BACK[reason]
         target = fallback
         exchange.variant = target.variant
         if read is not None and read.data:

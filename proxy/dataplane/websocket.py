@@ -36,20 +36,20 @@ from typing import TypeGuard
 
 from proxy.dataplane.forwarding import (
     FALLBACK_HEADER,
+    FALLS_BACK,
     OVERLOADED,
     Exchange,
     Target,
     UpstreamFailure,
     classify,
     error_document,
+    waited_for_slot,
 )
-from proxy.dataplane.limiter import Overloaded
 from proxy.http.client import UpstreamClient
 from proxy.http.errors import UpstreamError
 from proxy.http.headers import answer_for_client, connection_named, forwarded_for_upstream, tokens
 from proxy.http.request import H1Request, Request
 from proxy.http.upgrade import UpgradeConnection, ask_upgrade
-from proxy.records.request_outcome import Failure, FallbackReason
 
 log = logging.getLogger("grayscale.websocket")
 
@@ -106,7 +106,7 @@ async def _ask(
     return await ask_upgrade(
         target.origin,
         upstream_head(request, target, trusted),
-        tls=client.tls(target.origin) if target.origin.tls else None,
+        tls=client.tls(target.origin),
         connect_timeout=upstream.connect_timeout,
         first_byte_timeout=min(upstream.first_byte_timeout, upstream.timeout),
     )
@@ -118,11 +118,8 @@ async def _open(
     """Take a connection slot of `target`'s and ask it to switch: the answer's head (the slot
     then held by the caller), or why not (the slot given back, if one was taken)."""
     limiter = target.limiter
-    if not limiter.try_acquire():
-        try:
-            await limiter.acquire(target.upstream.connect_timeout)
-        except Overloaded:
-            return OVERLOADED
+    if not limiter.try_acquire() and not await waited_for_slot(target):
+        return OVERLOADED
     try:
         return await _ask(request, client, target, trusted)
     except UpstreamError as exc:
@@ -131,12 +128,6 @@ async def _open(
     except BaseException:
         limiter.release()
         raise
-
-
-_FALLS_BACK = {
-    Failure.CONNECT: FallbackReason.CONNECT,
-    Failure.OVERLOADED: FallbackReason.OVERLOADED,
-}
 
 
 def _failed(request: Request, target: Target, exchange: Exchange, failure: UpstreamFailure) -> None:
@@ -177,9 +168,9 @@ async def tunnel(
     opened = await _open(request, client, target, trusted)
     if isinstance(opened, UpstreamFailure):
         reason = opened.reason
-        if fallback is None or reason is None or reason not in _FALLS_BACK:
+        if fallback is None or reason is None or reason not in FALLS_BACK:
             return _failed(request, target, exchange, opened)
-        exchange.candidate_error, exchange.fallback = reason, _FALLS_BACK[reason]
+        exchange.candidate_error, exchange.fallback = reason, FALLS_BACK[reason]
         target = fallback
         exchange.variant = target.variant
         sent = time.monotonic()

@@ -2,8 +2,9 @@
 request's, as the proxy's HTTP/2 listener takes it, and an answer's, as its HTTP/2 upstream
 client does.
 
-h2 checks the same rules with a chain of seven generators per header block, about a quarter of
-the CPU of an HTTP/2 request through the proxy; both sides check them here instead.
+h2 checks the same rules with a chain of seven generators per header block; both sides check
+them here instead, in one pass (about 10 % less CPU to take in and answer a request's head:
+`loadtests/README.md`, HTTP/2 and gRPC).
 
 Invariants
 - `malformed(fields, trailers)` is None exactly when h2's own inbound validation of a request's

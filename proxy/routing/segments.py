@@ -61,19 +61,14 @@ def _client_ip_matcher(condition: ClientIpCondition) -> Matcher:
 
 def compile_condition(condition: Condition) -> Matcher:
     """A predicate equivalent to `condition`, with all parsing done now rather than per request."""
-    if isinstance(condition, AttributeCondition):
-        name, values = condition.key.name, condition.values
-        if condition.key.source is Source.HEADER:
-            return lambda facts, key: facts.header(name) in values
-        if condition.key.source is Source.COOKIE:
-            return lambda facts, key: facts.cookie(name) in values
-        return lambda facts, key: facts.query(name) in values
+    equality = _equality(condition)
+    if equality is not None:
+        _, read, values = equality
+        return lambda facts, key: read(facts, key) in values
     if isinstance(condition, PathPrefixCondition):
         prefixes = condition.prefixes
         return lambda facts, key: facts.path.startswith(prefixes)
-    if isinstance(condition, UserIdCondition):
-        ids = condition.ids
-        return lambda facts, key: key is not None and key in ids
+    assert isinstance(condition, ClientIpCondition)
     return _client_ip_matcher(condition)
 
 
@@ -107,27 +102,22 @@ class CompiledSegment:
 
 
 Reader = Callable[[RequestFacts, str | None], str | None]
-"""Reads the attribute an index is keyed on: (request facts, cohort key or None) -> value."""
+"""Reads what an equality compares: (request facts, cohort key or None) -> value or None."""
 
 
-def _reader(condition: Condition) -> tuple[tuple[str, str], Reader] | None:
-    """What `condition` is an equality on (its identity, and how to read it), or None when it is
-    not one (a path prefix or a client address)."""
+def _equality(condition: Condition) -> tuple[tuple[str, str], Reader, frozenset[str]] | None:
+    """What `condition` is an equality on (the attribute's identity, how to read it, the values
+    it is compared with), or None when it is not one (a path prefix or a client address)."""
     if isinstance(condition, UserIdCondition):
-        return ("user", ""), lambda facts, key: key
+        return ("user", ""), lambda facts, key: key, condition.ids
     if not isinstance(condition, AttributeCondition):
         return None
-    name = condition.key.name
+    name, values = condition.key.name, condition.values
     if condition.key.source is Source.HEADER:
-        return ("header", name.lower()), lambda facts, key: facts.header(name)
+        return ("header", name.lower()), lambda facts, key: facts.header(name), values
     if condition.key.source is Source.COOKIE:
-        return ("cookie", name), lambda facts, key: facts.cookie(name)
-    return ("query", name), lambda facts, key: facts.query(name)
-
-
-def _values(condition: Condition) -> frozenset[str]:
-    assert isinstance(condition, (AttributeCondition, UserIdCondition))
-    return condition.ids if isinstance(condition, UserIdCondition) else condition.values
+        return ("cookie", name), lambda facts, key: facts.cookie(name), values
+    return ("query", name), lambda facts, key: facts.query(name), values
 
 
 class SegmentIndex:
@@ -141,15 +131,13 @@ class SegmentIndex:
         keyed: dict[tuple[str, str], tuple[Reader, dict[str, list[int]]]] = {}
         rest: list[int] = []
         for position, segment in enumerate(segments):
-            filed = next(
-                ((found, c) for c in segment.when if (found := _reader(c)) is not None), None
-            )
+            filed = next((found for c in segment.when if (found := _equality(c)) is not None), None)
             if filed is None:
                 rest.append(position)
                 continue
-            (identity, reader), condition = filed
+            identity, reader, values = filed
             table = keyed.setdefault(identity, (reader, {}))[1]
-            for value in _values(condition):
+            for value in values:
                 table.setdefault(value, []).append(position)
         self._keyed = tuple(
             (reader, {value: tuple(found) for value, found in table.items()})

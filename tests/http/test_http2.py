@@ -8,8 +8,10 @@ import asyncio
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -334,9 +336,20 @@ def _get(path: str) -> list[tuple[str, str]]:
     ]
 
 
+async def _stop(server: Server) -> None:
+    await server.stop()
+
+
+async def _reload_without_http2(server: Server) -> None:
+    config = server.config
+    await server.apply(replace(config, server=replace(config.server, http2=False)))
+
+
+@pytest.mark.parametrize("drain", [_stop, _reload_without_http2], ids=["stop", "reload"])
 async def test_a_drain_announces_goaway_and_lets_the_stream_in_progress_finish(
-    gateway: GatewayFactory,
+    gateway: GatewayFactory, drain: Callable[[Server], Coroutine[Any, Any, None]]
 ) -> None:
+    """A stop, or a reload that turns HTTP/2 off: GOAWAY, then the stream in progress ends."""
     release = asyncio.Event()
 
     async def held(connection: PeerConnection, index: int) -> None:
@@ -351,7 +364,7 @@ async def test_a_drain_announces_goaway_and_lets_the_stream_in_progress_finish(
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(client.data_to_send())
     await (await upstream.connection(0)).request(within=5)
-    stopping = asyncio.create_task(server.stop())
+    draining = asyncio.create_task(drain(server))
     received = b""
     try:
         async with asyncio.timeout(5):
@@ -360,7 +373,7 @@ async def test_a_drain_announces_goaway_and_lets_the_stream_in_progress_finish(
             release.set()
             while data := await reader.read(65536):  # (until the proxy closes)
                 received += data
-            await stopping
+            await draining
     finally:
         release.set()
         writer.close()
@@ -371,44 +384,8 @@ async def test_a_drain_announces_goaway_and_lets_the_stream_in_progress_finish(
     assert b"".join(f.data for f in body) == b"late but whole"
     assert "END_STREAM" in body[-1].flags
     assert parsed.index(goaway) < parsed.index(body[0])  # announced before the answer ended
-
-
-async def test_a_reload_turning_http2_off_sends_goaway_and_lets_streams_finish(
-    gateway: GatewayFactory,
-) -> None:
-    release = asyncio.Event()
-
-    async def held(connection: PeerConnection, index: int) -> None:
-        await connection.request(within=30)
-        await release.wait()
-        connection.send(answer(b"finished over h2"))
-
-    server, upstream = await gateway(held, server=H2)
-    client = _client()
-    client.send_headers(1, _get("/held"), end_stream=True)
-    host, port = server.listener.address
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(client.data_to_send())
-    await (await upstream.connection(0)).request(within=5)
-    config = server.config
-    await server.apply(replace(config, server=replace(config.server, http2=False)))
-    received = b""
-    try:
-        async with asyncio.timeout(5):
-            while not any(isinstance(f, GoAwayFrame) for f in _frames(received)):
-                received += await reader.read(65536)
-            release.set()
-            while data := await reader.read(65536):  # (until the proxy closes)
-                received += data
-    finally:
-        release.set()
-        writer.close()
-    parsed = _frames(received)
-    (goaway, *_) = [f for f in parsed if isinstance(f, GoAwayFrame)]
-    assert goaway.last_stream_id == 1 and goaway.error_code == 0
-    body = [f for f in parsed if isinstance(f, DataFrame) and f.stream_id == 1]
-    assert b"".join(f.data for f in body) == b"finished over h2"
-    assert not server.listener.http2  # new connections: HTTP/1.1 only
+    if drain is _reload_without_http2:
+        assert not server.listener.http2  # new connections: HTTP/1.1 only
 
 
 def _frames(data: bytes) -> list[Frame]:
