@@ -82,8 +82,11 @@ async def test_the_fleet_follows_two_sentinel_failovers_without_a_restart(
         assert await eventually(swapped, within=10)
         assert (await acted(session, b, "rollback", 10))["persisted"] is True
         # (a replica still reading the old master sees the move at its next check, each
-        # second, then reads the new one: 2 s, and more on a loaded machine)
-        assert await eventually(lambda: everywhere("rolled_back"), within=6)
+        # second, then reads the new one: 2 s mostly; but in about one run in eight on the
+        # compiled build, a replica that followed the new master within half a second of the
+        # change still read the old record for over 6 s, and saw the new one within 12 s: as
+        # long as the sentinels may take to demote the old master, ~10 s)
+        assert await eventually(lambda: everywhere("rolled_back"), within=15)
         assert b"role:master" in second.role() and b"role:master" in first.role()
         # ...written to the new master, not to the old one: that takes writes until the
         # sentinel demotes it (~10 s later), and then drops them when it resyncs.
